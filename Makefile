@@ -1,0 +1,29 @@
+# Two commands for a newcomer: `make demo` (the main job) and `make test`.  Both create ./.venv on first use.
+# On a CPU-only machine, TORCH=torch==2.13.0 (the default) takes the CPU build where a local wheel provides it;
+# elsewhere point TORCH at the build you want, e.g. TORCH="torch --index-url <your CPU or CUDA index>".
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q
+
+.PHONY: demo test perf clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) "$(TORCH)"
+	$(PIP) -e ".[test,demo]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m gconv_triton.demo
+
+# The kernels run through Triton's CPU interpreter when there is no GPU (tests/conftest.py decides).
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+perf: $(VENV)/.installed
+	$(PY) -m perf
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,16 @@
+"""gconv_triton: group-equivariant convolutions (p4, p4m, user groups) on fused Triton kernels."""
+
+import os as _os
+
+# Running from a source checkout (PYTHONPATH=.): the kernels live in ../kernels, installed as
+# gconv_triton.kernels by setuptools' package-dir mapping; let the import system find them here too.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+if not _os.path.isdir(_os.path.join(_here, "kernels")) and _os.path.isfile(
+        _os.path.join(_here, _os.pardir, "kernels", "__init__.py")):
+    __path__.append(_os.path.join(_here, _os.pardir))  # noqa: F821  (the package's own __path__)
+
+from . import functional, groups  # noqa: E402
+from ._backend import backend, current_backend  # noqa: E402
+from .groups import Group, p2, p2mm, p4, p4m, pm, z2  # noqa: E402
+
+__version__ = "0.1.0"

@@ -1,0 +1,30 @@
+"""The fused Triton kernels (installed as ``gconv_triton.kernels``) and their launchers.
+
+``forward``, ``input_grad`` and ``weight_grad`` pick the kernel family for a :class:`~gconv_triton._spec.ConvSpec`:
+the implicit GEMM (``gconv.py``) or, for one input G-channel per channel group, the elementwise depthwise
+kernels (``depthwise.py``).
+"""
+
+from . import depthwise, gconv
+from ._common import INTERPRET, group_tables
+
+__all__ = ["INTERPRET", "forward", "input_grad", "weight_grad", "group_tables"]
+
+
+def _family(spec):
+    return depthwise if spec.depthwise else gconv
+
+
+def forward(x, weight, bias, spec):
+    """``x (B, C_in, S_in, H, W)`` -> ``y (B, C_out, S_out, H_out, W_out)``, bias fused."""
+    return _family(spec).forward(x, weight, bias, spec)
+
+
+def input_grad(dy, weight, spec, like):
+    """``dy`` -> ``dx`` with ``like``'s shape and memory layout."""
+    return _family(spec).input_grad(dy, weight, spec, like)
+
+
+def weight_grad(dy, x, spec, weight_shape):
+    """``dy, x`` -> ``dw`` of ``weight_shape``, reduced over the group copies inside the kernel."""
+    return _family(spec).weight_grad(dy, x, spec, weight_shape)
