@@ -11,8 +11,11 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")) and _os.path.isfile(
 
 from . import functional, groups  # noqa: E402
 from ._backend import backend, current_backend  # noqa: E402
+from .conv import Conv1d, Conv2d, SharedKernelConv1d, SharedKernelConv2d  # noqa: E402
 from .equivariance import check_equivariance  # noqa: E402
+from .exactness import EquivarianceWarning  # noqa: E402
 from .groups import Group, p2, p2mm, p4, p4m, pm, z2  # noqa: E402
+from .layers import GroupBatchNorm, GroupConvTranspose2d, export_model, gcnn_width  # noqa: E402
 from .modules import (GroupAvgPool2d, GroupConv2d, GroupMaxPool2d, GroupPool, P4ConvP4, P4ConvZ2,  # noqa: E402
                       P4MConvP4M, P4MConvZ2)
 

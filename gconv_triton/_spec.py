@@ -1,7 +1,9 @@
 """Argument checking and normalisation shared by every backend.
 
 Everything a kernel or the reference path needs about one convolution call lives in a :class:`ConvSpec`,
-built (and validated) once, before anything launches.
+built (and validated) once, before anything launches.  Every error names the argument, the value given and
+what was expected (the table is in ``docs/errors.md``): ``TypeError`` for a wrong type or dtype, ``ValueError``
+for a wrong value, shape or device.
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from typing import Optional
 import torch
 
 from .groups import Group, get_group
+
+#: dtypes the kernels and the reference path compute in (fp8 and integer types are rejected, not cast).
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+#: the kernels index pixels (``B·H·W``, ``B·H_out·W_out``) in int32 and every memory offset in int64.
+MAX_PIXELS = 2**31 - 1
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -74,7 +82,8 @@ def _resolve_padding(padding, kernel, dilation, stride):
             return (0, 0, 0, 0)
         if padding == "same":
             if stride != (1, 1):
-                raise ValueError(f"padding: 'same' is not supported for strided convolutions, got stride={stride}")
+                raise ValueError(f"padding: 'same' is not supported for strided convolutions, got stride={stride}; "
+                                 f"expected stride 1 (or an explicit padding)")
             out = []
             for k, d in zip(kernel, dilation):
                 total = d * (k - 1)
@@ -87,19 +96,45 @@ def _resolve_padding(padding, kernel, dilation, stride):
     return (ph, ph, pw, pw)
 
 
+def resolve_geometry(kernel: tuple[int, int], stride, padding, dilation):
+    """Check ``stride``, ``padding`` and ``dilation`` as ``torch.nn.Conv2d`` takes them and resolve them.
+
+    Returns ``(stride, dilation, padding)``: two pairs and the 4-tuple ``(top, bottom, left, right)``.  Shared by
+    :func:`make_spec` and the layers' constructors, so a bad value fails when the layer is built.
+    """
+    stride = _pair(stride, "stride")
+    dilation = _pair(dilation, "dilation")
+    if min(stride) < 1:
+        raise ValueError(f"stride: expected values >= 1, got {stride}")
+    if min(dilation) < 1:
+        raise ValueError(f"dilation: expected values >= 1, got {dilation}")
+    return stride, dilation, _resolve_padding(padding, kernel, dilation, stride)
+
+
 def _check_tensor(t, name: str, dims: tuple[int, ...], like: Optional[torch.Tensor] = None) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.dim() not in dims:
         expected = " or ".join(f"{d}-D" for d in dims)
-        raise ValueError(f"{name}: expected a {expected} tensor, got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+        raise ValueError(f"{name}: expected a {expected} tensor, got a {t.dim()}-D tensor of shape {tuple(t.shape)}")
+    if t.dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(str(d).replace("torch.", "") for d in SUPPORTED_DTYPES)
+        raise TypeError(f"{name}: expected a floating-point tensor ({names}), got dtype {t.dtype}")
     if like is not None:
         if t.dtype != like.dtype:
-            raise TypeError(f"{name}: dtype {t.dtype} does not match input's dtype {like.dtype}")
+            raise TypeError(f"{name}: dtype {t.dtype} does not match input's dtype {like.dtype}; expected the same "
+                            f"dtype (cast one of them)")
         if t.device != like.device:
-            raise ValueError(f"{name}: device {t.device} does not match input's device {like.device}")
+            raise ValueError(f"{name}: device {t.device} does not match input's device {like.device}; expected "
+                             f"tensors on one device")
+
+
+def _check_groups(groups) -> int:
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"groups: expected a positive int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups: expected a positive int, got {groups!r}")
+    return groups
 
 
 def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, group, in_group,
@@ -111,15 +146,20 @@ def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         raise ValueError(f"in_group: expected 'z2' (lifting) or the output group {group.name}, got {in_group.name}")
     _check_tensor(input, "input", (4, 5))
     _check_tensor(weight, "weight", (5,), like=input)
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups: expected a positive int, got {groups!r}")
+    groups = _check_groups(groups)
     s_in = in_group.order
     w_out, c_in_g, w_s, kh, kw = weight.shape
     if w_s != s_in:
         raise ValueError(f"weight: expected shape (C_out, C_in/groups, {s_in}, kh, kw) for in_group {in_group.name} "
                          f"(S_in = {s_in}), got {tuple(weight.shape)}")
     if w_out < 1 or c_in_g < 1 or kh < 1 or kw < 1:
-        raise ValueError(f"weight: every dimension must be at least 1, got shape {tuple(weight.shape)}")
+        raise ValueError(f"weight: expected every dimension to be at least 1, got shape {tuple(weight.shape)}")
+    try:
+        group.tap_destinations((kh, kw))
+    except ValueError as err:  # a 90-degree rotation of a non-square kernel (or a table for another size)
+        reason = str(err).removeprefix("kernel_size: ")
+        raise ValueError(f"weight: kernel_size {kh}x{kw} (weight shape {tuple(weight.shape)}) does not fit group "
+                         f"{group.name}: {reason}") from err
     weight_groups = 1 if shared_weight else groups
     if w_out % weight_groups:
         raise ValueError(f"groups: out_channels = {w_out} (weight.shape[0]) is not divisible by groups = {groups}")
@@ -130,34 +170,49 @@ def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         if si != s_in:
             raise ValueError(f"input: expected group axis of size {s_in} (in_group {in_group.name}) at dim 2, got "
                              f"shape {tuple(input.shape)}")
-        if ci != c_in:
-            raise ValueError(f"input: expected {c_in} channels (weight.shape[1] = {c_in_g} x groups = {groups}), "
-                             f"got {ci} in shape {tuple(input.shape)}")
     else:
         b, cs, h, w = input.shape
-        if cs != c_in * s_in:
-            raise ValueError(f"input: expected {c_in * s_in} channels (C_in = {c_in} x S_in = {s_in}) in flattened "
-                             f"4-D input, got {cs} in shape {tuple(input.shape)}")
+        if cs % s_in:
+            raise ValueError(f"input: expected a multiple of S_in = {s_in} (in_group {in_group.name}) channels in "
+                             f"flattened 4-D input (B, C_in*S_in, H, W), got {cs} in shape {tuple(input.shape)}")
+        ci = cs // s_in
+    if ci < 1 or h < 1 or w < 1:
+        raise ValueError(f"input: expected non-zero channel and spatial sizes (only the batch may be 0), got shape "
+                         f"{tuple(input.shape)}")
+    if ci % groups:
+        raise ValueError(f"groups: in_channels = {ci} (input shape {tuple(input.shape)}) is not divisible by "
+                         f"groups = {groups}")
+    if ci != c_in:
+        flat = "" if input.dim() == 5 else f" ({ci * s_in} = C_in x S_in = {s_in} in flattened 4-D input)"
+        raise ValueError(f"input: expected {c_in} channels (weight.shape[1] = {c_in_g} x groups = {groups}), got "
+                         f"{ci}{flat} in shape {tuple(input.shape)}")
     if bias is not None:
         _check_tensor(bias, "bias", (1,), like=input)
         if bias.shape[0] != w_out:
             raise ValueError(f"bias: expected shape ({w_out},), one per output G-channel, got {tuple(bias.shape)}")
-    stride = _pair(stride, "stride")
-    dilation = _pair(dilation, "dilation")
-    if min(stride) < 1:
-        raise ValueError(f"stride: expected values >= 1, got {stride}")
-    if min(dilation) < 1:
-        raise ValueError(f"dilation: expected values >= 1, got {dilation}")
-    group.tap_destinations((kh, kw))  # raises for a rotation of a non-square kernel
-    pad = _resolve_padding(padding, (kh, kw), dilation, stride)
+    stride, dilation, pad = resolve_geometry((kh, kw), stride, padding, dilation)
     ho = (h + pad[0] + pad[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (w + pad[2] + pad[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     if ho < 1 or wo < 1:
-        raise ValueError(f"input: spatial size {h}x{w} with padding {padding!r}, dilation {dilation} and kernel "
-                         f"{kh}x{kw} gives an output of {ho}x{wo}; expected at least 1x1")
+        raise ValueError(f"input: spatial size {h}x{w} with kernel {kh}x{kw}, padding {padding!r}, dilation "
+                         f"{dilation} and stride {stride} gives an output of {ho}x{wo}; expected at least 1x1 (a "
+                         f"larger input or more padding)")
     return ConvSpec(group=group, in_group=in_group, batch=b, in_channels=c_in_g, out_channels=c_out_g,
                     groups=groups, weight_groups=weight_groups, height=h, width=w, kernel=(kh, kw), stride=stride,
                     dilation=dilation, padding=pad, out_height=ho, out_width=wo)
+
+
+def check_index_range(spec: ConvSpec) -> None:
+    """Reject, before a launch, a call whose pixel count overflows the kernels' int32 pixel index.
+
+    Memory offsets are int64 everywhere, so any tensor size and stride is fine; only ``B·H·W`` and
+    ``B·H_out·W_out`` (the GEMMs' M and reduction extents) must stay under 2³¹.  The reference path has no limit.
+    """
+    pixels = spec.batch * max(spec.height * spec.width, spec.out_height * spec.out_width)
+    if pixels > MAX_PIXELS:
+        raise ValueError(f"input: batch x pixels = {spec.batch} x {spec.height}x{spec.width} (output "
+                         f"{spec.out_height}x{spec.out_width}) = {pixels} exceeds the Triton kernels' limit of "
+                         f"2**31 - 1 pixels; expected a smaller batch (split it) or the 'torch' backend")
 
 
 def as_5d(input: torch.Tensor, spec: ConvSpec) -> torch.Tensor:

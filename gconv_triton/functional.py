@@ -6,18 +6,18 @@ from typing import Optional, Union
 
 import torch
 
-from ._backend import use_triton
-from ._spec import ConvSpec, as_5d, make_spec
+from ._library import _compiling, check_activation, conv
+from ._spec import make_spec
 from .groups import Group
-from .reference import gconv2d_reference
 
-__all__ = ["gconv2d", "shared_kernel_conv2d"]
+__all__ = ["gconv2d", "shared_kernel_conv2d", "shared_kernel_conv1d"]
 
 GroupLike = Union[Group, str]
 
 
 def gconv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, group: GroupLike,
-            in_group: GroupLike, stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
+            in_group: GroupLike, stride=1, padding=0, dilation=1, groups: int = 1,
+            activation: Optional[str] = None) -> torch.Tensor:
     """Group convolution (G-CNN layer) with the filter bank applied on the fly.
 
     Args:
@@ -29,15 +29,22 @@ def gconv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         in_group: ``"z2"`` for a lifting layer, else the same group as ``group``.
         stride, dilation: int or pair.  padding: int, pair, ``"valid"`` or ``"same"`` (PyTorch's semantics).
         groups: channel groups, as in ``torch.nn.functional.conv2d``.
+        activation: None, ``"relu"``, ``"silu"`` or ``"gelu"`` (erf form), applied after the bias in the kernels'
+            epilogue.  The backward is exact: relu's mask comes from the output; silu and gelu keep the
+            pre-activation (the memory ``conv`` + ``F.silu`` would keep too).
     Returns:
-        ``(B, C_out, S_out, H_out, W_out)``.
+        ``(B, C_out, S_out, H_out, W_out)``.  Under ``torch.autocast`` the inputs are cast to the autocast dtype
+        first, as for ``torch.nn.Conv2d``.
 
     Exactly equivariant with stride 1 and symmetric padding; with stride ``s`` only when
     ``(H + 2p - d(k-1) - 1) % s == 0`` and ``H == W`` (see the README).
     """
-    spec = make_spec(input, weight, bias, group=group, in_group=in_group, stride=stride, padding=padding,
-                     dilation=dilation, groups=groups)
-    return _run(input, weight, bias, spec)
+    activation = check_activation(activation)
+    if not _compiling():  # every check, before anything launches (the op rebuilds the spec at run time)
+        make_spec(input, weight, bias, group=group, in_group=in_group, stride=stride, padding=padding,
+                  dilation=dilation, groups=groups)
+    return conv(input, weight, bias, group=group, in_group=in_group, stride=stride, padding=padding,
+                dilation=dilation, groups=groups, activation=activation)
 
 
 def shared_kernel_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -56,14 +63,40 @@ def shared_kernel_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Option
     if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (1,)):
         raise ValueError(f"bias: expected shape (1,), got "
                          f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
-    spec = make_spec(input, weight.unsqueeze(2), bias, group="z2", in_group="z2", stride=stride, padding=padding,
-                     dilation=dilation, groups=input.shape[1], shared_weight=True)
-    return _run(input, weight.unsqueeze(2), bias, spec).squeeze(2)
+    geometry = dict(group="z2", in_group="z2", stride=stride, padding=padding, dilation=dilation,
+                    groups=input.shape[1])
+    if not _compiling():
+        make_spec(input, weight.unsqueeze(2), bias, shared_weight=True, **geometry)
+    return conv(input, weight.unsqueeze(2), bias, shared_weight=True, **geometry).squeeze(2)
 
 
-def _run(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], spec: ConvSpec) -> torch.Tensor:
-    if use_triton(input):
-        from ._autograd import GroupConvFunction
+# ------------------------------------------------------------------------------------ 1-D, as height-1 2-D
+def _single(value, name: str) -> int:
+    """An int or a 1-tuple of one (what ``torch.nn.Conv1d`` stores) -> the int."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int or a 1-tuple of ints, got {value!r}")
+    return value
 
-        return GroupConvFunction.apply(as_5d(input, spec), weight, bias, spec)
-    return gconv2d_reference(input, weight, bias, spec)
+
+def _as_2d_args(stride, padding, dilation):
+    """1-D ``stride, padding, dilation`` -> those of the same convolution on a height-1 image."""
+    padding = padding if isinstance(padding, str) else (0, _single(padding, "padding"))
+    return (1, _single(stride, "stride")), padding, (1, _single(dilation, "dilation"))
+
+
+def shared_kernel_conv1d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                         stride=1, padding=0, dilation=1) -> torch.Tensor:
+    """One ``(1, 1, k)`` kernel (and one bias ``(1,)``) applied to every channel of ``input (B, C, L)``; returns
+    ``(B, C, L_out)``.  :func:`shared_kernel_conv2d` on a height-1 image: same kernels, same in-kernel gradient sum.
+    """
+    if not isinstance(input, torch.Tensor) or input.dim() != 3:
+        raise ValueError(f"input: expected a 3-D tensor (B, C, L), got "
+                         f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 3 or weight.shape[:2] != (1, 1):
+        raise ValueError(f"weight: expected shape (1, 1, k), got "
+                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    stride, padding, dilation = _as_2d_args(stride, padding, dilation)
+    return shared_kernel_conv2d(input.unsqueeze(2), weight.unsqueeze(2), bias, stride, padding,
+                                dilation).squeeze(2)

@@ -143,8 +143,9 @@ class Group:
         Args:
             cayley: ``(S, S)`` integers, ``cayley[a, b] = index(a · b)``.
             tap_permutations: ``(S, k·k)`` integers (or ``(S, k, k)``): ``tap_permutations[g][t]`` is the flat
-                tap index that tap ``t`` moves to under ``g`` (0-based; a Julia ``CartesianIndex`` table becomes
-                this by subtracting 1 and flattening row-major).
+                tap index that tap ``t`` moves to under ``g``; or ``(S, k, k, 2)`` coordinates:
+                ``tap_permutations[g][r][c] = (r', c')``, where tap ``(r, c)`` moves to under ``g``.  0-based
+                (a Julia ``CartesianIndex`` table becomes the coordinate form by subtracting 1).
 
         The permutations must form a representation of the table: ``perm[a·b] = perm[a] ∘ perm[b]``.  When every
         permutation is a lattice symmetry of the filter the group also gets its matrices and so acts on images
@@ -152,11 +153,17 @@ class Group:
         """
         perms = torch.as_tensor(tap_permutations, dtype=torch.long)
         cayley = torch.as_tensor(cayley, dtype=torch.long)
+        if perms.dim() == 4 and perms.shape[1] == perms.shape[2] and perms.shape[3] == 2:
+            k = perms.shape[1]
+            if perms.min() < 0 or perms.max() >= k:  # else (r, c) -> r·k + c could alias another tap
+                raise ValueError(f"tap_permutations: (row, col) coordinates of a {k}x{k} filter must lie in "
+                                 f"[0, {k}), got values in [{int(perms.min())}, {int(perms.max())}]")
+            perms = perms[..., 0] * k + perms[..., 1]
         if perms.dim() == 3:
             perms = perms.flatten(1)
         if perms.dim() != 2 or perms.shape[0] != cayley.shape[0]:
-            raise ValueError(f"tap_permutations: expected shape (S, k*k) with S = {cayley.shape[0]}, got "
-                             f"{tuple(torch.as_tensor(tap_permutations).shape)}")
+            raise ValueError(f"tap_permutations: expected shape (S, k*k), (S, k, k) or (S, k, k, 2) with "
+                             f"S = {cayley.shape[0]}, got {tuple(torch.as_tensor(tap_permutations).shape)}")
         taps = perms.shape[1]
         k = int(round(taps ** 0.5))
         if k * k != taps:
@@ -185,6 +192,8 @@ class Group:
         return f"Group({self.name!r}, order={self.order})"
 
     def __eq__(self, other) -> bool:
+        if self is other:  # also keeps torch.compile from tracing torch.equal on the tables
+            return True
         if not (isinstance(other, Group) and self.order == other.order and torch.equal(self.cayley, other.cayley)):
             return False
         if self.matrices is not None and other.matrices is not None:
@@ -295,7 +304,12 @@ def _find_identity(cayley: torch.Tensor) -> int:
 
 
 def _matrices_of_permutations(perms: torch.Tensor, k: int) -> Optional[list]:
-    """The lattice-symmetry matrix of each tap permutation, or None if some permutation is not one."""
+    """The lattice-symmetry matrix of each tap permutation, or None if some permutation is not one.
+
+    A 1×1 filter is fixed by all 8 symmetries, so its (identity) permutations say nothing about the matrices.
+    """
+    if k < 2:
+        return None
     rows = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
     candidates = [m for m in itertools.product(rows, rows) if _is_lattice_symmetry(m)]
     matrices = []

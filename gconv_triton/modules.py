@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._library import check_activation
+from ._spec import resolve_geometry
+from .exactness import warn_if_inexact
 from .functional import gconv2d
 from .groups import Group, get_group
 
@@ -42,16 +45,19 @@ class GroupConv2d(nn.Module):
             :class:`~gconv_triton.groups.Group`.
         in_group: ``"z2"`` for a lifting layer on ordinary images, else the same group as ``group``.
         stride, padding, dilation, groups, bias, device, dtype: as in ``torch.nn.Conv2d``.
+        activation: None, ``"relu"``, ``"silu"`` or ``"gelu"``: fused after the bias (exact backward; see
+            :func:`~gconv_triton.functional.gconv2d`).
 
     Shapes: input ``(B, C_in, S_in, H, W)`` or flattened ``(B, C_in·S_in, H, W)``; output
     ``(B, C_out, S_out, H_out, W_out)``.  Parameters: ``weight (C_out, C_in/groups, S_in, kh, kw)`` and
-    ``bias (C_out,)``, nothing else: the filter bank is never stored.
+    ``bias (C_out,)``, nothing else: the filter bank is never stored (:meth:`export` builds it once).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, group: Union[str, Group] = "p4",
                  in_group: Union[str, Group] = "z2", stride=1, padding=0, dilation=1, groups: int = 1,
-                 bias: bool = True, device=None, dtype=None):
+                 bias: bool = True, device=None, dtype=None, activation: Optional[str] = None):
         super().__init__()
+        self.activation = check_activation(activation)
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
         self.groups = _positive_int(groups, "groups")
@@ -65,6 +71,7 @@ class GroupConv2d(nn.Module):
                              f"{self.in_group.name}")
         self.kernel_size = _kernel_pair(kernel_size)
         self.group.tap_destinations(self.kernel_size)  # a rotation group needs a square kernel: fail here, not later
+        resolve_geometry(self.kernel_size, stride, padding, dilation)  # bad stride/padding/dilation fail here too
         self.stride = stride
         self.padding = padding
         self.dilation = dilation
@@ -83,8 +90,10 @@ class GroupConv2d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return gconv2d(input, self.weight, self.bias, group=self.group, in_group=self.in_group, stride=self.stride,
-                       padding=self.padding, dilation=self.dilation, groups=self.groups)
+        y = gconv2d(input, self.weight, self.bias, group=self.group, in_group=self.in_group, stride=self.stride,
+                    padding=self.padding, dilation=self.dilation, groups=self.groups, activation=self.activation)
+        warn_if_inexact(self, input)  # after gconv2d validated the input; once per input size
+        return y
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -97,15 +106,26 @@ class GroupConv2d(nn.Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.activation != "none":
+            s += f", activation={self.activation!r}"
         return s
+
+    def export(self) -> nn.Module:
+        """A plain ``torch.nn.Conv2d`` holding the materialized filter bank (and, with an activation,
+        ``nn.Sequential(conv, nn.ReLU/SiLU/GELU())``) for inference stacks and ONNX: it maps the flattened input
+        ``(B, C_in·S_in, H, W)`` (``x.flatten(1, 2)`` of a 5-D input) to ``(B, C_out·S_out, H', W')``; unflatten
+        with ``y.unflatten(1, (C_out, S_out))``.  See :func:`gconv_triton.layers.export_conv`."""
+        from .layers import export_conv
+
+        return export_conv(self)
 
 
 def _specialise(name: str, group: str, in_group: str, doc: str):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
-                 *, dilation=1, groups: int = 1, device=None, dtype=None):
+                 *, dilation=1, groups: int = 1, device=None, dtype=None, activation: Optional[str] = None):
         GroupConv2d.__init__(self, in_channels, out_channels, kernel_size, group=group, in_group=in_group,
                              stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias,
-                             device=device, dtype=dtype)
+                             device=device, dtype=dtype, activation=activation)
 
     return type(name, (GroupConv2d,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
 

@@ -15,14 +15,15 @@ def _family(spec):
     return depthwise if spec.depthwise else gconv
 
 
-def forward(x, weight, bias, spec):
-    """``x (B, C_in, S_in, H, W)`` -> ``y (B, C_out, S_out, H_out, W_out)``, bias fused."""
-    return _family(spec).forward(x, weight, bias, spec)
+def forward(x, weight, bias, spec, activation="none", return_preact=False):
+    """``x (B, C_in, S_in, H, W)`` -> ``y (B, C_out, S_out, H_out, W_out)``, bias and ``activation`` (``"none"``,
+    ``"relu"``, ``"silu"``, ``"gelu"``) fused; ``return_preact`` returns ``(y, pre-activation or None)``."""
+    return _family(spec).forward(x, weight, bias, spec, activation, return_preact)
 
 
-def input_grad(dy, weight, spec, like):
-    """``dy`` -> ``dx`` with ``like``'s shape and memory layout."""
-    return _family(spec).input_grad(dy, weight, spec, like)
+def input_grad(dy, weight, spec, order):
+    """``dy`` -> ``dx (B, C_in, S_in, H, W)`` stored in dim ``order`` (outermost first)."""
+    return _family(spec).input_grad(dy, weight, spec, order)
 
 
 def weight_grad(dy, x, spec, weight_shape):

@@ -10,6 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .._layout import dim_order, empty_in_order
+from ._autotune import KERNEL_TUNERS, Autotuner
+
 # Read once, like Triton itself reads it when a @triton.jit function is defined.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -19,17 +22,19 @@ def poison_outputs() -> bool:
     return os.environ.get("GCONV_TRITON_POISON", "0") not in ("", "0")
 
 
-def empty_like_layout(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
-    """An uninitialised tensor of ``shape`` whose memory order follows ``like``'s strides (same rank).
-
-    This keeps a channels-last-like input ``(B, C, S, H, W)`` stored as ``(B, H, W, C, S)`` in that layout.
-    """
-    order = sorted(range(like.dim()), key=lambda d: (-like.stride(d), d))
-    out = torch.empty([shape[d] for d in order], dtype=dtype or like.dtype, device=like.device)
-    out = out.permute([order.index(d) for d in range(like.dim())])
+def empty_output(shape, order, dtype, device) -> torch.Tensor:
+    """An output tensor of ``shape`` stored in dim ``order`` (see ``gconv_triton._layout``), NaN-filled when
+    :func:`poison_outputs` is on."""
+    out = empty_in_order(shape, order, dtype=dtype, device=device)
     if poison_outputs():
         out.fill_(float("nan"))
     return out
+
+
+def empty_like_layout(shape, like: torch.Tensor) -> torch.Tensor:
+    """An output of ``shape`` in ``like``'s memory layout and dtype: a channels-last-like input ``(B, C, S, H, W)``
+    stored as ``(B, H, W, C, S)`` gives an output stored that way too."""
+    return empty_output(shape, dim_order(like), like.dtype, like.device)
 
 
 @functools.lru_cache(maxsize=256)
@@ -54,17 +59,25 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+def accumulator(dtype: torch.dtype):
+    """The kernels' accumulator type: fp32 for fp32/fp16/bf16 inputs, fp64 for fp64 ones (which would otherwise
+    lose their precision; ``tl.dot`` of fp64 operands also returns fp64)."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
 def maybe_autotune(configs, key, **kwargs):
-    """``triton.autotune`` on a GPU; under the interpreter (which cannot autotune) the bare kernel, to be launched
-    with the fixed config ``INTERPRETER_CONFIG`` of its launcher."""
+    """Our autotuner (``_autotune.Autotuner``: pruned config space, bucketed keys, JSON cache across processes) on a
+    GPU; under the interpreter (nothing to time) the bare kernel, launched with its launcher's fixed
+    ``INTERPRETER_CONFIG``.  The tuner is built either way, so its arguments are checked against the kernel's
+    signature on any machine, and registered in ``_autotune.KERNEL_TUNERS``."""
     def wrap(fn):
-        if INTERPRET:
-            return fn
-        return triton.autotune(configs=configs, key=key, **kwargs)(fn)
+        tuner = Autotuner(fn, configs, key, **kwargs)
+        KERNEL_TUNERS[tuner.name] = tuner
+        return fn if INTERPRET else tuner
     return wrap
 
 
@@ -76,6 +89,13 @@ def mma(acc, a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def offset(b, s, h, w, sb, ss, sh, sw):
+    """``b·sb + s·ss + h·sh + w·sw`` in int64 (indices are blocks or scalars), so that no product wraps at 2³¹."""
+    return (tl.cast(b, tl.int64) * sb + tl.cast(s, tl.int64) * ss + tl.cast(h, tl.int64) * sh
+            + tl.cast(w, tl.int64) * sw)
 
 
 @triton.jit

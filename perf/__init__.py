@@ -1,0 +1,1 @@
+"""The throughput suite: ``python -m perf`` (report) and ``pytest perf/`` (pytest-benchmark)."""

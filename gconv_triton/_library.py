@@ -1,0 +1,361 @@
+"""The group convolution as PyTorch operators (``torch.library``), so ``torch.compile`` and autocast see it.
+
+Three ops, each running the fused Triton kernels or the plain-PyTorch reference path (chosen inside the op, at run
+time, from the backend name the caller resolved), registered with ``torch.library.custom_op`` (torch 2.4+):
+
+* ``gconv_triton::gconv2d(x, weight, bias, ..., activation) -> (y, z)``: ``y = act(conv(x) + bias)``; ``z`` is the
+  pre-activation for ``silu``/``gelu`` (what their exact backward needs) and an empty tensor otherwise (``relu``'s
+  backward reads its mask from ``y``, ``none`` needs nothing), so the fused epilogue keeps no more than
+  ``conv + F.act`` would.
+* ``gconv_triton::gconv2d_input_grad(dy, weight, input_size, ...)``: the transposed convolution (conv's input
+  gradient, and :class:`~gconv_triton.layers.GroupConvTranspose2d`'s forward).  Differentiable: its input gradient
+  is the forward conv, its weight gradient the weight-grad op with the roles of ``dy`` and ``x`` swapped.
+* ``gconv_triton::gconv2d_weight_grad(dy, x, weight_size, ...)``.
+
+Why ``custom_op`` rather than ``triton_op`` + ``wrap_triton``: ``triton_op`` registers its body as the fake kernel
+and traces it under ``FakeTensorMode``; our launchers cache the group tables per device (an ``lru_cache`` that
+would then hold fake tensors), poison outputs, and under ``TRITON_INTERPRET=1`` launch ``InterpretedFunction``\\ s,
+which ``wrap_triton`` rejects.  An opaque ``custom_op`` compiles without a graph break on every device and torch
+2.4+, at the cost of Inductor not fusing into the kernels (their epilogue already fuses bias and activation).
+
+Groups cross the op boundary by name: :func:`group_key` registers a :class:`Group` under a string once (the
+built-ins under their names).  The backend name is read once per call outside the graph: a compiled model keeps
+the backend that was current when it was traced.
+"""
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._layout import dim_order, empty_in_order
+from ._backend import backend as _use_backend, current_backend, use_triton
+from ._spec import ConvSpec, _pair, _resolve_padding, make_spec
+from .groups import Group, get_group
+from .reference import filter_bank, gconv2d_reference
+
+__all__ = ["ACTIVATIONS", "group_key", "conv", "conv_input_grad", "check_activation", "autocast_inputs"]
+
+ACTIVATIONS = ("none", "relu", "silu", "gelu")
+_ACTIVATION_FN = {"none": None, "relu": F.relu, "silu": F.silu, "gelu": F.gelu}
+
+# ------------------------------------------------------------------------------------------ group registry
+_GROUPS: dict = {}
+_KEY_ATTR = "_gconv_triton_op_key"
+
+
+def group_key(group: Group) -> str:
+    """The string under which ``group`` crosses the op boundary (registered on first use)."""
+    key = getattr(group, _KEY_ATTR, None)
+    if key is not None and _GROUPS.get(key) is group:  # the common case, and all that torch.compile traces
+        return key
+    key = group.name if group.name not in _GROUPS else f"{group.name}#{len(_GROUPS)}"
+    _GROUPS[key] = group
+    setattr(group, _KEY_ATTR, key)  # a pickled copy carries it, but is not the registered object: re-registered
+    return key
+
+
+for _name in ("z2", "p2", "pm", "p2mm", "p4", "p4m"):
+    group_key(get_group(_name))
+
+
+# ---------------------------------------------------------------------------------------- version shims
+def _assume_constant(fn):
+    wrap = getattr(torch.compiler, "assume_constant_result", None)
+    return wrap(fn) if wrap is not None else fn
+
+
+@_assume_constant
+def _backend_name() -> str:
+    """The current backend, read by torch.compile at trace time (a ContextVar is not traceable) and baked in."""
+    return current_backend()
+
+
+def _compiling() -> bool:
+    fn = getattr(torch.compiler, "is_compiling", None)
+    return bool(fn()) if fn is not None else torch._dynamo.is_compiling()
+
+
+def autocast_inputs(device_type: str, *tensors: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+    """Cast floating tensors to the autocast dtype when autocast is on for ``device_type``: convolutions run in
+    fp16/bf16 under ``torch.autocast`` as ``nn.Conv2d`` does (the kernels accumulate in fp32).  Custom ops are not
+    autocast-aware on their own, so the Python entry points do this before calling them."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if enabled else None
+    except (TypeError, AttributeError):  # older spellings, in case a build lacks the device-type forms
+        cpu = device_type == "cpu"
+        enabled = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
+        dtype = (torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()) if enabled else None
+    if not enabled:
+        return tensors
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
+def check_activation(activation) -> str:
+    """``None`` or a name in :data:`ACTIVATIONS` -> the name (``None`` -> ``"none"``)."""
+    if activation is None:
+        return "none"
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected None or one of {ACTIVATIONS[1:]}, got {activation!r}")
+    return activation
+
+
+# ------------------------------------------------------------------------------------------- spec plumbing
+def _spec(x: Tensor, weight: Tensor, bias: Optional[Tensor], group: str, in_group: str, stride, padding,
+          dilation, groups: int, weight_groups: int) -> ConvSpec:
+    """Rebuild the :class:`ConvSpec` from an op's arguments (``padding`` resolved to (top, bottom, left, right))."""
+    top, bottom, left, right = padding
+    # Only 'same' resolves to an asymmetric padding, and it resolves the same way again.
+    pad = (top, left) if (top, left) == (bottom, right) else "same"
+    spec = make_spec(x, weight, bias, group=_GROUPS[group], in_group=_GROUPS[in_group], stride=tuple(stride),
+                     padding=pad, dilation=tuple(dilation), groups=groups, shared_weight=weight_groups != groups)
+    if spec.padding != tuple(padding):
+        raise ValueError(f"padding: expected a symmetric padding or 'same', got {tuple(padding)}")
+    return spec
+
+
+def _empty_like_layout(shape, like: Tensor) -> Tensor:
+    """An empty tensor of ``shape`` in ``like``'s layout: the layout the kernels write (fake kernels must agree)."""
+    return empty_in_order(shape, dim_order(like), dtype=like.dtype, device=like.device)
+
+
+def _conv_out_shape(x: Tensor, weight: Tensor, group: str, stride, padding, dilation, groups, weight_groups):
+    kh, kw = weight.shape[-2:]
+    ho = (x.shape[3] + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (x.shape[4] + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return (x.shape[0], groups * (weight.shape[0] // weight_groups), _GROUPS[group].order, ho, wo)
+
+
+def _kernels_for(x: Tensor, backend: str) -> bool:
+    with _use_backend(backend):
+        return use_triton(x)
+
+
+def _bank(weight: Tensor, spec: ConvSpec) -> Tensor:
+    """The flattened filter bank ``(groups·C_out_g·S_out, C_in_g·S_in, kh, kw)`` (reference path only)."""
+    if spec.weight_groups != spec.groups:
+        weight = weight.repeat(spec.groups, 1, 1, 1, 1)
+    return filter_bank(weight, spec.group, spec.in_group).flatten(0, 1).flatten(1, 2)
+
+
+def _bank_adjoint(dbank: Tensor, spec: ConvSpec, weight_shape) -> Tensor:
+    """The gradient of the base weight from the gradient of :func:`_bank`: the adjoint of ``filter_bank``'s
+    gather (tap permutation back, then sum the slices ``t(g, s) = u`` into slice ``u``, and the channel groups
+    that share one weight)."""
+    kh, kw = spec.kernel
+    c_out = dbank.shape[0] // spec.s_out
+    d = dbank.reshape(c_out, spec.s_out, spec.in_channels, spec.s_in, kh * kw).permute(0, 2, 1, 3, 4)
+    dest = spec.group.tap_destinations((kh, kw)).to(d.device)                   # (S_out, T): source⁻¹
+    d = torch.gather(d, -1, dest[None, None, :, None, :].expand_as(d))        # undo the tap permutation
+    t = spec.group.stabilizer_index(spec.in_group).to(d.device).flatten()     # (S_out·S_in,) -> u
+    dw = d.new_zeros(c_out, spec.in_channels, spec.s_in, kh * kw).index_add_(2, t, d.flatten(2, 3))
+    if spec.weight_groups != spec.groups:
+        dw = dw.view(spec.groups, -1, *dw.shape[1:]).sum(0)
+    return dw.reshape(weight_shape)
+
+
+def _pad_args(spec: ConvSpec):
+    """``(explicit F.pad or None, conv padding)``: F.conv2d takes only symmetric padding."""
+    top, bottom, left, right = spec.padding
+    if (top, left) == (bottom, right):
+        return None, (top, left)
+    return (left, right, top, bottom), (0, 0)
+
+
+# ------------------------------------------------------------------------------------------------- the ops
+@torch.library.custom_op("gconv_triton::gconv2d", mutates_args=())
+def _conv_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], group: str, in_group: str, stride: List[int],
+             padding: List[int], dilation: List[int], groups: int, weight_groups: int, activation: str,
+             backend: str) -> Tuple[Tensor, Tensor]:
+    spec = _spec(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups)
+    keep_z = activation in ("silu", "gelu")
+    if _kernels_for(x, backend):
+        from . import kernels
+        from ._spec import check_index_range
+
+        check_index_range(spec)
+        if activation == "none":
+            y, z = kernels.forward(x, weight, bias, spec), None
+        else:
+            out = kernels.forward(x, weight, bias, spec, activation, keep_z)
+            y, z = out if keep_z else (out, None)
+    else:
+        z = gconv2d_reference(x, weight, bias, spec)
+        fn = _ACTIVATION_FN[activation]
+        y = z if fn is None else fn(z)
+        z = z if keep_z else None
+        like = _empty_like_layout(y.shape, x)
+        if y.stride() != like.stride():  # same layout as the kernels (and the fake kernel) give
+            y = like.copy_(y)
+            z = None if z is None else _empty_like_layout(z.shape, x).copy_(z)
+    return y, (z if z is not None else x.new_empty(0))
+
+
+@_conv_op.register_fake
+def _(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups, activation, backend):
+    y = _empty_like_layout(_conv_out_shape(x, weight, group, stride, padding, dilation, groups, weight_groups), x)
+    z = _empty_like_layout(y.shape, x) if activation in ("silu", "gelu") else x.new_empty(0)
+    return y, z
+
+
+@torch.library.custom_op("gconv_triton::gconv2d_input_grad", mutates_args=())
+def _input_grad_op(dy: Tensor, weight: Tensor, input_size: List[int], input_order: List[int], group: str,
+                   in_group: str, stride: List[int], padding: List[int], dilation: List[int], groups: int,
+                   weight_groups: int, backend: str) -> Tensor:
+    like = dy.new_empty(()).expand(input_size)  # shape, dtype and device of x without memory
+    spec = _spec(like, weight, None, group, in_group, stride, padding, dilation, groups, weight_groups)
+    if _kernels_for(dy, backend):
+        from . import kernels
+
+        return kernels.input_grad(dy, weight, spec, input_order)
+    explicit, pad = _pad_args(spec)
+    b, c, s, h, w = input_size
+    if explicit is not None:
+        h, w = h + spec.padding[0] + spec.padding[1], w + spec.padding[2] + spec.padding[3]
+    dx = torch.nn.grad.conv2d_input((b, c * s, h, w), _bank(weight, spec), dy.flatten(1, 2), spec.stride, pad,
+                                    spec.dilation, spec.groups)
+    if explicit is not None:
+        dx = dx[..., spec.padding[0]:spec.padding[0] + spec.height, spec.padding[2]:spec.padding[2] + spec.width]
+    out = empty_in_order(input_size, input_order, dtype=dx.dtype, device=dx.device)
+    return out.copy_(dx.reshape(input_size))
+
+
+@_input_grad_op.register_fake
+def _(dy, weight, input_size, input_order, group, in_group, stride, padding, dilation, groups, weight_groups,
+      backend):
+    return empty_in_order(input_size, input_order, dtype=dy.dtype, device=dy.device)
+
+
+@torch.library.custom_op("gconv_triton::gconv2d_weight_grad", mutates_args=())
+def _weight_grad_op(dy: Tensor, x: Tensor, weight_size: List[int], group: str, in_group: str, stride: List[int],
+                    padding: List[int], dilation: List[int], groups: int, weight_groups: int,
+                    backend: str) -> Tensor:
+    like = x.new_empty(()).expand(weight_size)
+    spec = _spec(x, like, None, group, in_group, stride, padding, dilation, groups, weight_groups)
+    if _kernels_for(x, backend):
+        from . import kernels
+
+        return kernels.weight_grad(dy, x, spec, tuple(weight_size))
+    explicit, pad = _pad_args(spec)
+    x4 = x.flatten(1, 2) if explicit is None else F.pad(x.flatten(1, 2), explicit)
+    c_out = spec.groups * spec.out_channels * spec.s_out
+    dbank = torch.nn.grad.conv2d_weight(x4, (c_out, spec.in_channels * spec.s_in, *spec.kernel), dy.flatten(1, 2),
+                                        spec.stride, pad, spec.dilation, spec.groups)
+    return _bank_adjoint(dbank, spec, weight_size).contiguous()
+
+
+@_weight_grad_op.register_fake
+def _(dy, x, weight_size, group, in_group, stride, padding, dilation, groups, weight_groups, backend):
+    return x.new_empty(weight_size)
+
+
+# ---------------------------------------------------------------------------------------------- autograd
+def bias_grad(dy: torch.Tensor, groups: int, weight_groups: int) -> torch.Tensor:
+    """``dy (B, groups·C_out_g, S_out, H, W)`` -> the bias gradient per weight row, summed (in fp32 at least) over
+    the batch, the group axis, the plane and the channel groups that share the row."""
+    per_channel = dy.sum((0, 2, 3, 4), dtype=torch.promote_types(dy.dtype, torch.float32))
+    return per_channel.view(groups // weight_groups, -1).sum(0).to(dy.dtype)
+
+
+def activation_backward(dy: torch.Tensor, saved: torch.Tensor, activation: str) -> torch.Tensor:
+    """The gradient through the fused activation, exactly as autograd's for ``F.relu/silu/gelu``: ``saved`` is the
+    output ``y`` for relu (``y > 0`` iff the pre-activation is) and the pre-activation for silu and gelu."""
+    if activation == "none":
+        return dy
+    if activation == "relu":
+        return torch.ops.aten.threshold_backward(dy, saved, 0)
+    if activation == "silu":
+        return torch.ops.aten.silu_backward(dy, saved)
+    if activation == "gelu":
+        return torch.ops.aten.gelu_backward(dy, saved)
+    raise ValueError(f"activation: expected 'none', 'relu', 'silu' or 'gelu', got {activation!r}")
+
+
+def _geometry_args(inputs, first: int):
+    """The op arguments after the tensors: group, in_group, stride, padding, dilation, groups, weight_groups."""
+    return tuple(inputs[first:first + 7])
+
+
+def _conv_setup(ctx, inputs, output):
+    x, weight, bias = inputs[:3]
+    ctx.geometry = _geometry_args(inputs, 3)
+    ctx.activation, ctx.backend = inputs[10], inputs[11]
+    y, z = output
+    ctx.has_bias = bias is not None
+    # relu: the mask comes from y (no extra memory); silu/gelu: from the pre-activation z the kernel wrote.
+    ctx.save_for_backward(x, weight, y if ctx.activation == "relu" else z)
+
+
+def _conv_backward(ctx, dy, _dz):
+    x, weight, saved = ctx.saved_tensors
+    if dy is None:  # only the internal pre-activation output was used
+        return (None,) * 12
+    dz = activation_backward(dy, saved, ctx.activation)
+    dx = dw = db = None
+    if ctx.needs_input_grad[0]:
+        dx = _input_grad_op(dz, weight, list(x.shape), dim_order(x), *ctx.geometry, ctx.backend)
+    if ctx.needs_input_grad[1]:
+        dw = _weight_grad_op(dz, x, list(weight.shape), *ctx.geometry, ctx.backend)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        groups, weight_groups = ctx.geometry[5:7]
+        db = bias_grad(dz, groups, weight_groups)
+    return (dx, dw, db) + (None,) * 9
+
+
+_conv_op.register_autograd(_conv_backward, setup_context=_conv_setup)
+
+
+def _input_grad_setup(ctx, inputs, output):
+    dy, weight = inputs[:2]
+    ctx.geometry = _geometry_args(inputs, 4)
+    ctx.backend = inputs[11]
+    ctx.save_for_backward(dy, weight)
+
+
+def _input_grad_backward(ctx, g):
+    """``dx = Aᵀ dy`` is linear in ``dy`` and in ``w``: ``d(dy) = A g`` (the forward conv) and
+    ``dw = weight_grad(dy, x = g)`` (``⟨Aᵀ dy, g⟩ = ⟨dy, A g⟩``)."""
+    dy, weight = ctx.saved_tensors
+    d_dy = d_w = None
+    if ctx.needs_input_grad[0]:
+        d_dy = _conv_op(g, weight, None, *ctx.geometry, "none", ctx.backend)[0]
+    if ctx.needs_input_grad[1]:
+        d_w = _weight_grad_op(dy, g, list(weight.shape), *ctx.geometry, ctx.backend)
+    return (d_dy, d_w) + (None,) * 10
+
+
+_input_grad_op.register_autograd(_input_grad_backward, setup_context=_input_grad_setup)
+
+
+# ------------------------------------------------------------------------------------------ entry points
+def _op_geometry(weight: Tensor, group: Group, in_group: Group, stride, padding, dilation, groups: int,
+                 shared_weight: bool):
+    """Plain-Python resolution of a call's geometry into op arguments (traceable by torch.compile)."""
+    kernel = tuple(weight.shape[-2:])
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    pad = _resolve_padding(padding, kernel, dilation, stride)
+    return (group_key(group), group_key(in_group), list(stride), list(pad), list(dilation), groups,
+            1 if shared_weight else groups)
+
+
+def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], *, group, in_group, stride, padding, dilation,
+         groups: int, shared_weight: bool = False, activation: str = "none") -> Tensor:
+    """``activation(gconv(input) + bias)`` through ``gconv_triton::gconv2d``.  Arguments as
+    :func:`~gconv_triton.functional.gconv2d` (validated there); returns ``(B, C_out, S_out, H_out, W_out)``."""
+    group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
+    input, weight, bias = autocast_inputs(input.device.type, input, weight, bias)
+    x = input if input.dim() == 5 else input.unflatten(1, (-1, in_group.order))
+    geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, shared_weight)
+    return _conv_op(x, weight, bias, *geometry, activation, _backend_name())[0]
+
+
+def conv_input_grad(dy: Tensor, weight: Tensor, input_size: Sequence[int], *, group, in_group, stride, padding,
+                    dilation, groups: int) -> Tensor:
+    """The transposed group convolution ``Aᵀ dy`` of the conv ``A`` that maps ``input_size`` maps to ``dy``'s
+    shape, differentiable in ``dy`` and ``weight``; through ``gconv_triton::gconv2d_input_grad``."""
+    group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
+    dy, weight = autocast_inputs(dy.device.type, dy, weight)
+    geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, False)
+    return _input_grad_op(dy, weight, list(input_size), dim_order(dy), *geometry, _backend_name())

@@ -1,0 +1,343 @@
+"""The implementations the suite compares, each built for one :class:`Case` (a layer's tensors in a dtype and
+memory layout).
+
+- ``gconv_triton``: ``gconv_triton.functional.gconv2d`` on the fused kernels (on a CPU: the package's CPU path).
+- ``bank_cudnn``: the filter bank gathered from the base weight by a precomputed index on every call, then
+  ``F.conv2d`` (what GrouPy-style ports do; on a CPU, the same on the CPU).
+- ``e2cnn``: ``e2cnn.nn.R2Conv`` on regular fields (its own steerable parametrisation; the bank is expanded on
+  every training call).  Skipped, with the reason, when e2cnn is missing or cannot build a layer.
+- ``dense_cudnn``: ``F.conv2d`` with the bank precomputed and trained as a dense weight (cuDNN if the bank were free).
+- ``matmul``: ``torch.matmul`` of ``(M, K) @ (K, N)`` with the layer's ``M, N, K`` (:meth:`Layer.gemm`): the same
+  FLOPs at the tensor-core ceiling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+import gconv_triton
+from gconv_triton.autotune import DTYPES, Layer, make_input
+from gconv_triton.functional import gconv2d
+from gconv_triton.reference import filter_bank
+
+PROVIDERS = ("gconv_triton", "bank_cudnn", "e2cnn", "dense_cudnn", "matmul")
+
+
+@dataclasses.dataclass
+class Case:
+    """One layer's tensors in one dtype and memory layout, shared by every provider.
+
+    ``x (B, C_in, S_in, H, W)`` (requires grad when the layer's input does), base weight ``w`` (requires grad),
+    output gradient ``dy (B, C_out, S_out, H_out, W_out)`` in ``x``'s layout.
+    """
+
+    layer: Layer
+    dtype: str
+    layout: str
+    x: torch.Tensor
+    w: torch.Tensor
+    dy: torch.Tensor
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def inputs(self, *params: torch.Tensor) -> list[torch.Tensor]:
+        """What a backward differentiates: ``x`` when the layer needs its gradient, then ``params``."""
+        return ([self.x] if self.layer.input_grad else []) + list(params)
+
+
+def make_case(layer: Layer, dtype: str, layout: str, device, seed: int = 0) -> Case:
+    """Fresh standard-normal tensors made on ``device`` (the weight scaled by 1/sqrt(fan-in) so outputs stay O(1) in
+    half precision); the values depend on the seed only, not on the layout or dtype (before rounding)."""
+    device = torch.device(device)
+    torch_dtype = DTYPES[dtype][0]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    spec = layer.spec()
+    fan_in = spec.in_channels * spec.s_in * spec.kernel[0] * spec.kernel[1]
+    x = make_input(layer.input_shape(), torch.float32, device, layout, gen)
+    w = torch.randn(layer.weight_shape(), generator=gen, device=device) / math.sqrt(fan_in)
+    out_shape = (spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height, spec.out_width)
+    dy = make_input(out_shape, torch.float32, device, layout, gen)
+    x, w, dy = (t.to(torch_dtype) for t in (x, w, dy))   # .to keeps each tensor's memory layout
+    return Case(layer, dtype, layout, x.requires_grad_(layer.input_grad), w.requires_grad_(), dy)
+
+
+@dataclasses.dataclass
+class Built:
+    """A provider ready to run: ``forward()`` returns a tensor shaped like ``grad_output``; a backward
+    differentiates it with respect to ``inputs``."""
+
+    forward: Callable[[], torch.Tensor]
+    inputs: list[torch.Tensor]
+    grad_output: torch.Tensor
+
+
+class Provider:
+    """Base class: ``build(case)`` for timing, ``outputs(case)`` for the numerical check (``{"y", "dx", "dw"}``
+    in the package's conventions, comparable with the reference)."""
+
+    name = ""
+    comparable = True   # outputs() reproduce the reference layer (e2cnn's own weights do not)
+
+    def unsupported(self, layer: Layer) -> Optional[str]:
+        """Why this provider cannot run ``layer``, or None."""
+        return None
+
+    def build(self, case: Case) -> Built:
+        raise NotImplementedError
+
+    def outputs(self, case: Case) -> dict[str, torch.Tensor]:
+        built = self.build(case)
+        y = built.forward()
+        grads = torch.autograd.grad(y, built.inputs, built.grad_output)
+        names = (["dx"] if case.layer.input_grad else []) + ["dw"]
+        return {"y": y.detach(), **dict(zip(names, grads))}
+
+
+class GconvTriton(Provider):
+    """Our ``gconv2d``: the fused kernels with ``backend="triton"``; ``backend="auto"`` on CPU tensors times the
+    package's CPU path (the reference: bank + ``F.conv2d``)."""
+
+    name = "gconv_triton"
+
+    def __init__(self, backend: str = "triton"):
+        self.backend = backend
+
+    def build(self, case: Case) -> Built:
+        layer = case.layer
+
+        def forward():
+            with gconv_triton.backend(self.backend):
+                return gconv2d(case.x, case.w, group=layer.group, in_group=layer.in_group, stride=layer.stride,
+                               padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+
+        return Built(forward, case.inputs(case.w), case.dy)
+
+
+@functools.lru_cache(maxsize=64)
+def _bank_index_cpu(layer: Layer) -> torch.Tensor:
+    spec = layer.spec()
+    numel = math.prod(layer.weight_shape())
+    index = torch.arange(numel).view(layer.weight_shape())
+    return filter_bank(index, spec.group, spec.in_group).flatten(0, 1).flatten(1, 2).contiguous()
+
+
+def bank_index(layer: Layer, device) -> torch.Tensor:
+    """Where each filter-bank entry ``(C_out·S_out, C_in_g·S_in, kh, kw)`` reads the flattened base weight: GrouPy's
+    precomputed gather index (built once, by running :func:`filter_bank` on ``arange``)."""
+    return _bank_index_cpu(layer).to(device)
+
+
+def gather_bank(w: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The bank as one ``index_select`` of the flattened base weight (its backward is one ``index_add_``: the
+    fastest form of the gather that we found, so the baseline is not handicapped by slow advanced indexing)."""
+    return w.reshape(-1).index_select(0, index.flatten()).view(index.shape)
+
+
+def conv_with_bank(x: torch.Tensor, bank: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """``F.conv2d`` of the flattened ``x (B, C·S, H, W)`` with ``bank``; returns
+    ``(B, C_out, S_out, H_out, W_out)``."""
+    spec = layer.spec()
+    y = F.conv2d(x.flatten(1, 2), bank, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    return y.unflatten(1, (spec.groups * spec.out_channels, spec.s_out))
+
+
+def bank_grad_to_weight(dbank: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """Sum a bank gradient back onto the base weight (the scatter-add that the gather's backward does)."""
+    index = bank_index(layer, dbank.device).flatten()
+    dw = torch.zeros(math.prod(layer.weight_shape()), dtype=dbank.dtype, device=dbank.device)
+    return dw.index_add_(0, index, dbank.flatten()).view(layer.weight_shape())
+
+
+class BankCudnn(Provider):
+    """The filter bank gathered by index on every call (its backward scatter-adds into the base weight), then
+    ``F.conv2d``: what GrouPy-style ports do."""
+
+    name = "bank_cudnn"
+
+    def build(self, case: Case) -> Built:
+        index = bank_index(case.layer, case.device)
+        return Built(lambda: conv_with_bank(case.x, gather_bank(case.w, index), case.layer),
+                     case.inputs(case.w), case.dy)
+
+
+class DenseCudnn(Provider):
+    """``F.conv2d`` with the bank built once and trained as a dense weight: the cost of cuDNN alone."""
+
+    name = "dense_cudnn"
+
+    def _bank(self, case: Case) -> torch.Tensor:
+        bank = gather_bank(case.w.detach(), bank_index(case.layer, case.device))
+        if case.layout == "channels_last":
+            bank = bank.contiguous(memory_format=torch.channels_last)
+        return bank.requires_grad_()
+
+    def build(self, case: Case) -> Built:
+        bank = self._bank(case)
+        return Built(lambda: conv_with_bank(case.x, bank, case.layer), case.inputs(bank), case.dy)
+
+    def outputs(self, case: Case) -> dict[str, torch.Tensor]:
+        out = super().outputs(case)
+        out["dw"] = bank_grad_to_weight(out["dw"], case.layer)
+        return out
+
+
+class Matmul(Provider):
+    """``torch.matmul`` of random ``(M, K) @ (K, N)`` with the layer's GEMM sizes: the tensor-core ceiling.
+
+    Its numerical check runs the layer itself as that GEMM (im2col of ``x`` times the bank, per channel group),
+    which shows that ``M, N, K`` are the layer's."""
+
+    name = "matmul"
+    comparable = False   # times random matrices, not the layer
+
+    def build(self, case: Case) -> Built:
+        m, n, k = case.layer.gemm()
+        gen = torch.Generator(device=case.device).manual_seed(1)
+        dtype = case.x.dtype
+        a = torch.randn(m, k, generator=gen, device=case.device, dtype=dtype).requires_grad_(case.layer.input_grad)
+        b = torch.randn(k, n, generator=gen, device=case.device, dtype=dtype).requires_grad_()
+        dy = torch.randn(m, n, generator=gen, device=case.device, dtype=dtype)
+        return Built(lambda: torch.matmul(a, b), ([a] if case.layer.input_grad else []) + [b], dy)
+
+    def outputs(self, case: Case) -> dict[str, torch.Tensor]:
+        layer, spec = case.layer, case.layer.spec()
+        m, n, k = layer.gemm()
+        g = spec.groups
+        cols = F.unfold(case.x.flatten(1, 2), spec.kernel, layer.dilation, layer.padding, layer.stride)
+        b, _, pixels = cols.shape
+        a = cols.view(b, g, k, pixels).permute(1, 0, 3, 2).reshape(g, b * pixels, k)      # (groups, M, K)
+        bank = gather_bank(case.w, bank_index(layer, case.device)).reshape(g, n // g, k)  # (groups, N_g, K)
+        if a.shape[1:] != (m, k) or bank.shape[0] * bank.shape[1] != n:
+            raise RuntimeError(f"im2col GEMM is {tuple(a.shape)} @ {tuple(bank.shape)}, Layer.gemm() says {(m, n, k)}")
+        y = torch.matmul(a, bank.transpose(1, 2))                                          # (groups, M, N_g)
+        y = y.view(g, b, spec.out_height, spec.out_width, n // g).permute(1, 0, 4, 2, 3)
+        y = y.reshape(b, spec.groups * spec.out_channels, spec.s_out, spec.out_height, spec.out_width)
+        grads = torch.autograd.grad(y, case.inputs(case.w), case.dy)
+        names = (["dx"] if layer.input_grad else []) + ["dw"]
+        return {"y": y.detach(), **dict(zip(names, grads))}
+
+
+# ------------------------------------------------------------------------------------------------------ e2cnn
+_E2_GSPACES = {"p4": ("Rot2dOnR2", dict(N=4)), "p4m": ("FlipRot2dOnR2", dict(N=4)), "z2": ("TrivialOnR2", {})}
+
+
+@functools.lru_cache(maxsize=1)
+def load_e2cnn():
+    """``(e2cnn module, None)`` if e2cnn imports, else ``(None, why)``."""
+    try:
+        import e2cnn
+        import e2cnn.gspaces  # noqa: F401  (what the provider uses: fail here, not later)
+        import e2cnn.nn  # noqa: F401
+    except ImportError as err:
+        return None, f"e2cnn is not installed ({err}); `pip install gconv_triton[perf]` adds it"
+    return e2cnn, None
+
+
+@functools.lru_cache(maxsize=None)
+def e2cnn_broken(group: str) -> Optional[str]:
+    """Why e2cnn cannot build a small ``R2Conv`` between regular fields of ``group`` here, or None.  (e2cnn 0.2.3
+    calls numpy APIs that numpy 2 removed, and only on some groups' basis paths: try each group once.)"""
+    e2cnn, why = load_e2cnn()
+    if why:
+        return why
+    try:
+        from e2cnn import gspaces, nn as enn
+
+        cls, kw = _E2_GSPACES[group]
+        space = getattr(gspaces, cls)(**kw)
+        enn.R2Conv(enn.FieldType(space, [space.regular_repr]), enn.FieldType(space, [space.regular_repr]), 3)
+    except Exception as err:  # noqa: BLE001  (report why, go on without it)
+        import numpy
+
+        detail = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        return (f"e2cnn {getattr(e2cnn, '__version__', '?')} cannot build a {group} R2Conv with numpy "
+                f"{numpy.__version__} ({detail})")
+    return None
+
+
+class E2cnn(Provider):
+    """``e2cnn.nn.R2Conv`` between regular fields (trivial fields for a lifting layer), in training mode: the bank
+    is expanded from e2cnn's steerable basis on every call, as in training."""
+
+    name = "e2cnn"
+    comparable = False
+
+    def unsupported(self, layer: Layer) -> Optional[str]:
+        _, why = load_e2cnn()
+        if why:
+            return why
+        if layer.kernel[0] != layer.kernel[1]:
+            return f"R2Conv takes square kernels only, got {layer.kernel}"
+        if layer.group not in _E2_GSPACES or layer.in_group not in (layer.group, "z2"):
+            return f"no e2cnn gspace for {layer.in_group} -> {layer.group} here"
+        return e2cnn_broken(layer.group)
+
+    def module(self, layer: Layer, device, dtype):
+        e2cnn, why = load_e2cnn()
+        if why:
+            raise RuntimeError(why)
+        from e2cnn import gspaces, nn as enn
+
+        cls, kw = _E2_GSPACES[layer.group]
+        space = getattr(gspaces, cls)(**kw)
+        in_repr = space.trivial_repr if layer.in_group == "z2" else space.regular_repr
+        conv = enn.R2Conv(enn.FieldType(space, layer.c_in * [in_repr]),
+                          enn.FieldType(space, layer.c_out * [space.regular_repr]), layer.kernel[0],
+                          padding=layer.padding[0], stride=layer.stride, dilation=layer.dilation, groups=layer.groups,
+                          bias=False, initialize=False)
+        with torch.no_grad():
+            conv.weights.normal_(0.0, 1.0 / math.sqrt(conv.weights.numel() / max(layer.c_out, 1)))
+        return conv.to(device=device, dtype=dtype).train()
+
+    def build(self, case: Case) -> Built:
+        from e2cnn import nn as enn
+
+        conv = self.module(case.layer, case.device, case.x.dtype)
+        x4 = case.x.flatten(1, 2)
+
+        def forward():
+            return conv(enn.GeometricTensor(x4, conv.in_type)).tensor
+
+        return Built(forward, case.inputs(*conv.parameters()), case.dy.flatten(1, 2))
+
+
+def e2cnn_permutation(group: str) -> Optional[list[int]]:
+    """e2cnn's order of the group elements in a regular field, as our indices: e2cnn's slot ``j`` holds our element
+    ``p[j]``.  Found from a lifting layer's expanded bank (each output slot is the base filter under one element),
+    so it checks e2cnn's conventions instead of assuming them; None if they cannot be matched."""
+    layer = Layer("probe", group=group, in_group="z2", c_in=1, c_out=1, height=5, width=5, kernel=(5, 5))
+    conv = E2cnn().module(layer, "cpu", torch.float64)
+    bank = conv.expand_parameters()[0].detach()                          # (S, 1, 5, 5)
+    spec = layer.spec()
+    ours = filter_bank(bank[:1].view(1, 1, 1, 5, 5), spec.group, spec.in_group)[0, :, 0, 0]   # (S, 5, 5)
+    perm = []
+    for j in range(spec.s_out):
+        hits = [g for g in range(spec.s_out) if torch.allclose(ours[g], bank[j, 0], atol=1e-12)]
+        if len(hits) != 1:
+            return None
+        perm.append(hits[0])
+    return perm if sorted(perm) == list(range(spec.s_out)) else None
+
+
+def provider(name: str, device) -> Provider:
+    """The provider called ``name`` for ``device`` (on a CPU ``gconv_triton`` times the package's CPU path)."""
+    if name == "gconv_triton":
+        return GconvTriton("triton" if torch.device(device).type == "cuda" else "auto")
+    classes = {"bank_cudnn": BankCudnn, "e2cnn": E2cnn, "dense_cudnn": DenseCudnn, "matmul": Matmul}
+    if name not in classes:
+        raise ValueError(f"provider: expected one of {PROVIDERS}, got {name!r}")
+    return classes[name]()
+
+
+__all__ = ["PROVIDERS", "Case", "Built", "Provider", "GconvTriton", "BankCudnn", "DenseCudnn", "Matmul", "E2cnn",
+           "make_case", "bank_index", "gather_bank", "conv_with_bank", "bank_grad_to_weight", "load_e2cnn",
+           "e2cnn_broken", "e2cnn_permutation",
+           "provider"]

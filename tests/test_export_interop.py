@@ -1,0 +1,220 @@
+"""Export (issue 6.5) and weight interop (issue 6.6).
+
+* ``module.export()`` / ``export_model``: plain ``nn.Conv2d`` / ``nn.ConvTranspose2d`` holding the materialized bank
+  give the layer's outputs on flattened maps (float64, round-off), and the exported model goes through
+  ``torch.export``.
+* e2cnn: a real ``R2Conv`` (when e2cnn imports) converted by :func:`from_e2cnn` computes the same function, with
+  the group axis permuted by :func:`e2cnn_permutation`.
+* GrouPy-PyTorch (not installable: NumPy 2 removed ``np.int``): its filter bank is rebuilt here from GrouPy's
+  definition, independently of our tables: ``F[g, s](x) = w[g⁻¹s](g⁻¹x)`` with GrouPy's ``D4`` matrices
+  ``M^m R^r`` acting on ``(row, col)`` about the filter centre (``groupy/garray/D4_array.py``, ``int2mat``).
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gconv_triton import GroupConv2d, P4MConvP4M
+from gconv_triton.interop import e2cnn_permutation, from_e2cnn, from_groupy, weights_from_e2cnn_filter
+from gconv_triton.layers import ExportedGroupConv, GroupConvTranspose2d, export_model
+from gconv_triton.models import GroupResNet
+
+DT = torch.float64
+EXACT = 1e-12
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+# ------------------------------------------------------------------------------------------------- export
+EXPORT_CASES = [  # (id, in, out, kernel, group, in_group, kwargs)
+    ("lifting-stride2", 2, 3, 3, "p4", "z2", dict(stride=2, padding=1)),
+    ("p4m-same-even", 2, 2, 4, "p4m", "p4m", dict(padding="same")),
+    ("p4-groups-dilation", 4, 6, 3, "p4", "p4", dict(groups=2, dilation=2, padding=2)),
+    ("p4-gelu", 2, 3, 3, "p4", "p4", dict(padding=1, activation="gelu")),
+]
+
+
+@pytest.mark.parametrize("case", EXPORT_CASES, ids=[c[0] for c in EXPORT_CASES])
+def test_conv_export_matches(case):
+    _, c_in, c_out, k, group, in_group, kwargs = case
+    torch.manual_seed(0)
+    layer = GroupConv2d(c_in, c_out, k, group=group, in_group=in_group, dtype=DT, **kwargs)
+    s_in = layer.in_group.order
+    x = torch.randn(2, c_in, s_in, 9, 9, dtype=DT)
+    exported = layer.export()
+    conv = exported[0] if isinstance(exported, nn.Sequential) else exported
+    assert type(conv) is nn.Conv2d and not any(isinstance(m, GroupConv2d) for m in exported.modules())
+    y = exported(x.flatten(1, 2)).unflatten(1, (c_out, layer.group.order))  # the documented reshape
+    assert _rel(y, layer(x)) < EXACT
+
+
+def test_transposed_export_matches():
+    torch.manual_seed(0)
+    layer = GroupConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1, groups=2, group="p4m", dtype=DT)
+    x = torch.randn(2, 4, 8, 5, 5, dtype=DT)
+    exported = layer.export()
+    assert type(exported) is nn.ConvTranspose2d
+    assert _rel(exported(x.flatten(1, 2)).unflatten(1, (2, 8)), layer(x)) < EXACT
+
+
+def test_export_model_and_torch_export():
+    torch.manual_seed(0)
+    model = nn.Sequential(GroupResNet("p4m", (1, 1), (8, 8), num_classes=3, dtype=DT))
+    model(torch.randn(4, 3, 9, 9, dtype=DT))  # running statistics
+    model.eval()
+    plain = export_model(model)
+    assert not any(isinstance(m, (GroupConv2d, GroupConvTranspose2d)) for m in plain.modules())
+    assert sum(isinstance(m, ExportedGroupConv) for m in plain.modules()) == 6
+    x = torch.randn(2, 3, 9, 9, dtype=DT)
+    assert _rel(plain(x), model(x)) < EXACT
+    program = torch.export.export(plain, (x,))
+    assert not any("gconv_triton" in str(n.target) for n in program.graph.nodes)
+    assert _rel(program.module()(x), model(x)) < EXACT
+
+
+# -------------------------------------------------------------------------------------------------- e2cnn
+def _import_e2cnn():
+    """e2cnn 0.2.3 predates NumPy 2: patch its two incompatibilities (``ndarray.tostring`` in basis hashes,
+    ``np.array(copy=False)``) in the test process, without changing its numerics."""
+    e2cnn = pytest.importorskip("e2cnn")
+    import e2cnn.kernels.irreps_basis as irreps_basis
+    import e2cnn.kernels.utils as kernel_utils
+
+    if int(np.__version__.split(".")[0]) >= 2 and not getattr(e2cnn, "_gconv_triton_patched", False):
+        def _hash(self):
+            return hash((type(self).__name__, self.in_irrep, self.out_irrep, np.asarray(self.mu).tobytes(),
+                         np.asarray(self.gamma).tobytes()))
+
+        for cls in vars(irreps_basis).values():
+            method = vars(cls).get("__hash__") if isinstance(cls, type) else None
+            if callable(method) and "tostring" in method.__code__.co_names:
+                cls.__hash__ = _hash
+
+        class _NumPy:
+            def __getattr__(self, name):
+                return getattr(np, name)
+
+            @staticmethod
+            def array(obj, *args, copy=True, **kwargs):
+                return np.asarray(obj, *args, **kwargs) if copy is False else np.array(obj, *args, **kwargs)
+
+        kernel_utils.np = _NumPy()
+        e2cnn._gconv_triton_patched = True
+    # e2cnn caches sampled bases by basis equality, and its dihedral basis' __eq__ ignores the reflection axis:
+    # without this, an axis=0 layer built after an axis=pi/2 one silently reuses the pi/2 basis.
+    from e2cnn.nn.modules.r2_conv import basisexpansion_singleblock
+
+    basisexpansion_singleblock._stored_filters.clear()
+    return e2cnn
+
+
+E2CNN_CASES = [("p4", False, None), ("p4", True, None), ("p4m", False, math.pi / 2), ("p4m", True, math.pi / 2),
+               ("p4m", True, 0.0)]
+
+
+@pytest.mark.parametrize("group,regular_in,axis", E2CNN_CASES,
+                         ids=[f"{g}-{'regular' if r else 'lifting'}-axis{a}" for g, r, a in E2CNN_CASES])
+def test_from_e2cnn_computes_the_same_function(group, regular_in, axis):
+    e2cnn = _import_e2cnn()
+    from e2cnn import gspaces
+    from e2cnn import nn as enn
+
+    gspace = gspaces.Rot2dOnR2(N=4) if group == "p4" else gspaces.FlipRot2dOnR2(N=4, axis=axis)
+    torch.manual_seed(0)
+    in_type = enn.FieldType(gspace, 2 * [gspace.regular_repr if regular_in else gspace.trivial_repr])
+    out_type = enn.FieldType(gspace, 3 * [gspace.regular_repr])
+    conv = enn.R2Conv(in_type, out_type, kernel_size=3, padding=1, stride=1, bias=True).double()
+    with torch.no_grad():
+        conv.weights.normal_()
+        conv.bias.normal_()
+    conv.eval()
+    ours = from_e2cnn(conv)
+    assert ours.group.name == group and ours.in_group.name == ("z2" if not regular_in else group)
+    perm = e2cnn_permutation(group, axis if axis is not None else math.pi / 2)
+    s, s_in = len(perm), (len(perm) if regular_in else 1)
+    x = torch.randn(2, 2, s_in, 7, 7, dtype=DT)                     # ours: (B, C, S_in, H, W)
+    x_e2 = torch.empty_like(x)
+    x_e2[:, :, perm if regular_in else [0]] = x                      # e2cnn component perm[s] holds our s
+    y_e2 = conv(enn.GeometricTensor(x_e2.flatten(1, 2), in_type)).tensor.unflatten(1, (3, s))[:, :, perm]
+    assert _rel(ours(x), y_e2) < 1e-10
+
+
+def test_e2cnn_wrong_convention_is_rejected():
+    _import_e2cnn()
+    from e2cnn import gspaces
+    from e2cnn import nn as enn
+
+    gspace = gspaces.FlipRot2dOnR2(N=4)
+    conv = enn.R2Conv(enn.FieldType(gspace, [gspace.regular_repr]), enn.FieldType(gspace, [gspace.regular_repr]),
+                      kernel_size=3).double()
+    torch.nn.init.normal_(conv.weights)
+    filt, bias = conv.expand_parameters()
+    weights_from_e2cnn_filter(filt, bias, "p4m", "p4m")             # the right axis loads
+    with pytest.raises(ValueError, match="not a p4m -> p4m"):
+        weights_from_e2cnn_filter(filt, bias, "p4m", "p4m", axis=0.0)  # the other reflection axis does not
+
+
+def test_e2cnn_permutation_values():
+    assert e2cnn_permutation("p4") == [0, 1, 2, 3]
+    assert e2cnn_permutation("p4m") == [0, 1, 2, 3, 6, 5, 4, 7]
+    assert e2cnn_permutation("p4m", axis=0.0) == [0, 1, 2, 3, 4, 7, 6, 5]
+    with pytest.raises(ValueError, match="axis"):
+        e2cnn_permutation("p4m", axis=0.3)
+
+
+# ------------------------------------------------------------------------------------------------- GrouPy
+def _groupy_matrices(order: int):
+    rot, flip = np.array([[0, -1], [1, 0]]), np.array([[-1, 0], [0, 1]])
+    mats = [np.linalg.matrix_power(flip, m) @ np.linalg.matrix_power(rot, r) for m in range(2) for r in range(4)]
+    return mats[:order]
+
+
+def _groupy_bank(w: torch.Tensor, s_in: int, s_out: int) -> torch.Tensor:
+    """GrouPy's transformed filter ``(C_out·S_out, C_in·S_in, k, k)``: ``F[g, s](x) = w[g⁻¹s](g⁻¹x)``."""
+    mats = _groupy_matrices(s_out)
+    index = {m.tobytes(): i for i, m in enumerate(mats)}
+    k = w.shape[-1]
+    c = (k - 1) // 2
+    bank = torch.empty(w.shape[0], s_out, w.shape[1], s_in, k, k, dtype=w.dtype)
+    for g, mat in enumerate(mats):
+        inv = np.round(np.linalg.inv(mat)).astype(mat.dtype)
+        for s in range(s_in):
+            src = index[(inv @ mats[s]).tobytes()] if s_in > 1 else 0
+            for u in range(k):
+                for v in range(k):
+                    pu, pv = inv @ np.array([u - c, v - c]) + c
+                    bank[:, g, :, s, u, v] = w[:, :, src, pu, pv]
+    return bank.flatten(0, 1).flatten(1, 2)
+
+
+@pytest.mark.parametrize("s_in,s_out", [(1, 4), (4, 4), (1, 8), (8, 8)])
+def test_from_groupy_matches_groupy_definition(s_in, s_out):
+    torch.manual_seed(0)
+    stand_in = types.SimpleNamespace(  # SplitGConv2D's attributes, as GrouPy-PyTorch names them
+        in_channels=2, out_channels=3, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), ksize=3,
+        input_stabilizer_size=s_in, output_stabilizer_size=s_out,
+        weight=torch.randn(3, 2, s_in, 3, 3, dtype=DT), bias=torch.randn(3, dtype=DT))
+    ours = from_groupy(stand_in)
+    x = torch.randn(2, 2 * s_in, 7, 7, dtype=DT)                   # GrouPy's input view (B, C_in·S_in, H, W)
+    want = F.conv2d(x, _groupy_bank(stand_in.weight, s_in, s_out), padding=1).view(2, 3, s_out, 7, 7)
+    want = want + stand_in.bias.view(1, -1, 1, 1, 1)
+    assert _rel(ours(x), want) < EXACT
+
+
+def test_groupy_state_dict_loads_unchanged():
+    torch.manual_seed(0)
+    state = {"weight": torch.randn(3, 2, 8, 3, 3), "bias": torch.randn(3)}  # a GrouPy P4MConvP4M's state dict
+    layer = P4MConvP4M(2, 3, 3, padding=1)
+    layer.load_state_dict(state)
+    assert torch.equal(layer.weight, state["weight"]) and torch.equal(layer.bias, state["bias"])
+    with pytest.raises(ValueError, match="stabilizer"):
+        from_groupy(types.SimpleNamespace(input_stabilizer_size=2, output_stabilizer_size=4))

@@ -1,0 +1,149 @@
+"""The perf suite on a CPU: providers agree on tiny shapes, the measurement loop and the report writers work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gconv_triton.autotune import Layer
+
+from helpers import INTERPRETED
+
+from perf import cli, report, smoke
+from perf.providers import PROVIDERS, Matmul, make_case, provider
+from perf.runner import CpuTimer, Timing, run_suite
+
+# Both kernel families, lifting, p4m, channel groups and 1-D (the p4 depthwise case adds only interpreter time).
+CASES = ("lift-p4", "p4m", "conv1d-groups", "conv1d-depthwise")
+
+needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="the smoke mode is the no-GPU path")
+
+
+@needs_interpreter
+def test_every_provider_agrees_on_tiny_shapes():
+    rows = smoke.agreement(CASES)
+    failed = [r for r in rows if r.get("status") != "skipped" and not r["ok"]]
+    assert not failed, failed
+    done = {(r["case"], r["provider"]) for r in rows if r.get("status") != "skipped"}
+    for case in CASES:
+        for name in ("gconv_triton", "bank_cudnn", "dense_cudnn", "matmul"):
+            quantities = {r["quantity"] for r in rows if (r["case"], r["provider"]) == (case, name)}
+            expected = {"y", "dw"} | ({"dx"} if smoke.SMOKE_CASES[case].input_grad else set())
+            assert quantities == expected, (case, name, quantities)
+    # e2cnn either agrees (its bank read back in our convention) or is skipped with the reason.
+    for r in rows:
+        if r["provider"] == "e2cnn" and r.get("status") == "skipped":
+            assert r["message"]
+    assert ("conv1d-groups", "e2cnn") not in done          # R2Conv has square kernels only
+
+
+def test_matmul_provider_has_the_layer_gemm_sizes():
+    layer = smoke.SMOKE_CASES["conv1d-groups"]
+    case = make_case(layer, "fp32", "contiguous", "cpu")
+    built = Matmul().build(case)
+    m, n, k = layer.gemm()
+    assert (m, n, k) == (2 * 9, 6, 2 * 3)       # pixels, all output channels, one channel group's reduction
+    assert built.forward().shape == (m, n) and built.inputs[-1].shape == (k, n)
+    assert layer.flops("forward+backward") == 3 * 2 * m * n * k
+
+
+@needs_interpreter
+def test_agreement_in_a_subprocess_sets_the_interpreter():
+    rows = smoke.agreement_subprocess(["conv1d-depthwise"], ["gconv_triton", "bank_cudnn"])
+    assert {(r["provider"], r["quantity"]) for r in rows} == {
+        (p, q) for p in ("gconv_triton", "bank_cudnn") for q in ("y", "dx", "dw")}
+    assert all(r["ok"] for r in rows), rows
+
+
+def test_agreement_refuses_to_run_without_the_interpreter(monkeypatch):
+    monkeypatch.setattr(smoke, "kernels_interpreted", lambda: False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        smoke.agreement(["conv1d-groups"])
+
+
+def _tiny_sets():
+    small = dict(group="p4", in_group="p4", c_in=2, c_out=3, height=5, width=5, padding=(1, 1), batch=1)
+    return {"p4cnn": [Layer("a", count=2, **small), Layer("b", **small)],
+            "wide": [Layer("wide", group="p4m", in_group="p4m", c_in=2, c_out=2, height=3, width=3, padding=(1, 1))]}
+
+
+def test_runner_and_report_on_cpu(tmp_path):
+    """The GPU run's pipeline (records, derived ratios, totals, targets, files) driven with CPU timers."""
+    sets = _tiny_sets()
+    provs = [provider(p, "cpu") for p in ("gconv_triton", "bank_cudnn", "dense_cudnn", "matmul")]
+    result = run_suite(sets, provs, modes=("forward", "forward+backward"), dtypes=("bf16",), device="cpu",
+                       timer=CpuTimer(min_time_s=0, min_runs=2), memory=lambda run: 3 * 2 ** 20, progress=None)
+    recs = result["records"]
+    assert len(recs) == 3 * 4 * 2 and all(r["status"] == "ok" for r in recs), [r.get("message") for r in recs]
+    ours = [r for r in recs if r["provider"] == "gconv_triton"]
+    assert all(r["ratio_to_gconv_triton"] == 1.0 and r["rel_err"] < 1e-2 for r in ours)
+    assert all(r["frac_matmul"] > 0 and r["tflops"] > 0 for r in recs)
+    summary = {(r["set"], r["mode"], r["provider"]): r for r in result["summary"]}
+    a, b = (r for r in recs if r["set"] == "p4cnn" and r["mode"] == "forward" and r["provider"] == "bank_cudnn")
+    assert summary[("p4cnn", "forward", "bank_cudnn")]["total_ms"] == pytest.approx(2 * a["median_ms"]
+                                                                                    + b["median_ms"])
+    result.update(kind="gpu", environment=report.environment("cpu"), config={})
+    paths = report.write(result, tmp_path, plot=True)
+    text = paths[1].read_text()
+    assert "## Shape sets" in text and "bank_cudnn ×" in text and "## Targets (bf16, forward+backward)" in text
+    assert "of the matmul ceiling" in text and "## Per layer" in text
+    saved = json.loads(paths[0].read_text())
+    assert saved["records"][0]["median_ms"] > 0 and saved["environment"]["torch"] == torch.__version__
+    again = report.write(result, tmp_path, plot=False)
+    assert again[0].name.endswith("-2.json")            # never overwrites an earlier run
+
+
+def test_unsupported_and_failing_providers_are_recorded_not_fatal():
+    class Broken(type(provider("bank_cudnn", "cpu"))):
+        name = "broken"
+
+        def build(self, case):
+            raise RuntimeError("no kernel for this")
+
+    result = run_suite(_tiny_sets(), [provider("gconv_triton", "cpu"), Broken(), provider("e2cnn", "cpu")],
+                       modes=("forward",), dtypes=("fp32",), device="cpu",
+                       timer=lambda run: (run(), Timing(1.0, 0.9, 1.1))[1], progress=None)
+    broken = [r for r in result["records"] if r["provider"] == "broken"]
+    assert broken and all(r["status"] == "error" and "no kernel" in r["message"] for r in broken)
+    e2 = [r for r in result["records"] if r["provider"] == "e2cnn"]
+    assert all(r["status"] in ("ok", "skipped") for r in e2)
+    assert "Skipped, failed or flagged" in report.markdown(dict(result, environment=report.environment("cpu")))
+
+
+@needs_interpreter
+def test_python_m_perf_without_cuda_runs_the_smoke_mode(tmp_path, capsys):
+    rc = cli.main(["--tiny", "--smoke-cases", "conv1d-groups", "--providers", "gconv_triton,bank_cudnn,matmul",
+                   "--save", "--out", str(tmp_path), "--no-plot"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.splitlines()[0].startswith("No CUDA GPU here")
+    assert "CPU numbers" in out and "| conv1d-groups | gconv_triton | y |" in out
+    (md,) = tmp_path.glob("cpu-smoke-*.md")
+    assert "CPU numbers" in md.read_text()
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_cli_rejects_unknown_names():
+    for argv in (["--sets", "nope"], ["--providers", "cudnn"], ["--dtypes", "fp8"]):
+        with pytest.raises(SystemExit, match="expected 'all'"):
+            cli.main(argv)
+    assert set(PROVIDERS) == {"gconv_triton", "bank_cudnn", "e2cnn", "dense_cudnn", "matmul"}
+
+
+def test_resnet44_shape_set_is_the_models_convolutions():
+    """The perf shape set and gconv_triton.models.p4m_resnet44 must not drift apart."""
+    import collections
+
+    from gconv_triton.autotune import model_layers
+    from gconv_triton.models import p4m_resnet44
+    from gconv_triton.modules import GroupConv2d
+
+    convs = collections.Counter(
+        (m.in_channels, m.out_channels, tuple(m.kernel_size), m.stride, m.in_group.name)
+        for m in p4m_resnet44(device="meta").modules() if isinstance(m, GroupConv2d))
+    layers = collections.Counter()
+    for layer in model_layers("resnet44"):
+        layers[(layer.c_in, layer.c_out, layer.kernel, layer.stride, layer.in_group)] += layer.count
+    assert layers == convs
