@@ -74,7 +74,7 @@ def test_opcheck_registered_ops():
     geometry = ("p4", "p4", [1, 1], [1, 1, 1, 1], [1, 1], 1, 1)
     for activation in ("relu", "gelu"):
         torch.library.opcheck(ops._conv_op, (x, w, b, *geometry, activation, "torch"))
-    torch.library.opcheck(ops._input_grad_op, (dy, w, [2, 2, 4, 5, 5], *geometry, "torch"))
+    torch.library.opcheck(ops._input_grad_op, (dy, w, [2, 2, 4, 5, 5], [0, 1, 2, 3, 4], *geometry, "torch"))
     torch.library.opcheck(ops._weight_grad_op, (dy.detach(), x.detach(), [3, 2, 4, 3, 3], *geometry, "torch"))
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import time
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -74,9 +76,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_workers(path: str, deadline_s: float = 180.0) -> None:
+    """``mp.spawn`` with a deadline: a hung rendezvous fails this test instead of stalling the whole suite."""
+    context = mp.start_processes(_worker, args=(_free_port(), path), nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + deadline_s
+    while not context.join(timeout=1.0):  # raises if a worker failed
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"DDP workers did not finish within {deadline_s:.0f} s")
+
+
 def test_ddp_matches_single_process(tmp_path):
     path = str(tmp_path / "ddp.pt")
-    mp.spawn(_worker, args=(_free_port(), path), nprocs=WORLD, join=True)
+    _run_workers(path)
     ddp_state = torch.load(path)
 
     model, x, target = _setup()

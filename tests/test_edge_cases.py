@@ -155,11 +155,9 @@ def test_overlapping_views_match_contiguous(family):
         _assert_close_all(got, _reference(copy, w, b, conv, dy), x.dtype)
 
 
-@pytest.mark.xfail(strict=True, reason="kernels/*.py forward read bias_ptr + row without bias.stride(0): a strided "
-                                       "or expanded bias is read wrongly / out of bounds (fix: bias.contiguous() in "
-                                       "the launchers)")
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_strided_bias(family):
+    """A strided or expanded bias is read through its strides (the kernels index a contiguous one)."""
     x, w, b, conv = _data(family)
     strided = torch.stack([b, torch.full_like(b, 1e3)], 1)[:, 0]  # stride 2: every other element
     expanded = b[:1].expand(b.shape[0])                             # stride 0
@@ -236,18 +234,10 @@ def _run_large_worker(names):
 
 @needs_memory
 def test_offsets_past_2_31():
-    """Batch offsets past 2**31 for both kernel families and group-axis offsets for the GEMM kernels (int64
-    offsets); the inherited environment keeps TRITON_INTERPRET and the poisoning of outputs."""
-    _run_large_worker(["gemm:batch", "depthwise:batch", "gemm:group-axis"])
-
-
-@needs_memory
-@pytest.mark.xfail(strict=True, reason="kernels/depthwise.py: `s * sxs` (and `g * sys`, `g * sdys`, `s * sdxs`) "
-                                       "multiply two int32 values: slice 3 of a group axis with stride > 2**31/3 "
-                                       "wraps to a negative offset (segfault in the interpreter). Fix: "
-                                       "s.to(tl.int64) * sxs, as gconv.py does")
-def test_offsets_past_2_31_depthwise_group_axis():
-    _run_large_worker(["depthwise:group-axis"])
+    """Batch and group-axis offsets past 2**31 for both kernel families: every offset is int64 (an int32 product
+    such as ``s * stride`` wraps to a negative offset, which crashed the worker before the depthwise kernels were
+    fixed).  The worker inherits TRITON_INTERPRET and the poisoning of outputs."""
+    _run_large_worker([f"{family}:{axis}" for family, axis in LARGE_CASES])
 
 
 if __name__ == "__main__":  # the worker of the tests above
