@@ -17,7 +17,7 @@ from torch import nn
 from ._library import _compiling, conv_input_grad
 from ._spec import _pair, make_spec
 from .groups import Group, get_group
-from .modules import GroupConv2d, _kernel_pair, _positive_int
+from .modules import GroupConv2d, _kernel_pair, _positive_int, reset_conv_parameters
 from .reference import filter_bank
 
 __all__ = ["GroupBatchNorm", "GroupConvTranspose2d", "gconv_transpose2d", "gcnn_width", "export_conv",
@@ -157,11 +157,7 @@ class GroupConvTranspose2d(nn.Module):
 
     def reset_parameters(self) -> None:
         """``nn.ConvTranspose2d``'s initialisation with fan-in ``C_out/groups · S_out · kh · kw``."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.weight[0].numel()
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
+        reset_conv_parameters(self.weight, self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return gconv_transpose2d(input, self.weight, self.bias, group=self.group, out_group=self.out_group,

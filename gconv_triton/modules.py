@@ -34,6 +34,15 @@ def _positive_int(value, name: str) -> int:
     return value
 
 
+def reset_conv_parameters(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    """``nn.Conv2d``'s initialisation: Kaiming-uniform weight (a = √5) and a bias uniform in ±1/√fan_in, with
+    fan_in = ``weight[0].numel()`` (all but the leading dimension)."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        fan_in = weight[0].numel()
+        nn.init.uniform_(bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+
+
 class GroupConv2d(nn.Module):
     """Group convolution from ``in_group`` feature maps to ``group`` feature maps (Cohen & Welling, 2016).
 
@@ -83,11 +92,7 @@ class GroupConv2d(nn.Module):
 
     def reset_parameters(self) -> None:
         """``nn.Conv2d``'s initialisation with fan-in ``C_in/groups · S_in · kh · kw``."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.weight[0].numel()
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
+        reset_conv_parameters(self.weight, self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         y = gconv2d(input, self.weight, self.bias, group=self.group, in_group=self.in_group, stride=self.stride,

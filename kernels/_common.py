@@ -65,6 +65,23 @@ def accumulator(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def geometry_args(spec) -> tuple:
+    """``(stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)``, as every kernel takes them."""
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    return (sh, sw, spec.padding[0], spec.padding[2], dh, dw)
+
+
+def static_args(spec, dtype: torch.dtype) -> dict:
+    """The compile-time arguments every kernel shares: group orders, kernel size, accumulator type."""
+    return dict(S_IN=spec.s_in, S_OUT=spec.s_out, KH=spec.kernel[0], KW=spec.kernel[1], ACC=accumulator(dtype))
+
+
+def input_grad_buffer(spec, order, dy: torch.Tensor) -> torch.Tensor:
+    """``dx (B, groups·C_in_g, S_in, H, W)`` stored in dim ``order`` (the input's)."""
+    shape = (spec.batch, spec.groups * spec.in_channels, spec.s_in, spec.height, spec.width)
+    return empty_output(shape, order, dy.dtype, dy.device)
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 

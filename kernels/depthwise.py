@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRET, accumulator, cdiv, empty_like_layout, empty_output, group_tables, maybe_autotune,
-                      offset, split_pixel)
+from ._common import (INTERPRET, cdiv, empty_like_layout, geometry_args, group_tables, input_grad_buffer,
+                      maybe_autotune, offset, split_pixel, static_args)
 from .gconv import apply_activation, preact_buffer
 
 INTERPRETER_CONFIG = dict(BLOCK_P=64, BLOCK_C=16)
@@ -184,15 +184,6 @@ def _meta():
     return dict(INTERPRETER_CONFIG) if INTERPRET else {}
 
 
-def _geometry(spec):
-    (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    return (sh, sw, spec.padding[0], spec.padding[2], dh, dw)
-
-
-def _static(spec, dtype):
-    return dict(S_IN=spec.s_in, S_OUT=spec.s_out, KH=spec.kernel[0], KW=spec.kernel[1], ACC=accumulator(dtype))
-
-
 def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str = "none",
             return_preact: bool = False):
     """As :func:`gconv.forward <gconv_triton.kernels.gconv.forward>` (activation epilogue included)."""
@@ -212,15 +203,14 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str =
         x, weight, bias.contiguous() if bias is not None else weight, y, y if z is None else z,
         in_index, tap_dh, tap_dw,
         m_total, c_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.out_channels,
-        spec.weight_groups, *x.stride(), *y.stride(), *_geometry(spec), **_static(spec, x.dtype),
+        spec.weight_groups, *x.stride(), *y.stride(), *geometry_args(spec), **static_args(spec, x.dtype),
         HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PREACT=z is not None, **_meta())
     return (y, z) if return_preact else y
 
 
 def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order) -> torch.Tensor:
     _, stab_index, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, dy.device)
-    dx = empty_output((spec.batch, spec.groups * spec.in_channels, spec.s_in, spec.height, spec.width), order,
-                      dy.dtype, dy.device)
+    dx = input_grad_buffer(spec, order, dy)
     m_total = spec.batch * spec.height * spec.width
     if dx.numel() == 0:
         return dx
@@ -232,7 +222,7 @@ def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order) -> torch.Ten
     _dw_input_grad_kernel[grid](
         dy, weight, dx, stab_index, tap_dh, tap_dw,
         m_total, spec.groups, spec.height, spec.width, spec.out_height, spec.out_width, spec.out_channels,
-        spec.weight_groups, *dy.stride(), *dx.stride(), *_geometry(spec), **_static(spec, dy.dtype), **_meta())
+        spec.weight_groups, *dy.stride(), *dx.stride(), *geometry_args(spec), **static_args(spec, dy.dtype), **_meta())
     return dx
 
 
@@ -256,5 +246,5 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.
         dy, x, partial, in_index, tap_dh, tap_dw,
         r_total, r_per_split, c_w, spec.height, spec.width, spec.out_height, spec.out_width, spec.out_channels,
         spec.weight_groups, spec.groups // spec.weight_groups,
-        *dy.stride(), *x.stride(), *_geometry(spec), **_static(spec, x.dtype), **WGRAD_CONFIG)
+        *dy.stride(), *x.stride(), *geometry_args(spec), **static_args(spec, x.dtype), **WGRAD_CONFIG)
     return partial[0] if split == 1 else partial.sum(0).to(x.dtype)

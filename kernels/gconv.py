@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRET, accumulator, cdiv, dot_precision, empty_like_layout, empty_output,
-                      group_tables, maybe_autotune, mma, offset, split_pixel)
+from ._common import (INTERPRET, cdiv, dot_precision, empty_like_layout, geometry_args, group_tables,
+                      input_grad_buffer, maybe_autotune, mma, offset, split_pixel, static_args)
 
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=32)
 
@@ -257,17 +257,11 @@ def _weight_grad_kernel(
 
 # ----------------------------------------------------------------------------------------------- launchers
 def _dtype_flags(dtype: torch.dtype):
-    return dict(PRECISION=dot_precision(dtype), UPCAST=INTERPRET and dtype in (torch.float16, torch.bfloat16),
-                ACC=accumulator(dtype))
+    return dict(PRECISION=dot_precision(dtype), UPCAST=INTERPRET and dtype in (torch.float16, torch.bfloat16))
 
 
 def _meta():
     return dict(INTERPRETER_CONFIG) if INTERPRET else {}
-
-
-def _geometry(spec):
-    (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    return (sh, sw, spec.padding[0], spec.padding[2], dh, dw)
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str = "none",
@@ -291,9 +285,9 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str =
         x, weight, bias.contiguous() if bias is not None else weight, y, y if z is None else z,
         in_index, tap_dh, tap_dw,
         m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
-        spec.weight_groups, *x.stride(), *y.stride(), *_geometry(spec),
-        S_IN=spec.s_in, S_OUT=spec.s_out, KH=spec.kernel[0], KW=spec.kernel[1], HAS_BIAS=bias is not None,
-        ACTIVATION=activation, STORE_PREACT=z is not None, **_dtype_flags(x.dtype), **_meta())
+        spec.weight_groups, *x.stride(), *y.stride(), *geometry_args(spec), **static_args(spec, x.dtype),
+        HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PREACT=z is not None, **_dtype_flags(x.dtype),
+        **_meta())
     return (y, z) if return_preact else y
 
 
@@ -301,8 +295,7 @@ def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order) -> torch.Ten
     """``dy (B, groups·C_out_g, S_out, H_out, W_out)`` -> ``dx (B, groups·C_in_g, S_in, H, W)`` stored in dim
     ``order`` (the input's: ``gconv_triton._layout.dim_order(x)``)."""
     _, stab_index, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, dy.device)
-    dx = empty_output((spec.batch, spec.groups * spec.in_channels, spec.s_in, spec.height, spec.width), order,
-                      dy.dtype, dy.device)
+    dx = input_grad_buffer(spec, order, dy)
     m_total = spec.batch * spec.height * spec.width
     if dx.numel() == 0:
         return dx
@@ -314,8 +307,7 @@ def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order) -> torch.Ten
     _input_grad_kernel[grid](
         dy, weight, dx, stab_index, tap_dh, tap_dw,
         m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
-        spec.weight_groups, *dy.stride(), *dx.stride(), *_geometry(spec),
-        S_IN=spec.s_in, S_OUT=spec.s_out, KH=spec.kernel[0], KW=spec.kernel[1],
+        spec.weight_groups, *dy.stride(), *dx.stride(), *geometry_args(spec), **static_args(spec, dy.dtype),
         **_dtype_flags(dy.dtype), **_meta())
     return dx
 
@@ -356,7 +348,6 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.
         dy, x, partial, in_index, tap_dh, tap_dw,
         r_total, r_per_split, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels,
         spec.out_channels, spec.weight_groups, spec.groups // spec.weight_groups,
-        *dy.stride(), *x.stride(), *_geometry(spec),
-        S_IN=spec.s_in, S_OUT=spec.s_out, KH=spec.kernel[0], KW=spec.kernel[1], BLOCK_R=WGRAD_BLOCK_R,
+        *dy.stride(), *x.stride(), *geometry_args(spec), **static_args(spec, x.dtype), BLOCK_R=WGRAD_BLOCK_R,
         **_dtype_flags(x.dtype), **_meta())
     return partial[0] if split == 1 else partial.sum(0).to(x.dtype)
