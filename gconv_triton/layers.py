@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._library import _compiling, conv_input_grad
-from ._spec import _pair, make_spec
+from ._spec import _pair, make_spec, resolve_geometry
 from .groups import Group, get_group
 from .modules import GroupConv2d, _kernel_pair, _positive_int, reset_conv_parameters
 from .reference import filter_bank
@@ -143,11 +143,8 @@ class GroupConvTranspose2d(nn.Module):
         self.group.tap_destinations(self.kernel_size)
         if isinstance(padding, str):
             raise ValueError(f"padding: expected an int or a pair, got {padding!r}")
-        self.stride, self.padding, self.dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(
-            dilation, "dilation")
-        if min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
-            raise ValueError(f"stride, dilation: expected values >= 1 and padding >= 0, got stride={stride}, "
-                             f"dilation={dilation}, padding={padding}")
+        self.stride, self.dilation, (top, _, left, _) = resolve_geometry(self.kernel_size, stride, padding, dilation)
+        self.padding = (top, left)
         self.output_padding = _output_padding(output_padding, self.stride, self.dilation)
         factory = dict(device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels // groups, self.out_group.order,
