@@ -1,11 +1,12 @@
-"""``make demo``: a P4CNN and an ordinary CNN with the same parameter budget, trained on upright 8×8 digits
-(scikit-learn's bundled copy of the UCI set: real data, no download) and tested on digits rotated by 0/90/180/270°.
+"""``make demo``: a P4CNN, a P4M-CNN and an ordinary CNN with the same parameter budget, trained on upright 8×8
+digits (scikit-learn's bundled copy of the UCI set: real data, no download) and tested on rotated digits.
 
-    python -m gconv_triton.demo [--epochs N] [--seed S] [--device cpu|cuda] [--quick]
+    python -m gconv_triton.demo [--epochs N] [--seed S] [--device cpu|cuda] [--out DIR] [--quick]
 
 CPU tensors run the plain-PyTorch reference path, CUDA tensors the fused Triton kernels (``GCONV_TRITON_BACKEND``
-overrides).  The P4CNN's logits are exactly invariant to 90° rotations, so its accuracy is the same at every
-angle; the CNN only knows the upright digits.
+overrides).  The G-CNNs' logits are exactly invariant to 90° rotations, so their accuracy is the same at every
+multiple of 90°; the CNN only knows the upright digits.  With matplotlib installed, the learning curves and the
+test accuracy against the rotation angle (every 15°) are written as PNG files to ``--out``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import math
+import os
 import time
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +28,12 @@ from .equivariance import check_equivariance
 from .models import SmallGCNN, count_parameters, widths_for_budget
 
 ANGLES = (0, 90, 180, 270)
+# Angles of the accuracy-vs-rotation plot: every 15°, so the G-CNNs' exact invariance at multiples of 90° and the
+# interpolation loss in between both show.
+CURVE_ANGLES = tuple(range(0, 361, 15))
 # Models compared, by name: the group their convolutions act on ("z2" = nn.Conv2d, the baseline).  The first one
 # sets the parameter budget; the others get the widths that come closest to it.
-MODELS = {"P4CNN": "p4", "CNN": "z2"}
+MODELS = {"P4CNN": "p4", "P4M-CNN": "p4m", "CNN": "z2"}
 BASELINE = "CNN"
 
 
@@ -44,6 +50,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: the tensors are tiny, and extra threads cost more in "
                              "synchronisation than they save, badly so on a busy machine)")
+    parser.add_argument("--out", default="demo_out",
+                        help="directory for the PNG plots (default ./demo_out; created when missing)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (smoke test): 5 epochs, 500 train digits")
     args = parser.parse_args(argv)
     if args.epochs is None:
@@ -101,16 +109,19 @@ def _synchronize(device: torch.device) -> None:
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
-          seed: int) -> dict:
-    """Adam on shuffled mini-batches (the same order for every model).  Returns the mean loss of each epoch and
-    the training throughput in images/s (forward + backward + step, timed on the device)."""
+          seed: int, after_epoch: Optional[Callable[[nn.Module], dict]] = None) -> dict:
+    """Adam on shuffled mini-batches (the same order for every model).
+
+    Returns the mean loss of each epoch (``losses``), the training throughput in images/s (forward + backward +
+    step, timed on the device; ``after_epoch`` is not timed) and, when ``after_epoch(model)`` is given, its
+    result after each epoch (``history``: one list per key)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    losses = []
-    model.train()
-    _synchronize(x.device)
-    start = time.perf_counter()
+    losses, history, seconds = [], {}, 0.0
     for _ in range(epochs):
+        model.train()
+        _synchronize(x.device)
+        start = time.perf_counter()
         total = torch.zeros((), device=x.device)
         for batch in torch.randperm(len(x), generator=generator).to(x.device).split(batch_size):
             loss = F.cross_entropy(model(x[batch]), y[batch])
@@ -118,17 +129,48 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, ba
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(batch)
-        losses.append(float(total) / len(x))
-    _synchronize(x.device)
-    return {"losses": losses, "images_per_s": epochs * len(x) / (time.perf_counter() - start)}
+        losses.append(float(total) / len(x))  # synchronises
+        seconds += time.perf_counter() - start
+        if after_epoch is not None:
+            for key, value in after_epoch(model).items():
+                history.setdefault(key, []).append(value)
+    return {"losses": losses, "images_per_s": epochs * len(x) / seconds, "history": history}
+
+
+def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` rotated counter-clockwise (as displayed) by ``degrees`` about their centre:
+    bilinear interpolation, zeros outside.  Multiples of 90° equal ``torch.rot90`` up to round-off."""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    if degrees % 90 == 0:  # exact 0/±1, so the sampling points land on pixel centres
+        c, s = round(c), round(s)
+    # affine_grid maps each output pixel (normalised x right, y down) to the input point it samples: the inverse
+    # rotation, which in these y-down coordinates is [[c, -s], [s, c]].
+    theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=x.dtype, device=x.device).expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[int, float]:
-    """Accuracy on ``x`` rotated counter-clockwise by each angle of :data:`ANGLES` (degrees)."""
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of ``x`` (``(N, C, H, W)``) that ``model`` (put in eval mode) labels ``y`` (``(N,)``)."""
     model.eval()
-    return {angle: float((model(torch.rot90(x, angle // 90, dims=(-2, -1))).argmax(1) == y).float().mean())
-            for angle in ANGLES}
+    return float((model(x).argmax(1) == y).float().mean())
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[int, float]:
+    """Accuracy on ``x`` rotated counter-clockwise by each angle of :data:`ANGLES` (degrees, exact ``rot90``)."""
+    return {angle: accuracy(model, torch.rot90(x, angle // 90, dims=(-2, -1)), y) for angle in ANGLES}
+
+
+def _upright_and_rotated(accuracies: dict[int, float]) -> dict[str, float]:
+    """The accuracy at 0° and the mean over the other angles of :data:`ANGLES`."""
+    return {"upright": accuracies[0], "rotated": sum(accuracies[a] for a in ANGLES[1:]) / (len(ANGLES) - 1)}
+
+
+def rotation_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   angles: Sequence[float] = CURVE_ANGLES) -> dict[float, float]:
+    """Accuracy on ``x`` turned by each of ``angles`` (degrees) with :func:`rotate` (interpolated)."""
+    return {angle: accuracy(model, rotate(x, angle), y) for angle in angles}
 
 
 def invariance_error(model: nn.Module, x: torch.Tensor, group: str = "p4") -> float:
@@ -162,7 +204,74 @@ def format_summary(results: dict[str, dict]) -> str:
             verdict = "beats" if r["rotated"] > base["rotated"] else "does NOT beat"
             lines.append(f"{name} {verdict} the {BASELINE} on rotated digits: {r['rotated']:.3f} vs "
                          f"{base['rotated']:.3f} (upright: {r['upright']:.3f} vs {base['upright']:.3f})")
+    step = CURVE_ANGLES[1] - CURVE_ANGLES[0]
+    curve_means = {name: _curve_mean(r["rotation_curve"]) for name, r in results.items()}
+    lines.append(f"mean accuracy over rotations every {step} deg (bilinear): "
+                 + ", ".join(f"{name} {m:.3f}" for name, m in curve_means.items()))
+    best = max(results, key=lambda name: (results[name]["rotated"], curve_means[name]))
+    lines.append(f"best on rotated digits: {best}")
     return "\n".join(lines)
+
+
+def _curve_mean(curve: dict[float, float]) -> float:
+    """Mean accuracy over one turn (360° duplicates 0°, so it is left out)."""
+    values = [acc for angle, acc in curve.items() if angle % 360 or angle == 0]
+    return sum(values) / len(values)
+
+
+def save_plots(results: dict[str, dict], out: str) -> list[str]:
+    """Write ``learning_curves.png`` (train loss; test accuracy upright and rotated, per epoch) and
+    ``accuracy_vs_rotation.png`` to the directory ``out``.  Returns their paths, or ``[]`` (after printing one
+    line) when matplotlib is not installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        print("matplotlib is not installed: plots skipped (pip install matplotlib)")
+        return []
+    os.makedirs(out, exist_ok=True)
+    # The object-oriented API on an Agg canvas: no pyplot, so the caller's global backend is left alone.
+    colors = dict(zip(results, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for name, r in results.items():
+        epochs = range(1, len(r["losses"]) + 1)
+        loss_ax.plot(epochs, r["losses"], color=colors[name], label=name)
+        acc_ax.plot(epochs, r["history"]["upright"], color=colors[name], label=f"{name}, upright")
+        acc_ax.plot(epochs, r["history"]["rotated"], color=colors[name], linestyle="--",
+                    label=f"{name}, rotated 90/180/270")
+    all_losses = [loss for r in results.values() for loss in r["losses"]]
+    # Log scale only when the losses span a decade: a short run's narrow range gets unreadable log ticks.
+    loss_ax.set(title="Training loss (upright digits)", xlabel="epoch", ylabel="mean cross-entropy",
+                yscale="log" if max(all_losses) > 10 * min(all_losses) else "linear")
+    acc_ax.set(title="Test accuracy (G-CNNs: dashed = solid)", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("8x8 digits, trained upright, equal parameter budget")
+    paths = [os.path.join(out, "learning_curves.png")]
+    fig.savefig(paths[-1], dpi=110)
+
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for name, r in results.items():
+        angles, accs = zip(*r["rotation_curve"].items())
+        ax.plot(angles, accs, color=colors[name], marker="o", markersize=3, label=f"{name} ({r['params']} params)")
+    for angle in range(0, 361, 90):  # the angles the G-CNNs are exactly invariant to
+        ax.axvline(angle, color="gray", linestyle=":", linewidth=1)
+    ax.set(title="Test accuracy vs rotation of the test digits (bilinear, zero padding)",
+           xlabel="rotation angle (degrees, counter-clockwise); dotted: multiples of 90", ylabel="accuracy",
+           xticks=range(0, 361, 45), xlim=(0, 360), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    paths.append(os.path.join(out, "accuracy_vs_rotation.png"))
+    fig.savefig(paths[-1], dpi=110)
+    return paths
 
 
 @contextlib.contextmanager
@@ -194,25 +303,30 @@ def _run(args: argparse.Namespace) -> dict:
     results = {}
     for name, model in build_models(args.width, args.seed, device).items():
         fit = train(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    seed=args.seed)
-        accuracy = evaluate(model, x_test, y_test)
+                    seed=args.seed, after_epoch=lambda m: _upright_and_rotated(evaluate(m, x_test, y_test)))
+        accuracies = evaluate(model, x_test, y_test)
         results[name] = {
             "params": count_parameters(model),
-            "accuracy": accuracy,
-            "upright": accuracy[0],
-            "rotated": sum(accuracy[a] for a in ANGLES[1:]) / (len(ANGLES) - 1),
+            "accuracy": accuracies,
+            **_upright_and_rotated(accuracies),
             "invariance_error": invariance_error(model, x_test),
             "train_images_per_s": fit["images_per_s"],
             "losses": fit["losses"],
+            "history": fit["history"],  # test accuracy per epoch: "upright" and "rotated" lists
+            "rotation_curve": rotation_curve(model, x_test, y_test),
         }
 
     print(format_table(results))
     print()
     print(format_summary(results))
+    plots = save_plots(results, args.out)
+    if plots:
+        print("plots: " + ", ".join(plots))
     elapsed = time.perf_counter() - start
     print(f"total time {elapsed:.1f} s")
     return {"device": str(device), "backend": path, "epochs": args.epochs, "seed": args.seed,
-            "n_train": len(x_train), "n_test": len(x_test), "models": results, "elapsed_s": elapsed}
+            "n_train": len(x_train), "n_test": len(x_test), "models": results, "plots": plots,
+            "elapsed_s": elapsed}
 
 
 if __name__ == "__main__":

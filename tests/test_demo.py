@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -12,26 +14,74 @@ from gconv_triton import demo
 from gconv_triton.models import SmallGCNN, count_parameters, widths_for_budget
 
 
-def test_demo_quick_returns_sane_metrics(capsys):
-    metrics = demo.main(["--quick"])
+def test_demo_quick_returns_sane_metrics(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    metrics = demo.main(["--quick", "--out", str(tmp_path / "plots")])
     printed = capsys.readouterr().out
     models = metrics["models"]
-    assert set(models) == {"P4CNN", "CNN"}
-    p4, cnn = models["P4CNN"], models["CNN"]
+    assert set(models) == {"P4CNN", "P4M-CNN", "CNN"}
+    cnn = models["CNN"]
     for name, r in models.items():
         assert name in printed
-        accuracies = [*r["accuracy"].values(), r["upright"], r["rotated"]]
+        accuracies = [*r["accuracy"].values(), r["upright"], r["rotated"], *r["rotation_curve"].values(),
+                      *r["history"]["upright"], *r["history"]["rotated"]]
         assert all(0.0 <= a <= 1.0 for a in accuracies), (name, accuracies)
         assert set(r["accuracy"]) == set(demo.ANGLES)
+        assert tuple(r["rotation_curve"]) == demo.CURVE_ANGLES
+        # The interpolated rotation is exact at multiples of 90 degrees, so the curve meets the table there.
+        assert all(r["rotation_curve"][a] == r["accuracy"][a] for a in demo.ANGLES), name
+        assert len(r["history"]["upright"]) == len(r["history"]["rotated"]) == metrics["epochs"]
+        assert r["history"]["upright"][-1] == r["upright"] and r["history"]["rotated"][-1] == r["rotated"]
         assert math.isfinite(r["train_images_per_s"]) and r["train_images_per_s"] > 0
         assert len(r["losses"]) == metrics["epochs"] and r["losses"][-1] < r["losses"][0], (name, r["losses"])
-    assert abs(cnn["params"] / p4["params"] - 1) < 0.05, (p4["params"], cnn["params"])
-    # The P4CNN's logits are invariant up to round-off; the CNN's are not, so the check measures something.
-    assert p4["invariance_error"] < 1e-6
+        assert abs(r["params"] / models["P4CNN"]["params"] - 1) < 0.05, (name, r["params"])
+    for name in ("P4CNN", "P4M-CNN"):
+        r = models[name]
+        # The G-CNNs' logits are invariant up to round-off; the CNN's are not, so the check measures something.
+        assert r["invariance_error"] < 1e-6, name
+        # Invariant logits give the same predictions at every angle (a near-tie may flip within round-off).
+        spread = max(r["accuracy"].values()) - min(r["accuracy"].values())
+        assert spread <= 2 / metrics["n_test"], (name, r["accuracy"])
     assert cnn["invariance_error"] > 1e-3
-    # Invariant logits give the same predictions at every angle (a near-tie may flip within round-off).
-    spread = max(p4["accuracy"].values()) - min(p4["accuracy"].values())
-    assert spread <= 2 / metrics["n_test"], p4["accuracy"]
+    assert "best on rotated digits:" in printed
+    assert [os.path.basename(p) for p in metrics["plots"]] == ["learning_curves.png", "accuracy_vs_rotation.png"]
+    for path in metrics["plots"]:
+        assert os.path.dirname(path) == str(tmp_path / "plots")
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", path
+
+
+def test_save_plots_skips_without_matplotlib(monkeypatch, capsys, tmp_path):
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
+    assert demo.save_plots({}, str(tmp_path / "plots")) == []
+    assert "plots skipped" in capsys.readouterr().out
+    assert not (tmp_path / "plots").exists()
+
+
+@pytest.mark.parametrize("degrees", [0, 90, 180, 270, 360, -90])
+def test_rotate_matches_rot90_at_multiples_of_90(degrees):
+    x = torch.rand(3, 2, 8, 8)
+    assert torch.equal(demo.rotate(x, degrees), torch.rot90(x, degrees // 90, dims=(-2, -1)))
+
+
+def _blob(n: int, x0: float, y0: float) -> torch.Tensor:
+    """A smooth Gaussian bump centred at ``(x0, y0)`` (x right, y up, origin at the image centre): ``(1, 1, n, n)``."""
+    i = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
+    x, y = i[None, :], -i[:, None]
+    return torch.exp(-((x - x0) ** 2 + (y - y0) ** 2) / 6)[None, None]
+
+
+@pytest.mark.parametrize("degrees", [30, 45, 135])
+def test_rotate_turns_counter_clockwise(degrees):
+    # The rotated bump is the bump at the rotated centre, up to bilinear interpolation error, at most
+    # (|f_xx| + |f_yy|) / 8 <= 2 / (8 sigma^2) = 1/12 on a unit grid; the opposite turn is far off (> 0.6).
+    a = math.radians(degrees)
+    x0, y0 = 2.0, 1.0
+    turned = _blob(11, x0 * math.cos(a) - y0 * math.sin(a), x0 * math.sin(a) + y0 * math.cos(a))
+    error = (demo.rotate(_blob(11, x0, y0), degrees) - turned).abs().max()
+    wrong = (demo.rotate(_blob(11, x0, y0), -degrees) - turned).abs().max()
+    assert error < 1 / 12 and wrong > 0.5, (error, wrong)
 
 
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--width", "-1"], ["--threads", "0"],
