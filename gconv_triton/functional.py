@@ -47,6 +47,15 @@ def gconv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
                 dilation=dilation, groups=groups, activation=activation)
 
 
+def _check_shape(t, name: str, rank: int, leading: tuple, expected: str) -> None:
+    """``t`` is a tensor of ``rank`` dims whose first dims are ``leading`` (the shared kernels' argument checks;
+    dtypes, devices and sizes are checked with every other call's in ``make_spec``)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of {expected}, got {type(t).__name__}")
+    if t.dim() != rank or tuple(t.shape[:len(leading)]) != leading:
+        raise ValueError(f"{name}: expected {expected}, got shape {tuple(t.shape)}")
+
+
 def shared_kernel_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                          stride=1, padding=0, dilation=1) -> torch.Tensor:
     """One ``(1, 1, kh, kw)`` kernel (and one bias ``(1,)``) applied to every channel of ``input (B, C, H, W)``.
@@ -54,15 +63,10 @@ def shared_kernel_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Option
     Equal to a depthwise ``conv2d`` with the kernel repeated ``C`` times, but the weight is never repeated in
     memory and its gradient is the sum over the channels, reduced inside the kernel.
     """
-    if not isinstance(input, torch.Tensor) or input.dim() != 4:
-        raise ValueError(f"input: expected a 4-D tensor (B, C, H, W), got "
-                         f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or weight.shape[:2] != (1, 1):
-        raise ValueError(f"weight: expected shape (1, 1, kh, kw), got "
-                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
-    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (1,)):
-        raise ValueError(f"bias: expected shape (1,), got "
-                         f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+    _check_shape(input, "input", 4, (), "a 4-D tensor (B, C, H, W)")
+    _check_shape(weight, "weight", 4, (1, 1), "shape (1, 1, kh, kw)")
+    if bias is not None:
+        _check_shape(bias, "bias", 1, (1,), "shape (1,)")
     geometry = dict(group="z2", in_group="z2", stride=stride, padding=padding, dilation=dilation,
                     groups=input.shape[1])
     if not _compiling():
@@ -91,12 +95,8 @@ def shared_kernel_conv1d(input: torch.Tensor, weight: torch.Tensor, bias: Option
     """One ``(1, 1, k)`` kernel (and one bias ``(1,)``) applied to every channel of ``input (B, C, L)``; returns
     ``(B, C, L_out)``.  :func:`shared_kernel_conv2d` on a height-1 image: same kernels, same in-kernel gradient sum.
     """
-    if not isinstance(input, torch.Tensor) or input.dim() != 3:
-        raise ValueError(f"input: expected a 3-D tensor (B, C, L), got "
-                         f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 3 or weight.shape[:2] != (1, 1):
-        raise ValueError(f"weight: expected shape (1, 1, k), got "
-                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    _check_shape(input, "input", 3, (), "a 3-D tensor (B, C, L)")
+    _check_shape(weight, "weight", 3, (1, 1), "shape (1, 1, k)")
     stride, padding, dilation = _as_2d_args(stride, padding, dilation)
     return shared_kernel_conv2d(input.unsqueeze(2), weight.unsqueeze(2), bias, stride, padding,
                                 dilation).squeeze(2)

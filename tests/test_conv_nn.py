@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gconv_triton
-from gconv_triton import Conv1d, Conv2d, SharedKernelConv1d, SharedKernelConv2d
+from gconv_triton import Conv1d, Conv2d, SharedKernelConv1d, SharedKernelConv2d, functional
 from helpers import DEVICE, assert_close
 
 # torch's own layer (the oracle) warns that it pads a copy for 'same' with an even kernel
@@ -295,3 +295,21 @@ def test_shared_kernel_functional_1d():
         gconv_triton.functional.shared_kernel_conv1d(x[None], w)
     with pytest.raises(TypeError, match="stride"):
         gconv_triton.functional.shared_kernel_conv1d(x, w, stride=(1, 2))
+
+
+@pytest.mark.parametrize("fn, shapes", [
+    (functional.shared_kernel_conv2d, ((2, 3, 5, 5), (1, 1, 3, 3))),
+    (functional.shared_kernel_conv1d, ((2, 3, 7), (1, 1, 3))),
+], ids=["2d", "1d"])
+def test_shared_kernel_functional_rejects_bad_arguments(fn, shapes):
+    """Each argument is named, with what was given and what was expected: TypeError for a non-tensor, ValueError
+    for a wrong shape."""
+    x, w = (torch.randn(s) for s in shapes)
+    with pytest.raises(TypeError, match=r"^input: expected a torch.Tensor .* got list"):
+        fn(x.tolist(), w)
+    with pytest.raises(ValueError, match=r"^input: expected a \d-D tensor .* got shape"):
+        fn(x[0], w)
+    with pytest.raises(ValueError, match=r"^weight: expected shape \(1, 1, .* got shape \(2, 1,"):
+        fn(x, w.expand(2, *w.shape[1:]))
+    with pytest.raises(ValueError, match=r"^bias: expected shape \(1,\), got shape \(2,\)"):
+        fn(x, w, torch.zeros(2))
