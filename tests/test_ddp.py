@@ -66,6 +66,8 @@ def _worker(rank: int, port: int, path: str) -> None:
         _train(ddp, x.chunk(WORLD)[rank], target.chunk(WORLD)[rank])
         if rank == 0:
             torch.save(model.state_dict(), path)
+        del ddp  # the reducer before the process group
+        dist.barrier()  # no rank tears down (rank 0 holds the store) while another is still using the group
     finally:
         dist.destroy_process_group()
 
