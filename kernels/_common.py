@@ -52,6 +52,21 @@ def group_tables(group, in_group, kernel: tuple[int, int], device: torch.device)
     return tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in tables)
 
 
+@functools.lru_cache(maxsize=256)
+def gather_tables(group, in_group, kernel: tuple[int, int], device: torch.device):
+    """The two small int32 tables the implicit-GEMM kernel gathers the rotated filter with, cached per device.
+
+    Returns ``(stabilizer_index, tap_source)``: ``stabilizer_index[g, s] = index(g⁻¹ s)`` (``(S_out, S_in)``), the
+    weight slice that element ``g`` reads for input stabilizer index ``s``; ``tap_source[g, t']`` (``(S_out, kh·kw)``),
+    the base-filter tap that ``g`` moves onto window position ``t'`` (the inverse of ``tap_destinations``).
+    """
+    dest = group.tap_destinations(kernel)
+    source = torch.empty_like(dest)
+    source.scatter_(1, dest, torch.arange(dest.shape[1]).expand_as(dest).contiguous())
+    tables = (group.stabilizer_index(in_group), source)
+    return tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in tables)
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot``'s input precision: tf32 for fp32 exactly when cuDNN would use it."""
     if dtype == torch.float32 and torch.backends.cudnn.allow_tf32:

@@ -1,43 +1,50 @@
 """Implicit-GEMM group convolution: forward, input gradient and weight gradient.
 
-Notation (``../shared/DESIGN.md``, "The three GEMMs"): output element ``g``, weight stabilizer slice ``u``, tap
-``t`` of the base filter, which element ``g`` moves to ``(dh, dw) = dest[g, t]``; input pixel of output pixel
-``p`` for that tap ``q = p·stride + (dh, dw)·dilation − padding``.  Channel group ``grp`` reads weight slice
-``wg = grp % WEIGHT_GROUPS`` (``WEIGHT_GROUPS = groups`` normally, 1 when one kernel is shared by all groups).
+Notation (``docs/kernels.md``): output element ``g``, input stabilizer index ``s``, weight stabilizer slice
+``u = g⁻¹·s``, physical tap ``t'`` (a position of the k×k window) and the base-filter tap ``t = tap_src[g, t']``
+that element ``g`` moves onto it.  Input pixel of output pixel ``p`` for tap ``t'``: ``q = p·stride + t'·dil − pad``.
 
-    y[b, o, g, p]   = Σ_{i, u, t} w[o, i, u, t] · x[b, i, g·u, q(p, dest[g, t])]
-    dw[o, i, u, t]  = Σ_{copies, g, b, p} dy[b, o, g, p] · x[b, i, g·u, q(p, dest[g, t])]
-    dx[b, i, s, q]  = Σ_{g, o, t} w[o, i, g⁻¹·s, t] · dy[b, o, g, p]   where q = q(p, dest[g, t])
+    y[b, o, g, p]  = Σ_{t', i, s} x[b, i, s, q(p, t')] · w[o, i, g⁻¹·s, tap_src[g, t']]          (forward)
+    dx[b, i, s, q] = Σ_{t', o, g} dy[b, o, g, p] · w[o, i, g⁻¹·s, tap_src[g, t']],  q = q(p, t')   (input grad)
+    dw[o, i, u, t] = Σ_{copies, g, b, p} dy[b, o, g, p] · x[b, i, g·u, q(p, dest[g, t])]          (weight grad)
 
-The base weight is read as it is (contiguous ``(C_out, C_in_g, S_in, kh·kw)``, so the forward's reduction axis
-``k = (i·S_in + u)·T + t`` is its memory order); the rotation and the stabilizer permutation are table lookups
-on the gather side.  The filter bank never exists.
+Forward and input gradient are one kernel, :func:`_conv_gemm_kernel`: an implicit GEMM whose A operand is an
+im2col of a channels-last activation (``x`` or ``dy``, read as ``(B, H, W, C·S)``: each A row is contiguous along
+the reduction, so it loads as 16-byte vectors) and whose B operand is the rotated filter, gathered tile by tile from
+the base weight (a few KB, L2-resident).  The group copies sit on the GEMM's N axis (forward: ``n = (g, o)``) or
+on its K axis (input gradient: ``k = (o, g)``), so one activation tile serves every group element and the filter
+bank never exists: only the tile being multiplied does.  A stride-``s`` input gradient is split into ``s²``
+sub-pixel phases, each a dense stride-1 GEMM over the taps that reach it (no masked-out MMAs).
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRET, cdiv, dot_precision, empty_like_layout, geometry_args, group_tables,
-                      input_grad_buffer, maybe_autotune, mma, offset, split_pixel, static_args)
+from ._common import (INTERPRET, accumulator, cdiv, dot_precision, empty_like_layout, gather_tables, geometry_args,
+                      group_tables, input_grad_buffer, maybe_autotune, mma, offset, split_pixel, static_args)
 
-INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=32)
+INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16)
 
 
 def _configs():
+    # Every BLOCK_K divides 64, so every power-of-two group order up to 16 divides it (see ``hoisted`` below).
     out = []
     for bm, bn, bk, warps, stages in [
-        (128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
-        (128, 32, 32, 4, 4), (64, 32, 64, 4, 3), (32, 32, 64, 2, 4), (128, 16, 32, 4, 4),
-        (64, 16, 64, 2, 4), (128, 128, 64, 8, 3),
+        (128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+        (128, 64, 32, 4, 4), (64, 64, 64, 4, 4), (128, 32, 64, 4, 4), (64, 32, 64, 4, 4),
+        (64, 16, 64, 4, 4), (128, 16, 64, 4, 4), (64, 64, 32, 4, 5), (128, 256, 64, 8, 3),
     ]:
         out.append(triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=warps, num_stages=stages))
     return out
 
 
-# ------------------------------------------------------------------------------------------------- forward
+# --------------------------------------------------------------------------------------------- epilogue
 ACTIVATIONS = ("none", "relu", "silu", "gelu")
 
 
@@ -61,130 +68,134 @@ def preact_buffer(activation: str, return_preact: bool, y: torch.Tensor):
     return empty_like_layout(y.shape, y) if return_preact and activation != "none" else None
 
 
-@maybe_autotune(_configs(), key=["M_TOTAL", "C_OUT_G", "C_IN_G", "S_IN", "S_OUT", "KH", "KW", "PRECISION"],
-                tiles=dict(BLOCK_M="M_TOTAL", BLOCK_N="C_OUT_G", BLOCK_K="C_IN_G*S_IN*KH*KW"),
+# ------------------------------------------------------------------------------- forward and input gradient
+NO_TAP = tl.constexpr(-(1 << 30))   # a shift-table entry for a tap that does not reach a sub-pixel phase
+
+
+@triton.jit
+def _slice_offsets(c, j, r, stab_ptr, S_IN: tl.constexpr, S_K: tl.constexpr, R_PAD: tl.constexpr,
+                   GROUP_ON_N: tl.constexpr):
+    """``[BK, BN]`` offsets into the permuted weight (:func:`permuted_weight`) of reduction indices ``c`` and
+    N indices ``(j, r)``, tap excluded: the channel outside the group index, ``c // S_K``, then the stabilizer
+    slice ``u = g⁻¹·s`` (``stab[g, s]``), then ``r``.  The group element ``g`` is ``j`` when the group copies
+    are on N (forward: ``s = c % S_K``) and ``c % S_K`` when they are on K (input gradient: ``s = j``)."""
+    kx = c % S_K
+    if GROUP_ON_N:
+        u = tl.load(stab_ptr + j[None, :] * S_IN + kx[:, None])
+    else:
+        u = tl.load(stab_ptr + kx[:, None] * S_IN + j[None, :])
+    return ((c // S_K) * (S_IN * R_PAD))[:, None] + u * R_PAD + r[None, :]
+
+
+@triton.jit
+def _tap_offsets(c, j, t, tap_src_ptr, T: tl.constexpr, S_K: tl.constexpr, TAP_STRIDE: tl.constexpr,
+                 GROUP_ON_N: tl.constexpr):
+    """The weight offset of base tap ``tap_src[g, t']`` for physical tap ``t'``, broadcastable to ``[BK, BN]``."""
+    if GROUP_ON_N:
+        return (tl.load(tap_src_ptr + j * T + t) * TAP_STRIDE)[None, :]
+    else:
+        return (tl.load(tap_src_ptr + (c % S_K) * T + t) * TAP_STRIDE)[:, None]
+
+
+@maybe_autotune(_configs(), key=["M_TOTAL", "N_TOTAL", "A_CH", "S_IN", "S_K", "KH", "KW", "GROUP_ON_N", "PRECISION"],
+                tiles=dict(BLOCK_M="M_TOTAL", BLOCK_N="N_TOTAL", BLOCK_K="A_CH"),
                 operands=[("BLOCK_M", "BLOCK_K"), ("BLOCK_K", "BLOCK_N")])
 @triton.jit
-def _forward_kernel(
-    x_ptr, w_ptr, bias_ptr, y_ptr, z_ptr, in_index_ptr, tap_dh_ptr, tap_dw_ptr,
-    M_TOTAL, H, W, HO, WO, C_IN_G, C_OUT_G, WEIGHT_GROUPS,
-    sxb, sxc, sxs, sxh, sxw, syb, syc, sys, syh, syw,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+def _conv_gemm_kernel(
+    a_ptr, w_ptr, bias_ptr, out_ptr, z_ptr, tap_src_ptr, stab_ptr, shift_h_ptr, shift_w_ptr,
+    M_TOTAL, MH, MW, HA, WA, HOUT, WOUT, PHASES_H, PHASES_W, WEIGHT_GROUPS,
+    sab, sah, saw, sob, soj, sor, soh, sow, ASH, ASW, OSH, OSW,
+    A_CH: tl.constexpr, N_TOTAL: tl.constexpr, R_PAD: tl.constexpr, R_VALID: tl.constexpr,
+    S_IN: tl.constexpr, S_K: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, GROUP_ON_N: tl.constexpr,
+    VEC_A: tl.constexpr, VEC_B: tl.constexpr, WIDE: tl.constexpr,
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
     ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One (pixel tile, out-channel tile) of output element ``g`` in channel group ``grp``.  Epilogue: bias, then
-    ``ACTIVATION``; ``STORE_PREACT`` also writes the pre-activation to ``z_ptr`` (same strides as ``y``)."""
+    """One ``[BLOCK_M pixels, BLOCK_N]`` output tile of sub-pixel phase ``ph`` in channel group ``grp``.
+
+    A: the activation ``a`` read channels-last, ``(B, HA, WA, groups·A_CH)`` with unit channel stride; its pixel
+    for output pixel ``(mh, mw)`` and tap ``(th, tw)`` is ``(mh·ASH + shift_h[ph_h, th], mw·ASW + shift_w[ph_w, tw])``.
+    B: the permuted weight, ``(weight_groups, KH·KW, A_CH // S_K, S_IN, R_PAD)``, gathered per tile.
+    Output: ``N_TOTAL = S_N·R_PAD`` columns ``n = (j, r)``, stored at ``j·soj + (grp·R_VALID + r)·sor`` for
+    ``r < R_VALID``, pixel ``(mh·OSH + ph_h, mw·OSW + ph_w)``.  Epilogue (forward): bias, then ``ACTIVATION``;
+    ``STORE_PREACT`` also writes the pre-activation to ``z_ptr``.
+
+    Loop order (as in Inductor's convolution template): taps outer, channels inner.  Everything that depends on
+    the tap (the A rows and their bounds, the B tap offset) is computed once per tap; the inner loop is a plain
+    GEMM loop over contiguous channel blocks whose B offsets are a hoisted tile plus a scalar step.
+    """
     T: tl.constexpr = KH * KW
+    TAP_STRIDE: tl.constexpr = (A_CH // S_K) * S_IN * R_PAD
+    HOIST: tl.constexpr = BLOCK_K % S_K == 0      # the group pattern along K repeats every block
+    EVEN_K: tl.constexpr = A_CH % BLOCK_K == 0
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    g = tl.program_id(2) % S_OUT
-    grp = tl.program_id(2) // S_OUT
+    phases = PHASES_H * PHASES_W
+    grp = tl.program_id(2) // phases
+    ph_h = (tl.program_id(2) % phases) // PHASES_W
+    ph_w = tl.program_id(2) % PHASES_W
     wg = grp % WEIGHT_GROUPS
 
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = m < M_TOTAL
-    b, oh, ow = split_pixel(m, HO, WO)
-    x_row = b.to(tl.int64) * sxb + (grp * C_IN_G).to(tl.int64) * sxc                # [BM]
-    ih0 = oh * stride_h - pad_h
-    iw0 = ow * stride_w - pad_w
-
+    b, mh, mw = split_pixel(m, MH, MW)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < C_OUT_G
-    K = C_IN_G * S_IN * T
-    w_col = (wg * C_OUT_G + n).to(tl.int64) * K                                      # [BN]
+    j = tl.minimum(n // R_PAD, N_TOTAL // R_PAD - 1)   # columns past N_TOTAL read a valid weight, never stored
+    r = n % R_PAD
+    if WIDE:  # offsets past int32 (else int32 index math: fewer instructions, no carries)
+        b, mh, mw = b.to(tl.int64), mh.to(tl.int64), mw.to(tl.int64)
+    kl = tl.arange(0, BLOCK_K)
+    a_base = a_ptr + grp * A_CH
+    w_base = w_ptr + wg * (T * TAP_STRIDE)
+    if HOIST:
+        slice_off = _slice_offsets(kl, j, r, stab_ptr, S_IN, S_K, R_PAD, GROUP_ON_N)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < K
-        i = k // (S_IN * T)
-        u = (k // T) % S_IN
-        t = k % T
-        s = tl.load(in_index_ptr + g * S_IN + u, mask=k_ok, other=0)
-        dh = tl.load(tap_dh_ptr + g * T + t, mask=k_ok, other=0)
-        dw = tl.load(tap_dw_ptr + g * T + t, mask=k_ok, other=0)
-        ih = ih0[:, None] + dh[None, :] * dil_h
-        iw = iw0[:, None] + dw[None, :] * dil_w
-        ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_off = (x_row[:, None] + (i.to(tl.int64) * sxc + s.to(tl.int64) * sxs)[None, :]
-                 + offset(0, 0, ih, iw, 0, 0, sxh, sxw))
-        a = tl.load(x_ptr + x_off, mask=ok, other=0.0)
-        bw = tl.load(w_ptr + w_col[None, :] + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = mma(acc, a, bw, PRECISION, UPCAST)
+    for t in range(T):
+        shift_h = tl.load(shift_h_ptr + ph_h * KH + t // KW)
+        shift_w = tl.load(shift_w_ptr + ph_w * KW + t % KW)
+        if (shift_h != NO_TAP) & (shift_w != NO_TAP):
+            ih = mh * ASH + shift_h
+            iw = mw * ASW + shift_w
+            row_ok = m_ok & (ih >= 0) & (ih < HA) & (iw >= 0) & (iw < WA)
+            row = tl.multiple_of(b * sab + ih * sah + iw * saw, VEC_A)
+            a_ptrs = a_base + row[:, None] + kl[None, :]
+            if HOIST:   # B pointers for this tap: a hoisted tile, then a constant step per channel block
+                w_off = slice_off + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N)
+                w_ptrs = w_base + tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B])
+            for k0 in range(0, A_CH, BLOCK_K):
+                c = k0 + kl
+                if not HOIST:
+                    w_off = (_slice_offsets(c, j, r, stab_ptr, S_IN, S_K, R_PAD, GROUP_ON_N)
+                             + _tap_offsets(c, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N))
+                    w_ptrs = w_base + tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B])
+                if EVEN_K:
+                    a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                    bw = tl.load(w_ptrs)
+                else:  # the last channel block is ragged
+                    a = tl.load(a_ptrs, mask=row_ok[:, None] & (c < A_CH)[None, :], other=0.0)
+                    bw = tl.load(w_ptrs, mask=(c < A_CH)[:, None], other=0.0)
+                acc = mma(acc, a, bw, PRECISION, UPCAST)
+                a_ptrs += BLOCK_K
+                if HOIST:
+                    w_ptrs += (BLOCK_K // S_K) * (S_IN * R_PAD)
 
+    oh = mh * OSH + ph_h
+    ow = mw * OSW + ph_w
+    m_ok = m_ok & (oh < HOUT) & (ow < WOUT)
+    n_ok = (n < N_TOTAL) & (r < R_VALID)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + wg * C_OUT_G + n, mask=n_ok, other=0.0).to(ACC)[None, :]
-    y_off = (offset(b, g, oh, ow, syb, sys, syh, syw)[:, None]
-             + (grp * C_OUT_G + n).to(tl.int64)[None, :] * syc)
+        acc += tl.load(bias_ptr + wg * R_VALID + r, mask=n_ok, other=0.0).to(ACC)[None, :]
+    col = j * soj + (grp * R_VALID + r) * sor
+    if WIDE:
+        col = j.to(tl.int64) * soj + (grp * R_VALID + r).to(tl.int64) * sor
+    out_off = (b * sob + oh * soh + ow * sow)[:, None] + col[None, :]
+    mask = m_ok[:, None] & n_ok[None, :]
     if STORE_PREACT:
-        tl.store(z_ptr + y_off, acc.to(z_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+        tl.store(z_ptr + out_off, acc.to(z_ptr.dtype.element_ty), mask=mask)
     acc = apply_activation(acc, ACTIVATION)
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
-
-
-# ------------------------------------------------------------------------------------------- input gradient
-@maybe_autotune(_configs(), key=["M_TOTAL", "C_OUT_G", "C_IN_G", "S_IN", "S_OUT", "KH", "KW", "PRECISION"],
-                tiles=dict(BLOCK_M="M_TOTAL", BLOCK_N="C_IN_G", BLOCK_K="C_OUT_G*KH*KW"),
-                operands=[("BLOCK_M", "BLOCK_K"), ("BLOCK_K", "BLOCK_N")])
-@triton.jit
-def _input_grad_kernel(
-    dy_ptr, w_ptr, dx_ptr, stab_index_ptr, tap_dh_ptr, tap_dw_ptr,
-    M_TOTAL, H, W, HO, WO, C_IN_G, C_OUT_G, WEIGHT_GROUPS,
-    sdyb, sdyc, sdys, sdyh, sdyw, sdxb, sdxc, sdxs, sdxh, sdxw,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """One (input-pixel tile, in-channel tile) of input stabilizer slice ``s`` in channel group ``grp``: a
-    transposed convolution; an output pixel contributes only where ``q + pad − tap·dil`` is a multiple of stride."""
-    T: tl.constexpr = KH * KW
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    s = tl.program_id(2) % S_IN
-    grp = tl.program_id(2) // S_IN
-    wg = grp % WEIGHT_GROUPS
-
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = m < M_TOTAL
-    b, ih, iw = split_pixel(m, H, W)
-    dy_row = b.to(tl.int64) * sdyb + (grp * C_OUT_G).to(tl.int64) * sdyc                # [BM]
-
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                        # input channel i
-    n_ok = n < C_IN_G
-    K = C_IN_G * S_IN * T                                                              # weight row length
-    OT = C_OUT_G * T
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for g in range(S_OUT):
-        u = tl.load(stab_index_ptr + g * S_IN + s)
-        w_col = n.to(tl.int64) * (S_IN * T) + u * T                                   # [BN]
-        for k0 in range(0, OT, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = k < OT
-            o = k // T
-            t = k % T
-            dh = tl.load(tap_dh_ptr + g * T + t, mask=k_ok, other=0)
-            dw = tl.load(tap_dw_ptr + g * T + t, mask=k_ok, other=0)
-            ph_num = ih[:, None] + pad_h - dh[None, :] * dil_h
-            pw_num = iw[:, None] + pad_w - dw[None, :] * dil_w
-            ph = ph_num // stride_h
-            pw = pw_num // stride_w
-            ok = (m_ok[:, None] & k_ok[None, :] & (ph_num >= 0) & (pw_num >= 0)
-                  & (ph * stride_h == ph_num) & (pw * stride_w == pw_num) & (ph < HO) & (pw < WO))
-            dy_off = (dy_row[:, None] + (o.to(tl.int64) * sdyc + tl.cast(g, tl.int64) * sdys)[None, :]
-                      + offset(0, 0, ph, pw, 0, 0, sdyh, sdyw))
-            a = tl.load(dy_ptr + dy_off, mask=ok, other=0.0)
-            w_off = (wg * C_OUT_G + o).to(tl.int64)[:, None] * K + t[:, None] + w_col[None, :]
-            bw = tl.load(w_ptr + w_off, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = mma(acc, a, bw, PRECISION, UPCAST)
-
-    dx_off = (offset(b, s, ih, iw, sdxb, sdxs, sdxh, sdxw)[:, None]
-              + (grp * C_IN_G + n).to(tl.int64)[None, :] * sdxc)
-    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------------------------------ weight gradient
@@ -264,51 +275,121 @@ def _meta():
     return dict(INTERPRETER_CONFIG) if INTERPRET else {}
 
 
+def _round_up(value: int, multiple: int) -> int:
+    return cdiv(value, multiple) * multiple
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """``(B, C, S, H, W)`` -> a ``(B, H, W, C·S)`` view with unit channel stride: free when ``(C, S)`` already sit
+    innermost (an input stored ``(B, H, W, C, S)``, including strided views of one), a copy otherwise."""
+    b, c, s, h, w = t.shape
+    if not ((s == 1 or t.stride(2) == 1) and (c == 1 or t.stride(1) == s)):
+        t = t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    return t.as_strided((b, h, w, c * s), (t.stride(0), t.stride(3), t.stride(4), 1))
+
+
+def permuted_weight(weight: torch.Tensor, spec, group_on_n: bool) -> torch.Tensor:
+    """The base weight ``(weight_groups·C_out, C_in, S_in, kh, kw)`` re-laid as the B operand reads it:
+    ``(weight_groups, kh·kw, A_CH // S_K, S_in, R_PAD)``, the last axis zero-padded.  Forward (group copies on N): the middle
+    axes are ``(i, u)`` (the reduction runs over the input's ``(i, s)`` channels) and the last is ``o``.  Input
+    gradient: ``(o, u)`` and ``i``.  Same size as the weight up to padding: no filter bank."""
+    kh, kw = spec.kernel
+    c_out, c_in, s_in = spec.out_channels, spec.in_channels, spec.s_in
+    rows, cols = (c_in, c_out) if group_on_n else (c_out, c_in)
+    w = weight.reshape(spec.weight_groups, c_out, c_in, s_in, kh * kw)
+    w = w.permute(0, 4, 2, 3, 1) if group_on_n else w.permute(0, 4, 1, 3, 2)
+    # pad the contiguous axis to a multiple of 8 (4 or fewer columns: to a power of two) for 16-byte vector loads
+    out = weight.new_zeros((spec.weight_groups, kh * kw, rows, s_in, _round_up(cols, min(8, 1 << (cols - 1).bit_length()))))
+    out[..., :cols] = w
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def shift_tables(kernel, stride, dilation, pad, transposed: bool, device: torch.device):
+    """Per-axis pixel shift of each tap, ``(phases, k)`` int32 (``NO_TAP`` where a tap misses the phase).
+
+    Forward: one phase, the input row of output row ``oh`` for tap ``th`` is ``oh·stride + th·dil − pad``.
+    Input gradient, phase ``rh`` (input rows ``rh + stride·j``): the output row ``j + (rh + pad − th·dil) / stride``
+    when that division is exact, else the tap does not reach the phase."""
+    tables = []
+    for k, s, d, p in zip(kernel, stride, dilation, pad):
+        if transposed:
+            rows = [[(r + p - t * d) // s if (r + p - t * d) % s == 0 else NO_TAP.value for t in range(k)] for r in range(s)]
+        else:
+            rows = [[t * d - p for t in range(k)]]
+        tables.append(torch.tensor(rows, dtype=torch.int32, device=device))
+    return tuple(tables)
+
+
+def _vector_width(elem_size: int, *values: int) -> int:
+    """The largest power of two, up to 16 bytes of elements, dividing every value (offsets the hints vouch for)."""
+    v = max(1, 16 // elem_size)
+    while v > 1 and any(x % v for x in values):
+        v //= 2
+    return v
+
+
+def _needs_int64(*tensors: torch.Tensor) -> bool:
+    """Whether some element offset of these tensors passes int32 (then every offset is computed in int64)."""
+    return any(sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) >= 2**31 - 1 for t in tensors)
+
+
+def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec, *, group_on_n: bool, bias=None,
+                 z=None, activation: str = "none"):
+    """Launch :func:`_conv_gemm_kernel`: the forward (``group_on_n``; ``a = x``, ``out = y``) or the input
+    gradient (``a = dy``, ``out = dx``), both 5-D ``(B, C, S, H, W)`` in any layout."""
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    pad = (spec.padding[0], spec.padding[2])
+    a_cl = channels_last(a)
+    w = permuted_weight(weight.to(a.dtype), spec, group_on_n)
+    stab, tap_src = gather_tables(spec.group, spec.in_group, spec.kernel, a.device)
+    if group_on_n:
+        a_ch, s_k, s_n, r_valid = spec.in_channels * spec.s_in, spec.s_in, spec.s_out, spec.out_channels
+        mh, mw, phases, pixel_stride, out_stride = spec.out_height, spec.out_width, (1, 1), (sh, sw), (1, 1)
+        ob, oc, os_, oh, ow = out.stride()
+    else:
+        a_ch, s_k, s_n, r_valid = spec.out_channels * spec.s_out, spec.s_out, spec.s_in, spec.in_channels
+        mh, mw, phases, pixel_stride, out_stride = cdiv(spec.height, sh), cdiv(spec.width, sw), (sh, sw), (1, 1), (sh, sw)
+        ob, oc, os_, oh, ow = out.stride()
+    shift_h, shift_w = shift_tables(spec.kernel, spec.stride, spec.dilation, pad, not group_on_n, a.device)
+    r_pad = w.shape[-1]
+    n_total = s_n * r_pad
+    m_total = spec.batch * mh * mw
+
+    def grid(meta):
+        return (cdiv(m_total, meta["BLOCK_M"]), cdiv(n_total, meta["BLOCK_N"]), spec.groups * phases[0] * phases[1])
+
+    _conv_gemm_kernel[grid](
+        a_cl, w, bias if bias is not None else w, out, z if z is not None else out, tap_src, stab, shift_h, shift_w,
+        m_total, mh, mw, a_cl.shape[1], a_cl.shape[2], out.shape[3], out.shape[4], phases[0], phases[1],
+        spec.weight_groups, *a_cl.stride()[:3], ob, os_, oc, oh, ow, *pixel_stride, *out_stride,
+        A_CH=a_ch, N_TOTAL=n_total, R_PAD=r_pad, R_VALID=r_valid, S_IN=spec.s_in,
+        S_K=s_k, KH=spec.kernel[0], KW=spec.kernel[1], GROUP_ON_N=group_on_n,
+        VEC_A=_vector_width(a.element_size(), *a_cl.stride()[:3], a_ch), VEC_B=_vector_width(w.element_size(), r_pad),
+        WIDE=_needs_int64(a_cl, out), HAS_BIAS=bias is not None, ACC=accumulator(a.dtype),
+        ACTIVATION=activation, STORE_PREACT=z is not None, **_dtype_flags(a.dtype), **_meta())
+
+
 def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str = "none",
             return_preact: bool = False):
     """``x (B, groups·C_in_g, S_in, H, W)``, weight ``(weight_groups·C_out_g, C_in_g, S_in, kh, kw)`` ->
     ``y (B, groups·C_out_g, S_out, H_out, W_out)`` in ``x``'s memory layout, ``y = activation(conv + bias)``.
     With ``return_preact``, returns ``(y, z)`` where ``z`` is the pre-activation (None for ``"none"``)."""
-    in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
     y = empty_like_layout((spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height,
                            spec.out_width), x)
     z = preact_buffer(activation, return_preact, y)
-    m_total = spec.batch * spec.out_height * spec.out_width
-    if y.numel() == 0:
-        return (y, z) if return_preact else y
-    weight = weight.contiguous()
-
-    def grid(meta):
-        return (cdiv(m_total, meta["BLOCK_M"]), cdiv(spec.out_channels, meta["BLOCK_N"]), spec.s_out * spec.groups)
-
-    _forward_kernel[grid](
-        x, weight, bias.contiguous() if bias is not None else weight, y, y if z is None else z,
-        in_index, tap_dh, tap_dw,
-        m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
-        spec.weight_groups, *x.stride(), *y.stride(), *geometry_args(spec), **static_args(spec, x.dtype),
-        HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PREACT=z is not None, **_dtype_flags(x.dtype),
-        **_meta())
+    if y.numel() != 0:
+        _launch_gemm(x, weight, y, spec, group_on_n=True, bias=None if bias is None else bias.contiguous(), z=z,
+                     activation=activation)
     return (y, z) if return_preact else y
 
 
 def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order) -> torch.Tensor:
     """``dy (B, groups·C_out_g, S_out, H_out, W_out)`` -> ``dx (B, groups·C_in_g, S_in, H, W)`` stored in dim
     ``order`` (the input's: ``gconv_triton._layout.dim_order(x)``)."""
-    _, stab_index, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, dy.device)
     dx = input_grad_buffer(spec, order, dy)
-    m_total = spec.batch * spec.height * spec.width
-    if dx.numel() == 0:
-        return dx
-    weight = weight.contiguous()
-
-    def grid(meta):
-        return (cdiv(m_total, meta["BLOCK_M"]), cdiv(spec.in_channels, meta["BLOCK_N"]), spec.s_in * spec.groups)
-
-    _input_grad_kernel[grid](
-        dy, weight, dx, stab_index, tap_dh, tap_dw,
-        m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
-        spec.weight_groups, *dy.stride(), *dx.stride(), *geometry_args(spec), **static_args(spec, dy.dtype),
-        **_dtype_flags(dy.dtype), **_meta())
+    if dx.numel() != 0:
+        _launch_gemm(dy, weight, dx, spec, group_on_n=False)
     return dx
 
 
