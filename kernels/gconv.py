@@ -27,9 +27,10 @@ import triton
 import triton.language as tl
 
 from ._common import (INTERPRET, accumulator, cdiv, dot_precision, empty_like_layout, gather_tables, geometry_args,
-                      group_tables, input_grad_buffer, maybe_autotune, mma, offset, split_pixel, static_args)
+                      group_tables, input_grad_buffer, maybe_autotune, mma, split_pixel)
 
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16)
+WGRAD_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
 
 
 def _configs():
@@ -199,71 +200,89 @@ def _conv_gemm_kernel(
 
 
 # ------------------------------------------------------------------------------------------ weight gradient
-WGRAD_BLOCK_R = 32  # fixed (not tuned) so that the reduction order, and so every bit of dw, never depends on tuning
+WGRAD_BLOCK_R = 64  # fixed (not tuned) so that the reduction order, and so every bit of dw, never depends on tuning
 
 
-# Tuned over the output tile (BLOCK_M x BLOCK_N), warps and stages only: BLOCK_K is unused and stays fixed.
-@maybe_autotune(_configs(), key=["R_TOTAL", "C_OUT_G", "C_IN_G", "S_IN", "S_OUT", "KH", "KW", "COPIES", "PRECISION"],
-                tiles=dict(BLOCK_M="C_OUT_G", BLOCK_N="C_IN_G*S_IN*KH*KW"),
-                operands=[("BLOCK_M", "BLOCK_R"), ("BLOCK_R", "BLOCK_N")])
+def _wgrad_configs():
+    return [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn), num_warps=warps, num_stages=stages)
+            for bm, bn, warps, stages in [(128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3),
+                                          (64, 32, 4, 4), (128, 16, 4, 4), (64, 16, 4, 4), (64, 128, 4, 3)]]
+
+
+# Tuned over the output tile (BLOCK_M x BLOCK_N), warps and stages only: the reduction block stays fixed.
+@maybe_autotune(_wgrad_configs(), key=["R_TOTAL", "M_CH", "O_PAD", "S_IN", "S_OUT", "KH", "KW", "COPIES", "PRECISION"],
+                tiles=dict(BLOCK_M="M_CH", BLOCK_N="O_PAD"),
+                operands=[("BLOCK_R", "BLOCK_M"), ("BLOCK_R", "BLOCK_N")])
 @triton.jit
 def _weight_grad_kernel(
-    dy_ptr, x_ptr, dw_ptr, in_index_ptr, tap_dh_ptr, tap_dw_ptr,
-    R_TOTAL, R_PER_SPLIT, H, W, HO, WO, C_IN_G, C_OUT_G, WEIGHT_GROUPS, COPIES,
-    sdyb, sdyc, sdys, sdyh, sdyw, sxb, sxc, sxs, sxh, sxw,
+    x_ptr, dy_ptr, dw_ptr, in_index_ptr, tap_dh_ptr, tap_dw_ptr,
+    R_TOTAL, R_PER_SPLIT, H, W, WEIGHT_GROUPS, COPIES, sxb, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HO: tl.constexpr, WO: tl.constexpr, M_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
+    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, VEC_X: tl.constexpr,
+    WIDE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One (out-channel tile, k tile) of weight slice ``wg``, summed over the pixels of split ``pid_s``, over every
-    group element ``g`` and over the channel groups that share the slice: the group copies are reduction, so
-    there is no filter-bank gradient, no scatter and no atomic.  ``BLOCK_K`` is unused (the reduction block is
-    ``BLOCK_R``); it is accepted so all three kernels share one config list."""
+    """``dw`` of base tap ``t`` for a ``[BLOCK_M (i, u), BLOCK_N o]`` tile of weight slice ``wg``, summed over the
+    pixels of split ``pid_s``, every group element ``g`` and the channel groups sharing the slice.
+
+    ``x``: channels-last ``(B, H, W, groups·M_CH)`` (unit channel stride), ``M_CH = C_in_g·S_in``.  ``dy``:
+    ``(B·HO·WO, groups, S_out, O_PAD)`` contiguous, so that for one ``g`` the output channels are contiguous.
+    Both GEMM operands are then contiguous along their tile axis (16-byte vector loads).  For element ``g`` the
+    x tile is read in its own channel order ``(i, s)`` and multiplied into ``acc_g``; the rows are then moved to
+    the weight's order ``(i, u)``, ``s = g·u``, by an in-register gather, once per ``g`` and not per pixel block.
+    The group copies are reduction: no filter-bank gradient, no scatter, no atomic.
+    """
     T: tl.constexpr = KH * KW
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    wg = tl.program_id(2) % WEIGHT_GROUPS
-    pid_s = tl.program_id(2) // WEIGHT_GROUPS
+    t = tl.program_id(2) % T
+    wg = (tl.program_id(2) // T) % WEIGHT_GROUPS
+    pid_s = tl.program_id(2) // (T * WEIGHT_GROUPS)
 
-    o = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    o_ok = o < C_OUT_G
-    K = C_IN_G * S_IN * T
-    k = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_ok = k < K
-    i = k // (S_IN * T)
-    u = (k // T) % S_IN
-    t = k % T
+    ROWS: tl.constexpr = (BLOCK_M // S_IN) * S_IN  # dw rows (i, u) per tile: whole blocks of S_IN
+    ml = tl.arange(0, BLOCK_M)
+    m = pid_m * ROWS + ml
+    m_ok = (ml < ROWS) & (m < M_CH)
+    o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    kr = tl.arange(0, BLOCK_R)
     r_start = pid_s * R_PER_SPLIT
     r_stop = tl.minimum(r_start + R_PER_SPLIT, R_TOTAL)
+    dy_pixel = S_OUT * O_PAD * COPIES * WEIGHT_GROUPS
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for copy in range(COPIES):
         grp = wg + copy * WEIGHT_GROUPS
-        dy_chan = (grp * C_OUT_G + o).to(tl.int64) * sdyc                               # [BM]
-        x_chan = (grp * C_IN_G + i).to(tl.int64) * sxc                                  # [BN]
+        x_base = x_ptr + grp * M_CH
         for g in range(S_OUT):
-            s = tl.load(in_index_ptr + g * S_IN + u, mask=k_ok, other=0)
-            dh = tl.load(tap_dh_ptr + g * T + t, mask=k_ok, other=0)
-            dw = tl.load(tap_dw_ptr + g * T + t, mask=k_ok, other=0)
-            x_col = x_chan + s.to(tl.int64) * sxs
+            dh = tl.load(tap_dh_ptr + g * T + t) * dil_h - pad_h
+            dw = tl.load(tap_dw_ptr + g * T + t) * dil_w - pad_w
+            dy_base = dy_ptr + (grp * S_OUT + g) * O_PAD
+            acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
             for r0 in range(r_start, r_stop, BLOCK_R):
-                r = r0 + tl.arange(0, BLOCK_R)
+                r = r0 + kr
                 r_ok = r < r_stop
                 b, oh, ow = split_pixel(r, HO, WO)
-                dy_off = (dy_chan[:, None] + tl.cast(g, tl.int64) * sdys
-                          + offset(b, 0, oh, ow, sdyb, 0, sdyh, sdyw)[None, :])
-                a = tl.load(dy_ptr + dy_off, mask=o_ok[:, None] & r_ok[None, :], other=0.0)   # [BM, BR]
-                ih = (oh * stride_h - pad_h)[:, None] + dh[None, :] * dil_h
-                iw = (ow * stride_w - pad_w)[:, None] + dw[None, :] * dil_w
-                ok = r_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                x_off = (b.to(tl.int64) * sxb)[:, None] + x_col[None, :] + offset(0, 0, ih, iw, 0, 0, sxh, sxw)
-                bx = tl.load(x_ptr + x_off, mask=ok, other=0.0)                                  # [BR, BN]
-                acc = mma(acc, a, bx, PRECISION, UPCAST)
+                ih = oh * stride_h + dh
+                iw = ow * stride_w + dw
+                x_ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                if WIDE:
+                    b, ih, iw, r = b.to(tl.int64), ih.to(tl.int64), iw.to(tl.int64), r.to(tl.int64)
+                x_row = tl.multiple_of(b * sxb + ih * sxh + iw * sxw, VEC_X)
+                xa = tl.load(x_base + x_row[:, None] + m[None, :], mask=x_ok[:, None] & m_ok[None, :], other=0.0)
+                if O_PAD % BLOCK_N == 0:
+                    dya = tl.load(dy_base + (r * dy_pixel)[:, None] + o[None, :], mask=r_ok[:, None], other=0.0)
+                else:  # a tile wider than the (padded) output channels
+                    dya = tl.load(dy_base + (r * dy_pixel)[:, None] + o[None, :],
+                                  mask=r_ok[:, None] & (o < O_PAD)[None, :], other=0.0)
+                acc_g = mma(acc_g, tl.trans(xa), dya, PRECISION, UPCAST)
+            # dw row (i, u) takes acc_g's row (i, g·u)
+            src = tl.minimum((ml // S_IN) * S_IN + tl.load(in_index_ptr + g * S_IN + ml % S_IN), BLOCK_M - 1)
+            acc += tl.gather(acc_g, tl.broadcast_to(src[:, None], (BLOCK_M, BLOCK_N)), 0)
 
-    row = pid_s * WEIGHT_GROUPS * C_OUT_G + wg * C_OUT_G + o                       # row of the (split, C_out) stack
-    dw_off = row.to(tl.int64)[:, None] * K + k[None, :]
-    tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=o_ok[:, None] & k_ok[None, :])
+    row = pid_s * WEIGHT_GROUPS * C_OUT_G + wg * C_OUT_G + o          # row of the (split, C_out) stack
+    dw_off = row.to(tl.int64)[None, :] * (M_CH * T) + (m * T + t)[:, None]
+    tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=m_ok[:, None] & (o < C_OUT_G)[None, :])
 
 
 # ----------------------------------------------------------------------------------------------- launchers
@@ -408,12 +427,16 @@ def weight_split(spec, reduction: int, tiles: int, weight_numel: int) -> int:
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.Tensor:
-    """``dy`` and the 5-D input ``x`` -> ``dw`` of ``weight_shape`` (fp32 accumulation, then x's dtype)."""
+    """``dy`` and the 5-D input ``x`` -> ``dw`` of ``weight_shape`` (fp32 accumulation, then x's dtype).
+
+    ``dy`` is re-laid ``(B·H_out·W_out, groups, S_out, C_out padded to 8)`` for the kernel (one copy of ``dy``);
+    ``x`` is read channels-last (a copy only when its channels are not innermost already)."""
     in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
+    kh, kw = spec.kernel
     r_total = spec.batch * spec.out_height * spec.out_width
-    k_total = spec.in_channels * spec.s_in * spec.kernel[0] * spec.kernel[1]
-    weight_numel = spec.weight_groups * spec.out_channels * k_total
-    split = weight_split(spec, r_total, cdiv(spec.out_channels, 64) * cdiv(k_total, 64) * spec.weight_groups,
+    m_ch = spec.in_channels * spec.s_in
+    weight_numel = spec.weight_groups * spec.out_channels * m_ch * kh * kw
+    split = weight_split(spec, r_total, cdiv(m_ch, 64) * cdiv(spec.out_channels, 64) * spec.weight_groups * kh * kw,
                          weight_numel)
     r_per_split = cdiv(cdiv(r_total, split), WGRAD_BLOCK_R) * WGRAD_BLOCK_R
     split = max(1, cdiv(r_total, r_per_split)) if r_total else 1
@@ -421,14 +444,22 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.
     partial = torch.empty((split, *weight_shape), dtype=partial_dtype, device=x.device)
     if r_total == 0:
         return partial.zero_().sum(0).to(x.dtype)
+    c_out = spec.out_channels
+    o_pad = _round_up(c_out, min(8, 1 << (c_out - 1).bit_length()))
+    dy_go = dy.new_zeros((r_total, spec.groups, spec.s_out, o_pad))
+    dy_go[..., :c_out] = dy.permute(0, 3, 4, 1, 2).reshape(r_total, spec.groups, c_out, spec.s_out).transpose(2, 3)
+    x_cl = channels_last(x)
 
     def grid(meta):
-        return (cdiv(spec.out_channels, meta["BLOCK_M"]), cdiv(k_total, meta["BLOCK_N"]), spec.weight_groups * split)
+        rows = meta["BLOCK_M"] // spec.s_in * spec.s_in
+        return (cdiv(m_ch, rows), cdiv(o_pad, meta["BLOCK_N"]), kh * kw * spec.weight_groups * split)
 
     _weight_grad_kernel[grid](
-        dy, x, partial, in_index, tap_dh, tap_dw,
-        r_total, r_per_split, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels,
-        spec.out_channels, spec.weight_groups, spec.groups // spec.weight_groups,
-        *dy.stride(), *x.stride(), *geometry_args(spec), **static_args(spec, x.dtype), BLOCK_R=WGRAD_BLOCK_R,
-        **_dtype_flags(x.dtype), **_meta())
+        x_cl, dy_go, partial, in_index, tap_dh, tap_dw,
+        r_total, r_per_split, spec.height, spec.width, spec.weight_groups, spec.groups // spec.weight_groups,
+        *x_cl.stride()[:3], *geometry_args(spec),
+        HO=spec.out_height, WO=spec.out_width, M_CH=m_ch, C_OUT_G=c_out, O_PAD=o_pad, S_IN=spec.s_in,
+        S_OUT=spec.s_out, KH=kh, KW=kw, VEC_X=_vector_width(x.element_size(), *x_cl.stride()[:3], m_ch),
+        WIDE=_needs_int64(x_cl, dy_go), ACC=accumulator(x.dtype), BLOCK_R=WGRAD_BLOCK_R, **_dtype_flags(x.dtype),
+        **(dict(WGRAD_INTERPRETER_CONFIG) if INTERPRET else {}))
     return partial[0] if split == 1 else partial.sum(0).to(x.dtype)
