@@ -34,15 +34,15 @@ WGRAD_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
 
 
 def _configs():
-    # Every BLOCK_K divides 64, so every power-of-two group order up to 16 divides it (see ``hoisted`` below).
-    out = []
-    for bm, bn, bk, warps, stages in [
-        (128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
-        (128, 64, 32, 4, 4), (64, 64, 64, 4, 4), (128, 32, 64, 4, 4), (64, 32, 64, 4, 4),
-        (64, 16, 64, 4, 4), (128, 16, 64, 4, 4), (64, 64, 32, 4, 5), (128, 256, 64, 8, 3),
-    ]:
-        out.append(triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=warps, num_stages=stages))
-    return out
+    # Every BLOCK_K divides 64, so every power-of-two group order up to 16 divides it (see ``HOIST``).  Short
+    # channel loops (a few blocks per tap) want BLOCK_K 16 or 2 stages, else the pipeline's prologue is the loop.
+    return [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=warps, num_stages=stages)
+            for bm, bn, bk, warps, stages in [
+                (128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+                (128, 64, 32, 4, 4), (64, 64, 64, 4, 4), (128, 32, 64, 4, 4), (64, 32, 64, 4, 4),
+                (64, 16, 64, 4, 4), (128, 16, 64, 4, 4), (64, 64, 32, 4, 2), (128, 64, 16, 4, 3),
+                (64, 64, 16, 4, 3), (128, 256, 64, 8, 3),
+            ]]
 
 
 # --------------------------------------------------------------------------------------------- epilogue
@@ -98,6 +98,17 @@ def _tap_offsets(c, j, t, tap_src_ptr, T: tl.constexpr, S_K: tl.constexpr, TAP_S
         return (tl.load(tap_src_ptr + (c % S_K) * T + t) * TAP_STRIDE)[:, None]
 
 
+@triton.jit
+def _weight_pointers(w_base, c, j, r, t, tap_src_ptr, stab_ptr, T: tl.constexpr, S_IN: tl.constexpr,
+                     S_K: tl.constexpr, R_PAD: tl.constexpr, TAP_STRIDE: tl.constexpr, VEC_B: tl.constexpr,
+                     GROUP_ON_N: tl.constexpr):
+    """The B tile's pointers for reduction indices ``c`` and tap ``t'`` (each run of ``VEC_B`` columns is
+    contiguous: ``R_PAD`` is a multiple of it)."""
+    w_off = (_slice_offsets(c, j, r, stab_ptr, S_IN, S_K, R_PAD, GROUP_ON_N)
+             + _tap_offsets(c, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N))
+    return w_base + tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B])
+
+
 @maybe_autotune(_configs(), key=["M_TOTAL", "N_TOTAL", "A_CH", "S_IN", "S_K", "KH", "KW", "GROUP_ON_N", "PRECISION"],
                 tiles=dict(BLOCK_M="M_TOTAL", BLOCK_N="N_TOTAL", BLOCK_K="A_CH"),
                 operands=[("BLOCK_M", "BLOCK_K"), ("BLOCK_K", "BLOCK_N")])
@@ -129,7 +140,6 @@ def _conv_gemm_kernel(
     T: tl.constexpr = KH * KW
     TAP_STRIDE: tl.constexpr = (A_CH // S_K) * S_IN * R_PAD
     HOIST: tl.constexpr = BLOCK_K % S_K == 0      # the group pattern along K repeats every block
-    EVEN_K: tl.constexpr = A_CH % BLOCK_K == 0
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     phases = PHASES_H * PHASES_W
@@ -152,7 +162,13 @@ def _conv_gemm_kernel(
     if HOIST:
         slice_off = _slice_offsets(kl, j, r, stab_ptr, S_IN, S_K, R_PAD, GROUP_ON_N)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    # tf32 MMAs read both shared-memory operands K-major; the weight tile is N-major, so they run transposed,
+    # out^T = w^T · a^T, where the activation tile (K-major as loaded) is the shared-memory operand
+    TRANSPOSED: tl.constexpr = PRECISION == "tf32"
+    if TRANSPOSED:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for t in range(T):
         shift_h = tl.load(shift_h_ptr + ph_h * KH + t // KW)
         shift_w = tl.load(shift_w_ptr + ph_w * KW + t % KW)
@@ -163,21 +179,26 @@ def _conv_gemm_kernel(
             row = tl.multiple_of(b * sab + ih * sah + iw * saw, VEC_A)
             a_ptrs = a_base + row[:, None] + kl[None, :]
             if HOIST:   # B pointers for this tap: a hoisted tile, then a constant step per channel block
-                w_off = slice_off + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N)
-                w_ptrs = w_base + tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B])
+                w_ptrs = w_base + tl.max_contiguous(tl.multiple_of(
+                    slice_off + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N), [1, VEC_B]),
+                    [1, VEC_B])
             for k0 in range(0, A_CH, BLOCK_K):
                 c = k0 + kl
                 if not HOIST:
-                    w_off = (_slice_offsets(c, j, r, stab_ptr, S_IN, S_K, R_PAD, GROUP_ON_N)
-                             + _tap_offsets(c, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N))
-                    w_ptrs = w_base + tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B])
-                if EVEN_K:
+                    w_ptrs = _weight_pointers(w_base, c, j, r, t, tap_src_ptr, stab_ptr, T, S_IN, S_K, R_PAD,
+                                              TAP_STRIDE, VEC_B, GROUP_ON_N)
+                if A_CH % BLOCK_K == 0:
                     a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
                     bw = tl.load(w_ptrs)
-                else:  # the last channel block is ragged
-                    a = tl.load(a_ptrs, mask=row_ok[:, None] & (c < A_CH)[None, :], other=0.0)
-                    bw = tl.load(w_ptrs, mask=(c < A_CH)[:, None], other=0.0)
-                acc = mma(acc, a, bw, PRECISION, UPCAST)
+                else:  # a ragged last block: the mask is constant over runs of VEC_A (A_CH is a multiple of it),
+                    # which keeps the loads 16-byte vectors
+                    k_ok = tl.max_constancy(c < A_CH, VEC_A)
+                    a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                    bw = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+                if TRANSPOSED:
+                    acc = mma(acc, tl.trans(bw), tl.trans(a), PRECISION, UPCAST)
+                else:
+                    acc = mma(acc, a, bw, PRECISION, UPCAST)
                 a_ptrs += BLOCK_K
                 if HOIST:
                     w_ptrs += (BLOCK_K // S_K) * (S_IN * R_PAD)
@@ -186,6 +207,8 @@ def _conv_gemm_kernel(
     ow = mw * OSW + ph_w
     m_ok = m_ok & (oh < HOUT) & (ow < WOUT)
     n_ok = (n < N_TOTAL) & (r < R_VALID)
+    if TRANSPOSED:
+        acc = tl.trans(acc)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + wg * R_VALID + r, mask=n_ok, other=0.0).to(ACC)[None, :]
     col = j * soj + (grp * R_VALID + r) * sor
