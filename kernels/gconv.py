@@ -313,8 +313,9 @@ def _dtype_flags(dtype: torch.dtype):
     return dict(PRECISION=dot_precision(dtype), UPCAST=INTERPRET and dtype in (torch.float16, torch.bfloat16))
 
 
-def _meta():
-    return dict(INTERPRETER_CONFIG) if INTERPRET else {}
+def _meta(config=INTERPRETER_CONFIG):
+    """The launch's fixed blocks under the interpreter (nothing to tune there); on a GPU the autotuner picks."""
+    return dict(config) if INTERPRET else {}
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -484,5 +485,5 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.
         HO=spec.out_height, WO=spec.out_width, M_CH=m_ch, C_OUT_G=c_out, O_PAD=o_pad, S_IN=spec.s_in,
         S_OUT=spec.s_out, KH=kh, KW=kw, VEC_X=_vector_width(x.element_size(), *x_cl.stride()[:3], m_ch),
         WIDE=_needs_int64(x_cl, dy_go), ACC=accumulator(x.dtype), BLOCK_R=WGRAD_BLOCK_R, **_dtype_flags(x.dtype),
-        **(dict(WGRAD_INTERPRETER_CONFIG) if INTERPRET else {}))
+        **_meta(WGRAD_INTERPRETER_CONFIG))
     return partial[0] if split == 1 else partial.sum(0).to(x.dtype)
