@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +151,14 @@ def test_resnet44_shape_set_is_the_models_convolutions():
     for layer in model_layers("resnet44"):
         layers[(layer.c_in, layer.c_out, layer.kernel, layer.stride, layer.in_group)] += layer.count
     assert layers == convs
+
+
+def test_perf_builds_e2cnn_p4m_on_numpy2():
+    """``python -m perf`` times e2cnn's p4m layers on NumPy 2 (the interop module's shim), in a fresh process."""
+    pytest.importorskip("e2cnn")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    script = "from perf.providers import e2cnn_broken\nprint(e2cnn_broken('p4m'))\n"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "None", proc.stdout
