@@ -32,7 +32,7 @@ def test_every_provider_agrees_on_tiny_shapes():
     assert not failed, failed
     done = {(r["case"], r["provider"]) for r in rows if r.get("status") != "skipped"}
     for case in CASES:
-        for name in ("gconv_triton", "bank_cudnn", "dense_cudnn", "matmul"):
+        for name in ("gconv_triton", "bank_torch_cpu", "dense_torch_cpu", "matmul"):
             quantities = {r["quantity"] for r in rows if (r["case"], r["provider"]) == (case, name)}
             expected = {"y", "dw"} | ({"dx"} if smoke.SMOKE_CASES[case].input_grad else set())
             assert quantities == expected, (case, name, quantities)
@@ -57,7 +57,7 @@ def test_matmul_provider_has_the_layer_gemm_sizes():
 def test_agreement_in_a_subprocess_sets_the_interpreter():
     rows = smoke.agreement_subprocess(["conv1d-depthwise"], ["gconv_triton", "bank_cudnn"])
     assert {(r["provider"], r["quantity"]) for r in rows} == {
-        (p, q) for p in ("gconv_triton", "bank_cudnn") for q in ("y", "dx", "dw")}
+        (p, q) for p in ("gconv_triton", "bank_torch_cpu") for q in ("y", "dx", "dw")}
     assert all(r["ok"] for r in rows), rows
 
 
@@ -127,6 +127,39 @@ def test_python_m_perf_without_cuda_runs_the_smoke_mode(tmp_path, capsys):
     (md,) = tmp_path.glob("cpu-smoke-*.md")
     assert "CPU numbers" in md.read_text()
     assert not list(tmp_path.glob("*.png"))
+
+
+@needs_interpreter
+def test_smoke_mode_honours_the_selection_and_timing_flags(tmp_path, capsys):
+    rc = cli.main(["--tiny", "--smoke-cases", "conv1d-depthwise", "--providers", "gconv_triton,bank_cudnn",
+                   "--sets", "p4cnn", "--dtypes", "bf16", "--layouts", "channels_last", "--modes", "forward",
+                   "--warmup", "1", "--rep", "3", "--save", "--out", str(tmp_path), "--no-plot"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    (saved,) = tmp_path.glob("cpu-smoke-*.json")
+    result = json.loads(saved.read_text())
+    recs = result["records"]
+    assert recs and all(r["status"] == "ok" for r in recs), recs
+    assert {(r["set"], r["dtype"], r["layout"], r["mode"]) for r in recs} == {("p4cnn", "bf16", "channels_last",
+                                                                              "forward")}
+    # On a CPU there is no cuDNN: the timings say what ran.
+    assert {r["provider"] for r in recs} == {"gconv_triton", "bank_torch_cpu"}
+    assert "cudnn" not in out.split("CPU timings", 1)[1]
+    assert (result["config"]["warmup_ms"], result["config"]["rep_ms"]) == (1, 3)
+    bank = next(r for r in recs if r["provider"] == "bank_torch_cpu")
+    assert bank["ratio_to_gconv_triton"] > 0 and "bank_torch_cpu ×" in out
+
+
+def test_interleaved_timer_rotates_the_order_and_takes_medians():
+    calls = []
+    timer = smoke.InterleavedTimer(warmup_ms=0, rep_ms=1e-6, rounds=3)  # one call per provider per round
+    timings = timer({name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")})
+    assert calls[:3] == ["a", "b", "c"]                                  # the warm-up: one call each
+    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]    # each round starts one later
+    assert set(timings) == {"a", "b", "c"}
+    assert all(t.p20_ms <= t.median_ms <= t.p80_ms for t in timings.values())
+    with pytest.raises(ValueError, match="rounds"):
+        smoke.InterleavedTimer(rounds=0)
 
 
 def test_cli_rejects_unknown_names():
