@@ -32,7 +32,7 @@ from gconv_triton.functional import gconv2d
 from gconv_triton.reference import filter_bank
 
 from .providers import PROVIDERS, E2cnn, GconvTriton, e2cnn_permutation, make_case, provider
-from .runner import (QUANTILES, TOLERANCE, Timing, _first_line, derive, mode_runner, reference_forward, rel_error,
+from .runner import (QUANTILES, TOLERANCE, _first_line, derive, mode_runner, reference_forward, rel_error,
                      summarize)
 
 # Tiny layers covering both kernel families (implicit GEMM and depthwise), lifting, p4m, channel groups and 1-D.
@@ -196,7 +196,8 @@ class InterleavedTimer:
     """CPU wall-clock times of several calls measured together, as ratios need: each call is warmed up for
     ``warmup_ms``, then ``rounds`` rounds run every call in turn (the order rotated each round, so drift and
     frequency scaling hit all of them alike), each call repeated within a round to about ``rep_ms / rounds``.
-    Returns the median and p20/p80 over rounds, per call."""
+    Returns each call's time per round, in ms: comparing two calls round by round cancels load that changes
+    between rounds (other processes on a shared machine)."""
 
     def __init__(self, warmup_ms: float = 50.0, rep_ms: float = 400.0, rounds: int = 7):
         if warmup_ms < 0 or rep_ms <= 0 or rounds < 1:
@@ -204,7 +205,7 @@ class InterleavedTimer:
                              f"{rounds}")
         self.warmup_ms, self.rep_ms, self.rounds = warmup_ms, rep_ms, rounds
 
-    def __call__(self, calls: dict[str, Callable[[], object]]) -> dict[str, Timing]:
+    def __call__(self, calls: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
         per_call = {}
         for name, call in calls.items():
             start, n = time.perf_counter(), 0
@@ -221,9 +222,13 @@ class InterleavedTimer:
                 for _ in range(inner[name]):
                     calls[name]()
                 samples[name].append(1e3 * (time.perf_counter() - start) / inner[name])
-        quantiles = torch.tensor(QUANTILES, dtype=torch.float64)
-        return {name: Timing(*(float(v) for v in torch.tensor(t, dtype=torch.float64).quantile(quantiles)))
-                for name, t in samples.items()}
+        return samples
+
+
+def _quantiles(values: Sequence[float]) -> list[float]:
+    """The median, p20 and p80 of ``values``."""
+    q = torch.tensor(values, dtype=torch.float64).quantile(torch.tensor(QUANTILES, dtype=torch.float64))
+    return [float(v) for v in q]
 
 
 def cpu_timings(sets: dict[str, Sequence[Layer]], providers: Sequence[str] = CPU_PROVIDERS,
@@ -233,7 +238,8 @@ def cpu_timings(sets: dict[str, Sequence[Layer]], providers: Sequence[str] = CPU
     """CPU wall-clock times of the package's CPU path (``gconv_triton``), the GrouPy-style gather + ``F.conv2d``
     (``bank_torch_cpu``), cuDNN's stand-in with a free bank (``dense_torch_cpu``) and e2cnn: all providers of one
     (layer, mode, dtype, layout) interleaved by ``timer``.  CPU numbers only.  Returns ``{"records", "summary",
-    "incomplete"}`` as :func:`perf.runner.run_suite` does (ratios to ``gconv_triton`` filled in)."""
+    "incomplete"}`` as :func:`perf.runner.run_suite` does; a layer's ``ratio_to_gconv_triton`` is the median over
+    rounds of the two providers' times in the same round, a shape set's the ratio of its summed medians."""
     timer = timer or InterleavedTimer()
     provs = [provider(p, "cpu") for p in providers if p in CPU_PROVIDERS]
     records: list[dict] = []
@@ -253,7 +259,11 @@ def cpu_timings(sets: dict[str, Sequence[Layer]], providers: Sequence[str] = CPU
                         bar.update(1, f"{set_name}/{layer.name} {dtype} {layout}")
             if incomplete:
                 break
+    paired = {id(r): r.pop("paired_ratio") for r in records if "paired_ratio" in r}
     derive(records)
+    for r in records:
+        if id(r) in paired:
+            r["ratio_to_gconv_triton"] = paired[id(r)]
     return {"records": records, "summary": summarize(records, sets), "incomplete": incomplete}
 
 
@@ -288,16 +298,19 @@ def _time_layer(set_name: str, layer: Layer, dtype: str, layout: str, provs, mod
                 add(prov.name, mode, status="error", message=_first_line(err))
     for mode in modes:
         try:
-            timings = timer({name: mode_runner(b, mode) for name, b in built.items()}) if built else {}
+            samples = timer({name: mode_runner(b, mode) for name, b in built.items()}) if built else {}
         except Exception as err:  # noqa: BLE001
             for name in built:
                 add(name, mode, status="error", message=_first_line(err))
             continue
-        for name, t in timings.items():
+        ours = samples.get("gconv_triton")
+        for name, times in samples.items():
             err = errors[name]
             tolerance = TOLERANCE.get(dtype) if err is not None else None
-            fields = dict(status="ok", median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, rel_err=err,
-                          tolerance=tolerance)
+            median, p20, p80 = _quantiles(times)
+            fields = dict(status="ok", median_ms=median, p20_ms=p20, p80_ms=p80, rel_err=err, tolerance=tolerance)
+            if ours is not None:
+                fields["paired_ratio"] = _quantiles([t / o for t, o in zip(times, ours)])[0]
             if err is not None and not err < tolerance:
                 fields["message"] = f"forward relative error {err:.2e} exceeds {tolerance:.0e}"
             add(name, mode, **fields)
@@ -327,7 +340,7 @@ def run(providers: Sequence[str] = PROVIDERS, modes: Sequence[str] = ("forward",
                          "they say nothing about the Triton kernels.",
                          f"Timing: every provider of a layer interleaved in one process, {timer.rounds} rounds in "
                          f"rotating order after {timer.warmup_ms:g} ms of warm-up each, about {timer.rep_ms:g} ms "
-                         f"timed per provider; medians, and ratios (×) of medians from the same run.",
+                         f"timed per provider; medians, and ratios (×) to gconv_triton from the same rounds.",
                          "Agreement: the kernels ran under Triton's interpreter (fp32), every other provider on the "
                          "CPU in fp32, all against the float64 reference path."])
     return result

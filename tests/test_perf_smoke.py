@@ -150,14 +150,13 @@ def test_smoke_mode_honours_the_selection_and_timing_flags(tmp_path, capsys):
     assert bank["ratio_to_gconv_triton"] > 0 and "bank_torch_cpu ×" in out
 
 
-def test_interleaved_timer_rotates_the_order_and_takes_medians():
+def test_interleaved_timer_rotates_the_order():
     calls = []
     timer = smoke.InterleavedTimer(warmup_ms=0, rep_ms=1e-6, rounds=3)  # one call per provider per round
-    timings = timer({name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")})
+    samples = timer({name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")})
     assert calls[:3] == ["a", "b", "c"]                                  # the warm-up: one call each
     assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]    # each round starts one later
-    assert set(timings) == {"a", "b", "c"}
-    assert all(t.p20_ms <= t.median_ms <= t.p80_ms for t in timings.values())
+    assert set(samples) == {"a", "b", "c"} and all(len(t) == 3 and min(t) >= 0 for t in samples.values())
     with pytest.raises(ValueError, match="rounds"):
         smoke.InterleavedTimer(rounds=0)
 
