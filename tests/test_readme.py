@@ -45,3 +45,14 @@ def test_submodules_are_attributes_without_eager_imports():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["[]", "p4m_resnet44 from_e2cnn gconv_triton.autotune", "True"]
+
+
+def test_api_reference_names_every_public_name():
+    """docs/api.md documents every public name of ``gconv_triton`` (classes, functions, groups, submodules)."""
+    import gconv_triton
+
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    public = [name for name in dir(gconv_triton) if not name.startswith("_")]
+    missing = [name for name in public if f"`{name}`" not in api and f"`gt.{name}`" not in api
+               and not re.search(rf"`{name}[`(.]", api)]
+    assert not missing, f"docs/api.md does not document {missing}"
