@@ -24,11 +24,11 @@ raises, because the bank check fails.
 
 **GrouPy-PyTorch** (``groupy.gconv.pytorch_gconv``; read, not run: it needs ``np.int``, gone since NumPy 1.24):
 ``SplitGConv2D.weight`` is ``(C_out, C_in, S_in, k, k)`` and its ``D4`` elements ``(m, r)`` (index ``4m + r``)
-are the matrices ``M^m R^r`` with ``M = diag(−1, 1)`` on ``(row, col)``; the bank is ``F[g, s] = w[g⁻¹s](g⁻¹x)``,
-laid out ``(C_out·S_out, C_in·S_in, k, k)``; inputs are viewed as ``(B, C_in·S_in, H, W)`` and outputs as
-``(B, C_out, S_out, H, W)``; the bias is one per output G-channel.  All of it is this package's convention, so
-GrouPy state dicts load unchanged (``weight`` and ``bias`` keep their names and shapes; GrouPy keeps its index
-arrays outside the state dict).  :func:`from_groupy` converts a module.
+are the matrices ``M^m R^r`` with ``M = diag(−1, 1)`` on ``(row, col)``; the bank is
+``F[g, s] = w[g⁻¹s](g⁻¹x)``, laid out ``(C_out·S_out, C_in·S_in, k, k)``; inputs are viewed as
+``(B, C_in·S_in, H, W)`` and outputs as ``(B, C_out, S_out, H, W)``; the bias is one per output G-channel.  All of
+it is this package's convention, so GrouPy state dicts load unchanged (``weight`` and ``bias`` keep their names
+and shapes; GrouPy keeps its index arrays outside the state dict).  :func:`from_groupy` converts a module.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ def _grid_elements(gspace) -> list[int]:
         hits = [s for s in range(p4m.order) if np.abs(ours[s] - moved).max() < 1e-6]
         if len(hits) != 1:
             raise ValueError(f"gspace: element {element} of {getattr(gspace, 'name', gspace)} does not move the "
-                             f"pixel grid as a rotation by a multiple of 90 degrees or a reflection across a grid axis or diagonal; expected "
-                             f"Rot2dOnR2(N=4) or FlipRot2dOnR2(N=4) with axis a multiple of pi/4")
+                             f"pixel grid as a rotation by a multiple of 90 degrees or a reflection across a grid "
+                             f"axis or diagonal; expected Rot2dOnR2(N=4) or FlipRot2dOnR2(N=4) with axis a multiple "
+                             f"of pi/4")
         found.append(hits[0])
     return found
 

@@ -29,8 +29,9 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m perf",
         description="Time gconv_triton against the filter-bank + cuDNN path, e2cnn, cuDNN with a free bank and the "
                     "matmul ceiling, over shape sets from real models.  Without a CUDA GPU: a CPU smoke mode.")
-    p.add_argument("--sets", default=None, help=f"'all' or a comma-separated subset of {sorted(MODELS)} (default: all; "
-                                                "CPU smoke mode: a few layers of p4cnn,resnet44,grouped at small batch)")
+    p.add_argument("--sets", default=None,
+                   help=f"'all' or a comma-separated subset of {sorted(MODELS)} (default: all; CPU smoke mode: a few "
+                        "layers of p4cnn,resnet44,grouped at small batch)")
     p.add_argument("--providers", default="all", help=f"'all' or a subset of {list(PROVIDERS)}")
     p.add_argument("--modes", default="all", help=f"'all' or a subset of {list(MODES)}")
     p.add_argument("--dtypes", default=None, help=f"'all' or a subset of {list(DTYPES)} (tf32 = fp32 with tf32 on; "

@@ -236,8 +236,8 @@ def cpu_timings(sets: dict[str, Sequence[Layer]], providers: Sequence[str] = CPU
                 layouts: Sequence[str] = ("contiguous",), timer: Optional[InterleavedTimer] = None,
                 budget_s: Optional[float] = None, progress=sys.stderr) -> dict:
     """CPU wall-clock times of the package's CPU path (``gconv_triton``), the GrouPy-style gather + ``F.conv2d``
-    (``bank_torch_cpu``), cuDNN's stand-in with a free bank (``dense_torch_cpu``) and e2cnn: all providers of one
-    (layer, mode, dtype, layout) interleaved by ``timer``.  CPU numbers only.  Returns ``{"records", "summary",
+    (``bank_torch_cpu``), ``F.conv2d`` with the bank precomputed (``dense_torch_cpu``) and e2cnn: all providers of
+    one (layer, mode, dtype, layout) interleaved by ``timer``.  CPU numbers only.  Returns ``{"records", "summary",
     "incomplete"}`` as :func:`perf.runner.run_suite` does; a layer's ``ratio_to_gconv_triton`` is the median over
     rounds of the two providers' times in the same round, a shape set's the ratio of its summed medians."""
     timer = timer or InterleavedTimer()
@@ -259,11 +259,10 @@ def cpu_timings(sets: dict[str, Sequence[Layer]], providers: Sequence[str] = CPU
                         bar.update(1, f"{set_name}/{layer.name} {dtype} {layout}")
             if incomplete:
                 break
-    paired = {id(r): r.pop("paired_ratio") for r in records if "paired_ratio" in r}
     derive(records)
-    for r in records:
-        if id(r) in paired:
-            r["ratio_to_gconv_triton"] = paired[id(r)]
+    for r in records:  # derive() divides medians; the ratio paired round by round is the steadier one
+        if "paired_ratio" in r:
+            r["ratio_to_gconv_triton"] = r.pop("paired_ratio")
     return {"records": records, "summary": summarize(records, sets), "incomplete": incomplete}
 
 
