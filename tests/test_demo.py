@@ -117,7 +117,8 @@ def test_small_gcnn_rejects_bad_widths(widths):
 
 
 def test_demo_without_scikit_learn_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` raise ImportError
+    for module in ("sklearn", "sklearn.datasets", "sklearn.model_selection"):
+        monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
     with pytest.raises(ModuleNotFoundError, match=r"scikit-learn.*make demo"):
         demo.main(["--quick"])
     # On the command line: one line naming what to install, exit status 1, no traceback.
