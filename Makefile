@@ -9,10 +9,13 @@ PIP := $(PY) -m pip install --disable-pip-version-check -q
 
 .PHONY: demo test perf clean
 
+# escnn (for the interop tests) goes in without its declared dependencies: py3nj and lie-learn need a Fortran
+# compiler and NumPy 1, and its planar layers never call them; the ones it does use come with the test extra.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) "$(TORCH)"
 	$(PIP) -e ".[test,demo]"
+	$(PIP) --no-deps "escnn==1.0.11"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -20,3 +20,19 @@ from .modules import (GroupAvgPool2d, GroupConv2d, GroupMaxPool2d, GroupPool, P4
                       P4MConvP4M, P4MConvZ2)
 
 __version__ = "0.1.0"
+
+# Submodules reached as attributes (``gt.models``) but imported on first use: autotune and interop pull in optional
+# packages (e2cnn when installed) and models is not needed to build layers, so ``import gconv_triton`` stays fast.
+_LAZY_SUBMODULES = ("autotune", "demo", "interop", "models")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

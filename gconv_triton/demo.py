@@ -74,8 +74,13 @@ def load_digits(seed: int, device: torch.device, train_limit: Optional[int] = No
     Returns ``(x_train, y_train, x_test, y_test)``: images ``(N, 1, 8, 8)`` in [0, 1] (background 0, the value
     the convolutions pad with) and labels ``(N,)``.
     """
-    from sklearn.datasets import load_digits as _load
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits as _load
+        from sklearn.model_selection import train_test_split
+    except ImportError as err:
+        raise ModuleNotFoundError(f"the demo's digits ship with scikit-learn, which is not installed ({err}): run "
+                                  f"`make demo` (it installs the demo extra), or `pip install scikit-learn`",
+                                  name="sklearn") from err
 
     data = _load()
     x_train, x_test, y_train, y_test = train_test_split(data.images, data.target, test_size=0.25,
@@ -330,4 +335,9 @@ def _run(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ModuleNotFoundError as err:  # a missing optional dependency: say what to install, not a traceback
+        if err.name != "sklearn":
+            raise
+        raise SystemExit(f"python -m gconv_triton.demo: {err}") from None

@@ -1,90 +1,159 @@
 """Load weights trained with e2cnn / escnn (``R2Conv`` on regular p4 / p4m fields) and GrouPy-PyTorch.
 
-**e2cnn** (verified against e2cnn 0.2.3's source and by test): a regular field's components are indexed by the
-group elements in ``fibergroup.elements`` order (``e2cnn/group/groups/{cyclic,dihedral}group.py``), acted on by
-the left regular representation, with rotations by ``np.rot90(·, k, axes=(-2, -1))``
-(``e2cnn/gspaces/r2/utils.py``), the direction of ``torch.rot90`` and of our ``R``.  So for ``Rot2dOnR2(N=4)``
-element ``k`` is our ``k``: the layouts agree.  ``FlipRot2dOnR2(N=4)`` orders its elements ``(j, k) = r^k f^j``
-(index ``4j + k``) with ``f`` the reflection across the axis ``axis`` (default ``π/2``, the vertical axis: it
-flips columns, which is our ``M R²``; ``axis=0`` flips rows, our ``M``).  Since ``R^k M R^a = M R^{a−k}``,
-e2cnn's ``(1, k)`` is our element ``4 + (a − k) mod 4`` with ``a = 2`` for ``axis=π/2`` and ``a = 0`` for
-``axis=0``: a fixed permutation of the group axis (:func:`e2cnn_permutation`).  The expanded filter
-``(C_out·S, C_in·S_in, k, k)`` (``R2Conv.expand_parameters()``), group axis permuted to ours, *is* our filter bank;
-our base weight is its identity slice ``F[:, 0]`` (``F[o, g=e, i, s] = w[o, i, s]``).  The conversion rebuilds the
-bank from that slice and checks it against the whole filter, so a layer that is not a regular-field G-conv in
-these conventions raises instead of loading silently.
+**e2cnn and escnn.**  A regular field's components are indexed by the fiber group's elements in
+``gspace.fibergroup.elements`` order.  Which of our elements each of them is depends on the library's conventions
+and on the gspace (``FlipRot2dOnR2``'s reflection ``axis``), so it is not assumed: :func:`e2cnn_permutation` applies
+each element to a small test image with the gspace's own action (``gspace.featurefield_action`` with the trivial
+representation, public in both libraries) and finds our element that moves the pixels the same way.  For
+``Rot2dOnR2(N=4)`` that is the identity; for ``FlipRot2dOnR2(N=4)`` it is a fixed permutation of the reflections
+(``(0, 1, 2, 3, 6, 5, 4, 7)`` for the default axis ``π/2``, ``(0, 1, 2, 3, 4, 7, 6, 5)`` for ``axis=0``).
+The expanded filter ``(C_out·S, C_in·S_in, k, k)`` (``R2Conv.expand_parameters()``), group axes permuted to ours,
+*is* our filter bank; our base weight is its identity slice ``F[:, 0]`` (``F[o, g=e, i, s] = w[o, i, s]``).  The
+conversion rebuilds the bank from that slice and checks it against the whole filter, so a layer that is not a
+regular-field group convolution raises instead of loading silently.
 
-e2cnn 0.2.3 caveat: it caches sampled bases by basis equality, and its dihedral basis' ``__eq__`` ignores the
-reflection axis, so an ``axis=0`` layer built after an ``axis=π/2`` one in the same process reuses the wrong basis
-(clear ``e2cnn.nn.modules.r2_conv.basisexpansion_singleblock._stored_filters`` in between).
+e2cnn 0.2.3 predates NumPy 2: two of its calls fail there (``ndarray.tostring`` in the hash of its kernel bases,
+which p4m layers reach, and ``np.array(copy=False)``).  Importing this module, with e2cnn installed, replaces
+those two calls inside e2cnn's own modules by their NumPy 2 spellings (:func:`patch_e2cnn`); NumPy itself and
+everything else are left alone.  Import it before building e2cnn layers.
 
-**escnn** (untested: not installed here) keeps e2cnn's ``R2Conv`` interface
-(``expand_parameters``, ``in_type.gspace``); :func:`from_e2cnn` accepts it, and the bank check decides.
+e2cnn 0.2.3 also caches sampled bases by basis equality, and its dihedral basis' ``__eq__`` ignores the reflection
+axis: an ``axis=0`` layer built after an ``axis=π/2`` one in the same process reuses the wrong basis (clear
+``e2cnn.nn.modules.r2_conv.basisexpansion_singleblock._stored_filters`` in between).  :func:`from_e2cnn` then
+raises, because the bank check fails.
 
-**GrouPy-PyTorch** (``groupy.gconv.pytorch_gconv``, read, not run: it needs ``np.int``, gone since NumPy 1.24):
-``SplitGConv2D.weight`` is ``(C_out, C_in, S_in, k, k)`` and its ``D4`` elements ``(m, r)`` (index
-``4m + r``) are the matrices ``M^m R^r`` with ``M = diag(−1, 1)`` on ``(row, col)``; the bank is
+**GrouPy-PyTorch** (``groupy.gconv.pytorch_gconv``; read, not run: it needs ``np.int``, gone since NumPy 1.24):
+``SplitGConv2D.weight`` is ``(C_out, C_in, S_in, k, k)`` and its ``D4`` elements ``(m, r)`` (index ``4m + r``)
+are the matrices ``M^m R^r`` with ``M = diag(−1, 1)`` on ``(row, col)``; the bank is
 ``F[g, s] = w[g⁻¹s](g⁻¹x)``, laid out ``(C_out·S_out, C_in·S_in, k, k)``; inputs are viewed as
-``(B, C_in·S_in, H, W)`` and outputs as ``(B, C_out, S_out, H, W)``; the bias is one per output G-channel.
-All of it is this package's convention, so GrouPy state dicts load unchanged (``weight`` and ``bias`` keep their
-names and shapes; GrouPy keeps its index arrays outside the state dict).  :func:`from_groupy` converts a module.
+``(B, C_in·S_in, H, W)`` and outputs as ``(B, C_out, S_out, H, W)``; the bias is one per output G-channel.  All of
+it is this package's convention, so GrouPy state dicts load unchanged (``weight`` and ``bias`` keep their names
+and shapes; GrouPy keeps its index arrays outside the state dict).  :func:`from_groupy` converts a module.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Optional
+import importlib.util
+import warnings
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
-from .groups import Group, get_group
+from .groups import Group, get_group, p4m
 from .modules import GroupConv2d
 from .reference import filter_bank
 
-__all__ = ["e2cnn_permutation", "weights_from_e2cnn_filter", "from_e2cnn", "from_groupy"]
+__all__ = ["patch_e2cnn", "e2cnn_permutation", "weights_from_e2cnn_filter", "from_e2cnn", "from_groupy"]
 
 
-def e2cnn_permutation(group, axis: float = math.pi / 2) -> list[int]:
-    """``perm[s]``: the e2cnn regular-field component that holds our group element ``s`` (p4, or p4m with the
-    ``FlipRot2dOnR2`` reflection ``axis``, ``π/2`` or ``0``)."""
-    group = get_group(group, "group")
-    if group.name == "p4":
-        return [0, 1, 2, 3]
-    if group.name != "p4m":
-        raise ValueError(f"group: expected 'p4' or 'p4m', got {group.name}")
-    if math.isclose(axis % math.pi, math.pi / 2):
-        shift = 2
-    elif math.isclose(axis % math.pi, 0.0) or math.isclose(axis % math.pi, math.pi):
-        shift = 0
-    else:
-        raise ValueError(f"axis: expected a reflection axis of pi/2 or 0 (aligned with the grid), got {axis!r}")
-    # our element 4 + r is e2cnn's (1, k) with r = (shift - k) mod 4, i.e. k = (shift - r) mod 4
-    return [0, 1, 2, 3] + [4 + (shift - r) % 4 for r in range(4)]
+def patch_e2cnn() -> None:
+    """Let e2cnn 0.2.3 build its layers on NumPy 2 (a no-op on NumPy 1 and when already applied).
+
+    Replaces, inside e2cnn only, ``ndarray.tostring()`` in the ``__hash__`` of its kernel bases by ``tobytes()``
+    (the same bytes) and ``np.array(x, copy=False)`` in ``e2cnn.kernels.utils`` by ``np.asarray(x)`` (NumPy 1's
+    meaning of ``copy=False``).  Called when this module is imported with e2cnn installed.
+    """
+    import e2cnn
+
+    if int(np.__version__.split(".")[0]) < 2 or getattr(e2cnn, "_gconv_triton_numpy2", False):
+        return
+    import e2cnn.kernels.irreps_basis as irreps_basis
+    import e2cnn.kernels.utils as kernel_utils
+
+    def __hash__(self):  # e2cnn's formula, with tobytes() for tostring()
+        gamma = self.gamma.tobytes() if isinstance(self.gamma, np.ndarray) else self.gamma
+        return hash(self.in_irrep) + hash(self.out_irrep) + hash(self.mu.tobytes()) + hash(gamma)
+
+    for cls in vars(irreps_basis).values():
+        method = vars(cls).get("__hash__") if isinstance(cls, type) else None
+        if callable(method) and "tostring" in method.__code__.co_names:
+            cls.__hash__ = __hash__
+
+    class _NumPy2:
+        """``numpy`` as e2cnn.kernels.utils sees it: ``array(copy=False)`` means ``asarray``, as in NumPy 1."""
+
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def array(obj, *args, copy=True, **kwargs):
+            return np.asarray(obj, *args, **kwargs) if copy is False else np.array(obj, *args, copy=copy, **kwargs)
+
+    kernel_utils.np = _NumPy2()
+    e2cnn._gconv_triton_numpy2 = True
 
 
-def weights_from_e2cnn_filter(filter: torch.Tensor, bias: Optional[torch.Tensor], group, in_group, *,
-                              axis: float = math.pi / 2, rtol: float = 1e-5):
+def _grid_elements(gspace) -> list[int]:
+    """Our p4m index of each of the gspace's fiber-group elements (in ``fibergroup.elements`` order), found by
+    comparing how each moves the pixels of an asymmetric 3×3 image (planar action only: trivial representation)."""
+    image = np.arange(9, dtype=np.float64).reshape(1, 1, 3, 3)
+    ours = [p4m.act_on_image(s, torch.from_numpy(image)).numpy() for s in range(p4m.order)]
+    found = []
+    for element in gspace.fibergroup.elements:
+        with warnings.catch_warnings():  # escnn deprecates featurefield_action in favour of FieldType.transform
+            warnings.simplefilter("ignore", DeprecationWarning)
+            moved = np.asarray(gspace.featurefield_action(image, gspace.trivial_repr, element))
+        hits = [s for s in range(p4m.order) if np.abs(ours[s] - moved).max() < 1e-6]
+        if len(hits) != 1:
+            raise ValueError(f"gspace: element {element} of {getattr(gspace, 'name', gspace)} does not move the "
+                             f"pixel grid as a rotation by a multiple of 90 degrees or a reflection across a grid "
+                             f"axis or diagonal; expected Rot2dOnR2(N=4) or FlipRot2dOnR2(N=4) with axis a multiple "
+                             f"of pi/4")
+        found.append(hits[0])
+    return found
+
+
+def e2cnn_permutation(gspace) -> list[int]:
+    """``perm[s]``: the component of the gspace's regular field that holds our group element ``s``.
+
+    ``gspace``: an e2cnn / escnn ``Rot2dOnR2(N=4)`` (our p4; ``perm`` has 4 entries) or ``FlipRot2dOnR2(N=4)``
+    with any grid-aligned reflection axis (our p4m; 8 entries).  Feature maps convert with
+    ``ours = theirs.unflatten(1, (C, S))[:, :, perm]``, shape ``(B, C, S, H, W)``.
+    """
+    found = _grid_elements(gspace)
+    order = len(found)
+    if sorted(found) not in (list(range(4)), list(range(8))):
+        raise ValueError(f"gspace: expected the rotations of p4 (order 4) or all of p4m (order 8), got "
+                         f"{type(gspace.fibergroup).__name__} of order {order} acting as our elements {found}")
+    perm = [0] * order
+    for component, s in enumerate(found):
+        perm[s] = component
+    return perm
+
+
+def _group_of(perm: Sequence[int]) -> Group:
+    return get_group("p4" if len(perm) == 4 else "p4m")
+
+
+@torch.no_grad()
+def weights_from_e2cnn_filter(filter: torch.Tensor, bias: Optional[torch.Tensor], perm: Sequence[int],
+                              regular_input: bool = True, *, rtol: float = 1e-5):
     """e2cnn's expanded filter ``(C_out·S, C_in·S_in, k, k)`` (and bias ``(C_out·S,)``) -> our base weight
     ``(C_out, C_in, S_in, k, k)`` and bias ``(C_out,)``.
 
-    Raises ``ValueError`` when the filter is not the filter bank of a group convolution between regular fields
-    (or trivial input fields for a lifting layer) in e2cnn's conventions: the bank rebuilt from the identity
-    slice must match the whole filter to ``rtol`` of its norm; the bias must be constant over each field.
+    ``perm``: :func:`e2cnn_permutation` of the layer's gspace (it fixes the group: p4 for 4 entries, p4m for 8).
+    ``regular_input``: whether the input fields are regular (else trivial: a lifting layer, ``S_in = 1``).
+    Raises ``ValueError`` when the filter is not the filter bank of a group convolution between such fields: the
+    bank rebuilt from the identity slice must match the whole filter to ``rtol`` of its norm; the bias must be
+    constant over each field.
     """
-    group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
+    group = _group_of(perm)
+    in_group = group if regular_input else get_group("z2")
     s, s_in = group.order, in_group.order
     if filter.dim() != 4 or filter.shape[0] % s or filter.shape[1] % s_in:
         raise ValueError(f"filter: expected (C_out*{s}, C_in*{s_in}, k, k), got {tuple(filter.shape)}")
-    perm = torch.tensor(e2cnn_permutation(group, axis), device=filter.device)
-    perm_in = perm if s_in > 1 else torch.zeros(1, dtype=torch.long, device=filter.device)
-    bank = filter.unflatten(0, (-1, s)).unflatten(2, (-1, s_in))[:, perm][:, :, :, perm_in]
+    index = torch.tensor(perm, device=filter.device)
+    index_in = index if s_in > 1 else torch.zeros(1, dtype=torch.long, device=filter.device)
+    bank = filter.unflatten(0, (-1, s)).unflatten(2, (-1, s_in))[:, index][:, :, :, index_in]
     weight = bank[:, 0].contiguous()
     rebuilt = filter_bank(weight, group, in_group)
     err = float((rebuilt - bank).norm() / bank.norm().clamp_min(1e-30))
     if err > rtol:
-        raise ValueError(f"filter: not a {in_group.name} -> {group.name} group-convolution bank in e2cnn's regular-"
-                         f"field convention (relative mismatch {err:.2e} > rtol {rtol:.0e}); expected R2Conv between "
-                         f"regular (or trivial input) fields of Rot2dOnR2(4) / FlipRot2dOnR2(4, axis={axis:.4g})")
+        raise ValueError(f"filter: not a {in_group.name} -> {group.name} group-convolution bank with the group-element "
+                         f"order perm={list(perm)} (relative mismatch {err:.2e} > rtol {rtol:.0e}); expected R2Conv "
+                         f"between regular (or, for the input, trivial) fields, expanded with "
+                         f"R2Conv.expand_parameters()")
     if bias is None:
         return weight, None
     per_field = bias.view(-1, s)
@@ -92,18 +161,6 @@ def weights_from_e2cnn_filter(filter: torch.Tensor, bias: Optional[torch.Tensor]
         raise ValueError("bias: expected one value per regular field (constant over its components), got varying "
                          "components")
     return weight, per_field[:, 0].contiguous()
-
-
-def _e2cnn_group(gspace) -> tuple[Group, float]:
-    fiber = gspace.fibergroup
-    order = fiber.order()
-    flips = "Dihedral" in type(fiber).__name__ or "O2" in type(fiber).__name__
-    if order == 4 and not flips:
-        return get_group("p4"), math.pi / 2
-    if order == 8 and flips:
-        return get_group("p4m"), float(getattr(gspace, "axis", math.pi / 2))
-    raise ValueError(f"conv: expected the gspace Rot2dOnR2(N=4) or FlipRot2dOnR2(N=4), got {gspace!r} "
-                     f"(fibergroup {type(fiber).__name__} of order {order})")
 
 
 def _field_kind(field_type) -> str:
@@ -118,22 +175,24 @@ def _field_kind(field_type) -> str:
 
 @torch.no_grad()
 def from_e2cnn(conv, device=None, dtype=None) -> GroupConv2d:
-    """A :class:`GroupConv2d` computing the same function as an e2cnn (or escnn) ``R2Conv`` between regular
+    """A :class:`GroupConv2d` computing the same function as an e2cnn or escnn ``R2Conv`` between regular
     p4 / p4m fields (or from trivial fields: a lifting layer).  Feature maps convert by a view and the group-axis
     permutation of :func:`e2cnn_permutation` (the identity for p4): ours = ``geometric_tensor.tensor.unflatten(1,
     (C, S))[:, :, perm]``."""
-    group, axis = _e2cnn_group(conv.out_type.gspace)
+    perm = e2cnn_permutation(conv.out_type.gspace)
     if _field_kind(conv.out_type) != "regular":
         raise ValueError("conv: expected regular output fields")
-    in_group = group if _field_kind(conv.in_type) == "regular" else get_group("z2")
+    regular_input = _field_kind(conv.in_type) == "regular"
     if getattr(conv, "groups", 1) != 1:
         raise ValueError(f"conv: expected groups=1, got {conv.groups}")
     if getattr(conv, "padding_mode", "zeros") != "zeros":
         raise ValueError(f"conv: expected padding_mode='zeros', got {conv.padding_mode!r}")
     filt, bias = conv.expand_parameters()
-    weight, b = weights_from_e2cnn_filter(filt, bias, group, in_group, axis=axis)
-    out = GroupConv2d(weight.shape[1], weight.shape[0], weight.shape[-1], group=group, in_group=in_group,
-                      stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=b is not None,
+    weight, b = weights_from_e2cnn_filter(filt, bias, perm, regular_input)
+    group = _group_of(perm)
+    out = GroupConv2d(weight.shape[1], weight.shape[0], weight.shape[-1], group=group,
+                      in_group=group if regular_input else "z2", stride=conv.stride, padding=conv.padding,
+                      dilation=conv.dilation, bias=b is not None,
                       device=device if device is not None else weight.device, dtype=dtype or weight.dtype)
     out.weight.copy_(weight)
     if b is not None:
@@ -165,3 +224,9 @@ def from_groupy(module) -> GroupConv2d:
     if bias is not None:
         out.bias.copy_(bias)
     return out
+
+
+# Before the user builds an e2cnn layer (the NumPy 2 failures happen while building, not while converting).  Only
+# when e2cnn is installed: GrouPy users need not have it.
+if importlib.util.find_spec("e2cnn") is not None:
+    patch_e2cnn()

@@ -29,16 +29,23 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m perf",
         description="Time gconv_triton against the filter-bank + cuDNN path, e2cnn, cuDNN with a free bank and the "
                     "matmul ceiling, over shape sets from real models.  Without a CUDA GPU: a CPU smoke mode.")
-    p.add_argument("--sets", default="all", help=f"'all' or a comma-separated subset of {sorted(MODELS)}")
+    p.add_argument("--sets", default=None,
+                   help=f"'all' or a comma-separated subset of {sorted(MODELS)} (default: all; CPU smoke mode: a few "
+                        "layers of p4cnn,resnet44,grouped at small batch)")
     p.add_argument("--providers", default="all", help=f"'all' or a subset of {list(PROVIDERS)}")
     p.add_argument("--modes", default="all", help=f"'all' or a subset of {list(MODES)}")
-    p.add_argument("--dtypes", default="all", help=f"'all' or a subset of {list(DTYPES)} (tf32 = fp32 with tf32 on)")
-    p.add_argument("--layouts", default="all", help=f"'all' or a subset of {list(LAYOUTS)}")
+    p.add_argument("--dtypes", default=None, help=f"'all' or a subset of {list(DTYPES)} (tf32 = fp32 with tf32 on; "
+                                                  "default: all; CPU smoke mode: fp32)")
+    p.add_argument("--layouts", default=None, help=f"'all' or a subset of {list(LAYOUTS)} (default: all; CPU smoke "
+                                                   "mode: contiguous)")
     p.add_argument("--quick", action="store_true",
                    help="only the targets' configuration: bf16, forward+backward, contiguous")
     p.add_argument("--batch", type=int, default=None, help="override every layer's batch size")
-    p.add_argument("--warmup", type=float, default=25, help="do_bench warm-up per measurement, ms (default 25)")
-    p.add_argument("--rep", type=float, default=100, help="do_bench repetition time per measurement, ms (default 100)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="warm-up per measurement, ms (default 25 with do_bench; CPU smoke mode: 50 per provider)")
+    p.add_argument("--rep", type=float, default=None,
+                   help="timed repetitions per measurement, ms (default 100 with do_bench; CPU smoke mode: 400 per "
+                        "provider, in 7 interleaved rounds)")
     p.add_argument("--budget-min", type=float, default=None,
                    help="start no new layer after this many minutes; the results are marked incomplete")
     p.add_argument("--out", type=Path, default=None, help="results directory (default perf/results)")
@@ -54,28 +61,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
-            if getattr(args, key) == "all":
+            if getattr(args, key) in (None, "all"):
                 setattr(args, key, value)
-    sets = _names(args.sets, list(MODELS), "--sets")
+    gpu = torch.cuda.is_available()
+    from .smoke import DEFAULT_SETS, SMOKE_CASES
+
+    # Unset flags take each mode's defaults: everything on a GPU, a CPU-sized selection in the smoke mode.
+    sets = _names(args.sets or ("all" if gpu else ",".join(DEFAULT_SETS)), list(MODELS), "--sets")
     providers = _names(args.providers, PROVIDERS, "--providers")
     modes = _names(args.modes, MODES, "--modes")
-    dtypes = _names(args.dtypes, list(DTYPES), "--dtypes")
-    layouts = _names(args.layouts, LAYOUTS, "--layouts")
+    dtypes = _names(args.dtypes or ("all" if gpu else "fp32"), list(DTYPES), "--dtypes")
+    layouts = _names(args.layouts or ("all" if gpu else "contiguous"), LAYOUTS, "--layouts")
     if args.batch is not None and args.batch < 1:
         raise SystemExit(f"python -m perf: error: --batch: expected a positive int, got {args.batch}")
-    if not torch.cuda.is_available():
+    for flag, value in (("--warmup", args.warmup), ("--rep", args.rep)):
+        if value is not None and not value > 0:
+            raise SystemExit(f"python -m perf: error: {flag}: expected a positive number of ms, got {value}")
+    if not gpu:
         print("No CUDA GPU here: skipping the GPU benchmarks; running the CPU smoke mode (agreement of every provider "
               "on tiny shapes, then CPU timings, which say nothing about the kernels).")
-        from .smoke import SMOKE_CASES
-
-        return _smoke(args, providers, modes, _names(args.smoke_cases, list(SMOKE_CASES), "--smoke-cases"))
+        return _smoke(args, providers, modes, _names(args.smoke_cases, list(SMOKE_CASES), "--smoke-cases"), sets,
+                      dtypes, layouts)
     return _gpu(args, sets, providers, modes, dtypes, layouts)
 
 
-def _smoke(args, providers, modes, cases) -> int:
+def _smoke(args, providers, modes, cases, sets, dtypes, layouts) -> int:
     from . import report, smoke
 
-    result = smoke.run(providers, modes, cases, tiny=args.tiny)
+    result = smoke.run(providers, modes, cases, tiny=args.tiny, sets=sets, dtypes=dtypes, layouts=layouts,
+                       batch=args.batch, warmup_ms=args.warmup, rep_ms=args.rep,
+                       budget_s=None if args.budget_min is None else 60 * args.budget_min)
     print(report.agreement_table(result["agreement"]))
     print("CPU timings (CPU numbers: they say nothing about the Triton kernels)")
     print(report.console_summary(result))
@@ -92,6 +107,7 @@ def _gpu(args, sets, providers, modes, dtypes, layouts) -> int:
     from . import report
 
     device = torch.device("cuda")
+    warmup, rep = (25 if args.warmup is None else args.warmup), (100 if args.rep is None else args.rep)
     env = report.environment(device)
     layers = {name: model_layers(name, args.batch) for name in sets}
     provs = [provider(name, device) for name in providers]
@@ -100,11 +116,11 @@ def _gpu(args, sets, providers, modes, dtypes, layouts) -> int:
     if env.get("e2cnn_unavailable") and "e2cnn" in providers:
         print(f"e2cnn skipped: {env['e2cnn_unavailable']}")
     result = run_suite(layers, provs, modes, dtypes, layouts, device,
-                       timer=CudaTimer(args.warmup, args.rep), memory=cuda_peak_memory,
+                       timer=CudaTimer(warmup, rep), memory=cuda_peak_memory,
                        budget_s=None if args.budget_min is None else 60 * args.budget_min)
     result.update(kind="gpu", environment=env,
                   config=dict(sets=sets, providers=providers, modes=modes, dtypes=dtypes, layouts=layouts,
-                              batch=args.batch, warmup_ms=args.warmup, rep_ms=args.rep,
+                              batch=args.batch, warmup_ms=warmup, rep_ms=rep,
                               models={name: MODELS[name][0] for name in sets}))
     print(report.console_summary(result))
     for path in report.write(result, args.out, kind="gpu", plot=not args.no_plot):

@@ -238,6 +238,9 @@ def load_e2cnn():
         import e2cnn.nn  # noqa: F401
     except ImportError as err:
         return None, f"e2cnn is not installed ({err}); `pip install gconv_triton[perf]` adds it"
+    from gconv_triton.interop import patch_e2cnn
+
+    patch_e2cnn()  # e2cnn 0.2.3 on NumPy 2, as for users of gconv_triton.interop
     return e2cnn, None
 
 

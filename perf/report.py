@@ -136,18 +136,19 @@ def summary_table(result: dict) -> str:
     """One row per (shape set, dtype, mode, layout): gconv_triton's step time, TFLOP/s and fraction of the matmul
     ceiling, every other provider's time as a multiple of gconv_triton's, peak memory of ours and bank_cudnn."""
     others = [p for p in _providers(result) if p not in ("gconv_triton", "matmul")]
+    bank_name = "bank_torch_cpu" if "bank_torch_cpu" in others else "bank_cudnn"   # the CPU smoke mode's label
     by = {(r["set"], r["dtype"], r["mode"], r["layout"], r["provider"]): r for r in result["summary"]}
     keys = list(dict.fromkeys((r["set"], r["dtype"], r["mode"], r["layout"]) for r in result["summary"]))
     rows = []
     for key in keys:
         ours = by.get((*key, "gconv_triton"), {})
-        bank = by.get((*key, "bank_cudnn"), {})
+        bank = by.get((*key, bank_name), {})
         rows.append([*key, _ms(ours.get("total_ms")),
                      _tflops(ours.get("tflops")), _pct(ours.get("frac_matmul"))]
                     + [_x(by.get((*key, p), {}).get("ratio_to_gconv_triton")) for p in others]
                     + [f"{_mib(ours.get('peak_bytes'))} / {_mib(bank.get('peak_bytes'))}"])
     header = (["set", "dtype", "mode", "layout", "gconv_triton ms", "TFLOP/s", "% of matmul"]
-              + [f"{p} ×" for p in others] + ["peak MiB ours / bank_cudnn"])
+              + [f"{p} ×" for p in others] + [f"peak MiB ours / {bank_name}"])
     return _table(header, rows)
 
 
@@ -210,7 +211,7 @@ def markdown(result: dict) -> str:
     out = [f"# gconv_triton perf: {title}, {env['date'][:10]}\n", f"{env_line(env)}\n"]
     if cpu:
         out.append("**These are CPU numbers and say nothing about the Triton kernels.** On a CPU `gconv_triton` runs "
-                   "its CPU path (filter bank + `F.conv2d`); `bank_cudnn` is the GrouPy-style gather + `F.conv2d` "
+                   "its CPU path (filter bank + `F.conv2d`); `bank_torch_cpu` is the GrouPy-style gather + `F.conv2d` "
                    "on the CPU.\n")
     out.append("Times: median [p20, p80] in ms " + ("(wall clock)" if cpu else "(`triton.testing.do_bench`)") +
                "; shape-set rows add `count × median` over the set's layers (one training step). "

@@ -4,8 +4,10 @@
    our kernels run under Triton's interpreter, in a subprocess with ``TRITON_INTERPRET=1`` when this process did
    not set it before importing the kernels.  e2cnn, which trains its own steerable basis, is checked by reading
    its expanded bank back into our convention (its group-element order is found, not assumed).
-2. CPU timings of the package's CPU path against ``bank_cudnn``'s CPU equivalent and e2cnn: CPU numbers,
-   labelled as such; they say nothing about the kernels.
+2. CPU timings of the package's CPU path against the same providers on the CPU (``bank_cudnn`` and
+   ``dense_cudnn`` run torch's CPU convolution there, so they are labelled ``bank_torch_cpu`` and
+   ``dense_torch_cpu``): every provider of a layer interleaved in one process, medians of rounds, reported as
+   ratios.  CPU numbers, labelled as such; they say nothing about the kernels.
 
 ``python -m perf.smoke --cases NAME,... --json PATH`` is the subprocess's entry point.
 """
@@ -18,18 +20,20 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 import gconv_triton
-from gconv_triton.autotune import Layer, dtype_setting, model_layers
+from gconv_triton.autotune import DTYPES, Layer, Progress, dtype_setting, model_layers
 from gconv_triton.functional import gconv2d
 from gconv_triton.reference import filter_bank
 
 from .providers import PROVIDERS, E2cnn, GconvTriton, e2cnn_permutation, make_case, provider
-from .runner import TOLERANCE, CpuTimer, run_suite
+from .runner import (QUANTILES, TOLERANCE, _first_line, derive, mode_runner, reference_forward, rel_error,
+                     summarize)
 
 # Tiny layers covering both kernel families (implicit GEMM and depthwise), lifting, p4m, channel groups and 1-D.
 SMOKE_CASES: dict[str, Layer] = {layer.name: layer for layer in [
@@ -109,8 +113,6 @@ def e2cnn_outputs(layer: Layer, seed: int = 0) -> list[tuple[str, torch.Tensor, 
 def agreement(names: Optional[Sequence[str]] = None, providers: Sequence[str] = PROVIDERS, seed: int = 0) -> list[dict]:
     """Relative error of every provider's ``y``, ``dx``, ``dw`` against the float64 reference on the tiny layers
     ``names`` (default: all of :data:`SMOKE_CASES`), in fp32.  Needs the kernels under the interpreter."""
-    from .runner import rel_error
-
     if not kernels_interpreted():
         raise RuntimeError("agreement runs the kernels under Triton's interpreter: set TRITON_INTERPRET=1 before "
                            "gconv_triton.kernels is imported, or call agreement_subprocess()")
@@ -126,7 +128,7 @@ def agreement(names: Optional[Sequence[str]] = None, providers: Sequence[str] = 
                 prov = GconvTriton("triton") if pname == "gconv_triton" else provider(pname, "cpu")
                 why = prov.unsupported(layer)
                 if why:
-                    rows.append(dict(case=name, provider=pname, status="skipped", message=why))
+                    rows.append(dict(case=name, provider=cpu_label(pname), status="skipped", message=why))
                     continue
                 try:
                     if pname == "e2cnn":
@@ -134,12 +136,12 @@ def agreement(names: Optional[Sequence[str]] = None, providers: Sequence[str] = 
                     else:
                         triples = [(q, out, ref[q]) for q, out in prov.outputs(case).items()]
                 except Exception as err:  # noqa: BLE001  (a provider that crashes fails its row, loudly)
-                    rows.append(dict(case=name, provider=pname, quantity="run", rel_err=float("inf"),
+                    rows.append(dict(case=name, provider=cpu_label(pname), quantity="run", rel_err=float("inf"),
                                      tolerance=FP32_TOLERANCE, ok=False, message=f"{type(err).__name__}: {err}"))
                     continue
                 for quantity, out, expected in triples:
                     err = rel_error(out, expected)
-                    rows.append(dict(case=name, provider=pname, quantity=quantity, rel_err=err,
+                    rows.append(dict(case=name, provider=cpu_label(pname), quantity=quantity, rel_err=err,
                                      tolerance=FP32_TOLERANCE, ok=err < FP32_TOLERANCE))
     return rows
 
@@ -161,38 +163,183 @@ def agreement_subprocess(names: Optional[Sequence[str]] = None, providers: Seque
         return json.loads(out.read_text(encoding="utf-8"))
 
 
-def cpu_sets(tiny: bool = False) -> dict[str, list[Layer]]:
-    """Layers for the CPU timings: a few real layers at small batch (``tiny``: the smallest, for tests)."""
-    if tiny:
-        return {"p4cnn": model_layers("p4cnn", batch=1)[4:5], "resnet44": model_layers("resnet44", batch=1)[-1:]}
-    return {"p4cnn": model_layers("p4cnn", batch=8)[1:3], "resnet44": model_layers("resnet44", batch=4)[1:2],
-            "grouped": model_layers("grouped", batch=2)[:1]}
+# The slice of each shape set timed on a CPU, and its batch: a few real layers, small enough for a laptop.  A set
+# not listed here times its first layer at batch 2.
+DEFAULT_SETS = ("p4cnn", "resnet44", "grouped")
+_CPU_SLICES = {"p4cnn": (slice(1, 3), 8), "resnet44": (slice(1, 2), 4), "grouped": (slice(0, 1), 2),
+               "wide": (slice(0, 1), 2), "lifting": (slice(0, 1), 1)}
+# Providers as CPU timings call them: on a CPU there is no cuDNN, only torch's own CPU convolution.
+CPU_LABELS = {"bank_cudnn": "bank_torch_cpu", "dense_cudnn": "dense_torch_cpu"}
+CPU_PROVIDERS = ("gconv_triton", "bank_cudnn", "e2cnn", "dense_cudnn")
 
 
-def cpu_timings(providers: Sequence[str] = ("gconv_triton", "bank_cudnn", "e2cnn"),
-                modes: Sequence[str] = ("forward", "forward+backward"), tiny: bool = False,
-                min_time_s: float = 0.2, progress=sys.stderr) -> dict:
+def cpu_label(name: str) -> str:
+    """How a provider's CPU measurement is labelled (``bank_cudnn`` -> ``bank_torch_cpu``)."""
+    return CPU_LABELS.get(name, name)
+
+
+def cpu_sets(names: Sequence[str] = DEFAULT_SETS, batch: Optional[int] = None,
+             tiny: bool = False) -> dict[str, list[Layer]]:
+    """The layers timed on a CPU for each shape set in ``names``: a slice of its real layers at a small batch
+    (``batch`` overrides it); ``tiny``: only its cheapest layer at batch 1 (for tests)."""
+    sets = {}
+    for name in names:
+        if tiny:
+            sets[name] = [min(model_layers(name, 1), key=lambda layer: layer.flops("forward"))]
+        else:
+            part, default_batch = _CPU_SLICES.get(name, (slice(0, 1), 2))
+            sets[name] = model_layers(name, batch or default_batch)[part]
+    return sets
+
+
+class InterleavedTimer:
+    """CPU wall-clock times of several calls measured together, as ratios need: each call is warmed up for
+    ``warmup_ms``, then ``rounds`` rounds run every call in turn (the order rotated each round, so drift and
+    frequency scaling hit all of them alike), each call repeated within a round to about ``rep_ms / rounds``.
+    Returns each call's time per round, in ms: comparing two calls round by round cancels load that changes
+    between rounds (other processes on a shared machine)."""
+
+    def __init__(self, warmup_ms: float = 50.0, rep_ms: float = 400.0, rounds: int = 7):
+        if warmup_ms < 0 or rep_ms <= 0 or rounds < 1:
+            raise ValueError(f"timer: expected warmup_ms >= 0, rep_ms > 0 and rounds >= 1, got {warmup_ms}, {rep_ms}, "
+                             f"{rounds}")
+        self.warmup_ms, self.rep_ms, self.rounds = warmup_ms, rep_ms, rounds
+
+    def __call__(self, calls: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
+        per_call = {}
+        for name, call in calls.items():
+            start, n = time.perf_counter(), 0
+            while n == 0 or time.perf_counter() - start < self.warmup_ms / 1e3:
+                call()
+                n += 1
+            per_call[name] = (time.perf_counter() - start) / n
+        inner = {name: max(1, round(self.rep_ms / 1e3 / self.rounds / max(t, 1e-9))) for name, t in per_call.items()}
+        names = list(calls)
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(self.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                start = time.perf_counter()
+                for _ in range(inner[name]):
+                    calls[name]()
+                samples[name].append(1e3 * (time.perf_counter() - start) / inner[name])
+        return samples
+
+
+def _quantiles(values: Sequence[float]) -> list[float]:
+    """The median, p20 and p80 of ``values``."""
+    q = torch.tensor(values, dtype=torch.float64).quantile(torch.tensor(QUANTILES, dtype=torch.float64))
+    return [float(v) for v in q]
+
+
+def cpu_timings(sets: dict[str, Sequence[Layer]], providers: Sequence[str] = CPU_PROVIDERS,
+                modes: Sequence[str] = ("forward", "forward+backward"), dtypes: Sequence[str] = ("fp32",),
+                layouts: Sequence[str] = ("contiguous",), timer: Optional[InterleavedTimer] = None,
+                budget_s: Optional[float] = None, progress=sys.stderr) -> dict:
     """CPU wall-clock times of the package's CPU path (``gconv_triton``), the GrouPy-style gather + ``F.conv2d``
-    (``bank_cudnn``'s CPU equivalent) and e2cnn, in fp32: CPU numbers only."""
-    provs = [provider(p, "cpu") for p in providers if p in ("gconv_triton", "bank_cudnn", "e2cnn", "dense_cudnn")]
-    return run_suite(cpu_sets(tiny), provs, modes=modes, dtypes=("fp32",), layouts=("contiguous",), device="cpu",
-                     timer=CpuTimer(min_time_s=min_time_s, min_runs=3 if tiny else 5), memory=None,
-                     progress=progress)
+    (``bank_torch_cpu``), ``F.conv2d`` with the bank precomputed (``dense_torch_cpu``) and e2cnn: all providers of
+    one (layer, mode, dtype, layout) interleaved by ``timer``.  CPU numbers only.  Returns ``{"records", "summary",
+    "incomplete"}`` as :func:`perf.runner.run_suite` does; a layer's ``ratio_to_gconv_triton`` is the median over
+    rounds of the two providers' times in the same round, a shape set's the ratio of its summed medians."""
+    timer = timer or InterleavedTimer()
+    provs = [provider(p, "cpu") for p in providers if p in CPU_PROVIDERS]
+    records: list[dict] = []
+    bar = Progress(sum(map(len, sets.values())) * len(dtypes) * len(layouts), "cpu timings", stream=progress,
+                   quiet=progress is None)
+    start, incomplete = time.monotonic(), False
+    with bar:
+        for set_name, layers in sets.items():
+            for layer in layers:
+                if budget_s is not None and time.monotonic() - start > budget_s:
+                    incomplete = True
+                    break
+                for dtype in dtypes:
+                    for layout in layouts:
+                        with dtype_setting(dtype):
+                            records += _time_layer(set_name, layer, dtype, layout, provs, modes, timer)
+                        bar.update(1, f"{set_name}/{layer.name} {dtype} {layout}")
+            if incomplete:
+                break
+    derive(records)
+    for r in records:  # derive() divides medians; the ratio paired round by round is the steadier one
+        if "paired_ratio" in r:
+            r["ratio_to_gconv_triton"] = r.pop("paired_ratio")
+    return {"records": records, "summary": summarize(records, sets), "incomplete": incomplete}
+
+
+def _time_layer(set_name: str, layer: Layer, dtype: str, layout: str, provs, modes, timer) -> list[dict]:
+    """The records of one (layer, dtype, layout): every provider built and checked, then timed together."""
+    base = dict(set=set_name, layer=layer.name, count=layer.count, dtype=dtype, layout=layout, gemm=list(layer.gemm()),
+                bank_bytes=layer.spec().bank_numel() * DTYPES[dtype][0].itemsize, peak_bytes=None)
+    records, built, errors = [], {}, {}
+
+    def add(prov_name: str, mode: str, **fields) -> None:
+        records.append(dict(base, provider=cpu_label(prov_name), mode=mode, flops=layer.flops(mode), **fields))
+
+    try:
+        case = make_case(layer, dtype, layout, "cpu")
+        reference = reference_forward(case)
+    except Exception as err:  # noqa: BLE001  (recorded for every provider; the run goes on)
+        for prov in provs:
+            for mode in modes:
+                add(prov.name, mode, status="error", message=_first_line(err))
+        return records
+    for prov in provs:
+        why = prov.unsupported(layer)
+        if why:
+            for mode in modes:
+                add(prov.name, mode, status="skipped", message=why)
+            continue
+        try:
+            built[prov.name] = prov.build(case)
+            errors[prov.name] = rel_error(built[prov.name].forward(), reference) if prov.comparable else None
+        except Exception as err:  # noqa: BLE001
+            for mode in modes:
+                add(prov.name, mode, status="error", message=_first_line(err))
+    for mode in modes:
+        try:
+            samples = timer({name: mode_runner(b, mode) for name, b in built.items()}) if built else {}
+        except Exception as err:  # noqa: BLE001
+            for name in built:
+                add(name, mode, status="error", message=_first_line(err))
+            continue
+        ours = samples.get("gconv_triton")
+        for name, times in samples.items():
+            err = errors[name]
+            tolerance = TOLERANCE.get(dtype) if err is not None else None
+            median, p20, p80 = _quantiles(times)
+            fields = dict(status="ok", median_ms=median, p20_ms=p20, p80_ms=p80, rel_err=err, tolerance=tolerance)
+            if ours is not None:
+                fields["paired_ratio"] = _quantiles([t / o for t, o in zip(times, ours)])[0]
+            if err is not None and not err < tolerance:
+                fields["message"] = f"forward relative error {err:.2e} exceeds {tolerance:.0e}"
+            add(name, mode, **fields)
+    return records
 
 
 def run(providers: Sequence[str] = PROVIDERS, modes: Sequence[str] = ("forward", "forward+backward"),
-        cases: Optional[Sequence[str]] = None, tiny: bool = False, progress=sys.stderr) -> dict:
+        cases: Optional[Sequence[str]] = None, tiny: bool = False, sets: Sequence[str] = DEFAULT_SETS,
+        dtypes: Sequence[str] = ("fp32",), layouts: Sequence[str] = ("contiguous",), batch: Optional[int] = None,
+        warmup_ms: Optional[float] = None, rep_ms: Optional[float] = None, budget_s: Optional[float] = None,
+        progress=sys.stderr) -> dict:
     """The whole smoke mode; returns a result shaped like a GPU run's (``kind = "cpu-smoke"``)."""
     from .report import environment
 
     rows = (agreement(cases, providers) if kernels_interpreted() else agreement_subprocess(cases, providers))
     modes = [m for m in modes if m != "backward"] or ["forward"]
-    result = cpu_timings(providers, modes, tiny=tiny, min_time_s=0.02 if tiny else 0.2, progress=progress)
+    timer = InterleavedTimer(warmup_ms if warmup_ms is not None else (5 if tiny else 50),
+                             rep_ms if rep_ms is not None else (20 if tiny else 400), rounds=3 if tiny else 7)
+    layers = cpu_sets(sets, batch, tiny)
+    result = cpu_timings(layers, providers, modes, dtypes, layouts, timer, budget_s, progress)
     result.update(kind="cpu-smoke", agreement=rows, environment=environment("cpu"),
                   config=dict(providers=list(providers), modes=list(modes), cases=list(cases or SMOKE_CASES),
-                              tiny=tiny),
+                              sets=list(sets), dtypes=list(dtypes), layouts=list(layouts), batch=batch, tiny=tiny,
+                              warmup_ms=timer.warmup_ms, rep_ms=timer.rep_ms, rounds=timer.rounds),
                   notes=["CPU numbers: on a CPU `gconv_triton` is the package's CPU path (bank + F.conv2d), the "
-                         "same algorithm as `bank_cudnn`; they say nothing about the Triton kernels.",
+                         "same algorithm as `bank_torch_cpu` (the GrouPy-style gather + torch's CPU F.conv2d); "
+                         "they say nothing about the Triton kernels.",
+                         f"Timing: every provider of a layer interleaved in one process, {timer.rounds} rounds in "
+                         f"rotating order after {timer.warmup_ms:g} ms of warm-up each, about {timer.rep_ms:g} ms "
+                         f"timed per provider; medians, and ratios (×) to gconv_triton from the same rounds.",
                          "Agreement: the kernels ran under Triton's interpreter (fp32), every other provider on the "
                          "CPU in fp32, all against the float64 reference path."])
     return result

@@ -19,8 +19,8 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def tolerance(dtype: torch.dtype) -> float:
-    """DESIGN.md's error bars: fp32 far under 1e-5 (exact fp32 dot in the interpreter, or tf32 ~1e-3 on a GPU
-    when allowed), half types 1e-2, float64 round-off."""
+    """The error bars of docs/numerics.md: fp32 far under 1e-5 (exact fp32 dot in the interpreter, or tf32 ~1e-3
+    on a GPU when allowed), half types 1e-2, float64 round-off."""
     if dtype == torch.float64:
         return 1e-12
     if dtype == torch.float32:

@@ -1,4 +1,4 @@
-"""torch.compile (issue 6.2): the ops are registered through ``torch.library`` (schema, fake kernels, autograd:
+"""torch.compile: the ops are registered through ``torch.library`` (schema, fake kernels, autograd:
 ``torch.library.opcheck``), and a G-CNN compiles with ``fullgraph=True`` (no graph break), forward and backward,
 on the reference path, on the Triton kernels (interpreted on the CPU), and with Inductor on CUDA when present.
 

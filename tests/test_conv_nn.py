@@ -38,7 +38,7 @@ CONV2D_CASES = [
 ]
 
 CONV1D_CASES = [
-    ("issue-9-3-1-groups3", 9, 3, 1, dict(groups=3), (2, 9, 7)),
+    ("9-3-1-groups3", 9, 3, 1, dict(groups=3), (2, 9, 7)),
     ("groups-stride-dilation", 4, 6, 3, dict(groups=2, stride=2, padding=1, dilation=2), (3, 4, 11)),
     ("valid-stride3", 3, 2, 3, dict(padding="valid", stride=3), (2, 3, 11)),
     ("depthwise-same-even-k-reflect", 3, 3, 4, dict(groups=3, padding="same", padding_mode="reflect"), (2, 3, 10)),
@@ -217,7 +217,7 @@ def test_shared_kernel_matches_repeated_kernel(case, backend):
 
 
 def test_shared_kernel_gradient_equals_sum_over_untied_copies():
-    """The issue's statement: grad of the shared kernel == ``weight.grad.sum(0, keepdim=True)`` of a depthwise
+    """The defining property: grad of the shared kernel == ``weight.grad.sum(0, keepdim=True)`` of a depthwise
     ``nn.Conv2d`` holding ``groups`` copies of it."""
     groups = 4
     untied = nn.Conv2d(groups, groups, 3, padding=1, groups=groups, dtype=torch.float64)

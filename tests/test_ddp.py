@@ -1,4 +1,4 @@
-"""DistributedDataParallel (issue 6.4): a small G-CNN trained for a few SGD steps on 2 CPU processes (gloo) ends
+"""DistributedDataParallel: a small G-CNN trained for a few SGD steps on 2 CPU processes (gloo) ends
 with the same parameters as one process on the same global batch (float64, tight tolerance).
 
 Each rank sees half of the batch; DDP averages the gradients of the per-rank mean losses, which is the gradient

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +114,20 @@ def test_widths_for_budget_meets_the_p4_budget(group):
 def test_small_gcnn_rejects_bad_widths(widths):
     with pytest.raises(ValueError, match="widths"):
         SmallGCNN("p4", widths)
+
+
+def test_demo_without_scikit_learn_says_what_to_install(monkeypatch):
+    for module in ("sklearn", "sklearn.datasets", "sklearn.model_selection"):
+        monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
+    with pytest.raises(ModuleNotFoundError, match=r"scikit-learn.*make demo"):
+        demo.main(["--quick"])
+    # On the command line: one line naming what to install, exit status 1, no traceback.
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    script = ("import runpy, sys\n"
+              "sys.modules['sklearn'] = None\n"
+              "runpy.run_module('gconv_triton.demo', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", script, "--quick"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "make demo" in proc.stderr, proc.stderr

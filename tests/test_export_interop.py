@@ -1,10 +1,10 @@
-"""Export (issue 6.5) and weight interop (issue 6.6).
+"""Export to plain PyTorch modules and weight interop with e2cnn, escnn and GrouPy.
 
 * ``module.export()`` / ``export_model``: plain ``nn.Conv2d`` / ``nn.ConvTranspose2d`` holding the materialized bank
   give the layer's outputs on flattened maps (float64, round-off), and the exported model goes through
   ``torch.export``.
-* e2cnn: a real ``R2Conv`` (when e2cnn imports) converted by :func:`from_e2cnn` computes the same function, with
-  the group axis permuted by :func:`e2cnn_permutation`.
+* e2cnn and escnn: a real ``R2Conv`` converted by :func:`from_e2cnn` computes the same function, with the group
+  axis permuted by :func:`e2cnn_permutation` (found from the gspace's own action, for every reflection axis).
 * GrouPy-PyTorch (not installable: NumPy 2 removed ``np.int``): its filter bank is rebuilt here from GrouPy's
   definition, independently of our tables: ``F[g, s](x) = w[g⁻¹s](g⁻¹x)`` with GrouPy's ``D4`` matrices
   ``M^m R^r`` acting on ``(row, col)`` about the filter centre (``groupy/garray/D4_array.py``, ``int2mat``).
@@ -12,8 +12,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import subprocess
+import sys
 import types
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +32,7 @@ from gconv_triton.interop import e2cnn_permutation, from_e2cnn, from_groupy, wei
 from gconv_triton.layers import ExportedGroupConv, GroupConvTranspose2d, export_model
 from gconv_triton.models import GroupResNet
 
+ROOT = str(Path(__file__).resolve().parent.parent)
 DT = torch.float64
 EXACT = 1e-12
 
@@ -81,34 +88,9 @@ def test_export_model_and_torch_export():
     assert _rel(program.module()(x), model(x)) < EXACT
 
 
-# -------------------------------------------------------------------------------------------------- e2cnn
+# ------------------------------------------------------------------------------------------- e2cnn, escnn
 def _import_e2cnn():
-    """e2cnn 0.2.3 predates NumPy 2: patch its two incompatibilities (``ndarray.tostring`` in basis hashes,
-    ``np.array(copy=False)``) in the test process, without changing its numerics."""
     e2cnn = pytest.importorskip("e2cnn")
-    import e2cnn.kernels.irreps_basis as irreps_basis
-    import e2cnn.kernels.utils as kernel_utils
-
-    if int(np.__version__.split(".")[0]) >= 2 and not getattr(e2cnn, "_gconv_triton_patched", False):
-        def _hash(self):
-            return hash((type(self).__name__, self.in_irrep, self.out_irrep, np.asarray(self.mu).tobytes(),
-                         np.asarray(self.gamma).tobytes()))
-
-        for cls in vars(irreps_basis).values():
-            method = vars(cls).get("__hash__") if isinstance(cls, type) else None
-            if callable(method) and "tostring" in method.__code__.co_names:
-                cls.__hash__ = _hash
-
-        class _NumPy:
-            def __getattr__(self, name):
-                return getattr(np, name)
-
-            @staticmethod
-            def array(obj, *args, copy=True, **kwargs):
-                return np.asarray(obj, *args, **kwargs) if copy is False else np.array(obj, *args, **kwargs)
-
-        kernel_utils.np = _NumPy()
-        e2cnn._gconv_triton_patched = True
     # e2cnn caches sampled bases by basis equality, and its dihedral basis' __eq__ ignores the reflection axis:
     # without this, an axis=0 layer built after an axis=pi/2 one silently reuses the pi/2 basis.
     from e2cnn.nn.modules.r2_conv import basisexpansion_singleblock
@@ -117,18 +99,58 @@ def _import_e2cnn():
     return e2cnn
 
 
-E2CNN_CASES = [("p4", False, None), ("p4", True, None), ("p4m", False, math.pi / 2), ("p4m", True, math.pi / 2),
-               ("p4m", True, 0.0)]
+def _import_escnn():
+    """escnn 1.0.11 as ``make test`` installs it (``pip install --no-deps escnn``: its declared dependencies
+    ``py3nj`` and ``lie_learn`` need a Fortran compiler or NumPy 1).  Two stand-ins, for this test process only:
+
+    * ``lie_learn`` is imported at escnn's import for SO(3)'s Wigner matrices, which the planar gspaces never use:
+      a stand-in module whose function raises if called;
+    * escnn hands an ``np.matrix`` to scikit-learn's ``randomized_svd``, which current scikit-learn rejects;
+      without it escnn takes its own exact ``scipy.linalg.svd`` path (the same null space).
+    """
+    if importlib.util.find_spec("escnn") is None:
+        pytest.skip("escnn is not installed (make test installs it: pip install --no-deps escnn)")
+    try:
+        import lie_learn.representations.SO3.wigner_d  # noqa: F401
+    except ImportError:
+        names = ["lie_learn", "lie_learn.representations", "lie_learn.representations.SO3",
+                 "lie_learn.representations.SO3.wigner_d"]
+        for name in names:
+            sys.modules.setdefault(name, types.ModuleType(name))
+
+        def wigner_D_matrix(*args, **kwargs):
+            raise NotImplementedError("lie_learn is not installed: SO(3) Wigner matrices are unavailable")
+
+        sys.modules[names[-1]].wigner_D_matrix = wigner_D_matrix
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "py3nj not found": only SO(3) Clebsch-Gordan coefficients need it
+        import escnn
+        import escnn.group._numerical as numerical
+    numerical.randomized_svd = None
+    return escnn
 
 
-@pytest.mark.parametrize("group,regular_in,axis", E2CNN_CASES,
-                         ids=[f"{g}-{'regular' if r else 'lifting'}-axis{a}" for g, r, a in E2CNN_CASES])
-def test_from_e2cnn_computes_the_same_function(group, regular_in, axis):
-    e2cnn = _import_e2cnn()
-    from e2cnn import gspaces
-    from e2cnn import nn as enn
+def _gspace(library, group, axis):
+    if library == "e2cnn":
+        from e2cnn import gspaces
 
-    gspace = gspaces.Rot2dOnR2(N=4) if group == "p4" else gspaces.FlipRot2dOnR2(N=4, axis=axis)
+        return gspaces.Rot2dOnR2(N=4) if group == "p4" else gspaces.FlipRot2dOnR2(N=4, axis=axis)
+    from escnn import gspaces
+
+    return gspaces.rot2dOnR2(N=4) if group == "p4" else gspaces.flipRot2dOnR2(N=4, axis=axis)
+
+
+E2CNN_CASES = [("e2cnn", "p4", False, None), ("e2cnn", "p4", True, None), ("e2cnn", "p4m", False, math.pi / 2),
+               ("e2cnn", "p4m", True, math.pi / 2), ("e2cnn", "p4m", True, 0.0), ("e2cnn", "p4m", True, math.pi / 4),
+               ("escnn", "p4", True, None), ("escnn", "p4m", False, 0.0), ("escnn", "p4m", True, 0.0),
+               ("escnn", "p4m", True, math.pi / 2)]
+
+
+@pytest.mark.parametrize("library,group,regular_in,axis", E2CNN_CASES,
+                         ids=[f"{lib}-{g}-{'regular' if r else 'lifting'}-axis{a}" for lib, g, r, a in E2CNN_CASES])
+def test_from_e2cnn_computes_the_same_function(library, group, regular_in, axis):
+    enn = (_import_e2cnn() if library == "e2cnn" else _import_escnn()).nn
+    gspace = _gspace(library, group, axis)
     torch.manual_seed(0)
     in_type = enn.FieldType(gspace, 2 * [gspace.regular_repr if regular_in else gspace.trivial_repr])
     out_type = enn.FieldType(gspace, 3 * [gspace.regular_repr])
@@ -139,13 +161,15 @@ def test_from_e2cnn_computes_the_same_function(group, regular_in, axis):
     conv.eval()
     ours = from_e2cnn(conv)
     assert ours.group.name == group and ours.in_group.name == ("z2" if not regular_in else group)
-    perm = e2cnn_permutation(group, axis if axis is not None else math.pi / 2)
+    perm = e2cnn_permutation(gspace)
     s, s_in = len(perm), (len(perm) if regular_in else 1)
     x = torch.randn(2, 2, s_in, 7, 7, dtype=DT)                     # ours: (B, C, S_in, H, W)
     x_e2 = torch.empty_like(x)
-    x_e2[:, :, perm if regular_in else [0]] = x                      # e2cnn component perm[s] holds our s
+    x_e2[:, :, perm if regular_in else [0]] = x                      # their component perm[s] holds our s
     y_e2 = conv(enn.GeometricTensor(x_e2.flatten(1, 2), in_type)).tensor.unflatten(1, (3, s))[:, :, perm]
-    assert _rel(ours(x), y_e2) < 1e-10
+    # e2cnn's bank is equivariant to float64 round-off; escnn's sampled basis only to about 1e-7 (its filter's
+    # group copies differ by that much), so our layer, built from one copy, agrees with it to that precision.
+    assert _rel(ours(x), y_e2) < (1e-10 if library == "e2cnn" else 1e-6)
 
 
 def test_e2cnn_wrong_convention_is_rejected():
@@ -158,17 +182,36 @@ def test_e2cnn_wrong_convention_is_rejected():
                       kernel_size=3).double()
     torch.nn.init.normal_(conv.weights)
     filt, bias = conv.expand_parameters()
-    weights_from_e2cnn_filter(filt, bias, "p4m", "p4m")             # the right axis loads
+    weights_from_e2cnn_filter(filt, bias, e2cnn_permutation(gspace))       # the gspace's own order loads
+    other_axis = e2cnn_permutation(gspaces.FlipRot2dOnR2(N=4, axis=0.0))
     with pytest.raises(ValueError, match="not a p4m -> p4m"):
-        weights_from_e2cnn_filter(filt, bias, "p4m", "p4m", axis=0.0)  # the other reflection axis does not
+        weights_from_e2cnn_filter(filt, bias, other_axis)                   # another reflection axis' order does not
 
 
-def test_e2cnn_permutation_values():
-    assert e2cnn_permutation("p4") == [0, 1, 2, 3]
-    assert e2cnn_permutation("p4m") == [0, 1, 2, 3, 6, 5, 4, 7]
-    assert e2cnn_permutation("p4m", axis=0.0) == [0, 1, 2, 3, 4, 7, 6, 5]
-    with pytest.raises(ValueError, match="axis"):
-        e2cnn_permutation("p4m", axis=0.3)
+@pytest.mark.parametrize("library", ["e2cnn", "escnn"])
+def test_e2cnn_permutation_values(library):
+    (_import_e2cnn if library == "e2cnn" else _import_escnn)()
+    assert e2cnn_permutation(_gspace(library, "p4", None)) == [0, 1, 2, 3]
+    assert e2cnn_permutation(_gspace(library, "p4m", math.pi / 2)) == [0, 1, 2, 3, 6, 5, 4, 7]
+    assert e2cnn_permutation(_gspace(library, "p4m", 0.0)) == [0, 1, 2, 3, 4, 7, 6, 5]
+    with pytest.raises(ValueError, match="does not move the pixel grid"):
+        e2cnn_permutation(_gspace(library, "p4m", 0.3))                     # a reflection off the grid
+
+
+def test_e2cnn_p4m_builds_on_numpy2_after_importing_interop():
+    """A user's own script: import the interop module, build an e2cnn p4m layer, convert it.  In a fresh process,
+    so nothing this test session patched helps."""
+    pytest.importorskip("e2cnn")
+    script = ("import torch, gconv_triton.interop as interop\n"
+              "from e2cnn import gspaces, nn as enn\n"
+              "gs = gspaces.FlipRot2dOnR2(N=4)\n"
+              "t = enn.FieldType(gs, [gs.regular_repr])\n"
+              "conv = enn.R2Conv(t, t, kernel_size=3, padding=1)\n"
+              "print(interop.from_e2cnn(conv).group.name)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-1] == "p4m"
 
 
 # ------------------------------------------------------------------------------------------------- GrouPy

@@ -1,6 +1,6 @@
 """The built-in groups against an independent definition written with ``torch.rot90`` / ``torch.flip``.
 
-``planar(name, g, t)`` below is the convention of DESIGN.md spelled out by hand (p4m: ``g = 4m + r`` rotates by
+``planar(name, g, t)`` below is the package's convention (docs/conventions.md) spelled out by hand (p4m: ``g = 4m + r`` rotates by
 ``r`` then flips rows if ``m = 1``); the group product is then derived from how the elements compose on a probe
 filter, so none of the library's tables is used to check them.  ``test_reference.py`` reuses these helpers.
 """
@@ -140,7 +140,7 @@ def test_p4_product_rule():
 
 
 def test_p4m_product_rule():
-    """DESIGN.md: ``(m1, r1)(m2, r2) = (m1 + m2 mod 2, (-1)^m2 · r1 + r2 mod 4)``."""
+    """The documented product: ``(m1, r1)(m2, r2) = (m1 + m2 mod 2, (-1)^m2 · r1 + r2 mod 4)``."""
     table = cayley_from_actions("p4m")
     for m1, r1, m2, r2 in itertools.product(range(2), range(4), range(2), range(4)):
         expected = 4 * ((m1 + m2) % 2) + ((-1) ** m2 * r1 + r2) % 4

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +32,7 @@ def test_every_provider_agrees_on_tiny_shapes():
     assert not failed, failed
     done = {(r["case"], r["provider"]) for r in rows if r.get("status") != "skipped"}
     for case in CASES:
-        for name in ("gconv_triton", "bank_cudnn", "dense_cudnn", "matmul"):
+        for name in ("gconv_triton", "bank_torch_cpu", "dense_torch_cpu", "matmul"):
             quantities = {r["quantity"] for r in rows if (r["case"], r["provider"]) == (case, name)}
             expected = {"y", "dw"} | ({"dx"} if smoke.SMOKE_CASES[case].input_grad else set())
             assert quantities == expected, (case, name, quantities)
@@ -53,7 +57,7 @@ def test_matmul_provider_has_the_layer_gemm_sizes():
 def test_agreement_in_a_subprocess_sets_the_interpreter():
     rows = smoke.agreement_subprocess(["conv1d-depthwise"], ["gconv_triton", "bank_cudnn"])
     assert {(r["provider"], r["quantity"]) for r in rows} == {
-        (p, q) for p in ("gconv_triton", "bank_cudnn") for q in ("y", "dx", "dw")}
+        (p, q) for p in ("gconv_triton", "bank_torch_cpu") for q in ("y", "dx", "dw")}
     assert all(r["ok"] for r in rows), rows
 
 
@@ -125,6 +129,38 @@ def test_python_m_perf_without_cuda_runs_the_smoke_mode(tmp_path, capsys):
     assert not list(tmp_path.glob("*.png"))
 
 
+@needs_interpreter
+def test_smoke_mode_honours_the_selection_and_timing_flags(tmp_path, capsys):
+    rc = cli.main(["--tiny", "--smoke-cases", "conv1d-depthwise", "--providers", "gconv_triton,bank_cudnn",
+                   "--sets", "p4cnn", "--dtypes", "bf16", "--layouts", "channels_last", "--modes", "forward",
+                   "--warmup", "1", "--rep", "3", "--save", "--out", str(tmp_path), "--no-plot"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    (saved,) = tmp_path.glob("cpu-smoke-*.json")
+    result = json.loads(saved.read_text())
+    recs = result["records"]
+    assert recs and all(r["status"] == "ok" for r in recs), recs
+    assert {(r["set"], r["dtype"], r["layout"], r["mode"]) for r in recs} == {("p4cnn", "bf16", "channels_last",
+                                                                              "forward")}
+    # On a CPU there is no cuDNN: the timings say what ran.
+    assert {r["provider"] for r in recs} == {"gconv_triton", "bank_torch_cpu"}
+    assert "cudnn" not in out.split("CPU timings", 1)[1]
+    assert (result["config"]["warmup_ms"], result["config"]["rep_ms"]) == (1, 3)
+    bank = next(r for r in recs if r["provider"] == "bank_torch_cpu")
+    assert bank["ratio_to_gconv_triton"] > 0 and "bank_torch_cpu ×" in out
+
+
+def test_interleaved_timer_rotates_the_order():
+    calls = []
+    timer = smoke.InterleavedTimer(warmup_ms=0, rep_ms=1e-6, rounds=3)  # one call per provider per round
+    samples = timer({name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")})
+    assert calls[:3] == ["a", "b", "c"]                                  # the warm-up: one call each
+    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]    # each round starts one later
+    assert set(samples) == {"a", "b", "c"} and all(len(t) == 3 and min(t) >= 0 for t in samples.values())
+    with pytest.raises(ValueError, match="rounds"):
+        smoke.InterleavedTimer(rounds=0)
+
+
 def test_cli_rejects_unknown_names():
     for argv in (["--sets", "nope"], ["--providers", "cudnn"], ["--dtypes", "fp8"]):
         with pytest.raises(SystemExit, match="expected 'all'"):
@@ -147,3 +183,14 @@ def test_resnet44_shape_set_is_the_models_convolutions():
     for layer in model_layers("resnet44"):
         layers[(layer.c_in, layer.c_out, layer.kernel, layer.stride, layer.in_group)] += layer.count
     assert layers == convs
+
+
+def test_perf_builds_e2cnn_p4m_on_numpy2():
+    """``python -m perf`` times e2cnn's p4m layers on NumPy 2 (the interop module's shim), in a fresh process."""
+    pytest.importorskip("e2cnn")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    script = "from perf.providers import e2cnn_broken\nprint(e2cnn_broken('p4m'))\n"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "None", proc.stdout
