@@ -124,7 +124,7 @@ def _p4cnn(batch: int = 128) -> list[Layer]:
 
 
 def _grouped(batch: int = 32) -> list[Layer]:
-    """The channel-grouped, depthwise and 1-D convolutions that the same kernels serve (issue 4)."""
+    """The channel-grouped, depthwise and 1-D convolutions that the same kernels serve."""
     return [
         Layer("p4.groups4", group="p4", in_group="p4", c_in=64, c_out=64, height=32, width=32, padding=(1, 1),
               groups=4, batch=batch),
