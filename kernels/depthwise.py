@@ -44,7 +44,7 @@ def _dw_forward_kernel(
     ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Epilogue as ``gconv._forward_kernel``: bias, then ``ACTIVATION``; ``STORE_PREACT`` also writes the
+    """Epilogue as ``gconv._conv_gemm_kernel``: bias, then ``ACTIVATION``; ``STORE_PREACT`` also writes the
     pre-activation to ``z_ptr`` (same strides as ``y``)."""
     T: tl.constexpr = KH * KW
     g = tl.program_id(2)

@@ -322,28 +322,35 @@ def _round_up(value: int, multiple: int) -> int:
     return cdiv(value, multiple) * multiple
 
 
-def channels_last(t: torch.Tensor) -> torch.Tensor:
+def channels_last(t: torch.Tensor, channels: int = 0) -> torch.Tensor:
     """``(B, C, S, H, W)`` -> a ``(B, H, W, C·S)`` view with unit channel stride: free when ``(C, S)`` already sit
-    innermost (an input stored ``(B, H, W, C, S)``, including strided views of one), a copy otherwise."""
+    innermost (an input stored ``(B, H, W, C, S)``, including strided views of one), a copy otherwise.  With
+    ``channels > C·S``, a copy zero-padded to that many channels (so a narrow input still loads as vectors)."""
     b, c, s, h, w = t.shape
+    if channels > c * s:
+        out = t.new_zeros((b, h, w, channels))
+        out[..., :c * s] = t.permute(0, 3, 4, 1, 2).reshape(b, h, w, c * s)
+        return out
     if not ((s == 1 or t.stride(2) == 1) and (c == 1 or t.stride(1) == s)):
         t = t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
     return t.as_strided((b, h, w, c * s), (t.stride(0), t.stride(3), t.stride(4), 1))
 
 
-def permuted_weight(weight: torch.Tensor, spec, group_on_n: bool) -> torch.Tensor:
+def permuted_weight(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int = 0) -> torch.Tensor:
     """The base weight ``(weight_groups·C_out, C_in, S_in, kh, kw)`` re-laid as the B operand reads it:
     ``(weight_groups, kh·kw, A_CH // S_K, S_in, R_PAD)``, the last axis zero-padded.  Forward (group copies on N): the middle
     axes are ``(i, u)`` (the reduction runs over the input's ``(i, s)`` channels) and the last is ``o``.  Input
-    gradient: ``(o, u)`` and ``i``.  Same size as the weight up to padding: no filter bank."""
+    gradient: ``(o, u)`` and ``i``.  Same size as the weight up to padding: no filter bank.  ``rows_pad`` zero
+    rows meet the zero channels of a padded activation (:func:`channels_last`)."""
     kh, kw = spec.kernel
     c_out, c_in, s_in = spec.out_channels, spec.in_channels, spec.s_in
     rows, cols = (c_in, c_out) if group_on_n else (c_out, c_in)
     w = weight.reshape(spec.weight_groups, c_out, c_in, s_in, kh * kw)
     w = w.permute(0, 4, 2, 3, 1) if group_on_n else w.permute(0, 4, 1, 3, 2)
     # pad the contiguous axis to a multiple of 8 (4 or fewer columns: to a power of two) for 16-byte vector loads
-    out = weight.new_zeros((spec.weight_groups, kh * kw, rows, s_in, _round_up(cols, min(8, 1 << (cols - 1).bit_length()))))
-    out[..., :cols] = w
+    r_pad = _round_up(cols, min(8, 1 << (cols - 1).bit_length()))
+    out = weight.new_zeros((spec.weight_groups, kh * kw, max(rows, rows_pad), s_in, r_pad))
+    out[:, :, :rows, :, :cols] = w
     return out
 
 
@@ -381,19 +388,22 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
                  z=None, activation: str = "none"):
     """Launch :func:`_conv_gemm_kernel`: the forward (``group_on_n``; ``a = x``, ``out = y``) or the input
     gradient (``a = dy``, ``out = dx``), both 5-D ``(B, C, S, H, W)`` in any layout."""
-    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    (sh, sw) = spec.stride
     pad = (spec.padding[0], spec.padding[2])
-    a_cl = channels_last(a)
-    w = permuted_weight(weight.to(a.dtype), spec, group_on_n)
-    stab, tap_src = gather_tables(spec.group, spec.in_group, spec.kernel, a.device)
     if group_on_n:
         a_ch, s_k, s_n, r_valid = spec.in_channels * spec.s_in, spec.s_in, spec.s_out, spec.out_channels
         mh, mw, phases, pixel_stride, out_stride = spec.out_height, spec.out_width, (1, 1), (sh, sw), (1, 1)
-        ob, oc, os_, oh, ow = out.stride()
     else:
         a_ch, s_k, s_n, r_valid = spec.out_channels * spec.s_out, spec.s_out, spec.s_in, spec.in_channels
         mh, mw, phases, pixel_stride, out_stride = cdiv(spec.height, sh), cdiv(spec.width, sw), (sh, sw), (1, 1), (sh, sw)
-        ob, oc, os_, oh, ow = out.stride()
+    # A few channels per pixel (a lifting layer's RGB input) would load element by element: pad them to 8 in the
+    # channels-last copy (zero weight rows meet them), which costs little at that width
+    padded = _round_up(a_ch, 8) if (spec.groups == 1 and a_ch % 4 and 8 % s_k == 0) else a_ch
+    a_cl = channels_last(a, padded)
+    w = permuted_weight(weight.to(a.dtype), spec, group_on_n, padded // s_k)
+    a_ch = padded
+    stab, tap_src = gather_tables(spec.group, spec.in_group, spec.kernel, a.device)
+    ob, oc, os_, oh, ow = out.stride()
     shift_h, shift_w = shift_tables(spec.kernel, spec.stride, spec.dilation, pad, not group_on_n, a.device)
     r_pad = w.shape[-1]
     n_total = s_n * r_pad
