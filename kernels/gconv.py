@@ -232,6 +232,21 @@ def _wgrad_configs():
                                           (64, 32, 4, 4), (128, 16, 4, 4), (64, 16, 4, 4), (64, 128, 4, 3)]]
 
 
+HAS_GATHER = tl.constexpr(hasattr(tl, "gather"))   # tl.gather is missing from the oldest triton releases
+
+
+@triton.jit
+def _permute_rows(acc, src, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``out[m, :] = acc[src[m], :]``: an in-register gather where triton has one, else the product with a
+    one-hot matrix in full fp32 (exact: one non-zero term per row)."""
+    if HAS_GATHER:
+        out = tl.gather(acc, tl.broadcast_to(src[:, None], (BLOCK_M, BLOCK_N)), 0)
+    else:
+        one_hot = (src[:, None] == tl.arange(0, BLOCK_M)[None, :]).to(acc.dtype)
+        out = tl.dot(one_hot, acc, input_precision="ieee")
+    return out
+
+
 # Tuned over the output tile (BLOCK_M x BLOCK_N), warps and stages only: the reduction block stays fixed.
 @maybe_autotune(_wgrad_configs(), key=["R_TOTAL", "M_CH", "O_PAD", "S_IN", "S_OUT", "KH", "KW", "COPIES", "PRECISION"],
                 tiles=dict(BLOCK_M="M_CH", BLOCK_N="O_PAD"),
@@ -301,7 +316,7 @@ def _weight_grad_kernel(
                 acc_g = mma(acc_g, tl.trans(xa), dya, PRECISION, UPCAST)
             # dw row (i, u) takes acc_g's row (i, g·u)
             src = tl.minimum((ml // S_IN) * S_IN + tl.load(in_index_ptr + g * S_IN + ml % S_IN), BLOCK_M - 1)
-            acc += tl.gather(acc_g, tl.broadcast_to(src[:, None], (BLOCK_M, BLOCK_N)), 0)
+            acc += _permute_rows(acc_g, src, BLOCK_M, BLOCK_N)
 
     row = pid_s * WEIGHT_GROUPS * C_OUT_G + wg * C_OUT_G + o          # row of the (split, C_out) stack
     dw_off = row.to(tl.int64)[None, :] * (M_CH * T) + (m * T + t)[:, None]
