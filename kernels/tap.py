@@ -136,11 +136,6 @@ BUILTIN_TAPS = {
 
 # ---------------------------------------------------------------------------------------------- helpers
 @triton.jit
-def _mul(a, b):
-    return a * b
-
-
-@triton.jit
 def _prod_factor(f, pnz, nzero):
     """``∂(Π f_j)/∂f_k`` from ``P`` (product of the non-zero factors) and ``Z`` (their zero count), exact at zeros."""
     return tl.where(nzero == 0, pnz / tl.where(f == 0, 1.0, f),
@@ -231,23 +226,31 @@ def _forward_kernel(
             use = k_ok[None, :, None]
         if REDUCE == "sum":
             acc += tl.sum(tl.where(use, f, 0.0), axis=1)
-        elif REDUCE == "max":
-            best, arg = tl.max(tl.where(use, f, float("-inf")), axis=1, return_indices=True,
-                               return_indices_tie_break_left=True)
-            better = best > acc  # strict: an earlier block keeps a tie
-            acc = tl.where(better, best, acc)
-            aux = tl.where(better, arg + k0, aux)
-        elif REDUCE == "min":
-            best, arg = tl.min(tl.where(use, f, float("inf")), axis=1, return_indices=True,
-                               return_indices_tie_break_left=True)
-            better = best < acc
+        elif REDUCE == "max" or REDUCE == "min":
+            # the extreme, then the first lane holding it (two plain reductions; tl.max's return_indices runs
+            # elementwise in Python under the interpreter)
+            lane = tl.arange(0, BLOCK_K)[None, :, None]
+            if REDUCE == "max":
+                f = tl.where(use, f, float("-inf"))
+                best = tl.max(f, axis=1)
+                better = best > acc  # strict: an earlier block keeps a tie
+            else:
+                f = tl.where(use, f, float("inf"))
+                best = tl.min(f, axis=1)
+                better = best < acc
+            arg = tl.min(tl.where(f == best[:, None, :], lane, BLOCK_K), axis=1)
             acc = tl.where(better, best, acc)
             aux = tl.where(better, arg + k0, aux)
         else:
             f = tl.where(use, f, 1.0)
             zero = f == 0
             aux += tl.sum(zero.to(tl.int32), axis=1)
-            acc *= tl.reduce(tl.where(zero, 1.0, f), 1, _mul)
+            f = tl.where(zero, 1.0, f)
+            # one factor at a time, in k order: a masked sum picks it (tl.reduce with a product combine runs
+            # elementwise in Python under the interpreter; this is as cheap on a GPU for a small BLOCK_K)
+            lane = tl.arange(0, BLOCK_K)[None, :, None]
+            for j in tl.static_range(BLOCK_K):
+                acc *= tl.sum(tl.where(lane == j, f, 0.0), axis=1)
 
     y_pix = b.to(tl.int64) * syb + g.to(tl.int64) * sys + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
     y_off = y_pix[:, None] + (grp * C_OUT_G + n).to(tl.int64)[None, :] * syc
@@ -424,6 +427,8 @@ def _weight_grad_kernel(
 BLOCK_M, BLOCK_K, BLOCK_N_MAX = 64, 4, 32
 WGRAD_BLOCK_M, WGRAD_BLOCK_R, WGRAD_BLOCK_N = 32, 8, 32
 NUM_WARPS = 4
+if INTERPRET:  # numpy runs one program at a time: fewer, larger steps (the masks are the same)
+    BLOCK_K, WGRAD_BLOCK_R = 16, 32
 
 
 def _block_n(channels: int) -> int:
