@@ -299,44 +299,43 @@ def _input_grad_kernel(
     dy_row = b.to(tl.int64) * sdyb + (grp * C_OUT_G).to(tl.int64) * sdyc
     a_row = b.to(tl.int64) * sab + (grp * C_OUT_G).to(tl.int64) * sac
     K = C_IN_G * S_IN * T
-    OT = C_OUT_G * T
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), ACC)
     for g in range(S_OUT):
         u = tl.load(stab_index_ptr + g * S_IN + s)
-        for k0 in range(0, OT, BLOCK_K):
-            kk = k0 + tl.arange(0, BLOCK_K)
-            k_ok = kk < OT
-            o = kk // T
-            t = kk % T
-            dh = tl.load(tap_dh_ptr + g * T + t, mask=k_ok, other=0)
-            dw = tl.load(tap_dw_ptr + g * T + t, mask=k_ok, other=0)
-            ph_num = ih[:, None] + pad_h - dh[None, :] * dil_h
-            pw_num = iw[:, None] + pad_w - dw[None, :] * dil_w
+        for t in range(T):  # the tap outside the channel loop: the pixel arithmetic is per pixel, not per (pixel, k)
+            dh = tl.load(tap_dh_ptr + g * T + t)
+            dw = tl.load(tap_dw_ptr + g * T + t)
+            ph_num = ih + pad_h - dh * dil_h
+            pw_num = iw + pad_w - dw * dil_w
             ph = ph_num // stride_h
             pw = pw_num // stride_w
-            ok = (m_ok[:, None] & k_ok[None, :] & (ph_num >= 0) & (pw_num >= 0)
-                  & (ph * stride_h == ph_num) & (pw * stride_w == pw_num) & (ph < HO) & (pw < WO))
-            pix = ph.to(tl.int64) * sdyh + pw.to(tl.int64) * sdyw
-            dyv = tl.load(dy_ptr + dy_row[:, None] + (o.to(tl.int64) * sdyc + tl.cast(g, tl.int64) * sdys)[None, :] + pix,
-                          mask=ok, other=0.0).to(ACC)                                       # [BM, BK]
-            w_off = ((grp * C_OUT_G + o).to(tl.int64) * K + u * T + t)[:, None] + (n * (S_IN * T))[None, :]
-            wv = tl.load(w_ptr + w_off, mask=k_ok[:, None] & n_ok[None, :], other=0.0).to(ACC)  # [BK, BN]
-            x3 = xv[:, None, :]
-            w3 = wv[None, :, :]
-            term = dyv[:, :, None] * TAP_DX(x3, w3)                                         # [BM, BK, BN]
-            use = ok[:, :, None]
-            if REDUCE != "sum":
-                a_off = (a_row[:, None] + (o.to(tl.int64) * sac + tl.cast(g, tl.int64) * sas)[None, :]
-                         + ph.to(tl.int64) * sah + pw.to(tl.int64) * saw)
-                aux = tl.load(aux_ptr + a_off, mask=ok, other=-1)                           # [BM, BK]
-                if REDUCE == "prod":
-                    pnz = tl.load(pnz_ptr + a_off, mask=ok, other=0.0).to(ACC)
-                    term *= _prod_factor(TAP(x3, w3), pnz[:, :, None], aux[:, :, None])
-                else:
-                    k_red = (n[None, :] * S_IN + u) * T + t[:, None]                        # [BK, BN]
-                    use = use & (aux[:, :, None] == k_red[None, :, :])
-            acc += tl.sum(tl.where(use, term, 0.0), axis=1)
+            p_ok = (m_ok & (ph_num >= 0) & (pw_num >= 0) & (ph * stride_h == ph_num) & (pw * stride_w == pw_num)
+                    & (ph < HO) & (pw < WO))
+            dy_pix = dy_row + tl.cast(g, tl.int64) * sdys + ph.to(tl.int64) * sdyh + pw.to(tl.int64) * sdyw  # [BM]
+            a_pix = a_row + tl.cast(g, tl.int64) * sas + ph.to(tl.int64) * sah + pw.to(tl.int64) * saw
+            w_col = (n * S_IN + u) * T + t                                                   # [BN]: also k
+            for o0 in range(0, C_OUT_G, BLOCK_K):
+                o = o0 + tl.arange(0, BLOCK_K)
+                o_ok = o < C_OUT_G
+                ok = p_ok[:, None] & o_ok[None, :]                                          # [BM, BK]
+                dyv = tl.load(dy_ptr + dy_pix[:, None] + (o.to(tl.int64) * sdyc)[None, :], mask=ok,
+                              other=0.0).to(ACC)
+                w_off = (grp * C_OUT_G + o).to(tl.int64)[:, None] * K + w_col[None, :]
+                wv = tl.load(w_ptr + w_off, mask=o_ok[:, None] & n_ok[None, :], other=0.0).to(ACC)  # [BK, BN]
+                x3 = xv[:, None, :]
+                w3 = wv[None, :, :]
+                term = dyv[:, :, None] * TAP_DX(x3, w3)                                     # [BM, BK, BN]
+                use = ok[:, :, None]
+                if REDUCE != "sum":
+                    a_off = a_pix[:, None] + (o.to(tl.int64) * sac)[None, :]
+                    aux = tl.load(aux_ptr + a_off, mask=ok, other=-1)                       # [BM, BK]
+                    if REDUCE == "prod":
+                        pnz = tl.load(pnz_ptr + a_off, mask=ok, other=0.0).to(ACC)
+                        term *= _prod_factor(TAP(x3, w3), pnz[:, :, None], aux[:, :, None])
+                    else:
+                        use = use & (aux[:, :, None] == w_col[None, None, :])
+                acc += tl.sum(tl.where(use, term, 0.0), axis=1)
 
     dx_off = ((b.to(tl.int64) * sdxb + s.to(tl.int64) * sdxs + ih.to(tl.int64) * sdxh
                + iw.to(tl.int64) * sdxw)[:, None] + (grp * C_IN_G + n).to(tl.int64)[None, :] * sdxc)
@@ -425,6 +424,7 @@ def _weight_grad_kernel(
 #: fixed tiles (no tuning, so results never depend on timing): [BM, BK, BN] fp32 broadcasts of 8192 elements,
 #: 64 registers a thread at 4 warps.  BLOCK_N shrinks to the channel count (down to 16) for narrow layers.
 BLOCK_M, BLOCK_K, BLOCK_N_MAX = 64, 4, 32
+DX_BLOCK_M = 32  # the input gradient holds [BLOCK_M, BLOCK_K] loads and offsets per output channel block too
 WGRAD_BLOCK_M, WGRAD_BLOCK_R, WGRAD_BLOCK_N = 32, 8, 32
 NUM_WARPS = 4
 if INTERPRET:  # numpy runs one program at a time: fewer, larger steps (the masks are the same)
@@ -491,14 +491,14 @@ def input_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, order, 
     aux, pnz = state if state is not None else _reduction_state(x, weight, spec, fns, reduce, ignore, aux)
     weight = weight.contiguous()
     block_n = _block_n(spec.in_channels)
-    grid = (cdiv(m_total, BLOCK_M), cdiv(spec.in_channels, block_n), spec.s_in * spec.groups)
+    grid = (cdiv(m_total, DX_BLOCK_M), cdiv(spec.in_channels, block_n), spec.s_in * spec.groups)
     a = aux if aux is not None else dy
     _input_grad_kernel[grid](
         dy, x, weight, a, pnz if pnz is not None else dy, dx, stab_index, tap_dh, tap_dw,
         m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
         *dy.stride(), *a.stride(), *x.stride(), *dx.stride(), *geometry_args(spec),
         TAP=fns[0], TAP_DX=fns[1], REDUCE=reduce, **_static(spec, dy.dtype),
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
+        BLOCK_M=DX_BLOCK_M, BLOCK_N=block_n, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
     return dx
 
 
