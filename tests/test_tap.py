@@ -230,6 +230,23 @@ def test_kernels_float64(case):
     check_case(case, "triton", torch.float64, 1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kernels_half(dtype):
+    """Half inputs, fp32 accumulation: error of the rounding of the output and gradients only."""
+    for case in (CASES[2], CASES[7]):
+        check_case(case, "triton", dtype, 1e-2)
+
+
+def test_empty_batch():
+    for backend in ("torch", "triton"):
+        for reduce in ("sum", "max", "prod"):
+            x, w = torch.randn(0, 2, 5, 5, requires_grad=True), torch.randn(3, 2, 3, 3, requires_grad=True)
+            with gconv_triton.backend(backend):
+                y = tap_conv2d(x, w, tap="add", reduce=reduce, padding=1)
+                dx, dw = torch.autograd.grad(y.sum(), (x, w))
+            assert y.shape == (0, 3, 5, 5) and dx.shape == x.shape and torch.equal(dw, torch.zeros_like(w))
+
+
 def test_mul_sum_is_conv2d():
     x, w, b = torch.randn(2, 4, 7, 5), torch.randn(6, 2, 3, 3), torch.randn(6)
     for backend in ("torch", "triton"):
