@@ -421,18 +421,14 @@ def _weight_grad_kernel(
 
 
 # ----------------------------------------------------------------------------------------------- launchers
-#: fixed tiles (no tuning, so results never depend on timing): [BM, BK, BN] fp32 broadcasts of 8192 elements,
-#: 64 registers a thread at 4 warps.  BLOCK_N shrinks to the channel count (down to 16) for narrow layers.
-BLOCK_M, BLOCK_K, BLOCK_N_MAX = 64, 4, 32
-DX_BLOCK_M = 32  # the input gradient holds [BLOCK_M, BLOCK_K] loads and offsets per output channel block too
+#: fixed tiles (no tuning, so results never depend on timing).  Compiled for sm_90 and sm_80 every kernel fits in
+#: registers at these tiles (up to 246 a thread, no spills); 32 channels a tile spills in the input gradient.
+BLOCK_M, BLOCK_K, BLOCK_N = 64, 4, 16
+DX_BLOCK_M = 32  # the input gradient also holds [BLOCK_M, BLOCK_K] loads and offsets per output-channel block
 WGRAD_BLOCK_M, WGRAD_BLOCK_R, WGRAD_BLOCK_N = 32, 8, 32
 NUM_WARPS = 4
 if INTERPRET:  # numpy runs one program at a time: fewer, larger steps (the masks are the same)
     BLOCK_K, WGRAD_BLOCK_R = 16, 32
-
-
-def _block_n(channels: int) -> int:
-    return max(16, min(BLOCK_N_MAX, triton.next_power_of_2(channels)))
 
 
 def _static(spec, dtype) -> dict:
@@ -460,15 +456,14 @@ def forward(x, weight, bias, spec, fns, reduce: str, ignore: bool, stats: bool =
     if y.numel() == 0:
         return y, aux
     weight = weight.contiguous()
-    block_n = _block_n(spec.out_channels)
-    grid = (cdiv(m_total, BLOCK_M), cdiv(spec.out_channels, block_n), spec.s_out * spec.groups)
+    grid = (cdiv(m_total, BLOCK_M), cdiv(spec.out_channels, BLOCK_N), spec.s_out * spec.groups)
     _forward_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else weight, y, y if aux is None else aux,
         in_index, tap_dh, tap_dw,
         m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
         *x.stride(), *y.stride(), *geometry_args(spec),
         TAP=fns[0], REDUCE=reduce, IGNORE=ignore, STATS=stats, HAS_BIAS=bias is not None and not stats,
-        **_static(spec, x.dtype), BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
+        **_static(spec, x.dtype), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
     return y, aux
 
 
@@ -490,15 +485,14 @@ def input_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, order, 
         return dx
     aux, pnz = state if state is not None else _reduction_state(x, weight, spec, fns, reduce, ignore, aux)
     weight = weight.contiguous()
-    block_n = _block_n(spec.in_channels)
-    grid = (cdiv(m_total, DX_BLOCK_M), cdiv(spec.in_channels, block_n), spec.s_in * spec.groups)
+    grid = (cdiv(m_total, DX_BLOCK_M), cdiv(spec.in_channels, BLOCK_N), spec.s_in * spec.groups)
     a = aux if aux is not None else dy
     _input_grad_kernel[grid](
         dy, x, weight, a, pnz if pnz is not None else dy, dx, stab_index, tap_dh, tap_dw,
         m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
         *dy.stride(), *a.stride(), *x.stride(), *dx.stride(), *geometry_args(spec),
         TAP=fns[0], TAP_DX=fns[1], REDUCE=reduce, **_static(spec, dy.dtype),
-        BLOCK_M=DX_BLOCK_M, BLOCK_N=block_n, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
+        BLOCK_M=DX_BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
     return dx
 
 
