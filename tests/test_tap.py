@@ -132,7 +132,7 @@ class Case:
     group: str = "z2"
     in_group: str = "z2"
     padding_mode: str = "zeros"
-    quantized: bool = False                 # values on a 0.5 grid: exact zero factors for prod
+    quantized: bool = False                 # values on a 0.5 grid: exact zero factors for prod, ties for max/min
     scale: float = 1.0
 
     def __str__(self):
@@ -155,6 +155,8 @@ CASES = [
     Case("add", "min", size=(1, 7, 5), dilation=(1, 2), padding=(1, 2)),
     Case("sub", "min", size=(2, 5, 5), padding=(3, 3), padding_mode="ignore"),   # windows with no tap inside
     Case("sub", "max", size=(1, 5, 7), padding=(2, 2), k=(1, 3)),
+    Case("add", "max", size=(1, 5, 6), channels=(3, 2), quantized=True),                # ties: first k wins
+    Case("sub", "min", size=(1, 5, 5), channels=(2, 2), group="p4", in_group="p4", quantized=True),
     Case("add", "prod", size=(2, 5, 6), channels=(2, 2), k=(2, 2), quantized=True),
     Case("sub", "prod", size=(1, 5, 5), channels=(1, 2), padding_mode="ignore", quantized=True, stride=(2, 2)),
     Case("tan", "prod", size=(1, 5, 5), channels=(2, 2), k=(2, 2), padding=(0, 0), scale=0.3),
