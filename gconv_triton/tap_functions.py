@@ -32,6 +32,8 @@ class TapFunction:
         reductions: the reductions the tap may be used with (all by default).
     """
 
+    _builtin = False  # a built-in's Triton functions live with the kernels (see _BuiltinTap)
+
     def __init__(self, name: str, torch_fn: Callable, triton_fn=None, triton_dx=None, triton_dw=None, *,
                  torch_dx: Optional[Callable] = None, torch_dw: Optional[Callable] = None,
                  reductions=REDUCTIONS):
@@ -51,8 +53,6 @@ class TapFunction:
         if not self._builtin:
             for arg, fn in zip(("triton_fn", "triton_dx", "triton_dw"), self._triton):
                 _check_jit(fn, arg)
-
-    _builtin = False
 
     def triton_functions(self) -> tuple:
         """``(f, ∂f/∂x, ∂f/∂w)`` as ``@triton.jit`` functions (imports Triton)."""
@@ -169,10 +169,9 @@ def check_tap(tap: TapFunction, *, points: int = 4096, seed: int = 0, rtol: floa
     reference is finite above ``rtol``).  The Triton functions run where the kernels run: on a CUDA device, or
     on the CPU under ``TRITON_INTERPRET=1``.
     """
-    tap = get_tap(tap)
-    from ._backend import use_triton
-    from ._backend import backend
+    from ._backend import backend, use_triton
 
+    tap = get_tap(tap)
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator().manual_seed(seed)
