@@ -541,10 +541,12 @@ def backward(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, need_inpu
     return dx, dw
 
 
-def launch(kernel: str, x, weight, spec, fns, reduce: str = "sum", ignore: bool = False):
-    """Launch one tap kernel (``"forward"``, ``"input_grad"`` or ``"weight_grad"``) on random ``dy`` for the
-    problem ``spec``: the entry point for tools that compile or time each kernel (an ahead-of-time compiler
-    intercepts the launch)."""
+def launch(kernel: str, x, weight, spec, tap="adder", reduce: str = "sum", ignore: bool = False):
+    """Launch one tap kernel (``"forward"``, ``"input_grad"`` or ``"weight_grad"``) for the problem ``spec``
+    (``gconv_triton._spec.make_spec``) with random ``dy``: the entry point for tools that compile or time each
+    kernel (an ahead-of-time compiler intercepts the launch).  ``tap``: a name in :data:`BUILTIN_TAPS` or a
+    ``(tap, ∂/∂x, ∂/∂w)`` triple of ``@triton.jit`` functions."""
+    fns = BUILTIN_TAPS[tap] if isinstance(tap, str) else tuple(tap)
     if kernel == "forward":
         return forward(x, weight, None, spec, fns, reduce, ignore)[0]
     aux = forward(x, weight, None, spec, fns, reduce, ignore)[1]
