@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from helpers import DEVICE, rel_error, torch_backend, triton_backend
+from helpers import DEVICE, rel_error, triton_backend
 from test_kernels import AllocationRecorder
 
 import gconv_triton
@@ -413,10 +413,11 @@ def test_weight_grad_is_deterministic():
 
 
 # ---------------------------------------------------------------------------------------- compile, autocast
-def test_torch_compile_and_autocast():
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_torch_compile_and_autocast(backend):
     layer = TapConv2d(2, 3, 3, "adder", padding=1).double()
     x = torch.randn(2, 2, 6, 6, dtype=torch.float64, requires_grad=True)
-    with torch_backend():
+    with gconv_triton.backend(backend):
         eager = layer(x)
         torch._dynamo.reset()
         compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)
