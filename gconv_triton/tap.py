@@ -162,7 +162,9 @@ def _tap_torch(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: ConvSpe
                         continue
                     xr = xg[:, None].detach().requires_grad_()
                     wr = wg[None, :, :, None].detach().requires_grad_()
-                    f = tap.torch_value(xr, wr, differentiable=True)
+                    explicit = tap.torch_dx is not None and tap.torch_dw is not None
+                    # the tap's values: prod's factors, or what autograd differentiates
+                    f = None if explicit and reduce != "prod" else tap.torch_value(xr, wr, differentiable=True)
                     coef = dy[b0:b0 + bc, rows, g][:, :, None]                   # (b, oc, 1, L)
                     if reduce == "prod":
                         pnz, zeros = _reduce(f.detach(), use, reduce)
@@ -171,7 +173,8 @@ def _tap_torch(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: ConvSpe
                         k = torch.arange(k_total, device=x5.device)[:, None]
                         coef = coef * (aux[b0:b0 + bc, rows, g][:, :, None] == k)
                     coef = torch.where(use, coef, 0)
-                    gx, gw = tap.torch_grads(xr, wr, f, coef.expand(f.shape))
+                    shape = (xr.shape[0], wr.shape[1], k_total, xr.shape[-1])
+                    gx, gw = tap.torch_grads(xr, wr, f, coef.expand(shape))
                     if d_xg is not None:
                         d_xg += gx.sum(1)
                     if dw is not None:

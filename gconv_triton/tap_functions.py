@@ -59,8 +59,8 @@ class TapFunction:
         return self._triton
 
     def torch_grads(self, x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, coef: torch.Tensor):
-        """``(Σ coef·∂f/∂x, Σ coef·∂f/∂w)`` reduced to ``x``'s and ``w``'s shapes; ``f = torch_fn(x, w)`` computed
-        under autograd from ``x`` and ``w`` (leaves requiring grad) when no explicit derivative is given."""
+        """``(Σ coef·∂f/∂x, Σ coef·∂f/∂w)`` reduced to ``x``'s and ``w``'s shapes; ``f`` is :meth:`torch_value` of
+        ``x`` and ``w`` (leaves requiring grad), needed only when no explicit derivatives are given."""
         if self.torch_dx is not None and self.torch_dw is not None:
             dx = _sum_to(coef * self.torch_dx(x, w), x.shape)
             dw = _sum_to(coef * self.torch_dw(x, w), w.shape)
