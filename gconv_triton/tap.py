@@ -131,14 +131,19 @@ def _tap_torch(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: ConvSpe
     if backward:
         dy = dy.to(dtype).reshape(out_shape)
         aux = None if aux is None else aux.reshape(out_shape)
-        dx = x5.new_zeros((spec.batch, spec.groups * cs * kh * kw, ho * wo), dtype=dtype) if need_input else None
+        dx = None
+        if need_input:
+            dx = x5.new_empty((spec.batch, spec.groups * cs, spec.height, spec.width), dtype=dtype)
         dw = torch.zeros_like(w) if need_weight else None
+        top, bottom, left, right = spec.padding
+        padded = (spec.height + top + bottom, spec.width + left + right)
     else:
         y = x5.new_empty(out_shape, dtype=dtype)
         aux = x5.new_empty(out_shape, dtype=torch.int64) if reduce in ("max", "min") else None
     for b0 in range(0, spec.batch, bc):
         cols, inside = _unfold(x5[b0:b0 + bc].to(dtype), spec)
         cols = cols.view(cols.shape[0], spec.groups, -1, ho * wo)                 # (b, groups, C_g·S_in·T, L)
+        dcols = torch.zeros_like(cols) if backward and need_input else None       # this chunk's only
         for g in range(spec.s_out):
             index = _gather_index(spec, g, x5.device)
             use = inside[spec.group.tap_destinations(spec.kernel)[g].to(x5.device)]  # (T, L) in base tap order
@@ -180,18 +185,16 @@ def _tap_torch(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: ConvSpe
                     if dw is not None:
                         dw[grp, o0:o0 + oc] += gw[0, :, :, 0]
                 if d_xg is not None:
-                    dcols = dx[b0:b0 + bc].view(-1, spec.groups, cs * kh * kw, ho * wo)[:, grp]
-                    dcols.index_add_(1, index, d_xg)
+                    dcols[:, grp].index_add_(1, index, d_xg)
+        if dcols is not None:  # fold the chunk's receptive fields back onto its (padded) images, crop the padding
+            folded = F.fold(dcols.flatten(1, 2), padded, spec.kernel, dilation=spec.dilation, stride=spec.stride)
+            dx[b0:b0 + bc] = folded[..., top:top + spec.height, left:left + spec.width]
     if not backward:
-        y = y.to(x5.dtype).reshape(out_shape[:3] + (ho, wo))
+        y = y.reshape(out_shape[:3] + (ho, wo))
         if bias is not None:
-            y = y + bias.to(y.dtype)[None, :, None, None, None]
-        return y, (None if aux is None else aux.reshape(y.shape))
+            y = y + bias.to(dtype)[None, :, None, None, None]
+        return y.to(x5.dtype), (None if aux is None else aux.reshape(y.shape))
     if dx is not None:
-        top, bottom, left, right = spec.padding
-        padded = (spec.height + top + bottom, spec.width + left + right)
-        dx = F.fold(dx, padded, spec.kernel, dilation=spec.dilation, stride=spec.stride)
-        dx = dx[..., top:top + spec.height, left:left + spec.width]
         dx = dx.reshape(spec.batch, spec.groups * c_in_g, spec.s_in, spec.height, spec.width).to(x5.dtype)
     if dw is not None:
         dw = dw.reshape(weight.shape).to(weight.dtype)

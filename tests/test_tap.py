@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from helpers import DEVICE, rel_error, triton_backend
+from helpers import DEVICE, rel_error, torch_backend, triton_backend
 from test_kernels import AllocationRecorder
 
 import gconv_triton
@@ -437,3 +437,18 @@ def test_opcheck():
     args = (x.requires_grad_(), w.requires_grad_(), b, tap_ops.tap_key(tap_ops.get_tap("add")), "max", False,
             "z2", "z2", [1, 1], [1, 1, 1, 1], [1, 1], 1, "torch")
     torch.library.opcheck(tap_ops._tap_op, args)
+
+
+def test_torch_path_memory_is_bounded(monkeypatch):
+    """The PyTorch path's intermediates stay under its chunk size (here lowered to 4096 elements), forward and
+    backward: the unfold of this batch would hold 9216 values and the tap broadcast 36864."""
+    from gconv_triton import tap as tap_ops
+
+    monkeypatch.setattr(tap_ops, "_CHUNK_ELEMENTS", 4096)
+    x = torch.randn(4, 4, 8, 8, requires_grad=True)
+    w = torch.randn(4, 4, 3, 3, requires_grad=True)
+    recorder = AllocationRecorder()
+    with torch_backend(), recorder:
+        y = tap_conv2d(x, w, tap="adder", padding=1)
+        y.backward(torch.randn_like(y))
+    assert recorder.largest <= 4096 * 4, (recorder.largest, recorder.largest_op)
