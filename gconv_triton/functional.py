@@ -10,7 +10,7 @@ from ._library import _compiling, check_activation, conv
 from ._spec import make_spec
 from .groups import Group
 
-__all__ = ["gconv2d", "shared_kernel_conv2d", "shared_kernel_conv1d"]
+__all__ = ["gconv2d", "shared_kernel_conv2d", "shared_kernel_conv1d", "tap_conv2d", "tap_conv1d"]
 
 GroupLike = Union[Group, str]
 
@@ -100,3 +100,6 @@ def shared_kernel_conv1d(input: torch.Tensor, weight: torch.Tensor, bias: Option
     stride, padding, dilation = _as_2d_args(stride, padding, dilation)
     return shared_kernel_conv2d(input.unsqueeze(2), weight.unsqueeze(2), bias, stride, padding,
                                 dilation).squeeze(2)
+
+
+from .tap import tap_conv1d, tap_conv2d  # noqa: E402  (tap.py imports this module's 1-D helpers)

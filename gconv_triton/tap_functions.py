@@ -1,0 +1,201 @@
+"""Tap functions: what a tap convolution computes between one input pixel and one weight, ``f(x, w)``.
+
+A :class:`TapFunction` carries the tap twice: as a PyTorch function (the CPU path and the reference; its
+derivatives come from autograd) and as three ``@triton.jit`` functions (the value and the two partial
+derivatives) that the fused kernels call.  :func:`check_tap` checks that the two agree.  The built-in taps are
+looked up by name (``"mul"``, ``"adder"``, ``"addernet"``, ``"l2"``, ``"add"``, ``"sub"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["TapFunction", "check_tap", "get_tap", "BUILTIN_TAPS", "REDUCTIONS"]
+
+REDUCTIONS = ("sum", "max", "min", "prod")
+
+
+class TapFunction:
+    """An elementwise tap ``f(x, w)`` and its partial derivatives.
+
+    Args:
+        name: a short name (shown by modules' ``repr``; the ops refer to the tap by it).
+        torch_fn: ``torch_fn(x, w)`` on broadcast tensors, differentiable by autograd: the CPU path and the
+            reference.
+        triton_fn, triton_dx, triton_dw: ``@triton.jit`` functions of ``(x, w)`` returning ``f``, ``∂f/∂x`` and
+            ``∂f/∂w`` elementwise (fp32 blocks, fp64 for fp64 tensors).
+        torch_dx, torch_dw: optional elementwise PyTorch derivatives used by the CPU path instead of autograd of
+            ``torch_fn`` (the built-ins give them; ``"addernet"`` uses them for its surrogate gradient).
+        reductions: the reductions the tap may be used with (all by default).
+    """
+
+    _builtin = False  # a built-in's Triton functions live with the kernels (see _BuiltinTap)
+
+    def __init__(self, name: str, torch_fn: Callable, triton_fn=None, triton_dx=None, triton_dw=None, *,
+                 torch_dx: Optional[Callable] = None, torch_dw: Optional[Callable] = None,
+                 reductions=REDUCTIONS):
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name: expected a non-empty str, got {name!r}")
+        if not callable(torch_fn):
+            raise ValueError(f"torch_fn: expected a callable torch_fn(x, w) on tensors, got {torch_fn!r}")
+        for arg, fn in (("torch_dx", torch_dx), ("torch_dw", torch_dw)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"{arg}: expected None or a callable of (x, w), got {fn!r}")
+        self.name = name
+        self.torch_fn = torch_fn
+        self.torch_dx = torch_dx
+        self.torch_dw = torch_dw
+        self.reductions = tuple(reductions)
+        self._triton = (triton_fn, triton_dx, triton_dw)
+        if not self._builtin:
+            for arg, fn in zip(("triton_fn", "triton_dx", "triton_dw"), self._triton):
+                _check_jit(fn, arg)
+
+    def triton_functions(self) -> tuple:
+        """``(f, ∂f/∂x, ∂f/∂w)`` as ``@triton.jit`` functions (imports Triton)."""
+        return self._triton
+
+    def torch_grads(self, x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, coef: torch.Tensor):
+        """``(Σ coef·∂f/∂x, Σ coef·∂f/∂w)`` reduced to ``x``'s and ``w``'s shapes; ``f`` is :meth:`torch_value` of
+        ``x`` and ``w`` (leaves requiring grad), needed only when no explicit derivatives are given."""
+        if self.torch_dx is not None and self.torch_dw is not None:
+            dx = _sum_to(coef * self.torch_dx(x, w), x.shape)
+            dw = _sum_to(coef * self.torch_dw(x, w), w.shape)
+            return dx, dw
+        return torch.autograd.grad(f, (x, w), coef)
+
+    def torch_value(self, x: torch.Tensor, w: torch.Tensor, differentiable: bool) -> torch.Tensor:
+        """``torch_fn(x, w)``; with ``differentiable``, recorded by autograd for :meth:`torch_grads` even inside an
+        op's implementation (where the custom-op machinery switched autograd off below it)."""
+        if not differentiable or (self.torch_dx is not None and self.torch_dw is not None):
+            return self.torch_fn(x, w)
+        with contextlib.ExitStack() as stack:
+            for key in ("AutogradFunctionality", "ADInplaceOrView"):
+                stack.enter_context(torch._C._SetExcludeDispatchKeyGuard(getattr(torch._C.DispatchKey, key), False))
+            stack.enter_context(torch.enable_grad())
+            return self.torch_fn(x, w)
+
+    def __repr__(self) -> str:
+        return f"TapFunction({self.name!r})"
+
+
+def _sum_to(t: torch.Tensor, shape) -> torch.Tensor:
+    """Sum a broadcast product back to ``shape`` (what autograd does for a broadcast operand)."""
+    lead = t.dim() - len(shape)
+    dims = tuple(range(lead)) + tuple(d + lead for d, n in enumerate(shape) if n == 1 and t.shape[d + lead] != 1)
+    return t.sum(dims, keepdim=True).reshape(shape) if dims else t
+
+
+def _check_jit(fn, arg: str) -> None:
+    """``fn`` is a ``@triton.jit`` function (a JITFunction, or an InterpretedFunction under the interpreter)."""
+    if fn is None:
+        raise ValueError(f"{arg}: missing; a TapFunction needs three @triton.jit functions of (x, w): triton_fn, "
+                         f"triton_dx and triton_dw")
+    try:
+        from triton.runtime.jit import JITFunction
+        kinds = [JITFunction]
+        try:
+            from triton.runtime.interpreter import InterpretedFunction
+            kinds.append(InterpretedFunction)
+        except ImportError:
+            pass
+    except ImportError:  # no Triton (a CPU-only install): the torch path does not call them
+        return
+    if not isinstance(fn, tuple(kinds)):
+        raise ValueError(f"{arg}: expected a @triton.jit function of (x, w), got {type(fn).__name__} {fn!r}")
+
+
+class _BuiltinTap(TapFunction):
+    """A built-in tap: its ``@triton.jit`` functions live with the kernels and are imported only when they run."""
+
+    _builtin = True
+
+    def triton_functions(self) -> tuple:
+        from .kernels import tap as tap_kernels
+
+        return tap_kernels.BUILTIN_TAPS[self.name]
+
+
+def _ones(x, w):
+    return torch.ones_like(x + w)
+
+
+_NO_PROD = ("sum", "max", "min")
+BUILTIN_TAPS = {
+    # the ordinary convolution: a consistency check against F.conv2d (prod would only scale Π x by Π w)
+    "mul": _BuiltinTap("mul", torch.mul, torch_dx=lambda x, w: w.expand_as(x + w),
+                       torch_dw=lambda x, w: x.expand_as(x + w), reductions=_NO_PROD),
+    # AdderNet: −|x − w|, exact gradients sign(w − x), sign(x − w); a product of distances makes no sense
+    "adder": _BuiltinTap("adder", lambda x, w: -(x - w).abs(), torch_dx=lambda x, w: torch.sign(w - x),
+                         torch_dw=lambda x, w: torch.sign(x - w), reductions=_NO_PROD),
+    # the adder tap with AdderNet's training gradients: HardTanh(w − x) for the input, x − w for the weight
+    "addernet": _BuiltinTap("addernet", lambda x, w: -(x - w).abs(), torch_dx=lambda x, w: (w - x).clamp(-1, 1),
+                            torch_dw=lambda x, w: x - w, reductions=_NO_PROD),
+    "l2": _BuiltinTap("l2", lambda x, w: -(x - w).square(), torch_dx=lambda x, w: 2 * (w - x),
+                      torch_dw=lambda x, w: 2 * (x - w), reductions=_NO_PROD),
+    # morphology: max-plus dilation (reduce="max"), min-plus (reduce="min"); erosion is "sub" with "min"
+    "add": _BuiltinTap("add", torch.add, torch_dx=_ones, torch_dw=_ones),
+    "sub": _BuiltinTap("sub", torch.sub, torch_dx=_ones, torch_dw=lambda x, w: -_ones(x, w)),
+}
+
+
+def get_tap(tap) -> TapFunction:
+    """A built-in tap's name or a :class:`TapFunction` -> the TapFunction; ``ValueError`` naming ``tap`` else."""
+    if isinstance(tap, TapFunction):
+        return tap
+    if isinstance(tap, str) and tap in BUILTIN_TAPS:
+        return BUILTIN_TAPS[tap]
+    raise ValueError(f"tap: expected one of {tuple(BUILTIN_TAPS)} or a gconv_triton.TapFunction, got {tap!r}")
+
+
+def check_reduce(tap: TapFunction, reduce) -> str:
+    if not isinstance(reduce, str) or reduce not in REDUCTIONS:
+        raise ValueError(f"reduce: expected one of {REDUCTIONS}, got {reduce!r}")
+    if reduce not in tap.reductions:
+        raise ValueError(f"reduce: {reduce!r} makes no sense with tap {tap.name!r} (its reductions are "
+                         f"{tap.reductions}); expected one of those")
+    return reduce
+
+
+def check_tap(tap: TapFunction, *, points: int = 4096, seed: int = 0, rtol: float = 1e-6,
+              device: Optional[torch.device] = None) -> None:
+    """Check a tap's ``@triton.jit`` value and derivatives (and ``torch_dx``/``torch_dw`` when given) against
+    ``torch_fn`` and its autograd derivatives at ``points`` random float64 points (``x, w ~ N(0, 1)``).
+
+    Raises ``ValueError`` naming the first function that disagrees (relative error over the points where the
+    reference is finite above ``rtol``).  The Triton functions run where the kernels run: on a CUDA device, or
+    on the CPU under ``TRITON_INTERPRET=1``.
+    """
+    from ._backend import backend, use_triton
+
+    tap = get_tap(tap)
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(points, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    w = torch.randn(points, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    with torch.enable_grad():
+        f = tap.torch_fn(x, w)
+    ref_dx, ref_dw = torch.autograd.grad(f, (x, w), torch.ones_like(f))
+    x, w, f = x.detach(), w.detach(), f.detach()
+    got = {}
+    if tap.torch_dx is not None:
+        got["torch_dx"] = (tap.torch_dx(x, w), ref_dx)
+    if tap.torch_dw is not None:
+        got["torch_dw"] = (tap.torch_dw(x, w), ref_dw)
+    with backend("triton"):
+        use_triton(x)  # raises with the reason when the Triton functions cannot run here
+    from .kernels import tap as tap_kernels
+
+    values = tap_kernels.evaluate(tap.triton_functions(), x, w)
+    for name, out, ref in zip(("triton_fn", "triton_dx", "triton_dw"), values, (f, ref_dx, ref_dw)):
+        got[name] = (out, ref)
+    for name, (out, ref) in got.items():
+        finite = torch.isfinite(ref)
+        err = float((out[finite] - ref[finite]).norm() / ref[finite].norm().clamp_min(1e-300))
+        if not err <= rtol:
+            raise ValueError(f"{name}: tap {tap.name!r} disagrees with autograd of torch_fn (relative error "
+                             f"{err:.2e} > {rtol:.0e} at {points} random points)")

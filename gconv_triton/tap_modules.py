@@ -1,0 +1,143 @@
+"""``TapConv1d`` / ``TapConv2d``: layers whose tap is not a multiply (adder, morphological, l2, your own).
+
+Kept apart from the functional ops in ``tap.py`` as ``modules.py`` is from ``_library.py``: parameters and
+initialisation here, numerics there.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import nn
+
+from ._spec import resolve_geometry
+from .conv import _ntuple
+from .functional import _as_2d_args
+from .groups import Group, get_group
+from .modules import _kernel_pair, _positive_int, reset_conv_parameters
+from .tap import _check_padding_mode, tap_conv1d, tap_conv2d
+from .tap_functions import BUILTIN_TAPS, TapFunction, check_reduce, get_tap
+
+__all__ = ["TapConv1d", "TapConv2d"]
+
+#: half-width of the uniform noise on a morphological structuring element (see ``reset_parameters``)
+MORPHOLOGY_INIT = 0.01
+
+
+class _TapConvNd(nn.Module):
+    _spatial_dims: int
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, tap: Union[str, TapFunction],
+                 reduce: str = "sum", stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = True,
+                 group: Union[str, Group] = "z2", in_group: Union[str, Group] = "z2", padding_mode: str = "zeros",
+                 device=None, dtype=None):
+        super().__init__()
+        self.tap = get_tap(tap)
+        self.reduce = check_reduce(self.tap, reduce)
+        self.padding_mode = _check_padding_mode(padding_mode)
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.groups = _positive_int(groups, "groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups: in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
+                             f"divisible by groups ({groups})")
+        self.group = get_group(group, "group")
+        self.in_group = get_group(in_group, "in_group")
+        if not self.in_group.is_trivial and self.in_group != self.group:
+            raise ValueError(f"in_group: expected 'z2' or the output group {self.group.name}, got "
+                             f"{self.in_group.name}")
+        if self._spatial_dims == 1:  # checked as the height-1 2-D convolution it runs as
+            self.kernel_size = _ntuple(kernel_size, 1, "kernel_size", 1)
+            resolve_geometry((1,) + self.kernel_size, *_as_2d_args(stride, padding, dilation))
+        else:
+            self.kernel_size = _kernel_pair(kernel_size)
+            self.group.tap_destinations(self.kernel_size)  # a rotation group needs a square kernel
+            resolve_geometry(self.kernel_size, stride, padding, dilation)
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        factory = dict(device=device, dtype=dtype)
+        planar = self.group.is_trivial and self.in_group.is_trivial
+        stab = () if planar else (self.in_group.order,)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *stab, *self.kernel_size,
+                                               **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Per tap (see ``docs/tap-convolutions.md``):
+
+        * ``"mul"`` and user taps: ``nn.Conv2d``'s initialisation (Kaiming-uniform, bias ±1/√fan_in);
+        * ``"adder"``, ``"addernet"``, ``"l2"``: weight ``N(0, 1)`` (the tap compares ``w`` with ``x`` directly,
+          so the weight lives on the scale of normalised inputs, as AdderNet initialises), bias 0;
+        * ``"add"``, ``"sub"``: a flat structuring element (0, so max-plus starts as max pooling and erosion as
+          min pooling) plus uniform noise in ±``MORPHOLOGY_INIT`` so the output channels differ, bias 0.
+        """
+        name = self.tap.name if BUILTIN_TAPS.get(self.tap.name) is self.tap else None
+        if name in ("adder", "addernet", "l2"):
+            nn.init.normal_(self.weight)
+        elif name in ("add", "sub"):
+            nn.init.uniform_(self.weight, -MORPHOLOGY_INIT, MORPHOLOGY_INIT)
+        else:
+            reset_conv_parameters(self.weight, self.bias)
+            return
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, tap={self.tap.name!r}"
+        if self.reduce != "sum":
+            s += f", reduce={self.reduce!r}"
+        s += f", stride={self.stride}"
+        if self.padding not in (0, (0,), (0, 0)):
+            s += f", padding={self.padding!r}"
+        if self.dilation not in (1, (1,), (1, 1)):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if not (self.group.is_trivial and self.in_group.is_trivial):
+            s += f", group={self.group.name}, in_group={self.in_group.name}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s
+
+
+class TapConv2d(_TapConvNd):
+    """A 2-D convolution with tap ``tap(x, w)`` and reduction ``reduce`` (see
+    :func:`~gconv_triton.functional.tap_conv2d`).
+
+    Arguments as ``nn.Conv2d`` plus ``tap``, ``reduce``, ``group``, ``in_group`` and ``padding_mode`` (also
+    ``"ignore"``).  Parameters: ``weight (C_out, C_in/groups, kh, kw)`` for the plain group z2, else
+    ``(C_out, C_in/groups, S_in, kh, kw)``; ``bias (C_out,)``.  Input ``(B, C_in, H, W)`` (z2) or a group feature
+    map ``(B, C_in, S_in, H, W)``; output ``(B, C_out, H_out, W_out)`` or ``(B, C_out, S_out, H_out, W_out)``.
+    """
+
+    _spatial_dims = 2
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return tap_conv2d(input, self.weight, self.bias, tap=self.tap, reduce=self.reduce, stride=self.stride,
+                          padding=self.padding, dilation=self.dilation, groups=self.groups, group=self.group,
+                          in_group=self.in_group, padding_mode=self.padding_mode)
+
+
+class TapConv1d(_TapConvNd):
+    """A 1-D convolution with tap ``tap(x, w)`` and reduction ``reduce`` (see
+    :func:`~gconv_triton.functional.tap_conv1d`): input ``(B, C_in, L)``, output ``(B, C_out, L_out)``,
+    ``weight (C_out, C_in/groups, k)``.  Arguments as ``nn.Conv1d`` plus ``tap``, ``reduce`` and
+    ``padding_mode`` (also ``"ignore"``); the group is z2.
+    """
+
+    _spatial_dims = 1
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, tap: Union[str, TapFunction],
+                 reduce: str = "sum", stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, tap, reduce, stride, padding, dilation, groups,
+                         bias, "z2", "z2", padding_mode, device, dtype)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return tap_conv1d(input, self.weight, self.bias, tap=self.tap, reduce=self.reduce, stride=self.stride,
+                          padding=self.padding, dilation=self.dilation, groups=self.groups,
+                          padding_mode=self.padding_mode)
+

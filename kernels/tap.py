@@ -1,0 +1,582 @@
+"""Tap convolutions: the group-convolution gather with an elementwise tap ``f(x, w)`` in place of the product and
+a ``sum``, ``max``, ``min`` or ``prod`` reduction in place of the sum.
+
+Notation as in ``gconv.py``: output element ``g``, weight slice ``u``, base tap ``t``, reduction index
+``k = (i·S_in + u)·T + t`` (the base weight's memory order), input pixel ``q = p·stride + dest[g, t]·dilation −
+padding``:
+
+    y[b, o, g, p]  = reduce_k f(x[b, i, g·u, q], w[o, i, u, t])                     (+ bias[o])
+    dx[b, i, s, q] = Σ_{g, o, t} dy[b, o, g, p] · r[b, o, g, p, k] · ∂f/∂x           (u = g⁻¹·s)
+    dw[o, i, u, t] = Σ_{g, b, p} dy[b, o, g, p] · r[b, o, g, p, k] · ∂f/∂w
+
+where ``r`` is the reduction's derivative: 1 for ``sum``; for ``max``/``min`` 1 at the stored arg-extreme
+``k`` (the first in ``k`` order on ties) and 0 elsewhere; for ``prod`` the product of the other factors, exact
+also where a factor is zero (``P`` = product of the non-zero factors, ``Z`` = how many are zero:
+``r = P / f`` when ``Z = 0``, ``P`` at the zero factor when ``Z = 1``, else 0).
+
+The tap is elementwise, so there is no ``tl.dot``: each K block is a ``[BLOCK_M, BLOCK_K, BLOCK_N]`` broadcast
+of the tap, reduced over its middle axis in registers.  No receptive-field buffer exists; ``max``/``min`` keep
+one int32 index per output element, ``prod``'s backward recomputes ``(P, Z)`` with the forward kernel
+(``STATS``) into two output-sized buffers that live only during the backward.  The weight gradient is a
+reduction over pixels in a fixed order (and a fixed split summed in a fixed order): deterministic.
+
+``padding_mode="ignore"`` (``IGNORE``) leaves out-of-bounds taps out of the reduction; a window with no
+in-bounds tap gives 0 (+ bias) and no gradient.  Otherwise a padded pixel is 0 and goes through the tap.
+
+The tap and its two partial derivatives are ``@triton.jit`` functions of ``(x, w)`` passed as constexpr
+arguments (``TAP``, ``TAP_DX``, ``TAP_DW``); the built-in ones are below.  They get fp32 values (fp64 for fp64
+tensors) and return the same.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._layout import dim_order
+from ._common import INTERPRET, accumulator, cdiv, empty_output, geometry_args, group_tables, split_pixel
+
+REDUCTIONS = ("sum", "max", "min", "prod")
+
+
+# ------------------------------------------------------------------------------------------- built-in taps
+@triton.jit
+def mul_fn(x, w):
+    return x * w
+
+
+@triton.jit
+def mul_dx(x, w):
+    return w
+
+
+@triton.jit
+def mul_dw(x, w):
+    return x
+
+
+@triton.jit
+def _sign(v):
+    return tl.where(v > 0, 1.0, tl.where(v < 0, -1.0, 0.0)).to(v.dtype)
+
+
+@triton.jit
+def adder_fn(x, w):
+    return -tl.abs(x - w)
+
+
+@triton.jit
+def adder_dx(x, w):
+    return _sign(w - x)
+
+
+@triton.jit
+def adder_dw(x, w):
+    return _sign(x - w)
+
+
+@triton.jit
+def addernet_dx(x, w):
+    """AdderNet's input gradient: HardTanh(w − x) in place of sign(w − x)."""
+    return tl.minimum(tl.maximum(w - x, -1.0), 1.0)
+
+
+@triton.jit
+def addernet_dw(x, w):
+    """AdderNet's full-precision weight gradient: x − w in place of sign(x − w)."""
+    return x - w
+
+
+@triton.jit
+def l2_fn(x, w):
+    return -(x - w) * (x - w)
+
+
+@triton.jit
+def l2_dx(x, w):
+    return 2.0 * (w - x)
+
+
+@triton.jit
+def l2_dw(x, w):
+    return 2.0 * (x - w)
+
+
+@triton.jit
+def add_fn(x, w):
+    return x + w
+
+
+@triton.jit
+def one_dx(x, w):
+    return tl.zeros_like(x + w) + 1.0
+
+
+@triton.jit
+def sub_fn(x, w):
+    return x - w
+
+
+@triton.jit
+def minus_one_dw(x, w):
+    return tl.zeros_like(x + w) - 1.0
+
+
+#: name -> (tap, ∂/∂x, ∂/∂w)
+BUILTIN_TAPS = {
+    "mul": (mul_fn, mul_dx, mul_dw),
+    "adder": (adder_fn, adder_dx, adder_dw),
+    "addernet": (adder_fn, addernet_dx, addernet_dw),
+    "l2": (l2_fn, l2_dx, l2_dw),
+    "add": (add_fn, one_dx, one_dx),
+    "sub": (sub_fn, one_dx, minus_one_dw),
+}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+@triton.jit
+def _prod_factor(f, pnz, nzero):
+    """``∂(Π f_j)/∂f_k`` from ``P`` (product of the non-zero factors) and ``Z`` (their zero count), exact at zeros."""
+    return tl.where(nzero == 0, pnz / tl.where(f == 0, 1.0, f),
+                    tl.where((nzero == 1) & (f == 0), pnz, 0.0))
+
+
+@triton.jit
+def _window_has_tap(ih0, iw0, H, W, dil_h, dil_w, KH: tl.constexpr, KW: tl.constexpr):
+    """Whether output pixels whose window starts at ``(ih0, iw0)`` have at least one in-bounds tap (every group
+    element permutes the same kh x kw grid of taps, so this does not depend on the element)."""
+    any_h = ih0 < -2147483647
+    for r in tl.static_range(KH):
+        any_h = any_h | ((ih0 + r * dil_h >= 0) & (ih0 + r * dil_h < H))
+    any_w = iw0 < -2147483647
+    for c in tl.static_range(KW):
+        any_w = any_w | ((iw0 + c * dil_w >= 0) & (iw0 + c * dil_w < W))
+    return any_h & any_w
+
+
+# ------------------------------------------------------------------------------------------------- forward
+@triton.jit
+def _forward_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr, aux_ptr, in_index_ptr, tap_dh_ptr, tap_dw_ptr,
+    M_TOTAL, H, W, HO, WO, C_IN_G, C_OUT_G,
+    sxb, sxc, sxs, sxh, sxw, syb, syc, sys, syh, syw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    TAP: tl.constexpr, REDUCE: tl.constexpr, IGNORE: tl.constexpr, STATS: tl.constexpr,
+    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One (pixel tile, out-channel tile) of output element ``g`` in channel group ``grp``.  ``aux`` (same
+    strides as ``y``, int32) gets the arg-extreme ``k`` for max/min; with ``STATS`` (prod only) ``y`` gets the
+    product of the non-zero factors (no bias) and ``aux`` their zero count."""
+    T: tl.constexpr = KH * KW
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2) % S_OUT
+    grp = tl.program_id(2) // S_OUT
+
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = m < M_TOTAL
+    b, oh, ow = split_pixel(m, HO, WO)
+    x_row = b.to(tl.int64) * sxb + (grp * C_IN_G).to(tl.int64) * sxc
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < C_OUT_G
+    K = C_IN_G * S_IN * T
+    w_col = (grp * C_OUT_G + n).to(tl.int64) * K
+
+    if REDUCE == "max":
+        acc = tl.full((BLOCK_M, BLOCK_N), float("-inf"), ACC)
+    elif REDUCE == "min":
+        acc = tl.full((BLOCK_M, BLOCK_N), float("inf"), ACC)
+    elif REDUCE == "prod":
+        acc = tl.full((BLOCK_M, BLOCK_N), 1.0, ACC)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), ACC)
+    if REDUCE == "prod":
+        aux = tl.zeros((BLOCK_M, BLOCK_N), tl.int32)  # zero count
+    else:
+        aux = tl.full((BLOCK_M, BLOCK_N), -1, tl.int32)  # arg-extreme k (-1: none)
+
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        i = k // (S_IN * T)
+        u = (k // T) % S_IN
+        t = k % T
+        s = tl.load(in_index_ptr + g * S_IN + u, mask=k_ok, other=0)
+        dh = tl.load(tap_dh_ptr + g * T + t, mask=k_ok, other=0)
+        dw = tl.load(tap_dw_ptr + g * T + t, mask=k_ok, other=0)
+        ih = ih0[:, None] + dh[None, :] * dil_h
+        iw = iw0[:, None] + dw[None, :] * dil_w
+        inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        ok = m_ok[:, None] & k_ok[None, :] & inside
+        x_off = (x_row[:, None] + (i.to(tl.int64) * sxc + s.to(tl.int64) * sxs)[None, :]
+                 + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)
+        a = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(ACC)                               # [BM, BK]
+        wv = tl.load(w_ptr + w_col[None, :] + k[:, None], mask=k_ok[:, None] & n_ok[None, :],
+                     other=0.0).to(ACC)                                                     # [BK, BN]
+        f = TAP(a[:, :, None], wv[None, :, :])                                              # [BM, BK, BN]
+        if IGNORE:
+            use = (k_ok[None, :] & inside)[:, :, None]
+        else:  # a padded pixel is 0 and goes through the tap
+            use = k_ok[None, :, None]
+        if REDUCE == "sum":
+            acc += tl.sum(tl.where(use, f, 0.0), axis=1)
+        elif REDUCE == "max" or REDUCE == "min":
+            # the extreme, then the first lane holding it (two plain reductions; tl.max's return_indices runs
+            # elementwise in Python under the interpreter)
+            lane = tl.arange(0, BLOCK_K)[None, :, None]
+            if REDUCE == "max":
+                f = tl.where(use, f, float("-inf"))
+                best = tl.max(f, axis=1)
+                better = best > acc  # strict: an earlier block keeps a tie
+            else:
+                f = tl.where(use, f, float("inf"))
+                best = tl.min(f, axis=1)
+                better = best < acc
+            arg = tl.min(tl.where(f == best[:, None, :], lane, BLOCK_K), axis=1)
+            acc = tl.where(better, best, acc)
+            aux = tl.where(better, arg + k0, aux)
+        else:
+            f = tl.where(use, f, 1.0)
+            zero = f == 0
+            aux += tl.sum(zero.to(tl.int32), axis=1)
+            f = tl.where(zero, 1.0, f)
+            # one factor at a time, in k order: a masked sum picks it (tl.reduce with a product combine runs
+            # elementwise in Python under the interpreter; this is as cheap on a GPU for a small BLOCK_K)
+            lane = tl.arange(0, BLOCK_K)[None, :, None]
+            for j in tl.static_range(BLOCK_K):
+                acc *= tl.sum(tl.where(lane == j, f, 0.0), axis=1)
+
+    y_pix = b.to(tl.int64) * syb + g.to(tl.int64) * sys + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
+    y_off = y_pix[:, None] + (grp * C_OUT_G + n).to(tl.int64)[None, :] * syc
+    out_ok = m_ok[:, None] & n_ok[None, :]
+    if REDUCE != "sum":
+        tl.store(aux_ptr + y_off, aux, mask=out_ok)
+    if not STATS:
+        if REDUCE == "prod":
+            acc = tl.where(aux > 0, 0.0, acc)
+        if IGNORE:  # a window with no in-bounds tap: 0 for every reduction
+            acc = tl.where(_window_has_tap(ih0, iw0, H, W, dil_h, dil_w, KH, KW)[:, None], acc, 0.0)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + grp * C_OUT_G + n, mask=n_ok, other=0.0).to(ACC)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+
+
+# ------------------------------------------------------------------------------------------- input gradient
+@triton.jit
+def _input_grad_kernel(
+    dy_ptr, x_ptr, w_ptr, aux_ptr, pnz_ptr, dx_ptr, stab_index_ptr, tap_dh_ptr, tap_dw_ptr,
+    M_TOTAL, H, W, HO, WO, C_IN_G, C_OUT_G,
+    sdyb, sdyc, sdys, sdyh, sdyw, sab, sac, sas, sah, saw,
+    sxb, sxc, sxs, sxh, sxw, sdxb, sdxc, sdxs, sdxh, sdxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    TAP: tl.constexpr, TAP_DX: tl.constexpr, REDUCE: tl.constexpr,
+    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One (input-pixel tile, in-channel tile) of input slice ``s`` in channel group ``grp``: every output pixel,
+    element and channel whose window reads the pixel, gathered (no scatter).  ``aux``/``pnz`` (strides
+    ``sa*``): the arg-extreme for max/min; the zero count and non-zero product for prod."""
+    T: tl.constexpr = KH * KW
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    s = tl.program_id(2) % S_IN
+    grp = tl.program_id(2) // S_IN
+
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = m < M_TOTAL
+    b, ih, iw = split_pixel(m, H, W)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < C_IN_G
+    x_off = ((b.to(tl.int64) * sxb + s.to(tl.int64) * sxs + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)[:, None]
+             + (grp * C_IN_G + n).to(tl.int64)[None, :] * sxc)
+    xv = tl.load(x_ptr + x_off, mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(ACC)       # [BM, BN]
+    dy_row = b.to(tl.int64) * sdyb + (grp * C_OUT_G).to(tl.int64) * sdyc
+    a_row = b.to(tl.int64) * sab + (grp * C_OUT_G).to(tl.int64) * sac
+    K = C_IN_G * S_IN * T
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), ACC)
+    for g in range(S_OUT):
+        u = tl.load(stab_index_ptr + g * S_IN + s)
+        for t in range(T):  # the tap outside the channel loop: the pixel arithmetic is per pixel, not per (pixel, k)
+            dh = tl.load(tap_dh_ptr + g * T + t)
+            dw = tl.load(tap_dw_ptr + g * T + t)
+            ph_num = ih + pad_h - dh * dil_h
+            pw_num = iw + pad_w - dw * dil_w
+            ph = ph_num // stride_h
+            pw = pw_num // stride_w
+            p_ok = (m_ok & (ph_num >= 0) & (pw_num >= 0) & (ph * stride_h == ph_num) & (pw * stride_w == pw_num)
+                    & (ph < HO) & (pw < WO))
+            dy_pix = dy_row + tl.cast(g, tl.int64) * sdys + ph.to(tl.int64) * sdyh + pw.to(tl.int64) * sdyw  # [BM]
+            a_pix = a_row + tl.cast(g, tl.int64) * sas + ph.to(tl.int64) * sah + pw.to(tl.int64) * saw
+            w_col = (n * S_IN + u) * T + t                                                   # [BN]: also k
+            for o0 in range(0, C_OUT_G, BLOCK_K):
+                o = o0 + tl.arange(0, BLOCK_K)
+                o_ok = o < C_OUT_G
+                ok = p_ok[:, None] & o_ok[None, :]                                          # [BM, BK]
+                dyv = tl.load(dy_ptr + dy_pix[:, None] + (o.to(tl.int64) * sdyc)[None, :], mask=ok,
+                              other=0.0).to(ACC)
+                w_off = (grp * C_OUT_G + o).to(tl.int64)[:, None] * K + w_col[None, :]
+                wv = tl.load(w_ptr + w_off, mask=o_ok[:, None] & n_ok[None, :], other=0.0).to(ACC)  # [BK, BN]
+                x3 = xv[:, None, :]
+                w3 = wv[None, :, :]
+                term = dyv[:, :, None] * TAP_DX(x3, w3)                                     # [BM, BK, BN]
+                use = ok[:, :, None]
+                if REDUCE != "sum":
+                    a_off = a_pix[:, None] + (o.to(tl.int64) * sac)[None, :]
+                    aux = tl.load(aux_ptr + a_off, mask=ok, other=-1)                       # [BM, BK]
+                    if REDUCE == "prod":
+                        pnz = tl.load(pnz_ptr + a_off, mask=ok, other=0.0).to(ACC)
+                        term *= _prod_factor(TAP(x3, w3), pnz[:, :, None], aux[:, :, None])
+                    else:
+                        use = use & (aux[:, :, None] == w_col[None, None, :])
+                acc += tl.sum(tl.where(use, term, 0.0), axis=1)
+
+    dx_off = ((b.to(tl.int64) * sdxb + s.to(tl.int64) * sdxs + ih.to(tl.int64) * sdxh
+               + iw.to(tl.int64) * sdxw)[:, None] + (grp * C_IN_G + n).to(tl.int64)[None, :] * sdxc)
+    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+# ------------------------------------------------------------------------------------------ weight gradient
+@triton.jit
+def _weight_grad_kernel(
+    dy_ptr, x_ptr, w_ptr, aux_ptr, pnz_ptr, dw_ptr, in_index_ptr, tap_dh_ptr, tap_dw_ptr,
+    R_TOTAL, R_PER_SPLIT, H, W, HO, WO, C_IN_G, C_OUT_G, GROUPS,
+    sdyb, sdyc, sdys, sdyh, sdyw, sab, sac, sas, sah, saw, sxb, sxc, sxs, sxh, sxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    TAP: tl.constexpr, TAP_DW: tl.constexpr, REDUCE: tl.constexpr, IGNORE: tl.constexpr,
+    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """One (out-channel tile, k tile) of channel group ``grp``'s weight, summed over the output pixels of split
+    ``pid_s`` and every group element, in a fixed order: no atomics."""
+    T: tl.constexpr = KH * KW
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    grp = tl.program_id(2) % GROUPS
+    pid_s = tl.program_id(2) // GROUPS
+
+    o = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_ok = o < C_OUT_G
+    K = C_IN_G * S_IN * T
+    k = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_ok = k < K
+    i = k // (S_IN * T)
+    u = (k // T) % S_IN
+    t = k % T
+    w_off = (grp * C_OUT_G + o).to(tl.int64)[:, None] * K + k[None, :]
+    wv = tl.load(w_ptr + w_off, mask=o_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)        # [BM, BN]
+    w3 = wv[:, None, :]
+    dy_chan = (grp * C_OUT_G + o).to(tl.int64) * sdyc
+    a_chan = (grp * C_OUT_G + o).to(tl.int64) * sac
+    x_chan = (grp * C_IN_G + i).to(tl.int64) * sxc
+    r_start = pid_s * R_PER_SPLIT
+    r_stop = tl.minimum(r_start + R_PER_SPLIT, R_TOTAL)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), ACC)
+    for g in range(S_OUT):
+        s = tl.load(in_index_ptr + g * S_IN + u, mask=k_ok, other=0)
+        dh = tl.load(tap_dh_ptr + g * T + t, mask=k_ok, other=0)
+        dw = tl.load(tap_dw_ptr + g * T + t, mask=k_ok, other=0)
+        x_col = x_chan + s.to(tl.int64) * sxs
+        for r0 in range(r_start, r_stop, BLOCK_R):
+            r = r0 + tl.arange(0, BLOCK_R)
+            r_ok = r < r_stop
+            b, oh, ow = split_pixel(r, HO, WO)
+            pix = b.to(tl.int64) * sdyb + tl.cast(g, tl.int64) * sdys + oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw
+            dyv = tl.load(dy_ptr + dy_chan[:, None] + pix[None, :], mask=o_ok[:, None] & r_ok[None, :],
+                          other=0.0).to(ACC)                                                # [BM, BR]
+            ih = (oh * stride_h - pad_h)[:, None] + dh[None, :] * dil_h
+            iw = (ow * stride_w - pad_w)[:, None] + dw[None, :] * dil_w
+            inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ok = r_ok[:, None] & k_ok[None, :] & inside
+            x_off = ((b.to(tl.int64) * sxb)[:, None] + x_col[None, :] + ih.to(tl.int64) * sxh
+                     + iw.to(tl.int64) * sxw)
+            x3 = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(ACC)[None, :, :]              # [1, BR, BN]
+            term = dyv[:, :, None] * TAP_DW(x3, w3)                                         # [BM, BR, BN]
+            if IGNORE:
+                use = ok[None, :, :]
+            else:  # padded taps went through the tap: they have a weight gradient
+                use = (r_ok[:, None] & k_ok[None, :])[None, :, :]
+            if REDUCE != "sum":
+                a_off = a_chan[:, None] + (b.to(tl.int64) * sab + tl.cast(g, tl.int64) * sas + oh.to(tl.int64) * sah
+                                           + ow.to(tl.int64) * saw)[None, :]
+                a_ok = o_ok[:, None] & r_ok[None, :]
+                aux = tl.load(aux_ptr + a_off, mask=a_ok, other=-1)                        # [BM, BR]
+                if REDUCE == "prod":
+                    pnz = tl.load(pnz_ptr + a_off, mask=a_ok, other=0.0).to(ACC)
+                    term *= _prod_factor(TAP(x3, w3), pnz[:, :, None], aux[:, :, None])
+                else:
+                    use = use & (aux[:, :, None] == k[None, None, :])
+            acc += tl.sum(tl.where(use, term, 0.0), axis=1)
+
+    row = (pid_s * GROUPS + grp) * C_OUT_G + o                                            # (split, C_out) stack
+    tl.store(dw_ptr + row.to(tl.int64)[:, None] * K + k[None, :], acc.to(dw_ptr.dtype.element_ty),
+             mask=o_ok[:, None] & k_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------------- launchers
+#: fixed tiles (no tuning, so results never depend on timing).  Compiled for sm_90 and sm_80 (3x3, fp32/bf16) the
+#: kernels use 80-246 registers a thread; ptxas reports no spills except 12 bytes in the weight gradient of a
+#: group convolution (S > 1) and 48 bytes in prod's input gradient on sm_80.  32 channels a tile spill more.
+BLOCK_M, BLOCK_K, BLOCK_N = 64, 4, 16
+# the input gradient also holds [BLOCK_M, BLOCK_K] loads and offsets per output-channel block: a smaller tile, and
+# 2 output channels a step (4 spill 12 bytes a thread when S > 1 on sm_90)
+DX_BLOCK_M, DX_BLOCK_K = 32, 2
+WGRAD_BLOCK_M, WGRAD_BLOCK_R, WGRAD_BLOCK_N = 32, 8, 32
+NUM_WARPS = 4
+if INTERPRET:  # numpy runs one program at a time: fewer, larger steps (the masks are the same)
+    BLOCK_K, DX_BLOCK_K, WGRAD_BLOCK_R = 16, 16, 32
+
+
+def _static(spec, dtype) -> dict:
+    return dict(S_IN=spec.s_in, S_OUT=spec.s_out, KH=spec.kernel[0], KW=spec.kernel[1], ACC=accumulator(dtype))
+
+
+def _out_shape(spec):
+    return (spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height, spec.out_width)
+
+
+def forward(x, weight, bias, spec, fns, reduce: str, ignore: bool, stats: bool = False):
+    """``x (B, groups·C_in_g, S_in, H, W)``, weight ``(groups·C_out_g, C_in_g, S_in, kh, kw)`` -> ``(y, aux)``.
+
+    ``y`` in ``x``'s layout; ``aux`` int32 of ``y``'s shape and strides for max/min (the arg-extreme) and with
+    ``stats`` for prod, else None.  With ``stats`` (prod) ``y`` is the fp32 (fp64) product of the non-zero factors
+    and ``aux`` their zero count (the backward's inputs).  ``fns = (tap, ∂/∂x, ∂/∂w)`` ``@triton.jit`` functions.
+    """
+    in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
+    y_dtype = torch.promote_types(x.dtype, torch.float32) if stats else x.dtype
+    y = empty_output(_out_shape(spec), dim_order(x), y_dtype, x.device)
+    aux = None
+    if reduce in ("max", "min") or stats:
+        aux = torch.empty_strided(y.shape, y.stride(), dtype=torch.int32, device=x.device)
+    m_total = spec.batch * spec.out_height * spec.out_width
+    if y.numel() == 0:
+        return y, aux
+    weight = weight.contiguous()
+    grid = (cdiv(m_total, BLOCK_M), cdiv(spec.out_channels, BLOCK_N), spec.s_out * spec.groups)
+    _forward_kernel[grid](
+        x, weight, bias.contiguous() if bias is not None else weight, y, y if aux is None else aux,
+        in_index, tap_dh, tap_dw,
+        m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
+        *x.stride(), *y.stride(), *geometry_args(spec),
+        TAP=fns[0], REDUCE=reduce, IGNORE=ignore, STATS=stats, HAS_BIAS=bias is not None and not stats,
+        **_static(spec, x.dtype), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
+    return y, aux
+
+
+def _reduction_state(x, weight, spec, fns, reduce, ignore, aux):
+    """What the backward kernels read besides ``dy``: ``(aux, pnz)`` (``pnz`` only for prod, recomputed here)."""
+    if reduce == "prod":
+        pnz, count = forward(x, weight, None, spec, fns, reduce, ignore, stats=True)
+        return count, pnz
+    return aux, None
+
+
+def input_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, order, state=None):
+    """``dx (B, groups·C_in_g, S_in, H, W)`` stored in dim ``order``; ``aux`` from :func:`forward` (max/min)."""
+    _, stab_index, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, dy.device)
+    shape = (spec.batch, spec.groups * spec.in_channels, spec.s_in, spec.height, spec.width)
+    dx = empty_output(shape, order, dy.dtype, dy.device)
+    m_total = spec.batch * spec.height * spec.width
+    if dx.numel() == 0:
+        return dx
+    aux, pnz = state if state is not None else _reduction_state(x, weight, spec, fns, reduce, ignore, aux)
+    weight = weight.contiguous()
+    grid = (cdiv(m_total, DX_BLOCK_M), cdiv(spec.in_channels, BLOCK_N), spec.s_in * spec.groups)
+    a = aux if aux is not None else dy
+    _input_grad_kernel[grid](
+        dy, x, weight, a, pnz if pnz is not None else dy, dx, stab_index, tap_dh, tap_dw,
+        m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
+        *dy.stride(), *a.stride(), *x.stride(), *dx.stride(), *geometry_args(spec),
+        TAP=fns[0], TAP_DX=fns[1], REDUCE=reduce, **_static(spec, dy.dtype),
+        BLOCK_M=DX_BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=DX_BLOCK_K, num_warps=NUM_WARPS)
+    return dx
+
+
+def _weight_split(reduction: int, tiles: int) -> int:
+    """Pixel ranges of the weight-gradient reduction (a function of the shape only, so the summation order, and
+    every bit of ``dw``, is fixed): enough programs to fill a GPU, each reducing at least 4096 pixels."""
+    if INTERPRET:
+        return 1 if reduction < 64 else 2  # exercise the split path on the small test shapes
+    return max(1, min(cdiv(264, tiles), cdiv(reduction, 4096), 64))
+
+
+def weight_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, state=None):
+    """``dw`` of ``weight``'s shape: fp32 (fp64) partial sums over fixed pixel ranges, summed in a fixed order."""
+    in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
+    r_total = spec.batch * spec.out_height * spec.out_width
+    k_total = spec.in_channels * spec.s_in * spec.kernel[0] * spec.kernel[1]
+    tiles = cdiv(spec.out_channels, WGRAD_BLOCK_M) * cdiv(k_total, WGRAD_BLOCK_N) * spec.groups
+    split = _weight_split(r_total, tiles)
+    r_per_split = cdiv(cdiv(max(r_total, 1), split), WGRAD_BLOCK_R) * WGRAD_BLOCK_R
+    split = max(1, cdiv(r_total, r_per_split))
+    partial = torch.zeros((split, *weight.shape), dtype=torch.promote_types(x.dtype, torch.float32),
+                          device=x.device)
+    if r_total == 0:
+        return partial.sum(0).to(x.dtype)
+    aux, pnz = state if state is not None else _reduction_state(x, weight, spec, fns, reduce, ignore, aux)
+    weight = weight.contiguous()
+    a = aux if aux is not None else dy
+    grid = (cdiv(spec.out_channels, WGRAD_BLOCK_M), cdiv(k_total, WGRAD_BLOCK_N), spec.groups * split)
+    _weight_grad_kernel[grid](
+        dy, x, weight, a, pnz if pnz is not None else dy, partial, in_index, tap_dh, tap_dw,
+        r_total, r_per_split, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels,
+        spec.out_channels, spec.groups, *dy.stride(), *a.stride(), *x.stride(), *geometry_args(spec),
+        TAP=fns[0], TAP_DW=fns[2], REDUCE=reduce, IGNORE=ignore, **_static(spec, x.dtype),
+        BLOCK_M=WGRAD_BLOCK_M, BLOCK_N=WGRAD_BLOCK_N, BLOCK_R=WGRAD_BLOCK_R, num_warps=NUM_WARPS)
+    return (partial[0] if split == 1 else partial.sum(0)).to(x.dtype)
+
+
+def backward(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, need_input: bool, need_weight: bool,
+             order):
+    """``(dx or None, dw or None)``; prod's ``(P, Z)`` pass runs once for both."""
+    state = None
+    if (need_input or need_weight) and dy.numel() and x.numel():
+        state = _reduction_state(x, weight, spec, fns, reduce, ignore, aux)
+    dx = input_grad(dy, x, weight, aux, spec, fns, reduce, ignore, order, state) if need_input else None
+    dw = weight_grad(dy, x, weight, aux, spec, fns, reduce, ignore, state) if need_weight else None
+    return dx, dw
+
+
+def launch(kernel: str, x, weight, spec, tap="adder", reduce: str = "sum", ignore: bool = False):
+    """Launch one tap kernel (``"forward"``, ``"input_grad"`` or ``"weight_grad"``) for the problem ``spec``
+    (``gconv_triton._spec.make_spec``) with random ``dy``: the entry point for tools that compile or time each
+    kernel (an ahead-of-time compiler intercepts the launch).  ``tap``: a name in :data:`BUILTIN_TAPS` or a
+    ``(tap, ∂/∂x, ∂/∂w)`` triple of ``@triton.jit`` functions."""
+    fns = BUILTIN_TAPS[tap] if isinstance(tap, str) else tuple(tap)
+    if kernel == "forward":
+        return forward(x, weight, None, spec, fns, reduce, ignore)[0]
+    aux = forward(x, weight, None, spec, fns, reduce, ignore)[1]
+    dy = torch.randn(_out_shape(spec), dtype=x.dtype, device=x.device)
+    if kernel == "input_grad":
+        return input_grad(dy, x, weight, aux, spec, fns, reduce, ignore, dim_order(x))
+    if kernel == "weight_grad":
+        return weight_grad(dy, x, weight, aux, spec, fns, reduce, ignore)
+    raise ValueError(f"kernel: expected 'forward', 'input_grad' or 'weight_grad', got {kernel!r}")
+
+
+@triton.jit
+def _eval_kernel(x_ptr, w_ptr, f_ptr, dx_ptr, dw_ptr, N, TAP: tl.constexpr, TAP_DX: tl.constexpr,
+                 TAP_DW: tl.constexpr, BLOCK: tl.constexpr):
+    """``f, ∂f/∂x, ∂f/∂w`` at ``N`` points: what ``check_tap`` compares with autograd."""
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = r < N
+    x = tl.load(x_ptr + r, mask=ok, other=0.0)
+    w = tl.load(w_ptr + r, mask=ok, other=0.0)
+    tl.store(f_ptr + r, TAP(x, w), mask=ok)
+    tl.store(dx_ptr + r, TAP_DX(x, w), mask=ok)
+    tl.store(dw_ptr + r, TAP_DW(x, w), mask=ok)
+
+
+def evaluate(fns, x: torch.Tensor, w: torch.Tensor):
+    """``(f, ∂f/∂x, ∂f/∂w)`` of the ``@triton.jit`` functions ``fns`` at the points ``x, w`` (1-D, same dtype)."""
+    out = [torch.empty_like(x) for _ in range(3)]
+    n = x.numel()
+    _eval_kernel[(cdiv(n, 256),)](x, w, *out, n, TAP=fns[0], TAP_DX=fns[1], TAP_DW=fns[2], BLOCK=256)
+    return tuple(out)
