@@ -29,7 +29,7 @@ class EquivarianceResult(float):
         return f"{float(self)!r} (input read as {self.input_form}; output as {self.output_form})"
 
 
-def _form(group: Group, t: torch.Tensor, on: Optional[Group], name: str) -> tuple[str, Optional[Group]]:
+def _form(group: Group, t: torch.Tensor, on: Optional[Group], name: str, arg: str) -> tuple[str, Optional[Group]]:
     """How ``group`` acts on ``t``: returns a description and the group of its fibres (None for an invariant,
     the trivial group for planes).  ``on`` is what the caller said (None: read it from the shape)."""
     shape = tuple(t.shape)
@@ -44,10 +44,10 @@ def _form(group: Group, t: torch.Tensor, on: Optional[Group], name: str) -> tupl
             raise ValueError(f"{name}: cannot apply {group.name} to a tensor of shape {shape}: expected "
                              f"(B, C, {group.order}, H, W), (B, C, H, W) or an invariant (B, N)")
     if not on.is_trivial and on != group:
-        raise ValueError(f"{name}_group: expected 'z2' or the group {group.name}, got {on.name}")
+        raise ValueError(f"{arg}: expected 'z2' or the group {group.name}, got {on.name}")
     if on.is_trivial:
         if t.dim() != 4:
-            raise ValueError(f"{name}: expected planes (B, C, H, W) for {name}_group z2, got shape {shape}")
+            raise ValueError(f"{name}: expected planes (B, C, H, W) for {arg} z2, got shape {shape}")
         return "planes (B, C, H, W), rotated and flipped", on
     if t.dim() == 5 and shape[2] == group.order:
         return f"{group.name} maps (B, C, {group.order}, H, W)", on
@@ -96,12 +96,12 @@ def check_equivariance(module: Union[nn.Module, Callable], x: torch.Tensor, grou
     group = get_group(group)
     in_group = None if in_group is None else get_group(in_group, "in_group")
     out_group = None if out_group is None else get_group(out_group, "out_group")
-    input_form, in_on = _form(group, x, in_group, "input")
+    input_form, in_on = _form(group, x, in_group, "input", "in_group")
     if in_on is None:
         raise ValueError(f"input: expected planes (B, C, H, W) or group maps, got shape {tuple(x.shape)}")
     with _evaluation(module, train):
         y = module(x)
-        output_form, out_on = _form(group, y, out_group, "output")
+        output_form, out_on = _form(group, y, out_group, "output", "out_group")
         worst = 0.0
         for g in range(group.order):
             expected = _act(group, g, y, out_on)

@@ -8,13 +8,15 @@ without a GPU) in float32 against that oracle, every gradient included.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import DEVICE, assert_close, torch_backend, triton_backend
 from torch import nn
 
-from gconv_triton import GroupConv2d, check_equivariance
+from gconv_triton import EquivarianceWarning, GroupConv2d, GroupMaxPool2d, check_equivariance
 from gconv_triton.layers import GroupBatchNorm, GroupConvTranspose2d, gcnn_width
 from gconv_triton.models import GroupResNet, count_parameters, p4m_resnet18, p4m_resnet44
 from gconv_triton.reference import filter_bank
@@ -203,12 +205,62 @@ def test_resnet_builders_match_cnn_parameter_budget():
     assert sum(isinstance(m, GroupBatchNorm) for m in r44.modules()) == 2 * 21 + 1 + 2
 
 
-@pytest.mark.parametrize("stem,size", [("cifar", 9), ("imagenet", 33)])
+@pytest.mark.parametrize("stem,size", [("cifar", 8), ("imagenet", 32)])
 def test_resnet_is_invariant_in_eval_and_trains(stem, size):
+    """Four stages: exact on multiples of 8 (CIFAR stem) and of 32 (ImageNet stem), without a warning."""
     torch.manual_seed(0)
     model = GroupResNet("p4m", (1, 1, 1, 1), (8, 8, 8, 8), stem=stem, num_classes=3, dtype=DT)
     x = torch.randn(2, 3, size, size, dtype=DT)
-    model(x).square().sum().backward()  # train mode: batch statistics, gradients reach every parameter
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    model.eval()
-    assert check_equivariance(model, x, "p4m") < EXACT
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EquivarianceWarning)
+        model(x).square().sum().backward()  # train mode: batch statistics, gradients reach every parameter
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+        assert check_equivariance(model, x, "p4m") < EXACT  # evaluated in eval mode
+
+
+def _strided_layer_reasons(model: GroupResNet, size: int) -> list:
+    """Walk the stem and every block, rule-checking each strided layer at the size it sees."""
+    from gconv_triton.exactness import inexact_reasons, inexact_reasons_pool
+
+    def out(n, m):
+        k, st, p = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding))
+        return (n + 2 * p - (k - 1) - 1) // st + 1
+
+    reasons = []
+    for m in model.stem:
+        if isinstance(m, GroupConv2d):
+            reasons += inexact_reasons("p4m", (size, size), m.kernel_size, m.stride, m.padding)
+            size = out(size, m)
+        elif isinstance(m, GroupMaxPool2d):
+            reasons += inexact_reasons_pool("p4m", (size, size), m.kernel_size, m.stride, m.padding)
+            size = out(size, m)
+    for block in (b for stage in model.stages for b in stage):
+        shortcut = [m for m in block.shortcut.modules() if isinstance(m, GroupConv2d)]
+        for m in [block.conv1] + shortcut:  # both see the block's input
+            reasons += inexact_reasons("p4m", (size, size), m.kernel_size, m.stride, m.padding)
+        size = out(size, block.conv1)
+    return reasons + [f"final size {size}"]
+
+
+def test_resnet_builders_are_exact_at_the_sizes_they_are_built_for():
+    """p4m_resnet44 on CIFAR's 32x32 (-> 33 -> 17 -> 9) and p4m_resnet18 on ImageNet's 224x224 (-> 113 -> 57 ->
+    29 -> 15 -> 8): every strided layer exact by the rule (full-width forwards would be slow here)."""
+    assert _strided_layer_reasons(p4m_resnet44(device="meta"), 32) == ["final size 9"]
+    assert _strided_layer_reasons(p4m_resnet18(device="meta"), 224) == ["final size 8"]
+    assert _strided_layer_reasons(p4m_resnet18(device="meta", stem="cifar"), 32) == ["final size 5"]
+    assert len(_strided_layer_reasons(p4m_resnet44(device="meta"), 30)) > 1  # 30 is not a multiple of 4
+
+
+def test_resnet44_architecture_is_invariant_on_cifar_size():
+    """p4m_resnet44's stem and strides (one block per stage, narrow) at 32x32 in float64: invariant, no
+    warning."""
+    torch.manual_seed(0)
+    model = GroupResNet("p4m", (1, 1, 1), (4, 4, 4), equal=None, num_classes=3, dtype=DT)
+    stem, reference = model.stem[0], p4m_resnet44(device="meta").stem[0]
+    assert (stem.kernel_size, stem.stride, stem.padding) == (reference.kernel_size, reference.stride,
+                                                              reference.padding)
+    x = torch.randn(2, 3, 32, 32, dtype=DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EquivarianceWarning)
+        model(x)  # training-mode statistics
+        assert check_equivariance(model, x, "p4m") < EXACT
