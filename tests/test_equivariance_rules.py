@@ -19,7 +19,7 @@ from torch import nn
 
 import gconv_triton as gt
 from gconv_triton import EquivarianceWarning, GroupAvgPool2d, GroupConv2d, GroupMaxPool2d, check_equivariance
-from gconv_triton.exactness import inexact_reasons, inexact_reasons_pool, inexact_reasons_transposed
+from gconv_triton.exactness import inexact_reasons
 from gconv_triton.groups import get_group
 from gconv_triton.layers import GroupConvTranspose2d
 
@@ -79,13 +79,16 @@ def test_transposed_conv_rule_matches_measured():
                                      dtype=DT)
         return check_equivariance(layer, _maps(g, n, n, 1), g)
 
+    from gconv_triton.exactness import inexact_reasons_transposed
+
     def rule(g, n, k, s, p, o, d):
         return inexact_reasons_transposed(g, (n, n), k, s, p, o, d)
 
     assert len(cases) > 300
     assert _mismatches(cases, measure, rule) == []
     # the closed form, wherever the output has more than one pixel (a lone pixel may read only padding)
-    assert all(bool(rule(*c)) == (c[5] != 0) for c in cases if (c[1] - 1) * c[3] - 2 * c[4] + c[6] * (c[2] - 1) + c[5] > 0)
+    assert all(bool(rule(g, n, k, s, p, o, d)) == (o != 0) for g, n, k, s, p, o, d in cases
+               if (n - 1) * s - 2 * p + d * (k - 1) + o > 0)
 
 
 @pytest.mark.parametrize("mode", ["max", "avg"])
@@ -100,6 +103,8 @@ def test_pool_rule_matches_measured(mode):
     def measure(g, h, w, k, s, p, c):
         return check_equivariance(cls(k, s, p, ceil_mode=c, group=g), _maps(g, h, w), g)
 
+    from gconv_triton.exactness import inexact_reasons_pool
+
     def rule(g, h, w, k, s, p, c):
         return inexact_reasons_pool(g, (h, w), k, s, p, ceil_mode=c, mode=mode)
 
@@ -109,6 +114,8 @@ def test_pool_rule_matches_measured(mode):
 
 def test_pool_closed_form():
     """Away from tiny inputs the footprints reduce to (H + 2p - k) % s == 0, as for the convolution."""
+    from gconv_triton.exactness import inexact_reasons_pool
+
     for n, k, s, p in itertools.product(range(6, 12), (2, 3), (2, 3), (0, 1)):
         exact = (n + 2 * p - k) % s == 0
         assert (inexact_reasons_pool("p4m", (n, n), k, s, p) == []) == exact, (n, k, s, p)

@@ -109,8 +109,7 @@ def test_group_batchnorm_is_equivariant(train):
     torch.manual_seed(0)
     bn = GroupBatchNorm(3, dtype=DT)
     bn(torch.randn(4, 3, 8, 7, 7, dtype=DT) + 0.5)  # non-trivial running statistics for eval
-    bn.train(train)
-    assert check_equivariance(bn, torch.randn(2, 3, 8, 7, 7, dtype=DT), "p4m") < EXACT
+    assert check_equivariance(bn, torch.randn(2, 3, 8, 7, 7, dtype=DT), "p4m", train=train) < EXACT
 
 
 def test_group_batchnorm_input_checks_and_sync_conversion():
@@ -120,6 +119,34 @@ def test_group_batchnorm_input_checks_and_sync_conversion():
         bn(torch.randn(2, 3, 5))
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(bn))
     assert isinstance(synced[0], nn.SyncBatchNorm)
+
+
+def test_group_batchnorm_wrong_channel_count_is_a_value_error():
+    bn = GroupBatchNorm(3)
+    with pytest.raises(ValueError, match=r"input: expected 3 channels \(num_features\) at dim 1, got shape "
+                                         r"\(2, 4, 8, 5, 5\)"):
+        bn(torch.randn(2, 4, 8, 5, 5))
+    with pytest.raises(ValueError, match=r"input: expected 3 channels \(num_features\) at dim 1; a flattened group "
+                                         r"map \(B, C\*S, H, W\) with S = 8 needs GroupBatchNorm\(3, group=\.\.\.\)"):
+        bn(torch.randn(2, 24, 5, 5))
+    with pytest.raises(ValueError, match=r"input: expected 3 channels \(num_features\) at dim 1 or 24"):
+        GroupBatchNorm(3, group="p4m")(torch.randn(2, 12, 5, 5))
+    with pytest.raises(ValueError, match=r"input: expected a group axis of 8 elements \(p4m\)"):
+        GroupBatchNorm(3, group="p4m")(torch.randn(2, 3, 4, 5, 5))
+
+
+def test_group_batchnorm_flattened_group_map():
+    """Given ``group``, a flattened (B, C·S, H, W) map is normalized per G-channel, as its 5-D form (same output,
+    same running statistics), and stays equivariant; plane maps with C channels still work."""
+    torch.manual_seed(0)
+    flat, full = GroupBatchNorm(3, group="p4m", dtype=DT), GroupBatchNorm(3, dtype=DT)
+    x = torch.randn(4, 3, 8, 5, 5, dtype=DT) * 2 + 1
+    assert torch.equal(flat(x.flatten(1, 2)), full(x).flatten(1, 2))
+    assert torch.equal(flat.running_mean, full.running_mean) and torch.equal(flat.running_var, full.running_var)
+    assert flat(torch.randn(2, 3, 5, 5, dtype=DT)).shape == (2, 3, 5, 5)
+    assert "group=p4m" in repr(flat)
+    flat.eval()
+    assert check_equivariance(flat, x.flatten(1, 2), "p4m", in_group="p4m", out_group="p4m") < EXACT
 
 
 # ------------------------------------------------------------------------------------ transposed conv
