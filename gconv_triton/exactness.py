@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
@@ -53,15 +53,19 @@ def _moved_axes(group: Group) -> tuple[bool, bool, bool]:
 
 
 # ------------------------------------------------------------------------------------------- footprints
-# One axis of a layer: (input size, kernel taps to mirror (1 for pooling), footprint of each output pixel).
-# A footprint is a frozenset of (input pixel, tap) pairs, plus the divisor for average pooling.
-_Axis = tuple
+class _Axis(NamedTuple):
+    """One axis of a layer: the input size, the kernel's taps (1 for pooling: its window is symmetric) and each
+    output pixel's footprint, a frozenset of ``(input pixel, tap)`` pairs (for pooling, with the divisor)."""
+
+    n: int
+    k: int
+    footprints: list
 
 
 def _conv_axis(n: int, lo: int, hi: int, k: int, s: int, d: int) -> _Axis:
     n_out = (n + lo + hi - d * (k - 1) - 1) // s + 1
-    return n, k, [frozenset((o * s - lo + j * d, j) for j in range(k) if 0 <= o * s - lo + j * d < n)
-                  for o in range(n_out)]
+    return _Axis(n, k, [frozenset((o * s - lo + j * d, j) for j in range(k) if 0 <= o * s - lo + j * d < n)
+                        for o in range(n_out)])
 
 
 def _transposed_axis(n: int, p: int, out_pad: int, k: int, s: int, d: int) -> _Axis:
@@ -72,7 +76,7 @@ def _transposed_axis(n: int, p: int, out_pad: int, k: int, s: int, d: int) -> _A
             o = i * s - p + j * d
             if 0 <= o < n_out:
                 footprints[o].add((i, j))
-    return n, k, [frozenset(f) for f in footprints]
+    return _Axis(n, k, [frozenset(f) for f in footprints])
 
 
 def _pool_output_size(n: int, p: int, k: int, s: int, d: int, ceil_mode: bool) -> int:
@@ -93,7 +97,7 @@ def _pool_axis(n: int, p: int, k: int, s: int, d: int, ceil_mode: bool, divisor:
         pixels = frozenset((start + j * d, 0) for j in range(k) if 0 <= start + j * d < n)
         count = min(start + d * (k - 1) + 1, n + p) - start if divisor == "padded" else None
         footprints.append((pixels, count))
-    return n, 1, footprints
+    return _Axis(n, 1, footprints)
 
 
 def _mirror(footprint, n: int, k: int):
@@ -103,8 +107,7 @@ def _mirror(footprint, n: int, k: int):
 
 
 def _symmetric(axis: _Axis) -> bool:
-    n, k, footprints = axis
-    return all(_mirror(f, n, k) == g for f, g in zip(footprints, reversed(footprints)))
+    return all(_mirror(f, axis.n, axis.k) == g for f, g in zip(axis.footprints, reversed(axis.footprints)))
 
 
 def _reasons(group: Group, size: tuple[int, int], rows: _Axis, cols: _Axis, explain: Callable[[str], str],
@@ -116,7 +119,7 @@ def _reasons(group: Group, size: tuple[int, int], rows: _Axis, cols: _Axis, expl
     if swap:
         if h != w:
             reasons.append(f"input {h}x{w} is not square, but {group.name} rotates by 90 degrees")
-        elif rows[2] != cols[2]:
+        elif rows.footprints != cols.footprints:
             reasons.append(f"{group.name} rotates by 90 degrees but the axes are sampled differently: {axes_differ}")
     if moves_rows and not _symmetric(rows):
         reasons.append(explain("height"))
@@ -185,8 +188,9 @@ def inexact_reasons_transposed(group, input_size: Sequence[int], kernel_size, st
         if out_pad:
             better = (" (stride 2 doubles the size exactly with kernel_size=4, padding=1 or kernel_size=2, "
                       "padding=0)" if s == 2 else "")
-            return (f"{axis}: output_padding {out_pad} adds {out_pad} pixel(s) at the {'bottom' if axis == 'height' else 'right'} "
-                    f"only, so the output is not centred on the input; use output_padding=0{better}")
+            side = "bottom" if axis == "height" else "right"
+            return (f"{axis}: output_padding {out_pad} adds {out_pad} pixel(s) at the {side} only, so the output is "
+                    f"not centred on the input; use output_padding=0{better}")
         return f"{axis}: the output is not centred on the input"
 
     return _reasons(group, (h, w), _transposed_axis(*args["height"]), _transposed_axis(*args["width"]), explain,
