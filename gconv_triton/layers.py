@@ -51,6 +51,10 @@ class GroupBatchNorm(nn.BatchNorm3d):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
         self.group = _optional_group(group)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("group", None)  # pickled before group existed
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         c = self.num_features
         if isinstance(input, torch.Tensor) and input.dim() == 4 and self.group is not None and \
@@ -67,10 +71,11 @@ class GroupBatchNorm(nn.BatchNorm3d):
             _as_group_map(input, self.group, type(self).__name__)  # S against the group, when given
         if input.shape[1] != c:
             flat = ""
-            if input.dim() == 4 and input.shape[1] % c == 0:
+            if input.dim() == 4 and self.group is not None:
+                flat = f" or {c * self.group.order} (C*S, flattened {self.group.name} map)"
+            elif input.dim() == 4 and input.shape[1] % c == 0:
                 flat = (f"; a flattened group map (B, C*S, H, W) with S = {input.shape[1] // c} needs "
-                        f"GroupBatchNorm({c}, group=...)" if self.group is None else
-                        f" or {c * self.group.order} (C*S, flattened {self.group.name} map)")
+                        f"GroupBatchNorm({c}, group=...)")
             raise ValueError(f"input: expected {c} channels (num_features) at dim 1{flat}, got shape "
                              f"{tuple(input.shape)}")
 

@@ -103,8 +103,7 @@ class GroupConv2d(nn.Module):
                              f"{self.in_group.name}")
         self.kernel_size = _kernel_pair(kernel_size)
         self.group.tap_destinations(self.kernel_size)  # a rotation group needs a square kernel: fail here, not later
-        # bad stride/padding/dilation fail here too
-        _, _, self._padding_4 = resolve_geometry(self.kernel_size, stride, padding, dilation)
+        resolve_geometry(self.kernel_size, stride, padding, dilation)  # bad stride/padding/dilation fail here too
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode: expected one of {PADDING_MODES}, got {padding_mode!r}")
         self.stride = stride
@@ -124,11 +123,16 @@ class GroupConv2d(nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         x, padding = input, self.padding
         if self.padding_mode != "zeros":  # as torch.nn.Conv2d: pad explicitly, then convolve without padding
-            x, padding = _pad(input, self._padding_4, self.padding_mode), 0
+            _, _, pad = resolve_geometry(self.kernel_size, self.stride, self.padding, self.dilation)
+            x, padding = _pad(input, pad, self.padding_mode), 0
         y = gconv2d(x, self.weight, self.bias, group=self.group, in_group=self.in_group, stride=self.stride,
                     padding=padding, dilation=self.dilation, groups=self.groups, activation=self.activation)
         warn_if_inexact(self, input)  # after gconv2d validated the input; once per input size
         return y
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("padding_mode", "zeros")  # a layer pickled before padding_mode existed
 
     def _inexact_reasons(self, size: tuple[int, int]) -> tuple[str, list[str]]:
         """For :func:`~gconv_triton.exactness.warn_if_inexact`: the group and why the layer is inexact on
@@ -203,6 +207,10 @@ class GroupPool(nn.Module):
         self.mode = mode
         self.group = _optional_group(group)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("group", None)  # pickled before group existed
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         x = _as_group_map(input, self.group, type(self).__name__)
         return x.amax(dim=2) if self.mode == "max" else x.mean(dim=2)
@@ -257,6 +265,10 @@ class _SpatialPool(nn.Module):
         self.padding = padding
         self.ceil_mode = ceil_mode
         self.group = _optional_group(group)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("group", None)  # pickled before group existed
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not isinstance(input, torch.Tensor) or input.dim() not in (4, 5):

@@ -1,4 +1,4 @@
-"""Building blocks (issue 6.1): the fused activation epilogue, GroupBatchNorm, GroupConvTranspose2d, width rules and
+"""Building blocks: the fused activation epilogue, GroupBatchNorm, GroupConvTranspose2d, width rules and
 the p4m ResNet builders.
 
 Oracles are float64 on the reference path: ``F.relu/silu/gelu`` after the reference conv, manual batch statistics,
