@@ -297,17 +297,22 @@ def _warn_traced(key: int, fake: torch.Tensor) -> None:
         _warn(layer, size, stacklevel=2)
 
 
+def _dynamo_tracing() -> bool:
+    fn = getattr(torch.compiler, "is_dynamo_compiling", None)
+    return bool(fn()) if fn is not None else _compiling()
+
+
 def warn_if_inexact(layer, input: torch.Tensor) -> None:
     """Issue one :class:`EquivarianceWarning` per ``layer`` and input size whose configuration is not exactly
     equivariant (``layer._inexact_reasons((H, W))`` gives the group's name and the reasons).  A dictionary
     lookup on later calls.  ``torch.compile`` warns while it traces, ``torch.jit.trace`` and
     ``torch.export(strict=False)`` on the sizes they trace when they are concrete."""
-    if _compiling():
+    if _dynamo_tracing():
         if _comptime is not None:
             key = _register(layer)
             _comptime(lambda ctx: _warn_traced(ctx.get_local("key").as_python_constant(),
                                                ctx.get_local("input").as_fake()))
         return
-    size = _concrete_size(input)
+    size = _concrete_size(input)  # eager, or Python tracing (torch.export(strict=False)) with concrete sizes
     if size is not None:
         _warn(layer, size, stacklevel=3)

@@ -239,3 +239,18 @@ def test_jit_trace_of_group_layers_matches_eager_and_warns():
     assert _warned(record) == sorted(LAYERS_WARNED)
     x2 = torch.randn(2, 1, 8, 8, dtype=DT)
     assert torch.equal(traced(x2), model(x2))
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_torch_export_warns_on_traced_sizes_and_takes_symbolic_ones(strict):
+    """torch.export warns for a concrete traced size, and a symbolic (dynamic) size is not an error."""
+    model = nn.Sequential(GroupConv2d(1, 2, 3, group="p4", in_group="z2", stride=2, dtype=DT), GroupMaxPool2d(2))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        torch.export.export(model, (torch.randn(2, 1, 8, 8, dtype=DT),), strict=strict)
+    assert _warned(record) == ["GroupConv2d", "GroupMaxPool2d"]  # 8 -> 3 -> 1, both off-centre
+    side = torch.export.Dim("side", min=3, max=32)
+    exported = torch.export.export(model, (torch.randn(2, 1, 9, 9, dtype=DT),),
+                                   dynamic_shapes=({2: 2 * side + 1, 3: 2 * side + 1},), strict=strict)
+    x = torch.randn(2, 1, 13, 13, dtype=DT)
+    assert torch.equal(exported.module()(x), model(x))
