@@ -39,8 +39,8 @@ def _quiet_and_seeded():
     torch.set_num_threads(threads)
 
 
-def _maps(group: str, h: int, w: int, c: int = 2) -> torch.Tensor:
-    return torch.randn(2, c, get_group(group).order, h, w, dtype=DT)
+def _maps(group: str, h: int, w: int, c: int = 2, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, c, get_group(group).order, h, w, dtype=DT)
 
 
 def _mismatches(cases, measure, rule):
@@ -56,13 +56,13 @@ def _mismatches(cases, measure, rule):
 # ------------------------------------------------------------------------------------------ rule vs measured
 def test_conv_rule_matches_measured():
     """The convolution's rule (footprints), including 'same' padding and tiny inputs the windows overhang."""
-    cases = [(g, n, k, s, p, d) for g in ("p4m", "pm") for n in (3, 4, 5, 6, 7) for k in (1, 2, 3, 4)
-             for s in (1, 2, 3) for p in (0, 1, 2, "same") for d in (1, 2)
+    cases = [(g, n, k, s, p, d) for g in ("p4m", "pm") for n in ((3, 4, 5, 6, 7) if g == "p4m" else (4, 5))
+             for k in (1, 2, 3, 4) for s in (1, 2, 3) for p in (0, 1, 2, "same") for d in ((1, 2) if k > 1 else (1,))
              if (p != "same" or s == 1) and (n + 2 * (0 if p == "same" else p) - d * (k - 1) - 1) >= 0]
 
     def measure(g, n, k, s, p, d):
         layer = GroupConv2d(1, 1, k, group=g, in_group=g, stride=s, padding=p, dilation=d, dtype=DT)
-        return check_equivariance(layer, _maps(g, n, n, 1), g)
+        return check_equivariance(layer, _maps(g, n, n, 1, batch=1), g)
 
     assert len(cases) > 300
     assert _mismatches(cases, measure, lambda g, n, k, s, p, d: inexact_reasons(g, (n, n), k, s, p, d)) == []
@@ -70,14 +70,15 @@ def test_conv_rule_matches_measured():
 
 def test_transposed_conv_rule_matches_measured():
     """Exact exactly when output_padding is 0, at any stride, kernel, padding and dilation."""
-    cases = [(g, n, k, s, p, o, d) for g in ("p4m", "pm") for n in (2, 3, 4, 5) for k in (1, 2, 3, 4)
-             for s in (1, 2, 3) for p in (0, 1, 2) for d in (1, 2) for o in range(max(s, d))
-             if (n - 1) * s - 2 * p + d * (k - 1) + o + 1 >= 1 and o < s]  # o >= s: no matching convolution
+    cases = [(g, n, k, s, p, o, d) for g in ("p4m", "pm") for n in ((2, 4) if g == "p4m" else (3,))
+             for k in (1, 2, 3, 4) for s in (1, 2, 3) for p in (0, 1, 2) for d in ((1, 2) if k > 1 else (1,))
+             for o in range(s)  # output_padding >= stride has no matching convolution
+             if (n - 1) * s - 2 * p + d * (k - 1) + o + 1 >= 1]
 
     def measure(g, n, k, s, p, o, d):
         layer = GroupConvTranspose2d(1, 1, k, stride=s, padding=p, output_padding=o, dilation=d, group=g,
                                      dtype=DT)
-        return check_equivariance(layer, _maps(g, n, n, 1), g)
+        return check_equivariance(layer, _maps(g, n, n, 1, batch=1), g)
 
     from gconv_triton.exactness import inexact_reasons_transposed
 
@@ -101,7 +102,7 @@ def test_pool_rule_matches_measured(mode):
     cls = GroupMaxPool2d if mode == "max" else GroupAvgPool2d
 
     def measure(g, h, w, k, s, p, c):
-        return check_equivariance(cls(k, s, p, ceil_mode=c, group=g), _maps(g, h, w), g)
+        return check_equivariance(cls(k, s, p, ceil_mode=c, group=g), _maps(g, h, w, batch=1), g)
 
     from gconv_triton.exactness import inexact_reasons_pool
 
