@@ -48,7 +48,7 @@ def _form(group: Group, t: torch.Tensor, on: Optional[Group], name: str, arg: st
     if on.is_trivial:
         if t.dim() != 4:
             raise ValueError(f"{name}: expected planes (B, C, H, W) for {arg} z2, got shape {shape}")
-        return "planes (B, C, H, W), rotated and flipped", on
+        return "planes (B, C, H, W), transformed as images", on
     if t.dim() == 5 and shape[2] == group.order:
         return f"{group.name} maps (B, C, {group.order}, H, W)", on
     if t.dim() == 4 and shape[1] % group.order == 0:
