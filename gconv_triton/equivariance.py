@@ -45,12 +45,12 @@ def _form(group: Group, t: torch.Tensor, on: Optional[Group], name: str, arg: st
                              f"(B, C, {group.order}, H, W), (B, C, H, W) or an invariant (B, N)")
     if not on.is_trivial and on != group:
         raise ValueError(f"{arg}: expected 'z2' or the group {group.name}, got {on.name}")
+    if on == group and t.dim() == 5 and shape[2] == group.order:  # (the trivial group's maps have S = 1)
+        return f"{group.name} maps (B, C, {group.order}, H, W)", on
     if on.is_trivial:
         if t.dim() != 4:
             raise ValueError(f"{name}: expected planes (B, C, H, W) for {arg} z2, got shape {shape}")
         return "planes (B, C, H, W), transformed as images", on
-    if t.dim() == 5 and shape[2] == group.order:
-        return f"{group.name} maps (B, C, {group.order}, H, W)", on
     if t.dim() == 4 and shape[1] % group.order == 0:
         return f"flattened {group.name} maps (B, C*{group.order}, H, W), channel c*{group.order} + s", on
     raise ValueError(f"{name}: expected a {group.name} map (B, C, {group.order}, H, W) or its flattened form "
@@ -61,11 +61,11 @@ def _act(group: Group, g: int, t: torch.Tensor, on: Optional[Group]) -> torch.Te
     """``g·t`` for ``t`` in the form :func:`_form` read."""
     if on is None:
         return t
+    if t.dim() == 5:
+        return group.act_on_features(g, t)
     if on.is_trivial:
         return group.act_on_image(g, t)
-    if t.dim() == 4:
-        return group.act_on_features(g, t.unflatten(1, (-1, group.order))).flatten(1, 2)
-    return group.act_on_features(g, t)
+    return group.act_on_features(g, t.unflatten(1, (-1, group.order))).flatten(1, 2)
 
 
 @torch.no_grad()
