@@ -88,15 +88,14 @@ def _pool_output_size(n: int, p: int, k: int, s: int, d: int, ceil_mode: bool) -
     return n_out
 
 
-def _pool_axis(n: int, p: int, k: int, s: int, d: int, ceil_mode: bool, divisor: Optional[str]) -> _Axis:
-    """``divisor``: None (max pooling, or a fixed divisor), ``"in_image"`` or ``"padded"`` (average pooling's
-    ``count_include_pad``: the window clipped to the padded input, not to the ceil-mode overhang)."""
+def _pool_axis(n: int, p: int, k: int, s: int, d: int, ceil_mode: bool, count_padding: bool) -> _Axis:
+    """``count_padding``: average pooling divides by the window clipped to the padded input (its default
+    ``count_include_pad``), which the footprint must then carry; otherwise the pixels decide everything."""
     footprints = []
     for o in range(_pool_output_size(n, p, k, s, d, ceil_mode)):
         start = o * s - p
         pixels = frozenset((start + j * d, 0) for j in range(k) if 0 <= start + j * d < n)
-        count = min(start + d * (k - 1) + 1, n + p) - start if divisor == "padded" else None
-        footprints.append((pixels, count))
+        footprints.append((pixels, min(start + d * (k - 1) + 1, n + p) - start if count_padding else None))
     return _Axis(n, 1, footprints)
 
 
@@ -214,7 +213,9 @@ def inexact_reasons_pool(group, input_size: Sequence[int], kernel_size, stride=N
     h, w = _pair(tuple(input_size), "input_size")
     (sh, sw), (dh, dw), (pt, _, pl, _) = resolve_geometry((kh, kw), kernel_size if stride is None else stride,
                                                           padding, dilation)
-    divisor = None if mode == "max" or divisor_override else ("padded" if count_include_pad else "in_image")
+    if mode not in ("max", "avg"):
+        raise ValueError(f"mode: expected 'max' or 'avg', got {mode!r}")
+    count_padding = mode == "avg" and count_include_pad and not divisor_override
     args = {"height": (h, pt, kh, sh, dh), "width": (w, pl, kw, sw, dw)}
 
     def explain(axis: str) -> str:
@@ -228,8 +229,8 @@ def inexact_reasons_pool(group, input_size: Sequence[int], kernel_size, stride=N
         return (_stride_reason(axis, n, p, p, k, s, d, what=": the last window stops short of the far edge")
                 or f"{axis}: the windows are not centred on the image")
 
-    return _reasons(group, (h, w), _pool_axis(*args["height"], ceil_mode, divisor),
-                    _pool_axis(*args["width"], ceil_mode, divisor), explain,
+    return _reasons(group, (h, w), _pool_axis(*args["height"], ceil_mode, count_padding),
+                    _pool_axis(*args["width"], ceil_mode, count_padding), explain,
                     f"kernel_size {(kh, kw)}, stride {(sh, sw)}, padding {(pt, pl)}, dilation {(dh, dw)}")
 
 
