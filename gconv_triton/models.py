@@ -122,8 +122,8 @@ class GroupResNet(nn.Module):
     Shapes: ``(B, in_channels, H, W)`` -> logits ``(B, num_classes)``, pooled by the mean over the group axis and
     the plane, so exactly invariant to ``group`` in eval mode when every strided layer is exact.  A stride-2
     block (3×3, padding 1, and a 1×1 shortcut) is exact on odd sizes only, so the stems turn the even sizes
-    datasets come in into odd ones, where the usual 3×3 (CIFAR) and 7×7 (ImageNet) stems leave them even: with ``n``
-    stride-2 stages (``len(blocks) - 1``) the model is exactly invariant on square inputs whose side is a
+    datasets come in into odd ones, where the usual 3×3 (CIFAR) and 7×7 (ImageNet) stems leave them even: with
+    ``n`` stride-2 stages (``len(blocks) - 1``) the model is exactly invariant on square inputs whose side is a
     multiple of ``2**n`` (``"cifar"``: CIFAR's 32 -> 33 -> 17 -> 9 for three stages) or of ``2**(n + 2)``
     (``"imagenet"``: 224 -> 113 -> 57 -> 29 -> 15 -> 8 for four).  Other sizes train fine but are equivariant
     only up to the sub-sampling grid (each inexact layer warns once per input size).
