@@ -183,7 +183,10 @@ def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         raise ValueError(f"groups: in_channels = {ci} (input shape {tuple(input.shape)}) is not divisible by "
                          f"groups = {groups}")
     if ci != c_in:
-        flat = "" if input.dim() == 5 else f" ({ci * s_in} = C_in x S_in = {s_in} in flattened 4-D input)"
+        flat = ""
+        if input.dim() == 4 and s_in > 1:  # GrouPy's flattened (B, C_in*S_in, H, W): count in planar channels
+            flat = (f" (the flattened map (B, C_in*S_in, H, W) of in_group {in_group.name} needs "
+                    f"{c_in} x {s_in} = {c_in * s_in} channels, got {ci * s_in})")
         raise ValueError(f"input: expected {c_in} channels (weight.shape[1] = {c_in_g} x groups = {groups}), got "
                          f"{ci}{flat} in shape {tuple(input.shape)}")
     if bias is not None:

@@ -94,21 +94,22 @@ class Layer:
 
 def _resnet44_p4m(batch: int = 128) -> list[Layer]:
     """p4m ResNet-44 for CIFAR-10 (Cohen & Welling 2016): 3 stages of 7 basic blocks, base widths 32/64/128
-    divided by sqrt(8) (so the parameter count stays that of the planar network), 32x32 inputs."""
+    divided by sqrt(8) (so the parameter count stays that of the planar network), 32x32 inputs, through
+    ``gconv_triton.models.p4m_resnet44``'s exact 4x4 stem (32 -> 33 -> 17 -> 9)."""
     w1, w2, w3 = (round(c / math.sqrt(8)) for c in (32, 64, 128))   # 11, 23, 45
     p = dict(group="p4m", in_group="p4m", batch=batch, padding=(1, 1))
     return [
-        Layer("stem", group="p4m", in_group="z2", c_in=3, c_out=w1, height=32, width=32, padding=(1, 1),
-              batch=batch, input_grad=False),
-        Layer("stage1", c_in=w1, c_out=w1, height=32, width=32, count=14, **p),
-        Layer("stage2.down", c_in=w1, c_out=w2, height=32, width=32, stride=2, **p),
-        Layer("stage2.shortcut", group="p4m", in_group="p4m", c_in=w1, c_out=w2, height=32, width=32, kernel=(1, 1),
+        Layer("stem", group="p4m", in_group="z2", c_in=3, c_out=w1, height=32, width=32, kernel=(4, 4),
+              padding=(2, 2), batch=batch, input_grad=False),
+        Layer("stage1", c_in=w1, c_out=w1, height=33, width=33, count=14, **p),
+        Layer("stage2.down", c_in=w1, c_out=w2, height=33, width=33, stride=2, **p),
+        Layer("stage2.shortcut", group="p4m", in_group="p4m", c_in=w1, c_out=w2, height=33, width=33, kernel=(1, 1),
               stride=2, batch=batch),
-        Layer("stage2", c_in=w2, c_out=w2, height=16, width=16, count=13, **p),
-        Layer("stage3.down", c_in=w2, c_out=w3, height=16, width=16, stride=2, **p),
-        Layer("stage3.shortcut", group="p4m", in_group="p4m", c_in=w2, c_out=w3, height=16, width=16, kernel=(1, 1),
+        Layer("stage2", c_in=w2, c_out=w2, height=17, width=17, count=13, **p),
+        Layer("stage3.down", c_in=w2, c_out=w3, height=17, width=17, stride=2, **p),
+        Layer("stage3.shortcut", group="p4m", in_group="p4m", c_in=w2, c_out=w3, height=17, width=17, kernel=(1, 1),
               stride=2, batch=batch),
-        Layer("stage3", c_in=w3, c_out=w3, height=8, width=8, count=13, **p),
+        Layer("stage3", c_in=w3, c_out=w3, height=9, width=9, count=13, **p),
     ]
 
 

@@ -2,40 +2,129 @@
 
 from __future__ import annotations
 
-from typing import Union
+import contextlib
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
 
 from .groups import Group, get_group
 
+__all__ = ["check_equivariance", "EquivarianceResult"]
 
-def _act(group: Group, g: int, t: torch.Tensor) -> torch.Tensor:
-    """``g·t`` for a group feature map ``(B, C, S, H, W)``, an image ``(B, C, H, W)``, or an invariant ``(B, N)``."""
-    if t.dim() == 5 and t.shape[2] == group.order:
-        return group.act_on_features(g, t)
-    if t.dim() == 4:
-        return group.act_on_image(g, t)
-    if t.dim() <= 2:
+
+class EquivarianceResult(float):
+    """The worst relative error (a ``float``), with what :func:`check_equivariance` assumed about the tensors:
+    ``input_form`` and ``output_form`` describe how the group acted on them."""
+
+    input_form: str
+    output_form: str
+
+    def __new__(cls, value: float, input_form: str, output_form: str):
+        result = super().__new__(cls, value)
+        result.input_form, result.output_form = input_form, output_form
+        return result
+
+    def __repr__(self) -> str:
+        return f"{float(self)!r} (input read as {self.input_form}; output as {self.output_form})"
+
+
+def _form(group: Group, t: torch.Tensor, on: Optional[Group], name: str, arg: str) -> tuple[str, Optional[Group]]:
+    """How ``group`` acts on ``t``: returns a description and the group of its fibres (None for an invariant,
+    the trivial group for planes).  ``on`` is what the caller said (None: read it from the shape)."""
+    shape = tuple(t.shape)
+    if on is None:  # by shape: 5-D maps on the group, 4-D planes, (B, N) invariants
+        if t.dim() == 5:
+            on = group
+        elif t.dim() == 4:
+            on = get_group("z2")
+        elif t.dim() <= 2:
+            return "an invariant (B, N), compared unchanged", None
+        else:
+            raise ValueError(f"{name}: cannot apply {group.name} to a tensor of shape {shape}: expected "
+                             f"(B, C, {group.order}, H, W), (B, C, H, W) or an invariant (B, N)")
+    if not on.is_trivial and on != group:
+        raise ValueError(f"{arg}: expected 'z2' or the group {group.name}, got {on.name}")
+    if on == group and t.dim() == 5 and shape[2] == group.order:  # (the trivial group's maps have S = 1)
+        return f"{group.name} maps (B, C, {group.order}, H, W)", on
+    if on.is_trivial:
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected planes (B, C, H, W) for {arg} z2, got shape {shape}")
+        return "planes (B, C, H, W), transformed as images", on
+    if t.dim() == 4 and shape[1] % group.order == 0:
+        return f"flattened {group.name} maps (B, C*{group.order}, H, W), channel c*{group.order} + s", on
+    raise ValueError(f"{name}: expected a {group.name} map (B, C, {group.order}, H, W) or its flattened form "
+                     f"(B, C*{group.order}, H, W), got shape {shape}")
+
+
+def _act(group: Group, g: int, t: torch.Tensor, on: Optional[Group]) -> torch.Tensor:
+    """``g·t`` for ``t`` in the form :func:`_form` read."""
+    if on is None:
         return t
-    raise ValueError(f"cannot apply {group.name} to a tensor of shape {tuple(t.shape)}: expected (B, C, "
-                     f"{group.order}, H, W), (B, C, H, W) or an invariant (B, N)")
+    if t.dim() == 5:
+        return group.act_on_features(g, t)
+    if on.is_trivial:
+        return group.act_on_image(g, t)
+    return group.act_on_features(g, t.unflatten(1, (-1, group.order))).flatten(1, 2)
 
 
 @torch.no_grad()
-def check_equivariance(module: Union[nn.Module, callable], x: torch.Tensor, group: Union[str, Group]) -> float:
+def check_equivariance(module: Union[nn.Module, Callable], x: torch.Tensor, group: Union[str, Group], *,
+                       in_group: Union[str, Group, None] = None, out_group: Union[str, Group, None] = None,
+                       train: bool = False) -> EquivarianceResult:
     """The worst relative error ``max_g ‖f(g·x) − g·f(x)‖ / ‖g·f(x)‖`` over every element ``g`` of ``group``.
 
-    ``x`` is an image batch ``(B, C, H, W)`` or a group feature map ``(B, C, S, H, W)``; the output may be a group
-    feature map, an image-like map (after :class:`~gconv_triton.modules.GroupPool`: rotated, not permuted) or a
-    ``(B, N)`` invariant (compared unchanged).  Exactly equivariant layers give round-off (about 1e-15 in float64).
+    Args:
+        module: an ``nn.Module`` or any callable.  An ``nn.Module`` is evaluated in eval mode (BatchNorm with its
+            running statistics, dropout off: a training-mode forward is random or depends on the batch) unless
+            ``train=True``; its modes and buffers (BatchNorm's running statistics) are restored afterwards,
+            bit for bit.  A plain callable runs as it is.
+        x: the input.
+        group: the group whose action is checked.
+        in_group: how ``group`` acts on ``x``: ``"z2"`` for planes ``(B, C, H, W)`` (images: rotated and flipped),
+            ``group`` for group maps, 5-D ``(B, C, S, H, W)`` or GrouPy's flattened ``(B, C·S, H, W)`` (the plane
+            rotated, the group axis permuted).  Default: read from the shape, 5-D as group maps and 4-D as planes,
+            so a flattened map needs ``in_group=group``.
+        out_group: the same for the output; by default also ``(B, N)`` and 1-D outputs are invariants, compared
+            unchanged.
+        train: evaluate an ``nn.Module`` in training mode instead.
+
+    Returns:
+        An :class:`EquivarianceResult`: a float (exactly equivariant layers give round-off, about 1e-15 in
+        float64), whose ``input_form`` and ``output_form`` (and ``repr``) say how the tensors were read.
     """
     group = get_group(group)
-    y = module(x)
-    worst = 0.0
-    for g in range(group.order):
-        expected = _act(group, g, y)
-        got = module(_act(group, g, x))
-        err = (got - expected).double().norm() / expected.double().norm().clamp_min(torch.finfo(torch.float64).tiny)
-        worst = max(worst, float(err))
-    return worst
+    in_group = None if in_group is None else get_group(in_group, "in_group")
+    out_group = None if out_group is None else get_group(out_group, "out_group")
+    input_form, in_on = _form(group, x, in_group, "input", "in_group")
+    if in_on is None:
+        raise ValueError(f"input: expected planes (B, C, H, W) or group maps, got shape {tuple(x.shape)}")
+    with _evaluation(module, train):
+        y = module(x)
+        output_form, out_on = _form(group, y, out_group, "output", "out_group")
+        worst = 0.0
+        for g in range(group.order):
+            expected = _act(group, g, y, out_on)
+            got = module(_act(group, g, x, in_on))
+            err = (got - expected).double().norm() / expected.double().norm().clamp_min(
+                torch.finfo(torch.float64).tiny)
+            worst = max(worst, float(err))
+    return EquivarianceResult(worst, input_form, output_form)
+
+
+@contextlib.contextmanager
+def _evaluation(module, train: bool):
+    """Run an ``nn.Module`` in eval (or training) mode, then put its modes and buffers back."""
+    if not isinstance(module, nn.Module):
+        yield
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    buffers = [(b, b.clone()) for b in module.buffers()]
+    module.train(train)
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for b, saved in buffers:
+            b.copy_(saved)

@@ -1,23 +1,25 @@
-"""When a group convolution is *exactly* equivariant, and the warning for when it is not.
+"""When a layer that resamples (group convolution, transposed group convolution, spatial pooling) is *exactly*
+equivariant, and the warning for when it is not.
 
-A layer commutes with a rotation or flip of its input only if its output pixels sit symmetrically about the
-image's centre, on every axis the group moves, and, for 90° rotations, if both axes are sampled alike.  Along an
-axis of size ``n`` with padding ``(lo, hi)``, dilation ``d``, kernel ``k`` and stride ``s`` the first and last
-output pixels are centred at ``-lo + d(k-1)/2`` and that plus ``(n_out - 1)·s``; they are symmetric about
-``(n-1)/2`` exactly when
+Along one image axis every such layer is a list of output pixels, each reading a *footprint*: the in-image input
+pixels it reads, and through which tap of the kernel (for pooling the window is symmetric, so only the pixels,
+and, for average pooling, the divisor).  A flip of that axis commutes with the layer exactly when reflecting
+every footprint about the input's centre (and the kernel about its own) gives the footprint of the mirrored
+output pixel; a 90° rotation also needs the rows' footprints to equal the columns' (and a square input).  That
+is what :func:`inexact_reasons` and its siblings decide, by listing the footprints: ``O(H·k)`` once per layer
+and input size, and no approximation.  In closed form (``docs/exactness.md`` derives it):
 
-    (n + lo + hi - d(k-1) - 1) % s == hi - lo
-
-which, with symmetric padding ``lo == hi = p``, is ``(n + 2p - d(k-1) - 1) % s == 0`` (always true for stride 1),
-and for stride 1 means ``lo == hi`` ('same' padding with an even effective kernel ``d(k-1) + 1`` puts the odd
-pixel at the end, so it is inexact).  Nothing else matters: the filter transform itself is exact for odd and
-even kernels.
+* convolution (padding ``lo`` before, ``hi`` after): ``(n + lo + hi - d(k-1) - 1) % s == hi - lo``; with
+  symmetric padding ``(n + 2p - d(k-1) - 1) % s == 0`` (always true for stride 1);
+* transposed convolution: ``output_padding == 0`` (the extra rows go to the bottom and right only);
+* pooling: as the convolution, and ``ceil_mode`` exact only where it changes nothing.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence
+import weakref
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
@@ -26,12 +28,15 @@ from ._library import _compiling
 from ._spec import _pair, resolve_geometry
 from .groups import Group, get_group
 
-__all__ = ["EquivarianceWarning", "inexact_reasons"]
+__all__ = ["EquivarianceWarning", "inexact_reasons", "inexact_reasons_transposed", "inexact_reasons_pool"]
+
+DOCS = "docs/exactness.md"
 
 
 class EquivarianceWarning(UserWarning):
     """A layer's configuration makes it only approximately equivariant (stride misaligned with the input size,
-    a non-square input under 90° rotations, or asymmetric padding).  Silence it with
+    a non-square input under 90° rotations, asymmetric padding, a transposed convolution's ``output_padding``,
+    a pooling window that overhangs one edge only).  Silence it with
     ``warnings.filterwarnings("ignore", category=gconv_triton.EquivarianceWarning)``."""
 
 
@@ -47,7 +52,83 @@ def _moved_axes(group: Group) -> tuple[bool, bool, bool]:
     return rows, cols, swap
 
 
-def _axis_reason(axis: str, n: int, lo: int, hi: int, k: int, s: int, d: int) -> Optional[str]:
+# ------------------------------------------------------------------------------------------- footprints
+class _Axis(NamedTuple):
+    """One axis of a layer: the input size, the kernel's taps (1 for pooling: its window is symmetric) and each
+    output pixel's footprint, a frozenset of ``(input pixel, tap)`` pairs (for pooling, with the divisor)."""
+
+    n: int
+    k: int
+    footprints: list
+
+
+def _conv_axis(n: int, lo: int, hi: int, k: int, s: int, d: int) -> _Axis:
+    n_out = (n + lo + hi - d * (k - 1) - 1) // s + 1
+    return _Axis(n, k, [frozenset((o * s - lo + j * d, j) for j in range(k) if 0 <= o * s - lo + j * d < n)
+                        for o in range(n_out)])
+
+
+def _transposed_axis(n: int, p: int, out_pad: int, k: int, s: int, d: int) -> _Axis:
+    n_out = (n - 1) * s - 2 * p + d * (k - 1) + out_pad + 1
+    footprints = [set() for _ in range(max(n_out, 0))]
+    for i in range(n):          # input pixel i spreads over outputs i·s - p + j·d
+        for j in range(k):
+            o = i * s - p + j * d
+            if 0 <= o < n_out:
+                footprints[o].add((i, j))
+    return _Axis(n, k, [frozenset(f) for f in footprints])
+
+
+def _pool_output_size(n: int, p: int, k: int, s: int, d: int, ceil_mode: bool) -> int:
+    """``torch.nn.MaxPool2d``'s output size (a ceil-mode window must start inside the input or its left pad)."""
+    span = n + 2 * p - d * (k - 1) - 1
+    n_out = (span + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (n_out - 1) * s >= n + p:
+        n_out -= 1
+    return n_out
+
+
+def _pool_axis(n: int, p: int, k: int, s: int, d: int, ceil_mode: bool, count_padding: bool) -> _Axis:
+    """``count_padding``: average pooling divides by the window clipped to the padded input (its default
+    ``count_include_pad``), which the footprint must then carry; otherwise the pixels decide everything."""
+    footprints = []
+    for o in range(_pool_output_size(n, p, k, s, d, ceil_mode)):
+        start = o * s - p
+        pixels = frozenset((start + j * d, 0) for j in range(k) if 0 <= start + j * d < n)
+        footprints.append((pixels, min(start + d * (k - 1) + 1, n + p) - start if count_padding else None))
+    return _Axis(n, 1, footprints)
+
+
+def _mirror(footprint, n: int, k: int):
+    if isinstance(footprint, tuple):  # pooling: (pixels, divisor)
+        return _mirror(footprint[0], n, k), footprint[1]
+    return frozenset((n - 1 - i, k - 1 - j) for i, j in footprint)
+
+
+def _symmetric(axis: _Axis) -> bool:
+    return all(_mirror(f, axis.n, axis.k) == g for f, g in zip(axis.footprints, reversed(axis.footprints)))
+
+
+def _reasons(group: Group, size: tuple[int, int], rows: _Axis, cols: _Axis, explain: Callable[[str], str],
+             axes_differ: str) -> list[str]:
+    """The reasons, from the two axes' footprints; ``explain(axis)`` words an asymmetric axis."""
+    moves_rows, moves_cols, swap = _moved_axes(group)
+    h, w = size
+    reasons = []
+    if swap:
+        if h != w:
+            reasons.append(f"input {h}x{w} is not square, but {group.name} rotates by 90 degrees")
+        elif rows.footprints != cols.footprints:
+            reasons.append(f"{group.name} rotates by 90 degrees but the axes are sampled differently: {axes_differ}")
+    if moves_rows and not _symmetric(rows):
+        reasons.append(explain("height"))
+    if moves_cols and not _symmetric(cols):
+        reasons.append(explain("width"))
+    return reasons
+
+
+def _stride_reason(axis: str, n: int, lo: int, hi: int, k: int, s: int, d: int, what: str = "") -> Optional[str]:
+    """The closed-form rule for an axis sampled by windows ``k`` taps wide, ``d`` apart, every ``s`` pixels."""
     remainder = (n + lo + hi - d * (k - 1) - 1) % s
     if remainder == hi - lo:
         return None
@@ -56,22 +137,16 @@ def _axis_reason(axis: str, n: int, lo: int, hi: int, k: int, s: int, d: int) ->
                 f"kernel d(k-1)+1 = {d * (k - 1) + 1} does that) shifts the output off the image centre")
     if lo == hi:
         return (f"{axis}: stride {s} does not divide {axis[0].upper()} + 2p - d(k-1) - 1 = {n} + {2 * lo} - "
-                f"{d * (k - 1)} - 1 (remainder {remainder}); crop the input by {remainder} or pad it by "
+                f"{d * (k - 1)} - 1 (remainder {remainder}){what}; crop the input by {remainder} or pad it by "
                 f"{s - remainder} pixel(s) on that axis to make it exact")
     return (f"{axis}: stride {s} with padding ({lo} before, {hi} after): (n + lo + hi - d(k-1) - 1) % s = "
             f"{remainder}, expected {hi - lo}")
 
 
-def _sampling(n: int, lo: int, hi: int, k: int, s: int, d: int) -> tuple:
-    """What a 90-degree rotation must map onto the other axis: the input size, the output pixels' centres
-    (first one doubled, count, spacing) and the taps' offsets (kernel size and, if it has two taps, dilation)."""
-    n_out = (n + lo + hi - d * (k - 1) - 1) // s + 1
-    return n, d * (k - 1) - 2 * lo, n_out, s if n_out > 1 else None, k, d if k > 1 else None
-
-
+# ------------------------------------------------------------------------------------------ public rules
 def inexact_reasons(group, input_size: Sequence[int], kernel_size, stride=1, padding=0,
                     dilation=1) -> list[str]:
-    """Why a convolution with these arguments is not exactly equivariant; empty when it is.
+    """Why a group convolution with these arguments is not exactly equivariant; empty when it is.
 
     Args:
         group: the output group (a :class:`~gconv_triton.groups.Group` or a name); groups without matrices
@@ -83,40 +158,162 @@ def inexact_reasons(group, input_size: Sequence[int], kernel_size, stride=1, pad
     kh, kw = _pair(kernel_size, "kernel_size")
     h, w = _pair(tuple(input_size), "input_size")
     (sh, sw), (dh, dw), (pt, pb, pl, pr) = resolve_geometry((kh, kw), stride, padding, dilation)
-    rows, cols, swap = _moved_axes(group)
-    reasons = []
-    if swap:
-        if h != w:
-            reasons.append(f"input {h}x{w} is not square, but {group.name} rotates by 90 degrees")
-        elif _sampling(h, pt, pb, kh, sh, dh) != _sampling(w, pl, pr, kw, sw, dw):
-            reasons.append(f"{group.name} rotates by 90 degrees but the axes are sampled differently: stride "
-                           f"{(sh, sw)}, dilation {(dh, dw)}, padding (top, bottom, left, right) {(pt, pb, pl, pr)}")
-    if rows:
-        reasons.append(_axis_reason("height", h, pt, pb, kh, sh, dh))
-    if cols:
-        reasons.append(_axis_reason("width", w, pl, pr, kw, sw, dw))
-    return [r for r in reasons if r is not None]
+    args = {"height": (h, pt, pb, kh, sh, dh), "width": (w, pl, pr, kw, sw, dw)}
+    return _reasons(group, (h, w), _conv_axis(*args["height"]), _conv_axis(*args["width"]),
+                    lambda axis: _stride_reason(axis, *args[axis]) or f"{axis}: the output is not centred",
+                    f"stride {(sh, sw)}, dilation {(dh, dw)}, padding (top, bottom, left, right) {(pt, pb, pl, pr)}")
 
 
-# layer -> the (input size, geometry) keys already checked: one warning per layer and input size
+def inexact_reasons_transposed(group, input_size: Sequence[int], kernel_size, stride=1, padding=0,
+                               output_padding=0, dilation=1) -> list[str]:
+    """Why a transposed group convolution (:class:`~gconv_triton.layers.GroupConvTranspose2d`) with these
+    arguments is not exactly equivariant; empty when it is.  ``group`` is the input's group, ``input_size`` its
+    ``(H, W)``; the other arguments as in ``torch.nn.ConvTranspose2d``.
+
+    It is exact when ``output_padding`` is 0 on every axis the group moves (at any stride: the adjoint of an
+    exact convolution), e.g. stride 2 with ``kernel_size=4, padding=1`` or ``kernel_size=2, padding=0`` doubles
+    the size exactly; ``kernel_size=3, padding=1, output_padding=1`` doubles it off-centre.
+    """
+    group = get_group(group)
+    kh, kw = _pair(kernel_size, "kernel_size")
+    h, w = _pair(tuple(input_size), "input_size")
+    (sh, sw), (dh, dw), _ = resolve_geometry((kh, kw), stride, 0, dilation)
+    ph, pw = _pair(padding, "padding")
+    oh, ow = _pair(output_padding, "output_padding")
+    args = {"height": (h, ph, oh, kh, sh, dh), "width": (w, pw, ow, kw, sw, dw)}
+
+    def explain(axis: str) -> str:
+        n, p, out_pad, k, s, d = args[axis]
+        if out_pad:
+            better = (" (stride 2 doubles the size exactly with kernel_size=4, padding=1 or kernel_size=2, "
+                      "padding=0)" if s == 2 else "")
+            side = "bottom" if axis == "height" else "right"
+            return (f"{axis}: output_padding {out_pad} adds {out_pad} pixel(s) at the {side} only, so the output is "
+                    f"not centred on the input; use output_padding=0{better}")
+        return f"{axis}: the output is not centred on the input"
+
+    return _reasons(group, (h, w), _transposed_axis(*args["height"]), _transposed_axis(*args["width"]), explain,
+                    f"stride {(sh, sw)}, dilation {(dh, dw)}, padding {(ph, pw)}, output_padding {(oh, ow)}")
+
+
+def inexact_reasons_pool(group, input_size: Sequence[int], kernel_size, stride=None, padding=0, dilation=1,
+                         ceil_mode: bool = False, mode: str = "max", count_include_pad: bool = True,
+                         divisor_override: Optional[int] = None) -> list[str]:
+    """Why spatial pooling (:class:`~gconv_triton.modules.GroupMaxPool2d`, ``mode="max"``, or
+    :class:`~gconv_triton.modules.GroupAvgPool2d`, ``mode="avg"``) with these arguments does not commute
+    exactly with ``group``; empty when it does.  Arguments as ``torch.nn.MaxPool2d`` / ``AvgPool2d``.
+
+    The windows must sit symmetrically about the image centre: ``(H + 2p - d(k-1) - 1) % s == 0`` (and the same
+    for W) as for a convolution; ``ceil_mode`` adds a last window overhanging one edge, which is exact only on
+    sizes where it adds nothing.  Windows clipped to the image can make a few tiny sizes exact anyway; the
+    footprints decide.
+    """
+    group = get_group(group)
+    kh, kw = _pair(kernel_size, "kernel_size")
+    h, w = _pair(tuple(input_size), "input_size")
+    (sh, sw), (dh, dw), (pt, _, pl, _) = resolve_geometry((kh, kw), kernel_size if stride is None else stride,
+                                                          padding, dilation)
+    if mode not in ("max", "avg"):
+        raise ValueError(f"mode: expected 'max' or 'avg', got {mode!r}")
+    count_padding = mode == "avg" and count_include_pad and not divisor_override
+    args = {"height": (h, pt, kh, sh, dh), "width": (w, pl, kw, sw, dw)}
+
+    def explain(axis: str) -> str:
+        n, p, k, s, d = args[axis]
+        remainder = (n + 2 * p - d * (k - 1) - 1) % s
+        if ceil_mode and remainder:
+            return (f"{axis}: ceil_mode adds a last window that hangs {s - remainder} pixel(s) over the "
+                    f"{'bottom' if axis == 'height' else 'right'} edge only ({axis[0].upper()} + 2p - d(k-1) - 1 "
+                    f"= {n + 2 * p - d * (k - 1) - 1} is not a multiple of stride {s}); crop the input by "
+                    f"{remainder} or pad it by {s - remainder} pixel(s) on that axis to make it exact")
+        return (_stride_reason(axis, n, p, p, k, s, d, what=": the last window stops short of the far edge")
+                or f"{axis}: the windows are not centred on the image")
+
+    return _reasons(group, (h, w), _pool_axis(*args["height"], ceil_mode, count_padding),
+                    _pool_axis(*args["width"], ceil_mode, count_padding), explain,
+                    f"kernel_size {(kh, kw)}, stride {(sh, sw)}, padding {(pt, pl)}, dilation {(dh, dw)}")
+
+
+# --------------------------------------------------------------------------------------------- warnings
+# layer -> the (input size, configuration) keys already checked: one warning per layer and input size
 _checked: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-def warn_if_inexact(layer, input: torch.Tensor) -> None:
-    """Issue one :class:`EquivarianceWarning` per ``layer`` (a :class:`~gconv_triton.modules.GroupConv2d`) and
-    input size whose configuration is not exactly equivariant.  A dictionary lookup on later calls; skipped
-    while ``torch.compile`` traces (the eager call warns)."""
-    if _compiling():
-        return
-    key = (tuple(input.shape[-2:]), layer.group, layer.kernel_size, str(layer.stride), str(layer.padding),
-           str(layer.dilation))
+def concrete_shape(t: torch.Tensor) -> tuple:
+    """``t.shape`` as ints, also under ``torch.jit.trace``, which records sizes as 0-d tensors: their traced
+    values are taken (with torch's ``TracerWarning`` that the trace is specialised to them)."""
+    return tuple(int(n) for n in t.shape) if torch.jit.is_tracing() else tuple(t.shape)
+
+
+def _concrete_size(input: torch.Tensor) -> Optional[tuple[int, int]]:
+    """``(H, W)`` as ints, or None where no concrete size exists (symbolic shapes in ``torch.export``)."""
+    with warnings.catch_warnings():  # a size read only to check it specialises nothing in a traced graph
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        size = concrete_shape(input)[-2:]
+    return size if all(type(n) is int for n in size) else None
+
+
+def _warn(layer, size: tuple[int, int], stacklevel: int) -> None:
+    key = (size, layer.extra_repr())
     seen = _checked.setdefault(layer, set())
     if key in seen:
         return
     seen.add(key)
-    reasons = inexact_reasons(layer.group, key[0], layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+    group, reasons = layer._inexact_reasons(size)
     if reasons:
-        h, w = key[0]
-        warnings.warn(f"{type(layer).__name__}({layer.extra_repr()}) on {h}x{w} inputs is not exactly "
-                      f"{layer.group.name}-equivariant: " + "; ".join(reasons)
-                      + " (see docs/errors.md#exactness-warnings)", EquivarianceWarning, stacklevel=2)
+        h, w = size
+        warnings.warn(f"{type(layer).__name__}({key[1]}) on {h}x{w} inputs is not exactly equivariant under "
+                      f"{group}: " + "; ".join(reasons) + f" (see {DOCS})", EquivarianceWarning,
+                      stacklevel=stacklevel)
+
+
+# Under torch.compile the check runs while TorchDynamo traces, on the traced sizes (warnings.warn inside the graph
+# would break it): comptime runs a function at trace time on the fake input, whose symbolic sizes (dynamic shapes)
+# carry the example's values as hints; the layer crosses as a constant key, registered by a function Dynamo runs
+# for real while tracing (assume_constant_result).  A static-shape model is traced once per input size, so it
+# warns exactly as in eager mode; a dynamic-shape one warns for the size it was traced with.
+try:
+    from torch._dynamo.comptime import comptime as _comptime
+except ImportError:  # pragma: no cover - every supported torch has it
+    _comptime = None
+
+_layers: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
+
+
+def _assume_constant(fn):
+    wrap = getattr(torch.compiler, "assume_constant_result", None)
+    return wrap(fn) if wrap is not None else fn
+
+
+@_assume_constant
+def _register(layer) -> int:
+    _layers[id(layer)] = layer
+    return id(layer)
+
+
+def _warn_traced(key: int, fake: torch.Tensor) -> None:
+    layer = _layers.get(key)
+    size = tuple(n if isinstance(n, int) else n.node.hint for n in fake.shape[-2:])
+    if layer is not None and all(isinstance(n, int) for n in size):
+        _warn(layer, size, stacklevel=2)
+
+
+def _dynamo_tracing() -> bool:
+    fn = getattr(torch.compiler, "is_dynamo_compiling", None)
+    return bool(fn()) if fn is not None else _compiling()
+
+
+def warn_if_inexact(layer, input: torch.Tensor) -> None:
+    """Issue one :class:`EquivarianceWarning` per ``layer`` and input size whose configuration is not exactly
+    equivariant (``layer._inexact_reasons((H, W))`` gives the group's name and the reasons).  A dictionary
+    lookup on later calls.  ``torch.compile`` warns while it traces, ``torch.jit.trace`` and
+    ``torch.export(strict=False)`` on the sizes they trace when they are concrete."""
+    if _dynamo_tracing():
+        if _comptime is not None:
+            key = _register(layer)
+            _comptime(lambda ctx: _warn_traced(ctx.get_local("key").as_python_constant(),
+                                               ctx.get_local("input").as_fake()))
+        return
+    size = _concrete_size(input)  # eager, or Python tracing (torch.export(strict=False)) with concrete sizes
+    if size is not None:
+        _warn(layer, size, stacklevel=3)

@@ -16,8 +16,9 @@ from torch import nn
 
 from ._library import _compiling, conv_input_grad
 from ._spec import _pair, make_spec, resolve_geometry
+from .exactness import concrete_shape, inexact_reasons_transposed, warn_if_inexact
 from .groups import Group, get_group
-from .modules import GroupConv2d, _kernel_pair, _positive_int, reset_conv_parameters
+from .modules import GroupConv2d, _as_group_map, _kernel_pair, _optional_group, _positive_int, reset_conv_parameters
 from .reference import filter_bank
 
 __all__ = ["GroupBatchNorm", "GroupConvTranspose2d", "gconv_transpose2d", "gcnn_width", "export_conv",
@@ -34,17 +35,52 @@ class GroupBatchNorm(nn.BatchNorm3d):
     flattened ``(B, C·S, H, W)`` map would not be.  Running statistics, ``momentum``, ``affine``,
     ``track_running_stats`` and ``eval()`` behave as in ``torch.nn.BatchNorm3d`` (which computes exactly these
     statistics on a 5-D input); ``nn.SyncBatchNorm.convert_sync_batchnorm`` converts it for multi-GPU training.
-    Also takes plane feature maps ``(B, C, H, W)`` (per-channel statistics over B, H, W).
+    Also takes plane feature maps ``(B, C, H, W)`` (per-channel statistics over B, H, W) and, given ``group``,
+    GrouPy's flattened group maps ``(B, C·S, H, W)`` (normalized as the 5-D map, returned flat).
 
     Args:
         num_features: ``C``, the number of G-channels.
         eps, momentum, affine, track_running_stats, device, dtype: as in ``torch.nn.BatchNorm3d``.
+        group: the maps' group, for flattened input (a 4-D input with ``C·S`` channels); 5-D input must then
+            have ``S = |group|``.
     """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None, *,
+                 group: Union[str, Group, None] = None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        self.group = _optional_group(group)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("group", None)  # pickled before group existed
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        c = self.num_features
+        if isinstance(input, torch.Tensor) and input.dim() == 4 and self.group is not None and \
+                input.shape[1] == c * self.group.order and self.group.order > 1:
+            return super().forward(_as_group_map(input, self.group, type(self).__name__)).flatten(1, 2)
+        return super().forward(input)
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() not in (4, 5):
             raise ValueError(f"input: expected a group feature map (B, C, S, H, W) or a plane map (B, C, H, W), "
                              f"got a {input.dim()}-D tensor of shape {tuple(input.shape)}")
+        c = self.num_features
+        if input.dim() == 5:
+            _as_group_map(input, self.group, type(self).__name__)  # S against the group, when given
+        if input.shape[1] != c:
+            flat = ""
+            if input.dim() == 4 and self.group is not None:
+                flat = f" or {c * self.group.order} (C*S, flattened {self.group.name} map)"
+            elif input.dim() == 4 and input.shape[1] % c == 0:
+                flat = (f"; a flattened group map (B, C*S, H, W) with S = {input.shape[1] // c} needs "
+                        f"GroupBatchNorm({c}, group=...)")
+            raise ValueError(f"input: expected {c} channels (num_features) at dim 1{flat}, got shape "
+                             f"{tuple(input.shape)}")
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", group={self.group.name}" if self.group is not None else "")
 
 
 # ------------------------------------------------------------------------------------- transposed convolution
@@ -72,8 +108,8 @@ def gconv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[
         stride, padding (int or pair), output_padding, groups, dilation: as ``F.conv_transpose2d``.
     Returns:
         ``(B, C_out, S_out, H_out, W_out)`` with ``H_out = (H−1)·stride − 2·padding + dilation·(kh−1) +
-        output_padding + 1``.  Equivariant exactly when the matching convolution is on ``H_out × W_out`` inputs
-        (always at stride 1; see the README's exactness rule).
+        output_padding + 1``.  Exactly equivariant when ``output_padding`` is 0 (at any stride; with stride 2,
+        ``kernel_size=4, padding=1`` doubles the size exactly), see ``docs/exactness.md``.
 
     Runs the input-gradient kernel of the matching convolution; its gradients are the forward kernel (input) and
     the weight-gradient kernel with ``dy`` and ``x`` swapped (weight), so nothing is materialized here either.
@@ -91,10 +127,11 @@ def gconv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[
                          f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
     stride, dilation, pad = _pair(stride, "stride"), _pair(dilation, "dilation"), _pair(padding, "padding")
     out_pad = _output_padding(output_padding, stride, dilation)
-    kh, kw = weight.shape[-2:]
-    size = [x.shape[0], weight.shape[1] * groups, out_group.order]
+    # ints, also under torch.jit.trace (which records sizes as tensors): the op takes the output size as ints
+    shape, (_, c_out_g, _, kh, kw) = concrete_shape(x), concrete_shape(weight)
+    size = [shape[0], c_out_g * groups, out_group.order]
     size += [(n - 1) * s - 2 * p + d * (k - 1) + o + 1
-             for n, s, p, d, k, o in zip(x.shape[-2:], stride, pad, dilation, (kh, kw), out_pad)]
+             for n, s, p, d, k, o in zip(shape[-2:], stride, pad, dilation, (kh, kw), out_pad)]
     geometry = dict(group=group, in_group=out_group, stride=stride, padding=pad, dilation=dilation, groups=groups)
     if not _compiling():  # validate against the matching convolution before anything launches
         if min(size[-2:]) < 1:
@@ -122,6 +159,8 @@ class GroupConvTranspose2d(nn.Module):
         group: the input's group; out_group: the output's (default ``group``; ``"z2"`` projects to planes).
 
     Parameters: ``weight (in_channels, out_channels / groups, S_out, kh, kw)``, ``bias (out_channels,)``.
+    A nonzero ``output_padding`` makes the layer inexact (one :class:`~gconv_triton.EquivarianceWarning` per
+    input size): for a U-Net decoder that doubles the size use ``kernel_size=4, stride=2, padding=1``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
@@ -157,9 +196,15 @@ class GroupConvTranspose2d(nn.Module):
         reset_conv_parameters(self.weight, self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return gconv_transpose2d(input, self.weight, self.bias, group=self.group, out_group=self.out_group,
-                                 stride=self.stride, padding=self.padding, output_padding=self.output_padding,
-                                 groups=self.groups, dilation=self.dilation)
+        y = gconv_transpose2d(input, self.weight, self.bias, group=self.group, out_group=self.out_group,
+                              stride=self.stride, padding=self.padding, output_padding=self.output_padding,
+                              groups=self.groups, dilation=self.dilation)
+        warn_if_inexact(self, input)  # once per input size: output_padding != 0 is off-centre
+        return y
+
+    def _inexact_reasons(self, size: tuple[int, int]) -> tuple[str, list[str]]:
+        return self.group.name, inexact_reasons_transposed(self.group, size, self.kernel_size, self.stride,
+                                                           self.padding, self.output_padding, self.dilation)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, group={self.group.name}, "
@@ -227,7 +272,7 @@ def export_conv(module: Union[GroupConv2d, GroupConvTranspose2d]) -> nn.Module:
         bank = filter_bank(module.weight, module.group, module.in_group).flatten(0, 1).flatten(1, 2)
         conv = nn.Conv2d(bank.shape[1] * module.groups, bank.shape[0], k, stride=module.stride,
                          padding=module.padding, dilation=module.dilation, groups=module.groups, bias=bias,
-                         **factory)
+                         padding_mode=module.padding_mode, **factory)
         order = module.group.order
     else:
         raise TypeError(f"module: expected a GroupConv2d or GroupConvTranspose2d, got {type(module).__name__}")

@@ -115,15 +115,18 @@ class GroupResNet(nn.Module):
         widths: the *CNN* widths of the stages, turned into G-channel widths by
             :func:`~gconv_triton.layers.gcnn_width` (``equal="params"``: ``N/√S``; ``"compute"``: ``N/S``), or
             G-channel widths as they are with ``equal=None``.
-        stem: ``"cifar"`` (3×3 lifting conv) or ``"imagenet"`` (7×7 stride-2 lifting conv and a 3×3 stride-2 max
-            pool).
+        stem: ``"cifar"`` (4×4 lifting conv, padding 2: ``H -> H + 1``) or ``"imagenet"`` (8×8 stride-2 lifting
+            conv, padding 4: ``H -> H/2 + 1``, and a 3×3 stride-2 max pool: ``-> H/4 + 1``).
         in_channels, num_classes, device, dtype: image channels, logits, factory arguments.
 
     Shapes: ``(B, in_channels, H, W)`` -> logits ``(B, num_classes)``, pooled by the mean over the group axis and
-    the plane, so exactly invariant to ``group`` in eval mode when every strided layer is exact: with stride-2 3×3
-    (padding 1) and 1×1 layers that holds when each stage's input size is odd, e.g. ``H = W = 33`` (33 -> 17 -> 9)
-    or 225 with the ImageNet stem.  Even sizes (32, 224) train fine but are equivariant only up to the
-    sub-sampling grid (the layers warn once).
+    the plane, so exactly invariant to ``group`` in eval mode when every strided layer is exact.  A stride-2
+    block (3×3, padding 1, and a 1×1 shortcut) is exact on odd sizes only, so the stems turn the even sizes
+    datasets come in into odd ones, where the usual 3×3 (CIFAR) and 7×7 (ImageNet) stems leave them even: with
+    ``n`` stride-2 stages (``len(blocks) - 1``) the model is exactly invariant on square inputs whose side is a
+    multiple of ``2**n`` (``"cifar"``: CIFAR's 32 -> 33 -> 17 -> 9 for three stages) or of ``2**(n + 2)``
+    (``"imagenet"``: 224 -> 113 -> 57 -> 29 -> 15 -> 8 for four).  Other sizes train fine but are equivariant
+    only up to the sub-sampling grid (each inexact layer warns once per input size).
     """
 
     def __init__(self, group: Union[str, Group] = "p4m", blocks: Sequence[int] = (2, 2, 2, 2),
@@ -141,11 +144,12 @@ class GroupResNet(nn.Module):
         self.widths = widths if equal is None else tuple(gcnn_width(w, self.group, equal) for w in widths)
         factory = dict(device=device, dtype=dtype)
         c0 = self.widths[0]
+        # Even kernels with symmetric padding: exact, and they make an even input size odd (see above).
         if stem == "cifar":
-            layers = [GroupConv2d(in_channels, c0, 3, group=self.group, in_group="z2", padding=1, bias=False,
+            layers = [GroupConv2d(in_channels, c0, 4, group=self.group, in_group="z2", padding=2, bias=False,
                                   **factory)]
         else:
-            layers = [GroupConv2d(in_channels, c0, 7, group=self.group, in_group="z2", stride=2, padding=3,
+            layers = [GroupConv2d(in_channels, c0, 8, group=self.group, in_group="z2", stride=2, padding=4,
                                   bias=False, **factory)]
         layers += [GroupBatchNorm(c0, **factory), nn.ReLU()]
         if stem == "imagenet":
@@ -167,13 +171,17 @@ class GroupResNet(nn.Module):
 
 def p4m_resnet18(num_classes: int = 1000, equal: str = "params", stem: str = "imagenet", **kwargs) -> GroupResNet:
     """p4m ResNet-18: stages of (2, 2, 2, 2) basic blocks at CNN widths (64, 128, 256, 512) -> G-channel widths
-    (23, 45, 91, 181) at equal parameters (``equal="compute"``: (8, 16, 32, 64)).  ImageNet stem by default."""
+    (23, 45, 91, 181) at equal parameters (``equal="compute"``: (8, 16, 32, 64)).  ImageNet stem by default:
+    exactly invariant on square inputs whose side is a multiple of 32 (ImageNet's 224 included); with
+    ``stem="cifar"``, a multiple of 8."""
     return GroupResNet("p4m", (2, 2, 2, 2), (64, 128, 256, 512), equal=equal, stem=stem,
                        num_classes=num_classes, **kwargs)
 
 
 def p4m_resnet44(num_classes: int = 10, equal: str = "params", **kwargs) -> GroupResNet:
     """p4m ResNet-44 (CIFAR): stages of (7, 7, 7) basic blocks at CNN widths (32, 64, 128) -> G-channel widths
-    (11, 23, 45) at equal parameters, Cohen & Welling's (2016) P4M-ResNet44.  3×3 stem."""
+    (11, 23, 45) at equal parameters, Cohen & Welling's (2016) P4M-ResNet44, with a 4×4 stem that makes it
+    exactly invariant on CIFAR's 32×32 (32 -> 33 -> 17 -> 9), and on any square input whose side is a multiple
+    of 4."""
     return GroupResNet("p4m", (7, 7, 7), (32, 64, 128), equal=equal, stem="cifar", num_classes=num_classes,
                        **kwargs)

@@ -11,7 +11,7 @@ from torch import nn
 
 from ._library import check_activation
 from ._spec import resolve_geometry
-from .exactness import warn_if_inexact
+from .exactness import inexact_reasons, inexact_reasons_pool, warn_if_inexact
 from .functional import gconv2d
 from .groups import Group, get_group
 
@@ -34,6 +34,26 @@ def _positive_int(value, name: str) -> int:
     return value
 
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _pad(input: torch.Tensor, padding: tuple[int, int, int, int], mode: str) -> torch.Tensor:
+    """``input`` padded by ``(top, bottom, left, right)`` with ``F.pad``'s ``mode``; a 5-D group map is padded
+    as its flattened form.  Anything but a 4-D or 5-D tensor passes through, for ``gconv2d`` to reject."""
+    if not isinstance(input, torch.Tensor) or input.dim() not in (4, 5):
+        return input
+    top, bottom, left, right = padding
+    h, w = input.shape[-2:]
+    # F.pad's own limits, raised here with the layer's argument names: reflect needs pad < size, circular <=
+    limit_h, limit_w = (h - 1, w - 1) if mode == "reflect" else (h, w) if mode == "circular" else (None, None)
+    if limit_h is not None and (max(top, bottom) > limit_h or max(left, right) > limit_w):
+        raise ValueError(f"padding: (top, bottom, left, right) = {padding} with padding_mode={mode!r} needs at most "
+                         f"{limit_h} rows and {limit_w} columns of padding on a {h}x{w} input")
+    x = input.flatten(1, 2) if input.dim() == 5 else input
+    y = F.pad(x, (left, right, top, bottom), mode=mode)
+    return y.unflatten(1, input.shape[1:3]) if input.dim() == 5 else y
+
+
 def reset_conv_parameters(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
     """``nn.Conv2d``'s initialisation: Kaiming-uniform weight (a = √5) and a bias uniform in ±1/√fan_in, with
     fan_in = ``weight[0].numel()`` (all but the leading dimension)."""
@@ -53,7 +73,9 @@ class GroupConv2d(nn.Module):
         group: the output group: ``"p4"``, ``"p4m"``, ``"p2"``, ``"pm"``, ``"p2mm"``, ``"z2"`` or a
             :class:`~gconv_triton.groups.Group`.
         in_group: ``"z2"`` for a lifting layer on ordinary images, else the same group as ``group``.
-        stride, padding, dilation, groups, bias, device, dtype: as in ``torch.nn.Conv2d``.
+        stride, padding, dilation, groups, bias, padding_mode, device, dtype: as in ``torch.nn.Conv2d``
+            (``padding_mode`` ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``: every mode keeps
+            rotations and flips of a square input exact).
         activation: None, ``"relu"``, ``"silu"`` or ``"gelu"``: fused after the bias (exact backward; see
             :func:`~gconv_triton.functional.gconv2d`).
 
@@ -64,7 +86,8 @@ class GroupConv2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, group: Union[str, Group] = "p4",
                  in_group: Union[str, Group] = "z2", stride=1, padding=0, dilation=1, groups: int = 1,
-                 bias: bool = True, device=None, dtype=None, activation: Optional[str] = None):
+                 bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
+                 activation: Optional[str] = None):
         super().__init__()
         self.activation = check_activation(activation)
         self.in_channels = _positive_int(in_channels, "in_channels")
@@ -81,9 +104,12 @@ class GroupConv2d(nn.Module):
         self.kernel_size = _kernel_pair(kernel_size)
         self.group.tap_destinations(self.kernel_size)  # a rotation group needs a square kernel: fail here, not later
         resolve_geometry(self.kernel_size, stride, padding, dilation)  # bad stride/padding/dilation fail here too
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode: expected one of {PADDING_MODES}, got {padding_mode!r}")
         self.stride = stride
         self.padding = padding
         self.dilation = dilation
+        self.padding_mode = padding_mode
         factory = dict(device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, self.in_group.order,
                                                *self.kernel_size, **factory))
@@ -95,16 +121,32 @@ class GroupConv2d(nn.Module):
         reset_conv_parameters(self.weight, self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        y = gconv2d(input, self.weight, self.bias, group=self.group, in_group=self.in_group, stride=self.stride,
-                    padding=self.padding, dilation=self.dilation, groups=self.groups, activation=self.activation)
+        x, padding = input, self.padding
+        if self.padding_mode != "zeros":  # as torch.nn.Conv2d: pad explicitly, then convolve without padding
+            _, _, pad = resolve_geometry(self.kernel_size, self.stride, self.padding, self.dilation)
+            x, padding = _pad(input, pad, self.padding_mode), 0
+        y = gconv2d(x, self.weight, self.bias, group=self.group, in_group=self.in_group, stride=self.stride,
+                    padding=padding, dilation=self.dilation, groups=self.groups, activation=self.activation)
         warn_if_inexact(self, input)  # after gconv2d validated the input; once per input size
         return y
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("padding_mode", "zeros")  # a layer pickled before padding_mode existed
+
+    def _inexact_reasons(self, size: tuple[int, int]) -> tuple[str, list[str]]:
+        """For :func:`~gconv_triton.exactness.warn_if_inexact`: the group and why the layer is inexact on
+        ``size`` inputs (every padding mode is as exact as zeros: each commutes with rotations and flips)."""
+        return self.group.name, inexact_reasons(self.group, size, self.kernel_size, self.stride, self.padding,
+                                                self.dilation)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"group={self.group.name}, in_group={self.in_group.name}, stride={self.stride}")
         if self.padding not in (0, (0, 0)):
             s += f", padding={self.padding!r}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
         if self.dilation not in (1, (1, 1)):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
@@ -127,10 +169,11 @@ class GroupConv2d(nn.Module):
 
 def _specialise(name: str, group: str, in_group: str, doc: str):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
-                 *, dilation=1, groups: int = 1, device=None, dtype=None, activation: Optional[str] = None):
+                 *, dilation=1, groups: int = 1, padding_mode: str = "zeros", device=None, dtype=None,
+                 activation: Optional[str] = None):
         GroupConv2d.__init__(self, in_channels, out_channels, kernel_size, group=group, in_group=in_group,
                              stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias,
-                             device=device, dtype=dtype, activation=activation)
+                             padding_mode=padding_mode, device=device, dtype=dtype, activation=activation)
 
     return type(name, (GroupConv2d,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
 
@@ -142,54 +185,125 @@ P4MConvP4M = _specialise("P4MConvP4M", "p4m", "p4m",
                          "p4m maps ``(B, C, 8, H, W)`` -> p4m maps ``(B, C', 8, H', W')``.")
 
 
+def _optional_group(group) -> Optional[Group]:
+    return None if group is None else get_group(group, "group")
+
+
 class GroupPool(nn.Module):
     """Pool over the group axis: ``(B, C, S, H, W)`` -> ``(B, C, H, W)``, invariant to the stabilizer's
-    permutation (what makes a G-CNN's final features rotation invariant)."""
+    permutation (what makes a G-CNN's final features rotation invariant).
 
-    def __init__(self, mode: str = "max"):
+    Args:
+        mode: ``"max"`` or ``"mean"``.
+        group: the input's group (a name or :class:`~gconv_triton.groups.Group`), needed only for GrouPy's
+            flattened form ``(B, C·S, H, W)`` (channel index ``c·S + s``), where the channel axis alone cannot
+            say what ``S`` is.  When given, a 5-D input's group axis must have ``S = |group|`` elements.
+    """
+
+    def __init__(self, mode: str = "max", group: Union[str, Group, None] = None):
         super().__init__()
         if mode not in ("max", "mean"):
             raise ValueError(f"mode: expected 'max' or 'mean', got {mode!r}")
         self.mode = mode
+        self.group = _optional_group(group)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("group", None)  # pickled before group existed
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dim() != 5:
-            raise ValueError(f"input: expected a 5-D group feature map (B, C, S, H, W), got shape {tuple(input.shape)}")
-        return input.amax(dim=2) if self.mode == "max" else input.mean(dim=2)
+        x = _as_group_map(input, self.group, type(self).__name__)
+        return x.amax(dim=2) if self.mode == "max" else x.mean(dim=2)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
+        return f"mode={self.mode!r}" + (f", group={self.group.name}" if self.group is not None else "")
+
+
+def _as_group_map(input: torch.Tensor, group: Optional[Group], layer: str) -> torch.Tensor:
+    """``input`` as ``(B, C, S, H, W)``: 5-D as it is (``S`` checked against ``group`` when given), a flattened
+    ``(B, C·S, H, W)`` unflattened with ``S = |group|``."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
+    if input.dim() == 5:
+        if group is not None and input.shape[2] != group.order:
+            raise ValueError(f"input: expected a group axis of {group.order} elements ({group.name}) at dim 2, got "
+                             f"shape {tuple(input.shape)}")
+        return input
+    if input.dim() == 4:
+        if group is None:
+            raise ValueError(f"input: a 4-D input {tuple(input.shape)} is a flattened group map (B, C*S, H, W) "
+                             f"only if S is known; expected a 5-D map (B, C, S, H, W), or {layer}(group=...)")
+        if input.shape[1] % group.order:
+            raise ValueError(f"input: expected a multiple of S = {group.order} ({group.name}) channels in the "
+                             f"flattened map (B, C*S, H, W), got shape {tuple(input.shape)}")
+        return input.unflatten(1, (-1, group.order))
+    raise ValueError(f"input: expected a group feature map (B, C, S, H, W) or its flattened form (B, C*S, H, W), "
+                     f"got shape {tuple(input.shape)}")
 
 
 class _SpatialPool(nn.Module):
     """Spatial pooling that also takes 5-D group feature maps ``(B, C, S, H, W)`` (pooled per G-channel and
-    group element, as GrouPy's ``plane_group_spatial_max_pooling``)."""
+    group element, as GrouPy's ``plane_group_spatial_max_pooling``), flattened ``(B, C·S, H, W)`` maps and
+    planes.
+
+    Exactly equivariant when the windows sit symmetrically about the image centre:
+    ``(H + 2p - (k-1) - 1) % s == 0`` (and the same for W; with the default ``stride = kernel_size`` and no
+    padding, ``H`` divisible by ``k``), and ``H == W`` for 90° rotations.  Otherwise the layer issues one
+    :class:`~gconv_triton.EquivarianceWarning` per input size.  ``group`` names the symmetry to check (and
+    the size of a 5-D input's group axis); by default the conditions of p4 and p4m (90° rotations and flips),
+    the strictest; pass ``"p2mm"``, ``"pm"`` or ``"p2"`` to allow non-square inputs.
+    """
 
     _pool = None
+    _mode = None
 
-    def __init__(self, kernel_size, stride: Optional[int] = None, padding=0, ceil_mode: bool = False):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, *,
+                 group: Union[str, Group, None] = None):
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
         self.padding = padding
         self.ceil_mode = ceil_mode
+        self.group = _optional_group(group)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("group", None)  # pickled before group existed
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dim() not in (4, 5):
-            raise ValueError(f"input: expected (B, C, H, W) or (B, C, S, H, W), got shape {tuple(input.shape)}")
+        if not isinstance(input, torch.Tensor) or input.dim() not in (4, 5):
+            raise ValueError(f"input: expected (B, C, H, W) or (B, C, S, H, W), got "
+                             f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
+        if input.dim() == 5:
+            _as_group_map(input, self.group, type(self).__name__)  # checks S against the group
         x = input.flatten(1, 2) if input.dim() == 5 else input
         y = type(self)._pool(x, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode)
+        warn_if_inexact(self, input)
         return y.unflatten(1, input.shape[1:3]) if input.dim() == 5 else y
 
+    def _inexact_reasons(self, size: tuple[int, int]) -> tuple[str, list[str]]:
+        group = self.group or get_group("p4m")
+        name = group.name if self.group is not None else "p4 or p4m (assumed; pass group= for another group)"
+        return name, inexact_reasons_pool(group, size, self.kernel_size, self.stride, self.padding,
+                                          ceil_mode=self.ceil_mode, mode=self._mode)
+
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        if self.ceil_mode:
+            s += ", ceil_mode=True"
+        if self.group is not None:
+            s += f", group={self.group.name}"
+        return s
 
 
 class GroupMaxPool2d(_SpatialPool):
     __doc__ = "Max pooling over H and W. " + _SpatialPool.__doc__
     _pool = staticmethod(F.max_pool2d)
+    _mode = "max"
 
 
 class GroupAvgPool2d(_SpatialPool):
-    __doc__ = "Average pooling over H and W. " + _SpatialPool.__doc__
+    __doc__ = "Average pooling over H and W (padding counted in the divisor, as torch's default). " + \
+        _SpatialPool.__doc__
     _pool = staticmethod(F.avg_pool2d)
+    _mode = "avg"

@@ -1,4 +1,4 @@
-"""Building blocks (issue 6.1): the fused activation epilogue, GroupBatchNorm, GroupConvTranspose2d, width rules and
+"""Building blocks: the fused activation epilogue, GroupBatchNorm, GroupConvTranspose2d, width rules and
 the p4m ResNet builders.
 
 Oracles are float64 on the reference path: ``F.relu/silu/gelu`` after the reference conv, manual batch statistics,
@@ -8,13 +8,15 @@ without a GPU) in float32 against that oracle, every gradient included.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import DEVICE, assert_close, torch_backend, triton_backend
 from torch import nn
 
-from gconv_triton import GroupConv2d, check_equivariance
+from gconv_triton import EquivarianceWarning, GroupConv2d, GroupMaxPool2d, check_equivariance
 from gconv_triton.layers import GroupBatchNorm, GroupConvTranspose2d, gcnn_width
 from gconv_triton.models import GroupResNet, count_parameters, p4m_resnet18, p4m_resnet44
 from gconv_triton.reference import filter_bank
@@ -107,8 +109,7 @@ def test_group_batchnorm_is_equivariant(train):
     torch.manual_seed(0)
     bn = GroupBatchNorm(3, dtype=DT)
     bn(torch.randn(4, 3, 8, 7, 7, dtype=DT) + 0.5)  # non-trivial running statistics for eval
-    bn.train(train)
-    assert check_equivariance(bn, torch.randn(2, 3, 8, 7, 7, dtype=DT), "p4m") < EXACT
+    assert check_equivariance(bn, torch.randn(2, 3, 8, 7, 7, dtype=DT), "p4m", train=train) < EXACT
 
 
 def test_group_batchnorm_input_checks_and_sync_conversion():
@@ -118,6 +119,34 @@ def test_group_batchnorm_input_checks_and_sync_conversion():
         bn(torch.randn(2, 3, 5))
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(bn))
     assert isinstance(synced[0], nn.SyncBatchNorm)
+
+
+def test_group_batchnorm_wrong_channel_count_is_a_value_error():
+    bn = GroupBatchNorm(3)
+    with pytest.raises(ValueError, match=r"input: expected 3 channels \(num_features\) at dim 1, got shape "
+                                         r"\(2, 4, 8, 5, 5\)"):
+        bn(torch.randn(2, 4, 8, 5, 5))
+    with pytest.raises(ValueError, match=r"input: expected 3 channels \(num_features\) at dim 1; a flattened group "
+                                         r"map \(B, C\*S, H, W\) with S = 8 needs GroupBatchNorm\(3, group=\.\.\.\)"):
+        bn(torch.randn(2, 24, 5, 5))
+    with pytest.raises(ValueError, match=r"input: expected 3 channels \(num_features\) at dim 1 or 24"):
+        GroupBatchNorm(3, group="p4m")(torch.randn(2, 12, 5, 5))
+    with pytest.raises(ValueError, match=r"input: expected a group axis of 8 elements \(p4m\)"):
+        GroupBatchNorm(3, group="p4m")(torch.randn(2, 3, 4, 5, 5))
+
+
+def test_group_batchnorm_flattened_group_map():
+    """Given ``group``, a flattened (B, C·S, H, W) map is normalized per G-channel, as its 5-D form (same output,
+    same running statistics), and stays equivariant; plane maps with C channels still work."""
+    torch.manual_seed(0)
+    flat, full = GroupBatchNorm(3, group="p4m", dtype=DT), GroupBatchNorm(3, dtype=DT)
+    x = torch.randn(4, 3, 8, 5, 5, dtype=DT) * 2 + 1
+    assert torch.equal(flat(x.flatten(1, 2)), full(x).flatten(1, 2))
+    assert torch.equal(flat.running_mean, full.running_mean) and torch.equal(flat.running_var, full.running_var)
+    assert flat(torch.randn(2, 3, 5, 5, dtype=DT)).shape == (2, 3, 5, 5)
+    assert "group=p4m" in repr(flat)
+    flat.eval()
+    assert check_equivariance(flat, x.flatten(1, 2), "p4m", in_group="p4m", out_group="p4m") < EXACT
 
 
 # ------------------------------------------------------------------------------------ transposed conv
@@ -132,6 +161,7 @@ TRANSPOSED = [  # (id, group, out_group, stride, padding, output_padding, groups
 TRANSPOSED_CASES = [("torch", c) for c in TRANSPOSED] + [("triton", c) for c in TRANSPOSED[:2]]
 
 
+@pytest.mark.filterwarnings("ignore::gconv_triton.EquivarianceWarning")  # output_padding=1: numerics only
 @pytest.mark.parametrize("backend,case", TRANSPOSED_CASES, ids=[f"{c[0]}-{b}" for b, c in TRANSPOSED_CASES])
 def test_conv_transpose_matches_filter_bank(backend, case):
     """Forward and gradients == ``F.conv_transpose2d`` of the materialized bank (float64 autograd)."""
@@ -196,18 +226,69 @@ def test_resnet_builders_match_cnn_parameter_budget():
     cnn18 = GroupResNet("z2", (2, 2, 2, 2), (64, 128, 256, 512), equal=None, stem="imagenet", num_classes=1000,
                         device="meta")
     cnn44 = GroupResNet("z2", (7, 7, 7), (32, 64, 128), equal=None, device="meta")
-    assert count_parameters(cnn18) == 11_689_512  # torchvision's resnet18
+    # torchvision's resnet18 (11 689 512) with the exact 8x8 stem in place of its 7x7 one: 3·64·(64 - 49) more
+    assert count_parameters(cnn18) == 11_689_512 + 3 * 64 * (64 - 49)
     for g, c in ((r18, cnn18), (r44, cnn44)):
         assert abs(count_parameters(g) / count_parameters(c) - 1) < 0.03
     assert sum(isinstance(m, GroupBatchNorm) for m in r44.modules()) == 2 * 21 + 1 + 2
 
 
-@pytest.mark.parametrize("stem,size", [("cifar", 9), ("imagenet", 33)])
+@pytest.mark.parametrize("stem,size", [("cifar", 8), ("imagenet", 32)])
 def test_resnet_is_invariant_in_eval_and_trains(stem, size):
+    """Four stages: exact on multiples of 8 (CIFAR stem) and of 32 (ImageNet stem), without a warning."""
     torch.manual_seed(0)
     model = GroupResNet("p4m", (1, 1, 1, 1), (8, 8, 8, 8), stem=stem, num_classes=3, dtype=DT)
     x = torch.randn(2, 3, size, size, dtype=DT)
-    model(x).square().sum().backward()  # train mode: batch statistics, gradients reach every parameter
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    model.eval()
-    assert check_equivariance(model, x, "p4m") < EXACT
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EquivarianceWarning)
+        model(x).square().sum().backward()  # train mode: batch statistics, gradients reach every parameter
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+        assert check_equivariance(model, x, "p4m") < EXACT  # evaluated in eval mode
+
+
+def _strided_layer_reasons(model: GroupResNet, size: int) -> list:
+    """Walk the stem and every block, rule-checking each strided layer at the size it sees."""
+    from gconv_triton.exactness import inexact_reasons, inexact_reasons_pool
+
+    def out(n, m):
+        k, st, p = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding))
+        return (n + 2 * p - (k - 1) - 1) // st + 1
+
+    reasons = []
+    for m in model.stem:
+        if isinstance(m, GroupConv2d):
+            reasons += inexact_reasons("p4m", (size, size), m.kernel_size, m.stride, m.padding)
+            size = out(size, m)
+        elif isinstance(m, GroupMaxPool2d):
+            reasons += inexact_reasons_pool("p4m", (size, size), m.kernel_size, m.stride, m.padding)
+            size = out(size, m)
+    for block in (b for stage in model.stages for b in stage):
+        shortcut = [m for m in block.shortcut.modules() if isinstance(m, GroupConv2d)]
+        for m in [block.conv1] + shortcut:  # both see the block's input
+            reasons += inexact_reasons("p4m", (size, size), m.kernel_size, m.stride, m.padding)
+        size = out(size, block.conv1)
+    return reasons + [f"final size {size}"]
+
+
+def test_resnet_builders_are_exact_at_the_sizes_they_are_built_for():
+    """p4m_resnet44 on CIFAR's 32x32 (-> 33 -> 17 -> 9) and p4m_resnet18 on ImageNet's 224x224 (-> 113 -> 57 ->
+    29 -> 15 -> 8): every strided layer exact by the rule (full-width forwards would be slow here)."""
+    assert _strided_layer_reasons(p4m_resnet44(device="meta"), 32) == ["final size 9"]
+    assert _strided_layer_reasons(p4m_resnet18(device="meta"), 224) == ["final size 8"]
+    assert _strided_layer_reasons(p4m_resnet18(device="meta", stem="cifar"), 32) == ["final size 5"]
+    assert len(_strided_layer_reasons(p4m_resnet44(device="meta"), 30)) > 1  # 30 is not a multiple of 4
+
+
+def test_resnet44_architecture_is_invariant_on_cifar_size():
+    """p4m_resnet44's stem and strides (one block per stage, narrow) at 32x32 in float64: invariant, no
+    warning."""
+    torch.manual_seed(0)
+    model = GroupResNet("p4m", (1, 1, 1), (4, 4, 4), equal=None, num_classes=3, dtype=DT)
+    stem, reference = model.stem[0], p4m_resnet44(device="meta").stem[0]
+    assert (stem.kernel_size, stem.stride, stem.padding) == (reference.kernel_size, reference.stride,
+                                                              reference.padding)
+    x = torch.randn(2, 3, 32, 32, dtype=DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EquivarianceWarning)
+        model(x)  # training-mode statistics
+        assert check_equivariance(model, x, "p4m") < EXACT

@@ -19,6 +19,7 @@ from gconv_triton import (GroupAvgPool2d, GroupConv2d, GroupMaxPool2d, GroupPool
                           P4MConvZ2, check_equivariance)
 from gconv_triton._backend import current_backend, use_triton
 from gconv_triton.functional import gconv2d
+from gconv_triton.reference import filter_bank
 
 DT = torch.float64
 EXACT = 1e-12  # float64 round-off; an inexact layer is off by O(1)
@@ -344,6 +345,22 @@ def test_group_pool_rejects_bad_mode():
         GroupPool("sum")
 
 
+def test_group_pool_flattened_input():
+    """GrouPy's flattened (B, C·S, H, W) form needs S: ``group=`` gives it; without it a 4-D input is refused."""
+    x = torch.randn(2, 3, 4, 5, 5, dtype=DT)
+    for mode in ("max", "mean"):
+        assert torch.equal(GroupPool(mode, group="p4")(x.flatten(1, 2)), GroupPool(mode)(x))
+    assert repr(GroupPool(group="p4")) == "GroupPool(mode='max', group=p4)"
+    with pytest.raises(ValueError, match=r"input: a 4-D input \(2, 12, 5, 5\) is a flattened group map .* "
+                                         r"GroupPool\(group=\.\.\.\)"):
+        GroupPool()(x.flatten(1, 2))
+    with pytest.raises(ValueError, match=r"input: expected a multiple of S = 8 \(p4m\) channels"):
+        GroupPool(group="p4m")(x.flatten(1, 2))
+    with pytest.raises(ValueError, match=r"input: expected a group axis of 8 elements \(p4m\) at dim 2"):
+        GroupPool(group="p4m")(x)
+
+
+@pytest.mark.filterwarnings("ignore::gconv_triton.EquivarianceWarning")  # 7x6 is not square
 @pytest.mark.parametrize("cls,fn", [(GroupMaxPool2d, F.max_pool2d), (GroupAvgPool2d, F.avg_pool2d)])
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)])
 def test_spatial_pooling(cls, fn, kwargs):
@@ -359,6 +376,81 @@ def test_spatial_pooling(cls, fn, kwargs):
         pool(x[:, 0, 0])
 
 
+# ------------------------------------------------------------------------------------- padding_mode
+PADDING_MODES = ["zeros", "reflect", "replicate", "circular"]
+
+
+def _torch_conv(module, x, padding, stride=1):
+    """The oracle: ``torch.nn.Conv2d`` with the module's ``padding_mode`` holding the float64 filter bank."""
+    bank = filter_bank(module.weight, module.group, module.in_group).flatten(0, 1).flatten(1, 2)
+    conv = nn.Conv2d(bank.shape[1], bank.shape[0], bank.shape[-2:], stride=stride, padding=padding,
+                     padding_mode=module.padding_mode, dtype=DT)
+    with torch.no_grad():
+        conv.weight.copy_(bank)
+        conv.bias.copy_(module.bias.repeat_interleave(module.group.order))
+    return conv(x.flatten(1, 2) if x.dim() == 5 else x).unflatten(1, (module.out_channels, module.group.order))
+
+
+@pytest.mark.parametrize("mode", PADDING_MODES)
+@pytest.mark.parametrize("layer", LAYERS[:4], ids=LAYER_IDS[:4])
+def test_padding_mode_matches_torch_and_is_equivariant(layer, mode):
+    """Every torch padding mode on the P4/P4M layers: torch's own padding around the bank, and exact
+    equivariance at stride 1 (padding 1 and 'same') and at an exact stride 2."""
+    _, make, group, in_group = layer
+    x = _input(in_group, 2, 7)
+    for kwargs in (dict(padding=1), dict(padding="same"), dict(padding=1, stride=2)):
+        module = make(2, 3, 3, padding_mode=mode, dtype=DT, **kwargs)
+        with torch_backend():
+            y = module(x)
+            assert check_equivariance(module, x, group) < EXACT, kwargs
+        assert (y - _torch_conv(module, x, **kwargs)).abs().max() < EXACT, kwargs
+    assert ("padding_mode" in repr(module)) == (mode != "zeros")
+
+
+@pytest.mark.parametrize("mode", PADDING_MODES[1:])
+def test_padding_mode_gradcheck_and_export(mode):
+    module = GroupConv2d(2, 2, 3, group="p2mm", in_group="p2mm", padding=(1, 2), padding_mode=mode, dtype=DT)
+    x = _input("p2mm", 2, 5, batch=1).requires_grad_()
+    w, b = (p.detach().clone().requires_grad_() for p in (module.weight, module.bias))
+    with torch_backend():
+        assert torch.autograd.gradcheck(
+            lambda t, w, b: torch.func.functional_call(module, {"weight": w, "bias": b}, (t,)), (x, w, b))
+        y = module(x)
+    exported = module.export()
+    assert exported.padding_mode == mode
+    assert (exported(x.flatten(1, 2)).unflatten(1, (2, 4)) - y).abs().max() < EXACT
+
+
+def test_padding_mode_triton_backend():
+    """The kernels see an explicitly padded input and padding 0: one float32 check against the oracle."""
+    module = P4MConvP4M(2, 3, 3, padding=1, padding_mode="reflect", device=DEVICE)
+    x = _input("p4m", 2, 6, device=DEVICE, dtype=torch.float32)
+    with triton_backend():
+        y = module(x)
+    ref = _torch_conv(module.double().cpu(), x.double().cpu(), padding=1)
+    assert_close(y, ref, torch.float32, "reflect padding, Triton")
+
+
+def test_padding_mode_validation():
+    with pytest.raises(ValueError, match=r"padding_mode: expected one of \('zeros', 'reflect', 'replicate', "
+                                         r"'circular'\), got 'mirror'"):
+        P4ConvZ2(1, 2, 3, padding=1, padding_mode="mirror")
+    with pytest.raises(ValueError, match=r"padding: \(top, bottom, left, right\) = \(3, 3, 3, 3\) with "
+                                         r"padding_mode='reflect' needs at most 2 rows and 2 columns"):
+        P4ConvZ2(1, 2, 3, padding=3, padding_mode="reflect")(torch.randn(1, 1, 3, 3))
+
+
+def test_lifting_channel_error_reads_in_image_channels():
+    """A lifting layer's 4-D input is an image, not a flattened map: no "C_in x S_in = 1" arithmetic."""
+    with pytest.raises(ValueError) as info:
+        P4ConvZ2(3, 2, 3)(torch.randn(1, 4, 5, 5))
+    assert str(info.value) == ("input: expected 3 channels (weight.shape[1] = 3 x groups = 1), got 4 in shape "
+                               "(1, 4, 5, 5)")
+    with pytest.raises(ValueError, match=r"got 2 \(the flattened map \(B, C_in\*S_in, H, W\) of in_group p4 "
+                                         r"needs 3 x 4 = 12 channels, got 8\)"):
+        P4ConvP4(3, 2, 3)(torch.randn(1, 8, 5, 5))
+
+
 # ------------------------------------------------------------------------- Triton backend, one check
 @pytest.mark.parametrize("layer", LAYERS, ids=LAYER_IDS)
 def test_triton_forward_matches_reference(layer):
@@ -372,3 +464,18 @@ def test_triton_forward_matches_reference(layer):
     with torch_backend():
         ref = module.double().cpu()(x.double().cpu())
     assert_close(y, ref, torch.float32, layer[0])
+
+
+def test_layers_pickled_before_new_attributes_still_run():
+    """A whole model saved by an earlier version (no padding_mode / group attributes) unpickles and runs."""
+    from gconv_triton.layers import GroupBatchNorm
+
+    x = _input("p4", 2, 6)
+    for layer, attr in ((P4ConvP4(2, 2, 3, padding=1, dtype=DT), "padding_mode"), (GroupPool(), "group"),
+                        (GroupMaxPool2d(2), "group"), (GroupBatchNorm(2, dtype=DT), "group")):
+        state = dict(layer.__dict__)
+        del state[attr]
+        old = type(layer).__new__(type(layer))
+        old.__setstate__(state)
+        with torch_backend():
+            assert torch.equal(old(x), layer(x))

@@ -54,7 +54,8 @@ CALL_ERRORS = [
     ("channels-4d-not-multiple", dict(input=torch.randn(B, 10, H, H)), ValueError,
      r"input: expected a multiple of S_in = 4 \(in_group p4\) channels in flattened 4-D input"),
     ("channels-4d", dict(input=torch.randn(B, 4 * (C_IN + 1), H, H)), ValueError,
-     r"input: expected 3 channels .* got 4 \(16 = C_in x S_in = 4 in flattened 4-D input\)"),
+     r"input: expected 3 channels .* got 4 \(the flattened map \(B, C_in\*S_in, H, W\) of in_group p4 needs "
+     r"3 x 4 = 12 channels, got 16\)"),
     ("weight-group-axis", dict(weight=torch.randn(C_OUT, C_IN, 1, K, K)), ValueError,
      r"weight: expected shape \(C_out, C_in/groups, 4, kh, kw\) for in_group p4 \(S_in = 4\), got \(2, 3, 1, 3, 3\)"),
     ("bias-shape", dict(bias=torch.randn(C_OUT + 1)), ValueError,
@@ -249,7 +250,7 @@ def test_inexact_config_warns(kwargs, size, pattern):
     with gconv_triton.backend("torch"), pytest.warns(gconv_triton.EquivarianceWarning, match=pattern) as record:
         layer(_input(layer, in_group, size))
     assert issubclass(gconv_triton.EquivarianceWarning, UserWarning)
-    assert len(record) == 1 and "docs/errors.md#exactness-warnings" in str(record[0].message)
+    assert len(record) == 1 and "docs/exactness.md" in str(record[0].message)
 
 
 @pytest.mark.parametrize("kwargs, size", [c[1:] for c in EXACT], ids=[c[0] for c in EXACT])
