@@ -77,20 +77,30 @@ def _compiling() -> bool:
     return bool(fn()) if fn is not None else torch._dynamo.is_compiling()
 
 
-def autocast_inputs(device_type: str, *tensors: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
-    """Cast floating tensors to the autocast dtype when autocast is on for ``device_type``: convolutions run in
-    fp16/bf16 under ``torch.autocast`` as ``nn.Conv2d`` does (the kernels accumulate in fp32).  Custom ops are not
-    autocast-aware on their own, so the Python entry points do this before calling them."""
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype ``torch.autocast`` casts convolutions to on ``device_type``, or None when it is off there."""
     try:
         enabled = torch.is_autocast_enabled(device_type)
-        dtype = torch.get_autocast_dtype(device_type) if enabled else None
+        return torch.get_autocast_dtype(device_type) if enabled else None
     except (TypeError, AttributeError):  # older spellings, in case a build lacks the device-type forms
         cpu = device_type == "cpu"
         enabled = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
-        dtype = (torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()) if enabled else None
-    if not enabled:
-        return tensors
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+        return (torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()) if enabled else None
+
+
+def autocast_inputs(*tensors: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+    """The tensors as ``torch.autocast`` hands them to ``nn.Conv2d``: under autocast for a tensor's device type,
+    a floating tensor other than float64 is cast to the autocast dtype (fp16/bf16; the kernels accumulate in
+    fp32); anything else (float64, integer tensors, None, non-tensors left for the argument checks) is returned
+    as is.  The custom ops are not autocast-aware on their own, so the entry points call this first, before
+    validating, so that a layer fed the bf16 output of the one before it sees the dtype it will compute in."""
+    out = []
+    for t in tensors:
+        if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64:
+            dtype = _autocast_dtype(t.device.type)
+            t = t if dtype is None else t.to(dtype)
+        out.append(t)
+    return tuple(out)
 
 
 def check_activation(activation) -> str:
@@ -343,9 +353,9 @@ def _op_geometry(weight: Tensor, group: Group, in_group: Group, stride, padding,
 def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], *, group, in_group, stride, padding, dilation,
          groups: int, shared_weight: bool = False, activation: str = "none") -> Tensor:
     """``activation(gconv(input) + bias)`` through ``gconv_triton::gconv2d``.  Arguments as
-    :func:`~gconv_triton.functional.gconv2d` (validated there); returns ``(B, C_out, S_out, H_out, W_out)``."""
+    :func:`~gconv_triton.functional.gconv2d`, which validates them and applies :func:`autocast_inputs` first;
+    returns ``(B, C_out, S_out, H_out, W_out)``."""
     group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
-    input, weight, bias = autocast_inputs(input.device.type, input, weight, bias)
     x = input if input.dim() == 5 else input.unflatten(1, (-1, in_group.order))
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, shared_weight)
     return _conv_op(x, weight, bias, *geometry, activation, _backend_name())[0]
@@ -356,6 +366,6 @@ def conv_input_grad(dy: Tensor, weight: Tensor, input_size: Sequence[int], *, gr
     """The transposed group convolution ``Aᵀ dy`` of the conv ``A`` that maps ``input_size`` maps to ``dy``'s
     shape, differentiable in ``dy`` and ``weight``; through ``gconv_triton::gconv2d_input_grad``."""
     group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
-    dy, weight = autocast_inputs(dy.device.type, dy, weight)
+    dy, weight = autocast_inputs(dy, weight)
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, False)
     return _input_grad_op(dy, weight, list(input_size), dim_order(dy), *geometry, _backend_name())
