@@ -72,6 +72,22 @@ def _backend_name() -> str:
     return current_backend()
 
 
+@_assume_constant
+def _onnx_exporting() -> bool:
+    """True inside ``torch.onnx.export`` (either exporter), read once at trace time."""
+    return torch.onnx.is_in_onnx_export()
+
+
+def _export_spec(x: Tensor, weight: Tensor, bias: Optional[Tensor], *, group: Group, **geometry) -> ConvSpec:
+    """:func:`make_spec` for the ONNX path.  The group caches its tap tables on first use; the dynamo exporter
+    traces with fake tensors, so the tables are built (and cached) as real tensors first."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():
+        group.tap_destinations(tuple(int(k) for k in weight.shape[-2:]))
+    return make_spec(x, weight, bias, group=group, **geometry)
+
+
 def _compiling() -> bool:
     fn = getattr(torch.compiler, "is_compiling", None)
     return bool(fn()) if fn is not None else torch._dynamo.is_compiling()
@@ -277,6 +293,9 @@ def activation_backward(dy: torch.Tensor, saved: torch.Tensor, activation: str) 
     if activation == "relu":
         return torch.ops.aten.threshold_backward(dy, saved, 0)
     if activation == "silu":
+        if torch.is_grad_enabled():  # a double backward (create_graph=True): aten's silu_backward has no derivative
+            sig = torch.sigmoid(saved)
+            return dy * sig * (1 + saved * (1 - sig))  # aten's formula, in differentiable ops
         return torch.ops.aten.silu_backward(dy, saved)
     if activation == "gelu":
         return torch.ops.aten.gelu_backward(dy, saved)
@@ -298,11 +317,15 @@ def _conv_setup(ctx, inputs, output):
     ctx.save_for_backward(x, weight, y if ctx.activation == "relu" else z)
 
 
-def _conv_backward(ctx, dy, _dz):
+def _conv_backward(ctx, dy, dz_direct):
     x, weight, saved = ctx.saved_tensors
-    if dy is None:  # only the internal pre-activation output was used
+    # dz_direct: a gradient that reached the pre-activation output itself, which only a double backward through
+    # silu/gelu's backward (which reads it) produces.
+    dz = None if dy is None else activation_backward(dy, saved, ctx.activation)
+    if dz_direct is not None and dz_direct.numel():
+        dz = dz_direct if dz is None else dz + dz_direct
+    if dz is None:
         return (None,) * 12
-    dz = activation_backward(dy, saved, ctx.activation)
     dx = dw = db = None
     if ctx.needs_input_grad[0]:
         dx = _input_grad_op(dz, weight, list(x.shape), dim_order(x), *ctx.geometry, ctx.backend)
@@ -339,6 +362,29 @@ def _input_grad_backward(ctx, g):
 _input_grad_op.register_autograd(_input_grad_backward, setup_context=_input_grad_setup)
 
 
+def _weight_grad_setup(ctx, inputs, output):
+    dy, x = inputs[:2]
+    ctx.geometry = _geometry_args(inputs, 3)
+    ctx.backend = inputs[10]
+    ctx.save_for_backward(dy, x)
+
+
+def _weight_grad_backward(ctx, g):
+    """``dw = W(dy, x)`` is linear in ``dy`` and in ``x``; with ``A_g`` the conv whose weight is ``g``,
+    ``⟨W(dy, x), g⟩ = ⟨dy, A_g x⟩``, so ``d(dy) = A_g x`` (the forward conv) and ``dx = A_gᵀ dy`` (the input-grad
+    op).  This is the double backward of the conv through its weight (``gradgradcheck``, MAML)."""
+    dy, x = ctx.saved_tensors
+    d_dy = d_x = None
+    if ctx.needs_input_grad[0]:
+        d_dy = _conv_op(x, g, None, *ctx.geometry, "none", ctx.backend)[0]
+    if ctx.needs_input_grad[1]:
+        d_x = _input_grad_op(dy, g, list(x.shape), dim_order(x), *ctx.geometry, ctx.backend)
+    return (d_dy, d_x) + (None,) * 9
+
+
+_weight_grad_op.register_autograd(_weight_grad_backward, setup_context=_weight_grad_setup)
+
+
 # ------------------------------------------------------------------------------------------ entry points
 def _op_geometry(weight: Tensor, group: Group, in_group: Group, stride, padding, dilation, groups: int,
                  shared_weight: bool):
@@ -357,6 +403,12 @@ def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], *, group, in_gro
     returns ``(B, C_out, S_out, H_out, W_out)``."""
     group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
     x = input if input.dim() == 5 else input.unflatten(1, (-1, in_group.order))
+    if _onnx_exporting():  # ONNX has no gconv op: export the reference path's standard ops instead
+        spec = _export_spec(x, weight, bias, group=group, in_group=in_group, stride=stride, padding=padding,
+                            dilation=dilation, groups=groups, shared_weight=shared_weight)
+        fn = _ACTIVATION_FN[activation]
+        z = gconv2d_reference(x, weight, bias, spec)
+        return z if fn is None else fn(z)
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, shared_weight)
     return _conv_op(x, weight, bias, *geometry, activation, _backend_name())[0]
 
@@ -367,5 +419,24 @@ def conv_input_grad(dy: Tensor, weight: Tensor, input_size: Sequence[int], *, gr
     shape, differentiable in ``dy`` and ``weight``; through ``gconv_triton::gconv2d_input_grad``."""
     group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
     dy, weight = autocast_inputs(dy, weight)
+    if _onnx_exporting():  # ONNX has no gconv op: export the reference path's standard ops instead
+        return _input_grad_reference(dy, weight, input_size, group=group, in_group=in_group, stride=stride,
+                                     padding=padding, dilation=dilation, groups=groups)
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, False)
     return _input_grad_op(dy, weight, list(input_size), dim_order(dy), *geometry, _backend_name())
+
+
+def _input_grad_reference(dy: Tensor, weight: Tensor, input_size: Sequence[int], **geometry) -> Tensor:
+    """``Aᵀ dy`` as the filter bank + ``F.conv_transpose2d`` (standard ops, for ONNX): its ``output_padding``
+    is what the conv's floor division dropped, so the result has ``input_size``."""
+    spec = _export_spec(dy.new_empty(()).expand(input_size), weight, None, **geometry)
+    top, bottom, left, right = spec.padding
+    if (top, left) != (bottom, right):
+        raise ValueError(f"padding: expected a symmetric padding for the transposed convolution, got {spec.padding}")
+    kh, kw = spec.kernel
+    natural = [(n - 1) * s - 2 * p + d * (k - 1) + 1 for n, s, p, d, k in
+               zip(dy.shape[-2:], spec.stride, (top, left), spec.dilation, (kh, kw))]
+    output_padding = (spec.height - natural[0], spec.width - natural[1])
+    dx = F.conv_transpose2d(dy.flatten(1, 2), _bank(weight, spec), None, spec.stride, (top, left), output_padding,
+                            spec.groups, spec.dilation)
+    return dx.unflatten(1, tuple(input_size[1:3]))

@@ -69,8 +69,10 @@ def shared_kernel_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Option
     if bias is not None:
         _check_shape(bias, "bias", 1, (1,), "shape (1,)")
     input, weight, bias = autocast_inputs(input, weight, bias)
-    geometry = dict(group="z2", in_group="z2", stride=stride, padding=padding, dilation=dilation,
-                    groups=input.shape[1])
+    channels = input.shape[1]
+    if torch.jit.is_tracing():  # the TorchScript ONNX exporter traces sizes as tensors
+        channels = int(channels)
+    geometry = dict(group="z2", in_group="z2", stride=stride, padding=padding, dilation=dilation, groups=channels)
     if not _compiling():
         make_spec(input, weight.unsqueeze(2), bias, shared_weight=True, **geometry)
     return conv(input, weight.unsqueeze(2), bias, shared_weight=True, **geometry).squeeze(2)
