@@ -33,7 +33,7 @@ from ._layout import dim_order, empty_in_order
 from ._backend import backend as _use_backend, current_backend, use_triton
 from ._spec import ConvSpec, _pair, _resolve_padding, make_spec
 from .groups import Group, get_group
-from .reference import filter_bank, gconv2d_reference
+from .reference import bank_conv2d, bank_conv_transpose2d, flat_bank, gconv2d_reference
 
 __all__ = ["ACTIVATIONS", "group_key", "conv", "conv_input_grad", "check_activation", "autocast_inputs"]
 
@@ -78,14 +78,26 @@ def _onnx_exporting() -> bool:
     return torch.onnx.is_in_onnx_export()
 
 
-def _export_spec(x: Tensor, weight: Tensor, bias: Optional[Tensor], *, group: Group, **geometry) -> ConvSpec:
-    """:func:`make_spec` for the ONNX path.  The group caches its tap tables on first use; the dynamo exporter
-    traces with fake tensors, so the tables are built (and cached) as real tensors first."""
+def _standard_ops(x: Tensor, backend: str) -> bool:
+    """Whether the call runs as standard PyTorch ops differentiated by autograd (filter bank + ``F.conv2d``)
+    rather than through the custom ops: eagerly on the reference path (the 'torch' backend, or 'auto' on a
+    non-CUDA tensor, the rule of :func:`~gconv_triton._backend.use_triton`), where one ``convolution_backward``
+    gives both gradients, and inside an ONNX export, which knows no gconv op.  Compiled models keep the custom ops.
+    """
+    if _onnx_exporting():
+        return True
+    return not _compiling() and (backend == "torch" or (backend == "auto" and not x.is_cuda))
+
+
+def _cache_group_tables(group: Group, weight: Tensor) -> None:
+    """Inside an ONNX export, build the group's cached tap table as real tensors first: the dynamo exporter
+    traces with fake tensors, which must not be what the cache keeps."""
+    if not _onnx_exporting():
+        return
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     with unset_fake_temporarily():
         group.tap_destinations(tuple(int(k) for k in weight.shape[-2:]))
-    return make_spec(x, weight, bias, group=group, **geometry)
 
 
 def _compiling() -> bool:
@@ -161,9 +173,7 @@ def _kernels_for(x: Tensor, backend: str) -> bool:
 
 def _bank(weight: Tensor, spec: ConvSpec) -> Tensor:
     """The flattened filter bank ``(groups·C_out_g·S_out, C_in_g·S_in, kh, kw)`` (reference path only)."""
-    if spec.weight_groups != spec.groups:
-        weight = weight.repeat(spec.groups, 1, 1, 1, 1)
-    return filter_bank(weight, spec.group, spec.in_group).flatten(0, 1).flatten(1, 2)
+    return flat_bank(weight, spec.group, spec.in_group, spec.groups // spec.weight_groups)
 
 
 def _bank_adjoint(dbank: Tensor, spec: ConvSpec, weight_shape) -> Tensor:
@@ -244,8 +254,10 @@ def _input_grad_op(dy: Tensor, weight: Tensor, input_size: List[int], input_orde
                                     spec.dilation, spec.groups)
     if explicit is not None:
         dx = dx[..., spec.padding[0]:spec.padding[0] + spec.height, spec.padding[2]:spec.padding[2] + spec.width]
-    out = empty_in_order(input_size, input_order, dtype=dx.dtype, device=dx.device)
-    return out.copy_(dx.reshape(input_size))
+    dx = dx.view(input_size)
+    if dim_order(dx) == list(input_order):
+        return dx
+    return empty_in_order(input_size, input_order, dtype=dx.dtype, device=dx.device).copy_(dx)
 
 
 @_input_grad_op.register_fake
@@ -398,45 +410,34 @@ def _op_geometry(weight: Tensor, group: Group, in_group: Group, stride, padding,
 
 def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], *, group, in_group, stride, padding, dilation,
          groups: int, shared_weight: bool = False, activation: str = "none") -> Tensor:
-    """``activation(gconv(input) + bias)`` through ``gconv_triton::gconv2d``.  Arguments as
+    """``activation(gconv(input) + bias)``: through ``gconv_triton::gconv2d``, or as standard ops where
+    :func:`_standard_ops` says so.  Arguments as
     :func:`~gconv_triton.functional.gconv2d`, which validates them and applies :func:`autocast_inputs` first;
     returns ``(B, C_out, S_out, H_out, W_out)``."""
     group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
     x = input if input.dim() == 5 else input.unflatten(1, (-1, in_group.order))
-    if _onnx_exporting():  # ONNX has no gconv op: export the reference path's standard ops instead
-        spec = _export_spec(x, weight, bias, group=group, in_group=in_group, stride=stride, padding=padding,
-                            dilation=dilation, groups=groups, shared_weight=shared_weight)
-        fn = _ACTIVATION_FN[activation]
-        z = gconv2d_reference(x, weight, bias, spec)
-        return z if fn is None else fn(z)
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, shared_weight)
-    return _conv_op(x, weight, bias, *geometry, activation, _backend_name())[0]
+    backend = _backend_name()
+    if _standard_ops(x, backend):
+        _cache_group_tables(group, weight)
+        z = bank_conv2d(x, weight, bias, group=group, in_group=in_group, stride=geometry[2], padding=geometry[3],
+                        dilation=geometry[4], groups=groups, shared_weight=shared_weight)
+        fn = _ACTIVATION_FN[activation]
+        return z if fn is None else fn(z)
+    return _conv_op(x, weight, bias, *geometry, activation, backend)[0]
 
 
 def conv_input_grad(dy: Tensor, weight: Tensor, input_size: Sequence[int], *, group, in_group, stride, padding,
                     dilation, groups: int) -> Tensor:
     """The transposed group convolution ``Aᵀ dy`` of the conv ``A`` that maps ``input_size`` maps to ``dy``'s
-    shape, differentiable in ``dy`` and ``weight``; through ``gconv_triton::gconv2d_input_grad``."""
+    shape, differentiable in ``dy`` and ``weight``; through ``gconv_triton::gconv2d_input_grad``, or as standard
+    ops where :func:`_standard_ops` says so."""
     group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
     dy, weight = autocast_inputs(dy, weight)
-    if _onnx_exporting():  # ONNX has no gconv op: export the reference path's standard ops instead
-        return _input_grad_reference(dy, weight, input_size, group=group, in_group=in_group, stride=stride,
-                                     padding=padding, dilation=dilation, groups=groups)
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, False)
-    return _input_grad_op(dy, weight, list(input_size), dim_order(dy), *geometry, _backend_name())
-
-
-def _input_grad_reference(dy: Tensor, weight: Tensor, input_size: Sequence[int], **geometry) -> Tensor:
-    """``Aᵀ dy`` as the filter bank + ``F.conv_transpose2d`` (standard ops, for ONNX): its ``output_padding``
-    is what the conv's floor division dropped, so the result has ``input_size``."""
-    spec = _export_spec(dy.new_empty(()).expand(input_size), weight, None, **geometry)
-    top, bottom, left, right = spec.padding
-    if (top, left) != (bottom, right):
-        raise ValueError(f"padding: expected a symmetric padding for the transposed convolution, got {spec.padding}")
-    kh, kw = spec.kernel
-    natural = [(n - 1) * s - 2 * p + d * (k - 1) + 1 for n, s, p, d, k in
-               zip(dy.shape[-2:], spec.stride, (top, left), spec.dilation, (kh, kw))]
-    output_padding = (spec.height - natural[0], spec.width - natural[1])
-    dx = F.conv_transpose2d(dy.flatten(1, 2), _bank(weight, spec), None, spec.stride, (top, left), output_padding,
-                            spec.groups, spec.dilation)
-    return dx.unflatten(1, tuple(input_size[1:3]))
+    backend = _backend_name()
+    if _standard_ops(dy, backend):
+        _cache_group_tables(group, weight)
+        return bank_conv_transpose2d(dy, weight, input_size, group=group, in_group=in_group, stride=geometry[2],
+                                     padding=geometry[3], dilation=geometry[4], groups=groups)
+    return _input_grad_op(dy, weight, list(input_size), dim_order(dy), *geometry, backend)
