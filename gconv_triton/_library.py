@@ -89,17 +89,6 @@ def _standard_ops(x: Tensor, backend: str) -> bool:
     return not _compiling() and (backend == "torch" or (backend == "auto" and not x.is_cuda))
 
 
-def _cache_group_tables(group: Group, weight: Tensor) -> None:
-    """Inside an ONNX export, build the group's cached tap table as real tensors first: the dynamo exporter
-    traces with fake tensors, which must not be what the cache keeps."""
-    if not _onnx_exporting():
-        return
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    with unset_fake_temporarily():
-        group.tap_destinations(tuple(int(k) for k in weight.shape[-2:]))
-
-
 def _compiling() -> bool:
     fn = getattr(torch.compiler, "is_compiling", None)
     return bool(fn()) if fn is not None else torch._dynamo.is_compiling()
@@ -419,7 +408,6 @@ def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], *, group, in_gro
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, shared_weight)
     backend = _backend_name()
     if _standard_ops(x, backend):
-        _cache_group_tables(group, weight)
         z = bank_conv2d(x, weight, bias, group=group, in_group=in_group, stride=geometry[2], padding=geometry[3],
                         dilation=geometry[4], groups=groups, shared_weight=shared_weight)
         fn = _ACTIVATION_FN[activation]
@@ -437,7 +425,6 @@ def conv_input_grad(dy: Tensor, weight: Tensor, input_size: Sequence[int], *, gr
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, False)
     backend = _backend_name()
     if _standard_ops(dy, backend):
-        _cache_group_tables(group, weight)
         return bank_conv_transpose2d(dy, weight, input_size, group=group, in_group=in_group, stride=geometry[2],
                                      padding=geometry[3], dilation=geometry[4], groups=groups)
     return _input_grad_op(dy, weight, list(input_size), dim_order(dy), *geometry, backend)

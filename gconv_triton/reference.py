@@ -6,6 +6,7 @@ CPU tensors.  It computes in the input's dtype and is differentiable by autograd
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -24,16 +25,34 @@ def filter_bank(weight: torch.Tensor, group: Group, in_group: Group) -> torch.Te
         weight: base weight ``(C_out, C_in, S_in, kh, kw)``.
     Returns:
         the bank ``(C_out, S_out, C_in, S_in, kh, kw)``; flatten to ``(C_out·S_out, C_in·S_in, kh, kw)`` for
-        ``F.conv2d``.
+        ``F.conv2d``.  One ``index_select`` of the flattened weight (its backward one ``index_add_``).
     """
-    c_out, c_in, s_in, kh, kw = weight.shape
-    t = group.stabilizer_index(in_group).to(weight.device)               # (S_out, S_in)
-    selected = weight[:, :, t]                                           # (C_out, C_in, S_out, S_in, kh, kw)
+    index = bank_index(group, in_group, tuple(int(d) for d in weight.shape), weight.device)
+    return weight.reshape(-1).index_select(0, index.flatten()).view(index.shape)
+
+
+@functools.lru_cache(maxsize=256)
+def bank_index(group: Group, in_group: Group, weight_shape: tuple, device: torch.device) -> torch.Tensor:
+    """Where each entry of the bank ``(C_out, S_out, C_in, S_in, kh, kw)`` reads the flattened base weight of
+    ``weight_shape``: the gather of :func:`filter_bank` applied to ``arange``, built once per shape and device.
+
+    Built from real tensors even when first asked for while ``torch.onnx.export`` / ``torch.export`` trace with
+    fake tensors, which the cache must not keep."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():
+        return _bank_index(group, in_group, weight_shape).to(device)
+
+
+def _bank_index(group: Group, in_group: Group, weight_shape: tuple) -> torch.Tensor:
+    c_out, c_in, s_in, kh, kw = weight_shape
+    t = group.stabilizer_index(in_group)                                 # (S_out, S_in)
+    selected = torch.arange(c_out * c_in * s_in * kh * kw).view(weight_shape)[:, :, t]
     # act(g, f)[dest[g, t]] = f[t], i.e. read f at source = dest⁻¹.
-    source = torch.argsort(group.tap_destinations((kh, kw)), dim=1).to(weight.device)  # (S_out, T)
+    source = torch.argsort(group.tap_destinations((kh, kw)), dim=1)     # (S_out, T)
     index = source[None, None, :, None, :].expand(c_out, c_in, -1, s_in, -1)
     bank = torch.gather(selected.flatten(-2), -1, index).unflatten(-1, (kh, kw))
-    return bank.permute(0, 2, 1, 3, 4, 5)
+    return bank.permute(0, 2, 1, 3, 4, 5).contiguous()
 
 
 def flat_bank(weight: torch.Tensor, group: Group, in_group: Group, repeats: int = 1) -> torch.Tensor:
