@@ -6,7 +6,6 @@ CPU tensors.  It computes in the input's dtype and is differentiable by autograd
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
@@ -31,17 +30,26 @@ def filter_bank(weight: torch.Tensor, group: Group, in_group: Group) -> torch.Te
     return weight.reshape(-1).index_select(0, index.flatten()).view(index.shape)
 
 
-@functools.lru_cache(maxsize=256)
+# (id(group), id(in_group), weight shape, device) -> (group, in_group, index): keyed by identity, not by
+# Group.__hash__, which reads the Cayley table (data-dependent under export tracing); the groups are kept alive
+# with the entry, so their ids stay theirs.
+_BANK_INDEX: dict = {}
+
+
 def bank_index(group: Group, in_group: Group, weight_shape: tuple, device: torch.device) -> torch.Tensor:
     """Where each entry of the bank ``(C_out, S_out, C_in, S_in, kh, kw)`` reads the flattened base weight of
     ``weight_shape``: the gather of :func:`filter_bank` applied to ``arange``, built once per shape and device.
 
     Built from real tensors even when first asked for while ``torch.onnx.export`` / ``torch.export`` trace with
     fake tensors, which the cache must not keep."""
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    key = (id(group), id(in_group), weight_shape, device)
+    entry = _BANK_INDEX.get(key)
+    if entry is None:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    with unset_fake_temporarily():
-        return _bank_index(group, in_group, weight_shape).to(device)
+        with unset_fake_temporarily():
+            entry = _BANK_INDEX[key] = (group, in_group, _bank_index(group, in_group, weight_shape).to(device))
+    return entry[2]
 
 
 def _bank_index(group: Group, in_group: Group, weight_shape: tuple) -> torch.Tensor:
