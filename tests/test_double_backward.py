@@ -45,8 +45,9 @@ def _tensors(group, in_group, c_in, c_out, geometry, device, size=5):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_gconv2d_gradgradcheck(backend, case, activation):
-    if backend == "triton" and activation in ("relu", "gelu"):
-        pytest.skip("the activations' backward is plain PyTorch on both backends: silu and none cover the kernels")
+    if backend == "triton" and (activation in ("relu", "gelu") or (activation == "silu" and case != "p4")):
+        pytest.skip("the activations' backward is plain PyTorch on both backends: every geometry without one and "
+                    "silu on one cover the kernels (each case takes a minute in the interpreter)")
     ctx, device = BACKENDS[backend]
     group, in_group, c_in, c_out, geometry = CASES[case]
     torch.manual_seed(0)
