@@ -33,7 +33,7 @@ from ._layout import dim_order, empty_in_order
 from ._backend import backend as _use_backend, current_backend, use_triton
 from ._spec import ConvSpec, _pair, _resolve_padding, make_spec
 from .groups import Group, get_group
-from .reference import filter_bank, gconv2d_reference
+from .reference import bank_conv2d, bank_conv_transpose2d, flat_bank, gconv2d_reference
 
 __all__ = ["ACTIVATIONS", "group_key", "conv", "conv_input_grad", "check_activation", "autocast_inputs"]
 
@@ -72,25 +72,52 @@ def _backend_name() -> str:
     return current_backend()
 
 
+@_assume_constant
+def _onnx_exporting() -> bool:
+    """True inside ``torch.onnx.export`` (either exporter), read once at trace time."""
+    return torch.onnx.is_in_onnx_export()
+
+
+def _standard_ops(x: Tensor, backend: str) -> bool:
+    """Whether the call runs as standard PyTorch ops differentiated by autograd (filter bank + ``F.conv2d``)
+    rather than through the custom ops: eagerly on the reference path (the 'torch' backend, or 'auto' on a
+    non-CUDA tensor, the rule of :func:`~gconv_triton._backend.use_triton`), where one ``convolution_backward``
+    gives both gradients, and inside an ONNX export, which knows no gconv op.  Compiled models keep the custom ops.
+    """
+    if _onnx_exporting():
+        return True
+    return not _compiling() and (backend == "torch" or (backend == "auto" and not x.is_cuda))
+
+
 def _compiling() -> bool:
     fn = getattr(torch.compiler, "is_compiling", None)
     return bool(fn()) if fn is not None else torch._dynamo.is_compiling()
 
 
-def autocast_inputs(device_type: str, *tensors: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
-    """Cast floating tensors to the autocast dtype when autocast is on for ``device_type``: convolutions run in
-    fp16/bf16 under ``torch.autocast`` as ``nn.Conv2d`` does (the kernels accumulate in fp32).  Custom ops are not
-    autocast-aware on their own, so the Python entry points do this before calling them."""
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype ``torch.autocast`` casts convolutions to on ``device_type``, or None when it is off there."""
     try:
         enabled = torch.is_autocast_enabled(device_type)
-        dtype = torch.get_autocast_dtype(device_type) if enabled else None
+        return torch.get_autocast_dtype(device_type) if enabled else None
     except (TypeError, AttributeError):  # older spellings, in case a build lacks the device-type forms
         cpu = device_type == "cpu"
         enabled = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
-        dtype = (torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()) if enabled else None
-    if not enabled:
-        return tensors
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+        return (torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()) if enabled else None
+
+
+def autocast_inputs(*tensors: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+    """The tensors as ``torch.autocast`` hands them to ``nn.Conv2d``: under autocast for a tensor's device type,
+    a floating tensor other than float64 is cast to the autocast dtype (fp16/bf16; the kernels accumulate in
+    fp32); anything else (float64, integer tensors, None, non-tensors left for the argument checks) is returned
+    as is.  The custom ops are not autocast-aware on their own, so the entry points call this first, before
+    validating, so that a layer fed the bf16 output of the one before it sees the dtype it will compute in."""
+    out = []
+    for t in tensors:
+        if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64:
+            dtype = _autocast_dtype(t.device.type)
+            t = t if dtype is None else t.to(dtype)
+        out.append(t)
+    return tuple(out)
 
 
 def check_activation(activation) -> str:
@@ -135,9 +162,7 @@ def _kernels_for(x: Tensor, backend: str) -> bool:
 
 def _bank(weight: Tensor, spec: ConvSpec) -> Tensor:
     """The flattened filter bank ``(groups·C_out_g·S_out, C_in_g·S_in, kh, kw)`` (reference path only)."""
-    if spec.weight_groups != spec.groups:
-        weight = weight.repeat(spec.groups, 1, 1, 1, 1)
-    return filter_bank(weight, spec.group, spec.in_group).flatten(0, 1).flatten(1, 2)
+    return flat_bank(weight, spec.group, spec.in_group, spec.groups // spec.weight_groups)
 
 
 def _bank_adjoint(dbank: Tensor, spec: ConvSpec, weight_shape) -> Tensor:
@@ -218,8 +243,9 @@ def _input_grad_op(dy: Tensor, weight: Tensor, input_size: List[int], input_orde
                                     spec.dilation, spec.groups)
     if explicit is not None:
         dx = dx[..., spec.padding[0]:spec.padding[0] + spec.height, spec.padding[2]:spec.padding[2] + spec.width]
-    out = empty_in_order(input_size, input_order, dtype=dx.dtype, device=dx.device)
-    return out.copy_(dx.reshape(input_size))
+    dx = dx.view(input_size)
+    out = empty_in_order(input_size, input_order, dtype=dx.dtype, device=dx.device)  # the fake kernel's strides
+    return dx if dx.stride() == out.stride() else out.copy_(dx)  # copy only when the layout differs
 
 
 @_input_grad_op.register_fake
@@ -267,6 +293,9 @@ def activation_backward(dy: torch.Tensor, saved: torch.Tensor, activation: str) 
     if activation == "relu":
         return torch.ops.aten.threshold_backward(dy, saved, 0)
     if activation == "silu":
+        if torch.is_grad_enabled():  # a double backward (create_graph=True): aten's silu_backward has no derivative
+            sig = torch.sigmoid(saved)
+            return dy * sig * (1 + saved * (1 - sig))  # aten's formula, in differentiable ops
         return torch.ops.aten.silu_backward(dy, saved)
     if activation == "gelu":
         return torch.ops.aten.gelu_backward(dy, saved)
@@ -288,11 +317,15 @@ def _conv_setup(ctx, inputs, output):
     ctx.save_for_backward(x, weight, y if ctx.activation == "relu" else z)
 
 
-def _conv_backward(ctx, dy, _dz):
+def _conv_backward(ctx, dy, dz_direct):
     x, weight, saved = ctx.saved_tensors
-    if dy is None:  # only the internal pre-activation output was used
+    # dz_direct: a gradient that reached the pre-activation output itself, which only a double backward through
+    # silu/gelu's backward (which reads it) produces.
+    dz = None if dy is None else activation_backward(dy, saved, ctx.activation)
+    if dz_direct is not None and dz_direct.numel():
+        dz = dz_direct if dz is None else dz + dz_direct
+    if dz is None:
         return (None,) * 12
-    dz = activation_backward(dy, saved, ctx.activation)
     dx = dw = db = None
     if ctx.needs_input_grad[0]:
         dx = _input_grad_op(dz, weight, list(x.shape), dim_order(x), *ctx.geometry, ctx.backend)
@@ -329,6 +362,29 @@ def _input_grad_backward(ctx, g):
 _input_grad_op.register_autograd(_input_grad_backward, setup_context=_input_grad_setup)
 
 
+def _weight_grad_setup(ctx, inputs, output):
+    dy, x = inputs[:2]
+    ctx.geometry = _geometry_args(inputs, 3)
+    ctx.backend = inputs[10]
+    ctx.save_for_backward(dy, x)
+
+
+def _weight_grad_backward(ctx, g):
+    """``dw = W(dy, x)`` is linear in ``dy`` and in ``x``; with ``A_g`` the conv whose weight is ``g``,
+    ``⟨W(dy, x), g⟩ = ⟨dy, A_g x⟩``, so ``d(dy) = A_g x`` (the forward conv) and ``dx = A_gᵀ dy`` (the input-grad
+    op).  This is the double backward of the conv through its weight (``gradgradcheck``, MAML)."""
+    dy, x = ctx.saved_tensors
+    d_dy = d_x = None
+    if ctx.needs_input_grad[0]:
+        d_dy = _conv_op(x, g, None, *ctx.geometry, "none", ctx.backend)[0]
+    if ctx.needs_input_grad[1]:
+        d_x = _input_grad_op(dy, g, list(x.shape), dim_order(x), *ctx.geometry, ctx.backend)
+    return (d_dy, d_x) + (None,) * 9
+
+
+_weight_grad_op.register_autograd(_weight_grad_backward, setup_context=_weight_grad_setup)
+
+
 # ------------------------------------------------------------------------------------------ entry points
 def _op_geometry(weight: Tensor, group: Group, in_group: Group, stride, padding, dilation, groups: int,
                  shared_weight: bool):
@@ -342,20 +398,32 @@ def _op_geometry(weight: Tensor, group: Group, in_group: Group, stride, padding,
 
 def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], *, group, in_group, stride, padding, dilation,
          groups: int, shared_weight: bool = False, activation: str = "none") -> Tensor:
-    """``activation(gconv(input) + bias)`` through ``gconv_triton::gconv2d``.  Arguments as
-    :func:`~gconv_triton.functional.gconv2d` (validated there); returns ``(B, C_out, S_out, H_out, W_out)``."""
+    """``activation(gconv(input) + bias)``: through ``gconv_triton::gconv2d``, or as standard ops where
+    :func:`_standard_ops` says so.  Arguments as
+    :func:`~gconv_triton.functional.gconv2d`, which validates them and applies :func:`autocast_inputs` first;
+    returns ``(B, C_out, S_out, H_out, W_out)``."""
     group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
-    input, weight, bias = autocast_inputs(input.device.type, input, weight, bias)
     x = input if input.dim() == 5 else input.unflatten(1, (-1, in_group.order))
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, shared_weight)
-    return _conv_op(x, weight, bias, *geometry, activation, _backend_name())[0]
+    backend = _backend_name()
+    if _standard_ops(x, backend):
+        z = bank_conv2d(x, weight, bias, group=group, in_group=in_group, stride=geometry[2], padding=geometry[3],
+                        dilation=geometry[4], groups=groups, shared_weight=shared_weight)
+        fn = _ACTIVATION_FN[activation]
+        return z if fn is None else fn(z)
+    return _conv_op(x, weight, bias, *geometry, activation, backend)[0]
 
 
 def conv_input_grad(dy: Tensor, weight: Tensor, input_size: Sequence[int], *, group, in_group, stride, padding,
                     dilation, groups: int) -> Tensor:
     """The transposed group convolution ``Aᵀ dy`` of the conv ``A`` that maps ``input_size`` maps to ``dy``'s
-    shape, differentiable in ``dy`` and ``weight``; through ``gconv_triton::gconv2d_input_grad``."""
+    shape, differentiable in ``dy`` and ``weight``; through ``gconv_triton::gconv2d_input_grad``, or as standard
+    ops where :func:`_standard_ops` says so."""
     group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
-    dy, weight = autocast_inputs(dy.device.type, dy, weight)
+    dy, weight = autocast_inputs(dy, weight)
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, False)
-    return _input_grad_op(dy, weight, list(input_size), dim_order(dy), *geometry, _backend_name())
+    backend = _backend_name()
+    if _standard_ops(dy, backend):
+        return bank_conv_transpose2d(dy, weight, input_size, group=group, in_group=in_group, stride=geometry[2],
+                                     padding=geometry[3], dilation=geometry[4], groups=groups)
+    return _input_grad_op(dy, weight, list(input_size), dim_order(dy), *geometry, backend)

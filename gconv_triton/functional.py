@@ -6,7 +6,7 @@ from typing import Optional, Union
 
 import torch
 
-from ._library import _compiling, check_activation, conv
+from ._library import _compiling, autocast_inputs, check_activation, conv
 from ._spec import make_spec
 from .groups import Group
 
@@ -40,6 +40,7 @@ def gconv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     ``(H + 2p - d(k-1) - 1) % s == 0`` and ``H == W`` (see the README).
     """
     activation = check_activation(activation)
+    input, weight, bias = autocast_inputs(input, weight, bias)  # as nn.Conv2d: cast first, then check the dtypes
     if not _compiling():  # every check, before anything launches (the op rebuilds the spec at run time)
         make_spec(input, weight, bias, group=group, in_group=in_group, stride=stride, padding=padding,
                   dilation=dilation, groups=groups)
@@ -67,8 +68,11 @@ def shared_kernel_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Option
     _check_shape(weight, "weight", 4, (1, 1), "shape (1, 1, kh, kw)")
     if bias is not None:
         _check_shape(bias, "bias", 1, (1,), "shape (1,)")
-    geometry = dict(group="z2", in_group="z2", stride=stride, padding=padding, dilation=dilation,
-                    groups=input.shape[1])
+    input, weight, bias = autocast_inputs(input, weight, bias)
+    channels = input.shape[1]
+    if torch.jit.is_tracing():  # the TorchScript ONNX exporter traces sizes as tensors
+        channels = int(channels)
+    geometry = dict(group="z2", in_group="z2", stride=stride, padding=padding, dilation=dilation, groups=channels)
     if not _compiling():
         make_spec(input, weight.unsqueeze(2), bias, shared_weight=True, **geometry)
     return conv(input, weight.unsqueeze(2), bias, shared_weight=True, **geometry).squeeze(2)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ._spec import ConvSpec, as_5d
 from .groups import Group
 
-__all__ = ["filter_bank", "gconv2d_reference"]
+__all__ = ["filter_bank", "flat_bank", "bank_conv2d", "bank_conv_transpose2d", "gconv2d_reference"]
 
 
 def filter_bank(weight: torch.Tensor, group: Group, in_group: Group) -> torch.Tensor:
@@ -24,32 +24,93 @@ def filter_bank(weight: torch.Tensor, group: Group, in_group: Group) -> torch.Te
         weight: base weight ``(C_out, C_in, S_in, kh, kw)``.
     Returns:
         the bank ``(C_out, S_out, C_in, S_in, kh, kw)``; flatten to ``(C_out·S_out, C_in·S_in, kh, kw)`` for
-        ``F.conv2d``.
+        ``F.conv2d``.  One ``index_select`` of the flattened weight (its backward one ``index_add_``).
     """
-    c_out, c_in, s_in, kh, kw = weight.shape
-    t = group.stabilizer_index(in_group).to(weight.device)               # (S_out, S_in)
-    selected = weight[:, :, t]                                           # (C_out, C_in, S_out, S_in, kh, kw)
+    index = bank_index(group, in_group, tuple(int(d) for d in weight.shape), weight.device)
+    return weight.reshape(-1).index_select(0, index.flatten()).view(index.shape)
+
+
+# (id(group), id(in_group), weight shape, device) -> (group, in_group, index): keyed by identity, not by
+# Group.__hash__, which reads the Cayley table (data-dependent under export tracing); the groups are kept alive
+# with the entry, so their ids stay theirs.
+_BANK_INDEX: dict = {}
+
+
+def bank_index(group: Group, in_group: Group, weight_shape: tuple, device: torch.device) -> torch.Tensor:
+    """Where each entry of the bank ``(C_out, S_out, C_in, S_in, kh, kw)`` reads the flattened base weight of
+    ``weight_shape``: the gather of :func:`filter_bank` applied to ``arange``, built once per shape and device.
+
+    Built from real tensors even when first asked for while ``torch.onnx.export`` / ``torch.export`` trace with
+    fake tensors, which the cache must not keep."""
+    key = (id(group), id(in_group), weight_shape, device)
+    entry = _BANK_INDEX.get(key)
+    if entry is None:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        with unset_fake_temporarily():
+            entry = _BANK_INDEX[key] = (group, in_group, _bank_index(group, in_group, weight_shape).to(device))
+    return entry[2]
+
+
+def _bank_index(group: Group, in_group: Group, weight_shape: tuple) -> torch.Tensor:
+    c_out, c_in, s_in, kh, kw = weight_shape
+    t = group.stabilizer_index(in_group)                                 # (S_out, S_in)
+    selected = torch.arange(c_out * c_in * s_in * kh * kw).view(weight_shape)[:, :, t]
     # act(g, f)[dest[g, t]] = f[t], i.e. read f at source = dest⁻¹.
-    source = torch.argsort(group.tap_destinations((kh, kw)), dim=1).to(weight.device)  # (S_out, T)
+    source = torch.argsort(group.tap_destinations((kh, kw)), dim=1)     # (S_out, T)
     index = source[None, None, :, None, :].expand(c_out, c_in, -1, s_in, -1)
     bank = torch.gather(selected.flatten(-2), -1, index).unflatten(-1, (kh, kw))
-    return bank.permute(0, 2, 1, 3, 4, 5)
+    return bank.permute(0, 2, 1, 3, 4, 5).contiguous()
+
+
+def flat_bank(weight: torch.Tensor, group: Group, in_group: Group, repeats: int = 1) -> torch.Tensor:
+    """The bank flattened for ``F.conv2d``: ``(repeats·C_out·S_out, C_in·S_in, kh, kw)``; ``repeats`` copies of
+    ``weight`` along the output channels serve a weight shared by every channel group."""
+    if repeats != 1:
+        weight = weight.repeat(repeats, 1, 1, 1, 1)
+    return filter_bank(weight, group, in_group).flatten(0, 1).flatten(1, 2)
+
+
+def bank_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, group: Group,
+                in_group: Group, stride, padding, dilation, groups: int, shared_weight: bool = False) -> torch.Tensor:
+    """Group convolution of a 5-D ``input (B, C_in, S_in, H, W)`` by filter bank + ``F.conv2d``; ``padding`` is
+    ``(top, bottom, left, right)``, the rest as :func:`~gconv_triton.functional.gconv2d`.  Returns
+    ``(B, C_out, S_out, H_out, W_out)``.  Differentiable by autograd (one ``convolution_backward`` for both
+    gradients, the bank's gather scatter-added back onto the weight)."""
+    repeats = groups if shared_weight else 1  # one weight slice shared by every channel group
+    bank = flat_bank(weight, group, in_group, repeats)
+    if bias is not None:
+        bias = bias.repeat(repeats).repeat_interleave(group.order)
+    x = input.flatten(1, 2)
+    top, bottom, left, right = padding
+    if top != bottom or left != right:
+        x = F.pad(x, (left, right, top, bottom))
+        top = left = 0
+    y = F.conv2d(x, bank, bias, stride=stride, padding=(top, left), dilation=dilation, groups=groups)
+    return y.unflatten(1, (-1, group.order))
+
+
+def bank_conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, output_size, *, group: Group, in_group: Group,
+                          stride, padding, dilation, groups: int) -> torch.Tensor:
+    """The adjoint of :func:`bank_conv2d` (``padding`` symmetric, ``(top, bottom, left, right)``): maps
+    ``input (B, C_out, S_out, H', W')`` to ``output_size (B, C_in, S_in, H, W)`` by filter bank +
+    ``F.conv_transpose2d``, whose ``output_padding`` restores what the conv's floor division dropped."""
+    top, bottom, left, right = padding
+    if (top, left) != (bottom, right):
+        raise ValueError(f"padding: expected a symmetric padding for the transposed convolution, got {padding}")
+    kh, kw = weight.shape[-2:]
+    natural = [(n - 1) * s - 2 * p + d * (k - 1) + 1
+               for n, s, p, d, k in zip(input.shape[-2:], stride, (top, left), dilation, (kh, kw))]
+    output_padding = (output_size[-2] - natural[0], output_size[-1] - natural[1])
+    y = F.conv_transpose2d(input.flatten(1, 2), flat_bank(weight, group, in_group), None, stride, (top, left),
+                           output_padding, groups, dilation)
+    return y.unflatten(1, tuple(output_size[1:3]))
 
 
 def gconv2d_reference(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                       spec: ConvSpec) -> torch.Tensor:
     """Group convolution by filter bank + ``F.conv2d``.  Shapes as in :class:`~gconv_triton._spec.ConvSpec`;
     returns ``(B, C_out, S_out, H_out, W_out)``."""
-    x = as_5d(input, spec).flatten(1, 2)
-    if spec.weight_groups != spec.groups:  # one weight slice shared by every channel group
-        weight = weight.repeat(spec.groups, 1, 1, 1, 1)
-        bias = None if bias is None else bias.repeat(spec.groups)
-    bank = filter_bank(weight, spec.group, spec.in_group).flatten(0, 1).flatten(1, 2)
-    top, bottom, left, right = spec.padding
-    if top != bottom or left != right:
-        x = F.pad(x, (left, right, top, bottom))
-        top = left = 0
-    full_bias = None if bias is None else bias.repeat_interleave(spec.s_out)
-    y = F.conv2d(x, bank, full_bias, stride=spec.stride, padding=(top, left), dilation=spec.dilation,
-                 groups=spec.groups)
-    return y.unflatten(1, (spec.groups * spec.out_channels, spec.s_out))
+    return bank_conv2d(as_5d(input, spec), weight, bias, group=spec.group, in_group=spec.in_group,
+                       stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups,
+                       shared_weight=spec.weight_groups != spec.groups)
