@@ -340,10 +340,10 @@ def tap_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, 
         x4 = F.pad(x4, (left, right, top, bottom), mode=padding_mode)
         input = x4 if input.dim() == 4 else x4.unflatten(1, input.shape[1:3])
         padding = 0
+    input, weight, bias = autocast_inputs(input, weight, bias)  # as nn.Conv2d: cast first, then check the dtypes
     if not _compiling():  # every check, before anything launches
         make_spec(input, weight, bias, group=group, in_group=in_group, stride=stride, padding=padding,
                   dilation=dilation, groups=groups)
-    input, weight, bias = autocast_inputs(input.device.type, input, weight, bias)
     x = input if input.dim() == 5 else input.unflatten(1, (-1, in_group.order))
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, False)[:-1]
     y = _tap_op(x, weight, bias, tap_key(tap), reduce, padding_mode == "ignore", *geometry, _backend_name())[0]

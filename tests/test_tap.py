@@ -430,6 +430,23 @@ def test_torch_compile_and_autocast(backend):
     assert y.dtype == torch.bfloat16
 
 
+def test_autocast_across_layers():
+    """Under autocast the second layer is fed the first's bf16 output with an fp32 weight: the inputs are cast
+    before the argument checks, as ``nn.Conv2d`` does."""
+    model = torch.nn.Sequential(TapConv2d(2, 3, 3, "adder", padding=1), TapConv2d(3, 2, 3, "add", reduce="max"))
+    x = torch.randn(1, 2, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (1, 2, 4, 4)
+
+    def rounded(t):   # what autocast hands the op
+        return t.detach().to(torch.bfloat16).double()
+
+    h = tap_conv2d(rounded(x), rounded(model[0].weight), rounded(model[0].bias), tap="adder", padding=1)
+    ref = tap_conv2d(rounded(h), rounded(model[1].weight), rounded(model[1].bias), tap="add", reduce="max")
+    assert rel_error(y.double(), ref) < 1e-2
+
+
 def test_opcheck():
     from gconv_triton import tap as tap_ops
 
