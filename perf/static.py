@@ -54,6 +54,16 @@ SHARED_MEMORY = {70: 98304, 75: 65536, 80: 166912, 86: 101376, 87: 166912, 89: 1
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True), "fp16": (torch.float16, False),
           "bf16": (torch.bfloat16, False), "fp64": (torch.float64, False)}
 DEFAULT_ARCHS = (90, 80)
+# A small sample over every kernel family (implicit GEMM on a narrow p4 layer, depthwise), for the CI test: not a
+# perf shape set, so ``--sets all`` leaves it out.
+SAMPLE = [Layer("gemm", group="p4", in_group="p4", c_in=8, c_out=8, height=8, width=8, padding=(1, 1), batch=2),
+          Layer("depthwise", group="p4", in_group="p4", c_in=8, c_out=8, height=8, width=8, padding=(1, 1),
+                groups=8, batch=2)]
+
+
+def set_layers(name: str) -> list[Layer]:
+    """The layers of a perf shape set (``gconv_triton.autotune.MODELS``) or of ``"sample"``."""
+    return list(SAMPLE) if name == "sample" else model_layers(name)
 QUICK = dict(sets="wide,p4cnn,grouped", layers="wide,l2,p4.depthwise", archs="90")
 CACHE_DIR_ENV = "GCONV_TRITON_STATIC_CACHE"
 CACHE_VERSION = 1
@@ -224,7 +234,7 @@ def tf32_setting(allow: bool):
 @functools.lru_cache(maxsize=None)
 def launches(set_name: str, layer_name: str, dtype_name: str, role: str) -> tuple[Launch, ...]:
     """The kernel launches of one role of one layer (captured once per process)."""
-    layer = next(lay for lay in model_layers(set_name) if lay.name == layer_name)
+    layer = next(lay for lay in set_layers(set_name) if lay.name == layer_name)
     dtype, tf32 = DTYPES[dtype_name]
     out: list[Launch] = []
     with tf32_setting(tf32), capturing(out):
@@ -395,7 +405,7 @@ def plan(sets: Sequence[str], dtypes: Sequence[str], archs: Sequence[int], roles
          layer_names: Optional[Sequence[str]] = None) -> list[Problem]:
     problems = []
     for set_name in sets:
-        for layer in model_layers(set_name):
+        for layer in set_layers(set_name):
             if layer_names and layer.name not in layer_names:
                 continue
             for dtype in dtypes:
@@ -644,7 +654,8 @@ def summary_line(rs: list[dict], targets, seconds: float) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m perf.static", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sets", default="all", help=f"'all' or a comma-separated subset of {sorted(MODELS)}")
+    p.add_argument("--sets", default="all", help=f"'all', a comma-separated subset of {sorted(MODELS)}, or 'sample' "
+                                                 "(two small layers, every kernel: the CI test's)")
     p.add_argument("--layers", default=None, help="only these layer names (comma-separated)")
     p.add_argument("--dtypes", default="all", help=f"'all' or a subset of {list(DTYPES)}")
     p.add_argument("--roles", default="all", help=f"'all' or a subset of {list(ROLES)}")
@@ -664,7 +675,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     map(str, DEFAULT_ARCHS)) or key == "layers" and args.layers is None:
                 setattr(args, key, value)
     try:
-        sets = parse_names(args.sets, list(MODELS), "--sets")
+        sets = (["sample"] if args.sets == "sample" else parse_names(args.sets, list(MODELS), "--sets"))
         dtypes = parse_names(args.dtypes, list(DTYPES), "--dtypes")
         roles = parse_names(args.roles, list(ROLES), "--roles")
         archs = [int(a) for a in args.archs.split(",") if a.strip()]
