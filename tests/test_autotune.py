@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -416,3 +417,27 @@ def test_no_unexpected_warnings_from_a_good_cache(tmp_path):
         warnings.simplefilter("error")
         fresh, _, _ = make_tuner(tmp_path)
         launch(fresh)
+
+
+def test_inference_set_is_timed_forward_only():
+    """The inference regime: the wide p4m layer and every P4CNN layer at batch 1 and 8, and the perf runner times
+    that set forward only (whatever modes it is given), the others in every mode asked for."""
+    from perf.providers import provider
+    from perf.runner import CpuTimer, run_suite, set_modes
+
+    layers = pretune_cli.model_layers("inference")
+    wide = pretune_cli.model_layers("wide")[0]
+    p4cnn = pretune_cli.model_layers("p4cnn")
+    assert [(lay.name, lay.batch) for lay in layers if lay.group == "p4m"] == [("wide.b1", 1), ("wide.b8", 8)]
+    assert all(lay == dataclasses.replace(wide, name=lay.name, batch=lay.batch) for lay in layers if lay.group == "p4m")
+    assert sorted(lay.name for lay in layers if lay.group == "p4") == sorted(
+        f"p4cnn.{lay.name}.b{b}" for lay in p4cnn for b in (1, 8))
+    assert set_modes("inference", ("forward+backward",)) == ("forward",)
+    assert set_modes("wide", ("backward", "forward")) == ("backward", "forward")
+    small = pretune_cli.Layer("tiny", group="p4", in_group="p4", c_in=2, c_out=2, height=4, width=4,
+                              padding=(1, 1), batch=1)
+    result = run_suite({"inference": [small], "p4cnn": [small]}, [provider("bank_cudnn", "cpu")],
+                       modes=("forward", "forward+backward"), dtypes=("fp32",), device="cpu",
+                       timer=CpuTimer(min_time_s=0, min_runs=1), check=False, progress=None)
+    modes = sorted((r["set"], r["mode"]) for r in result["records"])
+    assert modes == [("inference", "forward"), ("p4cnn", "forward"), ("p4cnn", "forward+backward")]
