@@ -668,7 +668,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="write <out>.json and <out>.md (e.g. perf/results/static-2026-11-30)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="combine earlier runs' JSON files (e.g. one per set or arch) into one result, then check the "
+                        "targets and write --out; compiles nothing")
     args = p.parse_args(argv)
+    if args.merge:
+        return _merge(args.merge, args.out)
     if args.quick:
         for key, value in QUICK.items():
             if key == "sets" and args.sets == "all" or key == "archs" and args.archs == ",".join(
@@ -703,15 +708,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   config=dict(sets=sets, layers=layer_names, dtypes=dtypes, roles=roles, archs=archs,
                               shared_memory={a: SHARED_MEMORY[a] for a in archs}),
                   summary=summary, targets=targets, rows=rs)
-    for ok, line in targets:
+    _report(result, args.out)
+    return 0
+
+
+def _report(result: dict, out: Optional[Path]) -> None:
+    for ok, line in result["targets"]:
         print(f"{'PASS' if ok else 'FAIL'} {line}")
-    print(summary)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        json_path, md_path = Path(f"{args.out}.json"), Path(f"{args.out}.md")
+    print(result["summary"])
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        json_path, md_path = Path(f"{out}.json"), Path(f"{out}.md")
         json_path.write_text(json.dumps(result, indent=1, default=str))
         md_path.write_text(markdown(result))
         print(f"wrote {json_path} and {md_path}")
+
+
+def _merge(paths: Sequence[Path], out: Optional[Path]) -> int:
+    """One result from several runs' JSON (rows concatenated, configs united, targets checked again)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    rs = [r for part in parts for r in part["rows"]]
+    config: dict = {}
+    for part in parts:
+        for key, value in part["config"].items():
+            if isinstance(value, list):
+                config[key] = list(dict.fromkeys((config.get(key) or []) + value))
+            elif isinstance(value, dict):
+                config[key] = {**config.get(key, {}), **value}
+            else:
+                config.setdefault(key, value)
+    seconds = sum(part["seconds"] for part in parts)
+    targets = check_targets(rs)
+    result = dict(kind="static", date=max(part["date"] for part in parts), versions=parts[0]["versions"],
+                  seconds=round(seconds, 1), config=config, merged_from=[str(p) for p in paths],
+                  summary=summary_line(rs, targets, seconds), targets=targets, rows=rs)
+    _report(result, out)
     return 0
 
 
