@@ -19,6 +19,8 @@ import inspect
 import json
 import math
 import os
+import re
+import subprocess
 import tempfile
 import threading
 import warnings
@@ -158,9 +160,6 @@ def _nvidia_tool(name: str) -> Optional[str]:
 def cubin_resources(cubin: bytes) -> dict[str, int]:
     """``cuobjdump --dump-resource-usage`` of a cubin: ``{"REG": .., "STACK": .., "SHARED": .., "LOCAL": ..}``
     (empty when the tool is missing or says nothing)."""
-    import re
-    import subprocess
-
     tool = _nvidia_tool("cuobjdump")
     if tool is None or not cubin:
         return {}
