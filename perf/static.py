@@ -56,9 +56,10 @@ DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True), "fp16":
 DEFAULT_ARCHS = (90, 80)
 # A small sample over every kernel family (implicit GEMM on a narrow p4 layer, depthwise), for the CI test: not a
 # perf shape set, so ``--sets all`` leaves it out.
-SAMPLE = [Layer("gemm", group="p4", in_group="p4", c_in=8, c_out=8, height=8, width=8, padding=(1, 1), batch=2),
-          Layer("depthwise", group="p4", in_group="p4", c_in=8, c_out=8, height=8, width=8, padding=(1, 1),
-                groups=8, batch=2)]
+# Tiny sizes, so that the size rule leaves few configs to compile.
+SAMPLE = [Layer("gemm", group="p4", in_group="p4", c_in=8, c_out=8, height=4, width=4, padding=(1, 1)),
+          Layer("depthwise", group="p4", in_group="p4", c_in=8, c_out=8, height=4, width=4, padding=(1, 1),
+                groups=8)]
 
 
 def set_layers(name: str) -> list[Layer]:
@@ -306,8 +307,13 @@ def _tools() -> dict[str, str]:
     return tools
 
 
-def analyze(kernel, arch: int) -> dict:
-    """What a compiled kernel says about itself (cached on disk by the kernel's hash)."""
+def analyze(kernel, arch: int, read_sass: bool = True) -> dict:
+    """What a compiled kernel says about itself (cached on disk by the kernel's hash); without ``read_sass``,
+    only its resources."""
+    if not read_sass:
+        res = _autotune.kernel_resources(kernel)
+        return dict(shared=res.shared, registers=res.registers, spills=res.spills, dot=None,
+                    warps=int(kernel.metadata.num_warps), stages=int(kernel.metadata.num_stages))
     path = _cache_dir() / f"{kernel.metadata.hash}.json"
     try:
         return json.loads(path.read_text())
@@ -370,7 +376,7 @@ def compile_unit(unit: dict) -> dict:
                 kernel = launch.tuner.compile(config, (launch.grid, launch.args, launch.kwargs))
             else:
                 kernel = launch.runner.warmup(*launch.args, grid=launch.grid, **launch.kwargs)
-        out = analyze(kernel, unit["arch"])
+        out = analyze(kernel, unit["arch"], unit["sass"])
         dot = out["dot"]
         if dot and dot["a_type"] in _IR_DTYPES:
             ref = matmul_reference(unit["arch"], dot["m"], dot["n"], dot["k"], dot["a_type"], dot["precision"],
@@ -429,13 +435,15 @@ def _unit_key(p: Problem, config) -> tuple:
     return (p.arch, p.launch.kernel, spec_key(p.launch), json.dumps(_config_json(config), sort_keys=True))
 
 
-def run(problems: list[Problem], jobs: int = 1, progress: bool = True) -> dict:
-    """Compile every distinct (arch, kernel specialization, config) once, in ``jobs`` processes."""
+def run(problems: list[Problem], jobs: int = 1, progress: bool = True, read_sass: bool = True) -> dict:
+    """Compile every distinct (arch, kernel specialization, config) once, in ``jobs`` processes (``read_sass``
+    False: resources only, no hot loop and no matmul)."""
     units: dict[tuple, dict] = {}
     for p in problems:
         for config in p.configs:
             units.setdefault(_unit_key(p, config), dict(set=p.set, layer=p.layer.name, dtype=p.dtype, role=p.role,
-                                                        index=p.index, arch=p.arch, config=_config_json(config)))
+                                                        index=p.index, arch=p.arch, config=_config_json(config),
+                                                        sass=read_sass))
     results: dict[tuple, dict] = {}
     bar = Progress(len(units), "compile", quiet=not progress)
     with bar:
@@ -551,6 +559,8 @@ def check_targets(rs: list[dict], arch: int = 90) -> list[tuple[bool, str]]:
                   + (f"; worst: {max(bad, key=lambda r: r['spills'] or 0)['kernel']} "
                      f"{max(bad, key=lambda r: r['spills'] or 0)['spills']} B spilled" if bad else "")))
     gemm = [r for r in rs if r["arch"] == arch and r.get("dot") and r["dtype"] in GEMM_DTYPES]
+    if not gemm:   # no SASS read (--resources-only), or no GEMM on this target: nothing more to judge
+        return lines
     best = best_rows(gemm)
     by_kernel: dict[tuple, list[float]] = {}
     for b in best:
@@ -668,6 +678,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="write <out>.json and <out>.md (e.g. perf/results/static-2026-11-30)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resources-only", action="store_true",
+                   help="registers, spills and shared memory only: no SASS hot loop, no matmul (the CI test's mode)")
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                    help="combine earlier runs' JSON files (e.g. one per set or arch) into one result, then check the "
                         "targets and write --out; compiles nothing")
@@ -698,7 +710,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     problems = plan(sets, dtypes, archs, roles, layer_names)
     if not problems:
         p.error("nothing to compile: no layer matches --sets/--layers")
-    results = run(problems, args.jobs, progress=not args.no_progress)
+    results = run(problems, args.jobs, progress=not args.no_progress, read_sass=not args.resources_only)
     rs = rows(problems, results)
     targets = check_targets(rs)
     seconds = time.monotonic() - start
