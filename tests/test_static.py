@@ -105,7 +105,7 @@ def test_dot_shapes_and_operand_sources():
     assert sass.operand_sources("%x = arith.constant 0 : i32") == []
 
 
-def _run_static(tmp_path: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def _run_static(tmp_path: Path, *args: str, timeout: int = 2400) -> subprocess.CompletedProcess:
     """``python -m perf.static`` in a fresh process without TRITON_INTERPRET (interpreted kernels cannot be
     compiled), with its own analysis cache."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
