@@ -408,15 +408,24 @@ class Problem:
 
 
 def plan(sets: Sequence[str], dtypes: Sequence[str], archs: Sequence[int], roles: Sequence[str],
-         layer_names: Optional[Sequence[str]] = None) -> list[Problem]:
-    problems = []
+         layer_names: Optional[Sequence[str]] = None) -> tuple[list[Problem], list[dict]]:
+    """The problems to compile, and an error row for each launcher that failed before launching anything."""
+    problems, failed = [], []
     for set_name in sets:
         for layer in set_layers(set_name):
             if layer_names and layer.name not in layer_names:
                 continue
             for dtype in dtypes:
                 for role in roles:
-                    for index, launch in enumerate(launches(set_name, layer.name, dtype, role)):
+                    try:
+                        found = launches(set_name, layer.name, dtype, role)
+                    except Exception as err:  # noqa: BLE001  (a launcher that cannot run on meta tensors)
+                        failed += [dict(set=set_name, layer=layer.name, group=layer.group, role=role, kernel="?",
+                                        dtype=dtype, arch=arch, config="-", tuned=False, kept=False,
+                                        status="error", error=f"launcher: {type(err).__name__}: {err}"[:300])
+                                   for arch in archs]
+                        continue
+                    for index, launch in enumerate(found):
                         for arch in archs:
                             if launch.tuner is not None:
                                 tuner = target_tuner(launch.tuner, arch)
@@ -424,7 +433,7 @@ def plan(sets: Sequence[str], dtypes: Sequence[str], archs: Sequence[int], roles
                             else:
                                 configs = [None]
                             problems.append(Problem(set_name, layer, dtype, role, index, arch, launch, configs))
-    return problems
+    return problems, failed
 
 
 def _config_json(config) -> Optional[dict]:
@@ -707,11 +716,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _tools()
     layer_names = [n.strip() for n in args.layers.split(",")] if args.layers else None
     start = time.monotonic()
-    problems = plan(sets, dtypes, archs, roles, layer_names)
-    if not problems:
+    problems, failed = plan(sets, dtypes, archs, roles, layer_names)
+    if not problems and not failed:
         p.error("nothing to compile: no layer matches --sets/--layers")
     results = run(problems, args.jobs, progress=not args.no_progress, read_sass=not args.resources_only)
-    rs = rows(problems, results)
+    rs = failed + rows(problems, results)
     targets = check_targets(rs)
     seconds = time.monotonic() - start
     summary = summary_line(rs, targets, seconds)
