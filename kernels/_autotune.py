@@ -179,19 +179,27 @@ def kernel_resources(kernel) -> Resources:
 
 
 def fitting(configs: list[TuneConfig], resources: Callable[[TuneConfig], Resources],
-            max_shared_memory: int) -> list[TuneConfig]:
+            max_shared_memory: int, fallback: Iterable[TuneConfig] = ()) -> list[TuneConfig]:
     """The configs whose compiled kernel fits the device's shared memory and spills no register, in order.
 
-    A config that fails to compile goes.  When none is left, the one that fits with the fewest spill bytes is
-    kept, else (nothing fits) the one that needs the least shared memory: the launch then says what is wrong.
+    A config that fails to compile goes.  When none of ``configs`` is left, those of ``fallback`` that are (larger
+    tiles than the problem needs cost masked-out lanes, a spilling kernel costs more); when none of those either,
+    the config of ``configs`` that fits with the fewest spill bytes is kept, else (nothing fits) the one that needs
+    the least shared memory: the launch then says what is wrong.
     """
     measured: dict[TuneConfig, Resources] = {}
-    for config in configs:
-        try:
-            measured[config] = resources(config)
-        except Exception:  # noqa: BLE001  (a compile error or out of resources: that config cannot run)
-            continue
-    kept = [c for c, r in measured.items() if r.shared <= max_shared_memory and not r.spills]
+
+    def clean(candidates) -> list[TuneConfig]:
+        for config in candidates:
+            try:
+                measured[config] = resources(config)
+            except Exception:  # noqa: BLE001  (a compile error or out of resources: that config cannot run)
+                continue
+        return [c for c in candidates if c in measured and measured[c].shared <= max_shared_memory
+                and not measured[c].spills]
+
+    kept = clean(configs) or clean([c for c in fallback if c not in configs])
+    measured = {c: r for c, r in measured.items() if c in configs}
     if kept or not measured:
         return kept or configs[:1]
     fits = [c for c, r in measured.items() if r.shared <= max_shared_memory]
@@ -504,12 +512,12 @@ class Autotuner:
     def candidates(self, bound: dict, device: torch.device, launch=None) -> list[TuneConfig]:
         """The configs worth timing: :meth:`sized`, then, on a device with a shared-memory limit and given the
         ``launch = (grid, args, kwargs)`` to compile them for, those whose compiled kernel fits and does not
-        spill (:func:`fitting`)."""
+        spill; if none does, the other configs of the space that do (:func:`fitting`)."""
         configs = self.sized(bound, device)
         limit = self._shared_memory(device)
         if limit is None or launch is None:
             return configs
-        return fitting(configs, lambda config: self._resources(config, launch), limit)
+        return fitting(configs, lambda config: self._resources(config, launch), limit, fallback=self.configs)
 
     def compile(self, config: TuneConfig, launch):
         """The ``CompiledKernel`` of ``config`` for ``launch = (grid, args, kwargs)`` through the kernel's warm-up

@@ -444,12 +444,15 @@ def _unit_key(p: Problem, config) -> tuple:
     return (p.arch, p.launch.kernel, spec_key(p.launch), json.dumps(_config_json(config), sort_keys=True))
 
 
-def run(problems: list[Problem], jobs: int = 1, progress: bool = True, read_sass: bool = True) -> dict:
+def run(problems: list[Problem], jobs: int = 1, progress: bool = True, read_sass: bool = True,
+        done: Optional[dict] = None) -> dict:
     """Compile every distinct (arch, kernel specialization, config) once, in ``jobs`` processes (``read_sass``
-    False: resources only, no hot loop and no matmul)."""
+    False: resources only, no hot loop and no matmul); ``done``: results already in hand."""
     units: dict[tuple, dict] = {}
     for p in problems:
         for config in p.configs:
+            if done and _unit_key(p, config) in done:
+                continue
             units.setdefault(_unit_key(p, config), dict(set=p.set, layer=p.layer.name, dtype=p.dtype, role=p.role,
                                                         index=p.index, arch=p.arch, config=_config_json(config),
                                                         sass=read_sass))
@@ -468,7 +471,24 @@ def run(problems: list[Problem], jobs: int = 1, progress: bool = True, read_sass
                     results[key] = fut.result()
                     unit = units[key]
                     bar.update(1, f"sm_{unit['arch']} {unit['dtype']} {unit['role']}")
-    return results
+    return {**(done or {}), **results}
+
+
+def _clean(result: dict, arch: int) -> bool:
+    return (result["status"] == "ok" and not result["spills"]
+            and result["shared"] <= SHARED_MEMORY.get(arch, _autotune.DEFAULT_SHARED_MEMORY))
+
+
+def widen(problems: list[Problem], results: dict) -> list[Problem]:
+    """The tuned problems none of whose sized configs compiles clean: the autotuner then looks at the rest of its
+    space (``fitting``'s fallback), so those configs are added to compile too."""
+    out = []
+    for p in problems:
+        if p.launch.tuner is None or any(_clean(results[_unit_key(p, c)], p.arch) for c in p.configs):
+            continue
+        p.configs = p.configs + [c for c in target_tuner(p.launch.tuner, p.arch).configs if c not in p.configs]
+        out.append(p)
+    return out
 
 
 def _ceil(a: int, b: int) -> int:
@@ -720,6 +740,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not problems and not failed:
         p.error("nothing to compile: no layer matches --sets/--layers")
     results = run(problems, args.jobs, progress=not args.no_progress, read_sass=not args.resources_only)
+    wider = widen(problems, results)
+    if wider:
+        results = run(wider, args.jobs, progress=not args.no_progress, read_sass=not args.resources_only,
+                      done=results)
     rs = failed + rows(problems, results)
     targets = check_targets(rs)
     seconds = time.monotonic() - start

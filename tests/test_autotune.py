@@ -160,6 +160,11 @@ def test_fitting_uses_the_compiled_numbers():
     assert at.fitting(SPACE, lambda c: at.Resources(100 * 1024 + c.block("BLOCK_M"), 1, 0), 1024) == \
         [cfg(16, 16, 16)]
     assert at.fitting(SPACE, lambda c: 1 / 0, 1024) == SPACE[:1]        # nothing compiles: the launch will say why
+    # The sized configs all spill: clean configs of the rest of the space (larger tiles) are kept instead.
+    small, large = SPACE[3:], SPACE[:3]
+    spills_small = {**{c: at.Resources(1024, 255, 64) for c in small}, **{c: at.Resources(1024, 128, 0) for c in large}}
+    assert at.fitting(small, spills_small.__getitem__, 40 * 1024, fallback=SPACE) == large
+    assert at.fitting(small, spill.__getitem__, 40 * 1024, fallback=SPACE) == [small[0]]   # none clean anywhere
 
 
 def test_candidates_compile_on_a_device_with_a_limit(tmp_path):
