@@ -61,13 +61,14 @@ SAMPLE = [Layer("gemm", group="p4", in_group="p4", c_in=8, c_out=8, height=4, wi
           Layer("depthwise", group="p4", in_group="p4", c_in=8, c_out=8, height=4, width=4, padding=(1, 1),
                 groups=8)]
 
+QUICK = dict(sets="wide,p4cnn,grouped", layers="wide,l2,p4.depthwise", archs="90")
+CACHE_DIR_ENV = "GCONV_TRITON_STATIC_CACHE"
+CACHE_VERSION = 1
+
 
 def set_layers(name: str) -> list[Layer]:
     """The layers of a perf shape set (``gconv_triton.autotune.MODELS``) or of ``"sample"``."""
     return list(SAMPLE) if name == "sample" else model_layers(name)
-QUICK = dict(sets="wide,p4cnn,grouped", layers="wide,l2,p4.depthwise", archs="90")
-CACHE_DIR_ENV = "GCONV_TRITON_STATIC_CACHE"
-CACHE_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------- the target
@@ -127,8 +128,7 @@ class Launch:
         return self.tuner.fn if self.tuner else self.runner
 
     def bound(self) -> dict:
-        names = [p.name for p in self.jit.params] if hasattr(self.jit, "params") else self.tuner.arg_names
-        return dict(zip(names, self.args), **self.kwargs)
+        return dict(zip([p.name for p in self.jit.params], self.args), **self.kwargs)
 
     def programs(self, blocks: dict) -> int:
         grid = self.grid({**self.bound(), **blocks}) if callable(self.grid) else self.grid
