@@ -25,7 +25,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -179,13 +179,13 @@ def kernel_resources(kernel) -> Resources:
 
 
 def fitting(configs: list[TuneConfig], resources: Callable[[TuneConfig], Resources],
-            max_shared_memory: int, fallback: Iterable[TuneConfig] = ()) -> list[TuneConfig]:
+            max_shared_memory: int, fallback: Iterable[list[TuneConfig]] = ()) -> list[TuneConfig]:
     """The configs whose compiled kernel fits the device's shared memory and spills no register, in order.
 
-    A config that fails to compile goes.  When none of ``configs`` is left, those of ``fallback`` that are (larger
-    tiles than the problem needs cost masked-out lanes, a spilling kernel costs more); when none of those either,
-    the config of ``configs`` that fits with the fewest spill bytes is kept, else (nothing fits) the one that needs
-    the least shared memory: the launch then says what is wrong.
+    A config that fails to compile goes.  When none of ``configs`` is left, the first group of ``fallback`` (the
+    next larger tiles) that has such configs gives them (masked-out lanes cost less than a spilling kernel); when
+    none has, the config of ``configs`` that fits with the fewest spill bytes is kept, else (nothing fits) the one
+    that needs the least shared memory: the launch then says what is wrong.
     """
     measured: dict[TuneConfig, Resources] = {}
 
@@ -198,7 +198,11 @@ def fitting(configs: list[TuneConfig], resources: Callable[[TuneConfig], Resourc
         return [c for c in candidates if c in measured and measured[c].shared <= max_shared_memory
                 and not measured[c].spills]
 
-    kept = clean(configs) or clean([c for c in fallback if c not in configs])
+    kept = clean(configs)
+    for group in fallback:
+        if kept:
+            break
+        kept = clean(group)
     measured = {c: r for c, r in measured.items() if c in configs}
     if kept or not measured:
         return kept or configs[:1]
@@ -509,15 +513,32 @@ class Autotuner:
         rows = self.operands[0][0] if self.operands else None
         return prune(self.configs, dims, {rows: mma_rows(self._capability(device))} if rows in dims else None)
 
+    def wider(self, bound: dict, device: torch.device) -> Iterator[list[TuneConfig]]:
+        """The rest of the space beyond :meth:`sized`, in groups of growing tiles (the size bounds doubled, then
+        doubled again...), smallest first."""
+        sizes = {k: bucket(bound[k]) for k in self.key}
+        dims = {block: _product(names, sizes) for block, names in self.tiles.items()}
+        seen = set(self.sized(bound, device))
+        rows = self.operands[0][0] if self.operands else None
+        mins = {rows: mma_rows(self._capability(device))} if rows in dims else None
+        factor = 2
+        while len(seen) < len(self.configs):
+            group = [c for c in prune(self.configs, {b: d * factor for b, d in dims.items()}, mins) if c not in seen]
+            seen.update(group)
+            factor *= 2
+            if group:
+                yield group
+
     def candidates(self, bound: dict, device: torch.device, launch=None) -> list[TuneConfig]:
         """The configs worth timing: :meth:`sized`, then, on a device with a shared-memory limit and given the
         ``launch = (grid, args, kwargs)`` to compile them for, those whose compiled kernel fits and does not
-        spill; if none does, the other configs of the space that do (:func:`fitting`)."""
+        spill; if none does, those of the next larger tiles that do (:meth:`wider`, :func:`fitting`)."""
         configs = self.sized(bound, device)
         limit = self._shared_memory(device)
         if limit is None or launch is None:
             return configs
-        return fitting(configs, lambda config: self._resources(config, launch), limit, fallback=self.configs)
+        return fitting(configs, lambda config: self._resources(config, launch), limit,
+                       fallback=self.wider(bound, device))
 
     def compile(self, config: TuneConfig, launch):
         """The ``CompiledKernel`` of ``config`` for ``launch = (grid, args, kwargs)`` through the kernel's warm-up

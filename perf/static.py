@@ -480,14 +480,17 @@ def _clean(result: dict, arch: int) -> bool:
 
 
 def widen(problems: list[Problem], results: dict) -> list[Problem]:
-    """The tuned problems none of whose sized configs compiles clean: the autotuner then looks at the rest of its
-    space (``fitting``'s fallback), so those configs are added to compile too."""
+    """The tuned problems none of whose configs so far compiles clean, with the autotuner's next larger group of
+    tiles (``Autotuner.wider``) added to their configs: what the autotuner compiles next on such a GPU."""
     out = []
     for p in problems:
         if p.launch.tuner is None or any(_clean(results[_unit_key(p, c)], p.arch) for c in p.configs):
             continue
-        p.configs = p.configs + [c for c in target_tuner(p.launch.tuner, p.arch).configs if c not in p.configs]
-        out.append(p)
+        groups = target_tuner(p.launch.tuner, p.arch).wider(p.launch.bound(), torch.device("meta"))
+        group = next((g for g in groups if not set(g) <= set(p.configs)), None)
+        if group:
+            p.configs = p.configs + [c for c in group if c not in p.configs]
+            out.append(p)
     return out
 
 
@@ -740,8 +743,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not problems and not failed:
         p.error("nothing to compile: no layer matches --sets/--layers")
     results = run(problems, args.jobs, progress=not args.no_progress, read_sass=not args.resources_only)
-    wider = widen(problems, results)
-    if wider:
+    while True:
+        wider = widen(problems, results)
+        if not wider:
+            break
         results = run(wider, args.jobs, progress=not args.no_progress, read_sass=not args.resources_only,
                       done=results)
     rs = failed + rows(problems, results)

@@ -163,8 +163,27 @@ def test_fitting_uses_the_compiled_numbers():
     # The sized configs all spill: clean configs of the rest of the space (larger tiles) are kept instead.
     small, large = SPACE[3:], SPACE[:3]
     spills_small = {**{c: at.Resources(1024, 255, 64) for c in small}, **{c: at.Resources(1024, 128, 0) for c in large}}
-    assert at.fitting(small, spills_small.__getitem__, 40 * 1024, fallback=SPACE) == large
-    assert at.fitting(small, spill.__getitem__, 40 * 1024, fallback=SPACE) == [small[0]]   # none clean anywhere
+    assert at.fitting(small, spills_small.__getitem__, 40 * 1024, fallback=[large[2:], large[:2]]) == large[2:]
+    assert at.fitting(small, spill.__getitem__, 40 * 1024, fallback=[large]) == [small[0]]   # none clean anywhere
+
+
+def test_wider_groups_grow_the_size_bounds(tmp_path):
+    tuner, _, _ = make_tuner(tmp_path)
+    x = torch.empty(4)
+    bound = dict(x_ptr=x, M_TOTAL=3, N=3, K=3, PRECISION="ieee")
+    assert tuner.sized(bound, x.device) == [cfg(16, 16, 16)]
+    assert list(tuner.wider(bound, x.device)) == [[cfg(32, 32, 32, 2, 2)], [cfg(64, 64, 32), cfg(64, 32, 64, 4, 4)],
+                                                   [cfg(128, 128, 32, 8, 3)]]
+    # With a limit, the tuner compiles the next group only when every smaller config spills.
+    compiled = []
+
+    def resources(config, launch):
+        compiled.append(config)
+        return at.Resources(1024, 64, 0 if config.block("BLOCK_M") >= 64 else 128)
+
+    tuner = tuner.replace(shared_memory=lambda device: 48 * 1024, resources=resources)
+    assert tuner.candidates(bound, x.device, (None, (), {})) == [cfg(64, 64, 32), cfg(64, 32, 64, 4, 4)]
+    assert cfg(128, 128, 32, 8, 3) not in compiled
 
 
 def test_candidates_compile_on_a_device_with_a_limit(tmp_path):
