@@ -408,8 +408,9 @@ class Autotuner:
         tiles: ``{block: "ARG*ARG"}``, the size each tuned block tiles.  Blocks of ``configs`` not named here are
             not tuned: they keep the first config's value (a weight-gradient kernel's reduction block stays fixed,
             so tuning never changes the summation order and so the bits of ``dw``).
-        operands: the ``tl.dot`` operand tiles ``(rows, cols)`` by block name: the first operand's row block is
-            the dot's M (kept at least :func:`mma_rows` wide where the device has ``wgmma``); the tiles also give
+        operands: the ``tl.dot`` operand tiles ``(rows, cols)`` by block name, as stored (either may be
+            transposed): the first operand's block that the second lacks is the dot's M (kept at least
+            :func:`mma_rows` wide where the device has ``wgmma``); the tiles also give
             :func:`shared_memory_bytes`, the first guess that ``perf.static`` compares with the compiled figure.
         bench, cache, shared_memory, capability, resources: injectable for tests and for compiling for a target
             without its GPU (``bench(run) -> ms``, a :class:`ConfigCache`, ``shared_memory(device) -> bytes or
@@ -510,8 +511,14 @@ class Autotuner:
         """The configs whose tiles suit this problem's sizes (a function of its key: sizes are bucketed first)."""
         sizes = {k: bucket(bound[k]) for k in self.key}
         dims = {block: _product(names, sizes) for block, names in self.tiles.items()}
-        rows = self.operands[0][0] if self.operands else None
-        return prune(self.configs, dims, {rows: mma_rows(self._capability(device))} if rows in dims else None)
+        return prune(self.configs, dims, self._min_blocks(dims, device))
+
+    def _min_blocks(self, dims: dict, device: torch.device) -> Optional[dict[str, int]]:
+        """The dot's M block (that of the first operand the second lacks: the other one is the reduction) at least
+        :func:`mma_rows` where the device has ``wgmma``."""
+        rows = next((b for b in self.operands[0] if b not in self.operands[1]), None) if len(self.operands) > 1 \
+            else None
+        return {rows: mma_rows(self._capability(device))} if rows in dims else None
 
     def wider(self, bound: dict, device: torch.device) -> Iterator[list[TuneConfig]]:
         """The rest of the space beyond :meth:`sized`, in groups of growing tiles (the size bounds doubled, then
@@ -519,8 +526,7 @@ class Autotuner:
         sizes = {k: bucket(bound[k]) for k in self.key}
         dims = {block: _product(names, sizes) for block, names in self.tiles.items()}
         seen = set(self.sized(bound, device))
-        rows = self.operands[0][0] if self.operands else None
-        mins = {rows: mma_rows(self._capability(device))} if rows in dims else None
+        mins = self._min_blocks(dims, device)
         factor = 2
         while len(seen) < len(self.configs):
             group = [c for c in prune(self.configs, {b: d * factor for b, d in dims.items()}, mins) if c not in seen]

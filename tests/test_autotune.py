@@ -361,7 +361,7 @@ def test_kernel_tuning_spaces():
         hopper = tuner.replace(capability=lambda device: (9, 0))
         bound = {k: 1 << 16 if k.endswith("_TOTAL") else 10 for k in tuner.key}   # pixels many, channels 10
         bound.update(x_ptr=x, dy_ptr=x, PRECISION="ieee")
-        rows = tuner.operands[0][0]
+        rows = next(b for b in tuner.operands[0] if b not in tuner.operands[1])   # the dot's M block
         assert any(c.block(rows) >= 64 and c.num_warps >= 4 for c in hopper.sized(bound, x.device)), name
 
 
