@@ -23,7 +23,7 @@ import torch
 from ._spec import make_spec
 from .groups import get_group
 
-__all__ = ["Layer", "MODELS", "DTYPES", "LAYOUTS", "Progress", "model_layers", "dtype_setting", "make_input",
+__all__ = ["Layer", "MODELS", "FORWARD_ONLY", "DTYPES", "LAYOUTS", "Progress", "model_layers", "dtype_setting", "make_input",
            "to_layout", "parse_names", "pretune", "main"]
 
 # name -> (torch dtype, tf32 allowed): fp32 runs exact fp32 dots, tf32 lets cuDNN, cuBLAS and our kernels use tf32.
@@ -140,17 +140,31 @@ def _grouped(batch: int = 32) -> list[Layer]:
     ]
 
 
+def _wide(batch: int = 64) -> Layer:
+    return Layer("wide", group="p4m", in_group="p4m", c_in=128, c_out=128, height=32, width=32, padding=(1, 1),
+                 batch=batch)
+
+
+def _inference() -> list[Layer]:
+    """Serving: the wide p4m layer and the P4CNN at batch 1 and 8 (the perf suite runs them forward only), where
+    reading the base weight instead of the S-times larger filter bank matters most."""
+    return [dataclasses.replace(layer, name=f"{prefix}{layer.name}.b{batch}", batch=batch)
+            for batch in (1, 8) for prefix, layers in (("", [_wide()]), ("p4cnn.", _p4cnn())) for layer in layers]
+
+
+# Shape sets that the perf suite times forward only (inference).
+FORWARD_ONLY = ("inference",)
+
 # name -> (description, layers)
 MODELS: dict[str, tuple[str, list[Layer]]] = {
     "p4cnn": ("P4CNN, rotated MNIST: 7 layers, 10 p4 channels, 28x28, batch 128", _p4cnn()),
     "resnet44": ("p4m ResNet-44, CIFAR-10: widths 32/64/128 / sqrt(8), 32x32, batch 128", _resnet44_p4m()),
-    "wide": ("wide p4m layer: 128 -> 128 G-channels, 3x3, 32x32, batch 64",
-             [Layer("wide", group="p4m", in_group="p4m", c_in=128, c_out=128, height=32, width=32, padding=(1, 1),
-                    batch=64)]),
+    "wide": ("wide p4m layer: 128 -> 128 G-channels, 3x3, 32x32, batch 64", [_wide()]),
     "lifting": ("lifting layer Z2 -> p4m on 224x224 RGB: 3 -> 23 G-channels, 7x7, stride 2, batch 64",
                 [Layer("lift224", group="p4m", in_group="z2", c_in=3, c_out=23, height=224, width=224,
                        kernel=(7, 7), stride=2, padding=(3, 3), batch=64, input_grad=False)]),
     "grouped": ("grouped, depthwise and 1-D convolutions, batch 32", _grouped()),
+    "inference": ("inference, forward only: the wide p4m layer and the P4CNN at batch 1 and 8", _inference()),
 }
 
 

@@ -1,8 +1,9 @@
 """A small autotuner for the fused kernels, in place of ``triton.autotune``.
 
 For each launch it finds the problem's key (kernel name, device name, dtype, memory layout and the key arguments
-rounded up to powers of two), prunes the kernel's config space by shared memory and by the problem's size, times the
-candidates with ``triton.testing.do_bench`` once per key and keeps the fastest.  Best configs persist across
+rounded up to powers of two), prunes the kernel's config space by the problem's size and then by what each compiled
+config really needs (shared memory within the device's limit, no register spills), times the candidates with
+``triton.testing.do_bench`` once per key and keeps the fastest.  Best configs persist across
 processes in a JSON cache: ``$GCONV_TRITON_AUTOTUNE_CACHE``, else ``~/.cache/gconv_triton/autotune.json``.
 ``GCONV_TRITON_AUTOTUNE=0`` turns the timing off (a cached config, else the first candidate).
 
@@ -18,11 +19,13 @@ import inspect
 import json
 import math
 import os
+import re
+import subprocess
 import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -102,38 +105,111 @@ def _product(names: tuple[str, ...], values: dict) -> int:
 
 
 def shared_memory_bytes(config: TuneConfig, operands, elem_size: int, args: Optional[dict] = None) -> int:
-    """Estimated shared memory of one program: each ``tl.dot`` operand tile ``(rows, cols)`` is staged once per
-    pipeline stage.  Tile sizes are read from the config, else from the launch's constexpr arguments (``BLOCK_R``)."""
+    """A first guess at one program's shared memory: each ``tl.dot`` operand tile ``(rows, cols)`` staged once per
+    pipeline stage (tile sizes from the config, else from the launch's constexpr arguments such as ``BLOCK_R``).
+    The tuner prunes by the compiled kernel's figure instead (:class:`Resources`); ``perf.static`` reports this
+    guess beside it."""
     sizes = {**(args or {}), **dict(config.blocks)}
     per_stage = sum(int(sizes[a]) * int(sizes[b]) for a, b in operands)
     return config.num_stages * per_stage * elem_size
 
 
-def prune(configs: Iterable[TuneConfig], dims: dict[str, int], operands=(), elem_size: int = 4,
-          max_shared_memory: Optional[int] = None, args: Optional[dict] = None) -> list[TuneConfig]:
-    """The configs worth timing for one problem, in the given order, never empty.
+def prune(configs: Iterable[TuneConfig], dims: dict[str, int],
+          min_blocks: Optional[dict[str, int]] = None) -> list[TuneConfig]:
+    """The configs whose tiles suit the problem's size, in the given order, never empty.
 
     Args:
         dims: the size each tuned block tiles (``{"BLOCK_M": M, ...}``): a block larger than
-            ``max(MIN_BLOCK, next_power_of_2(dim))`` would mostly compute masked-out lanes, so it goes.
-        operands, elem_size, max_shared_memory: configs whose :func:`shared_memory_bytes` exceed the device's
-            per-block limit cannot launch, so they go too.
-    When no config fits the size rule, the size bounds double until one does (the smallest tiles win); when none
-    fits in shared memory, the one that needs the least is kept (the compiler has the last word).
+            ``max(min_blocks[block], next_power_of_2(dim))`` would mostly compute masked-out lanes, so it goes.
+        min_blocks: the smallest bound per block (default :data:`MIN_BLOCK`): 64 rows for a ``tl.dot``'s M block
+            where the GPU has ``wgmma`` (a warp group multiplies 64 rows at a time), so that narrow layers keep
+            configs that run it.
+    When no config fits, the bounds double until one does (the smallest tiles win).
     """
     configs = list(configs)
     if not configs:
         raise ValueError("prune: expected at least one config, got none")
-    fits_memory = [c for c in configs if max_shared_memory is None
-                   or shared_memory_bytes(c, operands, elem_size, args) <= max_shared_memory]
-    if not fits_memory:
-        return [min(configs, key=lambda c: shared_memory_bytes(c, operands, elem_size, args))]
-    bound = {p: max(MIN_BLOCK, next_power_of_2(d)) for p, d in dims.items()}
+    min_blocks = min_blocks or {}
+    bound = {p: max(min_blocks.get(p, MIN_BLOCK), next_power_of_2(d)) for p, d in dims.items()}
     while True:  # ends: once the bounds pass every block, every config fits
-        kept = [c for c in fits_memory if all(c.block(p) <= bound[p] for p in dims)]
+        kept = [c for c in configs if all(c.block(p) <= bound[p] for p in dims)]
         if kept:
             return kept
         bound = {p: 2 * b for p, b in bound.items()}
+
+
+# ------------------------------------------------------------------------------------ the compiled kernel
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """What one compiled config needs: shared memory (bytes, as launched), registers per thread and the bytes of
+    local memory per thread (register spills; None when the binary could not be read)."""
+
+    shared: int
+    registers: Optional[int] = None
+    spills: Optional[int] = None
+
+
+def _nvidia_tool(name: str) -> Optional[str]:
+    """Path of a CUDA binary tool shipped in the triton wheel (``ptxas``, ``cuobjdump``, ``nvdisasm``), if there."""
+    import triton
+
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    return str(path) if path.is_file() else None
+
+
+def cubin_resources(cubin: bytes) -> dict[str, int]:
+    """``cuobjdump --dump-resource-usage`` of a cubin: ``{"REG": .., "STACK": .., "SHARED": .., "LOCAL": ..}``
+    (empty when the tool is missing or says nothing)."""
+    tool = _nvidia_tool("cuobjdump")
+    if tool is None or not cubin:
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
+
+
+def kernel_resources(kernel) -> Resources:
+    """:class:`Resources` of a ``CompiledKernel``: shared memory from its metadata (what the launch asks for),
+    registers and stack (spills) from its cubin."""
+    usage = cubin_resources(kernel.asm.get("cubin", b""))
+    spills = usage["STACK"] + usage.get("LOCAL", 0) if "STACK" in usage else None
+    return Resources(int(kernel.metadata.shared), usage.get("REG"), spills)
+
+
+def fitting(configs: list[TuneConfig], resources: Callable[[TuneConfig], Resources],
+            max_shared_memory: int, fallback: Iterable[list[TuneConfig]] = ()) -> list[TuneConfig]:
+    """The configs whose compiled kernel fits the device's shared memory and spills no register, in order.
+
+    A config that fails to compile goes.  When none of ``configs`` is left, the first group of ``fallback`` (the
+    next larger tiles) that has such configs gives them (masked-out lanes cost less than a spilling kernel); when
+    none has, the config of ``configs`` that fits with the fewest spill bytes is kept, else (nothing fits) the one
+    that needs the least shared memory: the launch then says what is wrong.
+    """
+    measured: dict[TuneConfig, Resources] = {}
+
+    def clean(candidates) -> list[TuneConfig]:
+        for config in candidates:
+            try:
+                measured[config] = resources(config)
+            except Exception:  # noqa: BLE001  (a compile error or out of resources: that config cannot run)
+                continue
+        return [c for c in candidates if c in measured and measured[c].shared <= max_shared_memory
+                and not measured[c].spills]
+
+    kept = clean(configs)
+    for group in fallback:
+        if kept:
+            break
+        kept = clean(group)
+    measured = {c: r for c, r in measured.items() if c in configs}
+    if kept or not measured:
+        return kept or configs[:1]
+    fits = [c for c, r in measured.items() if r.shared <= max_shared_memory]
+    if fits:
+        return [min(fits, key=lambda c: measured[c].spills or 0)]
+    return [min(measured, key=lambda c: measured[c].shared)]
 
 
 # ------------------------------------------------------------------------------------------------ the device
@@ -155,6 +231,22 @@ def device_shared_memory(index: int) -> int:
     except Exception:  # noqa: BLE001
         pass
     return DEFAULT_SHARED_MEMORY
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability(index: int) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(index))
+
+
+def device_capability(device: torch.device) -> Optional[tuple[int, int]]:
+    """``(major, minor)`` of a CUDA device; None for any other device."""
+    return _cuda_capability(_device_index(device)) if device.type == "cuda" else None
+
+
+def mma_rows(capability: Optional[tuple[int, int]]) -> int:
+    """The fewest rows a ``tl.dot`` tile needs to use the device's widest tensor-core instruction: 64 from Hopper
+    on (a warp group's ``wgmma`` multiplies 64 rows), else :data:`MIN_BLOCK`."""
+    return 64 if capability is not None and capability >= (9, 0) else MIN_BLOCK
 
 
 def _device_index(device: torch.device) -> int:
@@ -316,18 +408,26 @@ class Autotuner:
         tiles: ``{block: "ARG*ARG"}``, the size each tuned block tiles.  Blocks of ``configs`` not named here are
             not tuned: they keep the first config's value (a weight-gradient kernel's reduction block stays fixed,
             so tuning never changes the summation order and so the bits of ``dw``).
-        operands: the ``tl.dot`` operand tiles ``(rows, cols)`` by block name, for the shared-memory estimate.
-        bench, cache, shared_memory: injectable for tests (``bench(run) -> ms``, a :class:`ConfigCache`,
-            ``shared_memory(device) -> bytes or None``).
+        operands: the ``tl.dot`` operand tiles ``(rows, cols)`` by block name, as stored (either may be
+            transposed): the first operand's block that the second lacks is the dot's M (kept at least
+            :func:`mma_rows` wide where the device has ``wgmma``); the tiles also give
+            :func:`shared_memory_bytes`, the first guess that ``perf.static`` compares with the compiled figure.
+        bench, cache, shared_memory, capability, resources: injectable for tests and for compiling for a target
+            without its GPU (``bench(run) -> ms``, a :class:`ConfigCache`, ``shared_memory(device) -> bytes or
+            None``, ``capability(device) -> (major, minor) or None``, ``resources(config, launch) ->``
+            :class:`Resources` where ``launch = (grid, args, kwargs)``).
+    On a CUDA device every candidate is compiled before it is timed (the compiled kernels are the ones timed) and
+    kept only if its kernel fits the device's shared memory without spilling registers (:func:`fitting`).
     The kernel must be safe to launch repeatedly on the same arguments (it writes its outputs, never
     accumulates into them): candidates are timed on the caller's tensors.
     """
 
     def __init__(self, fn, configs, key, *, tiles: dict, operands=(), name: Optional[str] = None,
                  bench: Optional[Callable] = None, cache: Optional[ConfigCache] = None,
-                 shared_memory: Optional[Callable] = None):
+                 shared_memory: Optional[Callable] = None, capability: Optional[Callable] = None,
+                 resources: Optional[Callable] = None):
         self._init = dict(fn=fn, configs=configs, key=key, tiles=tiles, operands=operands, name=name, bench=bench,
-                          cache=cache, shared_memory=shared_memory)
+                          cache=cache, shared_memory=shared_memory, capability=capability, resources=resources)
         self.fn = fn
         inner = getattr(fn, "fn", fn)
         self.arg_names = list(inspect.signature(inner).parameters)
@@ -341,6 +441,8 @@ class Autotuner:
         self._bench = bench or do_bench_median
         self._cache = cache
         self._shared_memory = shared_memory or device_limits
+        self._capability = capability or device_capability
+        self._resources = resources or self.compiled_resources
         self._best: dict[str, TuneConfig] = {}
         self._lock = threading.RLock()
         self.last_key: Optional[str] = None
@@ -388,7 +490,7 @@ class Autotuner:
             raise TypeError(f"{self.name}: {sorted(clash)} are chosen by the autotuner; do not pass them")
         bound = dict(zip(self.arg_names, args), **kwargs)
         key, device = self.problem_key(bound)
-        config = self._best.get(key) or self._choose(key, device, bound, grid, args, kwargs)
+        config = self._best.get(key) or self._choose(key, device, bound, (grid, args, kwargs))
         self.last_key, self.last_config = key, config
         return self._launch(config, grid, args, kwargs)
 
@@ -405,18 +507,59 @@ class Autotuner:
         dtype = str(tensor.dtype).replace("torch.", "")
         return "|".join([self.name, device_name(tensor.device), dtype, layout, dims]), tensor.device
 
-    def candidates(self, bound: dict, device: torch.device) -> list[TuneConfig]:
-        """The pruned space for this problem (a function of its key: sizes are bucketed first)."""
+    def sized(self, bound: dict, device: torch.device) -> list[TuneConfig]:
+        """The configs whose tiles suit this problem's sizes (a function of its key: sizes are bucketed first)."""
         sizes = {k: bucket(bound[k]) for k in self.key}
         dims = {block: _product(names, sizes) for block, names in self.tiles.items()}
-        tensor = next(v for v in bound.values() if isinstance(v, torch.Tensor))
-        return prune(self.configs, dims, self.operands, tensor.element_size(), self._shared_memory(device), bound)
+        return prune(self.configs, dims, self._min_blocks(dims, device))
 
-    def _choose(self, key, device, bound, grid, args, kwargs) -> TuneConfig:
+    def _min_blocks(self, dims: dict, device: torch.device) -> Optional[dict[str, int]]:
+        """The dot's M block (that of the first operand the second lacks: the other one is the reduction) at least
+        :func:`mma_rows` where the device has ``wgmma``."""
+        rows = next((b for b in self.operands[0] if b not in self.operands[1]), None) if len(self.operands) > 1 \
+            else None
+        return {rows: mma_rows(self._capability(device))} if rows in dims else None
+
+    def wider(self, bound: dict, device: torch.device) -> Iterator[list[TuneConfig]]:
+        """The rest of the space beyond :meth:`sized`, in groups of growing tiles (the size bounds doubled, then
+        doubled again...), smallest first."""
+        sizes = {k: bucket(bound[k]) for k in self.key}
+        dims = {block: _product(names, sizes) for block, names in self.tiles.items()}
+        seen = set(self.sized(bound, device))
+        mins = self._min_blocks(dims, device)
+        factor = 2
+        while len(seen) < len(self.configs):
+            group = [c for c in prune(self.configs, {b: d * factor for b, d in dims.items()}, mins) if c not in seen]
+            seen.update(group)
+            factor *= 2
+            if group:
+                yield group
+
+    def candidates(self, bound: dict, device: torch.device, launch=None) -> list[TuneConfig]:
+        """The configs worth timing: :meth:`sized`, then, on a device with a shared-memory limit and given the
+        ``launch = (grid, args, kwargs)`` to compile them for, those whose compiled kernel fits and does not
+        spill; if none does, those of the next larger tiles that do (:meth:`wider`, :func:`fitting`)."""
+        configs = self.sized(bound, device)
+        limit = self._shared_memory(device)
+        if limit is None or launch is None:
+            return configs
+        return fitting(configs, lambda config: self._resources(config, launch), limit,
+                       fallback=self.wider(bound, device))
+
+    def compile(self, config: TuneConfig, launch):
+        """The ``CompiledKernel`` of ``config`` for ``launch = (grid, args, kwargs)`` through the kernel's warm-up
+        path (nothing runs; triton caches it for the launches that follow)."""
+        grid, args, kwargs = launch
+        return self.fn.warmup(*args, grid=grid, **kwargs, **config.launch_kwargs())
+
+    def compiled_resources(self, config: TuneConfig, launch) -> Resources:
+        return kernel_resources(self.compile(config, launch))
+
+    def _choose(self, key, device, bound, launch) -> TuneConfig:
         with self._lock:
             if key in self._best:
                 return self._best[key]
-            candidates = self.candidates(bound, device)
+            candidates = self.candidates(bound, device, launch)
             cache = self._cache if self._cache is not None else DEFAULT_CACHE
             config = self._cached(cache.get(key), candidates)
             if config is None:
@@ -426,7 +569,7 @@ class Autotuner:
                 if len(candidates) == 1 or not tuning_enabled():
                     config = candidates[0]
                 else:
-                    config, ms = self._tune(key, candidates, grid, args, kwargs)
+                    config, ms = self._tune(key, candidates, *launch)
                     cache.put(key, self._entry(config, ms, len(candidates)))
             self._best[key] = config
             return config

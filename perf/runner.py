@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from gconv_triton.autotune import DTYPES, Layer, Progress, dtype_setting
+from gconv_triton.autotune import DTYPES, FORWARD_ONLY, Layer, Progress, dtype_setting
 from gconv_triton.functional import gconv2d
 
 from .providers import Built, Case, Provider, make_case
@@ -141,8 +141,8 @@ def run_suite(sets: dict[str, Sequence[Layer]], providers: Sequence[Provider], m
     if unknown:
         raise ValueError(f"modes: expected a subset of {MODES}, got {list(modes)}")
     run = _Run(modes, timer or (CudaTimer() if device.type == "cuda" else CpuTimer()), memory, check,
-               total=sum(map(len, sets.values())) * len(dtypes) * len(layouts) * len(providers) * len(modes),
-               progress=progress)
+               total=sum(len(layers) * len(set_modes(name, modes)) for name, layers in sets.items())
+               * len(dtypes) * len(layouts) * len(providers), progress=progress)
     start, incomplete = time.monotonic(), False
     with run.bar:
         for set_name, layers in sets.items():
@@ -150,12 +150,19 @@ def run_suite(sets: dict[str, Sequence[Layer]], providers: Sequence[Provider], m
                 if budget_s is not None and time.monotonic() - start > budget_s:
                     incomplete = True
                     break
+                run.modes = set_modes(set_name, modes)
                 for dtype in dtypes:
                     run.layer(set_name, layer, dtype, layouts, providers, device)
             if incomplete:
                 break
     derive(run.records)
     return {"records": run.records, "summary": summarize(run.records, sets), "incomplete": incomplete}
+
+
+def set_modes(set_name: str, modes: Sequence[str]) -> tuple[str, ...]:
+    """The modes a shape set is timed in: ``modes``, except an inference set (``FORWARD_ONLY``): ``forward``,
+    whatever ``modes`` says (serving runs no backward, and ``--quick`` asks for forward+backward only)."""
+    return ("forward",) if set_name in FORWARD_ONLY else tuple(modes)
 
 
 class _Run:

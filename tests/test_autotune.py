@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -106,18 +107,9 @@ def test_key_buckets_sizes_to_powers_of_two(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------ pruning
-def test_prune_by_shared_memory_with_a_fake_device_limit():
-    # fp16: stages * (BM*BK + BK*BN) * 2 bytes
-    sizes = {c: at.shared_memory_bytes(c, OPERANDS, 2) for c in SPACE}
-    assert sizes[cfg(128, 128, 32, 8, 3)] == 3 * (128 * 32 + 32 * 128) * 2
-    big = dict(BLOCK_M=1 << 20, BLOCK_N=1 << 20, BLOCK_K=1 << 20)
-    limit = 40 * 1024
-    kept = at.prune(SPACE, big, OPERANDS, 2, limit)
-    assert kept == [c for c in SPACE if sizes[c] <= limit] and cfg(128, 128, 32, 8, 3) not in kept
-    assert at.prune(SPACE, big, OPERANDS, 2, None) == SPACE                       # no limit: nothing goes
-    # Nothing fits: keep the one that needs least (the compiler has the last word).
-    assert at.prune(SPACE, big, OPERANDS, 2, 16) == [cfg(16, 16, 16)]
-    # An operand size that the launch passes as a constexpr (a weight gradient's BLOCK_R).
+def test_shared_memory_estimate():
+    # fp16: stages * (BM*BK + BK*BN) * 2 bytes; an operand size the launch passes as a constexpr (BLOCK_R).
+    assert at.shared_memory_bytes(cfg(128, 128, 32, 8, 3), OPERANDS, 2) == 3 * (128 * 32 + 32 * 128) * 2
     c = at.TuneConfig.make(dict(BLOCK_M=64, BLOCK_N=64), 4, 2)
     assert at.shared_memory_bytes(c, [("BLOCK_M", "BLOCK_R"), ("BLOCK_R", "BLOCK_N")], 4, {"BLOCK_R": 32}) == \
         2 * (64 * 32 + 32 * 64) * 4
@@ -125,14 +117,90 @@ def test_prune_by_shared_memory_with_a_fake_device_limit():
 
 def test_prune_by_problem_size():
     # No block larger than max(16, next_power_of_2(dim)).
-    kept = at.prune(SPACE, dict(BLOCK_M=40, BLOCK_N=20, BLOCK_K=1000), OPERANDS, 4, None)
+    kept = at.prune(SPACE, dict(BLOCK_M=40, BLOCK_N=20, BLOCK_K=1000))
     assert kept == [cfg(64, 32, 64, 4, 4), cfg(32, 32, 32, 2, 2), cfg(16, 16, 16)]
-    assert at.prune(SPACE, dict(BLOCK_M=3, BLOCK_N=3, BLOCK_K=3), OPERANDS, 4, None) == [cfg(16, 16, 16)]
+    assert at.prune(SPACE, dict(BLOCK_M=3, BLOCK_N=3, BLOCK_K=3)) == [cfg(16, 16, 16)]
     # When no config is that small, the bounds double until the smallest tiles fit.
     space = [cfg(128, 64, 32), cfg(64, 32, 32), cfg(64, 64, 64)]
-    assert at.prune(space, dict(BLOCK_M=10, BLOCK_N=10, BLOCK_K=10), OPERANDS, 4, None) == space[1:]   # bounds 64
+    assert at.prune(space, dict(BLOCK_M=10, BLOCK_N=10, BLOCK_K=10)) == space[1:]   # bounds 64
     with pytest.raises(ValueError, match="at least one config"):
-        at.prune([], {}, OPERANDS, 4, None)
+        at.prune([], {})
+
+
+def test_prune_keeps_wgmma_rows_for_narrow_problems():
+    # 10 output channels on M: the size rule alone leaves 16-row tiles; with a 64-row minimum (wgmma), the
+    # 64-row, 4-warp configs stay.
+    dims = dict(BLOCK_M=10, BLOCK_N=1000, BLOCK_K=1000)
+    assert at.prune(SPACE, dims) == [cfg(16, 16, 16)]
+    assert at.prune(SPACE, dims, {"BLOCK_M": 64}) == [cfg(64, 64, 32), cfg(64, 32, 64, 4, 4), cfg(32, 32, 32, 2, 2),
+                                                     cfg(16, 16, 16)]
+    assert at.mma_rows((9, 0)) == at.mma_rows((10, 0)) == 64
+    assert at.mma_rows((8, 0)) == at.mma_rows(None) == at.MIN_BLOCK
+
+
+def test_fitting_uses_the_compiled_numbers():
+    # The compiled figures, not the estimate: an estimate of 48 KiB that compiles to 20 KiB fits a 40 KiB device;
+    # a config that spills goes, one that fails to compile goes.
+    res = {cfg(128, 128, 32, 8, 3): at.Resources(20 * 1024, 128, 0),
+           cfg(64, 64, 32): at.Resources(60 * 1024, 96, 0),          # overflows
+           cfg(64, 32, 64, 4, 4): at.Resources(30 * 1024, 255, 64),   # spills
+           cfg(32, 32, 32, 2, 2): None,                               # compile error
+           cfg(16, 16, 16): at.Resources(4 * 1024, 40, None)}         # spills unknown: kept
+
+    def resources(c):
+        if res[c] is None:
+            raise RuntimeError("compile error")
+        return res[c]
+
+    assert at.shared_memory_bytes(cfg(128, 128, 32, 8, 3), OPERANDS, 2) == 48 * 1024
+    assert at.fitting(SPACE, resources, 40 * 1024) == [cfg(128, 128, 32, 8, 3), cfg(16, 16, 16)]
+    # Nothing clean: the fitting config with the fewest spill bytes, else the one needing least shared memory.
+    spill = {c: at.Resources(1024, 255, 8 * (i + 1)) for i, c in enumerate(SPACE)}
+    assert at.fitting(SPACE[::-1], spill.__getitem__, 40 * 1024) == [SPACE[0]]
+    assert at.fitting(SPACE, lambda c: at.Resources(100 * 1024 + c.block("BLOCK_M"), 1, 0), 1024) == \
+        [cfg(16, 16, 16)]
+    assert at.fitting(SPACE, lambda c: 1 / 0, 1024) == SPACE[:1]        # nothing compiles: the launch will say why
+    # The sized configs all spill: clean configs of the rest of the space (larger tiles) are kept instead.
+    small, large = SPACE[3:], SPACE[:3]
+    spills_small = {**{c: at.Resources(1024, 255, 64) for c in small}, **{c: at.Resources(1024, 128, 0) for c in large}}
+    assert at.fitting(small, spills_small.__getitem__, 40 * 1024, fallback=[large[2:], large[:2]]) == large[2:]
+    assert at.fitting(small, spill.__getitem__, 40 * 1024, fallback=[large]) == [small[0]]   # none clean anywhere
+
+
+def test_wider_groups_grow_the_size_bounds(tmp_path):
+    tuner, _, _ = make_tuner(tmp_path)
+    x = torch.empty(4)
+    bound = dict(x_ptr=x, M_TOTAL=3, N=3, K=3, PRECISION="ieee")
+    assert tuner.sized(bound, x.device) == [cfg(16, 16, 16)]
+    assert list(tuner.wider(bound, x.device)) == [[cfg(32, 32, 32, 2, 2)], [cfg(64, 64, 32), cfg(64, 32, 64, 4, 4)],
+                                                   [cfg(128, 128, 32, 8, 3)]]
+    # With a limit, the tuner compiles the next group only when every smaller config spills.
+    compiled = []
+
+    def resources(config, launch):
+        compiled.append(config)
+        return at.Resources(1024, 64, 0 if config.block("BLOCK_M") >= 64 else 128)
+
+    tuner = tuner.replace(shared_memory=lambda device: 48 * 1024, resources=resources)
+    assert tuner.candidates(bound, x.device, (None, (), {})) == [cfg(64, 64, 32), cfg(64, 32, 64, 4, 4)]
+    assert cfg(128, 128, 32, 8, 3) not in compiled
+
+
+def test_candidates_compile_on_a_device_with_a_limit(tmp_path):
+    # With a shared-memory limit, each sized candidate is compiled (here: a fake resources hook) and filtered.
+    seen = []
+
+    def resources(config, launch):
+        seen.append(config)
+        return at.Resources(1024 if config.num_warps == 4 else 10 ** 6, 64, 0)
+
+    tuner, _, _ = make_tuner(tmp_path)
+    tuner = tuner.replace(shared_memory=lambda device: 48 * 1024, resources=resources)
+    x = torch.empty(4)
+    bound = dict(x_ptr=x, M_TOTAL=1 << 20, N=1 << 20, K=1 << 20, PRECISION="ieee")
+    assert tuner.candidates(bound, x.device) == SPACE                   # nothing to compile for: sizes only
+    assert tuner.candidates(bound, x.device, (None, (), {})) == [c for c in SPACE if c.num_warps == 4]
+    assert seen == SPACE
 
 
 def test_candidates_are_a_function_of_the_key(tmp_path):
@@ -283,14 +351,17 @@ def test_kernel_tuning_spaces():
     assert len(set((c.block("BLOCK_M"), c.block("BLOCK_N"), c.num_warps, c.num_stages) for c in wgrad.configs)) \
         == len(wgrad.configs)
     assert all("PRECISION" in names[n].key for n in TUNED if n.startswith("gconv."))
-    # Every space prunes to something that fits a 100 KiB device, on small and large problems.
+    # On a Hopper GPU every GEMM kernel keeps configs of >= 64 rows and >= 4 warps (wgmma) on a narrow layer
+    # (10 channels per group), whatever dimension the rows tile.
     x = torch.empty(4, dtype=torch.bfloat16)
-    for tuner in names.values():
-        for size in (3, 1 << 16):
-            bound = {k: size for k in tuner.key}
-            bound.update(x_ptr=x, dy_ptr=x, PRECISION="ieee", BLOCK_R=gconv.WGRAD_BLOCK_R)
-            kept = at.prune(tuner.configs, {b: size for b in tuner.tiles}, tuner.operands, 2, 100 * 1024, bound)
-            assert kept and all(at.shared_memory_bytes(c, tuner.operands, 2, bound) <= 100 * 1024 for c in kept)
+    for name, tuner in names.items():
+        if not tuner.operands:
+            continue
+        hopper = tuner.replace(capability=lambda device: (9, 0))
+        bound = {k: 1 << 16 if k.endswith("_TOTAL") else 10 for k in tuner.key}   # pixels many, channels 10
+        bound.update(x_ptr=x, dy_ptr=x, PRECISION="ieee")
+        rows = next(b for b in tuner.operands[0] if b not in tuner.operands[1])   # the dot's M block
+        assert any(c.block(rows) >= 64 and c.num_warps >= 4 for c in hopper.sized(bound, x.device)), name
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="swaps the interpreted kernels for tuned ones; on a GPU the real "
@@ -316,8 +387,7 @@ def test_launchers_run_through_the_autotuner(tmp_path, monkeypatch, layer):
             name = f"gconv_triton.kernels.{module.__name__.rsplit('.', 1)[1]}.{attr}"
             if name in at.KERNEL_TUNERS:
                 tuners[name] = at.KERNEL_TUNERS[name].replace(
-                    fn=getattr(module, attr), bench=bench, cache=at.ConfigCache(tmp_path / "cache.json"),
-                    shared_memory=lambda device: 100 * 1024)
+                    fn=getattr(module, attr), bench=bench, cache=at.ConfigCache(tmp_path / "cache.json"))
                 monkeypatch.setattr(module, attr, tuners[name])
     assert len(tuners) == len(TUNED)
     x = torch.randn(layer["x"], device=DEVICE, requires_grad=True)
@@ -372,3 +442,27 @@ def test_no_unexpected_warnings_from_a_good_cache(tmp_path):
         warnings.simplefilter("error")
         fresh, _, _ = make_tuner(tmp_path)
         launch(fresh)
+
+
+def test_inference_set_is_timed_forward_only():
+    """The inference regime: the wide p4m layer and every P4CNN layer at batch 1 and 8, and the perf runner times
+    that set forward only (whatever modes it is given), the others in every mode asked for."""
+    from perf.providers import provider
+    from perf.runner import CpuTimer, run_suite, set_modes
+
+    layers = pretune_cli.model_layers("inference")
+    wide = pretune_cli.model_layers("wide")[0]
+    p4cnn = pretune_cli.model_layers("p4cnn")
+    assert [(lay.name, lay.batch) for lay in layers if lay.group == "p4m"] == [("wide.b1", 1), ("wide.b8", 8)]
+    assert all(lay == dataclasses.replace(wide, name=lay.name, batch=lay.batch) for lay in layers if lay.group == "p4m")
+    assert sorted(lay.name for lay in layers if lay.group == "p4") == sorted(
+        f"p4cnn.{lay.name}.b{b}" for lay in p4cnn for b in (1, 8))
+    assert set_modes("inference", ("forward+backward",)) == ("forward",)
+    assert set_modes("wide", ("backward", "forward")) == ("backward", "forward")
+    small = pretune_cli.Layer("tiny", group="p4", in_group="p4", c_in=2, c_out=2, height=4, width=4,
+                              padding=(1, 1), batch=1)
+    result = run_suite({"inference": [small], "p4cnn": [small]}, [provider("bank_cudnn", "cpu")],
+                       modes=("forward", "forward+backward"), dtypes=("fp32",), device="cpu",
+                       timer=CpuTimer(min_time_s=0, min_runs=1), check=False, progress=None)
+    modes = sorted((r["set"], r["mode"]) for r in result["records"])
+    assert modes == [("inference", "forward"), ("p4cnn", "forward"), ("p4cnn", "forward+backward")]

@@ -1,0 +1,167 @@
+"""``python -m perf.static``: the SASS/TTGIR readers on small texts, and the CI sample: every kernel, every dtype,
+compiled for sm_90 and sm_80 without a GPU, with no compile error and no spill or shared-memory overflow in a
+config the autotuner keeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gconv_triton.kernels._autotune import KERNEL_TUNERS
+from perf import static_sass as sass
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SASS = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   MOV R2, RZ ;
+.L_x_1:
+        /*0020*/                   LDGSTS.E.BYPASS.128 [R12], desc[UR14][R6.64], P2 ;
+        /*0030*/                   IMAD.WIDE R4, R3, 0x2, R8 ;
+        /*0040*/                   IADD3.X R5, RZ, R9, RZ, P0, !PT ;
+.L_x_0:
+        /*0050*/                   LDG.E.U16 R7, desc[UR14][R4.64] ;
+        /*0060*/                   ISETP.GE.AND P0, PT, R7, 0x4, PT ;
+        /*0070*/              @!P0 BRA `(.L_x_0) ;
+        /*0080*/                   WARPGROUP.ARRIVE ;
+        /*0090*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8].tnspA, R24 ;
+        /*00a0*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8].tnspA, R24, gsb0 ;
+        /*00b0*/              @!P1 BRA `(.L_x_1) ;
+        /*00c0*/                   EXIT ;
+.L_x_2:
+        /*00d0*/                   BRA `(.L_x_2);
+"""
+
+
+def test_hot_loop_is_the_innermost_loop_holding_the_mma():
+    instrs, labels = sass.parse_sass(SASS)
+    assert len(instrs) == 14 and labels == {".L_x_1": 2, ".L_x_0": 5, ".L_x_2": 13}
+    assert sorted(sass.loops(instrs, labels)) == [(2, 11), (5, 7), (13, 13)]
+    loop = sass.hot_loop(instrs, labels)
+    assert (loop.instructions, loop.mma, loop.mma_count) == (10, "HGMMA", 2)
+    assert loop.counts["LDGSTS"] == 1 and loop.counts["LDG"] == 1 and loop.counts["IMAD.WIDE"] == 1
+    assert loop.counts["carry"] == 1
+    # Two 64x128x16 wgmmas per warp group; 8 warps = 2 warp groups: 2 * 131072 * 2 MACs per iteration.
+    assert loop.macs(8) == 2 * 64 * 128 * 16 * 2
+    assert loop.per_1024_macs(8) == pytest.approx(10 * 8 * 1024 / loop.macs(8))
+
+
+def test_mma_shapes():
+    assert sass.mma_shape("HGMMA.64x256x8.F32.TF32") == (64, 256, 8)
+    assert sass.mma_shape("HMMA.16816.F32.BF16") == (16, 8, 16)
+    assert sass.mma_shape("HMMA.1688.F32.TF32") == (16, 8, 8)
+    assert sass.mma_shape("DMMA.884") == (8, 8, 4)
+    assert sass.mma_shape("FFMA") is None
+    # mma.sync is issued per warp: 4 warps each do their own m16n8k16.
+    instrs, labels = sass.parse_sass(SASS.replace("HGMMA.64x128x16.F32.BF16", "HMMA.16816.F32.BF16"))
+    assert sass.hot_loop(instrs, labels).macs(4) == 2 * 16 * 8 * 16 * 4
+
+
+def test_no_mma_falls_back_to_the_fma_loop():
+    text = """
+        /*0000*/                   MOV R2, RZ ;
+.L_x_3:
+        /*0010*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0020*/                   FFMA R5, R4, R6, R5 ;
+        /*0030*/                   FFMA R7, R4, R8, R7 ;
+        /*0040*/              @P0 BRA `(.L_x_3) ;
+        /*0050*/                   EXIT ;
+"""
+    loop = sass.hot_loop(*sass.parse_sass(text))
+    assert (loop.instructions, loop.mma, loop.counts["FMA"]) == (4, "none", 2)
+    assert sass.hot_loop(*sass.parse_sass("        /*0000*/                   EXIT ;")) is None
+
+
+TTIR = ("%acc_127 = tt.dot %a_114, %bw_126, %acc_56, inputPrecision = tf32 : tensor<128x32xf32> * "
+        "tensor<32x64xf32> -> tensor<128x64xf32> loc(#loc171)")
+
+TTGIR = """
+    %buf = ttg.local_alloc : () -> !ttg.memdesc<3x32x128xbf16, #shared, #smem, mutable> loc(#loc1)
+    %v0 = ttg.memdesc_index %buf[%c0_i32] : !ttg.memdesc<3x32x128xbf16> -> !ttg.memdesc<32x128xbf16> loc(#loc1)
+    %t0 = ttg.async_copy_global_to_local %ptrs, %v0 mask %m other %cst : tensor<32x128x!tt.ptr<bf16>> -> <32x128xbf16>
+    %r:2 = scf.for %i = %c0 to %K step %c32 iter_args(%acc = %cst, %tok = %t0) -> (tensor<128x128xf32>, i32) {
+      %a = tt.load %aptrs, %ok, %cst_1 : tensor<128x32x!tt.ptr<bf16>, #blocked1> loc(#loc157)
+      %a_s = ttg.local_alloc %a : (tensor<128x32xbf16, #blocked1>) -> !ttg.memdesc<128x32xbf16, #shared1, #smem>
+      %b_s = ttg.memdesc_index %buf[%idx] : !ttg.memdesc<3x32x128xbf16> -> !ttg.memdesc<32x128xbf16>
+      %d = ttng.warp_group_dot %a_s, %b_s, %acc {isAsync = true} : !ttg.memdesc<128x32xbf16> * !ttg.memdesc<32x128xbf16> -> tensor<128x128xf32, #mma>
+      %w:3 = ttng.warp_group_dot_wait %d, %a_s, %b_s {pendings = 1 : i32} : tensor<128x128xf32, #mma>
+      scf.yield %w#0, %tok : tensor<128x128xf32>, i32
+    }
+"""
+
+
+def test_dot_shapes_and_operand_sources():
+    (dot,) = sass.dots(TTIR)
+    assert (dot.m, dot.n, dot.k, dot.a_type, dot.precision, dot.macs) == (128, 64, 32, "f32", "tf32", 128 * 64 * 32)
+    assert sass.operand_sources(TTGIR) == ["LDG", "cp.async"]
+    tma = TTGIR.replace("%t0 = ttg.async_copy_global_to_local %ptrs, %v0 mask %m other %cst",
+                        "ttng.async_tma_copy_global_to_local %desc[%c0, %c0] %v0, %bar, %true")
+    assert sass.operand_sources(tma) == ["LDG", "TMA"]
+    assert sass.wgmma_pendings(TTGIR) == 1
+    assert sass.operand_sources("%x = arith.constant 0 : i32") == []
+
+
+def _run_static(tmp_path: Path, *args: str, timeout: int = 2400) -> subprocess.CompletedProcess:
+    """``python -m perf.static`` in a fresh process without TRITON_INTERPRET (interpreted kernels cannot be
+    compiled), with its own analysis cache."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=str(ROOT), GCONV_TRITON_STATIC_CACHE=str(tmp_path / "cache"))
+    return subprocess.run([sys.executable, "-m", "perf.static", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_sample_compiles_for_sm90_and_sm80_without_spills_in_kept_configs(tmp_path):
+    proc = _run_static(tmp_path, "--sets", "sample", "--archs", "90,80", "--resources-only", "--jobs", "2",
+                       "--no-progress", "--out", str(tmp_path / "sample"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "sample.json").read_text())
+    rows = result["rows"]
+    # Every kernel of both families: each one the package tunes, and the untuned depthwise weight gradient.
+    tuned = {n.split("kernels.", 1)[1] for n in KERNEL_TUNERS
+             if n.startswith(("gconv_triton.kernels.gconv.", "gconv_triton.kernels.depthwise."))}
+    compiled = {r["kernel"] for r in rows}
+    assert tuned <= compiled and len(compiled - tuned) >= 1, (tuned, compiled)
+    assert {r["dtype"] for r in rows} == {"fp32", "tf32", "fp16", "bf16", "fp64"}
+    assert {r["arch"] for r in rows} == {90, 80}
+    assert {"triton", "torch", "ptxas"} <= set(result["versions"])
+    errors = [(r["kernel"], r["dtype"], r["arch"], r["config"], r["error"]) for r in rows if r["status"] != "ok"]
+    assert not errors, f"compile errors: {errors}"
+    assert all(r["registers"] > 0 and r["spills"] is not None for r in rows)
+    bad = [(r["kernel"], r["dtype"], r["arch"], r["config"], f"spills {r['spills']} B",
+            f"shared {r['shared']} of {r['shared_limit']} B") for r in rows
+           if r["kept"] and (r["spills"] or r["overflow"])]
+    assert not bad, f"configs the autotuner keeps spill registers or overflow shared memory: {bad}"
+    # Every problem keeps a config.
+    problems = {(r["layer"], r["role"], r["kernel"], r["dtype"], r["arch"]) for r in rows}
+    assert problems == {(r["layer"], r["role"], r["kernel"], r["dtype"], r["arch"]) for r in rows if r["kept"]}
+    assert "perf.static:" in proc.stdout and "PASS compile" in proc.stdout
+
+
+def test_hot_loop_of_a_real_compile(tmp_path):
+    """One bf16 forward on sm_90 read to the end: a tensor-core hot loop, a figure per MAC beside the matmul's,
+    both operand sources, the bytes of the launch and of the dense GEMM."""
+    proc = _run_static(tmp_path, "--sets", "sample", "--layers", "gemm", "--roles", "forward", "--dtypes", "bf16",
+                       "--archs", "90", "--jobs", "1", "--no-progress", "--out", str(tmp_path / "one"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(r for r in json.loads((tmp_path / "one.json").read_text())["rows"] if r["kept"])
+    assert row["status"] == "ok" and row["mma"] == ("HGMMA" if row["warps"] >= 4 else "HMMA")
+    assert row["loop_instructions"] > 0 and row["per_1024_macs"] > 0 and row["matmul_per_1024_macs"] > 0
+    assert row["ratio"] == pytest.approx(row["per_1024_macs"] / row["matmul_per_1024_macs"])
+    assert all(src in ("cp.async", "TMA", "LDG") for src in row["operands"]) and len(row["operands"]) == 2
+    assert row["dot"]["a_type"] == "bf16" and row["bytes"] > 0 and row["dense_bytes"] > 0
+    text = (tmp_path / "one.md").read_text()
+    assert "## Targets" in text and "### gconv._forward_kernel" in text and "HGMMA" in text
+
+
+def test_cli_rejects_interpreted_kernels_and_bad_archs(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "perf.static", "--sets", "sample"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "TRITON_INTERPRET" in proc.stderr
+    proc = _run_static(tmp_path, "--sets", "sample", "--archs", "91", timeout=300)
+    assert proc.returncode == 2 and "--archs" in proc.stderr
