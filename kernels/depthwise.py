@@ -20,8 +20,11 @@ INTERPRETER_CONFIG = dict(BLOCK_P=64, BLOCK_C=16)
 
 
 def _configs():
-    return [triton.Config(dict(BLOCK_P=p, BLOCK_C=c), num_warps=w)
-            for p, c, w in [(128, 32, 4), (64, 64, 4), (256, 16, 4), (128, 64, 8), (64, 32, 2), (32, 128, 4)]]
+    # Small tiles too: each thread holds a 64-bit address per element across the tap loop, and tiles of 32 or
+    # more elements a thread spill on sm_80/sm_90.
+    return [triton.Config(dict(BLOCK_P=p, BLOCK_C=c), num_warps=w, num_stages=1)
+            for p, c, w in [(128, 32, 8), (64, 32, 4), (128, 16, 4), (32, 32, 4), (32, 16, 4), (64, 64, 8),
+                            (32, 64, 4)]]
 
 
 @triton.jit
@@ -127,7 +130,7 @@ def _dw_input_grad_kernel(
 
 
 # Not tuned: the tile shape and warp count fix the order of the final tl.sum, and so every bit of dw.
-WGRAD_CONFIG = dict(BLOCK_P=64, BLOCK_C=32) if INTERPRET else dict(BLOCK_P=128, BLOCK_C=32, num_warps=4)
+WGRAD_CONFIG = dict(BLOCK_P=64, BLOCK_C=32) if INTERPRET else dict(BLOCK_P=64, BLOCK_C=32, num_warps=4, num_stages=1)
 
 
 @triton.jit

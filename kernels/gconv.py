@@ -223,13 +223,21 @@ def _conv_gemm_kernel(
 
 
 # ------------------------------------------------------------------------------------------ weight gradient
-WGRAD_BLOCK_R = 64  # fixed (not tuned) so that the reduction order, and so every bit of dw, never depends on tuning
+# The reduction block, fixed (not tuned) so that the reduction order, and so every bit of dw, never depends on
+# tuning.  fp64 MMAs keep whole operand tiles in registers: a shorter block keeps them from spilling.
+WGRAD_BLOCK_R = 64
+WGRAD_BLOCK_R_FP64 = 16
+
+
+def wgrad_block_r(dtype: torch.dtype) -> int:
+    return WGRAD_BLOCK_R_FP64 if dtype == torch.float64 else WGRAD_BLOCK_R
 
 
 def _wgrad_configs():
     return [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn), num_warps=warps, num_stages=stages)
             for bm, bn, warps, stages in [(128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3),
-                                          (64, 32, 4, 4), (128, 16, 4, 4), (64, 16, 4, 4), (64, 128, 4, 3)]]
+                                          (64, 32, 4, 4), (128, 16, 4, 4), (64, 16, 4, 4), (64, 128, 4, 3),
+                                          (64, 16, 8, 3), (64, 32, 8, 3)]]
 
 
 HAS_GATHER = tl.constexpr(hasattr(tl, "gather"))   # tl.gather is missing from the oldest triton releases
@@ -487,7 +495,8 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.
     weight_numel = spec.weight_groups * spec.out_channels * m_ch * kh * kw
     split = weight_split(spec, r_total, cdiv(m_ch, 64) * cdiv(spec.out_channels, 64) * spec.weight_groups * kh * kw,
                          weight_numel)
-    r_per_split = cdiv(cdiv(r_total, split), WGRAD_BLOCK_R) * WGRAD_BLOCK_R
+    block_r = wgrad_block_r(x.dtype)
+    r_per_split = cdiv(cdiv(r_total, split), block_r) * block_r
     split = max(1, cdiv(r_total, r_per_split)) if r_total else 1
     partial_dtype = torch.promote_types(x.dtype, torch.float32) if split > 1 else x.dtype
     partial = torch.empty((split, *weight_shape), dtype=partial_dtype, device=x.device)
@@ -509,6 +518,6 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.
         *x_cl.stride()[:3], *geometry_args(spec),
         HO=spec.out_height, WO=spec.out_width, M_CH=m_ch, C_OUT_G=c_out, O_PAD=o_pad, S_IN=spec.s_in,
         S_OUT=spec.s_out, KH=kh, KW=kw, VEC_X=_vector_width(x.element_size(), *x_cl.stride()[:3], m_ch),
-        WIDE=_needs_int64(x_cl, dy_go), ACC=accumulator(x.dtype), BLOCK_R=WGRAD_BLOCK_R, **_dtype_flags(x.dtype),
+        WIDE=_needs_int64(x_cl, dy_go), ACC=accumulator(x.dtype), BLOCK_R=block_r, **_dtype_flags(x.dtype),
         **_meta(WGRAD_INTERPRETER_CONFIG))
     return partial[0] if split == 1 else partial.sum(0).to(x.dtype)

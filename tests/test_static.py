@@ -155,7 +155,7 @@ def test_hot_loop_of_a_real_compile(tmp_path):
     assert all(src in ("cp.async", "TMA", "LDG") for src in row["operands"]) and len(row["operands"]) == 2
     assert row["dot"]["a_type"] == "bf16" and row["bytes"] > 0 and row["dense_bytes"] > 0
     text = (tmp_path / "one.md").read_text()
-    assert "## Targets" in text and "### gconv._forward_kernel" in text and "HGMMA" in text
+    assert "## Targets" in text and "### gconv._conv_gemm_kernel" in text and "HGMMA" in text
 
 
 def test_cli_rejects_interpreted_kernels_and_bad_archs(tmp_path):
