@@ -27,7 +27,7 @@ BACKENDS = {"torch": (torch_backend, torch.device("cpu")), "triton": (triton_bac
 CASES = {
     "p4": ("p4", "p4", 2, 2, dict(padding=1)),
     "p4_stride_dilation_groups": ("p4", "p4", 2, 4, dict(stride=2, padding=2, dilation=2, groups=2)),
-    "p4m": ("p4m", "p4m", 1, 2, dict(padding=1)),
+    "p4m": ("p4m", "p4m", 2, 2, dict(padding=1)),
     "p4m_lifting_stride_groups": ("p4m", "z2", 2, 2, dict(stride=2, padding=1, groups=2)),
 }
 
