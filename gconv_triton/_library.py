@@ -99,6 +99,8 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     try:
         enabled = torch.is_autocast_enabled(device_type)
         return torch.get_autocast_dtype(device_type) if enabled else None
+    except RuntimeError:  # a device type autocast does not know (meta, ...): nothing is cast there
+        return None
     except (TypeError, AttributeError):  # older spellings, in case a build lacks the device-type forms
         cpu = device_type == "cpu"
         enabled = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
