@@ -421,15 +421,16 @@ def _weight_grad_kernel(
 
 
 # ----------------------------------------------------------------------------------------------- launchers
-#: fixed tiles (no tuning, so results never depend on timing).  Compiled for sm_90 and sm_80 (3x3, fp32/bf16) the
-#: kernels use 80-246 registers a thread; ptxas reports no spills except 12 bytes in the weight gradient of a
-#: group convolution (S > 1) and 48 bytes in prod's input gradient on sm_80.  32 channels a tile spill more.
+#: fixed tiles (no tuning, so results never depend on timing), 8 warps.  Compiled for sm_90 and sm_80 by
+#: ``python -m perf.static --roles tap_...`` on the sample layers, 13 of 200 launches still spill 8-16 bytes a
+#: thread (the input gradient, and the weight gradient of a depthwise layer); with 4 warps 29 spilled, up to 112.
+#: 32 channels a tile spill more.
 BLOCK_M, BLOCK_K, BLOCK_N = 64, 4, 16
 # the input gradient also holds [BLOCK_M, BLOCK_K] loads and offsets per output-channel block: a smaller tile, and
 # 2 output channels a step (4 spill 12 bytes a thread when S > 1 on sm_90)
 DX_BLOCK_M, DX_BLOCK_K = 32, 2
 WGRAD_BLOCK_M, WGRAD_BLOCK_R, WGRAD_BLOCK_N = 32, 8, 32
-NUM_WARPS = 4
+NUM_WARPS = 8
 if INTERPRET:  # numpy runs one program at a time: fewer, larger steps (the masks are the same)
     BLOCK_K, DX_BLOCK_K, WGRAD_BLOCK_R = 16, 16, 32
 

@@ -186,6 +186,18 @@ def _weight_grad(layer: Layer, dtype) -> None:
                         layer.weight_shape())
 
 
+def _tap(kernel: str, tap: str, reduce: str) -> Callable[[Layer, torch.dtype], None]:
+    """A tap-convolution kernel (``kernels/tap.py``) on the layer's shapes: ``adder``/sum (AdderNet) or
+    ``add``/max (max-plus), the two families whose kernels differ (a sum, or an arg-extreme index)."""
+    def run(layer: Layer, dtype) -> None:
+        if kernel == "input_grad" and not layer.input_grad:
+            return
+        from gconv_triton.kernels import tap as tap_kernels
+        tap_kernels.launch(kernel, _meta(layer.input_shape(), dtype), _meta(layer.weight_shape(), dtype),
+                           layer.spec(), tap, reduce)
+    return run
+
+
 @dataclasses.dataclass(frozen=True)
 class Role:
     """A launcher entry point and the GEMM it computes, for the bytes columns.
@@ -220,6 +232,10 @@ ROLES = {
                                    s.batch * s.out_height * s.out_width, s.groups),
                         split_reduction=True),
 }
+# The tap convolutions (no tl.dot: compiled for their registers and spills; their bytes beside the same GEMM's).
+for _name, _tap_args in (("adder", ("adder", "sum")), ("maxplus", ("add", "max"))):
+    for _kernel in ("forward", "input_grad", "weight_grad"):
+        ROLES[f"tap_{_name}_{_kernel}"] = dataclasses.replace(ROLES[_kernel], run=_tap(_kernel, *_tap_args))
 
 
 @contextlib.contextmanager
