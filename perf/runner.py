@@ -21,7 +21,7 @@ from .providers import Built, Case, Provider, make_case
 
 MODES = ("forward", "backward", "forward+backward")
 QUANTILES = (0.5, 0.2, 0.8)
-# Relative error of a forward against the float64 reference of the same (rounded) inputs (DESIGN.md, Numerics).
+# Relative error of a forward against the float64 reference of the same (rounded) inputs (docs/numerics.md).
 TOLERANCE = {"fp32": 1e-5, "tf32": 3e-3, "bf16": 1e-2, "fp16": 1e-2}
 
 
