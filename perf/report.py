@@ -15,7 +15,7 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MIB = 2 ** 20
-# The issue's targets (H100, bf16, forward+backward).
+# The suite's speed targets (H100, bf16, forward+backward).
 TARGET_DTYPE, TARGET_MODE = "bf16", "forward+backward"
 TARGET_VS_BANK, TARGET_VS_E2CNN, TARGET_MATMUL_WIDE = 1.3, 2.0, 0.6
 
@@ -170,7 +170,7 @@ def layer_table(result: dict) -> str:
 
 
 def targets(result: dict) -> list[str]:
-    """The issue's targets on this run's bf16 forward+backward shape-set numbers: met or missed, and by how much."""
+    """The speed targets on this run's bf16 forward+backward shape-set numbers: met or missed, and by how much."""
     rows = [r for r in result["summary"] if r["dtype"] == TARGET_DTYPE and r["mode"] == TARGET_MODE]
     by = {(r["set"], r["layout"], r["provider"]): r for r in rows}
     lines = []

@@ -164,7 +164,7 @@ GRID = [
 
 def test_grid_covers_every_pair():
     """Every value of every axis, and every pair of values of two axes, appears in ``GRID`` (except the pairs
-    PyTorch forbids: 'same' padding with stride 2); the interactions named in the issue are there."""
+    PyTorch forbids: 'same' padding with stride 2); the interactions that matter (stride with padding, dilation, even kernels) are there."""
     axes = {
         "pair": ["p4/z2", "p4/p4", "p4m/z2", "p4m/p4m"],
         "k": [1, 2, 3, 5],
