@@ -41,14 +41,21 @@ def bank_index(group: Group, in_group: Group, weight_shape: tuple, device: torch
     ``weight_shape``: the gather of :func:`filter_bank` applied to ``arange``, built once per shape and device.
 
     Built from real tensors even when first asked for while ``torch.onnx.export`` / ``torch.export`` trace with
-    fake tensors, which the cache must not keep."""
+    fake tensors, which the cache must not keep; and outside ``torch.jit.trace``'s recording, so that a traced
+    graph holds the index as one constant whether or not the cache was warm (else the tracer's check that two
+    invocations give the same graph fails)."""
     key = (id(group), id(in_group), weight_shape, device)
     entry = _BANK_INDEX.get(key)
     if entry is None:
         from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-        with unset_fake_temporarily():
-            entry = _BANK_INDEX[key] = (group, in_group, _bank_index(group, in_group, weight_shape).to(device))
+        tracing = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            with unset_fake_temporarily():
+                entry = _BANK_INDEX[key] = (group, in_group, _bank_index(group, in_group, weight_shape).to(device))
+        finally:
+            torch._C._set_tracing_state(tracing)
     return entry[2]
 
 

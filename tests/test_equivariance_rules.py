@@ -236,7 +236,7 @@ def test_jit_trace_of_group_layers_matches_eager_and_warns():
     x = torch.randn(2, 1, 8, 8, dtype=DT)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        traced = torch.jit.trace(model, x, check_trace=False)
+        traced = torch.jit.trace(model, x)  # with its check that two invocations trace the same graph
     assert _warned(record) == sorted(LAYERS_WARNED)
     x2 = torch.randn(2, 1, 8, 8, dtype=DT)
     assert torch.equal(traced(x2), model(x2))
