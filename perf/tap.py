@@ -21,11 +21,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from gconv_triton.functional import tap_conv2d
 
+from .memory import AllocationRecorder
 from .runner import CpuTimer, CudaTimer, cuda_peak_memory
 
 #: (name, channels, height = width) of ResNet-20's three stages
@@ -47,32 +46,8 @@ def unfold_tap_conv2d(x, w, fn: Callable, reduce: str, padding: int):
     return y.view(b, w.shape[0], h, wd)
 
 
-class LargestTensor(TorchDispatchMode):
-    """The largest tensor (bytes) any aten op creates while active: the CPU stand-in for a peak.  A custom op
-    (``gconv_triton::*``) reaches the mode as one op: it is run with the mode still active, so the aten ops
-    inside it are seen too."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func.namespace in ("aten", "prim", "prims"):
-            out = func(*args, **kwargs)
-        else:
-            first = next(t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
-            below = torch._C._dispatch_keys(first) & torch._C._dispatch_keyset_full_after(torch._C.DispatchKey.Python)
-            with self:
-                out = func.redispatch(below, *args, **kwargs)
-        for t in pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel() * t.element_size())
-        return out
-
-
 def cpu_largest_tensor(run: Callable[[], object]) -> int:
-    recorder = LargestTensor()
+    recorder = AllocationRecorder()
     with recorder:
         run()
     return recorder.largest

@@ -25,14 +25,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import DEVICE, INTERPRETED, assert_close, rel_error, torch_backend, triton_backend
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from gconv_triton import functional, kernels
 from gconv_triton._layout import dim_order
 from gconv_triton._spec import make_spec
 from gconv_triton.groups import get_group
 from gconv_triton.kernels import _common, gconv
+from perf.memory import AllocationRecorder
 
 CONTIG, CL = "contig", "cl"  # (B, C, S, H, W) stored as is, or in memory order (B, H, W, C, S)
 HALF_DTYPES = [torch.float16, torch.bfloat16]
@@ -346,34 +345,6 @@ def test_weight_grad_bitwise_deterministic(monkeypatch, group, in_group, groups,
 
 
 # ------------------------------------------------------------------------------------- no filter bank
-class AllocationRecorder(TorchDispatchMode):
-    """Records the largest tensor (in bytes) that any aten op produces: allocations, views and outputs alike.
-
-    A custom op (``gconv_triton::*``) reaches a dispatch mode as one op; this one runs its device kernel with the
-    mode still active, so the aten ops inside the op (the launchers' allocations, the reference path's bank) are
-    recorded too.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-        self.largest_op = None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func.namespace in ("aten", "prim", "prims"):
-            out = func(*args, **kwargs)
-        else:
-            first = next(t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
-            below = torch._C._dispatch_keys(first) & torch._C._dispatch_keyset_full_after(torch._C.DispatchKey.Python)
-            with self:
-                out = func.redispatch(below, *args, **kwargs)
-        for t in pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.numel() * t.element_size() > self.largest:
-                self.largest, self.largest_op = t.numel() * t.element_size(), func
-        return out
-
-
 # (group, in_group, groups, C_in per group, C_out per group, k): the bank C_out·S·C_in·S·k² dwarfs x, y and w
 NO_BANK = [
     ("p4", "p4", 1, 4, 4, 5),     # bank 6400; x, y 400; weight 1600

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from helpers import DEVICE, rel_error, torch_backend, triton_backend
-from test_kernels import AllocationRecorder
+from perf.memory import AllocationRecorder
 
 import gconv_triton
 from gconv_triton import TapConv1d, TapConv2d, TapFunction, check_tap
