@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRET, accumulator, cdiv, dot_precision, empty_like_layout, gather_tables, geometry_args,
-                      group_tables, input_grad_buffer, maybe_autotune, mma, split_pixel)
+from ._common import (INTERPRET, accumulator, cdiv, dot_precision, empty_like_layout, gather_tables, group_tables,
+                      input_grad_buffer, maybe_autotune, mma, split_pixel)
 
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16)
 WGRAD_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
@@ -70,9 +70,6 @@ def preact_buffer(activation: str, return_preact: bool, y: torch.Tensor):
 
 
 # ------------------------------------------------------------------------------- forward and input gradient
-NO_TAP = tl.constexpr(-(1 << 30))   # a shift-table entry for a tap that does not reach a sub-pixel phase
-
-
 @triton.jit
 def _slice_offsets(c, j, r, stab_ptr, S_IN: tl.constexpr, S_K: tl.constexpr, R_PAD: tl.constexpr,
                    GROUP_ON_N: tl.constexpr):
@@ -114,7 +111,7 @@ def _weight_pointers(w_base, c, j, r, t, tap_src_ptr, stab_ptr, T: tl.constexpr,
                 operands=[("BLOCK_M", "BLOCK_K"), ("BLOCK_K", "BLOCK_N")])
 @triton.jit
 def _conv_gemm_kernel(
-    a_ptr, w_ptr, bias_ptr, out_ptr, z_ptr, tap_src_ptr, stab_ptr, shift_h_ptr, shift_w_ptr,
+    a_ptr, w_ptr, bias_ptr, out_ptr, z_ptr, tap_src_ptr, stab_ptr, phase_taps_ptr, phase_count_ptr,
     M_TOTAL, MH, MW, HA, WA, HOUT, WOUT, PHASES_H, PHASES_W, WEIGHT_GROUPS,
     sab, sah, saw, sob, soj, sor, soh, sow, ASH, ASW, OSH, OSW,
     A_CH: tl.constexpr, N_TOTAL: tl.constexpr, R_PAD: tl.constexpr, R_VALID: tl.constexpr,
@@ -127,7 +124,8 @@ def _conv_gemm_kernel(
     """One ``[BLOCK_M pixels, BLOCK_N]`` output tile of sub-pixel phase ``ph`` in channel group ``grp``.
 
     A: the activation ``a`` read channels-last, ``(B, HA, WA, groups·A_CH)`` with unit channel stride; its pixel
-    for output pixel ``(mh, mw)`` and tap ``(th, tw)`` is ``(mh·ASH + shift_h[ph_h, th], mw·ASW + shift_w[ph_w, tw])``.
+    for output pixel ``(mh, mw)`` and the ``i``-th tap ``t'`` that reaches phase ``ph`` is ``(mh·ASH + dh, mw·ASW + dw)``
+    with ``(t', dh, dw) = phase_taps[ph, i]``, ``i < phase_count[ph]`` (:func:`phase_tables`).
     B: the permuted weight, ``(weight_groups, KH·KW, A_CH // S_K, S_IN, R_PAD)``, gathered per tile.
     Output: ``N_TOTAL = S_N·R_PAD`` columns ``n = (j, r)``, stored at ``j·soj + (grp·R_VALID + r)·sor`` for
     ``r < R_VALID``, pixel ``(mh·OSH + ph_h, mw·OSW + ph_w)``.  Epilogue (forward): bias, then ``ACTIVATION``;
@@ -169,39 +167,47 @@ def _conv_gemm_kernel(
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for t in range(T):
-        shift_h = tl.load(shift_h_ptr + ph_h * KH + t // KW)
-        shift_w = tl.load(shift_w_ptr + ph_w * KW + t % KW)
-        if (shift_h != NO_TAP) & (shift_w != NO_TAP):
-            ih = mh * ASH + shift_h
-            iw = mw * ASW + shift_w
-            row_ok = m_ok & (ih >= 0) & (ih < HA) & (iw >= 0) & (iw < WA)
-            row = tl.multiple_of(b * sab + ih * sah + iw * saw, VEC_A)
-            a_ptrs = a_base + row[:, None] + kl[None, :]
-            if HOIST:   # B pointers for this tap: a hoisted tile, then a constant step per channel block
-                w_ptrs = w_base + tl.max_contiguous(tl.multiple_of(
-                    slice_off + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N), [1, VEC_B]),
-                    [1, VEC_B])
-            for k0 in range(0, A_CH, BLOCK_K):
-                c = k0 + kl
-                if not HOIST:
-                    w_ptrs = _weight_pointers(w_base, c, j, r, t, tap_src_ptr, stab_ptr, T, S_IN, S_K, R_PAD,
-                                              TAP_STRIDE, VEC_B, GROUP_ON_N)
-                if A_CH % BLOCK_K == 0:
-                    a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-                    bw = tl.load(w_ptrs)
-                else:  # a ragged last block: the mask is constant over runs of VEC_A (A_CH is a multiple of it),
-                    # which keeps the loads 16-byte vectors
-                    k_ok = tl.max_constancy(c < A_CH, VEC_A)
-                    a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                    bw = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
-                if TRANSPOSED:
-                    acc = mma(acc, tl.trans(bw), tl.trans(a), PRECISION, UPCAST)
-                else:
-                    acc = mma(acc, a, bw, PRECISION, UPCAST)
-                a_ptrs += BLOCK_K
-                if HOIST:
-                    w_ptrs += (BLOCK_K // S_K) * (S_IN * R_PAD)
+    # Only the taps that reach this phase, so no branch in the loop: with one channel block per tap (a narrow
+    # layer) the tap loop is the innermost loop, and stays software-pipelined (asynchronous copies)
+    tap_list = phase_taps_ptr + (ph_h * PHASES_W + ph_w) * (3 * T)
+    ih0 = mh * ASH      # per tap, the A rows are these plus a scalar shift: one add per row and axis
+    iw0 = mw * ASW
+    row0 = b * sab + ih0 * sah + iw0 * saw
+    for i in range(tl.load(phase_count_ptr + ph_h * PHASES_W + ph_w)):
+        t = tl.load(tap_list + 3 * i)
+        dh = tl.load(tap_list + 3 * i + 1)
+        dw = tl.load(tap_list + 3 * i + 2)
+        ih = ih0 + dh
+        iw = iw0 + dw
+        row_ok = m_ok & (ih >= 0) & (ih < HA) & (iw >= 0) & (iw < WA)
+        if WIDE:
+            dh, dw = dh.to(tl.int64), dw.to(tl.int64)
+        row = tl.multiple_of(row0 + (dh * sah + dw * saw), VEC_A)
+        a_ptrs = a_base + row[:, None] + kl[None, :]
+        if HOIST:   # B pointers for this tap: a hoisted tile, then a constant step per channel block
+            w_ptrs = w_base + tl.max_contiguous(tl.multiple_of(
+                slice_off + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N), [1, VEC_B]),
+                [1, VEC_B])
+        for k0 in range(0, A_CH, BLOCK_K):
+            c = k0 + kl
+            if not HOIST:
+                w_ptrs = _weight_pointers(w_base, c, j, r, t, tap_src_ptr, stab_ptr, T, S_IN, S_K, R_PAD,
+                                          TAP_STRIDE, VEC_B, GROUP_ON_N)
+            if A_CH % BLOCK_K == 0:
+                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                bw = tl.load(w_ptrs)
+            else:  # a ragged last block: the mask is constant over runs of VEC_A (A_CH is a multiple of it),
+                # which keeps the loads 16-byte vectors
+                k_ok = tl.max_constancy(c < A_CH, VEC_A)
+                a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                bw = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+            if TRANSPOSED:
+                acc = mma(acc, tl.trans(bw), tl.trans(a), PRECISION, UPCAST)
+            else:
+                acc = mma(acc, a, bw, PRECISION, UPCAST)
+            a_ptrs += BLOCK_K
+            if HOIST:
+                w_ptrs += (BLOCK_K // S_K) * (S_IN * R_PAD)
 
     oh = mh * OSH + ph_h
     ow = mw * OSW + ph_w
@@ -261,10 +267,9 @@ def _permute_rows(acc, src, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
                 operands=[("BLOCK_R", "BLOCK_M"), ("BLOCK_R", "BLOCK_N")])
 @triton.jit
 def _weight_grad_kernel(
-    x_ptr, dy_ptr, dw_ptr, in_index_ptr, tap_dh_ptr, tap_dw_ptr,
-    R_TOTAL, R_PER_SPLIT, H, W, WEIGHT_GROUPS, COPIES, sxb, sxh, sxw,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    HO: tl.constexpr, WO: tl.constexpr, M_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
+    x_ptr, dy_ptr, pix_ptr, dw_ptr, in_index_ptr, tap_dh_ptr, tap_dw_ptr,
+    R_TOTAL, R_PER_SPLIT, R_ALLOC, WEIGHT_GROUPS, COPIES, sxh, sxw, dil_h, dil_w,
+    M_CH: tl.constexpr, X_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, VEC_X: tl.constexpr,
     WIDE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -272,12 +277,17 @@ def _weight_grad_kernel(
     """``dw`` of base tap ``t`` for a ``[BLOCK_M (i, u), BLOCK_N o]`` tile of weight slice ``wg``, summed over the
     pixels of split ``pid_s``, every group element ``g`` and the channel groups sharing the slice.
 
-    ``x``: channels-last ``(B, H, W, groups·M_CH)`` (unit channel stride), ``M_CH = C_in_g·S_in``.  ``dy``:
-    ``(B·HO·WO, groups, S_out, O_PAD)`` contiguous, so that for one ``g`` the output channels are contiguous.
-    Both GEMM operands are then contiguous along their tile axis (16-byte vector loads).  For element ``g`` the
-    x tile is read in its own channel order ``(i, s)`` and multiplied into ``acc_g``; the rows are then moved to
-    the weight's order ``(i, u)``, ``s = g·u``, by an in-register gather, once per ``g`` and not per pixel block.
-    The group copies are reduction: no filter-bank gradient, no scatter, no atomic.
+    ``x``: a zero-halo channels-last copy ``(B, HP, WP, groups·X_CH)`` (unit channel stride, ``X_CH >= M_CH =
+    C_in_g·S_in`` channels per group, the padding already in place), so that no tap reads out of bounds.
+    ``pix``: ``(R_ALLOC,)``, the x offset of output pixel ``r``'s window corner ``(b, oh·stride, ow·stride)``
+    (0 past ``R_TOTAL``).  ``dy``: ``(R_ALLOC, groups, S_out, O_PAD)`` contiguous, zero past ``R_TOTAL``.  Then the x
+    row of pixel ``r`` under tap ``t`` moved by ``g`` is ``pix[r] + shift[g, t]`` (``shift`` one scalar per ``g``),
+    every pixel block is whole, and the hot loop is a plain GEMM loop: a table load, two contiguous tile loads and
+    an MMA, with no pixel decomposition and no bounds.
+
+    For element ``g`` the x tile is read in its own channel order ``(i, s)`` and multiplied into ``acc_g``; the rows
+    are then moved to the weight's order ``(i, u)``, ``s = g·u``, by an in-register gather, once per ``g`` and not
+    per pixel block.  The group copies are reduction: no filter-bank gradient, no scatter, no atomic.
     """
     T: tl.constexpr = KH * KW
     pid_m = tl.program_id(0)
@@ -287,41 +297,42 @@ def _weight_grad_kernel(
     pid_s = tl.program_id(2) // (T * WEIGHT_GROUPS)
 
     ROWS: tl.constexpr = (BLOCK_M // S_IN) * S_IN  # dw rows (i, u) per tile: whole blocks of S_IN
+    FULL_M: tl.constexpr = (ROWS == BLOCK_M) and (X_CH % BLOCK_M == 0)
+    FULL_N: tl.constexpr = O_PAD % BLOCK_N == 0
     ml = tl.arange(0, BLOCK_M)
     m = pid_m * ROWS + ml
     m_ok = (ml < ROWS) & (m < M_CH)
+    x_ok = (ml < ROWS) & (m < X_CH)   # the zero channels past M_CH load too: runs of VEC_X stay whole
     o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     kr = tl.arange(0, BLOCK_R)
     r_start = pid_s * R_PER_SPLIT
-    r_stop = tl.minimum(r_start + R_PER_SPLIT, R_TOTAL)
+    r_stop = tl.minimum(r_start + R_PER_SPLIT, R_ALLOC)   # both multiples of BLOCK_R: every block is whole
     dy_pixel = S_OUT * O_PAD * COPIES * WEIGHT_GROUPS
+    if WIDE:
+        r_start = r_start.to(tl.int64)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for copy in range(COPIES):
         grp = wg + copy * WEIGHT_GROUPS
-        x_base = x_ptr + grp * M_CH
         for g in range(S_OUT):
-            dh = tl.load(tap_dh_ptr + g * T + t) * dil_h - pad_h
-            dw = tl.load(tap_dw_ptr + g * T + t) * dil_w - pad_w
-            dy_base = dy_ptr + (grp * S_OUT + g) * O_PAD
+            shift = (tl.load(tap_dh_ptr + g * T + t) * dil_h) * sxh + (tl.load(tap_dw_ptr + g * T + t) * dil_w) * sxw
+            x_ptrs = x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :]
+            pix_ptrs = pix_ptr + r_start + kr
+            dy_ptrs = dy_ptr + (grp * S_OUT + g) * O_PAD + (r_start + kr)[:, None] * dy_pixel + o[None, :]
             acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-            for r0 in range(r_start, r_stop, BLOCK_R):
-                r = r0 + kr
-                r_ok = r < r_stop
-                b, oh, ow = split_pixel(r, HO, WO)
-                ih = oh * stride_h + dh
-                iw = ow * stride_w + dw
-                x_ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                if WIDE:
-                    b, ih, iw, r = b.to(tl.int64), ih.to(tl.int64), iw.to(tl.int64), r.to(tl.int64)
-                x_row = tl.multiple_of(b * sxb + ih * sxh + iw * sxw, VEC_X)
-                xa = tl.load(x_base + x_row[:, None] + m[None, :], mask=x_ok[:, None] & m_ok[None, :], other=0.0)
-                if O_PAD % BLOCK_N == 0:
-                    dya = tl.load(dy_base + (r * dy_pixel)[:, None] + o[None, :], mask=r_ok[:, None], other=0.0)
+            for _ in range(r_start, r_stop, BLOCK_R):
+                row = tl.multiple_of(tl.load(pix_ptrs), VEC_X)
+                if FULL_M:
+                    xa = tl.load(x_ptrs + row[:, None])
+                else:
+                    xa = tl.load(x_ptrs + row[:, None], mask=x_ok[None, :], other=0.0)
+                if FULL_N:
+                    dya = tl.load(dy_ptrs)
                 else:  # a tile wider than the (padded) output channels
-                    dya = tl.load(dy_base + (r * dy_pixel)[:, None] + o[None, :],
-                                  mask=r_ok[:, None] & (o < O_PAD)[None, :], other=0.0)
+                    dya = tl.load(dy_ptrs, mask=(o < O_PAD)[None, :], other=0.0)
                 acc_g = mma(acc_g, tl.trans(xa), dya, PRECISION, UPCAST)
+                pix_ptrs += BLOCK_R
+                dy_ptrs += BLOCK_R * dy_pixel
             # dw row (i, u) takes acc_g's row (i, g·u)
             src = tl.minimum((ml // S_IN) * S_IN + tl.load(in_index_ptr + g * S_IN + ml % S_IN), BLOCK_M - 1)
             acc += _permute_rows(acc_g, src, BLOCK_M, BLOCK_N)
@@ -378,20 +389,34 @@ def permuted_weight(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int 
 
 
 @functools.lru_cache(maxsize=256)
-def shift_tables(kernel, stride, dilation, pad, transposed: bool, device: torch.device):
-    """Per-axis pixel shift of each tap, ``(phases, k)`` int32 (``NO_TAP`` where a tap misses the phase).
+def phase_tables(kernel, stride, dilation, pad, transposed: bool, device: torch.device):
+    """The taps that reach each sub-pixel phase: ``(phase_taps (phases, kh·kw, 3), phase_count (phases,))`` int32.
 
-    Forward: one phase, the input row of output row ``oh`` for tap ``th`` is ``oh·stride + th·dil − pad``.
+    ``phase_taps[ph, i] = (t', dh, dw)`` for the ``i``-th tap ``t' = th·kw + tw`` reaching phase ``ph``, ``i <
+    phase_count[ph]``, with the pixel shifts ``dh, dw`` of :func:`_axis_shifts`.  Forward: one phase, every tap."""
+    (kh, kw), (sh, sw), (dh_, dw_), (ph_, pw_) = kernel, stride, dilation, pad
+    rows_h = _axis_shifts(kh, sh, dh_, ph_, transposed)
+    rows_w = _axis_shifts(kw, sw, dw_, pw_, transposed)
+    taps = torch.zeros((len(rows_h) * len(rows_w), kh * kw, 3), dtype=torch.int32)
+    count = torch.zeros(len(rows_h) * len(rows_w), dtype=torch.int32)
+    for ph, (row_h, row_w) in enumerate((a, b) for a in rows_h for b in rows_w):
+        reach = [(th * kw + tw, row_h[th], row_w[tw]) for th in range(kh) for tw in range(kw)
+                 if row_h[th] is not None and row_w[tw] is not None]
+        count[ph] = len(reach)
+        if reach:
+            taps[ph, :len(reach)] = torch.tensor(reach, dtype=torch.int32)
+    return taps.to(device), count.to(device)
+
+
+def _axis_shifts(k: int, s: int, d: int, p: int, transposed: bool) -> list[list]:
+    """Per-axis pixel shift of each tap, one row per phase (None where a tap misses the phase).
+
+    Forward: one phase; the input row of output row ``oh`` for tap ``th`` is ``oh·stride + th·dil − pad``.
     Input gradient, phase ``rh`` (input rows ``rh + stride·j``): the output row ``j + (rh + pad − th·dil) / stride``
     when that division is exact, else the tap does not reach the phase."""
-    tables = []
-    for k, s, d, p in zip(kernel, stride, dilation, pad):
-        if transposed:
-            rows = [[(r + p - t * d) // s if (r + p - t * d) % s == 0 else NO_TAP.value for t in range(k)] for r in range(s)]
-        else:
-            rows = [[t * d - p for t in range(k)]]
-        tables.append(torch.tensor(rows, dtype=torch.int32, device=device))
-    return tuple(tables)
+    if not transposed:
+        return [[t * d - p for t in range(k)]]
+    return [[(r + p - t * d) // s if (r + p - t * d) % s == 0 else None for t in range(k)] for r in range(s)]
 
 
 def _vector_width(elem_size: int, *values: int) -> int:
@@ -427,7 +452,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     a_ch = padded
     stab, tap_src = gather_tables(spec.group, spec.in_group, spec.kernel, a.device)
     ob, oc, os_, oh, ow = out.stride()
-    shift_h, shift_w = shift_tables(spec.kernel, spec.stride, spec.dilation, pad, not group_on_n, a.device)
+    phase_taps, phase_count = phase_tables(spec.kernel, spec.stride, spec.dilation, pad, not group_on_n, a.device)
     r_pad = w.shape[-1]
     n_total = s_n * r_pad
     m_total = spec.batch * mh * mw
@@ -436,7 +461,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         return (cdiv(m_total, meta["BLOCK_M"]), cdiv(n_total, meta["BLOCK_N"]), spec.groups * phases[0] * phases[1])
 
     _conv_gemm_kernel[grid](
-        a_cl, w, bias if bias is not None else w, out, z if z is not None else out, tap_src, stab, shift_h, shift_w,
+        a_cl, w, bias if bias is not None else w, out, z if z is not None else out, tap_src, stab, phase_taps, phase_count,
         m_total, mh, mw, a_cl.shape[1], a_cl.shape[2], out.shape[3], out.shape[4], phases[0], phases[1],
         spec.weight_groups, *a_cl.stride()[:3], ob, os_, oc, oh, ow, *pixel_stride, *out_stride,
         A_CH=a_ch, N_TOTAL=n_total, R_PAD=r_pad, R_VALID=r_valid, S_IN=spec.s_in,
@@ -483,11 +508,44 @@ def weight_split(spec, reduction: int, tiles: int, weight_numel: int) -> int:
     return split
 
 
+def halo_channels_last(x: torch.Tensor, spec, channels: int) -> torch.Tensor:
+    """``x (B, C, S, H, W)`` -> ``(B, HP, WP, groups·channels)`` channels-last with the convolution's zero padding in
+    place: every window of every output pixel lies inside it.  ``channels >= C_in_g·S_in`` per channel group (more
+    are zeros).  A view, not a copy, when no padding is needed and ``x`` is already channels-last."""
+    b, _, _, h, w = x.shape
+    top, left = spec.padding[0], spec.padding[2]
+    (sh, sw), (dh, dw), (kh, kw) = spec.stride, spec.dilation, spec.kernel
+    hp = max(top + h, (spec.out_height - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(left + w, (spec.out_width - 1) * sw + (kw - 1) * dw + 1)
+    per_group = spec.in_channels * spec.s_in
+    if (hp, wp, top, left, channels) == (h, w, 0, 0, per_group):
+        return channels_last(x)
+    out = x.new_zeros((b, hp, wp, spec.groups, channels))
+    out[:, top:top + h, left:left + w, :, :per_group] = (
+        x.permute(0, 3, 4, 1, 2).reshape(b, h, w, spec.groups, per_group))
+    return out.view(b, hp, wp, spec.groups * channels)
+
+
+def _window_offsets(x_cl: torch.Tensor, spec, rows: int, wide: bool) -> torch.Tensor:
+    """``(rows,)``: the offset in ``x_cl`` (:func:`halo_channels_last`) of output pixel ``r``'s window corner
+    ``(b, oh·stride, ow·stride)``, ``r`` over ``(B, H_out, W_out)``; 0 past the last pixel."""
+    sb, sh, sw = x_cl.stride()[:3]
+    dev = x_cl.device
+    dtype = torch.int64 if wide else torch.int32
+    pix = (torch.arange(spec.batch, device=dev, dtype=torch.int64)[:, None, None] * sb
+           + torch.arange(spec.out_height, device=dev, dtype=torch.int64)[None, :, None] * (spec.stride[0] * sh)
+           + torch.arange(spec.out_width, device=dev, dtype=torch.int64)[None, None, :] * (spec.stride[1] * sw))
+    out = torch.zeros(rows, device=dev, dtype=dtype)
+    out[:pix.numel()] = pix.reshape(-1)
+    return out
+
+
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.Tensor:
     """``dy`` and the 5-D input ``x`` -> ``dw`` of ``weight_shape`` (fp32 accumulation, then x's dtype).
 
-    ``dy`` is re-laid ``(B·H_out·W_out, groups, S_out, C_out padded to 8)`` for the kernel (one copy of ``dy``);
-    ``x`` is read channels-last (a copy only when its channels are not innermost already)."""
+    ``dy`` is re-laid ``(B·H_out·W_out, groups, S_out, C_out padded to 8)``, rounded up to whole pixel blocks with
+    zeros (one copy of ``dy``); ``x`` is read from a zero-halo channels-last copy (:func:`halo_channels_last`: a
+    copy unless unpadded and channels-last already), with a narrow lifting input padded to 8 channels."""
     in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
     kh, kw = spec.kernel
     r_total = spec.batch * spec.out_height * spec.out_width
@@ -504,20 +562,26 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.
         return partial.zero_().sum(0).to(x.dtype)
     c_out = spec.out_channels
     o_pad = _round_up(c_out, min(8, 1 << (c_out - 1).bit_length()))
-    dy_go = dy.new_zeros((r_total, spec.groups, spec.s_out, o_pad))
-    dy_go[..., :c_out] = dy.permute(0, 3, 4, 1, 2).reshape(r_total, spec.groups, c_out, spec.s_out).transpose(2, 3)
-    x_cl = channels_last(x)
+    r_alloc = _round_up(r_total, block_r)
+    dy_go = dy.new_zeros((r_alloc, spec.groups, spec.s_out, o_pad))
+    dy_go[:r_total, ..., :c_out] = (dy.permute(0, 3, 4, 1, 2).reshape(r_total, spec.groups, c_out, spec.s_out)
+                                    .transpose(2, 3))
+    # A lifting layer's few channels (RGB) would load element by element: pad them to 8 (zero rows of dw, not stored)
+    x_ch = _round_up(m_ch, 8) if (spec.groups == 1 and m_ch % 4) else m_ch
+    x_cl = halo_channels_last(x, spec, x_ch)
+    wide = _needs_int64(x_cl, dy_go)
+    pix = _window_offsets(x_cl, spec, r_alloc, wide)
 
     def grid(meta):
         rows = meta["BLOCK_M"] // spec.s_in * spec.s_in
         return (cdiv(m_ch, rows), cdiv(o_pad, meta["BLOCK_N"]), kh * kw * spec.weight_groups * split)
 
     _weight_grad_kernel[grid](
-        x_cl, dy_go, partial, in_index, tap_dh, tap_dw,
-        r_total, r_per_split, spec.height, spec.width, spec.weight_groups, spec.groups // spec.weight_groups,
-        *x_cl.stride()[:3], *geometry_args(spec),
-        HO=spec.out_height, WO=spec.out_width, M_CH=m_ch, C_OUT_G=c_out, O_PAD=o_pad, S_IN=spec.s_in,
-        S_OUT=spec.s_out, KH=kh, KW=kw, VEC_X=_vector_width(x.element_size(), *x_cl.stride()[:3], m_ch),
-        WIDE=_needs_int64(x_cl, dy_go), ACC=accumulator(x.dtype), BLOCK_R=block_r, **_dtype_flags(x.dtype),
+        x_cl, dy_go, pix, partial, in_index, tap_dh, tap_dw,
+        r_total, r_per_split, r_alloc, spec.weight_groups, spec.groups // spec.weight_groups,
+        *x_cl.stride()[1:3], *spec.dilation,
+        M_CH=m_ch, X_CH=x_ch, C_OUT_G=c_out, O_PAD=o_pad, S_IN=spec.s_in,
+        S_OUT=spec.s_out, KH=kh, KW=kw, VEC_X=_vector_width(x.element_size(), *x_cl.stride()[:3], x_ch),
+        WIDE=wide, ACC=accumulator(x.dtype), BLOCK_R=block_r, **_dtype_flags(x.dtype),
         **_meta(WGRAD_INTERPRETER_CONFIG))
     return partial[0] if split == 1 else partial.sum(0).to(x.dtype)
