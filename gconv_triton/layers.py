@@ -18,7 +18,8 @@ from ._library import _compiling, conv_input_grad
 from ._spec import _pair, make_spec, resolve_geometry
 from .exactness import concrete_shape, inexact_reasons_transposed, warn_if_inexact
 from .groups import Group, get_group
-from .modules import GroupConv2d, _as_group_map, _kernel_pair, _optional_group, _positive_int, reset_conv_parameters
+from .modules import (GroupConv2d, _as_group_map, _kernel_pair, _optional_group, check_channels, check_group_pair,
+                      reset_conv_parameters)
 from .reference import filter_bank
 
 __all__ = ["GroupBatchNorm", "GroupConvTranspose2d", "gconv_transpose2d", "gcnn_width", "export_conv",
@@ -167,17 +168,8 @@ class GroupConvTranspose2d(nn.Module):
                  groups: int = 1, bias: bool = True, dilation=1, group: Union[str, Group] = "p4",
                  out_group: Union[str, Group, None] = None, device=None, dtype=None):
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.groups = _positive_int(groups, "groups")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups: in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
-                             f"divisible by groups ({groups})")
-        self.group = get_group(group, "group")
-        self.out_group = self.group if out_group is None else get_group(out_group, "out_group")
-        if not self.out_group.is_trivial and self.out_group != self.group:
-            raise ValueError(f"out_group: expected 'z2' or the input group {self.group.name}, got "
-                             f"{self.out_group.name}")
+        self.in_channels, self.out_channels, self.groups = check_channels(in_channels, out_channels, groups)
+        self.group, self.out_group = check_group_pair(group, out_group, "out_group")
         self.kernel_size = _kernel_pair(kernel_size)
         self.group.tap_destinations(self.kernel_size)
         if isinstance(padding, str):

@@ -34,6 +34,37 @@ def _positive_int(value, name: str) -> int:
     return value
 
 
+def check_channels(in_channels, out_channels, groups) -> tuple[int, int, int]:
+    """``in_channels``, ``out_channels`` and ``groups`` as ``nn.Conv2d`` takes them: positive ints, both channel
+    counts divisible by ``groups``."""
+    in_channels = _positive_int(in_channels, "in_channels")
+    out_channels = _positive_int(out_channels, "out_channels")
+    groups = _positive_int(groups, "groups")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups: in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
+                         f"divisible by groups ({groups})")
+    return in_channels, out_channels, groups
+
+
+def check_group_pair(group, other, other_name: str) -> tuple[Group, Group]:
+    """``group`` and the group on the layer's other side (``in_group`` of a convolution, ``out_group`` of a
+    transposed one): the other is ``'z2'`` (a lifting or projecting layer) or ``group`` itself."""
+    group = get_group(group, "group")
+    other = group if other is None else get_group(other, other_name)
+    if not other.is_trivial and other != group:
+        side = "output" if other_name == "in_group" else "input"
+        raise ValueError(f"{other_name}: expected 'z2' or the {side} group {group.name}, got {other.name}")
+    return group, other
+
+
+def conv_inexact_reasons(layer, size: tuple[int, int]) -> tuple[str, list[str]]:
+    """For :func:`~gconv_triton.exactness.warn_if_inexact`: the group of a convolution layer (``group``,
+    ``kernel_size``, ``stride``, ``padding``, ``dilation``) and why it is inexact on ``size`` inputs.  Every
+    padding mode is as exact as zeros: each commutes with rotations and flips."""
+    return layer.group.name, inexact_reasons(layer.group, size, layer.kernel_size, layer.stride, layer.padding,
+                                             layer.dilation)
+
+
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
@@ -90,17 +121,8 @@ class GroupConv2d(nn.Module):
                  activation: Optional[str] = None):
         super().__init__()
         self.activation = check_activation(activation)
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.groups = _positive_int(groups, "groups")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups: in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
-                             f"divisible by groups ({groups})")
-        self.group = get_group(group, "group")
-        self.in_group = get_group(in_group, "in_group")
-        if not self.in_group.is_trivial and self.in_group != self.group:
-            raise ValueError(f"in_group: expected 'z2' or the output group {self.group.name}, got "
-                             f"{self.in_group.name}")
+        self.in_channels, self.out_channels, self.groups = check_channels(in_channels, out_channels, groups)
+        self.group, self.in_group = check_group_pair(group, in_group, "in_group")
         self.kernel_size = _kernel_pair(kernel_size)
         self.group.tap_destinations(self.kernel_size)  # a rotation group needs a square kernel: fail here, not later
         resolve_geometry(self.kernel_size, stride, padding, dilation)  # bad stride/padding/dilation fail here too
@@ -134,11 +156,7 @@ class GroupConv2d(nn.Module):
         super().__setstate__(state)
         self.__dict__.setdefault("padding_mode", "zeros")  # a layer pickled before padding_mode existed
 
-    def _inexact_reasons(self, size: tuple[int, int]) -> tuple[str, list[str]]:
-        """For :func:`~gconv_triton.exactness.warn_if_inexact`: the group and why the layer is inexact on
-        ``size`` inputs (every padding mode is as exact as zeros: each commutes with rotations and flips)."""
-        return self.group.name, inexact_reasons(self.group, size, self.kernel_size, self.stride, self.padding,
-                                                self.dilation)
+    _inexact_reasons = conv_inexact_reasons
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -14,8 +14,9 @@ from torch import nn
 from ._spec import resolve_geometry
 from .conv import _ntuple
 from .functional import _as_2d_args
-from .groups import Group, get_group
-from .modules import _kernel_pair, _positive_int, reset_conv_parameters
+from .exactness import warn_if_inexact
+from .groups import Group
+from .modules import _kernel_pair, check_channels, check_group_pair, conv_inexact_reasons, reset_conv_parameters
 from .tap import _check_padding_mode, tap_conv1d, tap_conv2d
 from .tap_functions import BUILTIN_TAPS, TapFunction, check_reduce, get_tap
 
@@ -36,17 +37,8 @@ class _TapConvNd(nn.Module):
         self.tap = get_tap(tap)
         self.reduce = check_reduce(self.tap, reduce)
         self.padding_mode = _check_padding_mode(padding_mode)
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.groups = _positive_int(groups, "groups")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups: in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
-                             f"divisible by groups ({groups})")
-        self.group = get_group(group, "group")
-        self.in_group = get_group(in_group, "in_group")
-        if not self.in_group.is_trivial and self.in_group != self.group:
-            raise ValueError(f"in_group: expected 'z2' or the output group {self.group.name}, got "
-                             f"{self.in_group.name}")
+        self.in_channels, self.out_channels, self.groups = check_channels(in_channels, out_channels, groups)
+        self.group, self.in_group = check_group_pair(group, in_group, "in_group")
         if self._spatial_dims == 1:  # checked as the height-1 2-D convolution it runs as
             self.kernel_size = _ntuple(kernel_size, 1, "kernel_size", 1)
             resolve_geometry((1,) + self.kernel_size, *_as_2d_args(stride, padding, dilation))
@@ -116,9 +108,13 @@ class TapConv2d(_TapConvNd):
     _spatial_dims = 2
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return tap_conv2d(input, self.weight, self.bias, tap=self.tap, reduce=self.reduce, stride=self.stride,
-                          padding=self.padding, dilation=self.dilation, groups=self.groups, group=self.group,
-                          in_group=self.in_group, padding_mode=self.padding_mode)
+        y = tap_conv2d(input, self.weight, self.bias, tap=self.tap, reduce=self.reduce, stride=self.stride,
+                       padding=self.padding, dilation=self.dilation, groups=self.groups, group=self.group,
+                       in_group=self.in_group, padding_mode=self.padding_mode)
+        warn_if_inexact(self, input)  # once per input size, as GroupConv2d: a stride that drops pixels unevenly
+        return y
+
+    _inexact_reasons = conv_inexact_reasons
 
 
 class TapConv1d(_TapConvNd):

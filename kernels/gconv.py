@@ -106,17 +106,18 @@ def _weight_pointers(w_base, c, j, r, t, tap_src_ptr, stab_ptr, T: tl.constexpr,
     return w_base + tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B])
 
 
-@maybe_autotune(_configs(), key=["M_TOTAL", "N_TOTAL", "A_CH", "S_IN", "S_K", "KH", "KW", "GROUP_ON_N", "PRECISION"],
-                tiles=dict(BLOCK_M="M_TOTAL", BLOCK_N="N_TOTAL", BLOCK_K="A_CH"),
+@maybe_autotune(_configs(), key=["M_TOTAL", "N_TOTAL", "A_CH", "K_RUN", "S_IN", "S_K", "KH", "KW", "GROUP_ON_N",
+                                 "PRECISION"],
+                tiles=dict(BLOCK_M="M_TOTAL", BLOCK_N="N_TOTAL", BLOCK_K="K_RUN"),
                 operands=[("BLOCK_M", "BLOCK_K"), ("BLOCK_K", "BLOCK_N")])
 @triton.jit
 def _conv_gemm_kernel(
-    a_ptr, w_ptr, bias_ptr, out_ptr, z_ptr, tap_src_ptr, stab_ptr, phase_taps_ptr, phase_count_ptr,
+    a_ptr, w_ptr, bias_ptr, out_ptr, z_ptr, tap_src_ptr, stab_ptr, phase_taps_ptr, phase_count_ptr, tap_step_ptr,
     M_TOTAL, MH, MW, HA, WA, HOUT, WOUT, PHASES_H, PHASES_W, WEIGHT_GROUPS,
     sab, sah, saw, sob, soj, sor, soh, sow, ASH, ASW, OSH, OSW,
-    A_CH: tl.constexpr, N_TOTAL: tl.constexpr, R_PAD: tl.constexpr, R_VALID: tl.constexpr,
+    A_CH: tl.constexpr, K_RUN: tl.constexpr, N_TOTAL: tl.constexpr, R_PAD: tl.constexpr, R_VALID: tl.constexpr,
     S_IN: tl.constexpr, S_K: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, GROUP_ON_N: tl.constexpr,
-    VEC_A: tl.constexpr, VEC_B: tl.constexpr, WIDE: tl.constexpr,
+    VEC_A: tl.constexpr, VEC_B: tl.constexpr, WIDE: tl.constexpr, HALO: tl.constexpr,
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
     ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -130,6 +131,15 @@ def _conv_gemm_kernel(
     Output: ``N_TOTAL = S_N·R_PAD`` columns ``n = (j, r)``, stored at ``j·soj + (grp·R_VALID + r)·sor`` for
     ``r < R_VALID``, pixel ``(mh·OSH + ph_h, mw·OSW + ph_w)``.  Epilogue (forward): bias, then ``ACTIVATION``;
     ``STORE_PREACT`` also writes the pre-activation to ``z_ptr``.
+
+    ``HALO``: ``a`` carries the convolution's zero padding (:func:`halo_channels_last`; the shifts are then
+    ``t'·dil``), so every tap of every pixel is in bounds and the loop checks none.
+
+    ``K_RUN``: how many contiguous activation elements one tap row reads: ``A_CH``, or ``KW·A_CH`` in a forward whose
+    pixels are ``A_CH`` elements apart with dilation 1 along W (:func:`tap_steps` must hold).  Then a narrow layer
+    (``A_CH`` dividing ``BLOCK_K``) folds: one K block holds ``F = BLOCK_K // A_CH`` neighbouring taps of a kernel
+    row, ``F·A_CH`` contiguous elements, so a 3-channel lifting layer does not spend most of each MMA on padding.  The rotated filter's rows for them are the first tap's plus ``tw·tap_step[g]`` (a group acts on the
+    tap grid by an affine map: :func:`tap_steps`).
 
     Loop order (as in Inductor's convolution template): taps outer, channels inner.  Everything that depends on
     the tap (the A rows and their bounds, the B tap offset) is computed once per tap; the inner loop is a plain
@@ -173,41 +183,75 @@ def _conv_gemm_kernel(
     ih0 = mh * ASH      # per tap, the A rows are these plus a scalar shift: one add per row and axis
     iw0 = mw * ASW
     row0 = b * sab + ih0 * sah + iw0 * saw
-    for i in range(tl.load(phase_count_ptr + ph_h * PHASES_W + ph_w)):
-        t = tl.load(tap_list + 3 * i)
-        dh = tl.load(tap_list + 3 * i + 1)
-        dw = tl.load(tap_list + 3 * i + 2)
-        ih = ih0 + dh
-        iw = iw0 + dw
-        row_ok = m_ok & (ih >= 0) & (ih < HA) & (iw >= 0) & (iw < WA)
-        if WIDE:
-            dh, dw = dh.to(tl.int64), dw.to(tl.int64)
-        row = tl.multiple_of(row0 + (dh * sah + dw * saw), VEC_A)
-        a_ptrs = a_base + row[:, None] + kl[None, :]
-        if HOIST:   # B pointers for this tap: a hoisted tile, then a constant step per channel block
-            w_ptrs = w_base + tl.max_contiguous(tl.multiple_of(
-                slice_off + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N), [1, VEC_B]),
-                [1, VEC_B])
-        for k0 in range(0, A_CH, BLOCK_K):
-            c = k0 + kl
-            if not HOIST:
-                w_ptrs = _weight_pointers(w_base, c, j, r, t, tap_src_ptr, stab_ptr, T, S_IN, S_K, R_PAD,
-                                          TAP_STRIDE, VEC_B, GROUP_ON_N)
-            if A_CH % BLOCK_K == 0:
-                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-                bw = tl.load(w_ptrs)
-            else:  # a ragged last block: the mask is constant over runs of VEC_A (A_CH is a multiple of it),
-                # which keeps the loads 16-byte vectors
-                k_ok = tl.max_constancy(c < A_CH, VEC_A)
-                a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                bw = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+    if (K_RUN > A_CH) and (A_CH < BLOCK_K) and (BLOCK_K % A_CH == 0):
+        F: tl.constexpr = BLOCK_K // A_CH            # taps per K block
+        GROUPS_W: tl.constexpr = (KW + F - 1) // F   # K blocks per kernel row (the last one ragged)
+        tw_k = kl // A_CH                            # the tap of K index k within its block, and its channel:
+        w_fold = (_slice_offsets(kl % A_CH, j, r, stab_ptr, S_IN, S_K, R_PAD, GROUP_ON_N)
+                  + tw_k[:, None] * (tl.load(tap_step_ptr + j) * TAP_STRIDE)[None, :])
+        for i in range(KH * GROUPS_W):
+            tw0 = (i % GROUPS_W) * F
+            first = tap_list + 3 * ((i // GROUPS_W) * KW + tw0)   # the forward's list holds every tap in order
+            t = tl.load(first)
+            dh = tl.load(first + 1)
+            dw = tl.load(first + 2)
+            ih = ih0 + dh
+            iw = iw0[:, None] + (dw + tw_k)[None, :]
+            tap_ok = (tw0 + tw_k) < KW
+            if HALO:
+                a_ok = m_ok[:, None] & tap_ok[None, :]
+            else:
+                a_ok = (m_ok & (ih >= 0) & (ih < HA))[:, None] & (iw >= 0) & (iw < WA) & tap_ok[None, :]
+            if WIDE:
+                dh, dw = dh.to(tl.int64), dw.to(tl.int64)
+            row = tl.multiple_of(row0 + (dh * sah + dw * saw), VEC_A)
+            a = tl.load(a_base + row[:, None] + kl[None, :], mask=tl.max_constancy(a_ok, [1, VEC_A]), other=0.0)
+            w_off = w_fold + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N)
+            bw = tl.load(w_base + tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B]),
+                         mask=tap_ok[:, None], other=0.0)
             if TRANSPOSED:
                 acc = mma(acc, tl.trans(bw), tl.trans(a), PRECISION, UPCAST)
             else:
                 acc = mma(acc, a, bw, PRECISION, UPCAST)
-            a_ptrs += BLOCK_K
-            if HOIST:
-                w_ptrs += (BLOCK_K // S_K) * (S_IN * R_PAD)
+    else:
+        for i in range(tl.load(phase_count_ptr + ph_h * PHASES_W + ph_w)):
+            t = tl.load(tap_list + 3 * i)
+            dh = tl.load(tap_list + 3 * i + 1)
+            dw = tl.load(tap_list + 3 * i + 2)
+            ih = ih0 + dh
+            iw = iw0 + dw
+            if HALO:
+                row_ok = m_ok
+            else:
+                row_ok = m_ok & (ih >= 0) & (ih < HA) & (iw >= 0) & (iw < WA)
+            if WIDE:
+                dh, dw = dh.to(tl.int64), dw.to(tl.int64)
+            row = tl.multiple_of(row0 + (dh * sah + dw * saw), VEC_A)
+            a_ptrs = a_base + row[:, None] + kl[None, :]
+            if HOIST:   # B pointers for this tap: a hoisted tile, then a constant step per channel block
+                w_ptrs = w_base + tl.max_contiguous(tl.multiple_of(
+                    slice_off + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N), [1, VEC_B]),
+                    [1, VEC_B])
+            for k0 in range(0, A_CH, BLOCK_K):
+                c = k0 + kl
+                if not HOIST:
+                    w_ptrs = _weight_pointers(w_base, c, j, r, t, tap_src_ptr, stab_ptr, T, S_IN, S_K, R_PAD,
+                                              TAP_STRIDE, VEC_B, GROUP_ON_N)
+                if A_CH % BLOCK_K == 0:
+                    a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                    bw = tl.load(w_ptrs)
+                else:  # a ragged last block: the mask is constant over runs of VEC_A (A_CH is a multiple of it),
+                    # which keeps the loads 16-byte vectors
+                    k_ok = tl.max_constancy(c < A_CH, VEC_A)
+                    a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                    bw = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+                if TRANSPOSED:
+                    acc = mma(acc, tl.trans(bw), tl.trans(a), PRECISION, UPCAST)
+                else:
+                    acc = mma(acc, a, bw, PRECISION, UPCAST)
+                a_ptrs += BLOCK_K
+                if HOIST:
+                    w_ptrs += (BLOCK_K // S_K) * (S_IN * R_PAD)
 
     oh = mh * OSH + ph_h
     ow = mw * OSW + ph_w
@@ -315,7 +359,11 @@ def _weight_grad_kernel(
     for copy in range(COPIES):
         grp = wg + copy * WEIGHT_GROUPS
         for g in range(S_OUT):
-            shift = (tl.load(tap_dh_ptr + g * T + t) * dil_h) * sxh + (tl.load(tap_dw_ptr + g * T + t) * dil_w) * sxw
+            th = tl.load(tap_dh_ptr + g * T + t)
+            tw = tl.load(tap_dw_ptr + g * T + t)
+            if WIDE:
+                th, tw = th.to(tl.int64), tw.to(tl.int64)
+            shift = (th * dil_h) * sxh + (tw * dil_w) * sxw
             x_ptrs = x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :]
             pix_ptrs = pix_ptr + r_start + kr
             dy_ptrs = dy_ptr + (grp * S_OUT + g) * O_PAD + (r_start + kr)[:, None] * dy_pixel + o[None, :]
@@ -356,6 +404,12 @@ def _round_up(value: int, multiple: int) -> int:
     return cdiv(value, multiple) * multiple
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t (B, C, S, H, W)`` has ``(C, S)`` innermost with unit stride (readable as ``(B, H, W, C·S)``)."""
+    _, c, s, _, _ = t.shape
+    return (s == 1 or t.stride(2) == 1) and (c == 1 or t.stride(1) == s)
+
+
 def channels_last(t: torch.Tensor, channels: int = 0) -> torch.Tensor:
     """``(B, C, S, H, W)`` -> a ``(B, H, W, C·S)`` view with unit channel stride: free when ``(C, S)`` already sit
     innermost (an input stored ``(B, H, W, C, S)``, including strided views of one), a copy otherwise.  With
@@ -365,7 +419,7 @@ def channels_last(t: torch.Tensor, channels: int = 0) -> torch.Tensor:
         out = t.new_zeros((b, h, w, channels))
         out[..., :c * s] = t.permute(0, 3, 4, 1, 2).reshape(b, h, w, c * s)
         return out
-    if not ((s == 1 or t.stride(2) == 1) and (c == 1 or t.stride(1) == s)):
+    if not is_channels_last(t):
         t = t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
     return t.as_strided((b, h, w, c * s), (t.stride(0), t.stride(3), t.stride(4), 1))
 
@@ -419,6 +473,21 @@ def _axis_shifts(k: int, s: int, d: int, p: int, transposed: bool) -> list[list]
     return [[(r + p - t * d) // s if (r + p - t * d) % s == 0 else None for t in range(k)] for r in range(s)]
 
 
+@functools.lru_cache(maxsize=256)
+def tap_steps(group, in_group, kernel, device: torch.device):
+    """``(S_out,)`` int32 ``tap_step[g]`` with ``tap_src[g, th·kw + tw] = tap_src[g, th·kw] + tw·tap_step[g]`` for every
+    window position (a rotation or reflection moves a kernel row onto a row or column of the base filter, read
+    forwards or backwards), or None when some element's action is not affine along rows (or ``kw == 1``)."""
+    kh, kw = kernel
+    if kw == 1:
+        return None
+    _, source = gather_tables(group, in_group, kernel, torch.device("cpu"))
+    rows = source.reshape(-1, kh, kw).long()
+    step = rows[:, 0, 1] - rows[:, 0, 0]
+    affine = rows[:, :, :1] + torch.arange(kw)[None, None, :] * step[:, None, None]
+    return step.to(device=device, dtype=torch.int32) if torch.equal(rows, affine) else None
+
+
 def _vector_width(elem_size: int, *values: int) -> int:
     """The largest power of two, up to 16 bytes of elements, dividing every value (offsets the hints vouch for)."""
     v = max(1, 16 // elem_size)
@@ -447,12 +516,20 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     # A few channels per pixel (a lifting layer's RGB input) would load element by element: pad them to 8 in the
     # channels-last copy (zero weight rows meet them), which costs little at that width
     padded = _round_up(a_ch, 8) if (spec.groups == 1 and a_ch % 4 and 8 % s_k == 0) else a_ch
-    a_cl = channels_last(a, padded)
+    # A forward that copies its input anyway copies it with the zero padding in place: no bounds in the loop
+    halo = group_on_n and (padded != a_ch or not is_channels_last(a))
+    if halo:
+        a_cl, pad = halo_channels_last(a, spec, padded), (0, 0)
+    else:
+        a_cl = channels_last(a, padded)
     w = permuted_weight(weight.to(a.dtype), spec, group_on_n, padded // s_k)
     a_ch = padded
     stab, tap_src = gather_tables(spec.group, spec.in_group, spec.kernel, a.device)
     ob, oc, os_, oh, ow = out.stride()
     phase_taps, phase_count = phase_tables(spec.kernel, spec.stride, spec.dilation, pad, not group_on_n, a.device)
+    # A narrow forward folds neighbouring taps of a kernel row into one K block where they are contiguous
+    steps = tap_steps(spec.group, spec.in_group, spec.kernel, a.device) if group_on_n else None
+    k_run = a_ch * spec.kernel[1] if (steps is not None and spec.dilation[1] == 1 and a_cl.stride(2) == a_ch) else a_ch
     r_pad = w.shape[-1]
     n_total = s_n * r_pad
     m_total = spec.batch * mh * mw
@@ -462,12 +539,13 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
 
     _conv_gemm_kernel[grid](
         a_cl, w, bias if bias is not None else w, out, z if z is not None else out, tap_src, stab, phase_taps, phase_count,
+        phase_count if steps is None else steps,
         m_total, mh, mw, a_cl.shape[1], a_cl.shape[2], out.shape[3], out.shape[4], phases[0], phases[1],
         spec.weight_groups, *a_cl.stride()[:3], ob, os_, oc, oh, ow, *pixel_stride, *out_stride,
-        A_CH=a_ch, N_TOTAL=n_total, R_PAD=r_pad, R_VALID=r_valid, S_IN=spec.s_in,
+        A_CH=a_ch, K_RUN=k_run, N_TOTAL=n_total, R_PAD=r_pad, R_VALID=r_valid, S_IN=spec.s_in,
         S_K=s_k, KH=spec.kernel[0], KW=spec.kernel[1], GROUP_ON_N=group_on_n,
         VEC_A=_vector_width(a.element_size(), *a_cl.stride()[:3], a_ch), VEC_B=_vector_width(w.element_size(), r_pad),
-        WIDE=_needs_int64(a_cl, out), HAS_BIAS=bias is not None, ACC=accumulator(a.dtype),
+        WIDE=_needs_int64(a_cl, out), HALO=halo, HAS_BIAS=bias is not None, ACC=accumulator(a.dtype),
         ACTIVATION=activation, STORE_PREACT=z is not None, **_dtype_flags(a.dtype), **_meta())
 
 
@@ -511,7 +589,7 @@ def weight_split(spec, reduction: int, tiles: int, weight_numel: int) -> int:
 def halo_channels_last(x: torch.Tensor, spec, channels: int) -> torch.Tensor:
     """``x (B, C, S, H, W)`` -> ``(B, HP, WP, groups·channels)`` channels-last with the convolution's zero padding in
     place: every window of every output pixel lies inside it.  ``channels >= C_in_g·S_in`` per channel group (more
-    are zeros).  A view, not a copy, when no padding is needed and ``x`` is already channels-last."""
+    are zeros).  Without padding, :func:`channels_last` (a view of an input already stored that way)."""
     b, _, _, h, w = x.shape
     top, left = spec.padding[0], spec.padding[2]
     (sh, sw), (dh, dw), (kh, kw) = spec.stride, spec.dilation, spec.kernel

@@ -42,7 +42,7 @@ import triton.language as tl
 
 from gconv_triton import kernels
 from gconv_triton._layout import dim_order
-from gconv_triton.autotune import MODELS, Layer, Progress, model_layers, parse_names
+from gconv_triton.autotune import FORWARD_ONLY, MODELS, Layer, Progress, model_layers, parse_names
 from gconv_triton.kernels import _autotune
 
 from . import static_sass as sass
@@ -433,6 +433,8 @@ def plan(sets: Sequence[str], dtypes: Sequence[str], archs: Sequence[int], roles
                 continue
             for dtype in dtypes:
                 for role in roles:
+                    if set_name in FORWARD_ONLY and not role.endswith("forward"):
+                        continue   # an inference set: the perf suite times it forward only, so only that runs
                     try:
                         found = launches(set_name, layer.name, dtype, role)
                     except Exception as err:  # noqa: BLE001  (a launcher that cannot run on meta tensors)

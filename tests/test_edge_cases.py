@@ -196,6 +196,10 @@ LARGE_CASES = {
                              dict(group="p4", in_group="p4")),
     ("depthwise", "group-axis"): ((2, 1, 4, 5, 5), (200, 100, -(-2**31 // 3), 5, 1), (1, 1, 4, 3, 3),
                                   dict(group="p4", in_group="p4")),
+    # channels-last (B, H, W, C, S) and unpadded: the kernels read x in place, so the weight gradient's offsets
+    # must be int64 too
+    ("gemm", "channels-last-batch"): ((2, 2, 4, 5, 5), (2**31, 4, 1, 40, 8), (3, 2, 4, 3, 3),
+                                      dict(group="p4", in_group="p4", padding=0)),
 }
 
 
@@ -213,7 +217,7 @@ def _large_offsets_worker(names) -> int:
         x.copy_(torch.randn(shape, generator=gen))
         w = torch.randn(w_shape, generator=gen).to(DEVICE, torch.bfloat16)
         b = torch.randn(w_shape[:1], generator=gen).to(DEVICE, torch.bfloat16)
-        conv = dict(conv, padding=1)
+        conv = {"padding": 1, **conv}
         ours = _run("triton", x, w, b, conv)
         ref = _reference(x, w, b, conv, _dy(ours[0]))
         for what, out, expected in zip(NAMES, ours, ref):

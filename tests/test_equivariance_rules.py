@@ -131,6 +131,8 @@ INEXACT_LAYERS = [
     ("maxpool-3-2-1-on-8", lambda: GroupMaxPool2d(3, stride=2, padding=1), 8, "remainder 1"),
     ("avgpool-2-on-7", lambda: GroupAvgPool2d(2), 7, "remainder 1"),
     ("avgpool-ceil", lambda: GroupAvgPool2d(2, ceil_mode=True), 7, "ceil_mode adds a last window"),
+    ("adder-stride-2-on-8", lambda: gt.TapConv2d(3, 2, 3, tap="adder", stride=2, padding=1, group="p4m",
+                                                 in_group="p4m", dtype=DT), 8, "remainder 1"),
 ]
 
 
@@ -156,6 +158,8 @@ EXACT_LAYERS = [
     ("maxpool-3-2-1-on-9", lambda: GroupMaxPool2d(3, stride=2, padding=1), 9),
     ("avgpool-3-on-9", lambda: GroupAvgPool2d(3), 9),
     ("avgpool-ceil-on-8", lambda: GroupAvgPool2d(2, ceil_mode=True), 8),
+    ("maxplus-stride-2-on-9", lambda: gt.TapConv2d(3, 2, 3, tap="add", reduce="max", stride=2, padding=1,
+                                                   group="p4m", in_group="p4m", dtype=DT), 9),
 ]
 
 

@@ -344,6 +344,60 @@ def test_weight_grad_bitwise_deterministic(monkeypatch, group, in_group, groups,
     assert torch.isfinite(runs[0]).all()
 
 
+# ------------------------------------------------------------------------------- narrow forward: folded taps
+class LaunchSpy:
+    """Stands in for a kernel: records each launch's keyword arguments, then launches the real kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append(kwargs)
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+# (group, in_group, C_in, k, stride, padding, dilation, layout): lifting layers whose forward folds neighbouring taps
+# of a kernel row into one K block; odd k leaves a ragged last block, dilation along H only keeps the fold
+FOLDED = [
+    ("p4", "z2", 3, 3, 1, 1, 1, CONTIG),
+    ("p4m", "z2", 2, 5, 2, 2, (2, 1), CL),
+    ("p4", "z2", 4, 3, (1, 2), (0, 2), 1, CONTIG),
+    ("p4m", "z2", 3, 2, 1, "same", 1, CONTIG),
+]
+
+
+@pytest.mark.parametrize("group, in_group, c_in, k, stride, padding, dilation, layout", FOLDED,
+                         ids=["p4-k3", "p4m-k5-s2-dil-h", "p4-c4-k3-stride-w", "p4m-k2-same"])
+def test_narrow_forward_folds_kernel_rows(monkeypatch, group, in_group, c_in, k, stride, padding, dilation,
+                                          layout):
+    spy = LaunchSpy(gconv._conv_gemm_kernel)
+    monkeypatch.setattr(gconv, "_conv_gemm_kernel", spy)
+    x = randn((2, c_in, 1, 7, 9), layout=layout)
+    weight = randn((5, c_in, 1, k, k))
+    layer = gconv_layer(group, in_group, stride=stride, padding=padding, dilation=dilation)
+    check_against_reference(layer, x, weight, randn((5,)))
+    forward = spy.launches[0]
+    assert forward["GROUP_ON_N"] and forward["K_RUN"] == k * forward["A_CH"] > forward["A_CH"], forward
+    if INTERPRETED:  # the interpreter's fixed K block is what folds
+        assert gconv.INTERPRETER_CONFIG["BLOCK_K"] % forward["A_CH"] == 0
+
+
+def test_tap_steps_are_affine_along_rows():
+    """A rotation or reflection moves each kernel row onto a row or column of the base filter: the base tap under
+    window position (th, tw) is the one under (th, 0) plus tw steps, for every element of p4 and p4m."""
+    for group in ("p4", "p4m"):
+        for kernel in ((3, 3), (2, 2), (5, 5)):
+            steps = gconv.tap_steps(get_group(group), get_group("z2"), kernel, torch.device("cpu"))
+            _, source = _common.gather_tables(get_group(group), get_group("z2"), kernel, torch.device("cpu"))
+            src = source.reshape(-1, *kernel).long()
+            expected = src[:, :, :1] + torch.arange(kernel[1]) * steps.long()[:, None, None]
+            assert torch.equal(src, expected)
+            assert set(steps.abs().tolist()) == {1, kernel[1]}  # rows onto rows and onto columns
+    assert gconv.tap_steps(get_group("p4"), get_group("z2"), (3, 1), torch.device("cpu")) is None
+
+
 # ------------------------------------------------------------------------------------- no filter bank
 # (group, in_group, groups, C_in per group, C_out per group, k): the bank C_out·S·C_in·S·k² dwarfs x, y and w
 NO_BANK = [
