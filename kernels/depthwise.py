@@ -31,7 +31,7 @@ def _configs():
     # BLOCK_C is the number of contiguous channels a tile covers (rounded up to whole groups of channels).
     return [triton.Config(dict(BLOCK_P=p, BLOCK_C=c), num_warps=w, num_stages=1)
             for p, c, w in [(128, 32, 8), (64, 32, 4), (128, 16, 4), (32, 32, 4), (32, 16, 4), (64, 64, 8),
-                            (32, 64, 4), (128, 64, 8)]]
+                            (32, 64, 4)]]
 
 
 @triton.jit
@@ -169,6 +169,19 @@ def _dw_input_grad_kernel(
     tl.store(dx_ptr + dx_off, out.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & (grp_o < CH // R)[None, :])
 
 
+@triton.jit
+def _next_pixels(b, oh, ow, step_b, step_h, step_w, HO, WO):
+    """``(b, oh, ow)`` advanced by the flat pixel step ``(step_b, step_h, step_w)`` without a division: each digit
+    carries at most once, since both it and its step are below the radix."""
+    ow += step_w
+    carry = ow >= WO
+    ow = tl.where(carry, ow - WO, ow)
+    oh += step_h + carry.to(oh.dtype)
+    carry = oh >= HO
+    oh = tl.where(carry, oh - HO, oh)
+    return b + step_b + carry.to(b.dtype), oh, ow
+
+
 # Not tuned: the tile shape and warp count fix the order of the tl.sum over pixels, and so every bit of dw.
 WGRAD_CONFIG = dict(BLOCK_P=64, BLOCK_C=32) if INTERPRET else dict(BLOCK_P=64, BLOCK_C=32, num_warps=4, num_stages=1)
 
@@ -200,6 +213,8 @@ def _dw_weight_grad_kernel(
     r_start = pid_s * R_PER_SPLIT
     r_stop = tl.minimum(r_start + R_PER_SPLIT, R_TOTAL)
 
+    step_b, step_h, step_w = split_pixel(BLOCK_P, HO, WO)
+
     total = tl.zeros((COLS,), dtype=ACC)
     for copy in range(COPIES):
         x_ch = x_ch0 + copy * CH_W                                # channel (wg + copy·WEIGHT_GROUPS, s)
@@ -210,21 +225,26 @@ def _dw_weight_grad_kernel(
             dh = tl.load(tap_dh_ptr + g * T + t) * dil_h - pad_h
             dw = tl.load(tap_dw_ptr + g * T + t) * dil_w - pad_w
             acc = tl.zeros((BLOCK_P, COLS), dtype=ACC)
+            r = r_start + tl.arange(0, BLOCK_P)
+            b, oh, ow = split_pixel(r, HO, WO)
             for r0 in range(r_start, r_stop, BLOCK_P):
-                r = r0 + tl.arange(0, BLOCK_P)
                 r_ok = r < r_stop
-                b, oh, ow = split_pixel(r, HO, WO)
                 ih = oh * stride_h + dh
                 iw = ow * stride_w + dw
                 ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
                 if WIDE:
-                    b, oh, ow, ih, iw = b.to(tl.int64), oh.to(tl.int64), ow.to(tl.int64), ih.to(tl.int64), iw.to(tl.int64)
-                x_row = tl.multiple_of(b * sxb + ih * sxh + iw * sxw, VEC)
+                    x_row = b.to(tl.int64) * sxb + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+                    dy_row = b.to(tl.int64) * sdyb + oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw + g
+                else:
+                    x_row = b * sxb + ih * sxh + iw * sxw
+                    dy_row = b * sdyb + oh * sdyh + ow * sdyw + g
+                x_row = tl.multiple_of(x_row, VEC)
                 xv = tl.load(x_ptr + x_row[:, None] + x_ch[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
-                dy_row = b * sdyb + oh * sdyh + ow * sdyw + g
                 dyv = tl.load(dy_ptr + dy_row[:, None] + dy_ch[None, :], mask=r_ok[:, None] & c_ok[None, :],
                               other=0.0)
                 acc += xv.to(ACC) * dyv.to(ACC)
+                b, oh, ow = _next_pixels(b, oh, ow, step_b, step_h, step_w, HO, WO)
+                r += BLOCK_P
             # column (grp, u) takes the pixel sum of column (grp, g·u)
             part = tl.sum(acc, axis=0)
             src = (col // S_PAD) * S_PAD + tl.load(in_index_ptr + g * S_IN + u, mask=u < S_IN, other=0)
