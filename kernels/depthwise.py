@@ -182,6 +182,25 @@ def _next_pixels(b, oh, ow, step_b, step_h, step_w, HO, WO):
     return b + step_b + carry.to(b.dtype), oh, ow
 
 
+@triton.jit
+def _wgrad_product(x_ptr, dy_ptr, x_ch, dy_ch, c_ok, r, r_stop, b, oh, ow, g, dh, dw, H, W,
+                   sxb, sxh, sxw, sdyb, sdyh, sdyw, stride_h, stride_w, VEC: tl.constexpr, WIDE: tl.constexpr,
+                   ACC: tl.constexpr):
+    """``x · dy`` over one block of output pixels ``r = (b, oh, ow)`` (those ``< r_stop``), for element ``g`` whose
+    tap reads input pixel ``(oh·stride_h + dh, ow·stride_w + dw)``."""
+    r_ok = r < r_stop
+    ih = oh * stride_h + dh
+    iw = ow * stride_w + dw
+    ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    if WIDE:
+        b, oh, ow, ih, iw = b.to(tl.int64), oh.to(tl.int64), ow.to(tl.int64), ih.to(tl.int64), iw.to(tl.int64)
+    x_row = tl.multiple_of(b * sxb + ih * sxh + iw * sxw, VEC)
+    xv = tl.load(x_ptr + x_row[:, None] + x_ch[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
+    dy_row = b * sdyb + oh * sdyh + ow * sdyw + g
+    dyv = tl.load(dy_ptr + dy_row[:, None] + dy_ch[None, :], mask=r_ok[:, None] & c_ok[None, :], other=0.0)
+    return xv.to(ACC) * dyv.to(ACC)
+
+
 # Not tuned: the tile shape and warp count fix the order of the tl.sum over pixels, and so every bit of dw.
 WGRAD_CONFIG = dict(BLOCK_P=64, BLOCK_C=32) if INTERPRET else dict(BLOCK_P=64, BLOCK_C=32, num_warps=4, num_stages=1)
 
@@ -224,27 +243,16 @@ def _dw_weight_grad_kernel(
         for g in range(S_OUT):
             dh = tl.load(tap_dh_ptr + g * T + t) * dil_h - pad_h
             dw = tl.load(tap_dw_ptr + g * T + t) * dil_w - pad_w
-            acc = tl.zeros((BLOCK_P, COLS), dtype=ACC)
             r = r_start + tl.arange(0, BLOCK_P)
             b, oh, ow = split_pixel(r, HO, WO)
-            for r0 in range(r_start, r_stop, BLOCK_P):
-                r_ok = r < r_stop
-                ih = oh * stride_h + dh
-                iw = ow * stride_w + dw
-                ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                if WIDE:
-                    x_row = b.to(tl.int64) * sxb + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
-                    dy_row = b.to(tl.int64) * sdyb + oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw + g
-                else:
-                    x_row = b * sxb + ih * sxh + iw * sxw
-                    dy_row = b * sdyb + oh * sdyh + ow * sdyw + g
-                x_row = tl.multiple_of(x_row, VEC)
-                xv = tl.load(x_ptr + x_row[:, None] + x_ch[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
-                dyv = tl.load(dy_ptr + dy_row[:, None] + dy_ch[None, :], mask=r_ok[:, None] & c_ok[None, :],
-                              other=0.0)
-                acc += xv.to(ACC) * dyv.to(ACC)
+            # the first block starts the sum (no zero-filled accumulator to add it to)
+            acc = _wgrad_product(x_ptr, dy_ptr, x_ch, dy_ch, c_ok, r, r_stop, b, oh, ow, g, dh, dw, H, W,
+                                 sxb, sxh, sxw, sdyb, sdyh, sdyw, stride_h, stride_w, VEC, WIDE, ACC)
+            for r0 in range(r_start + BLOCK_P, r_stop, BLOCK_P):
                 b, oh, ow = _next_pixels(b, oh, ow, step_b, step_h, step_w, HO, WO)
                 r += BLOCK_P
+                acc += _wgrad_product(x_ptr, dy_ptr, x_ch, dy_ch, c_ok, r, r_stop, b, oh, ow, g, dh, dw, H, W,
+                                      sxb, sxh, sxw, sdyb, sdyh, sdyw, stride_h, stride_w, VEC, WIDE, ACC)
             # column (grp, u) takes the pixel sum of column (grp, g·u)
             part = tl.sum(acc, axis=0)
             src = (col // S_PAD) * S_PAD + tl.load(in_index_ptr + g * S_IN + u, mask=u < S_IN, other=0)
