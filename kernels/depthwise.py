@@ -6,10 +6,11 @@ positions.  Same math and tables as ``gconv.py`` with ``C_in_g = 1``: output cha
 channel group ``grp`` reads input channel ``grp`` through weight row ``(grp % WEIGHT_GROUPS)·C_OUT_G + n``.
 
 Every activation operand is read channels-last, ``(B, H, W, channels)`` with unit channel stride, and each tile's
-channel axis is a run of those contiguous channels, so that it loads as 16-byte vectors: the forward's columns are
-the input's ``(grp, s)`` channels, the input gradient's the output's ``(grp, n, g)`` channels, the weight
-gradient's again the input's ``(grp, s)``.  What a column contributes to (its output channel, its weight slice
-``u = g⁻¹·s``) is then a small reduction or permutation of the tile, once per tile and outside the pixel loop.
+channel axis is a run of contiguous channels of one of them, so that it loads as 16-byte vectors: the forward's
+columns are the input's ``(grp, s)`` channels, the input gradient's the output's ``(grp, n, g)`` channels, the weight
+gradient's again the input's ``(grp, s)`` (its ``dy`` is then read one value per column).  What a column
+contributes to (its output channel, its weight slice ``u = g⁻¹·s``) is a small reduction or permutation of the
+tile, once per tile and outside the pixel loop.
 A group order that is not a power of two pads each group's run of channels to one (``S_PAD``, ``R_PAD``), and then
 loads element by element.
 """
