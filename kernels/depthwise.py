@@ -82,6 +82,7 @@ def _dw_forward_kernel(
     x_ch, c_ok, grp, s = _columns(tl.program_id(1), CH, S_IN, S_PAD, VEC, BLOCK_C)
     w_col = ((grp % WEIGHT_GROUPS) * C_OUT_G + n) * (S_IN * T) + tl.load(stab_ptr + g * S_IN + s, mask=s < S_IN,
                                                                           other=0) * T
+    w_col = tl.where(c_ok, w_col, 0)   # a valid address in every column: the loop's weight loads need no mask
     if WIDE:  # offsets past int32 (else int32 index math: fewer instructions, no carries)
         b, oh, ow, x_ch = b.to(tl.int64), oh.to(tl.int64), ow.to(tl.int64), x_ch.to(tl.int64)
     ih0 = oh * stride_h - pad_h
@@ -99,7 +100,7 @@ def _dw_forward_kernel(
             x_row = tl.multiple_of(x_h + iw * sxw, VEC)
             xv = tl.load(x_ptr + x_row[:, None] + x_ch[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
             tap = tl.load(tap_src_ptr + g * T + th * KW + tw)
-            wv = tl.load(w_ptr + w_col + tap, mask=c_ok, other=0.0)
+            wv = tl.load(w_ptr + w_col + tap)
             acc += xv.to(ACC) * wv.to(ACC)[None, :]
 
     out = tl.sum(tl.reshape(acc, (BLOCK_P, G_TILE, S_PAD)), axis=2)
@@ -143,6 +144,7 @@ def _dw_input_grad_kernel(
     g = j % S_OUT
     src_col = g * T
     w_col = ((grp % WEIGHT_GROUPS) * C_OUT_G + j // S_OUT) * (S_IN * T) + tl.load(stab_ptr + g * S_IN + s) * T
+    w_col = tl.where(c_ok, w_col, 0)   # a valid address in every column: the loop's weight loads need no mask
     if WIDE:
         b, ih, iw, dy_ch = b.to(tl.int64), ih.to(tl.int64), iw.to(tl.int64), dy_ch.to(tl.int64)
     dy_b = b * sdyb
@@ -159,8 +161,8 @@ def _dw_input_grad_kernel(
             ok = row_ok & (pw_num >= 0) & (pw * stride_w == pw_num) & (pw < WO)
             dy_row = tl.multiple_of(dy_h + pw * sdyw, VEC)
             dyv = tl.load(dy_ptr + dy_row[:, None] + dy_ch[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
-            tap = tl.load(tap_src_ptr + src_col + th * KW + tw, mask=c_ok, other=0)
-            wv = tl.load(w_ptr + w_col + tap, mask=c_ok, other=0.0)
+            tap = tl.load(tap_src_ptr + src_col + th * KW + tw)
+            wv = tl.load(w_ptr + w_col + tap)
             acc += dyv.to(ACC) * wv.to(ACC)[None, :]
 
     out = tl.sum(tl.reshape(acc, (BLOCK_P, G_TILE, R_PAD)), axis=2)
