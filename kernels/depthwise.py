@@ -186,9 +186,9 @@ def _next_pixels(b, oh, ow, step_b, step_h, step_w, HO, WO):
 
 
 @triton.jit
-def _wgrad_product(x_ptr, dy_ptr, x_ch, dy_ch, c_ok, r, r_stop, b, oh, ow, g, dh, dw, H, W,
-                   sxb, sxh, sxw, sdyb, sdyh, sdyw, stride_h, stride_w, VEC: tl.constexpr, WIDE: tl.constexpr,
-                   ACC: tl.constexpr):
+def _wgrad_product(x_ptr, dy_ptr, x_ch, dy_ch, c_ok, r, r_stop, b, oh, ow, dh, dw, H, W,
+                   sxb, sxh, sxw, sdyb, sdyh, sdyw, stride_h, stride_w, VEC: tl.constexpr, DY_VEC: tl.constexpr,
+                   WIDE: tl.constexpr, ACC: tl.constexpr):
     """``x · dy`` over one block of output pixels ``r = (b, oh, ow)`` (those ``< r_stop``), for element ``g`` whose
     tap reads input pixel ``(oh·stride_h + dh, ow·stride_w + dw)``."""
     r_ok = r < r_stop
@@ -199,7 +199,7 @@ def _wgrad_product(x_ptr, dy_ptr, x_ch, dy_ch, c_ok, r, r_stop, b, oh, ow, g, dh
         b, oh, ow, ih, iw = b.to(tl.int64), oh.to(tl.int64), ow.to(tl.int64), ih.to(tl.int64), iw.to(tl.int64)
     x_row = tl.multiple_of(b * sxb + ih * sxh + iw * sxw, VEC)
     xv = tl.load(x_ptr + x_row[:, None] + x_ch[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
-    dy_row = b * sdyb + oh * sdyh + ow * sdyw + g
+    dy_row = tl.multiple_of(b * sdyb + oh * sdyh + ow * sdyw, DY_VEC)
     dyv = tl.load(dy_ptr + dy_row[:, None] + dy_ch[None, :], mask=r_ok[:, None] & c_ok[None, :], other=0.0)
     return xv.to(ACC) * dyv.to(ACC)
 
@@ -215,7 +215,8 @@ def _dw_weight_grad_kernel(
     sdyb, sdyh, sdyw, sxb, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, S_PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    VEC: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    VEC: tl.constexpr, DY_VEC: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """``dw[row, 0, u, t]`` for output channel ``n`` and base tap ``t`` of the tile's weight groups, summed over the
     pixels of split ``pid_s``, every ``g`` and every channel group sharing the rows (``COPIES`` of them).
@@ -240,22 +241,30 @@ def _dw_weight_grad_kernel(
     total = tl.zeros((COLS,), dtype=ACC)
     for copy in range(COPIES):
         x_ch = x_ch0 + copy * CH_W                                # channel (wg + copy·WEIGHT_GROUPS, s)
-        dy_ch = ((wg + copy * WEIGHT_GROUPS) * C_OUT_G + n) * S_OUT
+        if DY_VEC > 1:  # one output channel per input channel: dy's columns are x's, a contiguous run too
+            dy_ch = x_ch
+        else:
+            dy_ch = ((wg + copy * WEIGHT_GROUPS) * C_OUT_G + n) * S_OUT
         if WIDE:
             x_ch, dy_ch = x_ch.to(tl.int64), dy_ch.to(tl.int64)
         for g in range(S_OUT):
             dh = tl.load(tap_dh_ptr + g * T + t) * dil_h - pad_h
             dw = tl.load(tap_dw_ptr + g * T + t) * dil_w - pad_w
+            if DY_VEC > 1:
+                dy_chg = dy_ch
+            else:
+                dy_chg = dy_ch + g
             r = r_start + tl.arange(0, BLOCK_P)
             b, oh, ow = split_pixel(r, HO, WO)
             # the first block starts the sum (no zero-filled accumulator to add it to)
-            acc = _wgrad_product(x_ptr, dy_ptr, x_ch, dy_ch, c_ok, r, r_stop, b, oh, ow, g, dh, dw, H, W,
-                                 sxb, sxh, sxw, sdyb, sdyh, sdyw, stride_h, stride_w, VEC, WIDE, ACC)
+            acc = _wgrad_product(x_ptr, dy_ptr, x_ch, dy_chg, c_ok, r, r_stop, b, oh, ow, dh, dw, H, W,
+                                 sxb, sxh, sxw, sdyb, sdyh, sdyw, stride_h, stride_w, VEC, DY_VEC, WIDE, ACC)
             for r0 in range(r_start + BLOCK_P, r_stop, BLOCK_P):
                 b, oh, ow = _next_pixels(b, oh, ow, step_b, step_h, step_w, HO, WO)
                 r += BLOCK_P
-                acc += _wgrad_product(x_ptr, dy_ptr, x_ch, dy_ch, c_ok, r, r_stop, b, oh, ow, g, dh, dw, H, W,
-                                      sxb, sxh, sxw, sdyb, sdyh, sdyw, stride_h, stride_w, VEC, WIDE, ACC)
+                acc += _wgrad_product(x_ptr, dy_ptr, x_ch, dy_chg, c_ok, r, r_stop, b, oh, ow, dh, dw, H, W,
+                                      sxb, sxh, sxw, sdyb, sdyh, sdyw, stride_h, stride_w, VEC, DY_VEC, WIDE,
+                                      ACC)
             # column (grp, u) takes the pixel sum of column (grp, g·u)
             part = tl.sum(acc, axis=0)
             src = (col // S_PAD) * S_PAD + tl.load(in_index_ptr + g * S_IN + u, mask=u < S_IN, other=0)
@@ -348,6 +357,7 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.
     if r_total == 0:
         return partial.sum(0).to(x.dtype)
     x_cl, dy_cl = channels_last(x), channels_last(dy)
+    one_to_one = spec.s_in == spec.s_out == spec.out_channels == 1    # dy's channel of each x channel is its own
 
     grid = (tiles, spec.out_channels * taps, split)
     _dw_weight_grad_kernel[grid](
@@ -355,6 +365,7 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.
         r_total, r_per_split, ch_w, spec.height, spec.width, spec.out_height, spec.out_width, spec.out_channels,
         spec.weight_groups, spec.groups // spec.weight_groups,
         *dy_cl.stride()[:3], *x_cl.stride()[:3], *geometry_args(spec),
-        S_PAD=s_pad, VEC=_vec(x_cl, spec.s_in), WIDE=_needs_int64(x_cl, dy_cl), **static_args(spec, x.dtype),
+        S_PAD=s_pad, VEC=_vec(x_cl, spec.s_in), DY_VEC=_vec(dy_cl, 1) if one_to_one else 1,
+        WIDE=_needs_int64(x_cl, dy_cl), **static_args(spec, x.dtype),
         **WGRAD_CONFIG)
     return partial[0] if split == 1 else partial.sum(0).to(x.dtype)
