@@ -1,9 +1,18 @@
 """Depthwise group convolution (one input G-channel per channel group): no GEMM.
 
 Padding a reduction over one channel up to a 16-wide ``tl.dot`` would waste up to 16x the work, so these
-kernels are elementwise multiply-adds over tiles of (pixels × channels), looping over the ``S_in·kh·kw`` taps.
-Same math, tables and notation as ``gconv.py``, with ``C_in_g = 1``: output channel ``oc`` of channel group
-``grp = oc // C_OUT_G`` reads input channel ``grp`` and weight row ``(grp % WEIGHT_GROUPS)·C_OUT_G + oc % C_OUT_G``.
+kernels are elementwise multiply-adds over tiles of (pixels × channels), looping over the ``kh·kw`` window
+positions.  Same math and tables as ``gconv.py`` with ``C_in_g = 1``: output channel ``oc = grp·C_OUT_G + n`` of
+channel group ``grp`` reads input channel ``grp`` through weight row ``(grp % WEIGHT_GROUPS)·C_OUT_G + n``.
+
+Every activation operand is read channels-last, ``(B, H, W, channels)`` with unit channel stride, and each tile's
+channel axis is a run of contiguous channels of one of them, so that it loads as 16-byte vectors: the forward's
+columns are the input's ``(grp, s)`` channels, the input gradient's the output's ``(grp, n, g)`` channels, the weight
+gradient's again the input's ``(grp, s)`` (its ``dy`` is then read one value per column).  What a column
+contributes to (its output channel, its weight slice ``u = g⁻¹·s``) is a small reduction or permutation of the
+tile, once per tile and outside the pixel loop.
+A group order that is not a power of two pads each group's run of channels to one (``S_PAD``, ``R_PAD``), and then
+loads element by element.
 """
 
 from __future__ import annotations
@@ -12,173 +21,256 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRET, cdiv, empty_like_layout, geometry_args, group_tables, input_grad_buffer,
-                      maybe_autotune, offset, split_pixel, static_args)
-from .gconv import apply_activation, preact_buffer
+from ._common import (INTERPRET, cdiv, empty_like_layout, gather_tables, geometry_args, group_tables,
+                      input_grad_buffer, maybe_autotune, offset, split_pixel, static_args)
+from .gconv import _needs_int64, _vector_width, apply_activation, channels_last, preact_buffer
 
 INTERPRETER_CONFIG = dict(BLOCK_P=64, BLOCK_C=16)
 
 
 def _configs():
-    # Small tiles too: each thread holds a 64-bit address per element across the tap loop, and tiles of 32 or
-    # more elements a thread spill on sm_80/sm_90.
+    # BLOCK_C is the number of contiguous channels a tile covers (rounded up to whole groups of channels).
     return [triton.Config(dict(BLOCK_P=p, BLOCK_C=c), num_warps=w, num_stages=1)
             for p, c, w in [(128, 32, 8), (64, 32, 4), (128, 16, 4), (32, 32, 4), (32, 16, 4), (64, 64, 8),
                             (32, 64, 4)]]
 
 
 @triton.jit
-def _weight_row(oc, C_OUT_G, WEIGHT_GROUPS):
-    """Channel group of output channel ``oc`` and the weight row it reads."""
-    grp = oc // C_OUT_G
-    return grp, (grp % WEIGHT_GROUPS) * C_OUT_G + oc % C_OUT_G
+def _columns(pid, CH, RUN: tl.constexpr, RUN_PAD: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """A tile's columns: whole runs of ``RUN`` contiguous channels (one channel group's), each padded to
+    ``RUN_PAD`` (a power of two).  Returns ``(channel, ok, run, index in run)``: the channel offsets (``VEC`` of
+    them contiguous), the mask, and which run and element each column is."""
+    RUNS: tl.constexpr = (BLOCK_C + RUN_PAD - 1) // RUN_PAD
+    col = tl.arange(0, RUNS * RUN_PAD)
+    run = pid * RUNS + col // RUN_PAD
+    j = col % RUN_PAD
+    ch = run * RUN + j
+    if RUN == RUN_PAD:
+        ok = ch < CH            # one bound: the mask stays uniform over each vector
+    else:
+        ok = (ch < CH) & (j < RUN)
+    return tl.max_contiguous(tl.multiple_of(ch, VEC), VEC), ok, run, j
 
 
-@maybe_autotune(_configs(), key=["M_TOTAL", "C_TOTAL", "S_IN", "S_OUT", "KH", "KW"],
-                tiles=dict(BLOCK_P="M_TOTAL", BLOCK_C="C_TOTAL"))
+@maybe_autotune(_configs(), key=["M_TOTAL", "CH", "S_IN", "S_OUT", "KH", "KW"],
+                tiles=dict(BLOCK_P="M_TOTAL", BLOCK_C="CH"))
 @triton.jit
 def _dw_forward_kernel(
-    x_ptr, w_ptr, bias_ptr, y_ptr, z_ptr, in_index_ptr, tap_dh_ptr, tap_dw_ptr,
-    M_TOTAL, C_TOTAL, H, W, HO, WO, C_OUT_G, WEIGHT_GROUPS,
-    sxb, sxc, sxs, sxh, sxw, syb, syc, sys, syh, syw,
+    x_ptr, w_ptr, bias_ptr, y_ptr, z_ptr, tap_src_ptr, stab_ptr,
+    M_TOTAL, CH, H, W, HO, WO, C_OUT_G, WEIGHT_GROUPS,
+    sxb, sxh, sxw, syb, syc, sys, syh, syw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    S_IN: tl.constexpr, S_OUT: tl.constexpr, S_PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    VEC: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr, HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Epilogue as ``gconv._conv_gemm_kernel``: bias, then ``ACTIVATION``; ``STORE_PREACT`` also writes the
-    pre-activation to ``z_ptr`` (same strides as ``y``)."""
+    """Output channel ``n`` of each channel group of the tile, element ``g``, over a tile of output pixels.
+
+    ``x``: ``(B, H, W, CH = groups·S_IN)``, unit channel stride.  The columns are the ``(grp, s)`` input channels;
+    column ``s`` meets weight slice ``u = g⁻¹·s`` (``stab[g, s]``) at base tap ``tap_src[g, t']`` for window
+    position ``t'``, and the ``S_IN`` columns of a group are summed at the end.  Epilogue as
+    ``gconv._conv_gemm_kernel``: bias, then ``ACTIVATION``; ``STORE_PREACT`` also writes the pre-activation to
+    ``z_ptr`` (same strides as ``y``)."""
     T: tl.constexpr = KH * KW
-    g = tl.program_id(2)
+    G_TILE: tl.constexpr = (BLOCK_C + S_PAD - 1) // S_PAD
+    g = tl.program_id(2) % S_OUT
+    n = tl.program_id(2) // S_OUT
     m = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     m_ok = m < M_TOTAL
     b, oh, ow = split_pixel(m, HO, WO)
-    oc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = oc < C_TOTAL
-    grp, w_row = _weight_row(oc, C_OUT_G, WEIGHT_GROUPS)
-    x_base = (b.to(tl.int64) * sxb)[:, None] + (grp.to(tl.int64) * sxc)[None, :]
+    x_ch, c_ok, grp, s = _columns(tl.program_id(1), CH, S_IN, S_PAD, VEC, BLOCK_C)
+    w_col = ((grp % WEIGHT_GROUPS) * C_OUT_G + n) * (S_IN * T) + tl.load(stab_ptr + g * S_IN + s, mask=s < S_IN,
+                                                                          other=0) * T
+    w_col = tl.where(c_ok, w_col, 0)   # a valid address in every column: the loop's weight loads need no mask
+    if WIDE:  # offsets past int32 (else int32 index math: fewer instructions, no carries)
+        b, oh, ow, x_ch = b.to(tl.int64), oh.to(tl.int64), ow.to(tl.int64), x_ch.to(tl.int64)
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
+    x_b = b * sxb
 
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
-    for k in range(S_IN * T):
-        u = k // T
-        t = k % T
-        s = tl.load(in_index_ptr + g * S_IN + u)
-        ih = ih0 + tl.load(tap_dh_ptr + g * T + t) * dil_h
-        iw = iw0 + tl.load(tap_dw_ptr + g * T + t) * dil_w
-        ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_off = x_base + offset(0, s, ih, iw, 0, sxs, sxh, sxw)[:, None]
-        xv = tl.load(x_ptr + x_off, mask=ok[:, None] & c_ok[None, :], other=0.0).to(ACC)
-        wv = tl.load(w_ptr + w_row.to(tl.int64) * (S_IN * T) + k, mask=c_ok, other=0.0).to(ACC)
-        acc += xv * wv[None, :]
+    acc = tl.zeros((BLOCK_P, G_TILE * S_PAD), dtype=ACC)
+    for th in range(KH):
+        ih = ih0 + th * dil_h
+        row_ok = m_ok & (ih >= 0) & (ih < H)
+        x_h = x_b + ih * sxh
+        for tw in range(KW):
+            iw = iw0 + tw * dil_w
+            ok = row_ok & (iw >= 0) & (iw < W)
+            x_row = tl.multiple_of(x_h + iw * sxw, VEC)
+            xv = tl.load(x_ptr + x_row[:, None] + x_ch[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
+            tap = tl.load(tap_src_ptr + g * T + th * KW + tw)
+            wv = tl.load(w_ptr + w_col + tap)
+            acc += xv.to(ACC) * wv.to(ACC)[None, :]
 
+    out = tl.sum(tl.reshape(acc, (BLOCK_P, G_TILE, S_PAD)), axis=2)
+    grp_o = tl.program_id(1) * G_TILE + tl.arange(0, G_TILE)
+    o_ok = grp_o < CH // S_IN
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + w_row, mask=c_ok, other=0.0).to(ACC)[None, :]
+        out += tl.load(bias_ptr + (grp_o % WEIGHT_GROUPS) * C_OUT_G + n, mask=o_ok, other=0.0).to(ACC)[None, :]
     y_off = (offset(b, g, oh, ow, syb, sys, syh, syw)[:, None]
-             + (oc.to(tl.int64) * syc)[None, :])
+             + ((grp_o * C_OUT_G + n).to(tl.int64) * syc)[None, :])
     if STORE_PREACT:
-        tl.store(z_ptr + y_off, acc.to(z_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
-    acc = apply_activation(acc, ACTIVATION)
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+        tl.store(z_ptr + y_off, out.to(z_ptr.dtype.element_ty), mask=m_ok[:, None] & o_ok[None, :])
+    out = apply_activation(out, ACTIVATION)
+    tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & o_ok[None, :])
 
 
-@maybe_autotune(_configs(), key=["M_TOTAL", "C_TOTAL", "S_IN", "S_OUT", "KH", "KW"],
-                tiles=dict(BLOCK_P="M_TOTAL", BLOCK_C="C_TOTAL"))
+@maybe_autotune(_configs(), key=["M_TOTAL", "CH", "S_IN", "S_OUT", "KH", "KW"],
+                tiles=dict(BLOCK_P="M_TOTAL", BLOCK_C="CH"))
 @triton.jit
 def _dw_input_grad_kernel(
-    dy_ptr, w_ptr, dx_ptr, stab_index_ptr, tap_dh_ptr, tap_dw_ptr,
-    M_TOTAL, C_TOTAL, H, W, HO, WO, C_OUT_G, WEIGHT_GROUPS,
-    sdyb, sdyc, sdys, sdyh, sdyw, sdxb, sdxc, sdxs, sdxh, sdxw,
+    dy_ptr, w_ptr, dx_ptr, tap_src_ptr, stab_ptr,
+    M_TOTAL, CH, H, W, HO, WO, C_OUT_G, WEIGHT_GROUPS,
+    sdyb, sdyh, sdyw, sdxb, sdxc, sdxs, sdxh, sdxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
+    S_IN: tl.constexpr, S_OUT: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr, KH: tl.constexpr,
+    KW: tl.constexpr, VEC: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Tile of (input pixels × input channels = channel groups) of stabilizer slice ``s``; sums over each
-    group's ``C_OUT_G`` output channels, every ``g`` and every tap."""
+    """Stabilizer slice ``s`` of the input channels of the tile's channel groups, over a tile of input pixels.
+
+    ``dy``: ``(B, HO, WO, CH = groups·R)``, unit channel stride, ``R = C_OUT_G·S_OUT``.  The columns are each
+    group's ``R`` output channels ``(n, g)``; column ``(n, g)`` meets weight slice ``u = g⁻¹·s`` at base tap
+    ``tap_src[g, t']``, reached from input pixel ``q`` through output pixel ``(q + pad − t'·dil) / stride`` when that
+    division is exact.  The ``R`` columns of a group are summed at the end."""
     T: tl.constexpr = KH * KW
+    G_TILE: tl.constexpr = (BLOCK_C + R_PAD - 1) // R_PAD
     s = tl.program_id(2)
     m = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     m_ok = m < M_TOTAL
     b, ih, iw = split_pixel(m, H, W)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C_TOTAL
-    w_group = (c % WEIGHT_GROUPS) * C_OUT_G
+    dy_ch, c_ok, grp, j = _columns(tl.program_id(1), CH, R, R_PAD, VEC, BLOCK_C)
+    g = j % S_OUT
+    src_col = g * T
+    w_col = ((grp % WEIGHT_GROUPS) * C_OUT_G + j // S_OUT) * (S_IN * T) + tl.load(stab_ptr + g * S_IN + s) * T
+    w_col = tl.where(c_ok, w_col, 0)   # a valid address in every column: the loop's weight loads need no mask
+    if WIDE:
+        b, ih, iw, dy_ch = b.to(tl.int64), ih.to(tl.int64), iw.to(tl.int64), dy_ch.to(tl.int64)
+    dy_b = b * sdyb
 
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
-    for g in range(S_OUT):
-        u = tl.load(stab_index_ptr + g * S_IN + s)
-        for t in range(T):
-            ph_num = ih + pad_h - tl.load(tap_dh_ptr + g * T + t) * dil_h
-            pw_num = iw + pad_w - tl.load(tap_dw_ptr + g * T + t) * dil_w
-            ph = ph_num // stride_h
+    acc = tl.zeros((BLOCK_P, G_TILE * R_PAD), dtype=ACC)
+    for th in range(KH):
+        ph_num = ih + pad_h - th * dil_h
+        ph = ph_num // stride_h
+        row_ok = m_ok & (ph_num >= 0) & (ph * stride_h == ph_num) & (ph < HO)
+        dy_h = dy_b + ph * sdyh
+        for tw in range(KW):
+            pw_num = iw + pad_w - tw * dil_w
             pw = pw_num // stride_w
-            ok = (m_ok & (ph_num >= 0) & (pw_num >= 0) & (ph * stride_h == ph_num) & (pw * stride_w == pw_num)
-                  & (ph < HO) & (pw < WO))
-            dy_pix = offset(b, g, ph, pw, sdyb, sdys, sdyh, sdyw)
-            for n in range(C_OUT_G):
-                dy_off = dy_pix[:, None] + ((c * C_OUT_G + n).to(tl.int64) * sdyc)[None, :]
-                dyv = tl.load(dy_ptr + dy_off, mask=ok[:, None] & c_ok[None, :], other=0.0).to(ACC)
-                w_off = (w_group + n).to(tl.int64) * (S_IN * T) + u * T + t
-                wv = tl.load(w_ptr + w_off, mask=c_ok, other=0.0).to(ACC)
-                acc += dyv * wv[None, :]
+            ok = row_ok & (pw_num >= 0) & (pw * stride_w == pw_num) & (pw < WO)
+            dy_row = tl.multiple_of(dy_h + pw * sdyw, VEC)
+            dyv = tl.load(dy_ptr + dy_row[:, None] + dy_ch[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
+            tap = tl.load(tap_src_ptr + src_col + th * KW + tw)
+            wv = tl.load(w_ptr + w_col + tap)
+            acc += dyv.to(ACC) * wv.to(ACC)[None, :]
 
+    out = tl.sum(tl.reshape(acc, (BLOCK_P, G_TILE, R_PAD)), axis=2)
+    grp_o = tl.program_id(1) * G_TILE + tl.arange(0, G_TILE)
     dx_off = (offset(b, s, ih, iw, sdxb, sdxs, sdxh, sdxw)[:, None]
-              + (c.to(tl.int64) * sdxc)[None, :])
-    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+              + (grp_o.to(tl.int64) * sdxc)[None, :])
+    tl.store(dx_ptr + dx_off, out.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & (grp_o < CH // R)[None, :])
 
 
-# Not tuned: the tile shape and warp count fix the order of the final tl.sum, and so every bit of dw.
+@triton.jit
+def _next_pixels(b, oh, ow, step_b, step_h, step_w, HO, WO):
+    """``(b, oh, ow)`` advanced by the flat pixel step ``(step_b, step_h, step_w)`` without a division: each digit
+    carries at most once, since both it and its step are below the radix."""
+    ow += step_w
+    carry = ow >= WO
+    ow = tl.where(carry, ow - WO, ow)
+    oh += step_h + carry.to(oh.dtype)
+    carry = oh >= HO
+    oh = tl.where(carry, oh - HO, oh)
+    return b + step_b + carry.to(b.dtype), oh, ow
+
+
+@triton.jit
+def _wgrad_product(x_ptr, dy_ptr, x_ch, dy_ch, c_ok, r, r_stop, b, oh, ow, dh, dw, H, W,
+                   sxb, sxh, sxw, sdyb, sdyh, sdyw, stride_h, stride_w, VEC: tl.constexpr, DY_VEC: tl.constexpr,
+                   WIDE: tl.constexpr, ACC: tl.constexpr):
+    """``x · dy`` over one block of output pixels ``r = (b, oh, ow)`` (those ``< r_stop``), for element ``g`` whose
+    tap reads input pixel ``(oh·stride_h + dh, ow·stride_w + dw)``."""
+    r_ok = r < r_stop
+    ih = oh * stride_h + dh
+    iw = ow * stride_w + dw
+    ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    if WIDE:
+        b, oh, ow, ih, iw = b.to(tl.int64), oh.to(tl.int64), ow.to(tl.int64), ih.to(tl.int64), iw.to(tl.int64)
+    x_row = tl.multiple_of(b * sxb + ih * sxh + iw * sxw, VEC)
+    xv = tl.load(x_ptr + x_row[:, None] + x_ch[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
+    dy_row = tl.multiple_of(b * sdyb + oh * sdyh + ow * sdyw, DY_VEC)
+    dyv = tl.load(dy_ptr + dy_row[:, None] + dy_ch[None, :], mask=r_ok[:, None] & c_ok[None, :], other=0.0)
+    return xv.to(ACC) * dyv.to(ACC)
+
+
+# Not tuned: the tile shape and warp count fix the order of the tl.sum over pixels, and so every bit of dw.
 WGRAD_CONFIG = dict(BLOCK_P=64, BLOCK_C=32) if INTERPRET else dict(BLOCK_P=64, BLOCK_C=32, num_warps=4, num_stages=1)
 
 
 @triton.jit
 def _dw_weight_grad_kernel(
     dy_ptr, x_ptr, dw_ptr, in_index_ptr, tap_dh_ptr, tap_dw_ptr,
-    R_TOTAL, R_PER_SPLIT, C_W, H, W, HO, WO, C_OUT_G, WEIGHT_GROUPS, COPIES,
-    sdyb, sdyc, sdys, sdyh, sdyw, sxb, sxc, sxs, sxh, sxw,
+    R_TOTAL, R_PER_SPLIT, CH_W, H, W, HO, WO, C_OUT_G, WEIGHT_GROUPS, COPIES,
+    sdyb, sdyh, sdyw, sxb, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    S_IN: tl.constexpr, S_OUT: tl.constexpr, S_PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    VEC: tl.constexpr, DY_VEC: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    """Weight rows ``[BLOCK_C]`` at reduction index ``k = u·T + t``, summed over the pixels of split ``pid_s``,
-    every ``g`` and every channel group sharing the rows (``COPIES`` of them)."""
+    """``dw[row, 0, u, t]`` for output channel ``n`` and base tap ``t`` of the tile's weight groups, summed over the
+    pixels of split ``pid_s``, every ``g`` and every channel group sharing the rows (``COPIES`` of them).
+
+    ``x``: ``(B, H, W, groups·S_IN)`` and ``dy``: ``(B, HO, WO, groups·C_OUT_G·S_OUT)``, unit channel strides.  The
+    columns are the input's ``(grp, s)`` channels, ``CH_W = WEIGHT_GROUPS·S_IN`` of them per copy: for element
+    ``g`` the tile is multiplied in that order, summed over its pixels, and then moved to the weight's order
+    ``(grp, u)``, ``s = g·u``, once per ``g`` and not per pixel block."""
     T: tl.constexpr = KH * KW
-    k = tl.program_id(1)
+    G_TILE: tl.constexpr = (BLOCK_C + S_PAD - 1) // S_PAD
+    COLS: tl.constexpr = G_TILE * S_PAD
+    n = tl.program_id(1) // T
+    t = tl.program_id(1) % T
     pid_s = tl.program_id(2)
-    u = k // T
-    t = k % T
-    w_row = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)          # over WEIGHT_GROUPS · C_OUT_G rows
-    c_ok = w_row < C_W
+    x_ch0, c_ok, wg, u = _columns(tl.program_id(0), CH_W, S_IN, S_PAD, VEC, BLOCK_C)
+    col = tl.arange(0, COLS)
     r_start = pid_s * R_PER_SPLIT
     r_stop = tl.minimum(r_start + R_PER_SPLIT, R_TOTAL)
 
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
-    for copy in range(COPIES):
-        grp = w_row // C_OUT_G + copy * WEIGHT_GROUPS
-        oc = grp * C_OUT_G + w_row % C_OUT_G
-        for g in range(S_OUT):
-            s = tl.load(in_index_ptr + g * S_IN + u)
-            dh = tl.load(tap_dh_ptr + g * T + t) * dil_h
-            dw = tl.load(tap_dw_ptr + g * T + t) * dil_w
-            chan = (oc.to(tl.int64) * sdyc + tl.cast(g, tl.int64) * sdys)[None, :]
-            x_chan = (grp.to(tl.int64) * sxc + tl.cast(s, tl.int64) * sxs)[None, :]
-            for r0 in range(r_start, r_stop, BLOCK_P):
-                r = r0 + tl.arange(0, BLOCK_P)
-                r_ok = r < r_stop
-                b, oh, ow = split_pixel(r, HO, WO)
-                ih = oh * stride_h - pad_h + dh
-                iw = ow * stride_w - pad_w + dw
-                ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                dy_off = offset(b, 0, oh, ow, sdyb, 0, sdyh, sdyw)[:, None] + chan
-                x_off = offset(b, 0, ih, iw, sxb, 0, sxh, sxw)[:, None] + x_chan
-                dyv = tl.load(dy_ptr + dy_off, mask=r_ok[:, None] & c_ok[None, :], other=0.0).to(ACC)
-                xv = tl.load(x_ptr + x_off, mask=ok[:, None] & c_ok[None, :], other=0.0).to(ACC)
-                acc += dyv * xv
+    step_b, step_h, step_w = split_pixel(BLOCK_P, HO, WO)
 
-    total = tl.sum(acc, axis=0)
-    dw_off = pid_s.to(tl.int64) * (C_W * S_IN * T) + w_row.to(tl.int64) * (S_IN * T) + k
+    total = tl.zeros((COLS,), dtype=ACC)
+    for copy in range(COPIES):
+        x_ch = x_ch0 + copy * CH_W                                # channel (wg + copy·WEIGHT_GROUPS, s)
+        if DY_VEC > 1:  # one output channel per input channel: dy's columns are x's, a contiguous run too
+            dy_ch = x_ch
+        else:
+            dy_ch = ((wg + copy * WEIGHT_GROUPS) * C_OUT_G + n) * S_OUT
+        if WIDE:
+            x_ch, dy_ch = x_ch.to(tl.int64), dy_ch.to(tl.int64)
+        for g in range(S_OUT):
+            dh = tl.load(tap_dh_ptr + g * T + t) * dil_h - pad_h
+            dw = tl.load(tap_dw_ptr + g * T + t) * dil_w - pad_w
+            if DY_VEC > 1:
+                dy_chg = dy_ch
+            else:
+                dy_chg = dy_ch + g
+            r = r_start + tl.arange(0, BLOCK_P)
+            b, oh, ow = split_pixel(r, HO, WO)
+            # the first block starts the sum (no zero-filled accumulator to add it to)
+            acc = _wgrad_product(x_ptr, dy_ptr, x_ch, dy_chg, c_ok, r, r_stop, b, oh, ow, dh, dw, H, W,
+                                 sxb, sxh, sxw, sdyb, sdyh, sdyw, stride_h, stride_w, VEC, DY_VEC, WIDE, ACC)
+            for r0 in range(r_start + BLOCK_P, r_stop, BLOCK_P):
+                b, oh, ow = _next_pixels(b, oh, ow, step_b, step_h, step_w, HO, WO)
+                r += BLOCK_P
+                acc += _wgrad_product(x_ptr, dy_ptr, x_ch, dy_chg, c_ok, r, r_stop, b, oh, ow, dh, dw, H, W,
+                                      sxb, sxh, sxw, sdyb, sdyh, sdyw, stride_h, stride_w, VEC, DY_VEC, WIDE,
+                                      ACC)
+            # column (grp, u) takes the pixel sum of column (grp, g·u)
+            part = tl.sum(acc, axis=0)
+            src = (col // S_PAD) * S_PAD + tl.load(in_index_ptr + g * S_IN + u, mask=u < S_IN, other=0)
+            total += tl.sum(tl.where(src[:, None] == col[None, :], part[None, :], 0.0), axis=1)
+
+    dw_off = (pid_s.to(tl.int64) * (CH_W * C_OUT_G * T) + ((wg * C_OUT_G + n) * S_IN + u).to(tl.int64) * T + t)
     tl.store(dw_ptr + dw_off, total.to(dw_ptr.dtype.element_ty), mask=c_ok)
 
 
@@ -187,67 +279,93 @@ def _meta():
     return dict(INTERPRETER_CONFIG) if INTERPRET else {}
 
 
+def _pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _vec(t: torch.Tensor, run: int) -> int:
+    """Vector width for the channels-last ``t`` (``(B, H, W, C)``) read in runs of ``run`` channels: 1 when the runs
+    are padded (a group order that is not a power of two)."""
+    return _vector_width(t.element_size(), *t.stride()[:3], t.shape[3]) if run == _pow2(run) else 1
+
+
 def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str = "none",
             return_preact: bool = False):
     """As :func:`gconv.forward <gconv_triton.kernels.gconv.forward>` (activation epilogue included)."""
-    in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
-    c_total = spec.groups * spec.out_channels
-    y = empty_like_layout((spec.batch, c_total, spec.s_out, spec.out_height, spec.out_width), x)
+    stab, tap_src = gather_tables(spec.group, spec.in_group, spec.kernel, x.device)
+    y = empty_like_layout((spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height,
+                           spec.out_width), x)
     z = preact_buffer(activation, return_preact, y)
     m_total = spec.batch * spec.out_height * spec.out_width
     if y.numel() == 0:
         return (y, z) if return_preact else y
     weight = weight.contiguous()
+    x_cl = channels_last(x)
+    s_pad = _pow2(spec.s_in)
 
     def grid(meta):
-        return (cdiv(m_total, meta["BLOCK_P"]), cdiv(c_total, meta["BLOCK_C"]), spec.s_out)
+        return (cdiv(m_total, meta["BLOCK_P"]), cdiv(spec.groups, cdiv(meta["BLOCK_C"], s_pad)),
+                spec.s_out * spec.out_channels)
 
     _dw_forward_kernel[grid](
-        x, weight, bias.contiguous() if bias is not None else weight, y, y if z is None else z,
-        in_index, tap_dh, tap_dw,
-        m_total, c_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.out_channels,
-        spec.weight_groups, *x.stride(), *y.stride(), *geometry_args(spec), **static_args(spec, x.dtype),
-        HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PREACT=z is not None, **_meta())
+        x_cl, weight, bias.contiguous() if bias is not None else weight, y, y if z is None else z, tap_src, stab,
+        m_total, x_cl.shape[3], spec.height, spec.width, spec.out_height, spec.out_width, spec.out_channels,
+        spec.weight_groups, *x_cl.stride()[:3], *y.stride(), *geometry_args(spec),
+        S_PAD=s_pad, VEC=_vec(x_cl, spec.s_in), WIDE=_needs_int64(x_cl, y), HAS_BIAS=bias is not None,
+        ACTIVATION=activation, STORE_PREACT=z is not None, **static_args(spec, x.dtype), **_meta())
     return (y, z) if return_preact else y
 
 
 def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order) -> torch.Tensor:
-    _, stab_index, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, dy.device)
+    stab, tap_src = gather_tables(spec.group, spec.in_group, spec.kernel, dy.device)
     dx = input_grad_buffer(spec, order, dy)
     m_total = spec.batch * spec.height * spec.width
     if dx.numel() == 0:
         return dx
     weight = weight.contiguous()
+    dy_cl = channels_last(dy)
+    r = spec.out_channels * spec.s_out
+    r_pad = _pow2(r)
 
     def grid(meta):
-        return (cdiv(m_total, meta["BLOCK_P"]), cdiv(spec.groups, meta["BLOCK_C"]), spec.s_in)
+        return (cdiv(m_total, meta["BLOCK_P"]), cdiv(spec.groups, cdiv(meta["BLOCK_C"], r_pad)), spec.s_in)
 
     _dw_input_grad_kernel[grid](
-        dy, weight, dx, stab_index, tap_dh, tap_dw,
-        m_total, spec.groups, spec.height, spec.width, spec.out_height, spec.out_width, spec.out_channels,
-        spec.weight_groups, *dy.stride(), *dx.stride(), *geometry_args(spec), **static_args(spec, dy.dtype), **_meta())
+        dy_cl, weight, dx, tap_src, stab,
+        m_total, dy_cl.shape[3], spec.height, spec.width, spec.out_height, spec.out_width, spec.out_channels,
+        spec.weight_groups, *dy_cl.stride()[:3], *dx.stride(), *geometry_args(spec),
+        R=r, R_PAD=r_pad, VEC=_vec(dy_cl, r), WIDE=_needs_int64(dy_cl, dx), **static_args(spec, dy.dtype),
+        **_meta())
     return dx
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.Tensor:
-    from .gconv import weight_split
+    from .gconv import weight_split   # looked up at call time (tests patch it)
 
     in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
+    kh, kw = spec.kernel
     r_total = spec.batch * spec.out_height * spec.out_width
-    c_w = spec.weight_groups * spec.out_channels
-    taps = spec.s_in * spec.kernel[0] * spec.kernel[1]
-    split = weight_split(spec, r_total, cdiv(c_w, 32) * taps, c_w * taps)
+    s_pad = _pow2(spec.s_in)
+    ch_w = spec.weight_groups * spec.s_in
+    taps = kh * kw
+    tiles = cdiv(spec.weight_groups, cdiv(WGRAD_CONFIG["BLOCK_C"], s_pad))
+    split = weight_split(spec, r_total, tiles * spec.out_channels * taps, ch_w * spec.out_channels * taps)
     r_per_split = cdiv(r_total, split)
     split = max(1, cdiv(r_total, r_per_split)) if r_total else 1
     partial_dtype = torch.promote_types(x.dtype, torch.float32) if split > 1 else x.dtype
     partial = torch.zeros((split, *weight_shape), dtype=partial_dtype, device=x.device)
     if r_total == 0:
         return partial.sum(0).to(x.dtype)
+    x_cl, dy_cl = channels_last(x), channels_last(dy)
+    one_to_one = spec.s_in == spec.s_out == spec.out_channels == 1    # dy's channel of each x channel is its own
 
-    grid = (cdiv(c_w, WGRAD_CONFIG["BLOCK_C"]), taps, split)
+    grid = (tiles, spec.out_channels * taps, split)
     _dw_weight_grad_kernel[grid](
-        dy, x, partial, in_index, tap_dh, tap_dw,
-        r_total, r_per_split, c_w, spec.height, spec.width, spec.out_height, spec.out_width, spec.out_channels,
+        dy_cl, x_cl, partial, in_index, tap_dh, tap_dw,
+        r_total, r_per_split, ch_w, spec.height, spec.width, spec.out_height, spec.out_width, spec.out_channels,
         spec.weight_groups, spec.groups // spec.weight_groups,
-        *dy.stride(), *x.stride(), *geometry_args(spec), **static_args(spec, x.dtype), **WGRAD_CONFIG)
+        *dy_cl.stride()[:3], *x_cl.stride()[:3], *geometry_args(spec),
+        S_PAD=s_pad, VEC=_vec(x_cl, spec.s_in), DY_VEC=_vec(dy_cl, 1) if one_to_one else 1,
+        WIDE=_needs_int64(x_cl, dy_cl), **static_args(spec, x.dtype),
+        **WGRAD_CONFIG)
     return partial[0] if split == 1 else partial.sum(0).to(x.dtype)
