@@ -121,30 +121,43 @@ CLASSES = {
                         or op.startswith("IADD.64") or op.startswith("UIADD3.X"),
     "BAR": lambda op: op.startswith("BAR") or op.startswith("SYNCS") or op.startswith("DEPBAR")
                       or op.startswith("WARPGROUP"),
-    "FMA": lambda op: op.split(".")[0] in FMA_OPCODES,
     "STL/LDL": lambda op: op.startswith("STL") or op.startswith("LDL"),
 }
 
 
+def is_fma(ins: Instr) -> bool:
+    """A multiply-add doing arithmetic: not ptxas's way of setting a register to a constant, ``HFMA2.MMA R3, -RZ,
+    RZ, 0, 0`` (a product of zero registers plus an immediate)."""
+    return ins.base in FMA_OPCODES and not re.search(r"-?RZ,\s*-?RZ\b", ins.operands)
+
+
 def hot_loop(instrs: list[Instr], labels: dict[str, int]) -> Optional[HotLoop]:
-    """The innermost loop holding a tensor-core instruction; without one, the innermost loop with the most FMAs
-    (an fp32 ``tl.dot`` without tf32, or an elementwise kernel).  None for straight-line code."""
+    """The innermost loop holding a tensor-core instruction (the whole kernel when the compiler unrolled that loop
+    away); without one, the innermost loop with the most FMAs (an fp32 ``tl.dot`` without tf32, or an elementwise
+    kernel).  None for straight-line code without MMAs."""
     spans = loops(instrs, labels)
-    if not spans:
+    if not spans and not any(ins.base in MMA_OPCODES for ins in instrs):
         return None
 
-    def count(span, opcodes):
-        return sum(instrs[i].base in opcodes for i in range(span[0], span[1] + 1))
+    def count(span, test):
+        return sum(test(instrs[i]) for i in range(span[0], span[1] + 1))
 
-    with_mma = [s for s in spans if count(s, MMA_OPCODES)]
+    def is_mma(ins):
+        return ins.base in MMA_OPCODES
+
+    with_mma = [s for s in spans if count(s, is_mma)]
     if with_mma:
         span = min(with_mma, key=lambda s: s[1] - s[0])
+    elif any(is_mma(ins) for ins in instrs):
+        # the compiler unrolled the MMA loop entirely (a short constant trip count): read the whole kernel, prologue
+        # and epilogue included, so its figure per MAC is an upper bound on the loop's
+        span = (0, len(instrs) - 1)
     else:
-        with_fma = [s for s in spans if count(s, FMA_OPCODES)]
+        with_fma = [s for s in spans if count(s, is_fma)]
         if not with_fma:
             return None
-        best = max(count(s, FMA_OPCODES) for s in with_fma)
-        span = min((s for s in with_fma if count(s, FMA_OPCODES) == best), key=lambda s: s[1] - s[0])
+        best = max(count(s, is_fma) for s in with_fma)
+        span = min((s for s in with_fma if count(s, is_fma) == best), key=lambda s: s[1] - s[0])
     body = instrs[span[0]:span[1] + 1]
     mmas = [ins for ins in body if ins.base in MMA_OPCODES]
     macs = 0
@@ -152,6 +165,7 @@ def hot_loop(instrs: list[Instr], labels: dict[str, int]) -> Optional[HotLoop]:
         shape = mma_shape(ins.opcode)
         macs += shape[0] * shape[1] * shape[2] if shape else 0
     counts = {name: sum(test(ins.opcode) for ins in body) for name, test in CLASSES.items()}
+    counts["FMA"] = sum(is_fma(ins) for ins in body)
     return HotLoop(len(body), mmas[0].base if mmas else "none", mmas[0].opcode if mmas else "", len(mmas), macs,
                    counts)
 

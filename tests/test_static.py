@@ -77,6 +77,43 @@ def test_no_mma_falls_back_to_the_fma_loop():
     assert sass.hot_loop(*sass.parse_sass("        /*0000*/                   EXIT ;")) is None
 
 
+
+def test_register_constants_are_not_fmas():
+    """ptxas sets a register to a constant with ``HFMA2.MMA Rx, -RZ, RZ, imm, imm``: not a multiply-add, so a loop
+    of those does not pass for the hot loop of an elementwise kernel (it did, in a depthwise weight gradient)."""
+    text = """
+.L_x_1:
+        /*0000*/                   HFMA2.MMA R5, -RZ, RZ, 0, 0 ;
+        /*0010*/                   HFMA2.MMA R6, -RZ, RZ, 1.875, 0 ;
+        /*0020*/                   HFMA2.MMA R7, -RZ, RZ, 0, 0 ;
+.L_x_2:
+        /*0030*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0040*/                   FFMA R8, R4, R9, R8 ;
+        /*0050*/                   FFMA R10, R4, R11, R10 ;
+        /*0060*/              @P0 BRA `(.L_x_2) ;
+        /*0070*/              @P1 BRA `(.L_x_1) ;
+        /*0080*/                   EXIT ;
+"""
+    loop = sass.hot_loop(*sass.parse_sass(text))
+    assert (loop.instructions, loop.counts["FMA"]) == (4, 2)
+
+
+def test_an_unrolled_mma_loop_is_read_whole():
+    """A loop with a short constant trip count can be unrolled away: the whole kernel is then the hot loop (its
+    figure an upper bound), not "no MMA"."""
+    text = """
+        /*0000*/                   LDGSTS.E.BYPASS.128 [R12], desc[UR14][R6.64] ;
+        /*0010*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ;
+        /*0020*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24, gsb0 ;
+        /*0030*/                   STG.E desc[UR4][R2.64], R24 ;
+        /*0040*/                   EXIT ;
+.L_x_9:
+        /*0050*/                   BRA `(.L_x_9);
+"""
+    loop = sass.hot_loop(*sass.parse_sass(text))
+    assert (loop.instructions, loop.mma, loop.mma_count) == (6, "HGMMA", 2)
+    assert loop.macs(4) == 2 * 64 * 64 * 16
+
 TTIR = ("%acc_127 = tt.dot %a_114, %bw_126, %acc_56, inputPrecision = tf32 : tensor<128x32xf32> * "
         "tensor<32x64xf32> -> tensor<128x64xf32> loc(#loc171)")
 
