@@ -433,6 +433,10 @@ BLOCK_M, BLOCK_K, BLOCK_N = 64, 4, 16
 DX_BLOCK_M, DX_BLOCK_K = 32, 2
 WGRAD_BLOCK_M, WGRAD_BLOCK_R, WGRAD_BLOCK_N = 32, 8, 32
 NUM_WARPS = 8
+# A register ceiling for ptxas: left to itself it caps these kernels at an occupancy step (64, 80 or 128 registers
+# a thread) and spills what does not fit, 8-16 bytes a thread; with the ceiling at the most a 256-thread block can
+# have, it keeps them in registers (80-128 where it had spilled).
+MAX_REGISTERS = 255
 if INTERPRET:  # numpy runs one program at a time: fewer, larger steps (the masks are the same)
     BLOCK_K, DX_BLOCK_K, WGRAD_BLOCK_R = 16, 16, 32
 
@@ -482,7 +486,7 @@ def forward(x, weight, bias, spec, fns, reduce: str, ignore: bool, stats: bool =
         *x.stride(), *y.stride(), *geometry_args(spec),
         TAP=fns[0], REDUCE=reduce, IGNORE=ignore, STATS=stats, HAS_BIAS=bias is not None and not stats,
         **static_args(spec, x.dtype), IDX=_index_type(x, weight, y), BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
+        BLOCK_K=BLOCK_K, num_warps=NUM_WARPS, maxnreg=MAX_REGISTERS)
     return y, aux
 
 
@@ -516,7 +520,7 @@ def input_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, order, 
         *dy.stride(), *a.stride(), *x.stride(), *dx.stride(), *geometry_args(spec),
         TAP=fns[0], TAP_DX=fns[1], REDUCE=reduce, **static_args(spec, dy.dtype),
         IDX=_index_type(dy, x, weight, a, p, dx),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=DX_BLOCK_K, num_warps=NUM_WARPS)
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=DX_BLOCK_K, num_warps=NUM_WARPS, maxnreg=MAX_REGISTERS)
     return dx
 
 
@@ -534,6 +538,8 @@ def weight_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, state=
     r_total = spec.batch * spec.out_height * spec.out_width
     k_total = spec.in_channels * spec.s_in * spec.kernel[0] * spec.kernel[1]
     block_n, block_m = _tiles(WGRAD_BLOCK_N, WGRAD_BLOCK_M, spec.out_channels)
+    if reduce == "prod" and x.dtype == torch.float64:  # the factor, P and Z tiles live too: a quarter of the lanes
+        block_n //= 4
     tiles = cdiv(spec.out_channels, block_m) * cdiv(k_total, block_n) * spec.groups
     split = _weight_split(r_total, tiles)
     r_per_split = cdiv(cdiv(max(r_total, 1), split), WGRAD_BLOCK_R) * WGRAD_BLOCK_R
@@ -553,7 +559,7 @@ def weight_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, state=
         spec.out_channels, spec.groups, *dy.stride(), *a.stride(), *x.stride(), *geometry_args(spec),
         TAP=fns[0], TAP_DW=fns[2], REDUCE=reduce, IGNORE=ignore, **static_args(spec, x.dtype),
         IDX=_index_type(dy, x, weight, a, p, partial),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_R=WGRAD_BLOCK_R, num_warps=NUM_WARPS)
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_R=WGRAD_BLOCK_R, num_warps=NUM_WARPS, maxnreg=MAX_REGISTERS)
     return (partial[0] if split == 1 else partial.sum(0)).to(x.dtype)
 
 
