@@ -444,8 +444,9 @@ if INTERPRET:  # numpy runs one program at a time: fewer, larger steps (the mask
 def _tiles(block_wide: int, block_chan: int, channels: int) -> tuple[int, int]:
     """``(wide, chan)`` tile sizes of a ``[wide, step, chan]`` kernel whose ``chan`` axis runs over ``channels``
     per group: fewer channels than ``block_chan`` (a depthwise layer has one) give a narrower channel tile and a
-    wider other axis, the same number of lanes, rather than lanes that are masked out.  Neither axis is a
-    reduction axis, so the summation order does not depend on this choice."""
+    wider other axis, the same number of lanes, rather than lanes that are masked out.  Neither axis is summed
+    over (the weight gradient's split of the pixels follows the tile count, a function of the shape), so every
+    sum's order stays fixed for a given problem."""
     chan = min(block_chan, triton.next_power_of_2(max(channels, 1)))
     return block_wide * (block_chan // chan), chan
 
