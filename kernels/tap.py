@@ -434,8 +434,8 @@ DX_BLOCK_M, DX_BLOCK_K = 32, 2
 WGRAD_BLOCK_M, WGRAD_BLOCK_R, WGRAD_BLOCK_N = 32, 8, 32
 NUM_WARPS = 8
 # A register ceiling for ptxas: left to itself it caps these kernels at an occupancy step (64, 80 or 128 registers
-# a thread) and spills what does not fit, 8-16 bytes a thread; with the ceiling at the most a 256-thread block can
-# have, it keeps them in registers (80-128 where it had spilled).
+# a thread) and spills what does not fit, 8-24 bytes a thread; with the ceiling at the most a 256-thread block can
+# have, it keeps them in registers (32-254 a thread over the perf shape sets, docs/tap-convolutions.md).
 MAX_REGISTERS = 255
 if INTERPRET:  # numpy runs one program at a time: fewer, larger steps (the masks are the same)
     BLOCK_K, DX_BLOCK_K, WGRAD_BLOCK_R = 16, 16, 32
