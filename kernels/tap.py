@@ -35,7 +35,8 @@ import triton
 import triton.language as tl
 
 from .._layout import dim_order
-from ._common import INTERPRET, accumulator, cdiv, empty_output, geometry_args, group_tables, split_pixel
+from ._common import INTERPRET, cdiv, empty_output, geometry_args, group_tables, split_pixel, static_args
+from .gconv import _needs_int64
 
 REDUCTIONS = ("sum", "max", "min", "prod")
 
@@ -164,7 +165,7 @@ def _forward_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     TAP: tl.constexpr, REDUCE: tl.constexpr, IGNORE: tl.constexpr, STATS: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One (pixel tile, out-channel tile) of output element ``g`` in channel group ``grp``.  ``aux`` (same
@@ -179,14 +180,14 @@ def _forward_kernel(
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = m < M_TOTAL
     b, oh, ow = split_pixel(m, HO, WO)
-    x_row = b.to(tl.int64) * sxb + (grp * C_IN_G).to(tl.int64) * sxc
+    x_row = b.to(IDX) * sxb + (grp * C_IN_G).to(IDX) * sxc
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
 
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < C_OUT_G
     K = C_IN_G * S_IN * T
-    w_col = (grp * C_OUT_G + n).to(tl.int64) * K
+    w_col = (grp * C_OUT_G + n).to(IDX) * K
 
     if REDUCE == "max":
         acc = tl.full((BLOCK_M, BLOCK_N), float("-inf"), ACC)
@@ -214,8 +215,8 @@ def _forward_kernel(
         iw = iw0[:, None] + dw[None, :] * dil_w
         inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         ok = m_ok[:, None] & k_ok[None, :] & inside
-        x_off = (x_row[:, None] + (i.to(tl.int64) * sxc + s.to(tl.int64) * sxs)[None, :]
-                 + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)
+        x_off = (x_row[:, None] + (i.to(IDX) * sxc + s.to(IDX) * sxs)[None, :]
+                 + ih.to(IDX) * sxh + iw.to(IDX) * sxw)
         a = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(ACC)                               # [BM, BK]
         wv = tl.load(w_ptr + w_col[None, :] + k[:, None], mask=k_ok[:, None] & n_ok[None, :],
                      other=0.0).to(ACC)                                                     # [BK, BN]
@@ -252,8 +253,8 @@ def _forward_kernel(
             for j in tl.static_range(BLOCK_K):
                 acc *= tl.sum(tl.where(lane == j, f, 0.0), axis=1)
 
-    y_pix = b.to(tl.int64) * syb + g.to(tl.int64) * sys + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
-    y_off = y_pix[:, None] + (grp * C_OUT_G + n).to(tl.int64)[None, :] * syc
+    y_pix = b.to(IDX) * syb + tl.cast(g, IDX) * sys + oh.to(IDX) * syh + ow.to(IDX) * syw
+    y_off = y_pix[:, None] + (grp * C_OUT_G + n).to(IDX)[None, :] * syc
     out_ok = m_ok[:, None] & n_ok[None, :]
     if REDUCE != "sum":
         tl.store(aux_ptr + y_off, aux, mask=out_ok)
@@ -277,6 +278,7 @@ def _input_grad_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     TAP: tl.constexpr, TAP_DX: tl.constexpr, REDUCE: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
+    IDX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One (input-pixel tile, in-channel tile) of input slice ``s`` in channel group ``grp``: every output pixel,
@@ -293,11 +295,11 @@ def _input_grad_kernel(
     b, ih, iw = split_pixel(m, H, W)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < C_IN_G
-    x_off = ((b.to(tl.int64) * sxb + s.to(tl.int64) * sxs + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)[:, None]
-             + (grp * C_IN_G + n).to(tl.int64)[None, :] * sxc)
+    x_off = ((b.to(IDX) * sxb + s.to(IDX) * sxs + ih.to(IDX) * sxh + iw.to(IDX) * sxw)[:, None]
+             + (grp * C_IN_G + n).to(IDX)[None, :] * sxc)
     xv = tl.load(x_ptr + x_off, mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(ACC)       # [BM, BN]
-    dy_row = b.to(tl.int64) * sdyb + (grp * C_OUT_G).to(tl.int64) * sdyc
-    a_row = b.to(tl.int64) * sab + (grp * C_OUT_G).to(tl.int64) * sac
+    dy_row = b.to(IDX) * sdyb + (grp * C_OUT_G).to(IDX) * sdyc
+    a_row = b.to(IDX) * sab + (grp * C_OUT_G).to(IDX) * sac
     K = C_IN_G * S_IN * T
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), ACC)
@@ -312,23 +314,23 @@ def _input_grad_kernel(
             pw = pw_num // stride_w
             p_ok = (m_ok & (ph_num >= 0) & (pw_num >= 0) & (ph * stride_h == ph_num) & (pw * stride_w == pw_num)
                     & (ph < HO) & (pw < WO))
-            dy_pix = dy_row + tl.cast(g, tl.int64) * sdys + ph.to(tl.int64) * sdyh + pw.to(tl.int64) * sdyw  # [BM]
-            a_pix = a_row + tl.cast(g, tl.int64) * sas + ph.to(tl.int64) * sah + pw.to(tl.int64) * saw
+            dy_pix = dy_row + tl.cast(g, IDX) * sdys + ph.to(IDX) * sdyh + pw.to(IDX) * sdyw  # [BM]
+            a_pix = a_row + tl.cast(g, IDX) * sas + ph.to(IDX) * sah + pw.to(IDX) * saw
             w_col = (n * S_IN + u) * T + t                                                   # [BN]: also k
             for o0 in range(0, C_OUT_G, BLOCK_K):
                 o = o0 + tl.arange(0, BLOCK_K)
                 o_ok = o < C_OUT_G
                 ok = p_ok[:, None] & o_ok[None, :]                                          # [BM, BK]
-                dyv = tl.load(dy_ptr + dy_pix[:, None] + (o.to(tl.int64) * sdyc)[None, :], mask=ok,
+                dyv = tl.load(dy_ptr + dy_pix[:, None] + (o.to(IDX) * sdyc)[None, :], mask=ok,
                               other=0.0).to(ACC)
-                w_off = (grp * C_OUT_G + o).to(tl.int64)[:, None] * K + w_col[None, :]
+                w_off = (grp * C_OUT_G + o).to(IDX)[:, None] * K + w_col[None, :]
                 wv = tl.load(w_ptr + w_off, mask=o_ok[:, None] & n_ok[None, :], other=0.0).to(ACC)  # [BK, BN]
                 x3 = xv[:, None, :]
                 w3 = wv[None, :, :]
                 term = dyv[:, :, None] * TAP_DX(x3, w3)                                     # [BM, BK, BN]
                 use = ok[:, :, None]
                 if REDUCE != "sum":
-                    a_off = a_pix[:, None] + (o.to(tl.int64) * sac)[None, :]
+                    a_off = a_pix[:, None] + (o.to(IDX) * sac)[None, :]
                     aux = tl.load(aux_ptr + a_off, mask=ok, other=-1)                       # [BM, BK]
                     if REDUCE == "prod":
                         pnz = tl.load(pnz_ptr + a_off, mask=ok, other=0.0).to(ACC)
@@ -337,8 +339,8 @@ def _input_grad_kernel(
                         use = use & (aux[:, :, None] == w_col[None, None, :])
                 acc += tl.sum(tl.where(use, term, 0.0), axis=1)
 
-    dx_off = ((b.to(tl.int64) * sdxb + s.to(tl.int64) * sdxs + ih.to(tl.int64) * sdxh
-               + iw.to(tl.int64) * sdxw)[:, None] + (grp * C_IN_G + n).to(tl.int64)[None, :] * sdxc)
+    dx_off = ((b.to(IDX) * sdxb + s.to(IDX) * sdxs + ih.to(IDX) * sdxh
+               + iw.to(IDX) * sdxw)[:, None] + (grp * C_IN_G + n).to(IDX)[None, :] * sdxc)
     tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -351,6 +353,7 @@ def _weight_grad_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     TAP: tl.constexpr, TAP_DW: tl.constexpr, REDUCE: tl.constexpr, IGNORE: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
+    IDX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """One (out-channel tile, k tile) of channel group ``grp``'s weight, summed over the output pixels of split
@@ -369,12 +372,12 @@ def _weight_grad_kernel(
     i = k // (S_IN * T)
     u = (k // T) % S_IN
     t = k % T
-    w_off = (grp * C_OUT_G + o).to(tl.int64)[:, None] * K + k[None, :]
+    w_off = (grp * C_OUT_G + o).to(IDX)[:, None] * K + k[None, :]
     wv = tl.load(w_ptr + w_off, mask=o_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)        # [BM, BN]
     w3 = wv[:, None, :]
-    dy_chan = (grp * C_OUT_G + o).to(tl.int64) * sdyc
-    a_chan = (grp * C_OUT_G + o).to(tl.int64) * sac
-    x_chan = (grp * C_IN_G + i).to(tl.int64) * sxc
+    dy_chan = (grp * C_OUT_G + o).to(IDX) * sdyc
+    a_chan = (grp * C_OUT_G + o).to(IDX) * sac
+    x_chan = (grp * C_IN_G + i).to(IDX) * sxc
     r_start = pid_s * R_PER_SPLIT
     r_stop = tl.minimum(r_start + R_PER_SPLIT, R_TOTAL)
 
@@ -383,20 +386,20 @@ def _weight_grad_kernel(
         s = tl.load(in_index_ptr + g * S_IN + u, mask=k_ok, other=0)
         dh = tl.load(tap_dh_ptr + g * T + t, mask=k_ok, other=0)
         dw = tl.load(tap_dw_ptr + g * T + t, mask=k_ok, other=0)
-        x_col = x_chan + s.to(tl.int64) * sxs
+        x_col = x_chan + s.to(IDX) * sxs
         for r0 in range(r_start, r_stop, BLOCK_R):
             r = r0 + tl.arange(0, BLOCK_R)
             r_ok = r < r_stop
             b, oh, ow = split_pixel(r, HO, WO)
-            pix = b.to(tl.int64) * sdyb + tl.cast(g, tl.int64) * sdys + oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw
+            pix = b.to(IDX) * sdyb + tl.cast(g, IDX) * sdys + oh.to(IDX) * sdyh + ow.to(IDX) * sdyw
             dyv = tl.load(dy_ptr + dy_chan[:, None] + pix[None, :], mask=o_ok[:, None] & r_ok[None, :],
                           other=0.0).to(ACC)                                                # [BM, BR]
             ih = (oh * stride_h - pad_h)[:, None] + dh[None, :] * dil_h
             iw = (ow * stride_w - pad_w)[:, None] + dw[None, :] * dil_w
             inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             ok = r_ok[:, None] & k_ok[None, :] & inside
-            x_off = ((b.to(tl.int64) * sxb)[:, None] + x_col[None, :] + ih.to(tl.int64) * sxh
-                     + iw.to(tl.int64) * sxw)
+            x_off = ((b.to(IDX) * sxb)[:, None] + x_col[None, :] + ih.to(IDX) * sxh
+                     + iw.to(IDX) * sxw)
             x3 = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(ACC)[None, :, :]              # [1, BR, BN]
             term = dyv[:, :, None] * TAP_DW(x3, w3)                                         # [BM, BR, BN]
             if IGNORE:
@@ -404,8 +407,8 @@ def _weight_grad_kernel(
             else:  # padded taps went through the tap: they have a weight gradient
                 use = (r_ok[:, None] & k_ok[None, :])[None, :, :]
             if REDUCE != "sum":
-                a_off = a_chan[:, None] + (b.to(tl.int64) * sab + tl.cast(g, tl.int64) * sas + oh.to(tl.int64) * sah
-                                           + ow.to(tl.int64) * saw)[None, :]
+                a_off = a_chan[:, None] + (b.to(IDX) * sab + tl.cast(g, IDX) * sas + oh.to(IDX) * sah
+                                           + ow.to(IDX) * saw)[None, :]
                 a_ok = o_ok[:, None] & r_ok[None, :]
                 aux = tl.load(aux_ptr + a_off, mask=a_ok, other=-1)                        # [BM, BR]
                 if REDUCE == "prod":
@@ -416,27 +419,42 @@ def _weight_grad_kernel(
             acc += tl.sum(tl.where(use, term, 0.0), axis=1)
 
     row = (pid_s * GROUPS + grp) * C_OUT_G + o                                            # (split, C_out) stack
-    tl.store(dw_ptr + row.to(tl.int64)[:, None] * K + k[None, :], acc.to(dw_ptr.dtype.element_ty),
+    tl.store(dw_ptr + row.to(IDX)[:, None] * K + k[None, :], acc.to(dw_ptr.dtype.element_ty),
              mask=o_ok[:, None] & k_ok[None, :])
 
 
 # ----------------------------------------------------------------------------------------------- launchers
-#: fixed tiles (no tuning, so results never depend on timing), 8 warps.  Compiled for sm_90 and sm_80 by
-#: ``python -m perf.static --roles tap_...`` on the sample layers, 13 of 200 launches still spill 8-16 bytes a
-#: thread (the input gradient, and the weight gradient of a depthwise layer); with 4 warps 29 spilled, up to 112.
-#: 32 channels a tile spill more.
+#: fixed tiles (no tuning, so results never depend on timing), 8 warps: ``(pixels or out-channels, reduction
+#: step, channels)`` of the forward, input gradient and weight gradient.  Chosen so that no launch spills a
+#: register on sm_90 or sm_80 in any dtype (``python -m perf.static --roles tap_...``; the CI test checks it).
 BLOCK_M, BLOCK_K, BLOCK_N = 64, 4, 16
 # the input gradient also holds [BLOCK_M, BLOCK_K] loads and offsets per output-channel block: a smaller tile, and
-# 2 output channels a step (4 spill 12 bytes a thread when S > 1 on sm_90)
+# 2 output channels a step
 DX_BLOCK_M, DX_BLOCK_K = 32, 2
 WGRAD_BLOCK_M, WGRAD_BLOCK_R, WGRAD_BLOCK_N = 32, 8, 32
 NUM_WARPS = 8
+# A register ceiling for ptxas: left to itself it caps these kernels at an occupancy step (64, 80 or 128 registers
+# a thread) and spills what does not fit, 8-24 bytes a thread; with the ceiling at the most a 256-thread block can
+# have, it keeps them in registers (32-254 a thread over the perf shape sets, docs/tap-convolutions.md).
+MAX_REGISTERS = 255
 if INTERPRET:  # numpy runs one program at a time: fewer, larger steps (the masks are the same)
     BLOCK_K, DX_BLOCK_K, WGRAD_BLOCK_R = 16, 16, 32
 
 
-def _static(spec, dtype) -> dict:
-    return dict(S_IN=spec.s_in, S_OUT=spec.s_out, KH=spec.kernel[0], KW=spec.kernel[1], ACC=accumulator(dtype))
+def _tiles(block_wide: int, block_chan: int, channels: int) -> tuple[int, int]:
+    """``(wide, chan)`` tile sizes of a ``[wide, step, chan]`` kernel whose ``chan`` axis runs over ``channels``
+    per group: fewer channels than ``block_chan`` (a depthwise layer has one) give a narrower channel tile and a
+    wider other axis, the same number of lanes, rather than lanes that are masked out.  Neither axis is summed
+    over (the weight gradient's split of the pixels follows the tile count, a function of the shape), so every
+    sum's order stays fixed for a given problem."""
+    chan = min(block_chan, triton.next_power_of_2(max(channels, 1)))
+    return block_wide * (block_chan // chan), chan
+
+
+def _index_type(*tensors):
+    """The kernels' offset type: int32 when every offset of these tensors fits (fewer registers and
+    instructions), else int64."""
+    return tl.int64 if _needs_int64(*tensors) else tl.int32
 
 
 def _out_shape(spec):
@@ -460,14 +478,16 @@ def forward(x, weight, bias, spec, fns, reduce: str, ignore: bool, stats: bool =
     if y.numel() == 0:
         return y, aux
     weight = weight.contiguous()
-    grid = (cdiv(m_total, BLOCK_M), cdiv(spec.out_channels, BLOCK_N), spec.s_out * spec.groups)
+    block_m, block_n = _tiles(BLOCK_M, BLOCK_N, spec.out_channels)
+    grid = (cdiv(m_total, block_m), cdiv(spec.out_channels, block_n), spec.s_out * spec.groups)
     _forward_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else weight, y, y if aux is None else aux,
         in_index, tap_dh, tap_dw,
         m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
         *x.stride(), *y.stride(), *geometry_args(spec),
         TAP=fns[0], REDUCE=reduce, IGNORE=ignore, STATS=stats, HAS_BIAS=bias is not None and not stats,
-        **_static(spec, x.dtype), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
+        **static_args(spec, x.dtype), IDX=_index_type(x, weight, y), BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_K=BLOCK_K, num_warps=NUM_WARPS, maxnreg=MAX_REGISTERS)
     return y, aux
 
 
@@ -489,14 +509,19 @@ def input_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, order, 
         return dx
     aux, pnz = state if state is not None else _reduction_state(x, weight, spec, fns, reduce, ignore, aux)
     weight = weight.contiguous()
-    grid = (cdiv(m_total, DX_BLOCK_M), cdiv(spec.in_channels, BLOCK_N), spec.s_in * spec.groups)
+    block_m, block_n = _tiles(DX_BLOCK_M, BLOCK_N, spec.in_channels)
+    if dy.dtype == torch.float64:  # its values and their loads take two registers each: half the pixels
+        block_m //= 2
+    grid = (cdiv(m_total, block_m), cdiv(spec.in_channels, block_n), spec.s_in * spec.groups)
     a = aux if aux is not None else dy
+    p = pnz if pnz is not None else dy
     _input_grad_kernel[grid](
-        dy, x, weight, a, pnz if pnz is not None else dy, dx, stab_index, tap_dh, tap_dw,
+        dy, x, weight, a, p, dx, stab_index, tap_dh, tap_dw,
         m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
         *dy.stride(), *a.stride(), *x.stride(), *dx.stride(), *geometry_args(spec),
-        TAP=fns[0], TAP_DX=fns[1], REDUCE=reduce, **_static(spec, dy.dtype),
-        BLOCK_M=DX_BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=DX_BLOCK_K, num_warps=NUM_WARPS)
+        TAP=fns[0], TAP_DX=fns[1], REDUCE=reduce, **static_args(spec, dy.dtype),
+        IDX=_index_type(dy, x, weight, a, p, dx),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=DX_BLOCK_K, num_warps=NUM_WARPS, maxnreg=MAX_REGISTERS)
     return dx
 
 
@@ -513,7 +538,10 @@ def weight_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, state=
     in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
     r_total = spec.batch * spec.out_height * spec.out_width
     k_total = spec.in_channels * spec.s_in * spec.kernel[0] * spec.kernel[1]
-    tiles = cdiv(spec.out_channels, WGRAD_BLOCK_M) * cdiv(k_total, WGRAD_BLOCK_N) * spec.groups
+    block_n, block_m = _tiles(WGRAD_BLOCK_N, WGRAD_BLOCK_M, spec.out_channels)
+    if reduce == "prod" and x.dtype == torch.float64:  # the factor, P and Z tiles live too: a quarter of the lanes
+        block_n //= 4
+    tiles = cdiv(spec.out_channels, block_m) * cdiv(k_total, block_n) * spec.groups
     split = _weight_split(r_total, tiles)
     r_per_split = cdiv(cdiv(max(r_total, 1), split), WGRAD_BLOCK_R) * WGRAD_BLOCK_R
     split = max(1, cdiv(r_total, r_per_split))
@@ -524,13 +552,15 @@ def weight_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, state=
     aux, pnz = state if state is not None else _reduction_state(x, weight, spec, fns, reduce, ignore, aux)
     weight = weight.contiguous()
     a = aux if aux is not None else dy
-    grid = (cdiv(spec.out_channels, WGRAD_BLOCK_M), cdiv(k_total, WGRAD_BLOCK_N), spec.groups * split)
+    p = pnz if pnz is not None else dy
+    grid = (cdiv(spec.out_channels, block_m), cdiv(k_total, block_n), spec.groups * split)
     _weight_grad_kernel[grid](
-        dy, x, weight, a, pnz if pnz is not None else dy, partial, in_index, tap_dh, tap_dw,
+        dy, x, weight, a, p, partial, in_index, tap_dh, tap_dw,
         r_total, r_per_split, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels,
         spec.out_channels, spec.groups, *dy.stride(), *a.stride(), *x.stride(), *geometry_args(spec),
-        TAP=fns[0], TAP_DW=fns[2], REDUCE=reduce, IGNORE=ignore, **_static(spec, x.dtype),
-        BLOCK_M=WGRAD_BLOCK_M, BLOCK_N=WGRAD_BLOCK_N, BLOCK_R=WGRAD_BLOCK_R, num_warps=NUM_WARPS)
+        TAP=fns[0], TAP_DW=fns[2], REDUCE=reduce, IGNORE=ignore, **static_args(spec, x.dtype),
+        IDX=_index_type(dy, x, weight, a, p, partial),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_R=WGRAD_BLOCK_R, num_warps=NUM_WARPS, maxnreg=MAX_REGISTERS)
     return (partial[0] if split == 1 else partial.sum(0)).to(x.dtype)
 
 
@@ -553,7 +583,7 @@ def launch(kernel: str, x, weight, spec, tap="adder", reduce: str = "sum", ignor
     fns = BUILTIN_TAPS[tap] if isinstance(tap, str) else tuple(tap)
     if kernel == "forward":
         return forward(x, weight, None, spec, fns, reduce, ignore)[0]
-    aux = forward(x, weight, None, spec, fns, reduce, ignore)[1]
+    aux = forward(x, weight, None, spec, fns, reduce, ignore)[1] if reduce in ("max", "min") else None
     dy = torch.randn(_out_shape(spec), dtype=x.dtype, device=x.device)
     if kernel == "input_grad":
         return input_grad(dy, x, weight, aux, spec, fns, reduce, ignore, dim_order(x))

@@ -1,6 +1,6 @@
-"""``python -m perf.static``: the SASS/TTGIR readers on small texts, and the CI sample: every kernel, every dtype,
-compiled for sm_90 and sm_80 without a GPU, with no compile error and no spill or shared-memory overflow in a
-config the autotuner keeps."""
+"""``python -m perf.static``: the SASS/TTGIR readers on small texts, and the CI sample: every kernel (the group
+convolutions' and the tap convolutions'), every dtype, compiled for sm_90 and sm_80 without a GPU, with no compile
+error and no spill or shared-memory overflow in a config the autotuner keeps or a launcher fixes."""
 
 from __future__ import annotations
 
@@ -152,33 +152,51 @@ def _run_static(tmp_path: Path, *args: str, timeout: int = 2400) -> subprocess.C
                           text=True, timeout=timeout)
 
 
-def test_sample_compiles_for_sm90_and_sm80_without_spills_in_kept_configs(tmp_path):
-    """The group-convolution kernels (implicit GEMM and depthwise).  The tap convolutions' fixed tiles still spill
-    8-16 bytes a thread in some launches (``perf.static --roles tap_...`` lists them): not gated here until fixed."""
+def _compile_sample(tmp_path: Path, roles: str) -> dict:
+    """``perf.static --resources-only`` over the sample layers, every dtype, sm_90 and sm_80, for ``roles``; checks
+    what every gate needs (no compile error, and no spill or shared-memory overflow in a config the autotuner
+    keeps, a launcher's fixed config counting as kept) and returns the JSON for the caller's coverage checks."""
     proc = _run_static(tmp_path, "--sets", "sample", "--archs", "90,80", "--resources-only", "--jobs", "2",
-                       "--roles", "forward,input_grad,weight_grad", "--no-progress", "--out", str(tmp_path / "sample"))
+                       "--roles", roles, "--no-progress", "--out", str(tmp_path / "sample"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "sample.json").read_text())
     rows = result["rows"]
-    # Every kernel of both families: each one the package tunes, and the untuned depthwise weight gradient.
-    tuned = {n.split("kernels.", 1)[1] for n in KERNEL_TUNERS
-             if n.startswith(("gconv_triton.kernels.gconv.", "gconv_triton.kernels.depthwise."))}
-    compiled = {r["kernel"] for r in rows}
-    assert tuned <= compiled and len(compiled - tuned) >= 1, (tuned, compiled)
     assert {r["dtype"] for r in rows} == {"fp32", "tf32", "fp16", "bf16", "fp64"}
     assert {r["arch"] for r in rows} == {90, 80}
     assert {"triton", "torch", "ptxas"} <= set(result["versions"])
     errors = [(r["kernel"], r["dtype"], r["arch"], r["config"], r["error"]) for r in rows if r["status"] != "ok"]
     assert not errors, f"compile errors: {errors}"
     assert all(r["registers"] > 0 and r["spills"] is not None for r in rows)
-    bad = [(r["kernel"], r["dtype"], r["arch"], r["config"], f"spills {r['spills']} B",
+    bad = [(r["layer"], r["kernel"], r["dtype"], r["arch"], r["config"], f"spills {r['spills']} B",
             f"shared {r['shared']} of {r['shared_limit']} B") for r in rows
            if r["kept"] and (r["spills"] or r["overflow"])]
-    assert not bad, f"configs the autotuner keeps spill registers or overflow shared memory: {bad}"
+    assert not bad, f"kept configs (tuned or fixed by a launcher) spill registers or overflow shared memory: {bad}"
     # Every problem keeps a config.
     problems = {(r["layer"], r["role"], r["kernel"], r["dtype"], r["arch"]) for r in rows}
     assert problems == {(r["layer"], r["role"], r["kernel"], r["dtype"], r["arch"]) for r in rows if r["kept"]}
     assert "perf.static:" in proc.stdout and "PASS compile" in proc.stdout
+    return result
+
+
+def test_sample_compiles_for_sm90_and_sm80_without_spills_in_kept_configs(tmp_path):
+    """The group-convolution kernels (implicit GEMM and depthwise)."""
+    rows = _compile_sample(tmp_path, "forward,input_grad,weight_grad")["rows"]
+    # Every kernel of both families: each one the package tunes, and the untuned depthwise weight gradient.
+    tuned = {n.split("kernels.", 1)[1] for n in KERNEL_TUNERS
+             if n.startswith(("gconv_triton.kernels.gconv.", "gconv_triton.kernels.depthwise."))}
+    compiled = {r["kernel"] for r in rows}
+    assert tuned <= compiled and len(compiled - tuned) >= 1, (tuned, compiled)
+
+
+def test_tap_kernels_compile_for_sm90_and_sm80_without_spills(tmp_path):
+    """The tap convolutions (fixed tiles, no tuning): the three kernels with a sum (adder) and with an arg-extreme
+    (max-plus), on both sample layers (a dense and a depthwise one)."""
+    roles = [f"tap_{tap}_{kernel}" for tap in ("adder", "maxplus")
+             for kernel in ("forward", "input_grad", "weight_grad")]
+    rows = _compile_sample(tmp_path, ",".join(roles))["rows"]
+    assert {r["role"] for r in rows} == set(roles)
+    assert {r["kernel"] for r in rows} == {"tap._forward_kernel", "tap._input_grad_kernel", "tap._weight_grad_kernel"}
+    assert {r["layer"] for r in rows} == {"gemm", "depthwise"}
 
 
 def test_hot_loop_of_a_real_compile(tmp_path):
