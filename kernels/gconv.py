@@ -189,7 +189,9 @@ def _conv_gemm_kernel(
         tw_k = kl // A_CH                            # the tap of K index k within its block, and its channel:
         w_fold = (_slice_offsets(kl % A_CH, j, r, stab_ptr, S_IN, S_K, R_PAD, GROUP_ON_N)
                   + tw_k[:, None] * (tl.load(tap_step_ptr + j) * TAP_STRIDE)[None, :])
-        for i in range(KH * GROUPS_W):
+        # KH·GROUPS_W blocks, counted from the tap list so that the loop is not unrolled away (a few constant
+        # iterations would be), which would drop its software pipelining
+        for i in range(tl.load(phase_count_ptr) // KW * GROUPS_W):
             tw0 = (i % GROUPS_W) * F
             first = tap_list + 3 * ((i // GROUPS_W) * KW + tw0)   # the forward's list holds every tap in order
             t = tl.load(first)
@@ -421,7 +423,10 @@ def channels_last(t: torch.Tensor, channels: int = 0) -> torch.Tensor:
         return out
     if not is_channels_last(t):
         t = t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
-    return t.as_strided((b, h, w, c * s), (t.stride(0), t.stride(3), t.stride(4), 1))
+    # a size-1 axis is only ever indexed at 0: stride 0, so that its arbitrary stride (1 in a contiguous 1x1 map)
+    # does not hide that every pixel starts 16-byte aligned
+    strides = [st if n > 1 else 0 for n, st in zip((b, h, w), (t.stride(0), t.stride(3), t.stride(4)))]
+    return t.as_strided((b, h, w, c * s), (*strides, 1))
 
 
 def permuted_weight(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int = 0) -> torch.Tensor:
