@@ -106,14 +106,6 @@ def _weight_pointers(w_base, c, j, r, t, tap_src_ptr, stab_ptr, T: tl.constexpr,
     return w_base + tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B])
 
 
-@triton.jit
-def _accumulate(acc, a, bw, PRECISION: tl.constexpr, UPCAST: tl.constexpr, TRANSPOSED: tl.constexpr):
-    """``acc += a @ bw``, or with ``TRANSPOSED`` its transpose ``acc += bwᵀ @ aᵀ`` (``acc`` is then ``[N, M]``)."""
-    if TRANSPOSED:
-        return mma(acc, tl.trans(bw), tl.trans(a), PRECISION, UPCAST)
-    return mma(acc, a, bw, PRECISION, UPCAST)
-
-
 @maybe_autotune(_configs(), key=["M_TOTAL", "N_TOTAL", "A_CH", "K_RUN", "S_IN", "S_K", "KH", "KW", "GROUP_ON_N",
                                  "PRECISION"],
                 tiles=dict(BLOCK_M="M_TOTAL", BLOCK_N="N_TOTAL", BLOCK_K="K_RUN"),
@@ -219,7 +211,10 @@ def _conv_gemm_kernel(
             w_off = w_fold + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N)
             bw = tl.load(w_base + tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B]),
                          mask=tap_ok[:, None], other=0.0)
-            acc = _accumulate(acc, a, bw, PRECISION, UPCAST, TRANSPOSED)
+            if TRANSPOSED:
+                acc = mma(acc, tl.trans(bw), tl.trans(a), PRECISION, UPCAST)
+            else:
+                acc = mma(acc, a, bw, PRECISION, UPCAST)
     else:
         for i in range(tl.load(phase_count_ptr + ph_h * PHASES_W + ph_w)):
             t = tl.load(tap_list + 3 * i)
@@ -252,7 +247,10 @@ def _conv_gemm_kernel(
                     k_ok = tl.max_constancy(c < A_CH, VEC_A)
                     a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
                     bw = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
-                acc = _accumulate(acc, a, bw, PRECISION, UPCAST, TRANSPOSED)
+                if TRANSPOSED:
+                    acc = mma(acc, tl.trans(bw), tl.trans(a), PRECISION, UPCAST)
+                else:
+                    acc = mma(acc, a, bw, PRECISION, UPCAST)
                 a_ptrs += BLOCK_K
                 if HOIST:
                     w_ptrs += (BLOCK_K // S_K) * (S_IN * R_PAD)
