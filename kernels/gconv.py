@@ -71,17 +71,22 @@ def preact_buffer(activation: str, return_preact: bool, y: torch.Tensor):
 
 # ------------------------------------------------------------------------------- forward and input gradient
 @triton.jit
-def _slice_offsets(c, j, r, stab_ptr, S_IN: tl.constexpr, S_K: tl.constexpr, R_PAD: tl.constexpr,
-                   GROUP_ON_N: tl.constexpr):
+def _slice_offsets(c, j, r, stab_ptr, S_IN: tl.constexpr, S_K: tl.constexpr, ROWS: tl.constexpr,
+                   R_PAD: tl.constexpr, GROUP_ON_N: tl.constexpr, K_MAJOR: tl.constexpr):
     """``[BK, BN]`` offsets into the permuted weight (:func:`permuted_weight`) of reduction indices ``c`` and
     N indices ``(j, r)``, tap excluded: the channel outside the group index, ``c // S_K``, then the stabilizer
-    slice ``u = g⁻¹·s`` (``stab[g, s]``), then ``r``.  The group element ``g`` is ``j`` when the group copies
-    are on N (forward: ``s = c % S_K``) and ``c % S_K`` when they are on K (input gradient: ``s = j``)."""
+    slice ``u = g⁻¹·s`` (``stab[g, s]``), then ``r`` (``K_MAJOR``: ``r`` first).  The group element ``g`` is ``j``
+    when the group copies are on N (forward: ``s = c % S_K``) and ``c % S_K`` when they are on K (input gradient:
+    ``s = j``)."""
     kx = c % S_K
-    if GROUP_ON_N:
+    if S_IN == 1:   # a plain input (lifting layer): one slice, and K-major offsets provably contiguous along K
+        u = 0
+    elif GROUP_ON_N:
         u = tl.load(stab_ptr + j[None, :] * S_IN + kx[:, None])
     else:
         u = tl.load(stab_ptr + kx[:, None] * S_IN + j[None, :])
+    if K_MAJOR:
+        return ((c // S_K) * S_IN)[:, None] + u + (r * (ROWS * S_IN))[None, :]
     return ((c // S_K) * (S_IN * R_PAD))[:, None] + u * R_PAD + r[None, :]
 
 
@@ -96,14 +101,22 @@ def _tap_offsets(c, j, t, tap_src_ptr, T: tl.constexpr, S_K: tl.constexpr, TAP_S
 
 
 @triton.jit
+def _vector_runs(w_off, VEC_B: tl.constexpr, K_MAJOR: tl.constexpr):
+    """``w_off`` with the hint that runs of ``VEC_B`` offsets are contiguous and aligned: along K (``K_MAJOR``)
+    or along N, so that the B tile loads as vectors."""
+    if K_MAJOR:
+        return tl.max_contiguous(tl.multiple_of(w_off, [VEC_B, 1]), [VEC_B, 1])
+    return tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B])
+
+
+@triton.jit
 def _weight_pointers(w_base, c, j, r, t, tap_src_ptr, stab_ptr, T: tl.constexpr, S_IN: tl.constexpr,
-                     S_K: tl.constexpr, R_PAD: tl.constexpr, TAP_STRIDE: tl.constexpr, VEC_B: tl.constexpr,
-                     GROUP_ON_N: tl.constexpr):
-    """The B tile's pointers for reduction indices ``c`` and tap ``t'`` (each run of ``VEC_B`` columns is
-    contiguous: ``R_PAD`` is a multiple of it)."""
-    w_off = (_slice_offsets(c, j, r, stab_ptr, S_IN, S_K, R_PAD, GROUP_ON_N)
+                     S_K: tl.constexpr, ROWS: tl.constexpr, R_PAD: tl.constexpr, TAP_STRIDE: tl.constexpr,
+                     VEC_B: tl.constexpr, GROUP_ON_N: tl.constexpr, K_MAJOR: tl.constexpr):
+    """The B tile's pointers for reduction indices ``c`` and tap ``t'``."""
+    w_off = (_slice_offsets(c, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR)
              + _tap_offsets(c, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N))
-    return w_base + tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B])
+    return w_base + _vector_runs(w_off, VEC_B, K_MAJOR)
 
 
 @maybe_autotune(_configs(), key=["M_TOTAL", "N_TOTAL", "A_CH", "K_RUN", "S_IN", "S_K", "KH", "KW", "GROUP_ON_N",
@@ -117,7 +130,7 @@ def _conv_gemm_kernel(
     sab, sah, saw, sob, soj, sor, soh, sow, ASH, ASW, OSH, OSW,
     A_CH: tl.constexpr, K_RUN: tl.constexpr, N_TOTAL: tl.constexpr, R_PAD: tl.constexpr, R_VALID: tl.constexpr,
     S_IN: tl.constexpr, S_K: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, GROUP_ON_N: tl.constexpr,
-    VEC_A: tl.constexpr, VEC_B: tl.constexpr, WIDE: tl.constexpr, HALO: tl.constexpr,
+    VEC_A: tl.constexpr, VEC_B: tl.constexpr, K_MAJOR: tl.constexpr, WIDE: tl.constexpr, HALO: tl.constexpr,
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
     ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -127,7 +140,9 @@ def _conv_gemm_kernel(
     A: the activation ``a`` read channels-last, ``(B, HA, WA, groups·A_CH)`` with unit channel stride; its pixel
     for output pixel ``(mh, mw)`` and the ``i``-th tap ``t'`` that reaches phase ``ph`` is ``(mh·ASH + dh, mw·ASW + dw)``
     with ``(t', dh, dw) = phase_taps[ph, i]``, ``i < phase_count[ph]`` (:func:`phase_tables`).
-    B: the permuted weight, ``(weight_groups, KH·KW, A_CH // S_K, S_IN, R_PAD)``, gathered per tile.
+    B: the permuted weight, ``(weight_groups, KH·KW, A_CH // S_K, S_IN, R_PAD)``, gathered per tile; ``K_MAJOR``:
+    ``(weight_groups, KH·KW, R_PAD, A_CH // S_K, S_IN)``, so that a tf32 tile (tf32 MMAs read both shared-memory
+    operands K-major) lands in shared memory as the MMA reads it, copied in 16-byte runs along K.
     Output: ``N_TOTAL = S_N·R_PAD`` columns ``n = (j, r)``, stored at ``j·soj + (grp·R_VALID + r)·sor`` for
     ``r < R_VALID``, pixel ``(mh·OSH + ph_h, mw·OSW + ph_w)``.  Epilogue (forward): bias, then ``ACTIVATION``;
     ``STORE_PREACT`` also writes the pre-activation to ``z_ptr``.
@@ -146,7 +161,9 @@ def _conv_gemm_kernel(
     GEMM loop over contiguous channel blocks whose B offsets are a hoisted tile plus a scalar step.
     """
     T: tl.constexpr = KH * KW
-    TAP_STRIDE: tl.constexpr = (A_CH // S_K) * S_IN * R_PAD
+    ROWS: tl.constexpr = A_CH // S_K
+    TAP_STRIDE: tl.constexpr = ROWS * S_IN * R_PAD
+    ROW_STRIDE: tl.constexpr = S_IN if K_MAJOR else S_IN * R_PAD   # weight offset per channel outside the group
     HOIST: tl.constexpr = BLOCK_K % S_K == 0      # the group pattern along K repeats every block
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -168,11 +185,11 @@ def _conv_gemm_kernel(
     a_base = a_ptr + grp * A_CH
     w_base = w_ptr + wg * (T * TAP_STRIDE)
     if HOIST:
-        slice_off = _slice_offsets(kl, j, r, stab_ptr, S_IN, S_K, R_PAD, GROUP_ON_N)
+        slice_off = _slice_offsets(kl, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR)
 
-    # tf32 MMAs read both shared-memory operands K-major; the weight tile is N-major, so they run transposed,
+    # tf32 MMAs read both shared-memory operands K-major: an N-major weight tile makes them run transposed,
     # out^T = w^T · a^T, where the activation tile (K-major as loaded) is the shared-memory operand
-    TRANSPOSED: tl.constexpr = PRECISION == "tf32"
+    TRANSPOSED: tl.constexpr = PRECISION == "tf32" and not K_MAJOR
     if TRANSPOSED:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC)
     else:
@@ -187,7 +204,7 @@ def _conv_gemm_kernel(
         F: tl.constexpr = BLOCK_K // A_CH            # taps per K block
         GROUPS_W: tl.constexpr = (KW + F - 1) // F   # K blocks per kernel row (the last one ragged)
         tw_k = kl // A_CH                            # the tap of K index k within its block, and its channel:
-        w_fold = (_slice_offsets(kl % A_CH, j, r, stab_ptr, S_IN, S_K, R_PAD, GROUP_ON_N)
+        w_fold = (_slice_offsets(kl % A_CH, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR)
                   + tw_k[:, None] * (tl.load(tap_step_ptr + j) * TAP_STRIDE)[None, :])
         # KH·GROUPS_W blocks, counted from the tap list so that the loop is not unrolled away (a few constant
         # iterations would be), which would drop its software pipelining
@@ -209,8 +226,7 @@ def _conv_gemm_kernel(
             row = tl.multiple_of(row0 + (dh * sah + dw * saw), VEC_A)
             a = tl.load(a_base + row[:, None] + kl[None, :], mask=tl.max_constancy(a_ok, [1, VEC_A]), other=0.0)
             w_off = w_fold + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N)
-            bw = tl.load(w_base + tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B]),
-                         mask=tap_ok[:, None], other=0.0)
+            bw = tl.load(w_base + _vector_runs(w_off, VEC_B, K_MAJOR), mask=tap_ok[:, None], other=0.0)
             if TRANSPOSED:
                 acc = mma(acc, tl.trans(bw), tl.trans(a), PRECISION, UPCAST)
             else:
@@ -231,14 +247,13 @@ def _conv_gemm_kernel(
             row = tl.multiple_of(row0 + (dh * sah + dw * saw), VEC_A)
             a_ptrs = a_base + row[:, None] + kl[None, :]
             if HOIST:   # B pointers for this tap: a hoisted tile, then a constant step per channel block
-                w_ptrs = w_base + tl.max_contiguous(tl.multiple_of(
-                    slice_off + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N), [1, VEC_B]),
-                    [1, VEC_B])
+                w_ptrs = w_base + _vector_runs(
+                    slice_off + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N), VEC_B, K_MAJOR)
             for k0 in range(0, A_CH, BLOCK_K):
                 c = k0 + kl
                 if not HOIST:
-                    w_ptrs = _weight_pointers(w_base, c, j, r, t, tap_src_ptr, stab_ptr, T, S_IN, S_K, R_PAD,
-                                              TAP_STRIDE, VEC_B, GROUP_ON_N)
+                    w_ptrs = _weight_pointers(w_base, c, j, r, t, tap_src_ptr, stab_ptr, T, S_IN, S_K, ROWS,
+                                              R_PAD, TAP_STRIDE, VEC_B, GROUP_ON_N, K_MAJOR)
                 if A_CH % BLOCK_K == 0:
                     a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
                     bw = tl.load(w_ptrs)
@@ -253,7 +268,7 @@ def _conv_gemm_kernel(
                     acc = mma(acc, a, bw, PRECISION, UPCAST)
                 a_ptrs += BLOCK_K
                 if HOIST:
-                    w_ptrs += (BLOCK_K // S_K) * (S_IN * R_PAD)
+                    w_ptrs += (BLOCK_K // S_K) * ROW_STRIDE
 
     oh = mh * OSH + ph_h
     ow = mw * OSW + ph_w
@@ -429,12 +444,14 @@ def channels_last(t: torch.Tensor, channels: int = 0) -> torch.Tensor:
     return t.as_strided((b, h, w, c * s), (*strides, 1))
 
 
-def permuted_weight(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int = 0) -> torch.Tensor:
+def permuted_weight(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int = 0,
+                    k_major: bool = False) -> torch.Tensor:
     """The base weight ``(weight_groups·C_out, C_in, S_in, kh, kw)`` re-laid as the B operand reads it:
-    ``(weight_groups, kh·kw, A_CH // S_K, S_in, R_PAD)``, the last axis zero-padded.  Forward (group copies on N): the middle
-    axes are ``(i, u)`` (the reduction runs over the input's ``(i, s)`` channels) and the last is ``o``.  Input
-    gradient: ``(o, u)`` and ``i``.  Same size as the weight up to padding: no filter bank.  ``rows_pad`` zero
-    rows meet the zero channels of a padded activation (:func:`channels_last`)."""
+    ``(weight_groups, kh·kw, A_CH // S_K, S_in, R_PAD)``, the ``R_PAD`` axis zero-padded.  Forward (group copies on
+    N): the ``(A_CH // S_K, S_in)`` axes are ``(i, u)`` (the reduction runs over the input's ``(i, s)`` channels)
+    and ``R_PAD`` is ``o``.  Input gradient: ``(o, u)`` and ``i``.  ``k_major``: the reduction axes innermost,
+    ``(weight_groups, kh·kw, R_PAD, A_CH // S_K, S_in)``.  Same size as the weight up to padding: no filter bank.
+    ``rows_pad`` zero rows meet the zero channels of a padded activation (:func:`channels_last`)."""
     kh, kw = spec.kernel
     c_out, c_in, s_in = spec.out_channels, spec.in_channels, spec.s_in
     rows, cols = (c_in, c_out) if group_on_n else (c_out, c_in)
@@ -444,7 +461,7 @@ def permuted_weight(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int 
     r_pad = _round_up(cols, min(8, 1 << (cols - 1).bit_length()))
     out = weight.new_zeros((spec.weight_groups, kh * kw, max(rows, rows_pad), s_in, r_pad))
     out[:, :, :rows, :, :cols] = w
-    return out
+    return out.permute(0, 1, 4, 2, 3).contiguous() if k_major else out
 
 
 @functools.lru_cache(maxsize=256)
@@ -527,7 +544,11 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         a_cl, pad = halo_channels_last(a, spec, padded), (0, 0)
     else:
         a_cl = channels_last(a, padded)
-    w = permuted_weight(weight.to(a.dtype), spec, group_on_n, padded // s_k)
+    # tf32 MMAs read both shared-memory operands K-major: the weight is laid out so where its K runs are
+    # contiguous, as they are when neither the stabilizer slice nor the tap changes along K (a plain input, and for
+    # the input gradient a plain output too); elsewhere the kernel runs the MMA transposed
+    k_major = dot_precision(a.dtype) == "tf32" and spec.s_in == 1 and (group_on_n or spec.s_out == 1)
+    w = permuted_weight(weight.to(a.dtype), spec, group_on_n, padded // s_k, k_major)
     a_ch = padded
     stab, tap_src = gather_tables(spec.group, spec.in_group, spec.kernel, a.device)
     ob, oc, os_, oh, ow = out.stride()
@@ -535,7 +556,8 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     # A narrow forward folds neighbouring taps of a kernel row into one K block where they are contiguous
     steps = tap_steps(spec.group, spec.in_group, spec.kernel, a.device) if group_on_n else None
     k_run = a_ch * spec.kernel[1] if (steps is not None and spec.dilation[1] == 1 and a_cl.stride(2) == a_ch) else a_ch
-    r_pad = w.shape[-1]
+    r_pad = w.shape[2 if k_major else -1]
+    vec_b = _vector_width(w.element_size(), a_ch if k_major else r_pad)   # B vectors along K, else along N
     n_total = s_n * r_pad
     m_total = spec.batch * mh * mw
 
@@ -549,7 +571,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         spec.weight_groups, *a_cl.stride()[:3], ob, os_, oc, oh, ow, *pixel_stride, *out_stride,
         A_CH=a_ch, K_RUN=k_run, N_TOTAL=n_total, R_PAD=r_pad, R_VALID=r_valid, S_IN=spec.s_in,
         S_K=s_k, KH=spec.kernel[0], KW=spec.kernel[1], GROUP_ON_N=group_on_n,
-        VEC_A=_vector_width(a.element_size(), *a_cl.stride()[:3], a_ch), VEC_B=_vector_width(w.element_size(), r_pad),
+        VEC_A=_vector_width(a.element_size(), *a_cl.stride()[:3], a_ch), VEC_B=vec_b, K_MAJOR=k_major,
         WIDE=_needs_int64(a_cl, out), HALO=halo, HAS_BIAS=bias is not None, ACC=accumulator(a.dtype),
         ACTIVATION=activation, STORE_PREACT=z is not None, **_dtype_flags(a.dtype), **_meta())
 

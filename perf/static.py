@@ -54,12 +54,14 @@ SHARED_MEMORY = {70: 98304, 75: 65536, 80: 166912, 86: 101376, 87: 166912, 89: 1
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True), "fp16": (torch.float16, False),
           "bf16": (torch.bfloat16, False), "fp64": (torch.float64, False)}
 DEFAULT_ARCHS = (90, 80)
-# A small sample over every kernel family (implicit GEMM on a narrow p4 layer, depthwise), for the CI test: not a
-# perf shape set, so ``--sets all`` leaves it out.
+# A small sample over every kernel family (implicit GEMM on a narrow p4 layer and a lifting layer, depthwise), for the
+# CI test: not a perf shape set, so ``--sets all`` leaves it out.
 # Tiny sizes, so that the size rule leaves few configs to compile.
 SAMPLE = [Layer("gemm", group="p4", in_group="p4", c_in=8, c_out=8, height=4, width=4, padding=(1, 1)),
           Layer("depthwise", group="p4", in_group="p4", c_in=8, c_out=8, height=4, width=4, padding=(1, 1),
-                groups=8)]
+                groups=8),
+          # an RGB lifting layer: the folded forward (taps of a kernel row share a K block), its K-major tf32 weight
+          Layer("lifting", group="p4m", in_group="z2", c_in=3, c_out=8, height=6, width=6, padding=(1, 1))]
 
 QUICK = dict(sets="wide,p4cnn,grouped", layers="wide,l2,p4.depthwise", archs="90")
 CACHE_DIR_ENV = "GCONV_TRITON_STATIC_CACHE"
@@ -715,7 +717,7 @@ def summary_line(rs: list[dict], targets, seconds: float) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m perf.static", description=__doc__.split("\n\n")[0])
     p.add_argument("--sets", default="all", help=f"'all', a comma-separated subset of {sorted(MODELS)}, or 'sample' "
-                                                 "(two small layers, every kernel: the CI test's)")
+                                                 "(three small layers, every kernel: the CI test's)")
     p.add_argument("--layers", default=None, help="only these layer names (comma-separated)")
     p.add_argument("--dtypes", default="all", help=f"'all' or a subset of {list(DTYPES)}")
     p.add_argument("--roles", default="all", help=f"'all' or a subset of {list(ROLES)}")

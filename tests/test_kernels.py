@@ -398,6 +398,37 @@ def test_tap_steps_are_affine_along_rows():
     assert gconv.tap_steps(get_group("p4"), get_group("z2"), (3, 1), torch.device("cpu")) is None
 
 
+
+# (group, in_group, C_in, C_out, k, stride, padding, K-major under tf32 (forward, input gradient)): a folded lifting
+# layer, a lifting layer whose channels fill whole K blocks, a plain convolution (K-major both ways: no stabilizer
+# and no group copies along K), and G -> G layers whose stabilizer permutes each K run (N-major, the MMA transposed;
+# their input gradients split into stride phases)
+WEIGHT_LAYOUTS = [
+    ("p4m", "z2", 3, 5, 3, 1, 1, (True, False)),
+    ("p4", "z2", 16, 3, 3, 2, 1, (True, False)),
+    ("z2", "z2", 3, 5, 3, 2, 1, (True, True)),
+    ("p4", "p4", 3, 5, 3, 2, 1, (False, False)),
+    ("p4m", "p4m", 2, 3, 2, 1, "same", (False, False)),
+]
+
+
+@pytest.mark.parametrize("tf32", [True, False], ids=["tf32", "ieee"])
+@pytest.mark.parametrize("group, in_group, c_in, c_out, k, stride, padding, k_major", WEIGHT_LAYOUTS,
+                         ids=["lift-p4m-folded", "lift-p4-c16", "plain", "p4-s2", "p4m-same"])
+def test_weight_layouts_match_reference(monkeypatch, tf32, group, in_group, c_in, c_out, k, stride, padding,
+                                        k_major):
+    """fp32 with tf32 allowed lays the rotated filter out K-major where its K runs are contiguous (tf32 MMAs read
+    both operands K-major), else N-major with the MMA transposed; without tf32, N-major.  Every combination,
+    forward and input gradient, against the float64 reference."""
+    spy = LaunchSpy(gconv._conv_gemm_kernel)
+    monkeypatch.setattr(gconv, "_conv_gemm_kernel", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    x = randn((2, c_in, order_of(in_group), 7, 9))
+    weight = randn((c_out, c_in, order_of(in_group), k, k))
+    check_against_reference(gconv_layer(group, in_group, stride=stride, padding=padding), x, weight, randn((c_out,)))
+    assert [launch["PRECISION"] for launch in spy.launches] == ["tf32" if tf32 else "ieee"] * 2
+    assert tuple(launch["K_MAJOR"] for launch in spy.launches) == (k_major if tf32 else (False, False))
+
 # ------------------------------------------------------------------------------------- no filter bank
 # (group, in_group, groups, C_in per group, C_out per group, k): the bank C_out·S·C_in·S·k² dwarfs x, y and w
 NO_BANK = [

@@ -196,7 +196,7 @@ def test_tap_kernels_compile_for_sm90_and_sm80_without_spills(tmp_path):
     rows = _compile_sample(tmp_path, ",".join(roles))["rows"]
     assert {r["role"] for r in rows} == set(roles)
     assert {r["kernel"] for r in rows} == {"tap._forward_kernel", "tap._input_grad_kernel", "tap._weight_grad_kernel"}
-    assert {r["layer"] for r in rows} == {"gemm", "depthwise"}
+    assert {r["layer"] for r in rows} == {"gemm", "depthwise", "lifting"}
 
 
 def test_hot_loop_of_a_real_compile(tmp_path):
