@@ -87,7 +87,8 @@ def _slice_offsets(c, j, r, stab_ptr, S_IN: tl.constexpr, S_K: tl.constexpr, ROW
         u = tl.load(stab_ptr + kx[:, None] * S_IN + j[None, :])
     if K_MAJOR:
         return ((c // S_K) * S_IN)[:, None] + u + (r * (ROWS * S_IN))[None, :]
-    return ((c // S_K) * (S_IN * R_PAD))[:, None] + u * R_PAD + r[None, :]
+    else:
+        return ((c // S_K) * (S_IN * R_PAD))[:, None] + u * R_PAD + r[None, :]
 
 
 @triton.jit
@@ -106,7 +107,17 @@ def _vector_runs(w_off, VEC_B: tl.constexpr, K_MAJOR: tl.constexpr):
     or along N, so that the B tile loads as vectors."""
     if K_MAJOR:
         return tl.max_contiguous(tl.multiple_of(w_off, [VEC_B, 1]), [VEC_B, 1])
-    return tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B])
+    else:
+        return tl.max_contiguous(tl.multiple_of(w_off, [1, VEC_B]), [1, VEC_B])
+
+
+@triton.jit
+def _accumulate(acc, a, bw, PRECISION: tl.constexpr, UPCAST: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """``acc + a @ bw``, or with ``TRANSPOSED`` its transpose ``acc + bwᵀ @ aᵀ`` (``acc`` is then ``[N, M]``)."""
+    if TRANSPOSED:
+        return mma(acc, tl.trans(bw), tl.trans(a), PRECISION, UPCAST)
+    else:   # in an else: a return after the branch would be compiled too (dead), with shapes that do not match
+        return mma(acc, a, bw, PRECISION, UPCAST)
 
 
 @triton.jit
@@ -227,10 +238,7 @@ def _conv_gemm_kernel(
             a = tl.load(a_base + row[:, None] + kl[None, :], mask=tl.max_constancy(a_ok, [1, VEC_A]), other=0.0)
             w_off = w_fold + _tap_offsets(kl, j, t, tap_src_ptr, T, S_K, TAP_STRIDE, GROUP_ON_N)
             bw = tl.load(w_base + _vector_runs(w_off, VEC_B, K_MAJOR), mask=tap_ok[:, None], other=0.0)
-            if TRANSPOSED:
-                acc = mma(acc, tl.trans(bw), tl.trans(a), PRECISION, UPCAST)
-            else:
-                acc = mma(acc, a, bw, PRECISION, UPCAST)
+            acc = _accumulate(acc, a, bw, PRECISION, UPCAST, TRANSPOSED)
     else:
         for i in range(tl.load(phase_count_ptr + ph_h * PHASES_W + ph_w)):
             t = tl.load(tap_list + 3 * i)
@@ -262,10 +270,7 @@ def _conv_gemm_kernel(
                     k_ok = tl.max_constancy(c < A_CH, VEC_A)
                     a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
                     bw = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
-                if TRANSPOSED:
-                    acc = mma(acc, tl.trans(bw), tl.trans(a), PRECISION, UPCAST)
-                else:
-                    acc = mma(acc, a, bw, PRECISION, UPCAST)
+                acc = _accumulate(acc, a, bw, PRECISION, UPCAST, TRANSPOSED)
                 a_ptrs += BLOCK_K
                 if HOIST:
                     w_ptrs += (BLOCK_K // S_K) * ROW_STRIDE
