@@ -518,6 +518,13 @@ def tap_steps(group, in_group, kernel, device: torch.device):
     return step.to(device=device, dtype=torch.int32) if torch.equal(rows, affine) else None
 
 
+def _vector_channels(channels: int, groups: int, group_order: int = 1) -> int:
+    """How many channels per pixel a channels-last copy holds: a few (a lifting layer's RGB input) would load
+    element by element, so a single channel group of fewer than a multiple of 4 is zero-padded to a multiple of 8
+    (zero weight rows meet them; it costs little at that width), when whole group-index runs fit in 8."""
+    return _round_up(channels, 8) if (groups == 1 and channels % 4 and 8 % group_order == 0) else channels
+
+
 def _vector_width(elem_size: int, *values: int) -> int:
     """The largest power of two, up to 16 bytes of elements, dividing every value (offsets the hints vouch for)."""
     v = max(1, 16 // elem_size)
@@ -543,9 +550,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     else:
         a_ch, s_k, s_n, r_valid = spec.out_channels * spec.s_out, spec.s_out, spec.s_in, spec.in_channels
         mh, mw, phases, pixel_stride, out_stride = cdiv(spec.height, sh), cdiv(spec.width, sw), (sh, sw), (1, 1), (sh, sw)
-    # A few channels per pixel (a lifting layer's RGB input) would load element by element: pad them to 8 in the
-    # channels-last copy (zero weight rows meet them), which costs little at that width
-    padded = _round_up(a_ch, 8) if (spec.groups == 1 and a_ch % 4 and 8 % s_k == 0) else a_ch
+    padded = _vector_channels(a_ch, spec.groups, s_k)
     # A forward that copies its input anyway copies it with the zero padding in place: no bounds in the loop
     halo = group_on_n and (padded != a_ch or not is_channels_last(a))
     if halo:
@@ -679,8 +684,7 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.
     dy_go = dy.new_zeros((r_alloc, spec.groups, spec.s_out, o_pad))
     dy_go[:r_total, ..., :c_out] = (dy.permute(0, 3, 4, 1, 2).reshape(r_total, spec.groups, c_out, spec.s_out)
                                     .transpose(2, 3))
-    # A lifting layer's few channels (RGB) would load element by element: pad them to 8 (zero rows of dw, not stored)
-    x_ch = _round_up(m_ch, 8) if (spec.groups == 1 and m_ch % 4) else m_ch
+    x_ch = _vector_channels(m_ch, spec.groups)   # the padded channels give zero rows of dw, not stored
     x_cl = halo_channels_last(x, spec, x_ch)
     wide = _needs_int64(x_cl, dy_go)
     pix = _window_offsets(x_cl, spec, r_alloc, wide)

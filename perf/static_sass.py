@@ -135,20 +135,20 @@ def hot_loop(instrs: list[Instr], labels: dict[str, int]) -> Optional[HotLoop]:
     """The innermost loop holding a tensor-core instruction (the whole kernel when the compiler unrolled that loop
     away); without one, the innermost loop with the most FMAs (an fp32 ``tl.dot`` without tf32, or an elementwise
     kernel).  None for straight-line code without MMAs."""
-    spans = loops(instrs, labels)
-    if not spans and not any(ins.base in MMA_OPCODES for ins in instrs):
-        return None
+    def is_mma(ins):
+        return ins.base in MMA_OPCODES
 
     def count(span, test):
         return sum(test(instrs[i]) for i in range(span[0], span[1] + 1))
 
-    def is_mma(ins):
-        return ins.base in MMA_OPCODES
-
+    spans = loops(instrs, labels)
+    has_mma = any(is_mma(ins) for ins in instrs)
+    if not spans and not has_mma:
+        return None
     with_mma = [s for s in spans if count(s, is_mma)]
     if with_mma:
         span = min(with_mma, key=lambda s: s[1] - s[0])
-    elif any(is_mma(ins) for ins in instrs):
+    elif has_mma:
         # the compiler unrolled the MMA loop entirely (a short constant trip count): read the whole kernel, prologue
         # and epilogue included, so its figure per MAC is an upper bound on the loop's
         span = (0, len(instrs) - 1)
@@ -159,7 +159,7 @@ def hot_loop(instrs: list[Instr], labels: dict[str, int]) -> Optional[HotLoop]:
         best = max(count(s, is_fma) for s in with_fma)
         span = min((s for s in with_fma if count(s, is_fma) == best), key=lambda s: s[1] - s[0])
     body = instrs[span[0]:span[1] + 1]
-    mmas = [ins for ins in body if ins.base in MMA_OPCODES]
+    mmas = [ins for ins in body if is_mma(ins)]
     macs = 0
     for ins in mmas:
         shape = mma_shape(ins.opcode)
