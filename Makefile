@@ -18,8 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) --no-deps "escnn==1.0.11"
 	touch $@
 
-demo: $(VENV)/.installed
-	$(PY) -m gconv_triton.demo
+# The demo pins the CPU's numeric code paths (ATen's vector kernels, oneDNN's convolutions, MKL's GEMMs) to AVX2, so
+# every x86-64 machine with AVX2 sums in the same order and prints the README's table: left to each machine's widest
+# paths, 30 epochs of training turn the different round-off into a point or two of accuracy (README, "The demo").
+# `make demo PY=python` uses the current environment; DEMO_ARGS are passed on (e.g. DEMO_ARGS="--out /tmp/plots").
+DEMO_CPU_PATHS := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2
+demo: $(if $(filter command line,$(origin PY)),,$(VENV)/.installed)
+	$(DEMO_CPU_PATHS) $(PY) -m gconv_triton.demo $(DEMO_ARGS)
 
 # The kernels run through Triton's CPU interpreter when there is no GPU (tests/conftest.py decides).
 test: $(VENV)/.installed

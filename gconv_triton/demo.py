@@ -35,6 +35,10 @@ CURVE_ANGLES = tuple(range(0, 361, 15))
 # sets the parameter budget; the others get the widths that come closest to it.
 MODELS = {"P4CNN": "p4", "P4M-CNN": "p4m", "CNN": "z2"}
 BASELINE = "CNN"
+# What `make demo` sets before Python starts: ATen's vector kernels, oneDNN's convolutions and MKL's GEMMs all on
+# their AVX2 code paths, so that every x86-64 machine with AVX2 sums in the same order and prints the README's table
+# (each machine's widest paths round differently, and 30 epochs of training turn that into a point or two).
+PINNED_CPU_PATHS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -106,6 +110,15 @@ def build_models(width: int, seed: int, device: torch.device) -> dict[str, nn.Mo
         models[name] = SmallGCNN(group, widths).to(device)
         budget = budget or count_parameters(models[name])
     return models
+
+
+def cpu_code_paths() -> str:
+    """The vector code paths ATen runs on this CPU, and whether they are pinned as ``make demo`` pins them
+    (:data:`PINNED_CPU_PATHS`, read by torch, oneDNN and MKL when they start, so set before Python starts)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    pinned = capability == "AVX2" and all(os.environ.get(k) == v for k, v in PINNED_CPU_PATHS.items())
+    return f"CPU code paths {capability}, " + ("pinned as make demo pins them" if pinned else
+                                                "not pinned: accuracies may differ from make demo's by a point or two")
 
 
 def _synchronize(device: torch.device) -> None:
@@ -304,6 +317,8 @@ def _run(args: argparse.Namespace) -> dict:
     path = "fused Triton kernels" if use_triton(x_train) else "PyTorch reference path"
     print(f"8x8 digits: {len(x_train)} train (upright) / {len(x_test)} test; {args.epochs} epochs on {device} "
           f"({path}); seed {args.seed}")
+    if device.type == "cpu":
+        print(cpu_code_paths())
 
     results = {}
     for name, model in build_models(args.width, args.seed, device).items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,38 @@ def test_demo_without_scikit_learn_says_what_to_install(monkeypatch):
                           timeout=300)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "make demo" in proc.stderr, proc.stderr
+
+
+def _demo_rows(text: str) -> dict[str, list[str]]:
+    """The figures of each model's table row that must not depend on the machine (all but ``train img/s``), and
+    the rotation-curve means: ``{"P4CNN": ["7186", "0.949", ...], ..., "mean": [...]}``."""
+    rows = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[0] in demo.MODELS and fields[1].isdigit():
+            rows[fields[0]] = fields[1:-2]  # params, acc@0..270, rotated (inv. err is round-off, img/s a timing)
+        elif line.startswith("mean accuracy over rotations"):
+            rows["mean"] = line.split(":", 1)[1].split()
+    return rows
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="the demo pins AVX2 code paths: an x86-64 CPU with AVX2 prints the README's table")
+def test_make_demo_prints_the_readme_table(tmp_path):
+    """``make demo`` (the full 30 epochs, in a fresh process, with the Makefile's environment) prints the
+    accuracies the README shows, figure for figure."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("Output of `make demo`"):readme.index("**The same figures on every machine.**")]
+    expected = _demo_rows(section)
+    assert set(expected) == {*demo.MODELS, "mean"}, expected
+    # The Makefile's environment, not the test process's: no interpreter, no poison, the default backend.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TRITON_", "GCONV_TRITON_")) and k not in demo.PINNED_CPU_PATHS}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(["make", "-s", "demo", f"PY={sys.executable}", f"DEMO_ARGS=--out {tmp_path}"],
+                          cwd=root, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "CPU code paths AVX2, pinned as make demo pins them" in proc.stdout, proc.stdout
+    assert _demo_rows(proc.stdout) == expected, proc.stdout
