@@ -34,6 +34,8 @@ and shapes; GrouPy keeps its index arrays outside the state dict).  :func:`from_
 from __future__ import annotations
 
 import importlib.util
+import sys
+import types
 import warnings
 from typing import Optional, Sequence
 
@@ -44,7 +46,7 @@ from .groups import Group, get_group, p4m
 from .modules import GroupConv2d
 from .reference import filter_bank
 
-__all__ = ["patch_e2cnn", "e2cnn_permutation", "weights_from_e2cnn_filter", "from_e2cnn", "from_groupy"]
+__all__ = ["patch_e2cnn", "patch_escnn", "e2cnn_permutation", "weights_from_e2cnn_filter", "from_e2cnn", "from_groupy"]
 
 
 def patch_e2cnn() -> None:
@@ -82,6 +84,37 @@ def patch_e2cnn() -> None:
 
     kernel_utils.np = _NumPy2()
     e2cnn._gconv_triton_numpy2 = True
+
+
+def patch_escnn():
+    """Import escnn 1.0.11 as ``make test`` installs it (``pip install --no-deps escnn``) and return the module.
+
+    escnn declares ``py3nj`` (built with a Fortran compiler) and ``lie-learn`` (compiled against NumPy 1), which its
+    planar gspaces never call; without them ``import escnn`` fails on ``lie_learn``.  When ``lie_learn`` cannot be
+    imported, a stand-in module takes its place whose one function (SO(3)'s Wigner matrices) raises if called.
+    escnn also hands an ``np.matrix`` to scikit-learn's ``randomized_svd``, which current scikit-learn rejects;
+    with it unset escnn takes its own exact ``scipy.linalg.svd`` path (the same null space).  With the full
+    dependencies on NumPy 1 the stand-in is not installed; the SVD path is chosen either way.  Call it before
+    anything imports escnn.
+    """
+    try:
+        import lie_learn.representations.SO3.wigner_d  # noqa: F401
+    except ImportError:
+        names = ["lie_learn", "lie_learn.representations", "lie_learn.representations.SO3",
+                 "lie_learn.representations.SO3.wigner_d"]
+        for name in names:
+            sys.modules.setdefault(name, types.ModuleType(name))
+
+        def wigner_D_matrix(*args, **kwargs):
+            raise NotImplementedError("lie_learn is not installed: SO(3) Wigner matrices are unavailable")
+
+        sys.modules[names[-1]].wigner_D_matrix = wigner_D_matrix
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "py3nj not found": only SO(3) Clebsch-Gordan coefficients need it
+        import escnn
+        import escnn.group._numerical as numerical
+    numerical.randomized_svd = None
+    return escnn
 
 
 def _grid_elements(gspace) -> list[int]:

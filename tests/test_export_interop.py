@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gconv_triton import GroupConv2d, P4MConvP4M
+from gconv_triton import GroupConv2d, P4MConvP4M, interop
 from gconv_triton.interop import e2cnn_permutation, from_e2cnn, from_groupy, weights_from_e2cnn_filter
 from gconv_triton.layers import ExportedGroupConv, GroupConvTranspose2d, export_model
 from gconv_triton.models import GroupResNet
@@ -100,34 +100,10 @@ def _import_e2cnn():
 
 
 def _import_escnn():
-    """escnn 1.0.11 as ``make test`` installs it (``pip install --no-deps escnn``: its declared dependencies
-    ``py3nj`` and ``lie_learn`` need a Fortran compiler or NumPy 1).  Two stand-ins, for this test process only:
-
-    * ``lie_learn`` is imported at escnn's import for SO(3)'s Wigner matrices, which the planar gspaces never use:
-      a stand-in module whose function raises if called;
-    * escnn hands an ``np.matrix`` to scikit-learn's ``randomized_svd``, which current scikit-learn rejects;
-      without it escnn takes its own exact ``scipy.linalg.svd`` path (the same null space).
-    """
+    """escnn 1.0.11 as ``make test`` installs it, through :func:`gconv_triton.interop.patch_escnn`."""
     if importlib.util.find_spec("escnn") is None:
         pytest.skip("escnn is not installed (make test installs it: pip install --no-deps escnn)")
-    try:
-        import lie_learn.representations.SO3.wigner_d  # noqa: F401
-    except ImportError:
-        names = ["lie_learn", "lie_learn.representations", "lie_learn.representations.SO3",
-                 "lie_learn.representations.SO3.wigner_d"]
-        for name in names:
-            sys.modules.setdefault(name, types.ModuleType(name))
-
-        def wigner_D_matrix(*args, **kwargs):
-            raise NotImplementedError("lie_learn is not installed: SO(3) Wigner matrices are unavailable")
-
-        sys.modules[names[-1]].wigner_D_matrix = wigner_D_matrix
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "py3nj not found": only SO(3) Clebsch-Gordan coefficients need it
-        import escnn
-        import escnn.group._numerical as numerical
-    numerical.randomized_svd = None
-    return escnn
+    return interop.patch_escnn()
 
 
 def _gspace(library, group, axis):

@@ -1,35 +1,38 @@
-"""The README's Python snippets run as written (each on its own, in a fresh namespace, on the CPU), and the
-package's top-level names the README uses exist."""
+"""Every Python snippet of the README and of docs/*.md runs as written (each on its own, in a fresh namespace, on
+the CPU), and docs/api.md documents every public name."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def _python_blocks(text: str) -> list[tuple[int, str]]:
-    """``(line number, code)`` of every ```` ```python ```` block."""
-    return [(text.count("\n", 0, m.start()) + 1, m.group(1))
-            for m in re.finditer(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)]
+    """``(line number, code)`` of every ```` ```python ```` block, also one indented under a list item."""
+    return [(text.count("\n", 0, m.start()) + 1, textwrap.dedent(m.group(2)))
+            for m in re.finditer(r"^([ \t]*)```python\n(.*?)^\1```", text, flags=re.DOTALL | re.MULTILINE)]
 
 
-BLOCKS = _python_blocks(README)
+BLOCKS = [(f"{path.relative_to(ROOT)}:{line}", code)
+          for path in DOCUMENTS for line, code in _python_blocks(path.read_text(encoding="utf-8"))]
 
 
-def test_readme_has_python_snippets():
-    assert len(BLOCKS) >= 4
+def test_docs_have_python_snippets():
+    assert sum(where.startswith("README.md:") for where, _ in BLOCKS) >= 4
+    assert sum(where.startswith("docs") for where, _ in BLOCKS) >= 4
 
 
-@pytest.mark.parametrize("line,code", BLOCKS, ids=[f"README.md:{line}" for line, _ in BLOCKS])
-def test_readme_snippet_runs(line, code):
-    exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "readme_snippet"})  # noqa: S102
+@pytest.mark.parametrize("where,code", BLOCKS, ids=[where for where, _ in BLOCKS])
+def test_snippet_runs(where, code):
+    exec(compile(code, where, "exec"), {"__name__": "doc_snippet"})  # noqa: S102
 
 
 def test_submodules_are_attributes_without_eager_imports():
