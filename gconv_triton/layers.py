@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._library import _compiling, conv_input_grad
-from ._spec import _pair, make_spec, resolve_geometry
+from ._spec import _pair, _positive_int, make_spec, resolve_geometry
 from .exactness import concrete_shape, inexact_reasons_transposed, warn_if_inexact
 from .groups import Group, get_group
 from .modules import (GroupConv2d, _as_group_map, _kernel_pair, _optional_group, check_channels, check_group_pair,
@@ -226,8 +226,7 @@ def gcnn_width(cnn_width: int, group: Union[Group, str], equal: str = "params") 
     gives ``N / √S`` (Cohen & Welling's choice: p4m ResNet-44 widths 11, 23, 45 for 32, 64, 128) and
     ``equal="compute"`` gives ``N / S``; rounded to the nearest int, at least 1.
     """
-    if isinstance(cnn_width, bool) or not isinstance(cnn_width, int) or cnn_width < 1:
-        raise ValueError(f"cnn_width: expected a positive int, got {cnn_width!r}")
+    _positive_int(cnn_width, "cnn_width")
     order = get_group(group, "group").order
     if equal == "params":
         width = cnn_width / math.sqrt(order)
