@@ -141,6 +141,16 @@ def test_non_finite_output_on_x_is_an_error():
         check_equivariance(one_nan, x, "p4")
 
 
+def test_tap_layer_overflowing_to_inf_is_an_error():
+    """An adder layer on finite float32 inputs near the maximum: its sums of |x - w| overflow to -inf (this
+    reported a perfect 0.0)."""
+    layer = gt.TapConv2d(1, 2, 3, tap="adder", group="p4", in_group="z2", padding=1)
+    x = torch.randn(2, 1, 5, 5).clamp(-3, 3) * 1e38
+    with pytest.raises(ValueError, match=r"output: the module's output on x \(untransformed\) has \d+ non-finite "
+                                         r"entries of 400 \(0 NaN, \d+ inf\)"):
+        check_equivariance(layer, x, "p4")
+
+
 @pytest.mark.parametrize("element", [0, 1, 3])
 def test_non_finite_output_on_a_transformed_input_names_the_element(element):
     x = torch.randn(2, 3, 5, 5, dtype=DT)
