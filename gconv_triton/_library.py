@@ -126,7 +126,9 @@ def check_activation(activation) -> str:
     """``None`` or a name in :data:`ACTIVATIONS` -> the name (``None`` -> ``"none"``)."""
     if activation is None:
         return "none"
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+    if not isinstance(activation, str):
+        raise TypeError(f"activation: expected None or one of {ACTIVATIONS[1:]}, got {activation!r}")
+    if activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected None or one of {ACTIVATIONS[1:]}, got {activation!r}")
     return activation
 

@@ -129,12 +129,13 @@ def _check_tensor(t, name: str, dims: tuple[int, ...], like: Optional[torch.Tens
                              f"tensors on one device")
 
 
-def _check_groups(groups) -> int:
-    if isinstance(groups, bool) or not isinstance(groups, int):
-        raise TypeError(f"groups: expected a positive int, got {groups!r}")
-    if groups < 1:
-        raise ValueError(f"groups: expected a positive int, got {groups!r}")
-    return groups
+def _positive_int(value, name: str) -> int:
+    """``value`` as ``nn.Conv2d`` takes a count: an int (not a bool: a shifted positional argument), at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return value
 
 
 def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, group, in_group,
@@ -146,7 +147,7 @@ def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         raise ValueError(f"in_group: expected 'z2' (lifting) or the output group {group.name}, got {in_group.name}")
     _check_tensor(input, "input", (4, 5))
     _check_tensor(weight, "weight", (5,), like=input)
-    groups = _check_groups(groups)
+    groups = _positive_int(groups, "groups")
     s_in = in_group.order
     w_out, c_in_g, w_s, kh, kw = weight.shape
     if w_s != s_in:

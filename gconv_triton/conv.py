@@ -16,7 +16,7 @@ from torch import nn
 
 from .functional import _as_2d_args, gconv2d, shared_kernel_conv1d, shared_kernel_conv2d
 from .groups import z2
-from .modules import _positive_int
+from ._spec import _positive_int
 
 __all__ = ["Conv1d", "Conv2d", "SharedKernelConv1d", "SharedKernelConv2d"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Optional, Union
 
 import torch
@@ -68,6 +69,59 @@ def _act(group: Group, g: int, t: torch.Tensor, on: Optional[Group]) -> torch.Te
     return group.act_on_features(g, t.unflatten(1, (-1, group.order))).flatten(1, 2)
 
 
+def _first_group_layer(module) -> Optional[tuple[str, Group]]:
+    """The first module of ``module.modules()`` that reads a 4-D input in one definite way, described as
+    ``"(name, a Class)"``, and the group whose maps it reads it as (``z2``: images).  Those are the group
+    convolutions (``GroupConv2d`` and its subclasses, ``TapConv2d``: their ``in_group``; ``GroupConvTranspose2d``:
+    its ``group``) and ``GroupPool`` given a ``group``.  Layers that treat every channel alike (``GroupBatchNorm``,
+    spatial pooling, pointwise layers) read either form the same way and are passed over."""
+    from .layers import GroupConvTranspose2d
+    from .modules import GroupConv2d, GroupPool
+    from .tap_modules import TapConv2d
+
+    if not isinstance(module, nn.Module):
+        return None
+    for name, layer in module.named_modules():
+        if isinstance(layer, (GroupConv2d, TapConv2d)):
+            reads = layer.in_group
+        elif isinstance(layer, GroupConvTranspose2d):
+            reads = layer.group
+        elif isinstance(layer, GroupPool) and layer.group is not None:
+            reads = layer.group
+        else:
+            continue
+        return f"({name or 'the module itself'}, a {type(layer).__name__})", reads
+    return None
+
+
+def _check_finite(t: torch.Tensor, what: str, expected: str) -> None:
+    """Raise a ValueError saying how many entries of ``t`` are NaN or infinite, if any."""
+    finite = torch.isfinite(t)
+    if bool(finite.all()):
+        return
+    bad, nan = int((~finite).sum()), int(torch.isnan(t).sum())
+    raise ValueError(f"{what} has {bad} non-finite {'entry' if bad == 1 else 'entries'} of {t.numel()} ({nan} NaN, "
+                     f"{bad - nan} inf); {expected}")
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """``‖got − expected‖ / ‖expected‖`` in float64 for finite tensors, both scaled by their largest entry first:
+    a squared norm of outputs near the float64 maximum would overflow to inf (and inf / inf is NaN)."""
+    got, expected = got.double(), expected.double()
+    if got.numel() == 0:
+        return 0.0
+    scale = torch.maximum(got.abs().max(), expected.abs().max())
+    if scale == 0:
+        return 0.0
+    got, expected = got / scale, expected / scale
+    return float((got - expected).norm() / expected.norm().clamp_min(torch.finfo(torch.float64).tiny))
+
+
+def _element(group: Group, g: int) -> str:
+    matrix = f" (matrix {group.matrices[g]})" if group.matrices is not None else ""
+    return f"group element g = {g} of {group.name}{matrix}"
+
+
 @torch.no_grad()
 def check_equivariance(module: Union[nn.Module, Callable], x: torch.Tensor, group: Union[str, Group], *,
                        in_group: Union[str, Group, None] = None, out_group: Union[str, Group, None] = None,
@@ -79,12 +133,16 @@ def check_equivariance(module: Union[nn.Module, Callable], x: torch.Tensor, grou
             running statistics, dropout off: a training-mode forward is random or depends on the batch) unless
             ``train=True``; its modes and buffers (BatchNorm's running statistics) are restored afterwards,
             bit for bit.  A plain callable runs as it is.
-        x: the input.
+        x: the input, finite.
         group: the group whose action is checked.
         in_group: how ``group`` acts on ``x``: ``"z2"`` for planes ``(B, C, H, W)`` (images: rotated and flipped),
             ``group`` for group maps, 5-D ``(B, C, S, H, W)`` or GrouPy's flattened ``(B, C·S, H, W)`` (the plane
-            rotated, the group axis permuted).  Default: read from the shape, 5-D as group maps and 4-D as planes,
-            so a flattened map needs ``in_group=group``.
+            rotated, the group axis permuted).  Default: read from the shape, 5-D as group maps; a 4-D ``x`` is
+            read as the module's first group layer reads it: the first module in ``module.modules()`` order that
+            is a group convolution (``GroupConv2d`` and its subclasses, ``TapConv2d``, ``GroupConvTranspose2d``)
+            or a ``GroupPool`` given a ``group``; a flattened map when that layer's input group is ``group``
+            (``input_form`` then names the layer), images when it is ``z2``, a ``ValueError`` for another group.
+            Without such a layer (a plain callable, a plain ``torch.nn`` model) a 4-D ``x`` is read as images.
         out_group: the same for the output; by default also ``(B, N)`` and 1-D outputs are invariants, compared
             unchanged.
         train: evaluate an ``nn.Module`` in training mode instead.
@@ -92,24 +150,43 @@ def check_equivariance(module: Union[nn.Module, Callable], x: torch.Tensor, grou
     Returns:
         An :class:`EquivarianceResult`: a float (exactly equivariant layers give round-off, about 1e-15 in
         float64), whose ``input_form`` and ``output_form`` (and ``repr``) say how the tensors were read.
+
+    Raises:
+        ValueError: when ``x``, the module's output on ``x`` or its output on some ``g·x`` holds a NaN or an inf
+            (an overflow, say): the message says which of them (naming the group element ``g``) and how many
+            entries are NaN and how many infinite.  A non-finite output has no meaningful error to report.
     """
     group = get_group(group)
     in_group = None if in_group is None else get_group(in_group, "in_group")
     out_group = None if out_group is None else get_group(out_group, "out_group")
+    read_as = ""
+    if in_group is None and isinstance(x, torch.Tensor) and x.dim() == 4:
+        found = _first_group_layer(module)
+        if found is not None and not found[1].is_trivial:
+            layer, reads = found
+            if reads != group:
+                raise ValueError(f"input: the module's first group layer {layer} reads a 4-D input as flattened "
+                                 f"{reads.name} maps, on which {group.name} does not act; pass in_group='z2' to "
+                                 f"read x as images, or check the group {reads.name}")
+            in_group, read_as = reads, f", as the module's first group layer {layer} reads a 4-D input"
     input_form, in_on = _form(group, x, in_group, "input", "in_group")
     if in_on is None:
         raise ValueError(f"input: expected planes (B, C, H, W) or group maps, got shape {tuple(x.shape)}")
+    _check_finite(x, "x: the input", "expected finite values")
+    not_comparable = "check_equivariance compares finite outputs only"
     with _evaluation(module, train):
         y = module(x)
         output_form, out_on = _form(group, y, out_group, "output", "out_group")
+        _check_finite(y, "output: the module's output on x (untransformed)", not_comparable)
         worst = 0.0
         for g in range(group.order):
             expected = _act(group, g, y, out_on)
             got = module(_act(group, g, x, in_on))
-            err = (got - expected).double().norm() / expected.double().norm().clamp_min(
-                torch.finfo(torch.float64).tiny)
-            worst = max(worst, float(err))
-    return EquivarianceResult(worst, input_form, output_form)
+            _check_finite(got, f"output: the module's output on g·x for {_element(group, g)}", not_comparable)
+            err = _relative_error(got, expected)
+            if math.isnan(err) or err > worst:  # a NaN, never dropped (max(0.0, nan) is 0.0)
+                worst = err
+    return EquivarianceResult(worst, input_form + read_as, output_form)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._library import _compiling, conv_input_grad
-from ._spec import _pair, make_spec, resolve_geometry
+from ._spec import _pair, _positive_int, make_spec, resolve_geometry
 from .exactness import concrete_shape, inexact_reasons_transposed, warn_if_inexact
 from .groups import Group, get_group
 from .modules import (GroupConv2d, _as_group_map, _kernel_pair, _optional_group, check_channels, check_group_pair,
@@ -27,17 +27,24 @@ __all__ = ["GroupBatchNorm", "GroupConvTranspose2d", "gconv_transpose2d", "gcnn_
 
 
 # ------------------------------------------------------------------------------------------------ batch norm
-class GroupBatchNorm(nn.BatchNorm3d):
+class GroupBatchNorm(nn.Module):
     """Batch normalization of group feature maps ``(B, C, S, H, W)``: one mean and variance per G-channel ``c``,
     over the batch, the group axis and the plane, and one affine ``(weight, bias)`` per G-channel.
 
     Sharing the statistics over the group axis is what keeps it equivariant (a rotation permutes the group axis
     and the plane, which leaves those statistics unchanged); a per-planar-channel ``BatchNorm2d`` on the
-    flattened ``(B, C·S, H, W)`` map would not be.  Running statistics, ``momentum``, ``affine``,
-    ``track_running_stats`` and ``eval()`` behave as in ``torch.nn.BatchNorm3d`` (which computes exactly these
-    statistics on a 5-D input); ``nn.SyncBatchNorm.convert_sync_batchnorm`` converts it for multi-GPU training.
-    Also takes plane feature maps ``(B, C, H, W)`` (per-channel statistics over B, H, W) and, given ``group``,
-    GrouPy's flattened group maps ``(B, C·S, H, W)`` (normalized as the 5-D map, returned flat).
+    flattened ``(B, C·S, H, W)`` map would not be.  Also takes plane feature maps ``(B, C, H, W)`` (per-channel
+    statistics over B, H, W) and, given ``group``, GrouPy's flattened group maps ``(B, C·S, H, W)`` (normalized as
+    the 5-D map, returned flat).
+
+    The statistics are computed by a child ``norm``, an ``nn.BatchNorm3d`` that always receives the 5-D map
+    (planes as ``(B, C, 1, H, W)``); ``weight``, ``bias``, ``running_mean``, ``running_var``,
+    ``num_batches_tracked``, ``eps``, ``momentum``, ``affine`` and ``track_running_stats`` are the child's, and
+    running statistics, ``momentum`` and ``eval()`` behave as in ``torch.nn.BatchNorm3d``.  So
+    ``nn.SyncBatchNorm.convert_sync_batchnorm``, which replaces every ``_BatchNorm`` by a plain ``SyncBatchNorm``,
+    converts the child for multi-GPU training and leaves this layer, with its reading of the input, in place.
+    State-dict keys are ``norm.weight``, ``norm.running_mean``, ...; those of the earlier ``nn.BatchNorm3d``
+    subclass (``weight``, ``running_mean``, ...) still load.
 
     Args:
         num_features: ``C``, the number of G-channels.
@@ -49,39 +56,75 @@ class GroupBatchNorm(nn.BatchNorm3d):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None, *,
                  group: Union[str, Group, None] = None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        super().__init__()
         self.group = _optional_group(group)
+        self.norm = nn.BatchNorm3d(_positive_int(num_features, "num_features"), eps, momentum, affine,
+                                   track_running_stats, device=device, dtype=dtype)
 
     def __setstate__(self, state):
+        if "norm" not in state.get("_modules", {}):  # pickled as the nn.BatchNorm3d subclass it used to be
+            norm = nn.BatchNorm3d.__new__(nn.BatchNorm3d)
+            norm.__setstate__({k: v for k, v in state.items() if k != "group"})
+            nn.Module.__init__(self)
+            self.training, self.group, self.norm = norm.training, state.get("group"), norm
+            return
         super().__setstate__(state)
         self.__dict__.setdefault("group", None)  # pickled before group existed
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        c = self.num_features
-        if isinstance(input, torch.Tensor) and input.dim() == 4 and self.group is not None and \
-                input.shape[1] == c * self.group.order and self.group.order > 1:
-            return super().forward(_as_group_map(input, self.group, type(self).__name__)).flatten(1, 2)
-        return super().forward(input)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            if prefix + name in state_dict:  # a state dict of the earlier nn.BatchNorm3d subclass
+                state_dict[prefix + "norm." + name] = state_dict.pop(prefix + name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _check_input_dim(self, input: torch.Tensor) -> None:
+    def reset_running_stats(self) -> None:
+        self.norm.reset_running_stats()
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
         if input.dim() not in (4, 5):
             raise ValueError(f"input: expected a group feature map (B, C, S, H, W) or a plane map (B, C, H, W), "
                              f"got a {input.dim()}-D tensor of shape {tuple(input.shape)}")
-        c = self.num_features
+        c, group = self.num_features, self.group
         if input.dim() == 5:
-            _as_group_map(input, self.group, type(self).__name__)  # S against the group, when given
+            _as_group_map(input, group, type(self).__name__)  # S against the group, when given
+        elif group is not None and group.order > 1 and input.shape[1] == c * group.order:
+            return self.norm(_as_group_map(input, group, type(self).__name__)).flatten(1, 2)
         if input.shape[1] != c:
             flat = ""
-            if input.dim() == 4 and self.group is not None:
-                flat = f" or {c * self.group.order} (C*S, flattened {self.group.name} map)"
+            if input.dim() == 4 and group is not None:
+                flat = f" or {c * group.order} (C*S, flattened {group.name} map)"
             elif input.dim() == 4 and input.shape[1] % c == 0:
                 flat = (f"; a flattened group map (B, C*S, H, W) with S = {input.shape[1] // c} needs "
                         f"GroupBatchNorm({c}, group=...)")
             raise ValueError(f"input: expected {c} channels (num_features) at dim 1{flat}, got shape "
                              f"{tuple(input.shape)}")
+        return self.norm(input) if input.dim() == 5 else self.norm(input.unsqueeze(2)).squeeze(2)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (f", group={self.group.name}" if self.group is not None else "")
+        return f"{self.num_features}" + (f", group={self.group.name}" if self.group is not None else "")
+
+
+def _norm_attribute(name: str, settable: bool) -> property:
+    """``GroupBatchNorm.<name>``: the child ``norm``'s attribute (also after it became a ``SyncBatchNorm``)."""
+    def get(self):
+        return getattr(self.norm, name)
+
+    def set(self, value):
+        setattr(self.norm, name, value)
+
+    return property(get, set if settable else None, doc=f"``norm.{name}``")
+
+
+for _name in ("num_features", "eps", "momentum", "affine", "track_running_stats"):
+    setattr(GroupBatchNorm, _name, _norm_attribute(_name, settable=True))
+for _name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+    setattr(GroupBatchNorm, _name, _norm_attribute(_name, settable=False))
+del _name
 
 
 # ------------------------------------------------------------------------------------- transposed convolution
@@ -226,8 +269,7 @@ def gcnn_width(cnn_width: int, group: Union[Group, str], equal: str = "params") 
     gives ``N / √S`` (Cohen & Welling's choice: p4m ResNet-44 widths 11, 23, 45 for 32, 64, 128) and
     ``equal="compute"`` gives ``N / S``; rounded to the nearest int, at least 1.
     """
-    if isinstance(cnn_width, bool) or not isinstance(cnn_width, int) or cnn_width < 1:
-        raise ValueError(f"cnn_width: expected a positive int, got {cnn_width!r}")
+    _positive_int(cnn_width, "cnn_width")
     order = get_group(group, "group").order
     if equal == "params":
         width = cnn_width / math.sqrt(order)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._library import check_activation
-from ._spec import resolve_geometry
+from ._spec import _pair, _positive_int, resolve_geometry
 from .exactness import inexact_reasons, inexact_reasons_pool, warn_if_inexact
 from .functional import gconv2d
 from .groups import Group, get_group
@@ -20,18 +20,10 @@ __all__ = ["GroupConv2d", "P4ConvZ2", "P4ConvP4", "P4MConvZ2", "P4MConvP4M", "Gr
 
 
 def _kernel_pair(kernel_size) -> tuple[int, int]:
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, tuple, list)):
-        raise TypeError(f"kernel_size: expected an int or a pair of ints, got {kernel_size!r}")
-    pair = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-    if len(pair) != 2 or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in pair):
+    pair = _pair(kernel_size, "kernel_size")  # TypeError for anything but an int or a pair of ints
+    if min(pair) < 1:
         raise ValueError(f"kernel_size: expected a positive int or a pair of positive ints, got {kernel_size!r}")
-    return pair  # type: ignore[return-value]
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
+    return pair
 
 
 def check_channels(in_channels, out_channels, groups) -> tuple[int, int, int]:
@@ -281,6 +273,13 @@ class _SpatialPool(nn.Module):
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
         self.padding = padding
+        kernel = _kernel_pair(kernel_size)
+        if isinstance(padding, str):  # F.max_pool2d / F.avg_pool2d take no 'same' / 'valid'
+            raise TypeError(f"padding: expected an int or a pair of ints, got {padding!r}")
+        _, _, (top, _, left, _) = resolve_geometry(kernel, self.stride, padding, 1)
+        if top > kernel[0] // 2 or left > kernel[1] // 2:  # torch's pooling rule, checked here and not at forward
+            raise ValueError(f"padding: expected at most half the kernel size (kernel_size {kernel}), got "
+                             f"{padding!r}")
         self.ceil_mode = ceil_mode
         self.group = _optional_group(group)
 

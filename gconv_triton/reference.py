@@ -6,26 +6,28 @@ CPU tensors.  It computes in the input's dtype and is differentiable by autograd
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 from ._spec import ConvSpec, as_5d
-from .groups import Group
+from .groups import Group, get_group
 
 __all__ = ["filter_bank", "flat_bank", "bank_conv2d", "bank_conv_transpose2d", "gconv2d_reference"]
 
 
-def filter_bank(weight: torch.Tensor, group: Group, in_group: Group) -> torch.Tensor:
+def filter_bank(weight: torch.Tensor, group: Union[Group, str], in_group: Union[Group, str]) -> torch.Tensor:
     """``F[o, g, i, s] = act(g, w[o, i, t(g, s)])`` with ``t(g, s) = index(g⁻¹ s)``.
 
     Args:
         weight: base weight ``(C_out, C_in, S_in, kh, kw)``.
+        group, in_group: :class:`~gconv_triton.groups.Group` objects or names (``"p4"``, ``"z2"``).
     Returns:
         the bank ``(C_out, S_out, C_in, S_in, kh, kw)``; flatten to ``(C_out·S_out, C_in·S_in, kh, kw)`` for
         ``F.conv2d``.  One ``index_select`` of the flattened weight (its backward one ``index_add_``).
     """
+    group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
     index = bank_index(group, in_group, tuple(int(d) for d in weight.shape), weight.device)
     return weight.reshape(-1).index_select(0, index.flatten()).view(index.shape)
 

@@ -17,6 +17,7 @@ from helpers import DEVICE, assert_close, torch_backend, triton_backend
 from torch import nn
 
 from gconv_triton import EquivarianceWarning, GroupConv2d, GroupMaxPool2d, check_equivariance
+from gconv_triton.groups import get_group
 from gconv_triton.layers import GroupBatchNorm, GroupConvTranspose2d, gcnn_width
 from gconv_triton.models import GroupResNet, count_parameters, p4m_resnet18, p4m_resnet44
 from gconv_triton.reference import filter_bank
@@ -66,7 +67,7 @@ def test_activation_epilogue_matches_unfused(backend, activation, family):
 def test_activation_rejects_unknown_name():
     with pytest.raises(ValueError, match="activation"):
         GroupConv2d(2, 2, 3, activation="tanh")
-    with pytest.raises(ValueError, match="activation"):
+    with pytest.raises(TypeError, match="activation"):  # a wrong type, not a wrong name
         GroupConv2d(2, 2, 3, activation=True)
 
 
@@ -117,8 +118,61 @@ def test_group_batchnorm_input_checks_and_sync_conversion():
     assert bn(torch.randn(2, 3, 5, 5)).shape == (2, 3, 5, 5)  # plane maps too
     with pytest.raises(ValueError, match="input"):
         bn(torch.randn(2, 3, 5))
-    synced = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(bn))
-    assert isinstance(synced[0], nn.SyncBatchNorm)
+
+
+def _bn_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(GroupBatchNorm(3, momentum=0.25, group="p4", dtype=DT), nn.SiLU())
+    with torch.no_grad():
+        model[0].weight.uniform_(0.5, 1.5)
+        model[0].bias.uniform_(-0.5, 0.5)
+    model(torch.randn(4, 3, 4, 5, 5, dtype=DT) * 2 + 1)  # non-trivial running statistics
+    return model
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("flat", [False, True], ids=["5d", "flattened"])
+def test_sync_batchnorm_conversion_keeps_group_batchnorm(train, flat):
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` converts the ``nn.BatchNorm3d`` a GroupBatchNorm holds and
+    leaves the GroupBatchNorm, which still reads flattened (B, C·S, H, W) maps.  On the CPU without a process group
+    SyncBatchNorm computes as BatchNorm (batch statistics in training, running ones in eval): the converted model
+    gives the same outputs, gradients and running statistics as the original."""
+    original, converted = _bn_model(), nn.SyncBatchNorm.convert_sync_batchnorm(_bn_model())
+    assert isinstance(converted[0], GroupBatchNorm) and isinstance(converted[0].norm, nn.SyncBatchNorm)
+    assert converted[0].group.name == "p4" and original.state_dict().keys() == converted.state_dict().keys()
+    x = torch.randn(3, 3, 4, 6, 6, dtype=DT) * 3 - 1
+    if flat:
+        x = x.flatten(1, 2)
+    outputs = []
+    for model in (original, converted):
+        model.train(train)
+        xi = x.clone().requires_grad_()
+        y = model(xi)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=DT).view_as(y)).sum().backward()
+        outputs.append((y, xi.grad, model[0].weight.grad, model[0].bias.grad, model[0].running_mean,
+                        model[0].running_var))
+    assert outputs[0][0].shape == x.shape
+    for want, got in zip(*outputs):
+        assert (got - want).abs().max() < EXACT
+
+
+def test_group_batchnorm_loads_state_dicts_and_pickles_of_the_batchnorm3d_subclass():
+    """GroupBatchNorm used to be an ``nn.BatchNorm3d`` subclass (keys ``weight``, ``running_mean``, ...): its state
+    dicts load into the ``norm.`` keys, and its pickles (a ``__dict__`` without ``norm``) unpickle."""
+    old = nn.BatchNorm3d(3, momentum=0.25, dtype=DT)
+    with torch.no_grad():
+        old.weight.uniform_(0.5, 1.5)
+        old.bias.uniform_(-0.5, 0.5)
+    old(torch.randn(4, 3, 4, 5, 5, dtype=DT) + 1)
+    old.eval()
+    x = torch.randn(2, 3, 4, 5, 5, dtype=DT)
+    bn = GroupBatchNorm(3, dtype=DT).eval()
+    bn.load_state_dict(old.state_dict())
+    assert torch.equal(bn(x), old(x)) and int(bn.num_batches_tracked) == 1
+    unpickled = GroupBatchNorm.__new__(GroupBatchNorm)
+    unpickled.__setstate__({**old.__dict__, "group": get_group("p4")})  # what pickle does with an old __dict__
+    assert torch.equal(unpickled(x), old(x)) and torch.equal(unpickled(x.flatten(1, 2)), old(x).flatten(1, 2))
+    assert unpickled.momentum == 0.25 and not unpickled.training
 
 
 def test_group_batchnorm_wrong_channel_count_is_a_value_error():

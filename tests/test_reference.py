@@ -142,6 +142,20 @@ def test_filter_bank(name, lifting):
             assert torch.equal(bank[:, g, :, s], planar(name, g, w[:, :, u]))
 
 
+def test_filter_bank_accepts_group_names():
+    """Group names work as everywhere else (case-insensitive, as ``get_group``); anything else is a TypeError."""
+    w = torch.randn(2, 3, 4, 3, 3, dtype=DT)
+    assert torch.equal(filter_bank(w, "p4", "P4"), filter_bank(w, G.p4, G.p4))
+    lifting = torch.randn(2, 3, 1, 3, 3, dtype=DT)
+    assert torch.equal(filter_bank(lifting, "p4m", "z2"), filter_bank(lifting, G.p4m, G.z2))
+    with pytest.raises(TypeError, match=r"group: expected a Group or a group name \(str\), got int"):
+        filter_bank(w, 4, "p4")
+    with pytest.raises(TypeError, match=r"in_group: expected a Group or a group name \(str\), got NoneType"):
+        filter_bank(w, "p4", None)
+    with pytest.raises(ValueError, match=r"in_group: unknown group 'p5'"):
+        filter_bank(w, "p4", "p5")
+
+
 def test_reference_is_differentiable_and_keeps_dtype():
     x = torch.randn(1, 2, 4, 5, 5, dtype=torch.float32, requires_grad=True)
     w = torch.randn(3, 2, 4, 3, 3, dtype=torch.float32, requires_grad=True)

@@ -191,6 +191,78 @@ def test_module_constructor_rejects(make, exc, pattern):
         make()
 
 
+# A wrong type (a float, a str, None or a bool where an int is expected) is a TypeError, a wrong value a
+# ValueError; each names the argument and the value given.  (id, constructor, exception, message pattern)
+_TAP = dict(tap="adder")
+CONSTRUCTOR_TYPES = [
+    ("in-channels-float", lambda: GroupConv2d(3.0, 4, 3), TypeError, r"in_channels: expected a positive int, got 3\.0"),
+    ("in-channels-none", lambda: GroupConv2d(None, 4, 3), TypeError, r"in_channels: expected a positive int, got None"),
+    ("in-channels-bool", lambda: GroupConv2d(True, 4, 3), TypeError, r"in_channels: expected a positive int, got True"),
+    ("out-channels-str", lambda: P4ConvP4(3, "4", 3), TypeError, r"out_channels: expected a positive int, got '4'"),
+    ("groups-float", lambda: P4ConvP4(2, 2, 3, groups=1.0), TypeError, r"groups: expected a positive int, got 1\.0"),
+    ("kernel-float", lambda: P4ConvP4(2, 2, 3.0), TypeError,
+     r"kernel_size: expected an int or a pair of ints, got 3\.0"),
+    ("kernel-float-in-pair", lambda: P4ConvP4(2, 2, (3, 3.0)), TypeError,
+     r"kernel_size: expected an int or a pair of ints, got \(3, 3\.0\)"),
+    ("kernel-none", lambda: P4ConvZ2(2, 2, None), TypeError,
+     r"kernel_size: expected an int or a pair of ints, got None"),
+    ("kernel-negative-in-pair", lambda: P4ConvP4(2, 2, (3, -3)), ValueError,
+     r"kernel_size: expected a positive int or a pair of positive ints, got \(3, -3\)"),
+    ("dilation-float", lambda: P4ConvP4(2, 2, 3, dilation=1.5), TypeError, r"dilation: expected an int or a pair"),
+    ("padding-none", lambda: P4ConvP4(2, 2, 3, padding=None), TypeError, r"padding: expected an int or a pair"),
+    ("activation-int", lambda: P4ConvP4(2, 2, 3, activation=1), TypeError,
+     r"activation: expected None or one of \('relu', 'silu', 'gelu'\), got 1"),
+    ("activation-name", lambda: P4ConvP4(2, 2, 3, activation="tanh"), ValueError, r"activation: .* got 'tanh'"),
+    ("group-int", lambda: GroupConv2d(2, 2, 3, group=4), TypeError,
+     r"group: expected a Group or a group name \(str\), got int"),
+    ("transposed-in-channels-float", lambda: gconv_triton.GroupConvTranspose2d(2.0, 2, 3), TypeError,
+     r"in_channels: expected a positive int, got 2\.0"),
+    ("transposed-kernel-str", lambda: gconv_triton.GroupConvTranspose2d(2, 2, "3"), TypeError,
+     r"kernel_size: expected an int or a pair of ints, got '3'"),
+    ("transposed-output-padding-float", lambda: gconv_triton.GroupConvTranspose2d(2, 2, 3, 2, output_padding=0.5),
+     TypeError, r"output_padding: expected an int or a pair of ints, got 0\.5"),
+    ("tap2d-in-channels-float", lambda: gconv_triton.TapConv2d(2.5, 2, 3, **_TAP), TypeError,
+     r"in_channels: expected a positive int, got 2\.5"),
+    ("tap2d-kernel-float", lambda: gconv_triton.TapConv2d(2, 2, 3.0, **_TAP), TypeError,
+     r"kernel_size: expected an int or a pair of ints, got 3\.0"),
+    ("tap1d-kernel-float", lambda: gconv_triton.TapConv1d(2, 2, 3.0, **_TAP), TypeError,
+     r"kernel_size: expected an int or a tuple of 1 ints, got 3\.0"),
+    ("shared-groups-float", lambda: gconv_triton.SharedKernelConv2d(3, 2.0), TypeError,
+     r"groups: expected a positive int, got 2\.0"),
+    ("shared-groups-0", lambda: gconv_triton.SharedKernelConv2d(3, 0), ValueError,
+     r"groups: expected a positive int, got 0"),
+    ("batchnorm-features-float", lambda: gconv_triton.GroupBatchNorm(3.0), TypeError,
+     r"num_features: expected a positive int, got 3\.0"),
+    ("batchnorm-features-0", lambda: gconv_triton.GroupBatchNorm(0), ValueError,
+     r"num_features: expected a positive int, got 0"),
+    ("pool-kernel-float", lambda: gconv_triton.GroupMaxPool2d(2.0), TypeError,
+     r"kernel_size: expected an int or a pair of ints, got 2\.0"),
+    ("pool-kernel-0", lambda: gconv_triton.GroupAvgPool2d(0), ValueError,
+     r"kernel_size: expected a positive int or a pair of positive ints, got 0"),
+    ("pool-stride-str", lambda: gconv_triton.GroupMaxPool2d(2, stride="2"), TypeError,
+     r"stride: expected an int or a pair of ints, got '2'"),
+    ("pool-stride-0", lambda: gconv_triton.GroupMaxPool2d(2, stride=0), ValueError,
+     r"stride: expected values >= 1, got \(0, 0\)"),
+    ("pool-padding-str", lambda: gconv_triton.GroupMaxPool2d(2, padding="same"), TypeError,
+     r"padding: expected an int or a pair of ints, got 'same'"),
+    ("pool-padding-negative", lambda: gconv_triton.GroupAvgPool2d(3, padding=-1), ValueError,
+     r"padding: expected non-negative values, got -1"),
+    ("pool-padding-over-half", lambda: gconv_triton.GroupMaxPool2d(3, padding=2), ValueError,
+     r"padding: expected at most half the kernel size \(kernel_size \(3, 3\)\), got 2"),
+    ("width-float", lambda: gconv_triton.gcnn_width(32.0, "p4"), TypeError,
+     r"cnn_width: expected a positive int, got 32\.0"),
+    ("width-0", lambda: gconv_triton.gcnn_width(0, "p4"), ValueError, r"cnn_width: expected a positive int, got 0"),
+]
+
+
+@pytest.mark.parametrize("make, exc, pattern", [c[1:] for c in CONSTRUCTOR_TYPES],
+                         ids=[c[0] for c in CONSTRUCTOR_TYPES])
+def test_constructor_wrong_type_is_a_type_error_wrong_value_a_value_error(make, exc, pattern):
+    with pytest.raises(exc, match=pattern) as raised:
+        make()
+    assert type(raised.value) is exc  # not a subclass standing in for the other
+
+
 def test_module_forward_rejects_before_launch():
     """A layer's forward goes through the same validation (wrong channels, wrong dtype)."""
     layer = P4ConvP4(3, 2, 3)
