@@ -65,6 +65,8 @@ import gconv_triton as gt
 from gconv_triton._layout import empty_in_order
 from gconv_triton.autotune import LAYOUTS, parse_names
 
+from .memory import run_inside
+
 PATHS = ("kernel", "bank")
 # Allocations: a caching allocator hands out memory without a kernel.
 ALLOCATIONS = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "empty_permuted"}
@@ -225,13 +227,7 @@ class StepRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.namespace not in ("aten", "prim", "prims"):
-            # a custom op (gconv_triton::*): run its device kernel with the mode on, to see the ops inside it
-            first = next((t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)), None)
-            if first is None:   # profiler::_record_function_enter_new and the like
-                return func(*args, **kwargs)
-            below = torch._C._dispatch_keys(first) & torch._C._dispatch_keyset_full_after(torch._C.DispatchKey.Python)
-            with self:
-                return func.redispatch(below, *args, **kwargs)
+            return run_inside(self, func, args, kwargs)   # a gconv_triton::* op: its aten ops come back here
         out = func(*args, **kwargs)
         name = func._schema.name.split("::")[-1]
         inputs = {_storage_key(t) for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
@@ -491,6 +487,12 @@ def environment() -> dict:
                 tf32=torch.backends.cudnn.allow_tf32, threads=torch.get_num_threads())
 
 
+def _environment_line(env: dict) -> str:
+    tf32 = " (tf32 allowed)" if env["tf32"] else ""
+    return (f"{env['date']}: torch {env['torch']}, Python {env['python']}, {env['dtype']}{tf32}, "
+            f"{env['threads']} threads")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m perf.launches", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="all", help=f"'all' or a comma-separated subset of {list(MODELS)}")
@@ -530,7 +532,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         args.out.with_suffix(".md").write_text(
-            f"# python -m perf.launches {' '.join(result['argv'])}\n\n{result['environment']}\n\n{text}",
+            f"# python -m perf.launches {' '.join(result['argv'])}\n\n{_environment_line(result['environment'])}\n\n"
+            f"{text}",
             encoding="utf-8")
     return 0
 
