@@ -31,9 +31,10 @@ What is counted (a ``TorchDispatchMode`` sees every aten op, the ops inside ``gc
   (``torch.autograd.graph.saved_tensors_hooks``), their full size; the input and the parameters included.
 
 Each launch is charged to a layer: in the forward to the innermost module running; in the backward to the module
-whose forward created the autograd node running it (``torch._C._current_autograd_node``); else to ``(loss)``,
-``(accumulate)`` or ``(optimizer)``.  (The sum of two gradients of a tensor used twice, as in a residual block,
-is charged to the layer whose backward delivers the second.)  ``--per-layer`` prints, per group-conv layer, its
+whose forward created the autograd node running it (``torch._C._current_autograd_node``, between the node's pre-
+and post-hook); else to ``(loss)``, ``(accumulate)``, ``(optimizer)`` or ``(gradient sums)`` (the engine adding
+the two gradients of a tensor used twice, as a residual block's input, after the node that made the second one
+ran).  ``--per-layer`` prints, per group-conv layer, its
 launches and its activation-sized copies or fills: ``copy_``, ``clone``, ``reshape`` copies, ``zeros``,
 ``fill_``, ... writing at least as many bytes as the smaller of the layer's input and output.  The
 targets (:func:`check_targets`) are printed as PASS/FAIL lines and do not change the exit status.  See
@@ -172,14 +173,23 @@ class StepRecorder(TorchDispatchMode):
         self.records: list[Record] = []
         self.module_stack: list[str] = []
         self.phase = "forward"
+        self.in_node = False      # between a node's pre-hook and its post-hook (see tag_graph)
         self.live: dict[int, tuple] = {}
         self.live_bytes = 0
         self.peak_bytes = 0
         self.saved: dict[int, int] = {}
 
     # ------------------------------------------------------------------------------------- attribution
+    def enter_node(self, grad_outputs) -> None:
+        self.in_node = True
+
+    def leave_node(self, grad_inputs, grad_outputs) -> None:
+        self.in_node = False
+
     def layer(self) -> str:
         node = torch._C._current_autograd_node()
+        if node is not None and not self.in_node:
+            return "(gradient sums)"   # the engine adding up two gradients of one tensor, after the node ran
         if node is not None:
             return node.metadata.get(self.NODE_KEY, "(accumulate)" if type(node).__name__ == "AccumulateGrad"
                                      else "(untagged)")
@@ -284,7 +294,7 @@ def tag_modules(model: nn.Module, recorder: StepRecorder, step_input: torch.Tens
     def post(name):
         def hook(module, inputs, output):
             recorder.module_stack.pop()
-            tag_graph(output, name, boundaries.pop())
+            tag_graph(output, name, recorder, boundaries.pop())
             if name in layers:
                 layers[name]["output_bytes"] = sum(_tensor_bytes(t) for t in pytree.tree_leaves(output)
                                                    if isinstance(t, torch.Tensor))
@@ -297,9 +307,9 @@ def tag_modules(model: nn.Module, recorder: StepRecorder, step_input: torch.Tens
     return handles
 
 
-def tag_graph(output, name: str, boundary=frozenset()) -> None:
+def tag_graph(output, name: str, recorder: StepRecorder, boundary=frozenset()) -> None:
     """Name ``name`` in the metadata of every untagged autograd node behind ``output``, up to the ``boundary``
-    nodes (the module's inputs')."""
+    nodes (the module's inputs'), and hook it so that ``recorder`` knows when the engine runs it."""
     todo = [t.grad_fn for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
     seen = set()
     while todo:
@@ -307,7 +317,10 @@ def tag_graph(output, name: str, boundary=frozenset()) -> None:
         if node is None or node in seen or node in boundary:
             continue
         seen.add(node)
-        node.metadata.setdefault(StepRecorder.NODE_KEY, name)
+        if StepRecorder.NODE_KEY not in node.metadata:
+            node.metadata[StepRecorder.NODE_KEY] = name
+            node.register_prehook(recorder.enter_node)
+            node.register_hook(recorder.leave_node)
         todo.extend(n for n, _ in node.next_functions)
 
 
@@ -372,7 +385,7 @@ def _step(model: nn.Module, x: torch.Tensor, optimizer, recorder: StepRecorder) 
     """Forward, ``loss = output.square().mean()``, backward, the optimizer's step (gradients set to None before)."""
     recorder.phase = "forward"
     loss = model(x).square().mean()
-    tag_graph(loss, "(loss)")
+    tag_graph(loss, "(loss)", recorder)
     recorder.phase = "backward"
     loss.backward()
     recorder.phase = "optimizer"

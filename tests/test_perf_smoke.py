@@ -240,6 +240,26 @@ def test_launches_counts_one_more_clone_with_its_bytes():
         assert more["gemm_bytes"] == plain["gemm_bytes"], path
 
 
+class _Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = launches.MODELS["layer"].build()
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+def test_launches_charges_the_sum_of_two_gradients_to_no_layer():
+    """``x`` feeds the conv and the sum: autograd adds its two gradients after the conv's backward ran."""
+    base = launches.MODELS["layer"]
+    residual = launches.Model("x + conv(x)", _Residual, base.batch, base.size, base.input_shape, base.input_grad)
+    for path in launches.PATHS:
+        plain, res = launches.measure(base, path, **TINY), launches.measure(residual, path, **TINY)
+        sums = [(r["name"], r["bytes"]) for r in res["records"] if r["layer"] == "(gradient sums)"]
+        assert sums == [("add", 1 * 32 * 4 * 6 * 6 * 4)], path
+        assert [lay["launches"] for lay in res["layers"]] == [lay["launches"] for lay in plain["layers"]], path
+
+
 def test_launches_kernel_path_records_three_gemms_per_layer_and_the_bank_path_none():
     from triton.runtime.interpreter import InterpretedFunction
 
