@@ -27,11 +27,20 @@ class AllocationRecorder(TorchDispatchMode):
         if func.namespace in ("aten", "prim", "prims"):
             out = func(*args, **kwargs)
         else:
-            first = next(t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
-            below = torch._C._dispatch_keys(first) & torch._C._dispatch_keyset_full_after(torch._C.DispatchKey.Python)
-            with self:
-                out = func.redispatch(below, *args, **kwargs)
+            out = run_inside(self, func, args, kwargs)
         for t in pytree.tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.numel() * t.element_size() > self.largest:
                 self.largest, self.largest_op = t.numel() * t.element_size(), func
         return out
+
+
+def run_inside(mode: TorchDispatchMode, func, args, kwargs):
+    """Run a non-aten op that reached ``mode`` (a custom op such as ``gconv_triton::gconv2d`` reaches a dispatch
+    mode as one op) by its kernel below the Python key, with ``mode`` active again, so that the aten ops inside it
+    reach ``mode`` too.  An op without tensor arguments (``profiler::_record_function_enter_new``) just runs."""
+    first = next((t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)), None)
+    if first is None:
+        return func(*args, **kwargs)
+    below = torch._C._dispatch_keys(first) & torch._C._dispatch_keyset_full_after(torch._C.DispatchKey.Python)
+    with mode:
+        return func.redispatch(below, *args, **kwargs)

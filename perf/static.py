@@ -130,7 +130,8 @@ class Launch:
         return self.tuner.fn if self.tuner else self.runner
 
     def bound(self) -> dict:
-        return dict(zip([p.name for p in self.jit.params], self.args), **self.kwargs)
+        names = [p.name for p in self.jit.params] if hasattr(self.jit, "params") else self.jit.arg_names  # interpreted
+        return dict(zip(names, self.args), **self.kwargs)
 
     def programs(self, blocks: dict) -> int:
         grid = self.grid({**self.bound(), **blocks}) if callable(self.grid) else self.grid
@@ -144,7 +145,8 @@ def _short(name: str) -> str:
 @contextlib.contextmanager
 def capturing(out: list):
     """Within: kernel launches are recorded in ``out`` instead of run (autotuned kernels at the tuner, the others
-    at ``JITFunction.run``)."""
+    at ``JITFunction.run``, or ``InterpretedFunction.run`` when ``TRITON_INTERPRET`` was set at import)."""
+    from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
     def tuner_run(self, *args, grid, **kwargs):
@@ -152,15 +154,16 @@ def capturing(out: list):
 
     def jit_run(self, *args, grid, warmup, **kwargs):
         if warmup:
-            return saved_jit(self, *args, grid=grid, warmup=warmup, **kwargs)
+            run = saved_interpreted if isinstance(self, InterpretedFunction) else saved_jit
+            return run(self, *args, grid=grid, warmup=warmup, **kwargs)
         out.append(Launch(_short(f"{self.fn.__module__}.{self.fn.__qualname__}"), self, args, kwargs, grid))
 
-    saved_tuner, saved_jit = _autotune.Autotuner.run, JITFunction.run
-    _autotune.Autotuner.run, JITFunction.run = tuner_run, jit_run
+    saved_tuner, saved_jit, saved_interpreted = _autotune.Autotuner.run, JITFunction.run, InterpretedFunction.run
+    _autotune.Autotuner.run, JITFunction.run, InterpretedFunction.run = tuner_run, jit_run, jit_run
     try:
         yield out
     finally:
-        _autotune.Autotuner.run, JITFunction.run = saved_tuner, saved_jit
+        _autotune.Autotuner.run, JITFunction.run, InterpretedFunction.run = saved_tuner, saved_jit, saved_interpreted
 
 
 def _meta(shape, dtype) -> torch.Tensor:

@@ -194,3 +194,127 @@ def test_perf_builds_e2cnn_p4m_on_numpy2():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "None", proc.stdout
+
+
+# ------------------------------------------------------------------------------------------ python -m perf.launches
+from perf import launches  # noqa: E402
+
+TINY = dict(batch=1, size=6)
+
+
+def test_launch_recorder_counts_ops_that_write_memory():
+    x = torch.randn(4, 5, 6)
+    with launches.StepRecorder() as rec:
+        x.view(20, 6), x.permute(2, 0, 1), x.expand(2, 4, 5, 6), x.detach(), x[1:]   # views: no launch
+        torch.empty(10), torch.empty_like(x)                                       # allocations: no launch
+        assert rec.records == []
+        y = x.clone()
+        y.add_(1)
+        torch.zeros(3)
+        torch.add(x, x, out=y)
+    assert [(r.name, r.bytes) for r in rec.records] == [("clone", 480), ("add_", 480), ("zeros", 12), ("add", 480)]
+    assert all(r.kind == "torch" and not r.gemm for r in rec.records)
+    with launches.StepRecorder() as rec:
+        a = torch.ones(1000)
+        b = a * 2
+        del a, b
+        c = torch.ones(500)
+    assert (rec.peak_bytes, rec.live_bytes) == (8000, 2000)   # two 4000-byte tensors at once, then one of 2000
+    del c
+
+
+class _Clone(torch.nn.Module):
+    def forward(self, x):
+        return x.clone()
+
+
+def test_launches_counts_one_more_clone_with_its_bytes():
+    base = launches.MODELS["layer"]
+    cloned = launches.Model("layer, then clone", lambda: torch.nn.Sequential(base.build(), _Clone()), base.batch,
+                            base.size, base.input_shape, base.input_grad)
+    output_bytes = 1 * 32 * 4 * 6 * 6 * 4
+    for path in launches.PATHS:
+        plain, more = launches.measure(base, path, **TINY), launches.measure(cloned, path, **TINY)
+        assert more["launches"] == plain["launches"] + 1, path
+        assert more["bytes_outside_gemms"] == plain["bytes_outside_gemms"] + output_bytes, path
+        assert more["gemm_bytes"] == plain["gemm_bytes"], path
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = launches.MODELS["layer"].build()
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+def test_launches_charges_the_sum_of_two_gradients_to_no_layer():
+    """``x`` feeds the conv and the sum: autograd adds its two gradients after the conv's backward ran."""
+    base = launches.MODELS["layer"]
+    residual = launches.Model("x + conv(x)", _Residual, base.batch, base.size, base.input_shape, base.input_grad)
+    for path in launches.PATHS:
+        plain, res = launches.measure(base, path, **TINY), launches.measure(residual, path, **TINY)
+        sums = [(r["name"], r["bytes"]) for r in res["records"] if r["layer"] == "(gradient sums)"]
+        assert sums == [("add", 1 * 32 * 4 * 6 * 6 * 4)], path
+        assert [lay["launches"] for lay in res["layers"]] == [lay["launches"] for lay in plain["layers"]], path
+
+
+def test_launches_kernel_path_records_three_gemms_per_layer_and_the_bank_path_none():
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from gconv_triton import kernels
+
+    run = InterpretedFunction.run
+    kernel = launches.measure("layer", "kernel", **TINY)
+    triton = [r for r in kernel["records"] if r["kind"] == "triton"]
+    assert sorted(r["name"] for r in triton) == ["gconv._conv_gemm_kernel"] * 2 + ["gconv._weight_grad_kernel"]
+    assert all(r["gemm"] and r["bytes"] > 0 and r["programs"] > 0 for r in triton)
+    assert kernel["launches"] == kernel["triton"] + kernel["torch"] and kernel["triton"] == 3
+    (layer,) = kernel["layers"]
+    assert (layer["triton"], layer["input_from_layer"]) == (3, True)
+    bank = launches.measure("layer", "bank", **TINY)
+    assert bank["triton"] == 0
+    assert sorted(r["name"] for r in bank["records"] if r["gemm"]) == ["convolution", "convolution_backward"]
+    # the loss and the optimizer are the same ops on both paths
+    assert (kernel["loss_optimizer_launches"], kernel["loss_optimizer_bytes"]) == (
+        bank["loss_optimizer_launches"], bank["loss_optimizer_bytes"]) != (0, 0)
+    # P4CNN: the lifting layer's input needs no gradient, so it launches two GEMMs; deterministic counts
+    net = launches.measure("p4cnn", "kernel", "channels_last", batch=2, size=8)
+    assert [lay["triton"] for lay in net["layers"]] == [2, 3, 3] and net["triton"] == 8
+    assert [lay["input_from_layer"] for lay in net["layers"]] == [False, True, True]
+    again = launches.measure("p4cnn", "kernel", "channels_last", batch=2, size=8)
+    assert again["records"] == net["records"] and again["peak_bytes"] == net["peak_bytes"]
+    # the package is as it was: interpreted kernels, launched for real
+    assert kernels.gconv.INTERPRET == kernels.INTERPRET and InterpretedFunction.run is run
+
+
+def test_python_m_perf_launches_prints_the_table_and_targets(tmp_path, capsys):
+    rc = launches.main(["--models", "layer,p4cnn", "--batch", "1", "--size", "6", "--per-layer",
+                        "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.startswith("| model | input | launches: kernel path (Triton) | bank path (Triton) |")
+    rows = [line for line in out.splitlines() if line.startswith("| `")]
+    assert len(rows) == 4 and "| `P4ConvP4(32, 32, 3, padding=1)`, B1, 6×6 | channels_last | " in out
+    assert "p4cnn, contiguous, kernel path, per group-conv layer" in out
+    assert sum(line.startswith(("PASS ", "FAIL ")) for line in out.splitlines()) == 5 * 4
+    saved = json.loads((tmp_path / "run.json").read_text())
+    assert len(saved["results"]) == 8 and (tmp_path / "run.md").read_text().count("| `") == 4
+    with pytest.raises(SystemExit):
+        launches.main(["--models", "resnet18"])
+    assert "--models: expected 'all' or a comma-separated subset" in capsys.readouterr().err
+
+
+def test_python_m_perf_launches_in_a_fresh_process_matches_the_interpreted_import():
+    """Without TRITON_INTERPRET the kernels are autotuners (a GPU's import): the same launches are recorded."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GCONV_TRITON_POISON")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "perf.launches", "--models", "p4cnn", "--layouts", "contiguous",
+                           "--batch", "2", "--size", "8", "--json"], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh = {r["path"]: r for r in json.loads(proc.stdout)["results"]}
+    for path in launches.PATHS:
+        here = launches.measure("p4cnn", path, "contiguous", batch=2, size=8)
+        assert fresh[path]["records"] == here["records"], path
