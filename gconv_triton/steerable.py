@@ -52,7 +52,9 @@ class SteerableGroup(Group):
     """
 
     def __init__(self, rotations: int, reflections: bool, axis: float = 0.0):
-        if not isinstance(rotations, int) or isinstance(rotations, bool) or rotations < 1:
+        if not isinstance(rotations, int) or isinstance(rotations, bool):
+            raise TypeError(f"N: expected a positive int, got {type(rotations).__name__} {rotations!r}")
+        if rotations < 1:
             raise ValueError(f"N: expected a positive int, got {rotations!r}")
         n, flips = rotations, 2 if reflections else 1
         m1, r1, m2, r2 = torch.meshgrid(torch.arange(flips), torch.arange(n), torch.arange(flips), torch.arange(n),
@@ -118,13 +120,13 @@ def _snap(t: torch.Tensor) -> torch.Tensor:
     return torch.where(near, rounded, t)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None, typed=True)
 def cyclic_group(n: int) -> SteerableGroup:
     """``C_N``: element ``r`` rotates by ``2πr/N`` counter-clockwise (``C_4`` is p4)."""
     return SteerableGroup(n, False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None, typed=True)
 def dihedral_group(n: int, axis: float = 0.0) -> SteerableGroup:
     """``D_N``: element ``N·m + r`` rotates by ``2πr/N`` then reflects across the line at angle ``axis`` if
     ``m = 1`` (``axis = 0``: the rows reverse; ``D_4`` is p4m)."""
@@ -195,7 +197,7 @@ def _evaluate(points: torch.Tensor, radius, sigma, frequency, kind) -> torch.Ten
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None, typed=True)
 def steerable_basis(kernel_size: int) -> SteerableBasis:
     """e2cnn's default band-limited basis for ``k × k`` filters (``R2Conv``'s ``rings``, ``sigma``,
     ``frequencies_cutoff``), ``B = 6, 11, 18`` for ``k = 3, 5, 7``.
@@ -206,7 +208,9 @@ def steerable_basis(kernel_size: int) -> SteerableBasis:
     ``k = 2`` has no basis).  Each ``cos``/``sin`` pair shares one scale, making the pair's squared norms sum to
     2 (a lone function: norm 1), so rotations act by orthogonal 2×2 blocks on the coefficients.
     """
-    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1:
+    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool):
+        raise TypeError(f"kernel_size: expected a positive int, got {type(kernel_size).__name__} {kernel_size!r}")
+    if kernel_size < 1:
         raise ValueError(f"kernel_size: expected a positive int, got {kernel_size!r}")
     rows = []
     for r, s, cutoff in _rings(kernel_size):
@@ -233,7 +237,7 @@ def _element_point_map(group: SteerableGroup) -> torch.Tensor:
     return group.planar_matrices[group.inverse]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None, typed=True)
 def _rotated_basis(group: SteerableGroup, kernel_size: int) -> torch.Tensor:
     basis = steerable_basis(kernel_size)
     points = _grid_points(kernel_size)
@@ -284,8 +288,8 @@ def _check_group(group, argument: str) -> None:
 
 
 def _in_group(group: SteerableGroup, in_group) -> Group:
-    in_group = get_group(in_group, "in_group") if isinstance(in_group, str) else in_group
-    if not isinstance(in_group, Group) or not (in_group.is_trivial or in_group == group):
+    in_group = get_group(in_group, "in_group")
+    if not (in_group.is_trivial or in_group == group):
         raise ValueError(f"in_group: expected 'z2' or the output group {group.name}, got {in_group!r}")
     return in_group
 

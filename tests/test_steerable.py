@@ -173,6 +173,18 @@ def test_bad_arguments():
         st.steerable_bank(torch.zeros(2, 1, 4, 11), gt.p4, gt.p4, 5)
     with pytest.raises(ValueError, match="N"):
         st.cyclic_group(0)
+    for n in (4.0, 8.0):  # also after dihedral_group(4) / cyclic_group(8) are cached
+        with pytest.raises(TypeError, match="N"):
+            st.dihedral_group(n)
+        with pytest.raises(TypeError, match="N"):
+            st.cyclic_group(n)
+    st.dihedral_group(4, 0.0)
+    with pytest.raises(TypeError, match="N"):  # the cache must not take 4.0 for 4
+        st.dihedral_group(4.0, 0.0)
+    with pytest.raises(TypeError, match="kernel_size"):
+        st.steerable_basis(5.0)
+    with pytest.raises(TypeError, match="in_group"):
+        st.steerable_bank(torch.zeros(2, 1, 8, 11), C8, 8, 5)
     with pytest.raises(ValueError, match="no symmetry of the pixel grid"):
         C8.act_on_image(1, torch.zeros(3, 3))
     with pytest.raises(ValueError, match="input"):
