@@ -1,0 +1,461 @@
+"""Band-limited steerable filters for the rotation groups C_N and D_N (any N): math and the plain-PyTorch path.
+
+A filter is a vector of coefficients on e2cnn's default basis (:func:`steerable_basis`): Gaussian rings times
+angular harmonics up to a per-ring frequency cutoff, sampled at the centres of the ``k × k`` grid.  Rotating such
+a filter is exact in coefficient space, so a bank for any angle is ``Σ_b c_b ψ_b(R_g⁻¹ p)``: one small table
+``Ψ[g]`` (``B × k²``) per group element (:func:`rotated_basis`).
+
+Coordinates: the continuous maths uses e2cnn's ``(x, y)`` with x to the right and y up (``x = col − c``,
+``y = c − row``, ``c = (k − 1) / 2``); a rotation by ``θ > 0`` turns counter-clockwise as displayed, which for
+``θ = 90°`` is ``torch.rot90(·, k=1, dims=(-2, -1))``, p4's element 1.
+
+Groups (:func:`cyclic_group`, :func:`dihedral_group`): ``C_N`` element ``r`` is the rotation ``R^r`` by ``2πr/N``;
+``D_N`` element ``N·m + r`` is ``F^m R^r`` (rotate by ``r``, then reflect across the line at angle ``axis`` if
+``m = 1``).  With ``axis = 0`` (the default: the x axis, so reflection reverses the rows) ``D_4`` is p4m in p4m's
+element order and ``C_4`` is p4.  For ``4 | N`` the rotations by multiples of 90° and the reflections across the
+grid axes and diagonals map the grid onto itself, and on those elements the tables are exact tap permutations.
+
+Parameters: ``coefficients (C_out, C_in, S_in, B)``; the bank (:func:`steerable_bank`) is
+``F[o, g, i, s] = Σ_b c[o, i, index(g⁻¹ s), b] · Ψ[g, b]``, as :func:`~gconv_triton.reference.filter_bank` builds
+p4's from free taps.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .groups import Group, _grid_permutation, get_group
+
+__all__ = ["SteerableGroup", "cyclic_group", "dihedral_group", "SteerableBasis", "steerable_basis",
+           "rotated_basis", "coefficient_rotation", "steerable_bank", "steerable_conv2d", "init_coefficients",
+           "coefficients_from_filter", "e2cnn_permutation", "SteerableWeights", "from_e2cnn"]
+
+_EXACT = 1e-12  # a matrix entry this close to 0 or ±1 is that value: the element is a grid symmetry
+
+
+class SteerableGroup(Group):
+    """``C_N`` or ``D_N`` acting on the plane by real 2×2 matrices.
+
+    Attributes (besides :class:`~gconv_triton.groups.Group`'s ``order``, ``cayley``, ``inverse``):
+        rotations: ``N``.  reflections: whether it is ``D_N``.  axis: the reflection axis' angle (radians, from x).
+        planar_matrices: ``(S, 2, 2)`` float64, each element's matrix on ``(x, y)``.
+        lattice_matrices: per element its integer matrix on ``(row, col)`` offsets (as in
+            :mod:`~gconv_triton.groups`) when it maps the pixel grid onto itself, else None.
+
+    ``matrices`` (the base class' lattice matrices for every element) is None: most elements are no grid
+    symmetries.  Images and feature maps transform only under the grid symmetries (:meth:`act_on_image`).
+    """
+
+    def __init__(self, rotations: int, reflections: bool, axis: float = 0.0):
+        if not isinstance(rotations, int) or isinstance(rotations, bool):
+            raise TypeError(f"N: expected a positive int, got {type(rotations).__name__} {rotations!r}")
+        if rotations < 1:
+            raise ValueError(f"N: expected a positive int, got {rotations!r}")
+        n, flips = rotations, 2 if reflections else 1
+        m1, r1, m2, r2 = torch.meshgrid(torch.arange(flips), torch.arange(n), torch.arange(flips), torch.arange(n),
+                                        indexing="ij")
+        # (F^m1 R^r1)(F^m2 R^r2) = F^(m1+m2) R^((-1)^m2 r1 + r2), as p4m's table
+        cayley = ((m1 + m2) % 2) * n + ((1 - 2 * m2) * r1 + r2) % n
+        name = f"{'D' if reflections else 'C'}{n}"
+        super().__init__(cayley.reshape(n * flips, n * flips), name=name)
+        self.rotations, self.reflections, self.axis = n, bool(reflections), float(axis)
+        angle = torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
+        c, s = torch.cos(angle), torch.sin(angle)
+        rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)           # (N, 2, 2)
+        c2, s2 = math.cos(2 * self.axis), math.sin(2 * self.axis)
+        flip = torch.tensor([[c2, s2], [s2, -c2]], dtype=torch.float64)
+        mats = torch.cat([rot, flip @ rot]) if reflections else rot
+        self.planar_matrices = _snap(mats)
+        # (x, y) = (col, -row): the (row, col) matrix is P A P⁻¹ with P (x, y) -> (row, col) = (-y, x)
+        p = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+        grid = p @ self.planar_matrices @ p.T
+        self.lattice_matrices = [tuple(tuple(int(v) for v in row) for row in m.round().long().tolist())
+                                 if torch.equal(m, m.round()) else None for m in grid]
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, SteerableGroup):
+            return self is other
+        return (self.rotations, self.reflections, self.axis) == (other.rotations, other.reflections, other.axis)
+
+    def __hash__(self) -> int:
+        return hash((self.rotations, self.reflections, self.axis))
+
+    def __repr__(self) -> str:
+        axis = f", axis={self.axis:g}" if self.reflections else ""
+        return f"SteerableGroup({self.name!r}, order={self.order}{axis})"
+
+    @property
+    def lattice_elements(self) -> list[int]:
+        """The elements that map the pixel grid onto itself (multiples of 90°, grid-axis and diagonal flips)."""
+        return [g for g, m in enumerate(self.lattice_matrices) if m is not None]
+
+    def tap_destinations(self, kernel_size) -> torch.Tensor:
+        raise ValueError(f"group {self.name}: most of its elements are no grid symmetries, so they do not permute "
+                         f"filter taps; use steerable_bank (or act_on_image on its lattice_elements)")
+
+    def act_on_image(self, g: int, x: torch.Tensor) -> torch.Tensor:
+        """Rotate / reflect ``x (..., H, W)`` about its centre by element ``g``, which must be a grid symmetry
+        (one of :attr:`lattice_elements`); other angles need a resampler, which is approximate."""
+        matrix = self.lattice_matrices[g]
+        if matrix is None:
+            raise ValueError(f"g: element {g} of {self.name} is no symmetry of the pixel grid (expected one of "
+                             f"{self.lattice_elements})")
+        h, w = x.shape[-2:]
+        dest = _grid_permutation(matrix, h, w)
+        if dest is None:
+            raise ValueError(f"input: element {g} of {self.name} rotates by 90 degrees, which needs a square image, "
+                             f"got {h}x{w}")
+        return x.flatten(-2)[..., torch.argsort(dest).to(x.device)].unflatten(-1, (h, w))
+
+
+def _snap(t: torch.Tensor) -> torch.Tensor:
+    """Round entries within ``_EXACT`` of -1, 0 or 1 to it, so that grid symmetries are exact."""
+    rounded = t.round()
+    near = ((t - rounded).abs() < _EXACT) & (rounded.abs() <= 1)
+    return torch.where(near, rounded, t)
+
+
+@functools.lru_cache(maxsize=None, typed=True)
+def cyclic_group(n: int) -> SteerableGroup:
+    """``C_N``: element ``r`` rotates by ``2πr/N`` counter-clockwise (``C_4`` is p4)."""
+    return SteerableGroup(n, False)
+
+
+@functools.lru_cache(maxsize=None, typed=True)
+def dihedral_group(n: int, axis: float = 0.0) -> SteerableGroup:
+    """``D_N``: element ``N·m + r`` rotates by ``2πr/N`` then reflects across the line at angle ``axis`` if
+    ``m = 1`` (``axis = 0``: the rows reverse; ``D_4`` is p4m)."""
+    return SteerableGroup(n, True, float(axis))
+
+
+# --------------------------------------------------------------------------------------------------- the basis
+class SteerableBasis(NamedTuple):
+    """e2cnn's default basis of scalar filters, sampled: ``B`` functions ``ψ_b(p) = G_b(|p|) · h_b(angle of p)``.
+
+    Attributes:
+        samples: ``(B, k, k)`` float64, ``ψ_b`` at the grid centres (row-major, row 0 on top).
+        radius: ``(B,)`` ring radius.  sigma: ``(B,)`` ring width.  frequency: ``(B,)`` angular frequency ``m``.
+        kind: ``(B,)`` 0 for ``cos(mθ)``, 1 for ``sin(mθ)``.  scale: ``(B,)`` the normalisation factor.
+        kernel_size: ``k``.
+    """
+    samples: torch.Tensor
+    radius: torch.Tensor
+    sigma: torch.Tensor
+    frequency: torch.Tensor
+    kind: torch.Tensor
+    scale: torch.Tensor
+    kernel_size: int
+
+
+def _grid_points(k: int) -> torch.Tensor:
+    """``(2, k·k)`` e2cnn's sampling points ``(x, y)``, x right, y up, row-major."""
+    c = (k - 1) / 2
+    rows, cols = torch.meshgrid(torch.arange(k, dtype=torch.float64), torch.arange(k, dtype=torch.float64),
+                                indexing="ij")
+    return torch.stack([cols.flatten() - c, c - rows.flatten()])
+
+
+def _rings(k: int):
+    """e2cnn's defaults (``compute_basis_params`` with ``frequencies_cutoff=None``, dilation 1): ring radii, their
+    sigma and the cutoff ``_manual_fco1(k // 2)``."""
+    n_rings = math.ceil(k / 2)
+    radii = torch.linspace(0, (k - 1) // 2, n_rings).tolist()   # float32 linspace, as e2cnn
+    sigmas = [0.6] * (n_rings - 1) + [0.4]
+    sigmas = [0.005 if r == 0.0 else s for r, s in zip(radii, sigmas)]
+    outer = k // 2
+
+    def cutoff(r: float) -> int:
+        return 0 if r == 0.0 else int(min(2 * r, 2 if r == outer else 2 * r - (r + 1) % 2))
+
+    return [(r, s, cutoff(r)) for r, s in zip(radii, sigmas)]
+
+
+def _evaluate(points: torch.Tensor, radius, sigma, frequency, kind) -> torch.Tensor:
+    """``ψ_b`` (unnormalised) at ``points (2, P)``: ``(B, P)``.  The harmonic is ``Re`` / ``Im`` of
+    ``((x + iy) / |p|)^m`` by repeated complex products, not ``cos(m·atan2)``: on a grid symmetry the products
+    only permute and negate exactly, so the sampled functions transform exactly (0 at the origin for ``m > 0``)."""
+    x, y = points
+    r = torch.sqrt(x * x + y * y)
+    safe = torch.where(r > 1e-9, r, torch.ones_like(r))
+    ux, uy = torch.where(r > 1e-9, x / safe, torch.zeros_like(x)), torch.where(r > 1e-9, y / safe, torch.zeros_like(y))
+    powers = [(torch.ones_like(x), torch.zeros_like(x))]
+    for _ in range(int(frequency.max()) if len(frequency) else 0):
+        re, im = powers[-1]
+        powers.append((re * ux - im * uy, re * uy + im * ux))
+    out = torch.empty(len(radius), points.shape[1], dtype=torch.float64)
+    for b in range(len(radius)):
+        re, im = powers[int(frequency[b])]
+        harmonic = im if int(kind[b]) else re
+        if int(frequency[b]) > 0:
+            harmonic = torch.where(r > 1e-9, harmonic, torch.zeros_like(harmonic))
+        out[b] = torch.exp(-0.5 * (r - float(radius[b])) ** 2 / float(sigma[b]) ** 2) * harmonic
+    return out
+
+
+@functools.lru_cache(maxsize=None, typed=True)
+def steerable_basis(kernel_size: int) -> SteerableBasis:
+    """e2cnn's default band-limited basis for ``k × k`` filters (``R2Conv``'s ``rings``, ``sigma``,
+    ``frequencies_cutoff``), ``B = 6, 11, 18`` for ``k = 3, 5, 7``.
+
+    Per ring (radius ``r``, Gaussian width ``σ``, cutoff ``M``): ``cos(mθ)`` for ``0 ≤ m ≤ M`` and ``sin(mθ)`` for
+    ``0 < m ≤ M``.  Functions that vanish on the grid are dropped, as e2cnn drops them: for even ``k`` the grid has
+    no point at the origin, so the ``r = 0`` ring (``σ = 0.005``) is gone (``B = 5, 12`` for ``k = 4, 6``;
+    ``k = 2`` has no basis).  Each ``cos``/``sin`` pair shares one scale, making the pair's squared norms sum to
+    2 (a lone function: norm 1), so rotations act by orthogonal 2×2 blocks on the coefficients.
+    """
+    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool):
+        raise TypeError(f"kernel_size: expected a positive int, got {type(kernel_size).__name__} {kernel_size!r}")
+    if kernel_size < 1:
+        raise ValueError(f"kernel_size: expected a positive int, got {kernel_size!r}")
+    rows = []
+    for r, s, cutoff in _rings(kernel_size):
+        for m in range(cutoff + 1):
+            rows += [(r, s, m, 0)] + ([(r, s, m, 1)] if m > 0 else [])
+    radius, sigma, frequency, kind = (torch.tensor(c, dtype=torch.float64 if i < 2 else torch.long)
+                                      for i, c in enumerate(zip(*rows)))
+    raw = _evaluate(_grid_points(kernel_size), radius, sigma, frequency, kind)
+    keep = raw.square().sum(1) >= 1e-15  # e2cnn's threshold on the variance of a sampled element
+    if not bool(keep.any()):
+        raise ValueError(f"kernel_size: e2cnn's default basis vanishes on a {kernel_size}x{kernel_size} grid")
+    radius, sigma, frequency, kind, raw = radius[keep], sigma[keep], frequency[keep], kind[keep], raw[keep]
+    energy = raw.square().sum(1)
+    scale = torch.empty_like(energy)
+    for b in range(len(radius)):  # one scale per (ring, m): the mean energy of the pair
+        pair = (radius == radius[b]) & (frequency == frequency[b])
+        scale[b] = energy[pair].mean().rsqrt()
+    samples = (raw * scale[:, None]).view(-1, kernel_size, kernel_size)
+    return SteerableBasis(samples, radius, sigma, frequency, kind, scale, kernel_size)
+
+
+def _element_point_map(group: SteerableGroup) -> torch.Tensor:
+    """``(S, 2, 2)``: each element's inverse matrix (the point ``R_g⁻¹ p`` where ``Ψ[g]`` reads ``ψ``)."""
+    return group.planar_matrices[group.inverse]
+
+
+@functools.lru_cache(maxsize=None, typed=True)
+def _rotated_basis(group: SteerableGroup, kernel_size: int) -> torch.Tensor:
+    basis = steerable_basis(kernel_size)
+    points = _grid_points(kernel_size)
+    tables = [_evaluate(m @ points, basis.radius, basis.sigma, basis.frequency, basis.kind) * basis.scale[:, None]
+              for m in _element_point_map(group)]
+    return torch.stack(tables).view(group.order, -1, kernel_size, kernel_size)
+
+
+def rotated_basis(group: SteerableGroup, kernel_size: int) -> torch.Tensor:
+    """``Ψ[g, b] = ψ_b(R_g⁻¹ p)`` on the ``k × k`` grid, shape ``(S, B, k, k)`` float64: the basis re-sampled at
+    the rotated points by its closed form (no interpolation).  On grid symmetries it is an exact tap permutation
+    of ``Ψ[e]``; it equals ``coefficient_rotation(group, k) @ Ψ[e]`` to rounding."""
+    _check_group(group, "group")
+    return _rotated_basis(group, kernel_size)
+
+
+def coefficient_rotation(group: SteerableGroup, kernel_size: int) -> torch.Tensor:
+    """``D (S, B, B)`` with ``ψ_b(R_g⁻¹ p) = Σ_b' D[g, b, b'] ψ_b'(p)``: the 2×2 rotation of each (ring, m) pair
+    by ``m·θ_g`` (a reflection also negates the ``sin`` terms).  Rotating coefficients ``c ↦ D[g]ᵀ c`` rotates the
+    filter by ``g``."""
+    _check_group(group, "group")
+    basis = steerable_basis(kernel_size)
+    size = len(basis.radius)
+    out = torch.zeros(group.order, size, size, dtype=torch.float64)
+    for g, inv in enumerate(_element_point_map(group)):
+        # R_g⁻¹ maps angle θ to σθ + φ (σ = det)
+        sign = float(torch.linalg.det(inv).round())
+        phi = math.atan2(float(inv[1, 0]), float(inv[0, 0]))
+        for b in range(size):
+            m = int(basis.frequency[b])
+            partner = [j for j in range(size) if basis.radius[j] == basis.radius[b] and basis.frequency[j] == m
+                       and j != b]
+            cos, sin = math.cos(m * phi), math.sin(m * phi)
+            if int(basis.kind[b]) == 0:   # cos(m(σθ + φ)) = cos mφ cos mθ − σ sin mφ sin mθ
+                out[g, b, b] = cos
+                if partner:
+                    out[g, b, partner[0]] = -sign * sin
+            else:                         # sin(m(σθ + φ)) = σ cos mφ sin mθ + sin mφ cos mθ
+                out[g, b, b] = sign * cos
+                out[g, b, partner[0]] = sin
+    return _snap(out)
+
+
+def _check_group(group, argument: str) -> None:
+    if not isinstance(group, SteerableGroup):
+        raise TypeError(f"{argument}: expected a SteerableGroup (cyclic_group(N) or dihedral_group(N)), got "
+                        f"{type(group).__name__}")
+
+
+def _in_group(group: SteerableGroup, in_group) -> Group:
+    in_group = get_group(in_group, "in_group")
+    if not (in_group.is_trivial or in_group == group):
+        raise ValueError(f"in_group: expected 'z2' or the output group {group.name}, got {in_group!r}")
+    return in_group
+
+
+_TABLES: dict = {}
+
+
+def _tables(group: SteerableGroup, kernel_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``Ψ`` flattened to ``(S, B, k·k)`` in ``dtype`` on ``device``, built once per combination."""
+    key = (group, kernel_size, dtype, device)
+    if key not in _TABLES:
+        _TABLES[key] = _rotated_basis(group, kernel_size).flatten(2).to(dtype=dtype, device=device)
+    return _TABLES[key]
+
+
+def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, kernel_size: int) -> torch.Tensor:
+    """The filter bank ``(C_out·S_out, C_in·S_in, k, k)`` for ``F.conv2d``:
+    ``F[o, g, i, s] = Σ_b c[o, i, index(g⁻¹ s), b] · Ψ[g, b]``.
+
+    Args:
+        coefficients: ``(C_out, C_in, S_in, B)``, ``B = len(steerable_basis(kernel_size).radius)``.
+        group: the output group (:func:`cyclic_group` / :func:`dihedral_group`).
+        in_group: ``'z2'`` (a lifting layer, ``S_in = 1``) or ``group``.
+    One gather of the coefficients by the stabilizer index and one batched matmul with the tables;
+    differentiable by autograd.
+    """
+    _check_group(group, "group")
+    in_group = _in_group(group, in_group)
+    tables = _tables(group, kernel_size, coefficients.dtype, coefficients.device)          # (S, B, k²)
+    s_out, size = tables.shape[:2]
+    if coefficients.dim() != 4 or coefficients.shape[2:] != (in_group.order, size):
+        raise ValueError(f"coefficients: expected (C_out, C_in, {in_group.order}, {size}) for {in_group.name} -> "
+                         f"{group.name} with a {kernel_size}x{kernel_size} basis, got {tuple(coefficients.shape)}")
+    c_out, c_in = coefficients.shape[:2]
+    index = group.stabilizer_index(in_group).to(coefficients.device)                       # (S_out, S_in)
+    selected = coefficients[:, :, index].permute(0, 2, 1, 3, 4)                             # (o, g, i, s, B)
+    bank = torch.matmul(selected, tables[None, :, None])                                    # (o, g, i, s, k²)
+    return bank.reshape(c_out * s_out, c_in * in_group.order, kernel_size, kernel_size)
+
+
+def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Optional[torch.Tensor], *,
+                     group: SteerableGroup, in_group, kernel_size: int, stride=1, padding=0,
+                     dilation=1) -> torch.Tensor:
+    """Group convolution by :func:`steerable_bank` + ``F.conv2d``.  ``input``: ``(B, C_in, S_in, H, W)`` (or
+    ``(B, C_in, H, W)`` for ``in_group='z2'``); ``bias``: ``(C_out,)`` or None.  Returns
+    ``(B, C_out, S_out, H_out, W_out)``."""
+    bank = steerable_bank(coefficients, group, in_group, kernel_size)
+    x = input.flatten(1, 2) if input.dim() == 5 else input
+    if x.shape[1] != bank.shape[1]:
+        raise ValueError(f"input: expected {bank.shape[1]} channels (C_in * S_in), got shape {tuple(input.shape)}")
+    if bias is not None:
+        bias = bias.repeat_interleave(group.order)
+    return F.conv2d(x, bank, bias, stride, padding, dilation).unflatten(1, (-1, group.order))
+
+
+def init_coefficients(out_channels: int, in_channels: int, group: SteerableGroup, in_group, kernel_size: int, *,
+                      generator: Optional[torch.Generator] = None, dtype=None, device=None) -> torch.Tensor:
+    """Coefficients ``(C_out, C_in, S_in, B)`` drawn uniformly so that the bank's taps have ``nn.Conv2d``'s variance
+    ``1 / (3·fan_in)``, ``fan_in = C_in·S_in·k²``: the tables' squared norms sum to ``B``, so the bound is
+    ``1 / sqrt(B·C_in·S_in)``."""
+    _check_group(group, "group")
+    in_group = _in_group(group, in_group)
+    size = len(steerable_basis(kernel_size).radius)
+    bound = 1.0 / math.sqrt(size * in_channels * in_group.order)
+    shape = (out_channels, in_channels, in_group.order, size)
+    out = torch.empty(shape, dtype=dtype, device=device)
+    return out.uniform_(-bound, bound, generator=generator)
+
+
+def coefficients_from_filter(weight: torch.Tensor, kernel_size: Optional[int] = None) -> torch.Tensor:
+    """Least-squares coefficients ``(..., B)`` of filters ``weight (..., k, k)`` on ``Ψ[e]`` (float64 solve, the
+    result in ``weight``'s dtype).  Exact for filters in the span; :func:`steerable_bank` of the result gives the
+    projection otherwise."""
+    k = kernel_size or weight.shape[-1]
+    if weight.shape[-2:] != (k, k):
+        raise ValueError(f"weight: expected (..., {k}, {k}), got {tuple(weight.shape)}")
+    basis = steerable_basis(k).samples.flatten(1).to(weight.device)                         # (B, k²)
+    solution = torch.linalg.lstsq(basis.T, weight.detach().double().flatten(-2).reshape(-1, k * k).T).solution
+    return solution.T.reshape(*weight.shape[:-2], -1).to(weight.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------- e2cnn
+def _e2cnn_matrices(gspace) -> torch.Tensor:
+    """Each fiber-group element's matrix on ``(x, y)``, in ``fibergroup.elements`` order: e2cnn's ``(f, r)`` is
+    ``R(2πr/N) · F(axis)^f`` (its ``_basespace_action``: reverse the rows, then rotate by ``2πr/N + 2·axis``)."""
+    group = gspace.fibergroup
+    n = group.rotation_order if hasattr(group, "rotation_order") else group.order()
+    mats = []
+    for element in group.elements:
+        flip, r = (element if isinstance(element, tuple) else (0, element))
+        angle = 2 * math.pi * r / n + (2 * gspace.axis if flip else 0.0)
+        c, s = math.cos(angle), math.sin(angle)
+        rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+        mats.append(rot @ torch.tensor([[1.0, 0.0], [0.0, -1.0 if flip else 1.0]], dtype=torch.float64))
+    return torch.stack(mats)
+
+
+def _group_of_gspace(gspace) -> SteerableGroup:
+    name = type(gspace.fibergroup).__name__
+    if name == "CyclicGroup":
+        return cyclic_group(gspace.fibergroup.order())
+    if name == "DihedralGroup":
+        n = gspace.fibergroup.rotation_order
+        ours = dihedral_group(n)  # p4m's axis when it is one of the gspace's reflections, else the gspace's
+        theirs = _e2cnn_matrices(gspace)
+        if all(bool(((ours.planar_matrices - m).abs().amax((1, 2)) < 1e-9).any()) for m in theirs):
+            return ours
+        return dihedral_group(n, float(gspace.axis))
+    raise ValueError(f"gspace: expected Rot2dOnR2(N) or FlipRot2dOnR2(N) (a cyclic or dihedral fiber group), got "
+                     f"{name}")
+
+
+def e2cnn_permutation(gspace, group: Optional[SteerableGroup] = None) -> list[int]:
+    """``perm[s]``: the component of e2cnn's regular field (``gspace.fibergroup.elements`` order) that holds our
+    element ``s`` of ``group`` (default: the group :func:`from_e2cnn` picks).  Elements are matched by their 2×2
+    matrices.  Feature maps convert with ``ours = theirs.unflatten(1, (C, S))[:, :, perm]``."""
+    group = group or _group_of_gspace(gspace)
+    theirs = _e2cnn_matrices(gspace)
+    perm = []
+    for s, mine in enumerate(group.planar_matrices):
+        hits = ((theirs - mine).abs().amax((1, 2)) < 1e-9).nonzero().flatten().tolist()
+        if len(hits) != 1:
+            raise ValueError(f"gspace: no element of {gspace.fibergroup.name} equals element {s} of {group.name}")
+        perm.append(hits[0])
+    return perm
+
+
+class SteerableWeights(NamedTuple):
+    """What :func:`from_e2cnn` returns: the arguments of :func:`steerable_conv2d`."""
+    coefficients: torch.Tensor
+    bias: Optional[torch.Tensor]
+    group: SteerableGroup
+    in_group: Group
+    kernel_size: int
+    stride: int
+    padding: int
+    dilation: int
+
+
+@torch.no_grad()
+def from_e2cnn(conv, *, rtol: float = 1e-5) -> SteerableWeights:
+    """Coefficients for an e2cnn ``R2Conv`` between regular fields of ``C_N`` / ``D_N`` (or from trivial fields)
+    with the default basis: least squares on the identity slice of ``conv.expand_parameters()``.  Raises
+    ``ValueError`` when the rebuilt bank misses e2cnn's filter by more than ``rtol`` of its norm (another basis, or
+    fields that are not regular)."""
+    from .interop import _field_kind
+
+    group = _group_of_gspace(conv.out_type.gspace)
+    if _field_kind(conv.out_type) != "regular":
+        raise ValueError("conv: expected regular output fields")
+    in_group = group if _field_kind(conv.in_type) == "regular" else get_group("z2")
+    if getattr(conv, "groups", 1) != 1 or getattr(conv, "padding_mode", "zeros") != "zeros":
+        raise ValueError("conv: expected groups=1 and padding_mode='zeros'")
+    filt, bias = conv.expand_parameters()
+    k, s, s_in = conv.kernel_size, group.order, in_group.order
+    perm = torch.tensor(e2cnn_permutation(conv.out_type.gspace, group), device=filt.device)
+    perm_in = perm if s_in > 1 else torch.zeros(1, dtype=torch.long, device=filt.device)
+    bank = filt.unflatten(0, (-1, s)).unflatten(2, (-1, s_in))[:, perm][:, :, :, perm_in]
+    coefficients = coefficients_from_filter(bank[:, 0], k)
+    rebuilt = steerable_bank(coefficients.double(), group, in_group, k)
+    target = bank.flatten(0, 1).flatten(1, 2).double()
+    err = float((rebuilt - target).norm() / target.norm().clamp_min(1e-30))
+    if err > rtol:
+        raise ValueError(f"conv: its filter is not a steerable {in_group.name} -> {group.name} bank on the default "
+                         f"basis (relative mismatch {err:.2e} > rtol {rtol:.0e})")
+    if bias is not None:
+        bias = bias.view(-1, s)[:, 0].contiguous()
+    stride, padding, dilation = (v if isinstance(v, int) else v[0] for v in (conv.stride, conv.padding, conv.dilation))
+    return SteerableWeights(coefficients, bias, group, in_group, k, stride, padding, dilation)
