@@ -156,7 +156,7 @@ def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if w_out < 1 or c_in_g < 1 or kh < 1 or kw < 1:
         raise ValueError(f"weight: expected every dimension to be at least 1, got shape {tuple(weight.shape)}")
     try:
-        group.tap_destinations((kh, kw))
+        group.check_kernel_size((kh, kw))
     except ValueError as err:  # a 90-degree rotation of a non-square kernel (or a table for another size)
         reason = str(err).removeprefix("kernel_size: ")
         raise ValueError(f"weight: kernel_size {kh}x{kw} (weight shape {tuple(weight.shape)}) does not fit group "

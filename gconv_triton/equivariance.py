@@ -16,18 +16,44 @@ __all__ = ["check_equivariance", "EquivarianceResult"]
 
 class EquivarianceResult(float):
     """The worst relative error (a ``float``), with what :func:`check_equivariance` assumed about the tensors:
-    ``input_form`` and ``output_form`` describe how the group acted on them."""
+    ``input_form`` and ``output_form`` describe how the group acted on them; ``elements`` lists the group elements
+    checked and ``unchecked`` says which were not and why (empty when every element was checked: all but a
+    steerable ``C_N`` / ``D_N``'s grid symmetries act on images only approximately)."""
 
     input_form: str
     output_form: str
+    elements: list
+    unchecked: str
 
-    def __new__(cls, value: float, input_form: str, output_form: str):
+    def __new__(cls, value: float, input_form: str, output_form: str, elements=(), unchecked: str = ""):
         result = super().__new__(cls, value)
         result.input_form, result.output_form = input_form, output_form
+        result.elements, result.unchecked = list(elements), unchecked
         return result
 
+    def __reduce__(self):
+        return type(self), (float(self), self.input_form, self.output_form, self.elements, self.unchecked)
+
     def __repr__(self) -> str:
-        return f"{float(self)!r} (input read as {self.input_form}; output as {self.output_form})"
+        unchecked = f"; NOT checked: {self.unchecked}" if self.unchecked else ""
+        return f"{float(self)!r} (input read as {self.input_form}; output as {self.output_form}{unchecked})"
+
+
+def _checked_elements(group: Group) -> tuple[list[int], str]:
+    """The elements whose action on images is exact (every element, but for a steerable group its grid
+    symmetries) and a note on the others (empty when there are none)."""
+    lattice = getattr(group, "lattice_elements", None)
+    if lattice is None or len(lattice) == group.order:
+        return list(range(group.order)), ""
+    if len(lattice) == 1:
+        raise ValueError(f"group: {group.name} has no grid symmetry but the identity (no rotation by a multiple of "
+                         f"90 degrees, no reflection across a grid axis or diagonal), so no element acts on images "
+                         f"exactly and there is nothing check_equivariance can check exactly; expected a group "
+                         f"with grid symmetries (C_N, D_N with N a multiple of 4 or 2, or p4, p4m, ...)")
+    others = [g for g in range(group.order) if g not in lattice]
+    return lattice, (f"elements {others} of {group.name} are no symmetries of the pixel grid: they act on images "
+                     f"only through a resampler, so equivariance to them is approximate by nature and was not "
+                     f"checked (checked: its grid symmetries {lattice})")
 
 
 def _form(group: Group, t: torch.Tensor, on: Optional[Group], name: str, arg: str) -> tuple[str, Optional[Group]]:
@@ -126,7 +152,14 @@ def _element(group: Group, g: int) -> str:
 def check_equivariance(module: Union[nn.Module, Callable], x: torch.Tensor, group: Union[str, Group], *,
                        in_group: Union[str, Group, None] = None, out_group: Union[str, Group, None] = None,
                        train: bool = False) -> EquivarianceResult:
-    """The worst relative error ``max_g ‖f(g·x) − g·f(x)‖ / ‖g·f(x)‖`` over every element ``g`` of ``group``.
+    """The worst relative error ``max_g ‖f(g·x) − g·f(x)‖ / ‖g·f(x)‖`` over every element ``g`` of ``group`` that
+    acts on images exactly.
+
+    For a steerable ``C_N`` / ``D_N`` (``"c8"``, ``"d16"``) those are its grid symmetries (rotations by multiples
+    of 90°, reflections across the grid axes and diagonals: for C8 the 4 quarter turns): the others move pixels
+    off the grid, equivariance to them is approximate by nature, and they are not checked; the result's
+    ``elements`` and ``unchecked`` (and its ``repr``) say so.  A group with no grid symmetry but the identity
+    (C3, ...) raises ``ValueError``.
 
     Args:
         module: an ``nn.Module`` or any callable.  An ``nn.Module`` is evaluated in eval mode (BatchNorm with its
@@ -149,7 +182,8 @@ def check_equivariance(module: Union[nn.Module, Callable], x: torch.Tensor, grou
 
     Returns:
         An :class:`EquivarianceResult`: a float (exactly equivariant layers give round-off, about 1e-15 in
-        float64), whose ``input_form`` and ``output_form`` (and ``repr``) say how the tensors were read.
+        float64), whose ``input_form`` and ``output_form`` (and ``repr``) say how the tensors were read,
+        ``elements`` which group elements were checked and ``unchecked`` which were not.
 
     Raises:
         ValueError: when ``x``, the module's output on ``x`` or its output on some ``g·x`` holds a NaN or an inf
@@ -157,6 +191,7 @@ def check_equivariance(module: Union[nn.Module, Callable], x: torch.Tensor, grou
             entries are NaN and how many infinite.  A non-finite output has no meaningful error to report.
     """
     group = get_group(group)
+    elements, unchecked = _checked_elements(group)
     in_group = None if in_group is None else get_group(in_group, "in_group")
     out_group = None if out_group is None else get_group(out_group, "out_group")
     read_as = ""
@@ -179,14 +214,14 @@ def check_equivariance(module: Union[nn.Module, Callable], x: torch.Tensor, grou
         output_form, out_on = _form(group, y, out_group, "output", "out_group")
         _check_finite(y, "output: the module's output on x (untransformed)", not_comparable)
         worst = 0.0
-        for g in range(group.order):
+        for g in elements:
             expected = _act(group, g, y, out_on)
             got = module(_act(group, g, x, in_on))
             _check_finite(got, f"output: the module's output on g·x for {_element(group, g)}", not_comparable)
             err = _relative_error(got, expected)
             if math.isnan(err) or err > worst:  # a NaN, never dropped (max(0.0, nan) is 0.0)
                 worst = err
-    return EquivarianceResult(worst, input_form + read_as, output_form)
+    return EquivarianceResult(worst, input_form + read_as, output_form, elements, unchecked)
 
 
 @contextlib.contextmanager

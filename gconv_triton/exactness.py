@@ -45,7 +45,8 @@ def _moved_axes(group: Group) -> tuple[bool, bool, bool]:
 
     A matrix acts on ``(row, col)`` offsets, so ``m[0]`` gives the new row coordinate, ``m[1]`` the new column.
     """
-    mats = group.matrices or []
+    # a steerable C_N / D_N moves images by its grid symmetries only (its other elements are no lattice matrices)
+    mats = group.matrices or [m for m in getattr(group, "lattice_matrices", ()) if m is not None]
     rows = any(m[0] != (1, 0) for m in mats)
     cols = any(m[1] != (0, 1) for m in mats)
     swap = any(m[0][1] != 0 for m in mats)

@@ -20,6 +20,7 @@ Conventions (GrouPy's and e2cnn's):
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Optional, Sequence
 
 import torch
@@ -265,6 +266,11 @@ class Group:
             rows.append(dest)
         return torch.stack(rows)
 
+    def check_kernel_size(self, kernel_size) -> None:
+        """Raise ``ValueError`` when the group's filters cannot be ``kernel_size`` (int or ``(kh, kw)``) large:
+        here, when some element does not map the filter onto itself (:meth:`tap_destinations`)."""
+        self.tap_destinations(kernel_size)
+
     def act_on_filter(self, g: int, w: torch.Tensor) -> torch.Tensor:
         """``act(g, w)``: move the taps of ``w`` (..., kh, kw) as element ``g`` does."""
         kh, kw = w.shape[-2:]
@@ -340,12 +346,21 @@ _BUILTINS = {g.name: g for g in (z2, p2, pm, p2mm, p4, p4m)}
 
 
 def get_group(group, argument: str = "group") -> Group:
-    """Accept a :class:`Group` or the name of a built-in one."""
+    """Accept a :class:`Group`, the name of a built-in one, or ``"cN"`` / ``"dN"`` (``N >= 1``): ``C_N`` / ``D_N``
+    on steerable filters (:func:`~gconv_triton.steerable.cyclic_group`, :func:`~gconv_triton.steerable.dihedral_group`
+    with its default axis; ``"c4"`` / ``"d4"`` are those, not p4 / p4m's free taps)."""
     if isinstance(group, Group):
         return group
     if isinstance(group, str):
         key = group.lower()
         if key in _BUILTINS:
             return _BUILTINS[key]
-        raise ValueError(f"{argument}: unknown group {group!r}, expected a Group or one of {sorted(_BUILTINS)}")
+        steerable = re.fullmatch(r"([cd])([0-9]+)", key)
+        if steerable is not None and int(steerable[2]) >= 1:
+            from .steerable import cyclic_group, dihedral_group  # steerable.py imports this module
+
+            n = int(steerable[2])
+            return cyclic_group(n) if steerable[1] == "c" else dihedral_group(n)
+        raise ValueError(f"{argument}: unknown group {group!r}, expected a Group, one of {sorted(_BUILTINS)}, or "
+                         f"'cN' / 'dN' with N >= 1 (C_N / D_N on steerable filters, e.g. 'c8', 'd16')")
     raise TypeError(f"{argument}: expected a Group or a group name (str), got {type(group).__name__}")

@@ -211,7 +211,14 @@ def from_e2cnn(conv, device=None, dtype=None) -> GroupConv2d:
     """A :class:`GroupConv2d` computing the same function as an e2cnn or escnn ``R2Conv`` between regular
     p4 / p4m fields (or from trivial fields: a lifting layer).  Feature maps convert by a view and the group-axis
     permutation of :func:`e2cnn_permutation` (the identity for p4): ours = ``geometric_tensor.tensor.unflatten(1,
-    (C, S))[:, :, perm]``."""
+    (C, S))[:, :, perm]``.
+
+    Other ``Rot2dOnR2(N)`` / ``FlipRot2dOnR2(N)`` (``N != 4``) with e2cnn's default basis give a steerable
+    :class:`GroupConv2d` (group ``C_N`` / ``D_N``, coefficients from :func:`gconv_triton.steerable.from_e2cnn`;
+    feature maps convert with :func:`gconv_triton.steerable.e2cnn_permutation`)."""
+    fiber = conv.out_type.gspace.fibergroup
+    if (getattr(fiber, "rotation_order", None) or fiber.order()) != 4:  # D_N's rotations, C_N's order
+        return _from_e2cnn_steerable(conv, device, dtype)
     perm = e2cnn_permutation(conv.out_type.gspace)
     if _field_kind(conv.out_type) != "regular":
         raise ValueError("conv: expected regular output fields")
@@ -230,6 +237,23 @@ def from_e2cnn(conv, device=None, dtype=None) -> GroupConv2d:
     out.weight.copy_(weight)
     if b is not None:
         out.bias.copy_(b)
+    return out
+
+
+@torch.no_grad()
+def _from_e2cnn_steerable(conv, device, dtype) -> GroupConv2d:
+    from . import steerable
+
+    weights = steerable.from_e2cnn(conv)
+    coefficients = weights.coefficients
+    out = GroupConv2d(coefficients.shape[1], coefficients.shape[0], weights.kernel_size, group=weights.group,
+                      in_group=weights.in_group, stride=weights.stride, padding=weights.padding,
+                      dilation=weights.dilation, bias=weights.bias is not None,
+                      device=device if device is not None else coefficients.device,
+                      dtype=dtype or coefficients.dtype)
+    out.weight.copy_(coefficients)
+    if weights.bias is not None:
+        out.bias.copy_(weights.bias)
     return out
 
 

@@ -21,6 +21,7 @@ from .groups import Group, get_group
 from .modules import (GroupConv2d, _as_group_map, _kernel_pair, _optional_group, check_channels, check_group_pair,
                       reset_conv_parameters)
 from .reference import filter_bank
+from .steerable import SteerableGroup, steerable_bank
 
 __all__ = ["GroupBatchNorm", "GroupConvTranspose2d", "gconv_transpose2d", "gcnn_width", "export_conv",
            "export_model", "ExportedGroupConv"]
@@ -213,8 +214,12 @@ class GroupConvTranspose2d(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = check_channels(in_channels, out_channels, groups)
         self.group, self.out_group = check_group_pair(group, out_group, "out_group")
+        if isinstance(self.group, SteerableGroup):
+            raise ValueError(f"group: GroupConvTranspose2d has no steerable groups yet, got {self.group.name}; "
+                             f"expected p4, p4m or another group of grid symmetries (a decoder on {self.group.name} "
+                             f"can upsample, then apply GroupConv2d(..., group={self.group.name.lower()!r}))")
         self.kernel_size = _kernel_pair(kernel_size)
-        self.group.tap_destinations(self.kernel_size)
+        self.group.check_kernel_size(self.kernel_size)
         if isinstance(padding, str):
             raise ValueError(f"padding: expected an int or a pair, got {padding!r}")
         self.stride, self.dilation, (top, _, left, _) = resolve_geometry(self.kernel_size, stride, padding, dilation)
@@ -303,7 +308,10 @@ def export_conv(module: Union[GroupConv2d, GroupConvTranspose2d]) -> nn.Module:
                                   groups=module.groups, bias=bias, dilation=module.dilation, **factory)
         order = module.out_group.order
     elif isinstance(module, GroupConv2d):
-        bank = filter_bank(module.weight, module.group, module.in_group).flatten(0, 1).flatten(1, 2)
+        if isinstance(module.group, SteerableGroup):  # (C_out·S, C_in·S_in / groups, k, k) from the coefficients
+            bank = steerable_bank(module.weight, module.group, module.in_group, k[0], module.basis)
+        else:
+            bank = filter_bank(module.weight, module.group, module.in_group).flatten(0, 1).flatten(1, 2)
         conv = nn.Conv2d(bank.shape[1] * module.groups, bank.shape[0], k, stride=module.stride,
                          padding=module.padding, dilation=module.dilation, groups=module.groups, bias=bias,
                          padding_mode=module.padding_mode, **factory)

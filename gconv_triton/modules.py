@@ -14,6 +14,7 @@ from ._spec import _pair, _positive_int, resolve_geometry
 from .exactness import inexact_reasons, inexact_reasons_pool, warn_if_inexact
 from .functional import gconv2d
 from .groups import Group, get_group
+from .steerable import SteerableGroup, basis_size, reset_coefficients, rotated_basis, steerable_conv2d
 
 __all__ = ["GroupConv2d", "P4ConvZ2", "P4ConvP4", "P4MConvZ2", "P4MConvP4M", "GroupPool", "GroupMaxPool2d",
            "GroupAvgPool2d"]
@@ -93,8 +94,9 @@ class GroupConv2d(nn.Module):
         in_channels, out_channels: numbers of G-channels (a p4 feature map with ``C`` G-channels has ``4·C``
             planar channels).
         kernel_size: int or pair (a pair must be square for groups with 90° rotations).
-        group: the output group: ``"p4"``, ``"p4m"``, ``"p2"``, ``"pm"``, ``"p2mm"``, ``"z2"`` or a
-            :class:`~gconv_triton.groups.Group`.
+        group: the output group: ``"p4"``, ``"p4m"``, ``"p2"``, ``"pm"``, ``"p2mm"``, ``"z2"``, a
+            :class:`~gconv_triton.groups.Group`, or ``C_N`` / ``D_N`` on steerable filters: ``"c8"``, ``"d16"``,
+            ... or :func:`~gconv_triton.steerable.dihedral_group` ``(N, axis)`` (``docs/steerable.md``).
         in_group: ``"z2"`` for a lifting layer on ordinary images, else the same group as ``group``.
         stride, padding, dilation, groups, bias, padding_mode, device, dtype: as in ``torch.nn.Conv2d``
             (``padding_mode`` ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``: every mode keeps
@@ -104,7 +106,10 @@ class GroupConv2d(nn.Module):
 
     Shapes: input ``(B, C_in, S_in, H, W)`` or flattened ``(B, C_in·S_in, H, W)``; output
     ``(B, C_out, S_out, H_out, W_out)``.  Parameters: ``weight (C_out, C_in/groups, S_in, kh, kw)`` and
-    ``bias (C_out,)``, nothing else: the filter bank is never stored (:meth:`export` builds it once).
+    ``bias (C_out,)``, nothing else: the filter bank is never stored (:meth:`export` builds it once).  With a
+    steerable group ``weight`` is the coefficients ``(C_out, C_in/groups, S_in, B)`` on e2cnn's basis of ``B``
+    functions (the kernel square), and the layer runs the reference path (bank by one small matmul, then
+    ``F.conv2d``) on every device: the Triton kernels have no steerable filters yet.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, group: Union[str, Group] = "p4",
@@ -116,7 +121,7 @@ class GroupConv2d(nn.Module):
         self.in_channels, self.out_channels, self.groups = check_channels(in_channels, out_channels, groups)
         self.group, self.in_group = check_group_pair(group, in_group, "in_group")
         self.kernel_size = _kernel_pair(kernel_size)
-        self.group.tap_destinations(self.kernel_size)  # a rotation group needs a square kernel: fail here, not later
+        self.group.check_kernel_size(self.kernel_size)  # a rotation group needs a square kernel: fail here, not later
         resolve_geometry(self.kernel_size, stride, padding, dilation)  # bad stride/padding/dilation fail here too
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode: expected one of {PADDING_MODES}, got {padding_mode!r}")
@@ -125,22 +130,40 @@ class GroupConv2d(nn.Module):
         self.dilation = dilation
         self.padding_mode = padding_mode
         factory = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, self.in_group.order,
-                                               *self.kernel_size, **factory))
+        taps = (basis_size(self.kernel_size),) if self.steerable else self.kernel_size  # coefficients or taps
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, self.in_group.order, *taps,
+                                               **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        if self.steerable:  # Ψ (S, B, k·k): a buffer moves with the layer and is a plain input to compiled graphs
+            tables = rotated_basis(self.group, self.kernel_size[0]).flatten(2)
+            self.register_buffer("basis", tables.to(device=device, dtype=dtype or torch.get_default_dtype()),
+                                 persistent=False)
         self.reset_parameters()
 
+    @property
+    def steerable(self) -> bool:
+        """Whether ``group`` is ``C_N`` / ``D_N`` on steerable filters (``weight`` holds basis coefficients)."""
+        return isinstance(self.group, SteerableGroup)
+
     def reset_parameters(self) -> None:
-        """``nn.Conv2d``'s initialisation with fan-in ``C_in/groups · S_in · kh · kw``."""
-        reset_conv_parameters(self.weight, self.bias)
+        """``nn.Conv2d``'s initialisation with fan-in ``C_in/groups · S_in · kh · kw`` (steerable filters: the
+        coefficients drawn so that the bank's taps get its variance, as
+        :func:`~gconv_triton.steerable.init_coefficients`)."""
+        if self.steerable:
+            reset_coefficients(self.weight, self.bias, self.kernel_size[0])
+        else:
+            reset_conv_parameters(self.weight, self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         x, padding = input, self.padding
         if self.padding_mode != "zeros":  # as torch.nn.Conv2d: pad explicitly, then convolve without padding
             _, _, pad = resolve_geometry(self.kernel_size, self.stride, self.padding, self.dilation)
             x, padding = _pad(input, pad, self.padding_mode), 0
-        y = gconv2d(x, self.weight, self.bias, group=self.group, in_group=self.in_group, stride=self.stride,
-                    padding=padding, dilation=self.dilation, groups=self.groups, activation=self.activation)
+        conv, steered = gconv2d, {}
+        if self.steerable:
+            conv, steered = steerable_conv2d, dict(kernel_size=self.kernel_size[0], tables=self.basis)
+        y = conv(x, self.weight, self.bias, group=self.group, in_group=self.in_group, stride=self.stride,
+                 padding=padding, dilation=self.dilation, groups=self.groups, activation=self.activation, **steered)
         warn_if_inexact(self, input)  # after gconv2d validated the input; once per input size
         return y
 
@@ -153,6 +176,8 @@ class GroupConv2d(nn.Module):
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"group={self.group.name}, in_group={self.in_group.name}, stride={self.stride}")
+        if self.steerable:
+            s += f", basis={self.weight.shape[-1]}" + (f", axis={self.group.axis:g}" if self.group.axis else "")
         if self.padding not in (0, (0, 0)):
             s += f", padding={self.padding!r}"
         if self.padding_mode != "zeros":

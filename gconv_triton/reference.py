@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from ._spec import ConvSpec, as_5d
 from .groups import Group, get_group
 
-__all__ = ["filter_bank", "flat_bank", "bank_conv2d", "bank_conv_transpose2d", "gconv2d_reference"]
+__all__ = ["filter_bank", "flat_bank", "bank_conv2d", "conv2d_with_bank", "bank_conv_transpose2d",
+           "gconv2d_reference"]
 
 
 def filter_bank(weight: torch.Tensor, group: Union[Group, str], in_group: Union[Group, str]) -> torch.Tensor:
@@ -88,15 +89,25 @@ def bank_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     gradients, the bank's gather scatter-added back onto the weight)."""
     repeats = groups if shared_weight else 1  # one weight slice shared by every channel group
     bank = flat_bank(weight, group, in_group, repeats)
+    bias = None if bias is None else bias.repeat(repeats)
+    return conv2d_with_bank(input, bank, bias, group.order, stride=stride, padding=padding, dilation=dilation,
+                            groups=groups)
+
+
+def conv2d_with_bank(input: torch.Tensor, bank: torch.Tensor, bias: Optional[torch.Tensor], order: int, *, stride,
+                     padding, dilation, groups: int) -> torch.Tensor:
+    """``F.conv2d`` of a 5-D ``input (B, C_in, S_in, H, W)`` with a flat bank ``(C_out·S_out, C_in·S_in / groups,
+    kh, kw)`` and ``bias (C_out,)`` (shared over the ``order = S_out`` group elements); ``padding`` is ``(top,
+    bottom, left, right)``.  Returns ``(B, C_out, S_out, H_out, W_out)``."""
     if bias is not None:
-        bias = bias.repeat(repeats).repeat_interleave(group.order)
+        bias = bias.repeat_interleave(order)
     x = input.flatten(1, 2)
     top, bottom, left, right = padding
     if top != bottom or left != right:
         x = F.pad(x, (left, right, top, bottom))
         top = left = 0
     y = F.conv2d(x, bank, bias, stride=stride, padding=(top, left), dilation=dilation, groups=groups)
-    return y.unflatten(1, (-1, group.order))
+    return y.unflatten(1, (-1, order))
 
 
 def bank_conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, output_size, *, group: Group, in_group: Group,

@@ -33,7 +33,8 @@ from .groups import Group, _grid_permutation, get_group
 
 __all__ = ["SteerableGroup", "cyclic_group", "dihedral_group", "SteerableBasis", "steerable_basis",
            "rotated_basis", "coefficient_rotation", "steerable_bank", "steerable_conv2d", "init_coefficients",
-           "coefficients_from_filter", "e2cnn_permutation", "SteerableWeights", "from_e2cnn"]
+           "reset_coefficients", "basis_size", "coefficients_from_filter", "e2cnn_permutation", "SteerableWeights",
+           "from_e2cnn"]
 
 _EXACT = 1e-12  # a matrix entry this close to 0 or ±1 is that value: the element is a grid symmetry
 
@@ -94,9 +95,18 @@ class SteerableGroup(Group):
         """The elements that map the pixel grid onto itself (multiples of 90°, grid-axis and diagonal flips)."""
         return [g for g, m in enumerate(self.lattice_matrices) if m is not None]
 
+    def __reduce__(self):
+        """Pickle (and deepcopy) by constructor: a copy is the cached group itself, not an equal stranger."""
+        return (dihedral_group, (self.rotations, self.axis)) if self.reflections else (cyclic_group, (self.rotations,))
+
+    def check_kernel_size(self, kernel_size) -> None:
+        """Raise ``ValueError`` unless ``kernel_size`` (int or pair) is a square ``k × k`` with a basis."""
+        basis_size(kernel_size)
+
     def tap_destinations(self, kernel_size) -> torch.Tensor:
         raise ValueError(f"group {self.name}: most of its elements are no grid symmetries, so they do not permute "
-                         f"filter taps; use steerable_bank (or act_on_image on its lattice_elements)")
+                         f"filter taps; its filters are basis coefficients (C_out, C_in, S_in, B): use GroupConv2d, "
+                         f"steerable_conv2d or steerable_bank")
 
     def act_on_image(self, g: int, x: torch.Tensor) -> torch.Tensor:
         """Rotate / reflect ``x (..., H, W)`` about its centre by element ``g``, which must be a grid symmetry
@@ -126,11 +136,18 @@ def cyclic_group(n: int) -> SteerableGroup:
     return SteerableGroup(n, False)
 
 
-@functools.lru_cache(maxsize=None, typed=True)
 def dihedral_group(n: int, axis: float = 0.0) -> SteerableGroup:
     """``D_N``: element ``N·m + r`` rotates by ``2πr/N`` then reflects across the line at angle ``axis`` if
-    ``m = 1`` (``axis = 0``: the rows reverse; ``D_4`` is p4m)."""
-    return SteerableGroup(n, True, float(axis))
+    ``m = 1`` (``axis = 0``: the rows reverse; ``D_4`` is p4m).  One object per ``(N, axis)``, however the axis
+    is spelt (``dihedral_group(8) is dihedral_group(8, 0.0)``)."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, float)):
+        raise TypeError(f"axis: expected a float (radians), got {type(axis).__name__} {axis!r}")
+    return _dihedral_group(n, float(axis))
+
+
+@functools.lru_cache(maxsize=None, typed=True)
+def _dihedral_group(n: int, axis: float) -> SteerableGroup:
+    return SteerableGroup(n, True, axis)
 
 
 # --------------------------------------------------------------------------------------------------- the basis
@@ -232,6 +249,16 @@ def steerable_basis(kernel_size: int) -> SteerableBasis:
     return SteerableBasis(samples, radius, sigma, frequency, kind, scale, kernel_size)
 
 
+def basis_size(kernel_size) -> int:
+    """``B``, the number of basis functions of a ``k × k`` filter (``kernel_size`` an int or a square pair);
+    ``ValueError`` for a non-square kernel or one without a basis (``k = 2``)."""
+    if isinstance(kernel_size, (tuple, list)) and len(kernel_size) == 2:
+        if kernel_size[0] != kernel_size[1]:
+            raise ValueError(f"kernel_size: steerable filters are square (a k x k grid), got {tuple(kernel_size)}")
+        kernel_size = kernel_size[0]
+    return len(steerable_basis(kernel_size).radius)
+
+
 def _element_point_map(group: SteerableGroup) -> torch.Tensor:
     """``(S, 2, 2)``: each element's inverse matrix (the point ``R_g⁻¹ p`` where ``Ψ[g]`` reads ``ψ``)."""
     return group.planar_matrices[group.inverse]
@@ -305,7 +332,8 @@ def _tables(group: SteerableGroup, kernel_size: int, dtype: torch.dtype, device:
     return _TABLES[key]
 
 
-def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, kernel_size: int) -> torch.Tensor:
+def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, kernel_size: int,
+                   tables: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The filter bank ``(C_out·S_out, C_in·S_in, k, k)`` for ``F.conv2d``:
     ``F[o, g, i, s] = Σ_b c[o, i, index(g⁻¹ s), b] · Ψ[g, b]``.
 
@@ -313,12 +341,17 @@ def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, 
         coefficients: ``(C_out, C_in, S_in, B)``, ``B = len(steerable_basis(kernel_size).radius)``.
         group: the output group (:func:`cyclic_group` / :func:`dihedral_group`).
         in_group: ``'z2'`` (a lifting layer, ``S_in = 1``) or ``group``.
+        tables: ``rotated_basis(group, kernel_size).flatten(2)``, ``(S, B, k·k)`` (cast to the coefficients'
+            dtype); by default the cached ones.  A steerable ``GroupConv2d`` passes its non-persistent buffer, so
+            that ``torch.compile`` and ``torch.export`` see a tensor input rather than a cache to trace.
     One gather of the coefficients by the stabilizer index and one batched matmul with the tables;
     differentiable by autograd.
     """
     _check_group(group, "group")
     in_group = _in_group(group, in_group)
-    tables = _tables(group, kernel_size, coefficients.dtype, coefficients.device)          # (S, B, k²)
+    if tables is None:
+        tables = _tables(group, kernel_size, coefficients.dtype, coefficients.device)      # (S, B, k²)
+    tables = tables.to(coefficients.dtype)
     s_out, size = tables.shape[:2]
     if coefficients.dim() != 4 or coefficients.shape[2:] != (in_group.order, size):
         raise ValueError(f"coefficients: expected (C_out, C_in, {in_group.order}, {size}) for {in_group.name} -> "
@@ -330,19 +363,67 @@ def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, 
     return bank.reshape(c_out * s_out, c_in * in_group.order, kernel_size, kernel_size)
 
 
-def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Optional[torch.Tensor], *,
-                     group: SteerableGroup, in_group, kernel_size: int, stride=1, padding=0,
-                     dilation=1) -> torch.Tensor:
-    """Group convolution by :func:`steerable_bank` + ``F.conv2d``.  ``input``: ``(B, C_in, S_in, H, W)`` (or
-    ``(B, C_in, H, W)`` for ``in_group='z2'``); ``bias``: ``(C_out,)`` or None.  Returns
-    ``(B, C_out, S_out, H_out, W_out)``."""
-    bank = steerable_bank(coefficients, group, in_group, kernel_size)
-    x = input.flatten(1, 2) if input.dim() == 5 else input
-    if x.shape[1] != bank.shape[1]:
-        raise ValueError(f"input: expected {bank.shape[1]} channels (C_in * S_in), got shape {tuple(input.shape)}")
-    if bias is not None:
-        bias = bias.repeat_interleave(group.order)
-    return F.conv2d(x, bank, bias, stride, padding, dilation).unflatten(1, (-1, group.order))
+def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+                     group, in_group, kernel_size: int, stride=1, padding=0, dilation=1, groups: int = 1,
+                     activation: Optional[str] = None, tables: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Group convolution by :func:`steerable_bank` + ``F.conv2d`` (what :class:`~gconv_triton.GroupConv2d` runs
+    for ``C_N`` / ``D_N``), differentiable by autograd.
+
+    Args:
+        input: ``(B, C_in, S_in, H, W)`` or flattened ``(B, C_in·S_in, H, W)`` (``(B, C_in, H, W)`` for
+            ``in_group='z2'``).
+        coefficients: ``(C_out, C_in/groups, S_in, B)``.  bias: ``(C_out,)`` or None.
+        group: a :class:`SteerableGroup` or its name (``"c8"``); in_group: ``'z2'`` or ``group``.
+        stride, padding (int, pair, ``'same'``, ``'valid'``), dilation, groups, activation: as
+            :func:`~gconv_triton.functional.gconv2d`.  ``dilation`` spreads the ``k × k`` filter's taps (as
+            ``nn.Conv2d``); the basis stays e2cnn's dilation-1 one.  tables: as :func:`steerable_bank`.
+    Returns ``(B, C_out, S_out, H_out, W_out)``.  Runs on any device as standard PyTorch ops (the Triton kernels
+    have no steerable filters yet: the ``'triton'`` backend raises ``NotImplementedError``).
+    """
+    from ._library import _ACTIVATION_FN, _backend_name, _compiling, autocast_inputs, check_activation
+    from ._spec import make_spec, resolve_geometry
+    from .reference import conv2d_with_bank
+
+    activation = check_activation(activation)
+    group = get_group(group, "group")
+    _check_group(group, "group")
+    in_group = _in_group(group, in_group)
+    if _backend_name() == "triton":
+        raise NotImplementedError(f"group: the 'triton' backend has no kernels for steerable groups ({group.name}) "
+                                  f"yet; use the 'auto' or 'torch' backend, which run the reference path (filter "
+                                  f"bank + F.conv2d) on CPU and CUDA tensors alike")
+    input, coefficients, bias = autocast_inputs(input, coefficients, bias)
+    kernel_size = kernel_size[0] if isinstance(kernel_size, (tuple, list)) else kernel_size
+    if not _compiling():  # every check of gconv2d's, on the bank's shape, before anything runs
+        _check_coefficients(coefficients, group, in_group, kernel_size)
+        bank_shape = coefficients.new_empty(()).expand(*coefficients.shape[:3], kernel_size, kernel_size)
+        make_spec(input, bank_shape, bias, group=group, in_group=in_group, stride=stride, padding=padding,
+                  dilation=dilation, groups=groups)
+    stride, dilation, pad = resolve_geometry((kernel_size, kernel_size), stride, padding, dilation)
+    bank = steerable_bank(coefficients, group, in_group, kernel_size, tables)
+    x = input if input.dim() == 5 else input.unflatten(1, (-1, in_group.order))
+    y = conv2d_with_bank(x, bank, bias, group.order, stride=stride, padding=pad, dilation=dilation, groups=groups)
+    fn = _ACTIVATION_FN[activation]
+    return y if fn is None else fn(y)
+
+
+def _check_coefficients(coefficients, group: SteerableGroup, in_group: Group, kernel_size) -> None:
+    size = basis_size(kernel_size)
+    expected = f"(C_out, C_in/groups, {in_group.order}, {size}) for {in_group.name} -> {group.name} with a " \
+               f"{kernel_size}x{kernel_size} basis"
+    if not isinstance(coefficients, torch.Tensor):
+        raise TypeError(f"coefficients: expected a torch.Tensor {expected}, got {type(coefficients).__name__}")
+    if coefficients.dim() != 4 or tuple(coefficients.shape[2:]) != (in_group.order, size):
+        raise ValueError(f"coefficients: expected {expected}, got shape {tuple(coefficients.shape)}")
+
+
+def _coefficient_bounds(coefficients: torch.Tensor, kernel_size: int) -> tuple[float, float]:
+    """``nn.Conv2d``'s init bounds for coefficients ``(C_out, C_in, S_in, B)``: the coefficients' bound
+    ``1 / sqrt(B·C_in·S_in)`` (the tables' squared norms sum to ``B``, so the taps get the variance
+    ``1 / (3·fan_in)``, ``fan_in = C_in·S_in·k²``) and the bias' ``1 / sqrt(fan_in)``."""
+    per_output = coefficients[0].numel()                                          # C_in·S_in·B
+    fan_in = per_output // coefficients.shape[-1] * kernel_size * kernel_size
+    return 1.0 / math.sqrt(per_output), 1.0 / math.sqrt(fan_in)
 
 
 def init_coefficients(out_channels: int, in_channels: int, group: SteerableGroup, in_group, kernel_size: int, *,
@@ -353,10 +434,19 @@ def init_coefficients(out_channels: int, in_channels: int, group: SteerableGroup
     _check_group(group, "group")
     in_group = _in_group(group, in_group)
     size = len(steerable_basis(kernel_size).radius)
-    bound = 1.0 / math.sqrt(size * in_channels * in_group.order)
-    shape = (out_channels, in_channels, in_group.order, size)
-    out = torch.empty(shape, dtype=dtype, device=device)
+    out = torch.empty((out_channels, in_channels, in_group.order, size), dtype=dtype, device=device)
+    bound, _ = _coefficient_bounds(out, kernel_size)
     return out.uniform_(-bound, bound, generator=generator)
+
+
+@torch.no_grad()
+def reset_coefficients(coefficients: torch.Tensor, bias: Optional[torch.Tensor], kernel_size: int) -> None:
+    """:func:`init_coefficients`' draw in place, and the bias uniform in ``±1 / sqrt(C_in·S_in·k²)`` (as
+    ``nn.Conv2d``'s): a steerable :class:`~gconv_triton.GroupConv2d`'s ``reset_parameters``."""
+    bound, bias_bound = _coefficient_bounds(coefficients, kernel_size)
+    coefficients.uniform_(-bound, bound)
+    if bias is not None:
+        bias.uniform_(-bias_bound, bias_bound)
 
 
 def coefficients_from_filter(weight: torch.Tensor, kernel_size: Optional[int] = None) -> torch.Tensor:
