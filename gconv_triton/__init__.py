@@ -24,8 +24,8 @@ from .modules import (GroupAvgPool2d, GroupConv2d, GroupMaxPool2d, GroupPool, P4
 __version__ = "0.1.0"
 
 # Submodules reached as attributes (``gt.models``) but imported on first use: autotune and interop pull in optional
-# packages (e2cnn when installed), models is not needed to build layers and steerable (C_N / D_N filters) is not
-# wired into the layers yet, so ``import gconv_triton`` stays fast.
+# packages (e2cnn when installed) and models is not needed to build layers, so ``import gconv_triton`` stays fast
+# (steerable, the C_N / D_N filters, is imported by the layers and listed here for ``dir(gt)``).
 _LAZY_SUBMODULES = ("autotune", "demo", "interop", "models", "steerable")
 
 

@@ -49,7 +49,7 @@ def _checked_elements(group: Group) -> tuple[list[int], str]:
         raise ValueError(f"group: {group.name} has no grid symmetry but the identity (no rotation by a multiple of "
                          f"90 degrees, no reflection across a grid axis or diagonal), so no element acts on images "
                          f"exactly and there is nothing check_equivariance can check exactly; expected a group "
-                         f"with grid symmetries (C_N, D_N with N a multiple of 4 or 2, or p4, p4m, ...)")
+                         f"with another grid symmetry (C_N with N even, D_N with a grid-aligned axis, p4, ...)")
     others = [g for g in range(group.order) if g not in lattice]
     return lattice, (f"elements {others} of {group.name} are no symmetries of the pixel grid: they act on images "
                      f"only through a resampler, so equivariance to them is approximate by nature and was not "

@@ -361,6 +361,6 @@ def get_group(group, argument: str = "group") -> Group:
 
             n = int(steerable[2])
             return cyclic_group(n) if steerable[1] == "c" else dihedral_group(n)
-        raise ValueError(f"{argument}: unknown group {group!r}, expected a Group, one of {sorted(_BUILTINS)}, or "
+        raise ValueError(f"{argument}: unknown group {group!r}, expected a Group or one of {sorted(_BUILTINS)}, or "
                          f"'cN' / 'dN' with N >= 1 (C_N / D_N on steerable filters, e.g. 'c8', 'd16')")
     raise TypeError(f"{argument}: expected a Group or a group name (str), got {type(group).__name__}")
