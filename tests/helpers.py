@@ -41,3 +41,31 @@ def triton_backend():
 
 def torch_backend():
     return gconv_triton.backend("torch")
+
+
+def clear_caches() -> None:
+    """Start cold, as a fresh process does: forget TorchDynamo's compiled code and every cache the package fills
+    on first use: the filter-bank index (``reference._BANK_INDEX``), each group's tap tables, every
+    ``functools`` cache in ``gconv_triton`` and its kernels (the launchers' per-device group, phase and gather
+    tables), and the kernel autotuners' in-memory choices.  The registries of groups and tap functions are
+    kept: they are not caches but the names that graphs and ops refer to them by."""
+    import sys
+
+    import torch._dynamo
+
+    from gconv_triton import _library, reference
+
+    torch._dynamo.reset()
+    reference._BANK_INDEX.clear()
+    for group in _library._GROUPS.values():
+        group._cache.clear()
+    for name, module in list(sys.modules.items()):
+        if name == "gconv_triton" or name.startswith("gconv_triton."):
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)) and hasattr(value, "cache_info"):
+                    value.cache_clear()
+    autotune = sys.modules.get("gconv_triton.kernels._autotune")
+    if autotune is not None:
+        for tuner in autotune.KERNEL_TUNERS.values():
+            tuner._best.clear()
+        autotune.DEFAULT_CACHE._entries.clear()

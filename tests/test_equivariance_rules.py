@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import torch_backend
+from helpers import clear_caches, torch_backend
 from torch import nn
 
 import gconv_triton as gt
@@ -209,8 +209,8 @@ LAYERS_WARNED = ["GroupConv2d", "GroupConvTranspose2d", "GroupMaxPool2d"]
 def test_compiled_model_warns_at_trace_once_per_layer_and_size():
     """A model that only ever runs compiled warns as in eager mode: once per inexact layer and input size."""
     model = _resampling_model()
+    clear_caches()
     compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=False)
-    torch._dynamo.reset()
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         for size in (8, 8, 12, 8):
@@ -222,7 +222,7 @@ def test_compiled_model_warns_at_trace_once_per_layer_and_size():
 
 
 def test_compiled_dynamic_shapes_warn_for_the_traced_size():
-    torch._dynamo.reset()
+    clear_caches()
     pool = GroupMaxPool2d(2)
     compiled = torch.compile(pool, backend="eager", fullgraph=True, dynamic=True)
     with warnings.catch_warnings(record=True) as record:
