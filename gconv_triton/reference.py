@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from ._spec import ConvSpec, as_5d
+from ._spec import ConvSpec, as_5d, concrete_shape
 from .groups import Group
 
 __all__ = ["filter_bank", "flat_bank", "bank_conv2d", "bank_conv_transpose2d", "gconv2d_reference"]
@@ -27,7 +27,8 @@ def filter_bank(weight: torch.Tensor, group: Group, in_group: Group) -> torch.Te
         the bank ``(C_out, S_out, C_in, S_in, kh, kw)``; flatten to ``(C_out·S_out, C_in·S_in, kh, kw)`` for
         ``F.conv2d``.  One ``index_select`` of the flattened weight (its backward one ``index_add_``).
     """
-    index = bank_index(group, in_group, tuple(int(d) for d in weight.shape), weight.device)
+    # A traced graph holds the index as a constant for this weight shape, as a traced module's parameters keep it.
+    index = bank_index(group, in_group, concrete_shape(weight, quiet=True), weight.device)
     return weight.reshape(-1).index_select(0, index.flatten()).view(index.shape)
 
 

@@ -248,13 +248,24 @@ def test_jit_trace_of_group_layers_matches_eager_and_warns():
 
 @pytest.mark.parametrize("strict", [False, True])
 def test_torch_export_warns_on_traced_sizes_and_takes_symbolic_ones(strict):
-    """torch.export warns for a concrete traced size, and a symbolic (dynamic) size is not an error."""
-    model = nn.Sequential(GroupConv2d(1, 2, 3, group="p4", in_group="z2", stride=2, dtype=DT), GroupMaxPool2d(2))
+    """torch.export warns for a concrete traced size, and for a symbolic (dynamic) one for the example's size,
+    as torch.compile does, strict (TorchDynamo) or not (Python tracing)."""
+    def build():
+        return nn.Sequential(GroupConv2d(1, 2, 3, group="p4", in_group="z2", stride=2, dtype=DT), GroupMaxPool2d(2))
+
+    model = build()
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         torch.export.export(model, (torch.randn(2, 1, 8, 8, dtype=DT),), strict=strict)
     assert _warned(record) == ["GroupConv2d", "GroupMaxPool2d"]  # 8 -> 3 -> 1, both off-centre
     side = torch.export.Dim("side", min=3, max=32)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        torch.export.export(build(), (torch.randn(2, 1, 12, 12, dtype=DT),),
+                            dynamic_shapes=({2: 2 * side, 3: 2 * side},), strict=strict)
+    assert _warned(record) == ["GroupConv2d", "GroupMaxPool2d"]  # 12 -> 5 -> 2: each layer once
+    sizes = [str(w.message).split(" on ")[1].split(" inputs")[0] for w in record if w.category is EquivarianceWarning]
+    assert sorted(sizes) == ["12x12", "5x5"]  # the example's sizes, as each layer sees them
     exported = torch.export.export(model, (torch.randn(2, 1, 9, 9, dtype=DT),),
                                    dynamic_shapes=({2: 2 * side + 1, 3: 2 * side + 1},), strict=strict)
     x = torch.randn(2, 1, 13, 13, dtype=DT)
