@@ -328,7 +328,10 @@ def _tables(group: SteerableGroup, kernel_size: int, dtype: torch.dtype, device:
     """``Ψ`` flattened to ``(S, B, k·k)`` in ``dtype`` on ``device``, built once per combination."""
     key = (group, kernel_size, dtype, device)
     if key not in _TABLES:
-        _TABLES[key] = _rotated_basis(group, kernel_size).flatten(2).to(dtype=dtype, device=device)
+        from .reference import untraced
+
+        with untraced():  # real tensors in the cache, and one constant in a traced graph, whatever traces the call
+            _TABLES[key] = _rotated_basis(group, kernel_size).flatten(2).to(dtype=dtype, device=device)
     return _TABLES[key]
 
 

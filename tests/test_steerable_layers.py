@@ -106,6 +106,16 @@ def test_layer_is_the_reference_path(group, lifting, kwargs):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_padding_modes():
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 8, 7, 7, dtype=DT)
+    for mode in ("reflect", "replicate", "circular"):
+        layer = gt.GroupConv2d(2, 2, 3, group="c8", in_group="c8", padding=1, padding_mode=mode, dtype=DT)
+        padded = F.pad(x.flatten(1, 2), (1, 1, 1, 1), mode=mode)
+        expected = _oracle(padded, layer.weight, layer.bias, layer.group, layer.in_group, 3)
+        assert torch.allclose(layer(x), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_parameters_state_dict_repr_and_init():
     torch.manual_seed(0)
     layer = gt.GroupConv2d(16, 32, 5, group="c8", in_group="c8")
