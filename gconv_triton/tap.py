@@ -30,7 +30,7 @@ from ._library import (_backend_name, _compiling, _conv_out_shape, _empty_like_l
                        _spec, autocast_inputs, bias_grad)
 from ._spec import ConvSpec, make_spec, resolve_geometry
 from .groups import get_group
-from .tap_functions import TapFunction, check_reduce, get_tap
+from .tap_functions import _TAPS, TapFunction, check_reduce, get_tap, tap_key
 
 __all__ = ["tap_conv2d", "tap_conv1d", "PADDING_MODES"]
 
@@ -38,21 +38,6 @@ PADDING_MODES = ("zeros", "ignore", "reflect", "replicate", "circular")
 
 #: elements of one chunk of the PyTorch path's broadcast (batch x out-channels x receptive field x pixels)
 _CHUNK_ELEMENTS = 1 << 22
-
-# ------------------------------------------------------------------------------------------- tap registry
-_TAPS: dict = {}
-_KEY_ATTR = "_gconv_triton_op_key"
-
-
-def tap_key(tap: TapFunction) -> str:
-    """The string under which ``tap`` crosses the op boundary (registered on first use, like groups)."""
-    key = getattr(tap, _KEY_ATTR, None)
-    if key is not None and _TAPS.get(key) is tap:
-        return key
-    key = tap.name if tap.name not in _TAPS else f"{tap.name}#{len(_TAPS)}"
-    _TAPS[key] = tap
-    setattr(tap, _KEY_ATTR, key)
-    return key
 
 
 # --------------------------------------------------------------------------------------- the PyTorch path

@@ -9,6 +9,8 @@ looked up by name (``"mul"``, ``"adder"``, ``"addernet"``, ``"l2"``, ``"add"``, 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import pickle
 from typing import Callable, Optional
 
 import torch
@@ -16,6 +18,24 @@ import torch
 __all__ = ["TapFunction", "check_tap", "get_tap", "BUILTIN_TAPS", "REDUCTIONS"]
 
 REDUCTIONS = ("sum", "max", "min", "prod")
+
+
+# ------------------------------------------------------------------------------------------- tap registry
+# Taps cross the op boundary by name.  Every TapFunction registers itself when constructed (the built-ins at
+# import), so a compiled call, whose trace may not mutate this dict before the op runs, always finds its tap.
+_TAPS: dict = {}
+_KEY_ATTR = "_gconv_triton_op_key"
+
+
+def tap_key(tap: TapFunction) -> str:
+    """The string under which ``tap`` crosses the op boundary (registered on construction, or here on first use)."""
+    key = getattr(tap, _KEY_ATTR, None)
+    if key is not None and _TAPS.get(key) is tap:
+        return key
+    key = tap.name if tap.name not in _TAPS else f"{tap.name}#{len(_TAPS)}"
+    _TAPS[key] = tap
+    setattr(tap, _KEY_ATTR, key)
+    return key
 
 
 class TapFunction:
@@ -53,6 +73,26 @@ class TapFunction:
         if not self._builtin:
             for arg, fn in zip(("triton_fn", "triton_dx", "triton_dw"), self._triton):
                 _check_jit(fn, arg)
+        tap_key(self)  # registered now, outside any trace: a compiled first call finds it
+
+    # A tap is an immutable description of functions: copies share it (as they share a function), and a pickle
+    # holds a built-in's name or a user tap's functions by reference (rebuilt and registered on loading).
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        if self._builtin:
+            return get_tap, (self.name,)
+        fields = dict(torch_fn=self.torch_fn, torch_dx=self.torch_dx, torch_dw=self.torch_dw)
+        for arg, fn in fields.items():
+            if fn is not None:
+                _check_picklable(self, arg, fn)
+        triton = tuple(_global_name(self, arg, fn) for arg, fn in zip(("triton_fn", "triton_dx", "triton_dw"),
+                                                                        self._triton))
+        return _rebuild_tap, (self.name, fields, triton, self.reductions)
 
     def triton_functions(self) -> tuple:
         """``(f, ∂f/∂x, ∂f/∂w)`` as ``@triton.jit`` functions (imports Triton)."""
@@ -80,6 +120,45 @@ class TapFunction:
 
     def __repr__(self) -> str:
         return f"TapFunction({self.name!r})"
+
+
+def _check_picklable(tap: TapFunction, arg: str, fn) -> None:
+    try:
+        pickle.dumps(fn)
+    except Exception as e:  # PicklingError, AttributeError, TypeError: which one depends on the object
+        raise pickle.PicklingError(
+            f"{arg}: TapFunction {tap.name!r} cannot be pickled: its {arg} {fn!r} cannot ({e}); define it with def "
+            f"at module level (not a lambda or a local function) to save or load a model that holds this tap "
+            f"(copy.deepcopy shares the tap and needs no pickling)") from e
+
+
+def _global_name(tap: TapFunction, arg: str, fn) -> tuple:
+    """``(module, qualified name)`` under which the ``@triton.jit`` function ``fn`` can be imported again."""
+    inner = getattr(fn, "fn", fn)
+    module, qualname = getattr(inner, "__module__", None), getattr(inner, "__qualname__", "")
+    try:
+        found = _import_global(module, qualname)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        found = None
+    if found is not fn:
+        raise pickle.PicklingError(
+            f"{arg}: TapFunction {tap.name!r} cannot be pickled: its {arg} {fn!r} is not importable as "
+            f"{module}.{qualname}; define the @triton.jit function at module level to save or load a model that "
+            f"holds this tap")
+    return module, qualname
+
+
+def _import_global(module: str, qualname: str):
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _rebuild_tap(name: str, fields: dict, triton: tuple, reductions: tuple) -> "TapFunction":
+    """Unpickle a user tap: import its ``@triton.jit`` functions and construct (and so register) it again."""
+    return TapFunction(name, fields["torch_fn"], *(_import_global(*ref) for ref in triton),
+                       torch_dx=fields["torch_dx"], torch_dw=fields["torch_dw"], reductions=reductions)
 
 
 def _sum_to(t: torch.Tensor, shape) -> torch.Tensor:

@@ -9,7 +9,13 @@ stacks the slices in (i, u, t) order and lets autograd differentiate ``torch.max
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import importlib
+import os
+import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -469,3 +475,145 @@ def test_torch_path_memory_is_bounded(monkeypatch):
         y = tap_conv2d(x, w, tap="adder", padding=1)
         y.backward(torch.randn_like(y))
     assert recorder.largest <= 4096 * 4, (recorder.largest, recorder.largest_op)
+
+
+# ------------------------------------------------------------------------- cold compile, copies, pickles
+# A user tap in a module of its own, so that a fresh process can import it (and unpickle a layer that holds it).
+USER_TAP_MODULE = '''
+import torch
+import triton
+import triton.language as tl
+from gconv_triton import TapFunction
+
+
+@triton.jit
+def tan_fn(x, w):
+    return tl.sin(x + w) / tl.cos(x + w)
+
+
+@triton.jit
+def tan_d(x, w):
+    c = tl.cos(x + w)
+    return 1.0 / (c * c)
+
+
+def torch_tan(x, w):
+    return torch.tan(x + w)
+
+
+TAN = TapFunction("tan", torch_tan, tan_fn, tan_d, tan_d)
+'''
+
+COLD_COMPILE = '''
+import torch
+import gconv_triton as gt
+from usertap import TAN
+
+torch.manual_seed(0)
+for compiler in ("aot_eager", "inductor"):
+    for tap, reduce in (("adder", "sum"), ("add", "max"), (TAN, "prod")):
+        layer = gt.TapConv2d(3, 4, 3, tap=tap, reduce=reduce, padding=1).double()
+        with torch.no_grad():
+            layer.weight.mul_(0.2)
+        x = (torch.randn(2, 3, 6, 6, dtype=torch.float64) * 0.3).requires_grad_()
+        torch._dynamo.reset()
+        y = torch.compile(layer, backend=compiler, fullgraph=True)(x)   # the first call ever of this layer
+        grads = torch.autograd.grad(y.square().sum(), (x, layer.weight, layer.bias))
+        y_eager = layer(x)
+        grads_eager = torch.autograd.grad(y_eager.square().sum(), (x, layer.weight, layer.bias))
+        for what, out, ref in zip(("y", "dx", "dw", "db"), (y,) + grads, (y_eager,) + grads_eager):
+            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12, msg=f"{compiler} {tap} {what}")
+print("ok")
+'''
+
+
+def _user_tap_module(tmp_path, monkeypatch=None):
+    """Write ``usertap.py`` into ``tmp_path``; with ``monkeypatch``, import it here too."""
+    (tmp_path / "usertap.py").write_text(USER_TAP_MODULE)
+    if monkeypatch is not None:
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, "usertap", raising=False)
+        return importlib.import_module("usertap")
+
+
+def _run_fresh(tmp_path, script: str, interpret: bool = True) -> str:
+    """Run ``script`` in a fresh Python process (cold caches) that can import ``usertap``; its stdout.  Without
+    ``interpret`` the process runs without ``TRITON_INTERPRET``: its ``@triton.jit`` functions are compiled
+    ``JITFunction``\ s (which hold a lock), as on a GPU machine."""
+    _user_tap_module(tmp_path)
+    (tmp_path / "script.py").write_text(script)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), root]),
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), TRITON_CACHE_DIR=str(tmp_path / "triton"))
+    if not interpret:
+        env.pop("TRITON_INTERPRET", None)
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+def test_torch_compile_from_a_cold_start(tmp_path):
+    """``torch.compile`` of a tap layer that never ran eagerly, in a fresh process: a built-in tap and a user
+    ``TapFunction``, ``aot_eager`` and ``inductor``; forward and every gradient equal the eager ones computed
+    after the compiled call."""
+    assert _run_fresh(tmp_path, COLD_COMPILE).strip().endswith("ok")
+
+
+LOAD_AND_COMPARE = '''
+import copy
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+saved = torch.load("models.pt", weights_only=False)   # a fresh process: the taps come back from the pickle
+for name, (model, x, y) in saved.items():
+    with torch.no_grad():
+        for copied in (model, copy.deepcopy(model), AveragedModel(model)):
+            torch.testing.assert_close(copied(x), y, rtol=0, atol=0, msg=name)
+print("ok", sorted(saved))
+'''
+
+
+def test_copies_and_pickles_of_tap_layers(tmp_path, monkeypatch):
+    """A built-in and a user tap layer survive ``copy.deepcopy``, ``AveragedModel`` (EMA/SWA) and ``torch.save``
+    of the whole module, loaded back in a fresh process (compiled ``JITFunction``\ s there, copied again); every
+    copy computes the same numbers.  A tap whose
+    functions cannot be pickled says which function and why."""
+    usertap = _user_tap_module(tmp_path, monkeypatch)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(TapConv2d(3, 4, 3, tap="adder", padding=1),
+                                TapConv2d(4, 2, 3, tap=usertap.TAN, reduce="prod")).double()
+    with torch.no_grad():
+        model[1].weight.mul_(0.1)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64) * 0.2
+    with torch.no_grad():
+        y = model(x)
+
+    clone = copy.deepcopy(model)
+    assert clone[1].weight.data_ptr() != model[1].weight.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(clone(x), y)
+
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
+    swa = torch.optim.swa_utils.AveragedModel(model)
+    for averaged in (ema, swa):
+        averaged.update_parameters(model)
+        averaged.update_parameters(model)   # the average of equal models is the model
+        with torch.no_grad():
+            torch.testing.assert_close(averaged(x), y, rtol=1e-14, atol=0)
+
+    saved = {"adder + user tap": (model, x, y), "adder alone": (model[0], x, model[0](x).detach())}
+    torch.save(saved, tmp_path / "models.pt")
+    assert _run_fresh(tmp_path, LOAD_AND_COMPARE, interpret=False).startswith("ok")
+
+    @triton.jit
+    def local_fn(x, w):
+        return x + w
+
+    lam = TapFunction("lam", lambda x, w: x + w, tan_fn, tan_d, tan_d)
+    local = TapFunction("local", usertap.torch_tan, local_fn, tan_d, tan_d)
+    for tap, arg in ((lam, "torch_fn"), (local, "triton_fn")):
+        layer = TapConv2d(1, 1, 3, tap=tap)
+        copy.deepcopy(layer)   # shares the tap: no pickling needed
+        with pytest.raises(pickle.PicklingError, match=f"^{arg}: TapFunction '{tap.name}' cannot be pickled"):
+            torch.save(layer, tmp_path / "bad.pt")
