@@ -539,7 +539,7 @@ def _user_tap_module(tmp_path, monkeypatch=None):
 def _run_fresh(tmp_path, script: str, interpret: bool = True) -> str:
     """Run ``script`` in a fresh Python process (cold caches) that can import ``usertap``; its stdout.  Without
     ``interpret`` the process runs without ``TRITON_INTERPRET``: its ``@triton.jit`` functions are compiled
-    ``JITFunction``\ s (which hold a lock), as on a GPU machine."""
+    ``JITFunction`` objects (which hold a lock), as on a GPU machine."""
     _user_tap_module(tmp_path)
     (tmp_path / "script.py").write_text(script)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -576,7 +576,7 @@ print("ok", sorted(saved))
 
 def test_copies_and_pickles_of_tap_layers(tmp_path, monkeypatch):
     """A built-in and a user tap layer survive ``copy.deepcopy``, ``AveragedModel`` (EMA/SWA) and ``torch.save``
-    of the whole module, loaded back in a fresh process (compiled ``JITFunction``\ s there, copied again); every
+    of the whole module, loaded back in a fresh process (compiled ``JITFunction`` objects there, copied again); every
     copy computes the same numbers.  A tap whose
     functions cannot be pickled says which function and why."""
     usertap = _user_tap_module(tmp_path, monkeypatch)
