@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._layout import dim_order, empty_in_order
-from ._library import (_backend_name, _compiling, _conv_out_shape, _empty_like_layout, _kernels_for, _op_geometry,
+from ._library import (_backend_name, _compiling, _conv_out_shape, _empty_like_layout, _kernels_for, _onnx_exporting,
+                       _op_geometry,
                        _spec, autocast_inputs, bias_grad)
 from ._spec import ConvSpec, make_spec, resolve_geometry
 from .groups import get_group
@@ -78,19 +79,19 @@ def _unfold(x5: Tensor, spec: ConvSpec):
     return cols, inside
 
 
-def _reduce(f: Tensor, use: Tensor, reduce: str):
-    """Reduce ``f (b, oc, K, L)`` over ``K``, leaving out ``~use``: ``(value, aux)`` with ``aux`` the arg-extreme
-    (first on ties) for max/min, the zero count for prod (whose value is then the product of the non-zero
-    factors), None for sum."""
+def _reduce(f: Tensor, use: Tensor, reduce: str, dim: int = 2):
+    """Reduce ``f (b, oc, K, L)`` over ``K`` (axis ``dim``), leaving out ``~use``: ``(value, aux)`` with ``aux`` the
+    arg-extreme (first on ties; a NaN is the extreme and propagates, as in ``torch.amax``) for max/min, the zero
+    count for prod (whose value is then the product of the non-zero factors), None for sum."""
     if reduce == "sum":
-        return torch.where(use, f, 0).sum(2), None
+        return torch.where(use, f, 0).sum(dim), None
     if reduce in ("max", "min"):
         fill = float("-inf") if reduce == "max" else float("inf")
-        value, index = getattr(torch, reduce)(torch.where(use, f, fill), dim=2)  # first index on ties
+        value, index = getattr(torch, reduce)(torch.where(use, f, fill), dim=dim)  # first index on ties, or NaN
         return value, index
     f = torch.where(use, f, 1)
     zero = f == 0
-    return torch.where(zero, 1, f).prod(2), zero.sum(2)
+    return torch.where(zero, 1, f).prod(dim), zero.sum(dim)
 
 
 def _prod_factor(f: Tensor, pnz: Tensor, zeros: Tensor) -> Tensor:
@@ -186,6 +187,49 @@ def _tap_torch(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: ConvSpe
     return dx, dw
 
 
+def check_standard_ops(tap: TapFunction, what: str, layer: str = "") -> None:
+    """Raise a ``ValueError`` naming ``layer`` (or the tap) when ``tap`` has no standard-operator form."""
+    problem = tap.standard_ops_problem()
+    if problem is not None:
+        where = f"{layer}: " if layer else "tap: "
+        raise ValueError(f"{where}{what} writes a tap convolution as standard PyTorch operators (the receptive "
+                         f"fields unfolded, tapped by torch_fn, reduced), and the TapFunction {tap.name!r} has no "
+                         f"such form: {problem}")
+
+
+def tap_standard_ops(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: ConvSpec, tap: TapFunction,
+                     reduce: str, ignore: bool, aux: Optional[Tensor] = None) -> Tensor:
+    """The tap convolution as standard PyTorch operators, differentiable by autograd and unchunked: the receptive
+    fields unfolded, gathered per group element, tapped by ``tap.torch_fn`` and reduced.  What ONNX export and
+    :func:`~gconv_triton.export_model` run, and what the second-order gradients differentiate; with ``aux`` (the
+    forward's arg-extreme ``k``, max/min) the value at that ``k``, so the gradient goes where the op's went.
+
+    ``x5 (B, groups·C_in_g, S_in, H, W)``, ``weight (groups·C_out_g, C_in_g, S_in, kh, kw)`` ->
+    ``(B, groups·C_out_g, S_out, H_out, W_out)``; holds ``C_out·S_out·K·L`` tap values at once (``K`` the
+    receptive field, ``L`` the output pixels)."""
+    cols, inside = _unfold(x5, spec)
+    cols = cols.unflatten(1, (spec.groups, -1))                                       # (B, groups, C_g·S_in·T, L)
+    index = torch.stack([_gather_index(spec, g, x5.device) for g in range(spec.s_out)])      # (S_out, K)
+    w = weight.reshape(spec.groups, spec.out_channels, 1, -1, 1)                      # (groups, C_out_g, 1, K, 1)
+    f = tap.torch_fn(cols[:, :, None, index], w)                                      # (B, groups, C_out_g, S_out, K, L)
+    if ignore:
+        dest = spec.group.tap_destinations(spec.kernel).to(x5.device)                # (S_out, T)
+        use = inside[dest].repeat(1, spec.in_channels * spec.s_in, 1)                # (S_out, K, L)
+    else:
+        use = torch.ones((), dtype=torch.bool, device=x5.device)
+    if aux is not None and reduce in ("max", "min"):
+        k = aux.reshape(*f.shape[:4], 1, f.shape[-1]).long().clamp_min(0)            # -1: a window with no tap
+        value = f.gather(-2, k).squeeze(-2)
+    else:
+        value, extra = _reduce(f, use, reduce, dim=-2)
+        if reduce == "prod":
+            value = torch.where(extra > 0, 0, value)
+    if ignore:
+        value = torch.where(use.any(-2), value, 0)
+    y = value.reshape(x5.shape[0], -1, spec.s_out, spec.out_height, spec.out_width)
+    return y if bias is None else y + bias.to(y.dtype)[None, :, None, None, None]
+
+
 # ------------------------------------------------------------------------------------------------- the ops
 def _fns(tap: str):
     return _TAPS[tap].triton_functions()
@@ -279,7 +323,7 @@ def _check_padding_mode(padding_mode) -> str:
 
 def tap_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, tap, reduce: str = "sum",
                stride=1, padding=0, dilation=1, groups: int = 1, group="z2", in_group="z2",
-               padding_mode: str = "zeros") -> Tensor:
+               padding_mode: str = "zeros", standard_ops: bool = False) -> Tensor:
     """A convolution whose tap is ``tap(x, w)`` and whose reduction over the receptive field is ``reduce``.
 
     ``y[b, o, p] = reduce over (i, t) of tap(x[b, i, p·stride + t·dilation − padding], w[o, i, t]) + bias[o]``.
@@ -298,6 +342,9 @@ def tap_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, 
         padding_mode: ``"zeros"`` (a padded pixel is 0 and goes through the tap, as unfold would give),
             ``"ignore"`` (out-of-bounds taps are left out of the reduction; a window with none inside gives 0 +
             bias and no gradient), or ``"reflect"``, ``"replicate"``, ``"circular"`` (``F.pad`` first, as torch).
+        standard_ops: compute with standard PyTorch operators (:func:`tap_standard_ops`: unfold, ``torch_fn``,
+            reduce; no chunking, no custom op), the form ONNX export writes and ``export_model`` keeps; a
+            ``ValueError`` when ``tap``'s ``torch_fn`` is not made of such operators.
 
     Morphological dilation is ``tap="add", reduce="max"``, erosion ``tap="sub", reduce="min"``.
     """
@@ -331,13 +378,18 @@ def tap_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, 
                   dilation=dilation, groups=groups)
     x = input if input.dim() == 5 else input.unflatten(1, (-1, in_group.order))
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, False)[:-1]
-    y = _tap_op(x, weight, bias, tap_key(tap), reduce, padding_mode == "ignore", *geometry, _backend_name())[0]
+    if standard_ops or _onnx_exporting():  # ONNX knows no tap op
+        check_standard_ops(tap, "standard_ops=True" if standard_ops else "ONNX export")
+        spec = _spec(x, weight, bias, *geometry, groups)
+        y = tap_standard_ops(x, weight, bias, spec, tap, reduce, padding_mode == "ignore")
+    else:
+        y = _tap_op(x, weight, bias, tap_key(tap), reduce, padding_mode == "ignore", *geometry, _backend_name())[0]
     return y.flatten(1, 2) if planar else y
 
 
 def tap_conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, tap, reduce: str = "sum",
                stride=1, padding=0, dilation=1, groups: int = 1, group="z2", in_group="z2",
-               padding_mode: str = "zeros") -> Tensor:
+               padding_mode: str = "zeros", standard_ops: bool = False) -> Tensor:
     """:func:`tap_conv2d` in 1-D: input ``(B, C_in, L)``, weight ``(C_out, C_in/groups, k)``, output
     ``(B, C_out, L_out)`` (a height-1 2-D tap convolution).  Only ``group="z2"``: rotations need two axes."""
     from .functional import _as_2d_args
@@ -353,7 +405,8 @@ def tap_conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, 
             raise ValueError(f"{name}: expected a 3-D tensor, got shape {tuple(t.shape)}")
     stride, padding, dilation = _as_2d_args(stride, padding, dilation)
     y = tap_conv2d(input.unsqueeze(2), weight.unsqueeze(2), bias, tap=tap, reduce=reduce, stride=stride,
-                   padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode)
+                   padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode,
+                   standard_ops=standard_ops)
     return y.squeeze(2)
 
 

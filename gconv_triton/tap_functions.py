@@ -118,8 +118,40 @@ class TapFunction:
             stack.enter_context(torch.enable_grad())
             return self.torch_fn(x, w)
 
+    def standard_ops_problem(self) -> Optional[str]:
+        """None when ``torch_fn`` is made of standard PyTorch (aten) operators, the form ONNX export and
+        :func:`~gconv_triton.export_model` write; else why not.  Traced once, on fake tensors, and remembered."""
+        if self._builtin:
+            return None
+        if not hasattr(self, "_standard_problem"):
+            self._standard_problem = _standard_ops_problem(self.torch_fn)
+        return self._standard_problem
+
     def __repr__(self) -> str:
         return f"TapFunction({self.name!r})"
+
+
+def _standard_ops_problem(fn) -> Optional[str]:
+    import operator
+
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing, make_fx
+
+    tracing = torch._C._get_tracing_state()  # called inside an export: trace apart from it
+    torch._C._set_tracing_state(None)
+    try:
+        with unset_fake_temporarily(), disable_proxy_modes_tracing():
+            graph = make_fx(fn, tracing_mode="fake")(torch.zeros(2), torch.zeros(2))
+    except Exception as e:  # anything but tensor operators: numpy, .item(), Python control flow on values
+        return f"tracing torch_fn on fake tensors failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+    finally:
+        torch._C._set_tracing_state(tracing)
+    others = sorted({str(node.target) for node in graph.graph.nodes if node.op == "call_function"
+                     and getattr(node.target, "namespace", None) not in ("aten", "prims")
+                     and node.target.__module__ not in (operator.__name__, "_operator")})
+    if others:
+        return f"torch_fn calls {', '.join(others)}, which are not standard PyTorch operators"
+    return None
 
 
 def _check_picklable(tap: TapFunction, arg: str, fn) -> None:
