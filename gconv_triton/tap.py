@@ -211,7 +211,8 @@ def tap_standard_ops(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: C
     cols = cols.unflatten(1, (spec.groups, -1))                                       # (B, groups, C_g·S_in·T, L)
     index = torch.stack([_gather_index(spec, g, x5.device) for g in range(spec.s_out)])      # (S_out, K)
     w = weight.reshape(spec.groups, spec.out_channels, 1, -1, 1)                      # (groups, C_out_g, 1, K, 1)
-    f = tap.torch_fn(cols[:, :, None, index], w)                                      # (B, groups, C_out_g, S_out, K, L)
+    # (B, groups, C_out_g, S_out, K, L); ONNX knows no autograd.Function: the plain torch_fn there
+    f = (tap.torch_fn if _onnx_exporting() else tap.differentiable)(cols[:, :, None, index], w)
     if ignore:
         dest = spec.group.tap_destinations(spec.kernel).to(x5.device)                # (S_out, T)
         use = inside[dest].repeat(1, spec.in_channels * spec.s_in, 1)                # (S_out, K, L)
@@ -220,10 +221,10 @@ def tap_standard_ops(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: C
     if aux is not None and reduce in ("max", "min"):
         k = aux.reshape(*f.shape[:4], 1, f.shape[-1]).long().clamp_min(0)            # -1: a window with no tap
         value = f.gather(-2, k).squeeze(-2)
+    elif reduce == "prod":  # torch.prod: its derivatives are exact at zero factors, as the op's
+        value = torch.where(use, f, 1).prod(-2)
     else:
-        value, extra = _reduce(f, use, reduce, dim=-2)
-        if reduce == "prod":
-            value = torch.where(extra > 0, 0, value)
+        value = _reduce(f, use, reduce, dim=-2)[0]
     if ignore:
         value = torch.where(use.any(-2), value, 0)
     y = value.reshape(x5.shape[0], -1, spec.s_out, spec.out_height, spec.out_width)
@@ -312,6 +313,33 @@ def _tap_backward(ctx, dy, _daux):
 
 
 _tap_op.register_autograd(_tap_backward, setup_context=_tap_setup)
+
+
+def _tap_backward_setup(ctx, inputs, output):
+    dy, x, weight, aux = inputs[:4]
+    ctx.args = tuple(inputs[4:13])   # tap, reduce, ignore, group, in_group, stride, padding, dilation, groups
+    ctx.save_for_backward(dy, x, weight, aux)
+
+
+def _tap_double_backward(ctx, g_dx, g_dw):
+    """The second-order gradients: ``(dx, dw)`` are autograd's first derivatives of :func:`tap_standard_ops`
+    (the same function as the op, max/min taken at the op's stored arg-extreme, the tap's own derivatives);
+    autograd differentiates them once more against ``(dy, x, weight)``.  Runs as standard operators, unchunked.
+    For a piecewise linear tap or reduction (adder, max-plus, max/min) the second derivatives are zero almost
+    everywhere and ``dy`` gets ``r·(∂f/∂x·g_dx + ∂f/∂w·g_dw)``."""
+    dy, x, weight, aux = ctx.saved_tensors
+    tap, reduce, ignore, group, in_group, stride, padding, dilation, groups = ctx.args
+    spec = _spec(x, weight, None, group, in_group, stride, padding, dilation, groups, groups)
+    with torch.enable_grad():
+        dy_, x_, w_ = (t.detach().requires_grad_() for t in (dy, x, weight))
+        y = tap_standard_ops(x_, w_, None, spec, _TAPS[tap], reduce, ignore, aux if reduce in ("max", "min") else None)
+        dx, dw = torch.autograd.grad(y, (x_, w_), dy_, create_graph=True)
+        outs, grads = zip(*[(out, g) for out, g in ((dx, g_dx), (dw, g_dw)) if g is not None and g.numel()])
+        d_dy, d_x, d_w = torch.autograd.grad(outs, (dy_, x_, w_), grads, allow_unused=True, materialize_grads=True)
+    return (d_dy, d_x, d_w) + (None,) * 13
+
+
+_tap_backward_op.register_autograd(_tap_double_backward, setup_context=_tap_backward_setup)
 
 
 # ----------------------------------------------------------------------------------------------- functional

@@ -98,6 +98,14 @@ class TapFunction:
         """``(f, ∂f/∂x, ∂f/∂w)`` as ``@triton.jit`` functions (imports Triton)."""
         return self._triton
 
+    def differentiable(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``torch_fn(x, w)`` whose autograd derivatives are the tap's own: ``torch_dx``/``torch_dw`` when both are
+        given (so ``"addernet"`` keeps its surrogates), else autograd's of ``torch_fn``; differentiable twice
+        when they are (the second-order gradients differentiate them)."""
+        if self.torch_dx is None or self.torch_dw is None:
+            return self.torch_fn(x, w)
+        return _ExplicitDerivatives.apply(x, w, self)
+
     def torch_grads(self, x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, coef: torch.Tensor):
         """``(Σ coef·∂f/∂x, Σ coef·∂f/∂w)`` reduced to ``x``'s and ``w``'s shapes; ``f`` is :meth:`torch_value` of
         ``x`` and ``w`` (leaves requiring grad), needed only when no explicit derivatives are given."""
@@ -191,6 +199,23 @@ def _rebuild_tap(name: str, fields: dict, triton: tuple, reductions: tuple) -> "
     """Unpickle a user tap: import its ``@triton.jit`` functions and construct (and so register) it again."""
     return TapFunction(name, fields["torch_fn"], *(_import_global(*ref) for ref in triton),
                        torch_dx=fields["torch_dx"], torch_dw=fields["torch_dw"], reductions=reductions)
+
+
+class _ExplicitDerivatives(torch.autograd.Function):
+    """``tap.torch_fn(x, w)`` with ``tap.torch_dx``/``torch_dw`` as its derivatives (a differentiable backward)."""
+
+    @staticmethod
+    def forward(ctx, x, w, tap):
+        ctx.save_for_backward(x, w)
+        ctx.tap = tap
+        return tap.torch_fn(x, w)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        dx = _sum_to(g * ctx.tap.torch_dx(x, w), x.shape) if ctx.needs_input_grad[0] else None
+        dw = _sum_to(g * ctx.tap.torch_dw(x, w), w.shape) if ctx.needs_input_grad[1] else None
+        return dx, dw, None
 
 
 def _sum_to(t: torch.Tensor, shape) -> torch.Tensor:

@@ -617,3 +617,51 @@ def test_copies_and_pickles_of_tap_layers(tmp_path, monkeypatch):
         copy.deepcopy(layer)   # shares the tap: no pickling needed
         with pytest.raises(pickle.PicklingError, match=f"^{arg}: TapFunction '{tap.name}' cannot be pickled"):
             torch.save(layer, tmp_path / "bad.pt")
+
+
+# ------------------------------------------------------------------------------------------- second order
+@pytest.mark.parametrize("backend,tap,reduce,mode", [
+    ("torch", "l2", "sum", "zeros"), ("torch", "adder", "sum", "zeros"), ("torch", "addernet", "sum", "zeros"),
+    ("torch", "add", "max", "ignore"), ("torch", "sub", "min", "zeros"), ("torch", "tan", "prod", "ignore"),
+    ("torch", "mul", "max", "zeros"), ("triton", "l2", "sum", "zeros"), ("triton", "add", "max", "ignore"),
+    ("triton", "tan", "sum", "zeros")])
+def test_gradgradcheck(backend, tap, reduce, mode):
+    """Second-order gradients through input, weight and bias (float64): the double backward against finite
+    differences of the backward, on both paths.  l2 and tan have non-zero second derivatives; adder, max-plus and
+    max/min are piecewise linear (zero a.e.), addernet's second derivatives are those of its surrogates."""
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64) * 0.3
+    w = torch.randn(2, 2, 2, 2, dtype=torch.float64) * 0.3
+    b = torch.randn(2, dtype=torch.float64)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    fn = TAN if tap == "tan" else tap
+
+    def layer(x, w, b):
+        with gconv_triton.backend(backend):
+            return tap_conv2d(x, w, b, tap=fn, reduce=reduce, padding=1, padding_mode=mode)
+
+    assert torch.autograd.gradgradcheck(layer, (x, w, b), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_second_order_on_a_group():
+    """A p4 lifting adder and a p4 max-plus layer: Hessian-vector products (double backward) equal those of the
+    float64 reference, whose max is torch.max's (autograd)."""
+    torch.manual_seed(2)
+    x = torch.randn(1, 1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn(2, 1, 1, 3, 3, dtype=torch.float64, requires_grad=True),
+               torch.randn(1, 2, 4, 3, 3, dtype=torch.float64, requires_grad=True)]
+    geometry = [dict(tap="l2", reduce="sum", group="p4", in_group="z2"),
+                dict(tap="add", reduce="max", group="p4", in_group="p4")]
+    common = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, ignore=False)
+
+    def run(fn):
+        y = x
+        for w, g in zip(weights, geometry):
+            y = fn(y, w, g)
+        (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.sin().sum(), [x] + weights)
+
+    got = run(lambda y, w, g: tap_conv2d(y, w, tap=g["tap"], reduce=g["reduce"], padding=1, group=g["group"],
+                                         in_group=g["in_group"]))
+    ref = run(lambda y, w, g: reference(y, w, None, **g, **common))
+    for out, want in zip(got, ref):
+        assert rel_error(out, want) < 1e-12
