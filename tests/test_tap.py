@@ -364,6 +364,35 @@ def test_check_tap_accepts_a_right_tap_and_names_a_wrong_derivative():
         check_tap("addernet")
 
 
+CHECK_TAP_WITHOUT_TRITON = '''
+import warnings
+import torch
+import gconv_triton as gt
+from usertap import TAN, tan_fn, tan_d
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    gt.check_tap("adder")
+(warning,) = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+print("WARNING", warning.message)
+wrong = gt.TapFunction("tan_wrong", TAN.torch_fn, tan_fn, tan_d, tan_d,
+                       torch_dx=lambda x, w: 1 / torch.cos(x + w) ** 2, torch_dw=lambda x, w: torch.cos(x + w))
+try:
+    gt.check_tap(wrong)
+except ValueError as e:
+    print("ERROR", e)
+'''
+
+
+def test_check_tap_without_a_gpu_or_the_interpreter(tmp_path):
+    """Where the Triton functions cannot run (no GPU, no TRITON_INTERPRET), ``check_tap`` still checks the
+    PyTorch derivatives (a wrong ``torch_dw`` is named) and warns what it could not check and what to set."""
+    out = _run_fresh(tmp_path, CHECK_TAP_WITHOUT_TRITON, interpret=False)
+    assert "WARNING check_tap: tap 'adder': checked torch_dx, torch_dw against autograd of torch_fn, but not " \
+           "triton_fn, triton_dx, triton_dw" in out and "set TRITON_INTERPRET=1" in out, out
+    assert "ERROR torch_dw: tap 'tan_wrong' disagrees with autograd of torch_fn" in out, out
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def test_bad_input_names_the_argument():
     x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
@@ -390,6 +419,13 @@ def test_bad_input_names_the_argument():
         TapConv2d(2, 3, 3, "l2", reduce="prod")
     with pytest.raises(ValueError, match="^group:"):
         tap_conv1d(torch.randn(1, 2, 5), torch.randn(3, 2, 3), tap="add", group="p4")
+    # 1-D arguments: the message shows what was passed, not the height-1 2-D form they run as
+    with pytest.raises(ValueError, match=r"^stride: expected values >= 1, got 0$"):
+        TapConv1d(3, 4, 3, tap="adder", stride=0)
+    with pytest.raises(ValueError, match=r"^dilation: expected values >= 1, got \(0,\)$"):
+        tap_conv1d(torch.randn(1, 2, 5), torch.randn(3, 2, 3), tap="add", dilation=(0,))
+    with pytest.raises(ValueError, match=r"^padding: expected values >= 0, got -1$"):
+        TapConv1d(3, 4, 3, tap="adder", padding=-1)
 
 
 # ------------------------------------------------------------------------------------- memory, determinism
@@ -665,3 +701,37 @@ def test_second_order_on_a_group():
     ref = run(lambda y, w, g: reference(y, w, None, **g, **common))
     for out, want in zip(got, ref):
         assert rel_error(out, want) < 1e-12
+
+
+# ------------------------------------------------------------------------------------------------- NaN
+@pytest.mark.parametrize("tap,reduce", [("add", "max"), ("sub", "min"), ("adder", "max")])
+@pytest.mark.parametrize("planted", ["input", "weight"])
+def test_nan_propagates_under_max_and_min_on_both_paths(tap, reduce, planted):
+    """One NaN in ``x`` or in the weight: every output whose window meets it is NaN (``torch.amax`` of the taps,
+    as ``F.max_pool2d`` does), on the PyTorch path and through the kernels alike, and the gradient of such an
+    output goes to the NaN tap (its first in reduction order), the same on both paths."""
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    if planted == "input":
+        x[0, 1, 2, 3] = float("nan")
+    else:
+        w[1, 0, 2, 1] = float("nan")
+    dy = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    # the rule, from torch.amax/amin over the unfolded windows
+    cols = F.unfold(x, 3, padding=1)                                                   # (1, 18, 25)
+    taps = REF_TAPS[tap](cols[:, None], w.flatten(1)[None, :, :, None])               # (1, 3, 18, 25)
+    want = getattr(torch, "a" + reduce)(taps, dim=2).view(1, 3, 5, 5)
+    assert 0 < int(want.isnan().sum()) < want.numel()
+    results = {}
+    for backend in ("torch", "triton"):
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with gconv_triton.backend(backend):
+            y = tap_conv2d(xr, wr, tap=tap, reduce=reduce, padding=1)
+            y.backward(dy)
+        torch.testing.assert_close(y, want, rtol=0, atol=0, equal_nan=True, msg=f"{backend} forward")
+        results[backend] = (xr.grad, wr.grad)
+    for name, out, ref in zip(("dx", "dw"), results["triton"], results["torch"]):
+        torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-14, equal_nan=True, msg=name)
+    if tap == "add":  # ∂f/∂x = ∂f/∂w = 1: the NaN tap receives the dy of every NaN output
+        grad = results["torch"][0][0, 1, 2, 3] if planted == "input" else results["torch"][1][1, 0, 2, 1]
+        torch.testing.assert_close(grad, dy[want.isnan()].sum(), rtol=1e-14, atol=0)
