@@ -78,8 +78,8 @@ class _TapConvNd(nn.Module):
 
     def check_standard_ops(self, what: str, name: str = "") -> None:
         """A ``ValueError`` naming this layer when its tap has no standard-operator form (see ``tap_conv2d``)."""
-        check_standard_ops(self.tap, what, f"{name or type(self).__name__} ({type(self).__name__}("
-                                           f"{self.extra_repr()}))")
+        layer = f"{type(self).__name__}({self.extra_repr()})"
+        check_standard_ops(self.tap, what, f"{name} ({layer})" if name else layer)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, tap={self.tap.name!r}"

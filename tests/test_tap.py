@@ -704,7 +704,7 @@ def test_second_order_on_a_group():
 
 
 # ------------------------------------------------------------------------------------------------- NaN
-@pytest.mark.parametrize("tap,reduce", [("add", "max"), ("sub", "min"), ("adder", "max")])
+@pytest.mark.parametrize("tap,reduce", [("add", "max"), ("sub", "min"), ("adder", "max"), ("addernet", "min")])
 @pytest.mark.parametrize("planted", ["input", "weight"])
 def test_nan_propagates_under_max_and_min_on_both_paths(tap, reduce, planted):
     """One NaN in ``x`` or in the weight: every output whose window meets it is NaN (``torch.amax`` of the taps,
