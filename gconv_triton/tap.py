@@ -27,8 +27,7 @@ from torch import Tensor
 
 from ._layout import dim_order, empty_in_order
 from ._library import (_backend_name, _compiling, _conv_out_shape, _empty_like_layout, _kernels_for, _onnx_exporting,
-                       _op_geometry,
-                       _spec, autocast_inputs, bias_grad)
+                       _op_geometry, _spec, autocast_inputs, bias_grad)
 from ._spec import ConvSpec, make_spec, resolve_geometry
 from .groups import get_group
 from .tap_functions import _TAPS, TapFunction, check_reduce, get_tap, tap_key
@@ -222,7 +221,9 @@ def tap_standard_ops(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: C
         k = aux.reshape(*f.shape[:4], 1, f.shape[-1]).long().clamp_min(0)            # -1: a window with no tap
         value = f.gather(-2, k).squeeze(-2)
     elif reduce == "prod":  # torch.prod: its derivatives are exact at zero factors, as the op's
-        value = torch.where(use, f, 1).prod(-2)
+        f = torch.where(use, f, 1)
+        value = f.prod(-2)
+        value = torch.where(value.isnan() & (f == 0).any(-2), 0, value)  # the op: a zero factor wins over NaN
     else:
         value = _reduce(f, use, reduce, dim=-2)[0]
     if ignore:

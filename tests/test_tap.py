@@ -192,13 +192,14 @@ def make_inputs(case: Case, dtype):
 
 
 def run(case: Case, x, weight, bias, dy, backend):
-    """Output and the three gradients of ``tap_conv2d`` on ``backend``."""
+    """Output and the three gradients of ``tap_conv2d`` on ``backend`` (``"standard"``: ``standard_ops=True``, the
+    export form, differentiated by autograd)."""
     tap = TAN if case.tap == "tan" else case.tap
     inputs = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
-    with gconv_triton.backend(backend):
+    with gconv_triton.backend("torch" if backend == "standard" else backend):
         y = tap_conv2d(*inputs, tap=tap, reduce=case.reduce, stride=case.stride, padding=case.padding,
                        dilation=case.dilation, groups=case.groups, group=case.group, in_group=case.in_group,
-                       padding_mode=case.padding_mode)
+                       padding_mode=case.padding_mode, standard_ops=backend == "standard")
         grads = torch.autograd.grad(y, inputs, dy)
     return (y, *grads)
 
@@ -225,6 +226,12 @@ def check_case(case: Case, backend: str, dtype: torch.dtype, tol: float):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_torch_path_float64(case):
     check_case(case, "torch", torch.float64, 1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_standard_ops_float64(case):
+    """The standard-operator form (what ONNX export, ``export_model`` and the double backward run)."""
+    check_case(case, "standard", torch.float64, 1e-12)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -708,8 +715,8 @@ def test_second_order_on_a_group():
 @pytest.mark.parametrize("planted", ["input", "weight"])
 def test_nan_propagates_under_max_and_min_on_both_paths(tap, reduce, planted):
     """One NaN in ``x`` or in the weight: every output whose window meets it is NaN (``torch.amax`` of the taps,
-    as ``F.max_pool2d`` does), on the PyTorch path and through the kernels alike, and the gradient of such an
-    output goes to the NaN tap (its first in reduction order), the same on both paths."""
+    as ``F.max_pool2d`` does), on the PyTorch path, through the kernels and in the export form alike, and the
+    gradient of such an output goes to the NaN tap (its first in reduction order), the same on every path."""
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
     if planted == "input":
@@ -723,15 +730,16 @@ def test_nan_propagates_under_max_and_min_on_both_paths(tap, reduce, planted):
     want = getattr(torch, "a" + reduce)(taps, dim=2).view(1, 3, 5, 5)
     assert 0 < int(want.isnan().sum()) < want.numel()
     results = {}
-    for backend in ("torch", "triton"):
+    for backend in ("torch", "triton", "standard"):   # standard: the export form
         xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-        with gconv_triton.backend(backend):
-            y = tap_conv2d(xr, wr, tap=tap, reduce=reduce, padding=1)
+        with gconv_triton.backend("torch" if backend == "standard" else backend):
+            y = tap_conv2d(xr, wr, tap=tap, reduce=reduce, padding=1, standard_ops=backend == "standard")
             y.backward(dy)
         torch.testing.assert_close(y, want, rtol=0, atol=0, equal_nan=True, msg=f"{backend} forward")
         results[backend] = (xr.grad, wr.grad)
-    for name, out, ref in zip(("dx", "dw"), results["triton"], results["torch"]):
-        torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-14, equal_nan=True, msg=name)
+    for backend in ("triton", "standard"):
+        for name, out, ref in zip(("dx", "dw"), results[backend], results["torch"]):
+            torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-14, equal_nan=True, msg=f"{backend} {name}")
     if tap == "add":  # ∂f/∂x = ∂f/∂w = 1: the NaN tap receives the dy of every NaN output
         grad = results["torch"][0][0, 1, 2, 3] if planted == "input" else results["torch"][1][1, 0, 2, 1]
         torch.testing.assert_close(grad, dy[want.isnan()].sum(), rtol=1e-14, atol=0)
