@@ -140,6 +140,8 @@ class TapFunction:
 
 
 def _standard_ops_problem(fn) -> Optional[str]:
+    """Trace ``fn(x, w)`` on fake tensors (apart from any export in progress): None when its graph holds aten or
+    prims operators only, else what it holds or why it could not be traced."""
     import operator
 
     from torch._subclasses.fake_tensor import unset_fake_temporarily

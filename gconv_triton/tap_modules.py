@@ -109,6 +109,7 @@ class TapConv2d(_TapConvNd):
     ``"ignore"``).  Parameters: ``weight (C_out, C_in/groups, kh, kw)`` for the plain group z2, else
     ``(C_out, C_in/groups, S_in, kh, kw)``; ``bias (C_out,)``.  Input ``(B, C_in, H, W)`` (z2) or a group feature
     map ``(B, C_in, S_in, H, W)``; output ``(B, C_out, H_out, W_out)`` or ``(B, C_out, S_out, H_out, W_out)``.
+    ``forward(input, standard_ops=True)`` computes it with standard operators (the export form, unchunked).
     """
 
     _spatial_dims = 2
