@@ -323,21 +323,26 @@ def _tap_backward_setup(ctx, inputs, output):
 
 
 def _tap_double_backward(ctx, g_dx, g_dw):
-    """The second-order gradients: ``(dx, dw)`` are autograd's first derivatives of :func:`tap_standard_ops`
-    (the same function as the op, max/min taken at the op's stored arg-extreme, the tap's own derivatives);
-    autograd differentiates them once more against ``(dy, x, weight)``.  Runs as standard operators, unchunked.
-    For a piecewise linear tap or reduction (adder, max-plus, max/min) the second derivatives are zero almost
-    everywhere and ``dy`` gets ``r·(∂f/∂x·g_dx + ∂f/∂w·g_dw)``."""
+    """The second-order gradients: ``(dx, dw)`` are the first derivatives (a vjp with ``dy``) of
+    :func:`tap_standard_ops` (the same function as the op, max/min taken at the op's stored arg-extreme, the tap's
+    own derivatives); their vjp with ``(g_dx, g_dw)`` gives the partial derivatives against ``(dy, x, weight)``.
+    ``torch.func.vjp`` keeps them partial (``dy`` may itself depend on ``x``) and differentiable again (a third
+    order).  Runs as standard operators, unchunked.  For a piecewise linear tap or reduction (adder, max-plus,
+    max/min) the second derivatives are zero almost everywhere and ``dy`` gets ``r·(∂f/∂x·g_dx + ∂f/∂w·g_dw)``."""
     dy, x, weight, aux = ctx.saved_tensors
     tap, reduce, ignore, group, in_group, stride, padding, dilation, groups = ctx.args
     spec = _spec(x, weight, None, group, in_group, stride, padding, dilation, groups, groups)
-    with torch.enable_grad():
-        dy_, x_, w_ = (t.detach().requires_grad_() for t in (dy, x, weight))
-        y = tap_standard_ops(x_, w_, None, spec, _TAPS[tap], reduce, ignore, aux if reduce in ("max", "min") else None)
-        dx, dw = torch.autograd.grad(y, (x_, w_), dy_, create_graph=True)
-        outs, grads = zip(*[(out, g) for out, g in ((dx, g_dx), (dw, g_dw)) if g is not None and g.numel()])
-        d_dy, d_x, d_w = torch.autograd.grad(outs, (dy_, x_, w_), grads, allow_unused=True, materialize_grads=True)
-    return (d_dy, d_x, d_w) + (None,) * 13
+    aux = aux if reduce in ("max", "min") else None
+
+    def first_order(dy, x, weight):
+        vjp = torch.func.vjp(lambda x, w: tap_standard_ops(x, w, None, spec, _TAPS[tap], reduce, ignore, aux),
+                             x, weight)[1]
+        return vjp(dy)
+
+    (dx, dw), vjp = torch.func.vjp(first_order, dy, x, weight)
+    g_dx = g_dx if g_dx is not None and g_dx.numel() else torch.zeros_like(dx)
+    g_dw = g_dw if g_dw is not None and g_dw.numel() else torch.zeros_like(dw)
+    return tuple(vjp((g_dx, g_dw))) + (None,) * 13
 
 
 _tap_backward_op.register_autograd(_tap_double_backward, setup_context=_tap_backward_setup)

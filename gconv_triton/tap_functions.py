@@ -207,10 +207,14 @@ class _ExplicitDerivatives(torch.autograd.Function):
     """``tap.torch_fn(x, w)`` with ``tap.torch_dx``/``torch_dw`` as its derivatives (a differentiable backward)."""
 
     @staticmethod
-    def forward(ctx, x, w, tap):
+    def forward(x, w, tap):
+        return tap.torch_fn(x, w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # a separate setup_context: torch.func (the double backward) needs it
+        x, w, tap = inputs
         ctx.save_for_backward(x, w)
         ctx.tap = tap
-        return tap.torch_fn(x, w)
 
     @staticmethod
     def backward(ctx, g):

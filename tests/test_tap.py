@@ -710,6 +710,27 @@ def test_second_order_on_a_group():
         assert rel_error(out, want) < 1e-12
 
 
+def test_third_order():
+    """``create_graph=True`` in the double backward too: a third derivative through an l2 and a tan layer (whose
+    third derivatives are not zero) equals the reference's."""
+    torch.manual_seed(3)
+    x = (torch.randn(1, 2, 1, 4, 4, dtype=torch.float64) * 0.3).requires_grad_()
+    w = (torch.randn(2, 2, 1, 2, 2, dtype=torch.float64) * 0.3).requires_grad_()
+    common = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, group="z2", in_group="z2",
+                  ignore=False)
+
+    def third(fn):
+        y = fn(x, w, "tan").square().sum() + fn(x, w, "l2").pow(3).sum()
+        (gx,) = torch.autograd.grad(y, x, create_graph=True)
+        (gw,) = torch.autograd.grad(gx.square().sum(), w, create_graph=True)
+        return torch.autograd.grad(gw.sum(), (x, w))
+
+    got = third(lambda x, w, tap: tap_conv2d(x, w, tap=TAN if tap == "tan" else tap, padding=1))
+    ref = third(lambda x, w, tap: reference(x, w, None, tap=tap, reduce="sum", **common))
+    for out, want in zip(got, ref):
+        assert rel_error(out, want) < 1e-12
+
+
 # ------------------------------------------------------------------------------------------------- NaN
 @pytest.mark.parametrize("tap,reduce", [("add", "max"), ("sub", "min"), ("adder", "max"), ("addernet", "min")])
 @pytest.mark.parametrize("planted", ["input", "weight"])
