@@ -29,8 +29,9 @@ from ._layout import dim_order, empty_in_order
 from ._library import (_backend_name, _compiling, _conv_out_shape, _empty_like_layout, _kernels_for, _onnx_exporting,
                        _op_geometry, _spec, autocast_inputs, bias_grad)
 from ._spec import ConvSpec, make_spec, resolve_geometry
+from ._registry import TAP_FUNCTIONS
 from .groups import get_group
-from .tap_functions import _TAPS, TapFunction, check_reduce, get_tap, tap_key
+from .tap_functions import TapFunction, check_reduce, get_tap, tap_key
 
 __all__ = ["tap_conv2d", "tap_conv1d", "PADDING_MODES"]
 
@@ -234,7 +235,7 @@ def tap_standard_ops(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: C
 
 # ------------------------------------------------------------------------------------------------- the ops
 def _fns(tap: str):
-    return _TAPS[tap].triton_functions()
+    return TAP_FUNCTIONS[tap].triton_functions()
 
 
 @torch.library.custom_op("gconv_triton::tap_conv2d", mutates_args=())
@@ -249,7 +250,7 @@ def _tap_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], tap: str, reduce:
         check_index_range(spec)
         y, aux = tap_kernels.forward(x, weight, bias, spec, _fns(tap), reduce, ignore)
     else:
-        y, aux = _tap_torch(x, weight, bias, spec, _TAPS[tap], reduce, ignore)
+        y, aux = _tap_torch(x, weight, bias, spec, TAP_FUNCTIONS[tap], reduce, ignore)
         y = _empty_like_layout(y.shape, x).copy_(y)
         if aux is not None:
             aux = torch.empty_strided(y.shape, y.stride(), dtype=torch.int32, device=y.device).copy_(aux)
@@ -276,7 +277,7 @@ def _tap_backward_op(dy: Tensor, x: Tensor, weight: Tensor, aux: Tensor, tap: st
         dx, dw = tap_kernels.backward(dy, x, weight, aux, spec, _fns(tap), reduce, ignore, need_input,
                                       need_weight, dim_order(x))
     else:
-        dx, dw = _tap_torch(x, weight, None, spec, _TAPS[tap], reduce, ignore, dy=dy, aux=aux,
+        dx, dw = _tap_torch(x, weight, None, spec, TAP_FUNCTIONS[tap], reduce, ignore, dy=dy, aux=aux,
                             need_input=need_input, need_weight=need_weight)
         if dx is not None:
             dx = empty_in_order(x.shape, dim_order(x), dtype=x.dtype, device=x.device).copy_(dx)
@@ -335,7 +336,7 @@ def _tap_double_backward(ctx, g_dx, g_dw):
     aux = aux if reduce in ("max", "min") else None
 
     def first_order(dy, x, weight):
-        vjp = torch.func.vjp(lambda x, w: tap_standard_ops(x, w, None, spec, _TAPS[tap], reduce, ignore, aux),
+        vjp = torch.func.vjp(lambda x, w: tap_standard_ops(x, w, None, spec, TAP_FUNCTIONS[tap], reduce, ignore, aux),
                              x, weight)[1]
         return vjp(dy)
 

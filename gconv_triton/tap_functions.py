@@ -15,27 +15,16 @@ from typing import Callable, Optional
 
 import torch
 
+from ._registry import TAP_FUNCTIONS
+
 __all__ = ["TapFunction", "check_tap", "get_tap", "BUILTIN_TAPS", "REDUCTIONS"]
 
 REDUCTIONS = ("sum", "max", "min", "prod")
 
 
-# ------------------------------------------------------------------------------------------- tap registry
-# Taps cross the op boundary by name.  Every TapFunction registers itself when constructed (the built-ins at
-# import), so a compiled call, whose trace may not mutate this dict before the op runs, always finds its tap.
-_TAPS: dict = {}
-_KEY_ATTR = "_gconv_triton_op_key"
-
-
 def tap_key(tap: TapFunction) -> str:
-    """The string under which ``tap`` crosses the op boundary (registered on construction, or here on first use)."""
-    key = getattr(tap, _KEY_ATTR, None)
-    if key is not None and _TAPS.get(key) is tap:
-        return key
-    key = tap.name if tap.name not in _TAPS else f"{tap.name}#{len(_TAPS)}"
-    _TAPS[key] = tap
-    setattr(tap, _KEY_ATTR, key)
-    return key
+    """The string under which ``tap`` crosses the op boundary (every TapFunction registers itself when built)."""
+    return TAP_FUNCTIONS.key(tap)
 
 
 class TapFunction:
@@ -73,7 +62,7 @@ class TapFunction:
         if not self._builtin:
             for arg, fn in zip(("triton_fn", "triton_dx", "triton_dw"), self._triton):
                 _check_jit(fn, arg)
-        tap_key(self)  # registered now, outside any trace: a compiled first call finds it
+        TAP_FUNCTIONS.register(self)  # now, outside any trace: a compiled first call finds it
 
     # A tap is an immutable description of functions: copies share it (as they share a function), and a pickle
     # holds a built-in's name or a user tap's functions by reference (rebuilt and registered on loading).

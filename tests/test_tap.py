@@ -462,9 +462,6 @@ def test_weight_grad_is_deterministic():
 
 
 # ---------------------------------------------------------------------------------------- compile, autocast
-# Compiled first (cold), a TapConv2d meets the tap registry before any eager call has registered its tap: the
-# KeyError that issue 19's tap-registry fix (another branch) removes; drop this marker with it.
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="tap registry empty when the first call is compiled")
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_torch_compile_and_autocast(backend):
     layer = TapConv2d(2, 3, 3, "adder", padding=1).double()
