@@ -177,7 +177,7 @@ class GroupConv2d(nn.Module):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"group={self.group.name}, in_group={self.in_group.name}, stride={self.stride}")
         if self.steerable:
-            s += f", basis={self.weight.shape[-1]}" + (f", axis={self.group.axis:g}" if self.group.axis else "")
+            s += f", basis={basis_size(self.kernel_size)}" + (f", axis={self.group.axis:g}" if self.group.axis else "")
         if self.padding not in (0, (0, 0)):
             s += f", padding={self.padding!r}"
         if self.padding_mode != "zeros":

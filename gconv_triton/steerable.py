@@ -29,6 +29,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from ._spec import concrete_shape
 from .groups import Group, _grid_permutation, get_group
 
 __all__ = ["SteerableGroup", "cyclic_group", "dihedral_group", "SteerableBasis", "steerable_basis",
@@ -256,7 +257,10 @@ def basis_size(kernel_size) -> int:
         if kernel_size[0] != kernel_size[1]:
             raise ValueError(f"kernel_size: steerable filters are square (a k x k grid), got {tuple(kernel_size)}")
         kernel_size = kernel_size[0]
-    return len(steerable_basis(kernel_size).radius)
+    from .reference import untraced
+
+    with untraced():  # a plain int (and a cache of real tensors) whatever traces the caller
+        return len(steerable_basis(kernel_size).radius)
 
 
 def _element_point_map(group: SteerableGroup) -> torch.Tensor:
@@ -355,11 +359,13 @@ def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, 
     if tables is None:
         tables = _tables(group, kernel_size, coefficients.dtype, coefficients.device)      # (S, B, k²)
     tables = tables.to(coefficients.dtype)
-    s_out, size = tables.shape[:2]
-    if coefficients.dim() != 4 or coefficients.shape[2:] != (in_group.order, size):
+    # ints also under torch.jit.trace: the tables' and coefficients' sizes are a traced module's constants
+    s_out, size = concrete_shape(tables, quiet=True)[:2]
+    shape = concrete_shape(coefficients, quiet=True)
+    if len(shape) != 4 or shape[2:] != (in_group.order, size):
         raise ValueError(f"coefficients: expected (C_out, C_in, {in_group.order}, {size}) for {in_group.name} -> "
-                         f"{group.name} with a {kernel_size}x{kernel_size} basis, got {tuple(coefficients.shape)}")
-    c_out, c_in = coefficients.shape[:2]
+                         f"{group.name} with a {kernel_size}x{kernel_size} basis, got {shape}")
+    c_out, c_in = shape[:2]
     index = group.stabilizer_index(in_group).to(coefficients.device)                       # (S_out, S_in)
     selected = coefficients[:, :, index].permute(0, 2, 1, 3, 4)                             # (o, g, i, s, B)
     bank = torch.matmul(selected, tables[None, :, None])                                    # (o, g, i, s, k²)
@@ -399,7 +405,8 @@ def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Opti
     kernel_size = kernel_size[0] if isinstance(kernel_size, (tuple, list)) else kernel_size
     if not _compiling():  # every check of gconv2d's, on the bank's shape, before anything runs
         _check_coefficients(coefficients, group, in_group, kernel_size)
-        bank_shape = coefficients.new_empty(()).expand(*coefficients.shape[:3], kernel_size, kernel_size)
+        bank_shape = coefficients.new_empty(()).expand(*concrete_shape(coefficients, quiet=True)[:3], kernel_size,
+                                                       kernel_size)
         make_spec(input, bank_shape, bias, group=group, in_group=in_group, stride=stride, padding=padding,
                   dilation=dilation, groups=groups)
     stride, dilation, pad = resolve_geometry((kernel_size, kernel_size), stride, padding, dilation)
@@ -416,8 +423,9 @@ def _check_coefficients(coefficients, group: SteerableGroup, in_group: Group, ke
                f"{kernel_size}x{kernel_size} basis"
     if not isinstance(coefficients, torch.Tensor):
         raise TypeError(f"coefficients: expected a torch.Tensor {expected}, got {type(coefficients).__name__}")
-    if coefficients.dim() != 4 or tuple(coefficients.shape[2:]) != (in_group.order, size):
-        raise ValueError(f"coefficients: expected {expected}, got shape {tuple(coefficients.shape)}")
+    shape = concrete_shape(coefficients, quiet=True)
+    if len(shape) != 4 or shape[2:] != (in_group.order, size):
+        raise ValueError(f"coefficients: expected {expected}, got shape {shape}")
 
 
 def _coefficient_bounds(coefficients: torch.Tensor, kernel_size: int) -> tuple[float, float]:

@@ -306,3 +306,17 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_torch_export_and_quiet_jit_trace():
+    """torch.export and torch.jit.trace give the eager function; tracing reads only constant sizes (the
+    coefficients', the basis'), so it raises no TracerWarning."""
+    model = _model("c8").eval()
+    x = torch.randn(1, 2, 9, 9, dtype=DT)
+    y = model(x)
+    assert torch.equal(torch.export.export(model, (x,)).module()(x), y)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(_model("d8").eval(), x, check_trace=False)
+    assert torch.allclose(traced(x), _model("d8").eval()(x), rtol=1e-12, atol=1e-12)
