@@ -13,9 +13,8 @@ import io
 import numpy as np
 import pytest
 import torch
-import triton
-import triton.language as tl
 from helpers import assert_close, clear_caches, torch_backend
+from usertap import TAN, tan_d, tan_fn
 from torch import nn
 
 import gconv_triton as gt
@@ -93,27 +92,11 @@ def test_exported_graph_does_not_depend_on_warm_caches(exporter):
 
 
 # ------------------------------------------------------------------------------------------- tap convolutions
-@triton.jit
-def _tan_fn(x, w):
-    return tl.sin(x + w) / tl.cos(x + w)
-
-
-@triton.jit
-def _tan_d(x, w):
-    c = tl.cos(x + w)
-    return 1.0 / (c * c)
-
-
-def _torch_tan(x, w):
-    return torch.tan(x + w)
-
-
 def _numpy_tan(x, w):  # computes the same, but outside PyTorch: no operator an exporter could write
     return torch.from_numpy(np.tan((x + w).numpy()))
 
 
-TAN = gt.TapFunction("tan", _torch_tan, _tan_fn, _tan_d, _tan_d)
-NUMPY_TAN = gt.TapFunction("numpy_tan", _numpy_tan, _tan_fn, _tan_d, _tan_d)
+NUMPY_TAN = gt.TapFunction("numpy_tan", _numpy_tan, tan_fn, tan_d, tan_d)
 
 
 class _Taps(nn.Module):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import os
 import pickle
 import subprocess
@@ -24,6 +23,7 @@ import triton
 import triton.language as tl
 from helpers import DEVICE, clear_caches, rel_error, torch_backend, triton_backend
 from perf.memory import AllocationRecorder
+from usertap import TAN, tan_d, tan_fn, torch_tan
 
 import gconv_triton
 from gconv_triton import TapConv1d, TapConv2d, TapFunction, check_tap
@@ -36,19 +36,6 @@ def _seed():
     torch.manual_seed(0)
 
 
-# ------------------------------------------------------------------------------------------- a user tap
-@triton.jit
-def tan_fn(x, w):
-    return tl.sin(x + w) / tl.cos(x + w)
-
-
-@triton.jit
-def tan_d(x, w):
-    c = tl.cos(x + w)
-    return 1.0 / (c * c)
-
-
-TAN = TapFunction("tan", lambda x, w: torch.tan(x + w), tan_fn, tan_d, tan_d)
 
 
 class _AdderNetTap(torch.autograd.Function):
@@ -522,30 +509,6 @@ def test_torch_path_memory_is_bounded(monkeypatch):
 
 # ------------------------------------------------------------------------- cold compile, copies, pickles
 # A user tap in a module of its own, so that a fresh process can import it (and unpickle a layer that holds it).
-USER_TAP_MODULE = '''
-import torch
-import triton
-import triton.language as tl
-from gconv_triton import TapFunction
-
-
-@triton.jit
-def tan_fn(x, w):
-    return tl.sin(x + w) / tl.cos(x + w)
-
-
-@triton.jit
-def tan_d(x, w):
-    c = tl.cos(x + w)
-    return 1.0 / (c * c)
-
-
-def torch_tan(x, w):
-    return torch.tan(x + w)
-
-
-TAN = TapFunction("tan", torch_tan, tan_fn, tan_d, tan_d)
-'''
 
 COLD_COMPILE = '''
 import torch
@@ -570,23 +533,13 @@ print("ok")
 '''
 
 
-def _user_tap_module(tmp_path, monkeypatch=None):
-    """Write ``usertap.py`` into ``tmp_path``; with ``monkeypatch``, import it here too."""
-    (tmp_path / "usertap.py").write_text(USER_TAP_MODULE)
-    if monkeypatch is not None:
-        monkeypatch.syspath_prepend(str(tmp_path))
-        monkeypatch.delitem(sys.modules, "usertap", raising=False)
-        return importlib.import_module("usertap")
-
-
 def _run_fresh(tmp_path, script: str, interpret: bool = True) -> str:
     """Run ``script`` in a fresh Python process (cold caches) that can import ``usertap``; its stdout.  Without
     ``interpret`` the process runs without ``TRITON_INTERPRET``: its ``@triton.jit`` functions are compiled
     ``JITFunction`` objects (which hold a lock), as on a GPU machine."""
-    _user_tap_module(tmp_path)
     (tmp_path / "script.py").write_text(script)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), root]),
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, os.path.dirname(tests)]),
                TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), TRITON_CACHE_DIR=str(tmp_path / "triton"))
     if not interpret:
         env.pop("TRITON_INTERPRET", None)
@@ -617,15 +570,14 @@ print("ok", sorted(saved))
 '''
 
 
-def test_copies_and_pickles_of_tap_layers(tmp_path, monkeypatch):
+def test_copies_and_pickles_of_tap_layers(tmp_path):
     """A built-in and a user tap layer survive ``copy.deepcopy``, ``AveragedModel`` (EMA/SWA) and ``torch.save``
     of the whole module, loaded back in a fresh process (compiled ``JITFunction`` objects there, copied again); every
     copy computes the same numbers.  A tap whose
     functions cannot be pickled says which function and why."""
-    usertap = _user_tap_module(tmp_path, monkeypatch)
     torch.manual_seed(0)
     model = torch.nn.Sequential(TapConv2d(3, 4, 3, tap="adder", padding=1),
-                                TapConv2d(4, 2, 3, tap=usertap.TAN, reduce="prod")).double()
+                                TapConv2d(4, 2, 3, tap=TAN, reduce="prod")).double()
     with torch.no_grad():
         model[1].weight.mul_(0.1)
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64) * 0.2
@@ -654,7 +606,7 @@ def test_copies_and_pickles_of_tap_layers(tmp_path, monkeypatch):
         return x + w
 
     lam = TapFunction("lam", lambda x, w: x + w, tan_fn, tan_d, tan_d)
-    local = TapFunction("local", usertap.torch_tan, local_fn, tan_d, tan_d)
+    local = TapFunction("local", torch_tan, local_fn, tan_d, tan_d)
     for tap, arg in ((lam, "torch_fn"), (local, "triton_fn")):
         layer = TapConv2d(1, 1, 3, tap=tap)
         copy.deepcopy(layer)   # shares the tap: no pickling needed
