@@ -67,6 +67,34 @@ def gather_tables(group, in_group, kernel: tuple[int, int], device: torch.device
     return tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in tables)
 
 
+# key -> tensor(s): the geometry-only tables launchers would otherwise rebuild every step (a few small launches
+# each), keyed by plain ints and a device.  Bounded: the oldest entry goes first.
+_GEOMETRY_TABLES: dict = {}
+GEOMETRY_TABLES_MAX = 256
+
+
+def geometry_table(key: tuple, build):
+    """``build()`` (a tensor or a tuple of them, a function of the plain-int ``key`` only), built once per ``key``.
+
+    Built from real tensors outside ``torch.jit.trace``'s recording even when first asked for under a fake-tensor
+    trace (``torch.compile``, ``torch.export``), so the cache never holds a fake tensor, as ``reference.bank_index``."""
+    entry = _GEOMETRY_TABLES.get(key)
+    if entry is None:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        tracing = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            with unset_fake_temporarily():
+                entry = build()
+        finally:
+            torch._C._set_tracing_state(tracing)
+        while len(_GEOMETRY_TABLES) >= GEOMETRY_TABLES_MAX:
+            del _GEOMETRY_TABLES[next(iter(_GEOMETRY_TABLES))]
+        _GEOMETRY_TABLES[key] = entry
+    return entry
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot``'s input precision: tf32 for fp32 exactly when cuDNN would use it."""
     if dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
