@@ -83,12 +83,14 @@ def geometry_table(key: tuple, build):
         from torch._subclasses.fake_tensor import unset_fake_temporarily
 
         tracing = torch._C._get_tracing_state()
-        torch._C._set_tracing_state(None)
+        if tracing is not None:   # (setting it at all fails inside opcheck's NoTracerDispatchMode)
+            torch._C._set_tracing_state(None)
         try:
             with unset_fake_temporarily():
                 entry = build()
         finally:
-            torch._C._set_tracing_state(tracing)
+            if tracing is not None:
+                torch._C._set_tracing_state(tracing)
         while len(_GEOMETRY_TABLES) >= GEOMETRY_TABLES_MAX:
             del _GEOMETRY_TABLES[next(iter(_GEOMETRY_TABLES))]
         _GEOMETRY_TABLES[key] = entry
