@@ -241,13 +241,13 @@ def test_shared_kernel_is_never_repeated(monkeypatch):
     seen = {}
     forward, weight_grad = kernels.forward, kernels.weight_grad
 
-    def spy_forward(x, weight, bias, spec):
+    def spy_forward(x, weight, bias, spec, *args, **kwargs):
         seen["forward"] = (weight.shape, bias.shape, spec)
-        return forward(x, weight, bias, spec)
+        return forward(x, weight, bias, spec, *args, **kwargs)
 
-    def spy_weight_grad(dy, x, spec, weight_shape):
+    def spy_weight_grad(dy, x, spec, weight_shape, *args, **kwargs):
         seen["weight_grad"] = tuple(weight_shape)
-        return weight_grad(dy, x, spec, weight_shape)
+        return weight_grad(dy, x, spec, weight_shape, *args, **kwargs)
 
     monkeypatch.setattr(kernels, "forward", spy_forward)
     monkeypatch.setattr(kernels, "weight_grad", spy_weight_grad)
