@@ -9,6 +9,7 @@ for a wrong value, shape or device.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Optional
 
 import torch
@@ -111,6 +112,19 @@ def resolve_geometry(kernel: tuple[int, int], stride, padding, dilation):
     return stride, dilation, _resolve_padding(padding, kernel, dilation, stride)
 
 
+def concrete_shape(t: torch.Tensor, quiet: bool = False) -> tuple:
+    """``t.shape`` as ints, also under ``torch.jit.trace``, which records sizes as 0-d tensors: their traced
+    values are taken, specialising the trace to them, which torch's ``TracerWarning`` says.  ``quiet`` drops that
+    warning where the size specialises nothing a traced module varies: a size read only to decide whether to
+    raise or warn, or a weight's shape (a traced module's parameters keep theirs)."""
+    if not torch.jit.is_tracing():
+        return tuple(t.shape)
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return tuple(int(n) for n in t.shape)
+
+
 def _check_tensor(t, name: str, dims: tuple[int, ...], like: Optional[torch.Tensor] = None) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -149,7 +163,7 @@ def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     _check_tensor(weight, "weight", (5,), like=input)
     groups = _positive_int(groups, "groups")
     s_in = in_group.order
-    w_out, c_in_g, w_s, kh, kw = weight.shape
+    w_out, c_in_g, w_s, kh, kw = concrete_shape(weight, quiet=True)
     if w_s != s_in:
         raise ValueError(f"weight: expected shape (C_out, C_in/groups, {s_in}, kh, kw) for in_group {in_group.name} "
                          f"(S_in = {s_in}), got {tuple(weight.shape)}")
@@ -167,12 +181,12 @@ def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     c_out_g = w_out // weight_groups
     c_in = c_in_g * groups
     if input.dim() == 5:
-        b, ci, si, h, w = input.shape
+        b, ci, si, h, w = concrete_shape(input, quiet=True)
         if si != s_in:
             raise ValueError(f"input: expected group axis of size {s_in} (in_group {in_group.name}) at dim 2, got "
                              f"shape {tuple(input.shape)}")
     else:
-        b, cs, h, w = input.shape
+        b, cs, h, w = concrete_shape(input, quiet=True)
         if cs % s_in:
             raise ValueError(f"input: expected a multiple of S_in = {s_in} (in_group {in_group.name}) channels in "
                              f"flattened 4-D input (B, C_in*S_in, H, W), got {cs} in shape {tuple(input.shape)}")
@@ -192,7 +206,7 @@ def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                          f"{ci}{flat} in shape {tuple(input.shape)}")
     if bias is not None:
         _check_tensor(bias, "bias", (1,), like=input)
-        if bias.shape[0] != w_out:
+        if concrete_shape(bias, quiet=True)[0] != w_out:
             raise ValueError(f"bias: expected shape ({w_out},), one per output G-channel, got {tuple(bias.shape)}")
     stride, dilation, pad = resolve_geometry((kh, kw), stride, padding, dilation)
     ho = (h + pad[0] + pad[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._spec import concrete_shape
 from .functional import _as_2d_args, gconv2d, shared_kernel_conv1d, shared_kernel_conv2d
 from .groups import z2
 from ._spec import _positive_int
@@ -36,7 +37,7 @@ def _batched(input, dims: int, layer: nn.Module) -> tuple[torch.Tensor, bool]:
 
 
 def _check_channels(x: torch.Tensor, expected: int, layer: nn.Module) -> None:
-    if x.shape[1] != expected:
+    if concrete_shape(x, quiet=True)[1] != expected:
         raise ValueError(f"input: {type(layer).__name__} expects {expected} channels at dim 1 (batched) or 0 "
                          f"(unbatched), got {x.shape[1]} in shape {tuple(x.shape)}")
 

@@ -25,7 +25,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ._library import _compiling
-from ._spec import _pair, resolve_geometry
+from ._spec import _pair, concrete_shape, resolve_geometry
 from .groups import Group, get_group
 
 __all__ = ["EquivarianceWarning", "inexact_reasons", "inexact_reasons_transposed", "inexact_reasons_pool"]
@@ -239,18 +239,17 @@ def inexact_reasons_pool(group, input_size: Sequence[int], kernel_size, stride=N
 _checked: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-def concrete_shape(t: torch.Tensor) -> tuple:
-    """``t.shape`` as ints, also under ``torch.jit.trace``, which records sizes as 0-d tensors: their traced
-    values are taken (with torch's ``TracerWarning`` that the trace is specialised to them)."""
-    return tuple(int(n) for n in t.shape) if torch.jit.is_tracing() else tuple(t.shape)
+def _size_hint(n) -> Optional[int]:
+    """A size as an int: a symbolic one (dynamic shapes) as the example value it is traced with, read without
+    guarding on it; None where there is none."""
+    hint = n if isinstance(n, int) else getattr(getattr(n, "node", None), "hint", None)
+    return hint if isinstance(hint, int) else None
 
 
-def _concrete_size(input: torch.Tensor) -> Optional[tuple[int, int]]:
-    """``(H, W)`` as ints, or None where no concrete size exists (symbolic shapes in ``torch.export``)."""
-    with warnings.catch_warnings():  # a size read only to check it specialises nothing in a traced graph
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        size = concrete_shape(input)[-2:]
-    return size if all(type(n) is int for n in size) else None
+def _traced_size(input: torch.Tensor) -> Optional[tuple[int, int]]:
+    """``(H, W)`` as ints (the example's for symbolic sizes), or None where the sizes have no value."""
+    size = tuple(_size_hint(n) for n in concrete_shape(input, quiet=True)[-2:])  # read only to decide to warn
+    return size if None not in size else None
 
 
 def _warn(layer, size: tuple[int, int], stacklevel: int) -> None:
@@ -270,8 +269,9 @@ def _warn(layer, size: tuple[int, int], stacklevel: int) -> None:
 # Under torch.compile the check runs while TorchDynamo traces, on the traced sizes (warnings.warn inside the graph
 # would break it): comptime runs a function at trace time on the fake input, whose symbolic sizes (dynamic shapes)
 # carry the example's values as hints; the layer crosses as a constant key, registered by a function Dynamo runs
-# for real while tracing (assume_constant_result).  A static-shape model is traced once per input size, so it
-# warns exactly as in eager mode; a dynamic-shape one warns for the size it was traced with.
+# for real while tracing (assume_constant_result).  A static-shape graph is traced once per input size, so it
+# warns as eager mode does; a dynamic-shape one (dynamic=True, or torch.compile's default after a second size
+# arrives) warns for the size it is traced with, and the sizes it then serves without retracing do not warn.
 try:
     from torch._dynamo.comptime import comptime as _comptime
 except ImportError:  # pragma: no cover - every supported torch has it
@@ -292,9 +292,8 @@ def _register(layer) -> int:
 
 
 def _warn_traced(key: int, fake: torch.Tensor) -> None:
-    layer = _layers.get(key)
-    size = tuple(n if isinstance(n, int) else n.node.hint for n in fake.shape[-2:])
-    if layer is not None and all(isinstance(n, int) for n in size):
+    layer, size = _layers.get(key), _traced_size(fake)
+    if layer is not None and size is not None:
         _warn(layer, size, stacklevel=2)
 
 
@@ -306,14 +305,14 @@ def _dynamo_tracing() -> bool:
 def warn_if_inexact(layer, input: torch.Tensor) -> None:
     """Issue one :class:`EquivarianceWarning` per ``layer`` and input size whose configuration is not exactly
     equivariant (``layer._inexact_reasons((H, W))`` gives the group's name and the reasons).  A dictionary
-    lookup on later calls.  ``torch.compile`` warns while it traces, ``torch.jit.trace`` and
-    ``torch.export(strict=False)`` on the sizes they trace when they are concrete."""
+    lookup on later calls.  ``torch.compile``, ``torch.jit.trace`` and ``torch.export`` warn while they trace,
+    for the traced size (the example's, where sizes are symbolic); the graphs they make never warn."""
     if _dynamo_tracing():
         if _comptime is not None:
-            key = _register(layer)
+            key = _register(layer)  # noqa: F841  (read by the comptime callback, as a local)
             _comptime(lambda ctx: _warn_traced(ctx.get_local("key").as_python_constant(),
                                                ctx.get_local("input").as_fake()))
         return
-    size = _concrete_size(input)  # eager, or Python tracing (torch.export(strict=False)) with concrete sizes
+    size = _traced_size(input)  # eager, or Python tracing: torch.jit.trace, torch.export(strict=False)
     if size is not None:
         _warn(layer, size, stacklevel=3)

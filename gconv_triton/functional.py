@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 
 from ._library import _compiling, autocast_inputs, check_activation, conv
-from ._spec import make_spec
+from ._spec import concrete_shape, make_spec
 from .groups import Group
 
 __all__ = ["gconv2d", "shared_kernel_conv2d", "shared_kernel_conv1d", "tap_conv2d", "tap_conv1d"]
@@ -53,7 +53,7 @@ def _check_shape(t, name: str, rank: int, leading: tuple, expected: str) -> None
     dtypes, devices and sizes are checked with every other call's in ``make_spec``)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of {expected}, got {type(t).__name__}")
-    if t.dim() != rank or tuple(t.shape[:len(leading)]) != leading:
+    if t.dim() != rank or concrete_shape(t, quiet=True)[:len(leading)] != leading:
         raise ValueError(f"{name}: expected {expected}, got shape {tuple(t.shape)}")
 
 
@@ -69,9 +69,7 @@ def shared_kernel_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Option
     if bias is not None:
         _check_shape(bias, "bias", 1, (1,), "shape (1,)")
     input, weight, bias = autocast_inputs(input, weight, bias)
-    channels = input.shape[1]
-    if torch.jit.is_tracing():  # the TorchScript ONNX exporter traces sizes as tensors
-        channels = int(channels)
+    channels = concrete_shape(input, quiet=True)[1]  # an int for groups=, also under torch.jit.trace
     geometry = dict(group="z2", in_group="z2", stride=stride, padding=padding, dilation=dilation, groups=channels)
     if not _compiling():
         make_spec(input, weight.unsqueeze(2), bias, shared_weight=True, **geometry)

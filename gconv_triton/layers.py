@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ._library import _compiling, conv_input_grad
-from ._spec import _pair, _positive_int, make_spec, resolve_geometry
-from .exactness import concrete_shape, inexact_reasons_transposed, warn_if_inexact
+from ._spec import _pair, _positive_int, concrete_shape, make_spec, resolve_geometry
+from .exactness import inexact_reasons_transposed, warn_if_inexact
 from .groups import Group, get_group
 from .modules import (GroupConv2d, _as_group_map, _kernel_pair, _optional_group, check_channels, check_group_pair,
                       reset_conv_parameters)
@@ -90,16 +90,17 @@ class GroupBatchNorm(nn.Module):
             raise ValueError(f"input: expected a group feature map (B, C, S, H, W) or a plane map (B, C, H, W), "
                              f"got a {input.dim()}-D tensor of shape {tuple(input.shape)}")
         c, group = self.num_features, self.group
+        channels = concrete_shape(input, quiet=True)[1]
         if input.dim() == 5:
             _as_group_map(input, group, type(self).__name__)  # S against the group, when given
-        elif group is not None and group.order > 1 and input.shape[1] == c * group.order:
+        elif group is not None and group.order > 1 and channels == c * group.order:
             return self.norm(_as_group_map(input, group, type(self).__name__)).flatten(1, 2)
-        if input.shape[1] != c:
+        if channels != c:
             flat = ""
             if input.dim() == 4 and group is not None:
                 flat = f" or {c * group.order} (C*S, flattened {group.name} map)"
-            elif input.dim() == 4 and input.shape[1] % c == 0:
-                flat = (f"; a flattened group map (B, C*S, H, W) with S = {input.shape[1] // c} needs "
+            elif input.dim() == 4 and channels % c == 0:
+                flat = (f"; a flattened group map (B, C*S, H, W) with S = {channels // c} needs "
                         f"GroupBatchNorm({c}, group=...)")
             raise ValueError(f"input: expected {c} channels (num_features) at dim 1{flat}, got shape "
                              f"{tuple(input.shape)}")
@@ -171,8 +172,9 @@ def gconv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[
                          f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
     stride, dilation, pad = _pair(stride, "stride"), _pair(dilation, "dilation"), _pair(padding, "padding")
     out_pad = _output_padding(output_padding, stride, dilation)
-    # ints, also under torch.jit.trace (which records sizes as tensors): the op takes the output size as ints
-    shape, (_, c_out_g, _, kh, kw) = concrete_shape(x), concrete_shape(weight)
+    # ints, also under torch.jit.trace (which records sizes as tensors): the op takes the output size as ints, so
+    # a traced graph is specialised to the input's size (torch's TracerWarning says so), not to the weight's
+    shape, (_, c_out_g, _, kh, kw) = concrete_shape(x), concrete_shape(weight, quiet=True)
     size = [shape[0], c_out_g * groups, out_group.order]
     size += [(n - 1) * s - 2 * p + d * (k - 1) + o + 1
              for n, s, p, d, k, o in zip(shape[-2:], stride, pad, dilation, (kh, kw), out_pad)]
@@ -182,11 +184,11 @@ def gconv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[
             raise ValueError(f"input: spatial size {tuple(x.shape[-2:])} gives an output of {tuple(size[-2:])}; "
                              f"expected at least 1x1 (less padding)")
         spec = make_spec(weight.new_empty(()).expand(size), weight, None, **geometry)
-        if (spec.groups * spec.out_channels, spec.s_out, spec.out_height, spec.out_width) != tuple(x.shape[1:]):
+        if (spec.groups * spec.out_channels, spec.s_out, spec.out_height, spec.out_width) != shape[1:]:
             raise ValueError(f"input: expected shape (B, {spec.groups * spec.out_channels}, {spec.s_out}, "
                              f"{spec.out_height}, {spec.out_width}) for weight {tuple(weight.shape)} and group "
                              f"{group.name}, got {tuple(x.shape)}")
-        if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (size[1],)):
+        if bias is not None and (not isinstance(bias, torch.Tensor) or concrete_shape(bias, quiet=True) != (size[1],)):
             raise ValueError(f"bias: expected shape ({size[1]},), got "
                              f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
     y = conv_input_grad(x, weight, size, **geometry)

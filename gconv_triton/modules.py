@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._library import check_activation
-from ._spec import _pair, _positive_int, resolve_geometry
+from ._spec import _pair, _positive_int, concrete_shape, resolve_geometry
 from .exactness import inexact_reasons, inexact_reasons_pool, warn_if_inexact
 from .functional import gconv2d
 from .groups import Group, get_group
@@ -66,7 +66,7 @@ def _pad(input: torch.Tensor, padding: tuple[int, int, int, int], mode: str) -> 
     if not isinstance(input, torch.Tensor) or input.dim() not in (4, 5):
         return input
     top, bottom, left, right = padding
-    h, w = input.shape[-2:]
+    h, w = concrete_shape(input, quiet=True)[-2:]
     # F.pad's own limits, raised here with the layer's argument names: reflect needs pad < size, circular <=
     limit_h, limit_w = (h - 1, w - 1) if mode == "reflect" else (h, w) if mode == "circular" else (None, None)
     if limit_h is not None and (max(top, bottom) > limit_h or max(left, right) > limit_w):
@@ -235,7 +235,7 @@ def _as_group_map(input: torch.Tensor, group: Optional[Group], layer: str) -> to
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
     if input.dim() == 5:
-        if group is not None and input.shape[2] != group.order:
+        if group is not None and concrete_shape(input, quiet=True)[2] != group.order:
             raise ValueError(f"input: expected a group axis of {group.order} elements ({group.name}) at dim 2, got "
                              f"shape {tuple(input.shape)}")
         return input
@@ -243,7 +243,7 @@ def _as_group_map(input: torch.Tensor, group: Optional[Group], layer: str) -> to
         if group is None:
             raise ValueError(f"input: a 4-D input {tuple(input.shape)} is a flattened group map (B, C*S, H, W) "
                              f"only if S is known; expected a 5-D map (B, C, S, H, W), or {layer}(group=...)")
-        if input.shape[1] % group.order:
+        if concrete_shape(input, quiet=True)[1] % group.order:
             raise ValueError(f"input: expected a multiple of S = {group.order} ({group.name}) channels in the "
                              f"flattened map (B, C*S, H, W), got shape {tuple(input.shape)}")
         return input.unflatten(1, (-1, group.order))

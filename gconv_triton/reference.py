@@ -6,12 +6,13 @@ CPU tensors.  It computes in the input's dtype and is differentiable by autograd
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import contextlib
+from typing import Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
-from ._spec import ConvSpec, as_5d
+from ._spec import ConvSpec, as_5d, concrete_shape
 from .groups import Group, get_group
 
 __all__ = ["filter_bank", "flat_bank", "bank_conv2d", "bank_conv_transpose2d", "gconv2d_reference"]
@@ -28,7 +29,8 @@ def filter_bank(weight: torch.Tensor, group: Union[Group, str], in_group: Union[
         ``F.conv2d``.  One ``index_select`` of the flattened weight (its backward one ``index_add_``).
     """
     group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
-    index = bank_index(group, in_group, tuple(int(d) for d in weight.shape), weight.device)
+    # A traced graph holds the index as a constant for this weight shape, as a traced module's parameters keep it.
+    index = bank_index(group, in_group, concrete_shape(weight, quiet=True), weight.device)
     return weight.reshape(-1).index_select(0, index.flatten()).view(index.shape)
 
 
@@ -40,25 +42,43 @@ _BANK_INDEX: dict = {}
 
 def bank_index(group: Group, in_group: Group, weight_shape: tuple, device: torch.device) -> torch.Tensor:
     """Where each entry of the bank ``(C_out, S_out, C_in, S_in, kh, kw)`` reads the flattened base weight of
-    ``weight_shape``: the gather of :func:`filter_bank` applied to ``arange``, built once per shape and device.
-
-    Built from real tensors even when first asked for while ``torch.onnx.export`` / ``torch.export`` trace with
-    fake tensors, which the cache must not keep; and outside ``torch.jit.trace``'s recording, so that a traced
-    graph holds the index as one constant whether or not the cache was warm (else the tracer's check that two
-    invocations give the same graph fails)."""
+    ``weight_shape``: the gather of :func:`filter_bank` applied to ``arange``, built once per shape and device
+    (under :func:`untraced`, so that whatever traces the first call, the cache holds a real tensor and a traced
+    graph holds it as one constant)."""
     key = (id(group), id(in_group), weight_shape, device)
     entry = _BANK_INDEX.get(key)
     if entry is None:
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-        tracing = torch._C._get_tracing_state()
-        torch._C._set_tracing_state(None)
-        try:
-            with unset_fake_temporarily():
-                entry = _BANK_INDEX[key] = (group, in_group, _bank_index(group, in_group, weight_shape).to(device))
-        finally:
-            torch._C._set_tracing_state(tracing)
+        with untraced():
+            entry = _BANK_INDEX[key] = (group, in_group, _bank_index(group, in_group, weight_shape).to(device))
     return entry[2]
+
+
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """Build a cached tensor from real tensors, unrecorded, whatever traces the caller.
+
+    * ``torch.onnx.export`` / ``torch.export`` run the model on fake tensors, which the cache must not keep,
+      under a mode that records every op: every ``__torch_dispatch__`` mode (fake tensors, graph recording,
+      functionalization) is off for the block, so the exported graph holds the cached tensor as one constant
+      whether or not the cache was warm, not the ops that built it.
+    * ``torch.jit.trace`` records every op: its tracing state is cleared for the block, so that the graph holds
+      the cached tensor as one constant whether or not the cache was warm (else the tracer's check that two
+      invocations give the same graph fails).  Only while a trace records (its state is set): elsewhere the
+      state is left alone, as it must be where PyTorch runs an op's implementation with the tracer's dispatch
+      key excluded (``NoTracerDispatchMode``: inside a ``__torch_dispatch__`` mode, as a ``torch.compile``\\ d
+      graph runs its custom ops), where setting it at all, even to None, is an internal assert.
+    """
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    tracing = torch._C._get_tracing_state()
+    if tracing is not None:
+        torch._C._set_tracing_state(None)
+    try:
+        with _disable_current_modes():
+            yield
+    finally:
+        if tracing is not None:
+            torch._C._set_tracing_state(tracing)
 
 
 def _bank_index(group: Group, in_group: Group, weight_shape: tuple) -> torch.Tensor:

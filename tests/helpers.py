@@ -41,3 +41,45 @@ def triton_backend():
 
 def torch_backend():
     return gconv_triton.backend("torch")
+
+
+def _registries() -> list:
+    from gconv_triton import _library, tap
+
+    return [_library._GROUPS, tap._TAPS]
+
+
+# The registries (names under which groups and tap functions cross the op boundary) as importing the package
+# leaves them: clear_caches() puts them back, so that what a call registered on first use is gone again.
+_IMPORTED_REGISTRIES = [dict(registry) for registry in _registries()]
+
+
+def clear_caches() -> None:
+    """Start cold, as a fresh process does: forget TorchDynamo's compiled code and everything the package fills
+    on first use: the filter-bank index (``reference._BANK_INDEX``), each group's tap tables, every
+    ``functools`` cache in ``gconv_triton`` and its kernels (the launchers' per-device group, phase and gather
+    tables), the kernel autotuners' in-memory choices, and the group and tap-function registries (put back as
+    importing the package leaves them)."""
+    import sys
+
+    import torch._dynamo
+
+    from gconv_triton import reference
+
+    torch._dynamo.reset()
+    reference._BANK_INDEX.clear()
+    for registry, imported in zip(_registries(), _IMPORTED_REGISTRIES):
+        registry.clear()
+        registry.update(imported)
+    for group in _IMPORTED_REGISTRIES[0].values():
+        group._cache.clear()
+    for name, module in list(sys.modules.items()):
+        if name == "gconv_triton" or name.startswith("gconv_triton."):
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)) and hasattr(value, "cache_info"):
+                    value.cache_clear()
+    autotune = sys.modules.get("gconv_triton.kernels._autotune")
+    if autotune is not None:
+        for tuner in autotune.KERNEL_TUNERS.values():
+            tuner._best.clear()
+        autotune.DEFAULT_CACHE._entries.clear()

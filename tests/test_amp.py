@@ -14,7 +14,7 @@ import copy
 
 import pytest
 import torch
-from helpers import DEVICE, INTERPRETED, assert_close, torch_backend, triton_backend
+from helpers import DEVICE, INTERPRETED, assert_close, clear_caches, torch_backend, triton_backend
 from torch import nn
 
 import gconv_triton as gt
@@ -151,15 +151,15 @@ def test_multi_layer_model_under_cpu_autocast(name, compiled):
     torch.manual_seed(0)
     model = build()
     x = torch.randn(shape)
-    ref_model = _autocast_rounding_reference(model, torch.bfloat16)
+    ref_model = _autocast_rounding_reference(model, torch.bfloat16)  # a copy; runs after
     with torch_backend():
-        ref_y, ref_grads = _train_step(ref_model, x.double())
         run = model
-        if compiled:
-            torch._dynamo.reset()
+        if compiled:  # cold, as a model built, compiled and trained meets it: the reference runs after
+            clear_caches()
             run = torch.compile(model, backend="aot_eager", fullgraph=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y, grads = _train_step(run, x)
+        ref_y, ref_grads = _train_step(ref_model, x.double())
     assert y.dtype == torch.bfloat16
     assert_close(y, ref_y, torch.bfloat16, "forward")
     for i, (got, want) in enumerate(zip(grads, ref_grads)):

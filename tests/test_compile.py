@@ -2,15 +2,22 @@
 ``torch.library.opcheck``), and a G-CNN compiles with ``fullgraph=True`` (no graph break), forward and backward,
 on the reference path, on the Triton kernels (interpreted on the CPU), and with Inductor on CUDA when present.
 
-Compiled results are compared with the same model run eagerly (same backend, same dtype).
+Compiled results are compared with the same model run eagerly (same backend, same dtype) after the compiled
+call, which meets cold caches (:func:`helpers.clear_caches`), as a model that is built, compiled and trained
+does; a fresh process checks that for every layer family, compiler and mode.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch._dynamo
-from helpers import DEVICE, assert_close, torch_backend, triton_backend
+from helpers import DEVICE, assert_close, clear_caches, torch_backend, triton_backend
 from torch import nn
 
 from gconv_triton import GroupConv2d, GroupPool
@@ -55,10 +62,12 @@ def _run(model, x):
 
 
 def _compare(model, x, backend, dtype):
-    eager_y, eager_g = _run(model, x)
-    torch._dynamo.reset()
+    """The compiled model against the same model run eagerly after it: compiled first, on cold caches, as a
+    model that is built, compiled and trained meets them."""
+    clear_caches()
     compiled = torch.compile(model, backend=backend, fullgraph=True)  # fullgraph: a graph break raises
     y, g = _run(compiled, x)
+    eager_y, eager_g = _run(model, x)
     assert_close(y, eager_y, dtype, "compiled forward")
     for i, (a, b) in enumerate(zip(g, eager_g)):
         assert_close(a, b, dtype, f"compiled gradient {i}")
@@ -94,7 +103,7 @@ def test_no_graph_break():
     model = _model(DT)
     x = torch.randn(2, 2, 9, 9, dtype=DT)
     with torch_backend():
-        torch._dynamo.reset()
+        clear_caches()
         explained = torch._dynamo.explain(model)(x)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
@@ -122,3 +131,93 @@ def test_compile_triton_kernels_interpreted():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_compile_triton_kernels_cuda_inductor():
     _compare(_model(torch.float32, "cuda"), torch.randn(2, 2, 9, 9, device="cuda"), "inductor", torch.float32)
+
+
+# ------------------------------------------------------------------------------------- a fresh process, cold
+# Each case builds its model, clears every cache (helpers.clear_caches), compiles and runs the model, and only then
+# runs it eagerly for the comparison: the usual build, compile, train, where no eager call has filled a cache for
+# the model's weight shapes.  Modes: "train" (forward and backward in float64; float32 on the Triton kernels),
+# "autocast" (bf16 on the CPU, forward and backward; float32 parameters) and "no_grad" (forward only).
+COLD_SCRIPT = """
+import sys, traceback
+import torch
+from torch import nn
+import gconv_triton as gt
+from helpers import DEVICE, assert_close, clear_caches
+
+def chain():
+    return nn.Sequential(gt.P4ConvZ2(2, 3, 3, padding=1), gt.GroupConvTranspose2d(3, 3, 3, padding=1),
+                         gt.P4ConvP4(3, 2, 3, padding=1), gt.GroupPool('max'), gt.Conv2d(2, 2, 3, padding=1),
+                         gt.SharedKernelConv2d(3, 2, padding=1))
+
+MODELS = {
+    'P4ConvZ2': (lambda: gt.P4ConvZ2(2, 3, 3, padding=1), (2, 2, 5, 5)),
+    'P4ConvP4': (lambda: gt.P4ConvP4(2, 3, 3, padding=1), (2, 2, 4, 5, 5)),
+    'Conv2d': (lambda: gt.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5)),
+    'GroupConvTranspose2d': (lambda: gt.GroupConvTranspose2d(2, 3, 3, stride=2, padding=1), (2, 2, 4, 3, 3)),
+    'SharedKernelConv2d': (lambda: gt.SharedKernelConv2d(3, 2, padding=1), (2, 2, 5, 5)),
+    'p4m_resnet44': (lambda: gt.models.p4m_resnet44(num_classes=3, equal='compute'), (2, 3, 4, 4)),
+    'chain': (chain, (2, 2, 5, 5)),
+}
+
+def step(model, x, mode):
+    if mode == 'no_grad':
+        with torch.no_grad():
+            return [model(x)]
+    x = x.detach().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=mode == 'autocast'):
+        y = model(x)
+    y.float().square().sum().backward()
+    out = [y.detach(), x.grad] + [p.grad for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return out
+
+def case(name, compiler, mode, backend):
+    build, shape = MODELS[name]
+    device = DEVICE if backend == 'triton' else torch.device('cpu')
+    dtype = torch.float32 if mode == 'autocast' or backend == 'triton' else torch.float64
+    torch.manual_seed(0)
+    model = build().to(device, dtype)
+    x = torch.randn(shape, device=device, dtype=dtype)
+    clear_caches()
+    with gt.backend(backend):
+        compiled = step(torch.compile(model, backend=compiler, fullgraph=True), x, mode)
+        eager = step(model, x, mode)
+    for i, (got, want) in enumerate(zip(compiled, eager)):
+        assert_close(got, want, torch.bfloat16 if mode == 'autocast' else dtype, f'output {i}')
+
+failed = 0
+for spec in sys.argv[1:]:
+    try:
+        case(*spec.split(':'))
+        print('ok', spec, flush=True)
+    except Exception:
+        failed += 1
+        print('FAILED', spec, flush=True)
+        traceback.print_exc()
+sys.exit(1 if failed else 0)
+"""
+
+# Inductor compiles slowly on a small CPU: it gets the chain of every layer family.  p4m_resnet44 (about 45 layers:
+# near a minute of Inductor codegen, ten seconds of tracing per mode) is traced once, under aot_eager, forward and
+# backward; every layer family meets every compiler and mode on its own or in the chain.
+COLD_CASES = (
+    [f"{name}:aot_eager:{mode}:torch" for name in ("P4ConvZ2", "P4ConvP4", "Conv2d", "GroupConvTranspose2d",
+                                                   "SharedKernelConv2d") for mode in ("train", "autocast", "no_grad")]
+    + ["p4m_resnet44:aot_eager:train:torch"]
+    + [f"chain:inductor:{mode}:torch" for mode in ("train", "autocast", "no_grad")]
+    + [f"chain:aot_eager:{mode}:triton" for mode in ("train", "no_grad")])
+
+
+def test_compile_before_any_eager_call_in_a_fresh_process():
+    """The usual build, compile, train: no eager call before the compiled one has filled a cache (the filter-bank
+    index, the kernels' tables), in a fresh process as a user starts one, for every layer family and
+    p4m_resnet44, under aot_eager and Inductor, with and without autocast and grad, on both backends."""
+    tests = Path(__file__).resolve().parent
+    path = [str(tests.parent), str(tests), os.environ.get("PYTHONPATH")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))  # TRITON_INTERPRET etc. as conftest
+    proc = subprocess.run([sys.executable, "-c", COLD_SCRIPT, *COLD_CASES], capture_output=True, text=True,
+                          env=env, timeout=600)
+    report = proc.stdout + proc.stderr[-6000:]  # one ok/FAILED line per case, then the last tracebacks
+    assert proc.returncode == 0, report
+    assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("ok ")] == COLD_CASES, report

@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import torch_backend
+from helpers import clear_caches, torch_backend
 from torch import nn
 
 import gconv_triton as gt
@@ -209,8 +209,8 @@ LAYERS_WARNED = ["GroupConv2d", "GroupConvTranspose2d", "GroupMaxPool2d"]
 def test_compiled_model_warns_at_trace_once_per_layer_and_size():
     """A model that only ever runs compiled warns as in eager mode: once per inexact layer and input size."""
     model = _resampling_model()
+    clear_caches()
     compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=False)
-    torch._dynamo.reset()
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         for size in (8, 8, 12, 8):
@@ -222,7 +222,7 @@ def test_compiled_model_warns_at_trace_once_per_layer_and_size():
 
 
 def test_compiled_dynamic_shapes_warn_for_the_traced_size():
-    torch._dynamo.reset()
+    clear_caches()
     pool = GroupMaxPool2d(2)
     compiled = torch.compile(pool, backend="eager", fullgraph=True, dynamic=True)
     with warnings.catch_warnings(record=True) as record:
@@ -248,13 +248,24 @@ def test_jit_trace_of_group_layers_matches_eager_and_warns():
 
 @pytest.mark.parametrize("strict", [False, True])
 def test_torch_export_warns_on_traced_sizes_and_takes_symbolic_ones(strict):
-    """torch.export warns for a concrete traced size, and a symbolic (dynamic) size is not an error."""
-    model = nn.Sequential(GroupConv2d(1, 2, 3, group="p4", in_group="z2", stride=2, dtype=DT), GroupMaxPool2d(2))
+    """torch.export warns for a concrete traced size, and for a symbolic (dynamic) one for the example's size,
+    as torch.compile does, strict (TorchDynamo) or not (Python tracing)."""
+    def build():
+        return nn.Sequential(GroupConv2d(1, 2, 3, group="p4", in_group="z2", stride=2, dtype=DT), GroupMaxPool2d(2))
+
+    model = build()
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         torch.export.export(model, (torch.randn(2, 1, 8, 8, dtype=DT),), strict=strict)
     assert _warned(record) == ["GroupConv2d", "GroupMaxPool2d"]  # 8 -> 3 -> 1, both off-centre
     side = torch.export.Dim("side", min=3, max=32)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        torch.export.export(build(), (torch.randn(2, 1, 12, 12, dtype=DT),),
+                            dynamic_shapes=({2: 2 * side, 3: 2 * side},), strict=strict)
+    assert _warned(record) == ["GroupConv2d", "GroupMaxPool2d"]  # 12 -> 5 -> 2: each layer once
+    sizes = [str(w.message).split(" on ")[1].split(" inputs")[0] for w in record if w.category is EquivarianceWarning]
+    assert sorted(sizes) == ["12x12", "5x5"]  # the example's sizes, as each layer sees them
     exported = torch.export.export(model, (torch.randn(2, 1, 9, 9, dtype=DT),),
                                    dynamic_shapes=({2: 2 * side + 1, 3: 2 * side + 1},), strict=strict)
     x = torch.randn(2, 1, 13, 13, dtype=DT)

@@ -18,15 +18,16 @@ import os
 import subprocess
 import sys
 import types
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import clear_caches
 from torch import nn
 
+import gconv_triton as gt
 from gconv_triton import GroupConv2d, P4MConvP4M, interop
 from gconv_triton.interop import e2cnn_permutation, from_e2cnn, from_groupy, weights_from_e2cnn_filter
 from gconv_triton.layers import ExportedGroupConv, GroupConvTranspose2d, export_model
@@ -86,6 +87,24 @@ def test_export_model_and_torch_export():
     program = torch.export.export(plain, (x,))
     assert not any("gconv_triton" in str(n.target) for n in program.graph.nodes)
     assert _rel(program.module()(x), model(x)) < EXACT
+
+
+# ---------------------------------------------------------------------------------------------- jit.trace
+def test_jit_trace_of_a_group_model_issues_no_tracer_warning(recwarn):
+    """``torch.jit.trace`` records sizes as 0-d tensors; the layers' argument checks read them as ints without
+    torch's TracerWarning (a check specialises nothing the graph computes), and the traced graph, recorded on
+    cold caches, serves another batch and image size as the eager model does.  The checks stay in eager mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(gt.P4ConvZ2(1, 4, 3, padding=1), gt.P4ConvP4(4, 4, 3, padding=1, padding_mode="reflect"),
+                          gt.GroupBatchNorm(4), gt.GroupMaxPool2d(2), gt.GroupPool("max"),
+                          gt.Conv2d(4, 4, 3, padding=1), gt.SharedKernelConv2d(3, 4, padding=1)).to(DT).eval()
+    clear_caches()
+    traced = torch.jit.trace(model, torch.randn(2, 1, 8, 8, dtype=DT))
+    assert [str(w.message) for w in recwarn if issubclass(w.category, torch.jit.TracerWarning)] == []
+    x = torch.randn(3, 1, 10, 10, dtype=DT)
+    assert _rel(traced(x), model(x)) < EXACT
+    with pytest.raises(ValueError, match="input: expected 1 channels"):
+        model(torch.randn(2, 3, 8, 8, dtype=DT))
 
 
 # ------------------------------------------------------------------------------------------- e2cnn, escnn

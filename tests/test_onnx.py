@@ -11,7 +11,7 @@ import io
 
 import pytest
 import torch
-from helpers import assert_close, torch_backend
+from helpers import assert_close, clear_caches, torch_backend
 from torch import nn
 
 import gconv_triton as gt
@@ -63,6 +63,7 @@ def test_onnx_export_of_the_model_as_it_is(exporter, build):
     torch.manual_seed(0)
     model = build().eval()
     x = torch.randn(2, 1, 8, 8)
+    clear_caches()  # exported before any eager call, as a user exports a trained checkpoint in a new process
     proto = onnx.load_from_string(_export(model, x, exporter))
     assert not any(node.domain.startswith("gconv_triton") for node in proto.graph.node)
     (got,) = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x.numpy()})
@@ -70,3 +71,18 @@ def test_onnx_export_of_the_model_as_it_is(exporter, build):
         want = model.double()(x.double())
     assert_close(torch.from_numpy(got).reshape(want.shape), want, torch.float32, f"{exporter} ONNX output")
 
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_exported_graph_does_not_depend_on_warm_caches(exporter):
+    """The filter-bank index is built once per weight shape and cached; built while an exporter traces (cold
+    caches), it must enter the graph as the same one constant as when an eager call built it first, not as the
+    ops that computed it."""
+    torch.manual_seed(0)
+    model, x = _layers().eval(), torch.randn(2, 1, 8, 8)
+    clear_caches()
+    cold = [node.op_type for node in onnx.load_from_string(_export(model, x, exporter)).graph.node]
+    with torch.no_grad():
+        model(x)
+    warm = [node.op_type for node in onnx.load_from_string(_export(model, x, exporter)).graph.node]
+    assert cold == warm

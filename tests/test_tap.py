@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from helpers import DEVICE, rel_error, torch_backend, triton_backend
+from helpers import DEVICE, clear_caches, rel_error, torch_backend, triton_backend
 from perf.memory import AllocationRecorder
 
 import gconv_triton
@@ -413,14 +413,17 @@ def test_weight_grad_is_deterministic():
 
 
 # ---------------------------------------------------------------------------------------- compile, autocast
+# Compiled first (cold), a TapConv2d meets the tap registry before any eager call has registered its tap: the
+# KeyError that issue 19's tap-registry fix (another branch) removes; drop this marker with it.
+@pytest.mark.xfail(strict=True, raises=KeyError, reason="tap registry empty when the first call is compiled")
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_torch_compile_and_autocast(backend):
     layer = TapConv2d(2, 3, 3, "adder", padding=1).double()
     x = torch.randn(2, 2, 6, 6, dtype=torch.float64, requires_grad=True)
     with gconv_triton.backend(backend):
-        eager = layer(x)
-        torch._dynamo.reset()
+        clear_caches()  # compiled first, on cold caches; the eager run after
         compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)
+        eager = layer(x)
     assert rel_error(compiled, eager) < 1e-14
     (gx,) = torch.autograd.grad(compiled.sum(), x)
     (gx_eager,) = torch.autograd.grad(eager.sum(), x)
