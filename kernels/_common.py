@@ -74,23 +74,15 @@ GEOMETRY_TABLES_MAX = 256
 
 
 def geometry_table(key: tuple, build):
-    """``build()`` (a tensor or a tuple of them, a function of the plain-int ``key`` only), built once per ``key``.
-
-    Built from real tensors outside ``torch.jit.trace``'s recording even when first asked for under a fake-tensor
-    trace (``torch.compile``, ``torch.export``), so the cache never holds a fake tensor, as ``reference.bank_index``."""
+    """``build()`` (a tensor or a tuple of them, a function of the plain-int ``key`` only), built once per ``key``,
+    from real tensors and unrecorded whatever traces the first call (``reference.untraced``, as the filter-bank
+    index): the cache never holds a fake tensor."""
     entry = _GEOMETRY_TABLES.get(key)
     if entry is None:
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
+        from ..reference import untraced
 
-        tracing = torch._C._get_tracing_state()
-        if tracing is not None:   # (setting it at all fails inside opcheck's NoTracerDispatchMode)
-            torch._C._set_tracing_state(None)
-        try:
-            with unset_fake_temporarily():
-                entry = build()
-        finally:
-            if tracing is not None:
-                torch._C._set_tracing_state(tracing)
+        with untraced():
+            entry = build()
         while len(_GEOMETRY_TABLES) >= GEOMETRY_TABLES_MAX:
             del _GEOMETRY_TABLES[next(iter(_GEOMETRY_TABLES))]
         _GEOMETRY_TABLES[key] = entry
