@@ -230,8 +230,10 @@ def _(x, weight, bias, group, in_group, stride, padding, dilation, groups, weigh
     copy_shape = None
     if _kernels_for(x, backend):
         from . import kernels
+        from .reference import untraced
 
-        spec = _spec(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups)
+        with untraced():   # the group's tap tables, which make_spec checks, are cached: never as fake tensors
+            spec = _spec(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups)
         copy_shape = kernels.input_copy_shape(x, spec)
     return y, z, x.new_empty(copy_shape if copy_shape is not None else 0)
 
