@@ -119,15 +119,15 @@ def test_runs_on_the_fused_kernels(monkeypatch):
 
     calls = []
     for name in ("forward", "input_grad", "weight_grad"):
-        def spy(*args, _name=name, _fn=getattr(kernels, name)):
+        def spy(*args, _name=name, _fn=getattr(kernels, name), **kwargs):
             calls.append((_name, args))
-            return _fn(*args)
+            return _fn(*args, **kwargs)
         monkeypatch.setattr(kernels, name, spy)
     conv = Conv1d(4, 4, 3, groups=4, padding=1, device=DEVICE)
     with gconv_triton.backend("triton"):
         conv(torch.randn(2, 4, 9, device=DEVICE, requires_grad=True)).sum().backward()
     assert [c[0] for c in calls] == ["forward", "input_grad", "weight_grad"]
-    _, (x, weight, bias, spec) = calls[0]
+    _, (x, weight, bias, spec, *_) = calls[0]
     assert x.shape == (2, 4, 1, 1, 9) and weight.shape == (4, 1, 1, 1, 3) and spec.group.is_trivial
     assert spec.depthwise and spec.groups == 4 and spec.kernel == (1, 3)
 
