@@ -17,7 +17,7 @@ from .exactness import EquivarianceWarning  # noqa: E402
 from .groups import Group, p2, p2mm, p4, p4m, pm, z2  # noqa: E402
 from .layers import GroupBatchNorm, GroupConvTranspose2d, export_model, gcnn_width  # noqa: E402
 from .tap_functions import TapFunction, check_tap  # noqa: E402
-from .tap_modules import TapConv1d, TapConv2d  # noqa: E402
+from .tap_modules import ExportedTapConv, TapConv1d, TapConv2d  # noqa: E402
 from .modules import (GroupAvgPool2d, GroupConv2d, GroupMaxPool2d, GroupPool, P4ConvP4, P4ConvZ2,  # noqa: E402
                       P4MConvP4M, P4MConvZ2)
 

@@ -21,9 +21,9 @@ would then hold fake tensors), poison outputs, and under ``TRITON_INTERPRET=1`` 
 which ``wrap_triton`` rejects.  An opaque ``custom_op`` compiles without a graph break on every device and torch
 2.4+, at the cost of Inductor not fusing into the kernels (their epilogue already fuses bias and activation).
 
-Groups cross the op boundary by name: :func:`group_key` registers a :class:`Group` under a string once (the
-built-ins under their names).  The backend name is read once per call outside the graph: a compiled model keeps
-the backend that was current when it was traced.
+Groups cross the op boundary by name: :func:`group_key` gives the string under which a :class:`Group` registered
+itself when it was built (the built-ins under their names; ``gconv_triton._registry``).  The backend name is read
+once per call outside the graph: a compiled model keeps the backend that was current when it was traced.
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -35,6 +35,7 @@ from torch import Tensor
 from ._layout import dim_order, empty_in_order
 from ._backend import backend as _use_backend, current_backend, use_triton
 from ._spec import ConvSpec, _pair, _resolve_padding, make_spec
+from ._registry import GROUPS
 from .groups import Group, get_group
 from .reference import bank_conv2d, bank_conv_transpose2d, flat_bank, gconv2d_reference
 
@@ -43,24 +44,9 @@ __all__ = ["ACTIVATIONS", "group_key", "conv", "conv_input_grad", "check_activat
 ACTIVATIONS = ("none", "relu", "silu", "gelu")
 _ACTIVATION_FN = {"none": None, "relu": F.relu, "silu": F.silu, "gelu": F.gelu}
 
-# ------------------------------------------------------------------------------------------ group registry
-_GROUPS: dict = {}
-_KEY_ATTR = "_gconv_triton_op_key"
-
-
 def group_key(group: Group) -> str:
-    """The string under which ``group`` crosses the op boundary (registered on first use)."""
-    key = getattr(group, _KEY_ATTR, None)
-    if key is not None and _GROUPS.get(key) is group:  # the common case, and all that torch.compile traces
-        return key
-    key = group.name if group.name not in _GROUPS else f"{group.name}#{len(_GROUPS)}"
-    _GROUPS[key] = group
-    setattr(group, _KEY_ATTR, key)  # a pickled copy carries it, but is not the registered object: re-registered
-    return key
-
-
-for _name in ("z2", "p2", "pm", "p2mm", "p4", "p4m"):
-    group_key(get_group(_name))
+    """The string under which ``group`` crosses the op boundary (every Group registers itself when built)."""
+    return GROUPS.key(group)
 
 
 # ---------------------------------------------------------------------------------------- version shims
@@ -143,7 +129,7 @@ def _spec(x: Tensor, weight: Tensor, bias: Optional[Tensor], group: str, in_grou
     top, bottom, left, right = padding
     # Only 'same' resolves to an asymmetric padding, and it resolves the same way again.
     pad = (top, left) if (top, left) == (bottom, right) else "same"
-    spec = make_spec(x, weight, bias, group=_GROUPS[group], in_group=_GROUPS[in_group], stride=tuple(stride),
+    spec = make_spec(x, weight, bias, group=GROUPS[group], in_group=GROUPS[in_group], stride=tuple(stride),
                      padding=pad, dilation=tuple(dilation), groups=groups, shared_weight=weight_groups != groups)
     if spec.padding != tuple(padding):
         raise ValueError(f"padding: expected a symmetric padding or 'same', got {tuple(padding)}")
@@ -159,7 +145,7 @@ def _conv_out_shape(x: Tensor, weight: Tensor, group: str, stride, padding, dila
     kh, kw = weight.shape[-2:]
     ho = (x.shape[3] + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (x.shape[4] + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    return (x.shape[0], groups * (weight.shape[0] // weight_groups), _GROUPS[group].order, ho, wo)
+    return (x.shape[0], groups * (weight.shape[0] // weight_groups), GROUPS[group].order, ho, wo)
 
 
 def _kernels_for(x: Tensor, backend: str) -> bool:

@@ -77,19 +77,24 @@ def shared_kernel_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Option
 
 
 # ------------------------------------------------------------------------------------ 1-D, as height-1 2-D
-def _single(value, name: str) -> int:
-    """An int or a 1-tuple of one (what ``torch.nn.Conv1d`` stores) -> the int."""
+def _single(value, name: str, minimum: int) -> int:
+    """An int ``>= minimum`` or a 1-tuple of one (what ``torch.nn.Conv1d`` stores) -> the int; errors show
+    ``value`` as given (not the 2-D form it becomes)."""
+    given = value
     if isinstance(value, (tuple, list)) and len(value) == 1:
         value = value[0]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int or a 1-tuple of ints, got {value!r}")
+        raise TypeError(f"{name}: expected an int or a 1-tuple of ints, got {given!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected values >= {minimum}, got {given!r}")
     return value
 
 
 def _as_2d_args(stride, padding, dilation):
-    """1-D ``stride, padding, dilation`` -> those of the same convolution on a height-1 image."""
-    padding = padding if isinstance(padding, str) else (0, _single(padding, "padding"))
-    return (1, _single(stride, "stride")), padding, (1, _single(dilation, "dilation"))
+    """1-D ``stride, padding, dilation`` (checked here, so errors name what the caller passed) -> those of the
+    same convolution on a height-1 image."""
+    padding = padding if isinstance(padding, str) else (0, _single(padding, "padding", 0))
+    return (1, _single(stride, "stride", 1)), padding, (1, _single(dilation, "dilation", 1))
 
 
 def shared_kernel_conv1d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

@@ -24,6 +24,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from ._registry import GROUPS
+
 __all__ = ["Group", "z2", "p2", "pm", "p2mm", "p4", "p4m", "get_group"]
 
 _ROT = ((0, -1), (1, 0))
@@ -107,6 +109,24 @@ class Group:
         self._tap_permutations = None if tap_permutations is None else torch.as_tensor(tap_permutations).long()
         self._tap_size = None if tap_permutations is None else int(round(self._tap_permutations.shape[1] ** 0.5))
         self._cache: dict = {}
+        GROUPS.register(self)  # now, outside any trace: a compiled first call finds it
+
+    # A group is an immutable description (its caches aside): copies share it, a pickle holds a built-in group's
+    # name, and an unpickled user group registers itself (the ops name groups by their registry key).
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce_ex__(self, protocol):
+        if _BUILTINS.get(self.name) is self:
+            return get_group, (self.name,)
+        return super().__reduce_ex__(protocol)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        GROUPS.register(self)
 
     # ----------------------------------------------------------------------------------------- constructors
     @classmethod

@@ -336,20 +336,36 @@ class ExportedGroupConv(nn.Module):
 
 def export_model(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every :class:`~gconv_triton.modules.GroupConv2d` and :class:`GroupConvTranspose2d`
-    replaced by an :class:`ExportedGroupConv` around its :func:`export_conv`: the same function, built from plain
-    ``torch.nn`` modules (``torch.export``, ONNX, TensorRT), no gconv_triton op left.  ``model`` is unchanged."""
+    replaced by an :class:`ExportedGroupConv` around its :func:`export_conv`, and every ``TapConv1d``/``TapConv2d``
+    by an :class:`~gconv_triton.tap_modules.ExportedTapConv` (unfold, tap, reduce): the same function, built from
+    standard PyTorch operators (``torch.export``, ONNX, TensorRT), no gconv_triton op left.  ``model`` is
+    unchanged.  A ``ValueError`` naming the layer when a user tap's ``torch_fn`` is not made of standard
+    operators."""
+    from .tap_modules import ExportedTapConv, _TapConvNd
+
+    for name, child in model.named_modules():  # before copying: name the first layer that cannot be exported
+        if isinstance(child, _TapConvNd):
+            child.check_standard_ops("export_model", f"layer {name!r}" if name else "the model")
     out = copy.deepcopy(model)
+
+    def exported(layer: nn.Module) -> Optional[nn.Module]:
+        if isinstance(layer, (GroupConv2d, GroupConvTranspose2d)):
+            order = layer.group.order if isinstance(layer, GroupConv2d) else layer.out_group.order
+            return ExportedGroupConv(export_conv(layer), layer.out_channels, order)
+        if isinstance(layer, _TapConvNd):
+            return ExportedTapConv(layer)
+        return None
 
     def replace(parent: nn.Module) -> None:
         for name, child in parent.named_children():
-            if isinstance(child, (GroupConv2d, GroupConvTranspose2d)):
-                order = child.group.order if isinstance(child, GroupConv2d) else child.out_group.order
-                setattr(parent, name, ExportedGroupConv(export_conv(child), child.out_channels, order))
+            new = exported(child)
+            if new is not None:
+                setattr(parent, name, new)
             else:
                 replace(child)
 
-    if isinstance(out, (GroupConv2d, GroupConvTranspose2d)):
-        order = out.group.order if isinstance(out, GroupConv2d) else out.out_group.order
-        return ExportedGroupConv(export_conv(out), out.out_channels, order)
+    new = exported(out)
+    if new is not None:
+        return new
     replace(out)
     return out

@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._layout import dim_order, empty_in_order
-from ._library import (_backend_name, _compiling, _conv_out_shape, _empty_like_layout, _kernels_for, _op_geometry,
-                       _spec, autocast_inputs, bias_grad)
+from ._library import (_backend_name, _compiling, _conv_out_shape, _empty_like_layout, _kernels_for, _onnx_exporting,
+                       _op_geometry, _spec, autocast_inputs, bias_grad)
 from ._spec import ConvSpec, make_spec, resolve_geometry
+from ._registry import TAP_FUNCTIONS
 from .groups import get_group
-from .tap_functions import TapFunction, check_reduce, get_tap
+from .tap_functions import TapFunction, check_reduce, get_tap, tap_key
 
 __all__ = ["tap_conv2d", "tap_conv1d", "PADDING_MODES"]
 
@@ -38,21 +39,6 @@ PADDING_MODES = ("zeros", "ignore", "reflect", "replicate", "circular")
 
 #: elements of one chunk of the PyTorch path's broadcast (batch x out-channels x receptive field x pixels)
 _CHUNK_ELEMENTS = 1 << 22
-
-# ------------------------------------------------------------------------------------------- tap registry
-_TAPS: dict = {}
-_KEY_ATTR = "_gconv_triton_op_key"
-
-
-def tap_key(tap: TapFunction) -> str:
-    """The string under which ``tap`` crosses the op boundary (registered on first use, like groups)."""
-    key = getattr(tap, _KEY_ATTR, None)
-    if key is not None and _TAPS.get(key) is tap:
-        return key
-    key = tap.name if tap.name not in _TAPS else f"{tap.name}#{len(_TAPS)}"
-    _TAPS[key] = tap
-    setattr(tap, _KEY_ATTR, key)
-    return key
 
 
 # --------------------------------------------------------------------------------------- the PyTorch path
@@ -93,19 +79,19 @@ def _unfold(x5: Tensor, spec: ConvSpec):
     return cols, inside
 
 
-def _reduce(f: Tensor, use: Tensor, reduce: str):
-    """Reduce ``f (b, oc, K, L)`` over ``K``, leaving out ``~use``: ``(value, aux)`` with ``aux`` the arg-extreme
-    (first on ties) for max/min, the zero count for prod (whose value is then the product of the non-zero
-    factors), None for sum."""
+def _reduce(f: Tensor, use: Tensor, reduce: str, dim: int = 2):
+    """Reduce ``f (b, oc, K, L)`` over ``K`` (axis ``dim``), leaving out ``~use``: ``(value, aux)`` with ``aux`` the
+    arg-extreme (first on ties; a NaN is the extreme and propagates, as in ``torch.amax``) for max/min, the zero
+    count for prod (whose value is then the product of the non-zero factors), None for sum."""
     if reduce == "sum":
-        return torch.where(use, f, 0).sum(2), None
+        return torch.where(use, f, 0).sum(dim), None
     if reduce in ("max", "min"):
         fill = float("-inf") if reduce == "max" else float("inf")
-        value, index = getattr(torch, reduce)(torch.where(use, f, fill), dim=2)  # first index on ties
+        value, index = getattr(torch, reduce)(torch.where(use, f, fill), dim=dim)  # first index on ties, or NaN
         return value, index
     f = torch.where(use, f, 1)
     zero = f == 0
-    return torch.where(zero, 1, f).prod(2), zero.sum(2)
+    return torch.where(zero, 1, f).prod(dim), zero.sum(dim)
 
 
 def _prod_factor(f: Tensor, pnz: Tensor, zeros: Tensor) -> Tensor:
@@ -201,9 +187,55 @@ def _tap_torch(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: ConvSpe
     return dx, dw
 
 
+def check_standard_ops(tap: TapFunction, what: str, layer: str = "") -> None:
+    """Raise a ``ValueError`` naming ``layer`` (or the tap) when ``tap`` has no standard-operator form."""
+    problem = tap.standard_ops_problem()
+    if problem is not None:
+        where = f"{layer}: " if layer else "tap: "
+        raise ValueError(f"{where}{what} writes a tap convolution as standard PyTorch operators (the receptive "
+                         f"fields unfolded, tapped by torch_fn, reduced), and the TapFunction {tap.name!r} has no "
+                         f"such form: {problem}")
+
+
+def tap_standard_ops(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: ConvSpec, tap: TapFunction,
+                     reduce: str, ignore: bool, aux: Optional[Tensor] = None) -> Tensor:
+    """The tap convolution as standard PyTorch operators, differentiable by autograd and unchunked: the receptive
+    fields unfolded, gathered per group element, tapped by ``tap.torch_fn`` and reduced.  What ONNX export and
+    :func:`~gconv_triton.export_model` run, and what the second-order gradients differentiate; with ``aux`` (the
+    forward's arg-extreme ``k``, max/min) the value at that ``k``, so the gradient goes where the op's went.
+
+    ``x5 (B, groups·C_in_g, S_in, H, W)``, ``weight (groups·C_out_g, C_in_g, S_in, kh, kw)`` ->
+    ``(B, groups·C_out_g, S_out, H_out, W_out)``; holds ``C_out·S_out·K·L`` tap values at once (``K`` the
+    receptive field, ``L`` the output pixels)."""
+    cols, inside = _unfold(x5, spec)
+    cols = cols.unflatten(1, (spec.groups, -1))                                       # (B, groups, C_g·S_in·T, L)
+    index = torch.stack([_gather_index(spec, g, x5.device) for g in range(spec.s_out)])      # (S_out, K)
+    w = weight.reshape(spec.groups, spec.out_channels, 1, -1, 1)                      # (groups, C_out_g, 1, K, 1)
+    # (B, groups, C_out_g, S_out, K, L); ONNX knows no autograd.Function: the plain torch_fn there
+    f = (tap.torch_fn if _onnx_exporting() else tap.differentiable)(cols[:, :, None, index], w)
+    if ignore:
+        dest = spec.group.tap_destinations(spec.kernel).to(x5.device)                # (S_out, T)
+        use = inside[dest].repeat(1, spec.in_channels * spec.s_in, 1)                # (S_out, K, L)
+    else:
+        use = torch.ones((), dtype=torch.bool, device=x5.device)
+    if aux is not None and reduce in ("max", "min"):
+        k = aux.reshape(*f.shape[:4], 1, f.shape[-1]).long().clamp_min(0)            # -1: a window with no tap
+        value = f.gather(-2, k).squeeze(-2)
+    elif reduce == "prod":  # torch.prod: its derivatives are exact at zero factors, as the op's
+        f = torch.where(use, f, 1)
+        value = f.prod(-2)
+        value = torch.where(value.isnan() & (f == 0).any(-2), 0, value)  # the op: a zero factor wins over NaN
+    else:
+        value = _reduce(f, use, reduce, dim=-2)[0]
+    if ignore:
+        value = torch.where(use.any(-2), value, 0)
+    y = value.reshape(x5.shape[0], -1, spec.s_out, spec.out_height, spec.out_width)
+    return y if bias is None else y + bias.to(y.dtype)[None, :, None, None, None]
+
+
 # ------------------------------------------------------------------------------------------------- the ops
 def _fns(tap: str):
-    return _TAPS[tap].triton_functions()
+    return TAP_FUNCTIONS[tap].triton_functions()
 
 
 @torch.library.custom_op("gconv_triton::tap_conv2d", mutates_args=())
@@ -218,7 +250,7 @@ def _tap_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], tap: str, reduce:
         check_index_range(spec)
         y, aux = tap_kernels.forward(x, weight, bias, spec, _fns(tap), reduce, ignore)
     else:
-        y, aux = _tap_torch(x, weight, bias, spec, _TAPS[tap], reduce, ignore)
+        y, aux = _tap_torch(x, weight, bias, spec, TAP_FUNCTIONS[tap], reduce, ignore)
         y = _empty_like_layout(y.shape, x).copy_(y)
         if aux is not None:
             aux = torch.empty_strided(y.shape, y.stride(), dtype=torch.int32, device=y.device).copy_(aux)
@@ -245,7 +277,7 @@ def _tap_backward_op(dy: Tensor, x: Tensor, weight: Tensor, aux: Tensor, tap: st
         dx, dw = tap_kernels.backward(dy, x, weight, aux, spec, _fns(tap), reduce, ignore, need_input,
                                       need_weight, dim_order(x))
     else:
-        dx, dw = _tap_torch(x, weight, None, spec, _TAPS[tap], reduce, ignore, dy=dy, aux=aux,
+        dx, dw = _tap_torch(x, weight, None, spec, TAP_FUNCTIONS[tap], reduce, ignore, dy=dy, aux=aux,
                             need_input=need_input, need_weight=need_weight)
         if dx is not None:
             dx = empty_in_order(x.shape, dim_order(x), dtype=x.dtype, device=x.device).copy_(dx)
@@ -285,6 +317,38 @@ def _tap_backward(ctx, dy, _daux):
 _tap_op.register_autograd(_tap_backward, setup_context=_tap_setup)
 
 
+def _tap_backward_setup(ctx, inputs, output):
+    dy, x, weight, aux = inputs[:4]
+    ctx.args = tuple(inputs[4:13])   # tap, reduce, ignore, group, in_group, stride, padding, dilation, groups
+    ctx.save_for_backward(dy, x, weight, aux)
+
+
+def _tap_double_backward(ctx, g_dx, g_dw):
+    """The second-order gradients: ``(dx, dw)`` are the first derivatives (a vjp with ``dy``) of
+    :func:`tap_standard_ops` (the same function as the op, max/min taken at the op's stored arg-extreme, the tap's
+    own derivatives); their vjp with ``(g_dx, g_dw)`` gives the partial derivatives against ``(dy, x, weight)``.
+    ``torch.func.vjp`` keeps them partial (``dy`` may itself depend on ``x``) and differentiable again (a third
+    order).  Runs as standard operators, unchunked.  For a piecewise linear tap or reduction (adder, max-plus,
+    max/min) the second derivatives are zero almost everywhere and ``dy`` gets ``r·(∂f/∂x·g_dx + ∂f/∂w·g_dw)``."""
+    dy, x, weight, aux = ctx.saved_tensors
+    tap, reduce, ignore, group, in_group, stride, padding, dilation, groups = ctx.args
+    spec = _spec(x, weight, None, group, in_group, stride, padding, dilation, groups, groups)
+    aux = aux if reduce in ("max", "min") else None
+
+    def first_order(dy, x, weight):
+        vjp = torch.func.vjp(lambda x, w: tap_standard_ops(x, w, None, spec, TAP_FUNCTIONS[tap], reduce, ignore, aux),
+                             x, weight)[1]
+        return vjp(dy)
+
+    (dx, dw), vjp = torch.func.vjp(first_order, dy, x, weight)
+    g_dx = g_dx if g_dx is not None and g_dx.numel() else torch.zeros_like(dx)
+    g_dw = g_dw if g_dw is not None and g_dw.numel() else torch.zeros_like(dw)
+    return tuple(vjp((g_dx, g_dw))) + (None,) * 13
+
+
+_tap_backward_op.register_autograd(_tap_double_backward, setup_context=_tap_backward_setup)
+
+
 # ----------------------------------------------------------------------------------------------- functional
 def _check_padding_mode(padding_mode) -> str:
     if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
@@ -294,7 +358,7 @@ def _check_padding_mode(padding_mode) -> str:
 
 def tap_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, tap, reduce: str = "sum",
                stride=1, padding=0, dilation=1, groups: int = 1, group="z2", in_group="z2",
-               padding_mode: str = "zeros") -> Tensor:
+               padding_mode: str = "zeros", standard_ops: bool = False) -> Tensor:
     """A convolution whose tap is ``tap(x, w)`` and whose reduction over the receptive field is ``reduce``.
 
     ``y[b, o, p] = reduce over (i, t) of tap(x[b, i, p·stride + t·dilation − padding], w[o, i, t]) + bias[o]``.
@@ -313,6 +377,9 @@ def tap_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, 
         padding_mode: ``"zeros"`` (a padded pixel is 0 and goes through the tap, as unfold would give),
             ``"ignore"`` (out-of-bounds taps are left out of the reduction; a window with none inside gives 0 +
             bias and no gradient), or ``"reflect"``, ``"replicate"``, ``"circular"`` (``F.pad`` first, as torch).
+        standard_ops: compute with standard PyTorch operators (:func:`tap_standard_ops`: unfold, ``torch_fn``,
+            reduce; no chunking, no custom op), the form ONNX export writes and ``export_model`` keeps; a
+            ``ValueError`` when ``tap``'s ``torch_fn`` is not made of such operators.
 
     Morphological dilation is ``tap="add", reduce="max"``, erosion ``tap="sub", reduce="min"``.
     """
@@ -346,13 +413,18 @@ def tap_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, 
                   dilation=dilation, groups=groups)
     x = input if input.dim() == 5 else input.unflatten(1, (-1, in_group.order))
     geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, False)[:-1]
-    y = _tap_op(x, weight, bias, tap_key(tap), reduce, padding_mode == "ignore", *geometry, _backend_name())[0]
+    if standard_ops or _onnx_exporting():  # ONNX knows no tap op
+        check_standard_ops(tap, "standard_ops=True" if standard_ops else "ONNX export")
+        spec = _spec(x, weight, bias, *geometry, groups)
+        y = tap_standard_ops(x, weight, bias, spec, tap, reduce, padding_mode == "ignore")
+    else:
+        y = _tap_op(x, weight, bias, tap_key(tap), reduce, padding_mode == "ignore", *geometry, _backend_name())[0]
     return y.flatten(1, 2) if planar else y
 
 
 def tap_conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, tap, reduce: str = "sum",
                stride=1, padding=0, dilation=1, groups: int = 1, group="z2", in_group="z2",
-               padding_mode: str = "zeros") -> Tensor:
+               padding_mode: str = "zeros", standard_ops: bool = False) -> Tensor:
     """:func:`tap_conv2d` in 1-D: input ``(B, C_in, L)``, weight ``(C_out, C_in/groups, k)``, output
     ``(B, C_out, L_out)`` (a height-1 2-D tap convolution).  Only ``group="z2"``: rotations need two axes."""
     from .functional import _as_2d_args
@@ -368,7 +440,8 @@ def tap_conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, 
             raise ValueError(f"{name}: expected a 3-D tensor, got shape {tuple(t.shape)}")
     stride, padding, dilation = _as_2d_args(stride, padding, dilation)
     y = tap_conv2d(input.unsqueeze(2), weight.unsqueeze(2), bias, tap=tap, reduce=reduce, stride=stride,
-                   padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode)
+                   padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode,
+                   standard_ops=standard_ops)
     return y.squeeze(2)
 
 

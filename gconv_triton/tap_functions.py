@@ -9,13 +9,22 @@ looked up by name (``"mul"``, ``"adder"``, ``"addernet"``, ``"l2"``, ``"add"``, 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import pickle
 from typing import Callable, Optional
 
 import torch
 
+from ._registry import TAP_FUNCTIONS
+
 __all__ = ["TapFunction", "check_tap", "get_tap", "BUILTIN_TAPS", "REDUCTIONS"]
 
 REDUCTIONS = ("sum", "max", "min", "prod")
+
+
+def tap_key(tap: TapFunction) -> str:
+    """The string under which ``tap`` crosses the op boundary (every TapFunction registers itself when built)."""
+    return TAP_FUNCTIONS.key(tap)
 
 
 class TapFunction:
@@ -53,10 +62,38 @@ class TapFunction:
         if not self._builtin:
             for arg, fn in zip(("triton_fn", "triton_dx", "triton_dw"), self._triton):
                 _check_jit(fn, arg)
+        TAP_FUNCTIONS.register(self)  # now, outside any trace: a compiled first call finds it
+
+    # A tap is an immutable description of functions: copies share it (as they share a function), and a pickle
+    # holds a built-in's name or a user tap's functions by reference (rebuilt and registered on loading).
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        if self._builtin:
+            return get_tap, (self.name,)
+        fields = dict(torch_fn=self.torch_fn, torch_dx=self.torch_dx, torch_dw=self.torch_dw)
+        for arg, fn in fields.items():
+            if fn is not None:
+                _check_picklable(self, arg, fn)
+        triton = tuple(_global_name(self, arg, fn) for arg, fn in zip(("triton_fn", "triton_dx", "triton_dw"),
+                                                                        self._triton))
+        return _rebuild_tap, (self.name, fields, triton, self.reductions)
 
     def triton_functions(self) -> tuple:
         """``(f, ∂f/∂x, ∂f/∂w)`` as ``@triton.jit`` functions (imports Triton)."""
         return self._triton
+
+    def differentiable(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``torch_fn(x, w)`` whose autograd derivatives are the tap's own: ``torch_dx``/``torch_dw`` when both are
+        given (so ``"addernet"`` keeps its surrogates), else autograd's of ``torch_fn``; differentiable twice
+        when they are (the second-order gradients differentiate them)."""
+        if self.torch_dx is None or self.torch_dw is None:
+            return self.torch_fn(x, w)
+        return _ExplicitDerivatives.apply(x, w, self)
 
     def torch_grads(self, x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, coef: torch.Tensor):
         """``(Σ coef·∂f/∂x, Σ coef·∂f/∂w)`` reduced to ``x``'s and ``w``'s shapes; ``f`` is :meth:`torch_value` of
@@ -78,8 +115,102 @@ class TapFunction:
             stack.enter_context(torch.enable_grad())
             return self.torch_fn(x, w)
 
+    def standard_ops_problem(self) -> Optional[str]:
+        """None when ``torch_fn`` is made of standard PyTorch (aten) operators, the form ONNX export and
+        :func:`~gconv_triton.export_model` write; else why not.  Traced once, on fake tensors, and remembered."""
+        if self._builtin:
+            return None
+        if not hasattr(self, "_standard_problem"):
+            self._standard_problem = _standard_ops_problem(self.torch_fn)
+        return self._standard_problem
+
     def __repr__(self) -> str:
         return f"TapFunction({self.name!r})"
+
+
+def _standard_ops_problem(fn) -> Optional[str]:
+    """Trace ``fn(x, w)`` on fake tensors (apart from any export in progress): None when its graph holds aten or
+    prims operators only, else what it holds or why it could not be traced."""
+    import operator
+
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing, make_fx
+
+    tracing = torch._C._get_tracing_state()  # called inside an export: trace apart from it
+    torch._C._set_tracing_state(None)
+    try:
+        with unset_fake_temporarily(), disable_proxy_modes_tracing():
+            graph = make_fx(fn, tracing_mode="fake")(torch.zeros(2), torch.zeros(2))
+    except Exception as e:  # anything but tensor operators: numpy, .item(), Python control flow on values
+        return f"tracing torch_fn on fake tensors failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+    finally:
+        torch._C._set_tracing_state(tracing)
+    others = sorted({str(node.target) for node in graph.graph.nodes if node.op == "call_function"
+                     and getattr(node.target, "namespace", None) not in ("aten", "prims")
+                     and node.target.__module__ not in (operator.__name__, "_operator")})
+    if others:
+        return f"torch_fn calls {', '.join(others)}, which are not standard PyTorch operators"
+    return None
+
+
+def _check_picklable(tap: TapFunction, arg: str, fn) -> None:
+    try:
+        pickle.dumps(fn)
+    except Exception as e:  # PicklingError, AttributeError, TypeError: which one depends on the object
+        raise pickle.PicklingError(
+            f"{arg}: TapFunction {tap.name!r} cannot be pickled: its {arg} {fn!r} cannot ({e}); define it with def "
+            f"at module level (not a lambda or a local function) to save or load a model that holds this tap "
+            f"(copy.deepcopy shares the tap and needs no pickling)") from e
+
+
+def _global_name(tap: TapFunction, arg: str, fn) -> tuple:
+    """``(module, qualified name)`` under which the ``@triton.jit`` function ``fn`` can be imported again."""
+    inner = getattr(fn, "fn", fn)
+    module, qualname = getattr(inner, "__module__", None), getattr(inner, "__qualname__", "")
+    try:
+        found = _import_global(module, qualname)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        found = None
+    if found is not fn:
+        raise pickle.PicklingError(
+            f"{arg}: TapFunction {tap.name!r} cannot be pickled: its {arg} {fn!r} is not importable as "
+            f"{module}.{qualname}; define the @triton.jit function at module level to save or load a model that "
+            f"holds this tap")
+    return module, qualname
+
+
+def _import_global(module: str, qualname: str):
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _rebuild_tap(name: str, fields: dict, triton: tuple, reductions: tuple) -> "TapFunction":
+    """Unpickle a user tap: import its ``@triton.jit`` functions and construct (and so register) it again."""
+    return TapFunction(name, fields["torch_fn"], *(_import_global(*ref) for ref in triton),
+                       torch_dx=fields["torch_dx"], torch_dw=fields["torch_dw"], reductions=reductions)
+
+
+class _ExplicitDerivatives(torch.autograd.Function):
+    """``tap.torch_fn(x, w)`` with ``tap.torch_dx``/``torch_dw`` as its derivatives (a differentiable backward)."""
+
+    @staticmethod
+    def forward(x, w, tap):
+        return tap.torch_fn(x, w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # a separate setup_context: torch.func (the double backward) needs it
+        x, w, tap = inputs
+        ctx.save_for_backward(x, w)
+        ctx.tap = tap
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        dx = _sum_to(g * ctx.tap.torch_dx(x, w), x.shape) if ctx.needs_input_grad[0] else None
+        dw = _sum_to(g * ctx.tap.torch_dw(x, w), w.shape) if ctx.needs_input_grad[1] else None
+        return dx, dw, None
 
 
 def _sum_to(t: torch.Tensor, shape) -> torch.Tensor:
@@ -167,8 +298,11 @@ def check_tap(tap: TapFunction, *, points: int = 4096, seed: int = 0, rtol: floa
 
     Raises ``ValueError`` naming the first function that disagrees (relative error over the points where the
     reference is finite above ``rtol``).  The Triton functions run where the kernels run: on a CUDA device, or
-    on the CPU under ``TRITON_INTERPRET=1``.
+    on the CPU under ``TRITON_INTERPRET=1``; where neither is available the PyTorch derivatives are still
+    checked, and a ``RuntimeWarning`` says the Triton functions were not and what to set.
     """
+    import warnings
+
     from ._backend import backend, use_triton
 
     tap = get_tap(tap)
@@ -186,13 +320,21 @@ def check_tap(tap: TapFunction, *, points: int = 4096, seed: int = 0, rtol: floa
         got["torch_dx"] = (tap.torch_dx(x, w), ref_dx)
     if tap.torch_dw is not None:
         got["torch_dw"] = (tap.torch_dw(x, w), ref_dw)
-    with backend("triton"):
-        use_triton(x)  # raises with the reason when the Triton functions cannot run here
-    from .kernels import tap as tap_kernels
+    try:
+        with backend("triton"):
+            use_triton(x)  # raises when the Triton functions cannot run here
+    except RuntimeError:
+        warnings.warn(f"check_tap: tap {tap.name!r}: checked {', '.join(got) or 'nothing'} against autograd of "
+                      f"torch_fn, but not triton_fn, triton_dx, triton_dw: they run on a CUDA device or under "
+                      f"Triton's CPU interpreter, and neither is available here (set TRITON_INTERPRET=1 in the "
+                      f"environment before importing gconv_triton, or pass device='cuda' on a machine with a GPU)",
+                      RuntimeWarning, stacklevel=2)
+    else:
+        from .kernels import tap as tap_kernels
 
-    values = tap_kernels.evaluate(tap.triton_functions(), x, w)
-    for name, out, ref in zip(("triton_fn", "triton_dx", "triton_dw"), values, (f, ref_dx, ref_dw)):
-        got[name] = (out, ref)
+        values = tap_kernels.evaluate(tap.triton_functions(), x, w)
+        for name, out, ref in zip(("triton_fn", "triton_dx", "triton_dw"), values, (f, ref_dx, ref_dw)):
+            got[name] = (out, ref)
     for name, (out, ref) in got.items():
         finite = torch.isfinite(ref)
         err = float((out[finite] - ref[finite]).norm() / ref[finite].norm().clamp_min(1e-300))

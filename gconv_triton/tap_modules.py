@@ -17,10 +17,11 @@ from .functional import _as_2d_args
 from .exactness import warn_if_inexact
 from .groups import Group
 from .modules import _kernel_pair, check_channels, check_group_pair, conv_inexact_reasons, reset_conv_parameters
-from .tap import _check_padding_mode, tap_conv1d, tap_conv2d
+from ._library import _onnx_exporting
+from .tap import _check_padding_mode, check_standard_ops, tap_conv1d, tap_conv2d
 from .tap_functions import BUILTIN_TAPS, TapFunction, check_reduce, get_tap
 
-__all__ = ["TapConv1d", "TapConv2d"]
+__all__ = ["TapConv1d", "TapConv2d", "ExportedTapConv"]
 
 #: half-width of the uniform noise on a morphological structuring element (see ``reset_parameters``)
 MORPHOLOGY_INIT = 0.01
@@ -75,6 +76,11 @@ class _TapConvNd(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    def check_standard_ops(self, what: str, name: str = "") -> None:
+        """A ``ValueError`` naming this layer when its tap has no standard-operator form (see ``tap_conv2d``)."""
+        layer = f"{type(self).__name__}({self.extra_repr()})"
+        check_standard_ops(self.tap, what, f"{name} ({layer})" if name else layer)
+
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, tap={self.tap.name!r}"
         if self.reduce != "sum":
@@ -103,14 +109,17 @@ class TapConv2d(_TapConvNd):
     ``"ignore"``).  Parameters: ``weight (C_out, C_in/groups, kh, kw)`` for the plain group z2, else
     ``(C_out, C_in/groups, S_in, kh, kw)``; ``bias (C_out,)``.  Input ``(B, C_in, H, W)`` (z2) or a group feature
     map ``(B, C_in, S_in, H, W)``; output ``(B, C_out, H_out, W_out)`` or ``(B, C_out, S_out, H_out, W_out)``.
+    ``forward(input, standard_ops=True)`` computes it with standard operators (the export form, unchunked).
     """
 
     _spatial_dims = 2
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, standard_ops: bool = False) -> torch.Tensor:
+        if standard_ops or _onnx_exporting():
+            self.check_standard_ops("standard_ops=True" if standard_ops else "ONNX export")
         y = tap_conv2d(input, self.weight, self.bias, tap=self.tap, reduce=self.reduce, stride=self.stride,
                        padding=self.padding, dilation=self.dilation, groups=self.groups, group=self.group,
-                       in_group=self.in_group, padding_mode=self.padding_mode)
+                       in_group=self.in_group, padding_mode=self.padding_mode, standard_ops=standard_ops)
         warn_if_inexact(self, input)  # once per input size, as GroupConv2d: a stride that drops pixels unevenly
         return y
 
@@ -132,8 +141,24 @@ class TapConv1d(_TapConvNd):
         super().__init__(in_channels, out_channels, kernel_size, tap, reduce, stride, padding, dilation, groups,
                          bias, "z2", "z2", padding_mode, device, dtype)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, standard_ops: bool = False) -> torch.Tensor:
+        if standard_ops or _onnx_exporting():
+            self.check_standard_ops("standard_ops=True" if standard_ops else "ONNX export")
         return tap_conv1d(input, self.weight, self.bias, tap=self.tap, reduce=self.reduce, stride=self.stride,
                           padding=self.padding, dilation=self.dilation, groups=self.groups,
-                          padding_mode=self.padding_mode)
+                          padding_mode=self.padding_mode, standard_ops=standard_ops)
+
+
+class ExportedTapConv(nn.Module):
+    """A :class:`TapConv1d`/:class:`TapConv2d` computed with standard PyTorch operators only (the receptive
+    fields unfolded, tapped by the tap's ``torch_fn``, reduced; ``standard_ops=True``): what
+    :func:`~gconv_triton.export_model` puts in its place.  Same parameters, shapes and values; no custom op."""
+
+    def __init__(self, layer: _TapConvNd):
+        super().__init__()
+        layer.check_standard_ops("export_model")
+        self.layer = layer
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.layer(input, standard_ops=True)
 

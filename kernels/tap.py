@@ -79,8 +79,9 @@ def adder_dw(x, w):
 
 @triton.jit
 def addernet_dx(x, w):
-    """AdderNet's input gradient: HardTanh(w − x) in place of sign(w − x)."""
-    return tl.minimum(tl.maximum(w - x, -1.0), 1.0)
+    """AdderNet's input gradient: HardTanh(w − x) in place of sign(w − x) (NaN propagates, as ``torch.clamp``)."""
+    return tl.minimum(tl.maximum(w - x, -1.0, propagate_nan=tl.PropagateNan.ALL), 1.0,
+                      propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -229,19 +230,26 @@ def _forward_kernel(
             acc += tl.sum(tl.where(use, f, 0.0), axis=1)
         elif REDUCE == "max" or REDUCE == "min":
             # the extreme, then the first lane holding it (two plain reductions; tl.max's return_indices runs
-            # elementwise in Python under the interpreter)
+            # elementwise in Python under the interpreter).  A NaN is the extreme and propagates (torch.amax's
+            # rule): tl.max/tl.min skip NaNs, so the lane search ranks NaN lanes (key lane − BLOCK_K < 0) before
+            # the extreme's (key lane), in the same one reduction
             lane = tl.arange(0, BLOCK_K)[None, :, None]
             if REDUCE == "max":
                 f = tl.where(use, f, float("-inf"))
                 best = tl.max(f, axis=1)
-                better = best > acc  # strict: an earlier block keeps a tie
             else:
                 f = tl.where(use, f, float("inf"))
                 best = tl.min(f, axis=1)
+            key = tl.min(tl.where(f != f, lane - BLOCK_K, tl.where(f == best[:, None, :], lane, BLOCK_K)), axis=1)
+            nan = key < 0
+            best = tl.where(nan, float("nan"), best)
+            if REDUCE == "max":
+                better = best > acc  # strict: an earlier block keeps a tie
+            else:
                 better = best < acc
-            arg = tl.min(tl.where(f == best[:, None, :], lane, BLOCK_K), axis=1)
+            better = better | (nan & (acc == acc))  # the first NaN wins, and stays
             acc = tl.where(better, best, acc)
-            aux = tl.where(better, arg + k0, aux)
+            aux = tl.where(better, tl.where(nan, key + BLOCK_K, key) + k0, aux)
         else:
             f = tl.where(use, f, 1.0)
             zero = f == 0

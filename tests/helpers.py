@@ -43,36 +43,22 @@ def torch_backend():
     return gconv_triton.backend("torch")
 
 
-def _registries() -> list:
-    from gconv_triton import _library, tap
-
-    return [_library._GROUPS, tap._TAPS]
-
-
-# The registries (names under which groups and tap functions cross the op boundary) as importing the package
-# leaves them: clear_caches() puts them back, so that what a call registered on first use is gone again.
-_IMPORTED_REGISTRIES = [dict(registry) for registry in _registries()]
-
-
 def clear_caches() -> None:
     """Start cold, as a fresh process does: forget TorchDynamo's compiled code and everything the package fills
     on first use: the filter-bank index (``reference._BANK_INDEX``), each group's tap tables, every
     ``functools`` cache in ``gconv_triton`` and its kernels (the launchers' per-device group, phase and gather
-    tables), the launchers' geometry tables (``kernels._common._GEOMETRY_TABLES``), the kernel autotuners'
-    in-memory choices, and the group and tap-function registries (put back as importing the package leaves
-    them)."""
+    tables), the launchers' geometry tables (``kernels._common._GEOMETRY_TABLES``) and the kernel autotuners'
+    in-memory choices.  The registries of groups and tap functions are not caches (an object registers itself
+    when it is built) and stay as they are."""
     import sys
 
     import torch._dynamo
 
-    from gconv_triton import reference
+    from gconv_triton import _registry, reference
 
     torch._dynamo.reset()
     reference._BANK_INDEX.clear()
-    for registry, imported in zip(_registries(), _IMPORTED_REGISTRIES):
-        registry.clear()
-        registry.update(imported)
-    for group in _IMPORTED_REGISTRIES[0].values():
+    for group in _registry.GROUPS._objects.values():
         group._cache.clear()
     for name, module in list(sys.modules.items()):
         if name == "gconv_triton" or name.startswith("gconv_triton."):

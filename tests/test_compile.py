@@ -150,7 +150,7 @@ def test_compile_triton_kernels_cuda_inductor():
 # the model's weight shapes.  Modes: "train" (forward and backward in float64; float32 on the Triton kernels),
 # "autocast" (bf16 on the CPU, forward and backward; float32 parameters) and "no_grad" (forward only).
 COLD_SCRIPT = """
-import sys, traceback
+import pickle, sys, traceback
 import torch
 from torch import nn
 import gconv_triton as gt
@@ -161,7 +161,16 @@ def chain():
                          gt.P4ConvP4(3, 2, 3, padding=1), gt.GroupPool('max'), gt.Conv2d(2, 2, 3, padding=1),
                          gt.SharedKernelConv2d(3, 2, padding=1))
 
+def user_group_layer():  # a group built by the user: it crosses the op boundary by its registry key
+    group = gt.Group.from_matrices([((1, 0), (0, 1)), ((-1, 0), (0, -1))], name='my_p2')
+    return gt.GroupConv2d(2, 3, 3, group=group, in_group=group, padding=1)
+
+def unpickled_user_group_layer():  # a copy of it, as torch.load gives back a whole pickled model
+    return pickle.loads(pickle.dumps(user_group_layer()))
+
 MODELS = {
+    'user_group': (user_group_layer, (2, 2, 2, 5, 5)),
+    'unpickled_user_group': (unpickled_user_group_layer, (2, 2, 2, 5, 5)),
     'P4ConvZ2': (lambda: gt.P4ConvZ2(2, 3, 3, padding=1), (2, 2, 5, 5)),
     'P4ConvP4': (lambda: gt.P4ConvP4(2, 3, 3, padding=1), (2, 2, 4, 5, 5)),
     'Conv2d': (lambda: gt.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5)),
@@ -216,6 +225,8 @@ COLD_CASES = (
     [f"{name}:aot_eager:{mode}:torch" for name in ("P4ConvZ2", "P4ConvP4", "Conv2d", "GroupConvTranspose2d",
                                                    "SharedKernelConv2d") for mode in ("train", "autocast", "no_grad")]
     + ["p4m_resnet44:aot_eager:train:torch"]
+    + [f"{name}:aot_eager:train:{backend}" for name in ("user_group", "unpickled_user_group")
+       for backend in ("torch", "triton")]
     + [f"chain:inductor:{mode}:torch" for mode in ("train", "autocast", "no_grad")]
     + [f"chain:aot_eager:{mode}:triton" for mode in ("train", "no_grad")])
 

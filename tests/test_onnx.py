@@ -1,6 +1,7 @@
 """``torch.onnx.export`` of a model as it is (no :func:`gconv_triton.export_model` first), with both exporters:
 inside an ONNX export the layers emit the reference path's standard ops (filter bank gather, ``Conv`` /
-``ConvTranspose``) instead of the package's custom ops, which ONNX does not know.
+``ConvTranspose``; for tap convolutions the receptive fields unfolded, tapped and reduced) instead of the
+package's custom ops, which ONNX does not know.
 
 The exported graph is run with ONNX's reference evaluator and compared with the float64 reference.
 """
@@ -9,8 +10,11 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
+import triton
+import triton.language as tl
 from helpers import assert_close, clear_caches, torch_backend
 from torch import nn
 
@@ -86,3 +90,87 @@ def test_exported_graph_does_not_depend_on_warm_caches(exporter):
         model(x)
     warm = [node.op_type for node in onnx.load_from_string(_export(model, x, exporter)).graph.node]
     assert cold == warm
+
+
+# ------------------------------------------------------------------------------------------- tap convolutions
+@triton.jit
+def _tan_fn(x, w):
+    return tl.sin(x + w) / tl.cos(x + w)
+
+
+@triton.jit
+def _tan_d(x, w):
+    c = tl.cos(x + w)
+    return 1.0 / (c * c)
+
+
+def _torch_tan(x, w):
+    return torch.tan(x + w)
+
+
+def _numpy_tan(x, w):  # computes the same, but outside PyTorch: no operator an exporter could write
+    return torch.from_numpy(np.tan((x + w).numpy()))
+
+
+TAN = gt.TapFunction("tan", _torch_tan, _tan_fn, _tan_d, _tan_d)
+NUMPY_TAN = gt.TapFunction("numpy_tan", _numpy_tan, _tan_fn, _tan_d, _tan_d)
+
+
+class _Taps(nn.Module):
+    """Tap layers: an adder lifting to p4, max-plus p4 with ``"ignore"`` padding, a grouped strided erosion on
+    the flattened map, a user tap's product with reflect padding, and the 1-D layer (l2 / min)."""
+
+    def __init__(self, tap=TAN):
+        super().__init__()
+        self.adder = gt.TapConv2d(1, 3, 3, tap="adder", padding=1, group="p4", in_group="z2")
+        self.maxplus = gt.TapConv2d(3, 2, 3, tap="add", reduce="max", padding=1, group="p4", in_group="p4",
+                                    padding_mode="ignore")
+        self.erosion = gt.TapConv2d(8, 4, 2, tap="sub", reduce="min", stride=2, groups=2)
+        self.user = gt.TapConv2d(4, 2, 2, tap=tap, reduce="prod", padding=1, padding_mode="reflect")
+        self.l2 = gt.TapConv1d(2, 3, 3, tap="l2", reduce="min", padding=1)
+
+    def forward(self, x):
+        y = self.maxplus(self.adder(x) / 5)   # (a scalar such as 0.2 the dynamo exporter writes in float32)
+        y = torch.tanh(self.erosion(y.flatten(1, 2)))
+        y = self.user(y)
+        return self.l2(y.flatten(2, 3))
+
+
+def _evaluate(proto, x: torch.Tensor) -> torch.Tensor:
+    onnx.checker.check_model(proto)
+    (got,) = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x.numpy()})
+    return torch.from_numpy(got)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_onnx_export_of_tap_layers(exporter):
+    """Built-in taps and a user tap whose ``torch_fn`` is standard operators export with either exporter, as the
+    model is and after ``export_model``; the ONNX output matches the float64 model (float32 export), and a
+    float64 export matches it to round-off."""
+    torch.manual_seed(0)
+    model = _Taps().eval()
+    x = torch.randn(2, 1, 6, 6)
+    with torch.no_grad():
+        want = model.double()(x.double())
+        model.float()
+    exported = gt.export_model(model)
+    assert [type(m).__name__ for m in exported.children()] == ["ExportedTapConv"] * 5
+    for what, candidate in (("the model", model), ("export_model", exported)):
+        proto = onnx.load_from_string(_export(candidate, x, exporter))
+        assert not any(node.domain.startswith("gconv_triton") for node in proto.graph.node)
+        assert_close(_evaluate(proto, x).reshape(want.shape), want, torch.float32, f"{exporter} {what}")
+    proto = onnx.load_from_string(_export(model.double(), x.double(), exporter))  # float64: round-off only
+    assert_close(_evaluate(proto, x.double()).reshape(want.shape), want, torch.float64, f"{exporter} float64")
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_tap_layer_without_standard_ops_names_the_layer(exporter):
+    """A user tap computed outside PyTorch (numpy) has no standard-operator form: ONNX export and
+    ``export_model`` fail naming the layer and why, instead of writing a constant or an unknown operator."""
+    model = _Taps(tap=NUMPY_TAN).eval()
+    x = torch.randn(2, 1, 6, 6)
+    why = "TapFunction 'numpy_tan' has no such form: tracing torch_fn on fake tensors failed"
+    with pytest.raises(Exception, match=r"TapConv2d\(4, 2, kernel_size=\(2, 2\), tap='numpy_tan'.*" + why):
+        _export(model, x, exporter)
+    with pytest.raises(ValueError, match="^layer 'user' .*TapConv2d.*" + why):
+        gt.export_model(model)

@@ -9,7 +9,13 @@ stacks the slices in (i, u, t) order and lets autograd differentiate ``torch.max
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import importlib
+import os
+import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -186,13 +192,14 @@ def make_inputs(case: Case, dtype):
 
 
 def run(case: Case, x, weight, bias, dy, backend):
-    """Output and the three gradients of ``tap_conv2d`` on ``backend``."""
+    """Output and the three gradients of ``tap_conv2d`` on ``backend`` (``"standard"``: ``standard_ops=True``, the
+    export form, differentiated by autograd)."""
     tap = TAN if case.tap == "tan" else case.tap
     inputs = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
-    with gconv_triton.backend(backend):
+    with gconv_triton.backend("torch" if backend == "standard" else backend):
         y = tap_conv2d(*inputs, tap=tap, reduce=case.reduce, stride=case.stride, padding=case.padding,
                        dilation=case.dilation, groups=case.groups, group=case.group, in_group=case.in_group,
-                       padding_mode=case.padding_mode)
+                       padding_mode=case.padding_mode, standard_ops=backend == "standard")
         grads = torch.autograd.grad(y, inputs, dy)
     return (y, *grads)
 
@@ -219,6 +226,12 @@ def check_case(case: Case, backend: str, dtype: torch.dtype, tol: float):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_torch_path_float64(case):
     check_case(case, "torch", torch.float64, 1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_standard_ops_float64(case):
+    """The standard-operator form (what ONNX export, ``export_model`` and the double backward run)."""
+    check_case(case, "standard", torch.float64, 1e-12)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -358,6 +371,35 @@ def test_check_tap_accepts_a_right_tap_and_names_a_wrong_derivative():
         check_tap("addernet")
 
 
+CHECK_TAP_WITHOUT_TRITON = '''
+import warnings
+import torch
+import gconv_triton as gt
+from usertap import TAN, tan_fn, tan_d
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    gt.check_tap("adder")
+(warning,) = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+print("WARNING", warning.message)
+wrong = gt.TapFunction("tan_wrong", TAN.torch_fn, tan_fn, tan_d, tan_d,
+                       torch_dx=lambda x, w: 1 / torch.cos(x + w) ** 2, torch_dw=lambda x, w: torch.cos(x + w))
+try:
+    gt.check_tap(wrong)
+except ValueError as e:
+    print("ERROR", e)
+'''
+
+
+def test_check_tap_without_a_gpu_or_the_interpreter(tmp_path):
+    """Where the Triton functions cannot run (no GPU, no TRITON_INTERPRET), ``check_tap`` still checks the
+    PyTorch derivatives (a wrong ``torch_dw`` is named) and warns what it could not check and what to set."""
+    out = _run_fresh(tmp_path, CHECK_TAP_WITHOUT_TRITON, interpret=False)
+    assert "WARNING check_tap: tap 'adder': checked torch_dx, torch_dw against autograd of torch_fn, but not " \
+           "triton_fn, triton_dx, triton_dw" in out and "set TRITON_INTERPRET=1" in out, out
+    assert "ERROR torch_dw: tap 'tan_wrong' disagrees with autograd of torch_fn" in out, out
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def test_bad_input_names_the_argument():
     x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
@@ -384,6 +426,13 @@ def test_bad_input_names_the_argument():
         TapConv2d(2, 3, 3, "l2", reduce="prod")
     with pytest.raises(ValueError, match="^group:"):
         tap_conv1d(torch.randn(1, 2, 5), torch.randn(3, 2, 3), tap="add", group="p4")
+    # 1-D arguments: the message shows what was passed, not the height-1 2-D form they run as
+    with pytest.raises(ValueError, match=r"^stride: expected values >= 1, got 0$"):
+        TapConv1d(3, 4, 3, tap="adder", stride=0)
+    with pytest.raises(ValueError, match=r"^dilation: expected values >= 1, got \(0,\)$"):
+        tap_conv1d(torch.randn(1, 2, 5), torch.randn(3, 2, 3), tap="add", dilation=(0,))
+    with pytest.raises(ValueError, match=r"^padding: expected values >= 0, got -1$"):
+        TapConv1d(3, 4, 3, tap="adder", padding=-1)
 
 
 # ------------------------------------------------------------------------------------- memory, determinism
@@ -413,9 +462,6 @@ def test_weight_grad_is_deterministic():
 
 
 # ---------------------------------------------------------------------------------------- compile, autocast
-# Compiled first (cold), a TapConv2d meets the tap registry before any eager call has registered its tap: the
-# KeyError that issue 19's tap-registry fix (another branch) removes; drop this marker with it.
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="tap registry empty when the first call is compiled")
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_torch_compile_and_autocast(backend):
     layer = TapConv2d(2, 3, 3, "adder", padding=1).double()
@@ -472,3 +518,249 @@ def test_torch_path_memory_is_bounded(monkeypatch):
         y = tap_conv2d(x, w, tap="adder", padding=1)
         y.backward(torch.randn_like(y))
     assert recorder.largest <= 4096 * 4, (recorder.largest, recorder.largest_op)
+
+
+# ------------------------------------------------------------------------- cold compile, copies, pickles
+# A user tap in a module of its own, so that a fresh process can import it (and unpickle a layer that holds it).
+USER_TAP_MODULE = '''
+import torch
+import triton
+import triton.language as tl
+from gconv_triton import TapFunction
+
+
+@triton.jit
+def tan_fn(x, w):
+    return tl.sin(x + w) / tl.cos(x + w)
+
+
+@triton.jit
+def tan_d(x, w):
+    c = tl.cos(x + w)
+    return 1.0 / (c * c)
+
+
+def torch_tan(x, w):
+    return torch.tan(x + w)
+
+
+TAN = TapFunction("tan", torch_tan, tan_fn, tan_d, tan_d)
+'''
+
+COLD_COMPILE = '''
+import torch
+import gconv_triton as gt
+from usertap import TAN
+
+torch.manual_seed(0)
+for compiler in ("aot_eager", "inductor"):
+    for tap, reduce in (("adder", "sum"), ("add", "max"), (TAN, "prod")):
+        layer = gt.TapConv2d(3, 4, 3, tap=tap, reduce=reduce, padding=1).double()
+        with torch.no_grad():
+            layer.weight.mul_(0.2)
+        x = (torch.randn(2, 3, 6, 6, dtype=torch.float64) * 0.3).requires_grad_()
+        torch._dynamo.reset()
+        y = torch.compile(layer, backend=compiler, fullgraph=True)(x)   # the first call ever of this layer
+        grads = torch.autograd.grad(y.square().sum(), (x, layer.weight, layer.bias))
+        y_eager = layer(x)
+        grads_eager = torch.autograd.grad(y_eager.square().sum(), (x, layer.weight, layer.bias))
+        for what, out, ref in zip(("y", "dx", "dw", "db"), (y,) + grads, (y_eager,) + grads_eager):
+            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12, msg=f"{compiler} {tap} {what}")
+print("ok")
+'''
+
+
+def _user_tap_module(tmp_path, monkeypatch=None):
+    """Write ``usertap.py`` into ``tmp_path``; with ``monkeypatch``, import it here too."""
+    (tmp_path / "usertap.py").write_text(USER_TAP_MODULE)
+    if monkeypatch is not None:
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, "usertap", raising=False)
+        return importlib.import_module("usertap")
+
+
+def _run_fresh(tmp_path, script: str, interpret: bool = True) -> str:
+    """Run ``script`` in a fresh Python process (cold caches) that can import ``usertap``; its stdout.  Without
+    ``interpret`` the process runs without ``TRITON_INTERPRET``: its ``@triton.jit`` functions are compiled
+    ``JITFunction`` objects (which hold a lock), as on a GPU machine."""
+    _user_tap_module(tmp_path)
+    (tmp_path / "script.py").write_text(script)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), root]),
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), TRITON_CACHE_DIR=str(tmp_path / "triton"))
+    if not interpret:
+        env.pop("TRITON_INTERPRET", None)
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+def test_torch_compile_from_a_cold_start(tmp_path):
+    """``torch.compile`` of a tap layer that never ran eagerly, in a fresh process: a built-in tap and a user
+    ``TapFunction``, ``aot_eager`` and ``inductor``; forward and every gradient equal the eager ones computed
+    after the compiled call."""
+    assert _run_fresh(tmp_path, COLD_COMPILE).strip().endswith("ok")
+
+
+LOAD_AND_COMPARE = '''
+import copy
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+saved = torch.load("models.pt", weights_only=False)   # a fresh process: the taps come back from the pickle
+for name, (model, x, y) in saved.items():
+    with torch.no_grad():
+        for copied in (model, copy.deepcopy(model), AveragedModel(model)):
+            torch.testing.assert_close(copied(x), y, rtol=0, atol=0, msg=name)
+print("ok", sorted(saved))
+'''
+
+
+def test_copies_and_pickles_of_tap_layers(tmp_path, monkeypatch):
+    """A built-in and a user tap layer survive ``copy.deepcopy``, ``AveragedModel`` (EMA/SWA) and ``torch.save``
+    of the whole module, loaded back in a fresh process (compiled ``JITFunction`` objects there, copied again); every
+    copy computes the same numbers.  A tap whose
+    functions cannot be pickled says which function and why."""
+    usertap = _user_tap_module(tmp_path, monkeypatch)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(TapConv2d(3, 4, 3, tap="adder", padding=1),
+                                TapConv2d(4, 2, 3, tap=usertap.TAN, reduce="prod")).double()
+    with torch.no_grad():
+        model[1].weight.mul_(0.1)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64) * 0.2
+    with torch.no_grad():
+        y = model(x)
+
+    clone = copy.deepcopy(model)
+    assert clone[1].weight.data_ptr() != model[1].weight.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(clone(x), y)
+
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
+    swa = torch.optim.swa_utils.AveragedModel(model)
+    for averaged in (ema, swa):
+        averaged.update_parameters(model)
+        averaged.update_parameters(model)   # the average of equal models is the model
+        with torch.no_grad():
+            torch.testing.assert_close(averaged(x), y, rtol=1e-14, atol=0)
+
+    saved = {"adder + user tap": (model, x, y), "adder alone": (model[0], x, model[0](x).detach())}
+    torch.save(saved, tmp_path / "models.pt")
+    assert _run_fresh(tmp_path, LOAD_AND_COMPARE, interpret=False).startswith("ok")
+
+    @triton.jit
+    def local_fn(x, w):
+        return x + w
+
+    lam = TapFunction("lam", lambda x, w: x + w, tan_fn, tan_d, tan_d)
+    local = TapFunction("local", usertap.torch_tan, local_fn, tan_d, tan_d)
+    for tap, arg in ((lam, "torch_fn"), (local, "triton_fn")):
+        layer = TapConv2d(1, 1, 3, tap=tap)
+        copy.deepcopy(layer)   # shares the tap: no pickling needed
+        with pytest.raises(pickle.PicklingError, match=f"^{arg}: TapFunction '{tap.name}' cannot be pickled"):
+            torch.save(layer, tmp_path / "bad.pt")
+
+
+# ------------------------------------------------------------------------------------------- second order
+@pytest.mark.parametrize("backend,tap,reduce,mode", [
+    ("torch", "l2", "sum", "zeros"), ("torch", "adder", "sum", "zeros"), ("torch", "addernet", "sum", "zeros"),
+    ("torch", "add", "max", "ignore"), ("torch", "sub", "min", "zeros"), ("torch", "tan", "prod", "ignore"),
+    ("torch", "mul", "max", "zeros"), ("triton", "l2", "sum", "zeros"), ("triton", "add", "max", "ignore"),
+    ("triton", "tan", "sum", "zeros")])
+def test_gradgradcheck(backend, tap, reduce, mode):
+    """Second-order gradients through input, weight and bias (float64): the double backward against finite
+    differences of the backward, on both paths.  l2 and tan have non-zero second derivatives; adder, max-plus and
+    max/min are piecewise linear (zero a.e.), addernet's second derivatives are those of its surrogates."""
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64) * 0.3
+    w = torch.randn(2, 2, 2, 2, dtype=torch.float64) * 0.3
+    b = torch.randn(2, dtype=torch.float64)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    fn = TAN if tap == "tan" else tap
+
+    def layer(x, w, b):
+        with gconv_triton.backend(backend):
+            return tap_conv2d(x, w, b, tap=fn, reduce=reduce, padding=1, padding_mode=mode)
+
+    assert torch.autograd.gradgradcheck(layer, (x, w, b), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_second_order_on_a_group():
+    """A p4 lifting adder and a p4 max-plus layer: Hessian-vector products (double backward) equal those of the
+    float64 reference, whose max is torch.max's (autograd)."""
+    torch.manual_seed(2)
+    x = torch.randn(1, 1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn(2, 1, 1, 3, 3, dtype=torch.float64, requires_grad=True),
+               torch.randn(1, 2, 4, 3, 3, dtype=torch.float64, requires_grad=True)]
+    geometry = [dict(tap="l2", reduce="sum", group="p4", in_group="z2"),
+                dict(tap="add", reduce="max", group="p4", in_group="p4")]
+    common = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, ignore=False)
+
+    def run(fn):
+        y = x
+        for w, g in zip(weights, geometry):
+            y = fn(y, w, g)
+        (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.sin().sum(), [x] + weights)
+
+    got = run(lambda y, w, g: tap_conv2d(y, w, tap=g["tap"], reduce=g["reduce"], padding=1, group=g["group"],
+                                         in_group=g["in_group"]))
+    ref = run(lambda y, w, g: reference(y, w, None, **g, **common))
+    for out, want in zip(got, ref):
+        assert rel_error(out, want) < 1e-12
+
+
+def test_third_order():
+    """``create_graph=True`` in the double backward too: a third derivative through an l2 and a tan layer (whose
+    third derivatives are not zero) equals the reference's."""
+    torch.manual_seed(3)
+    x = (torch.randn(1, 2, 1, 4, 4, dtype=torch.float64) * 0.3).requires_grad_()
+    w = (torch.randn(2, 2, 1, 2, 2, dtype=torch.float64) * 0.3).requires_grad_()
+    common = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, group="z2", in_group="z2",
+                  ignore=False)
+
+    def third(fn):
+        y = fn(x, w, "tan").square().sum() + fn(x, w, "l2").pow(3).sum()
+        (gx,) = torch.autograd.grad(y, x, create_graph=True)
+        (gw,) = torch.autograd.grad(gx.square().sum(), w, create_graph=True)
+        return torch.autograd.grad(gw.sum(), (x, w))
+
+    got = third(lambda x, w, tap: tap_conv2d(x, w, tap=TAN if tap == "tan" else tap, padding=1))
+    ref = third(lambda x, w, tap: reference(x, w, None, tap=tap, reduce="sum", **common))
+    for out, want in zip(got, ref):
+        assert rel_error(out, want) < 1e-12
+
+
+# ------------------------------------------------------------------------------------------------- NaN
+@pytest.mark.parametrize("tap,reduce", [("add", "max"), ("sub", "min"), ("adder", "max"), ("addernet", "min")])
+@pytest.mark.parametrize("planted", ["input", "weight"])
+def test_nan_propagates_under_max_and_min_on_both_paths(tap, reduce, planted):
+    """One NaN in ``x`` or in the weight: every output whose window meets it is NaN (``torch.amax`` of the taps,
+    as ``F.max_pool2d`` does), on the PyTorch path, through the kernels and in the export form alike, and the
+    gradient of such an output goes to the NaN tap (its first in reduction order), the same on every path."""
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    if planted == "input":
+        x[0, 1, 2, 3] = float("nan")
+    else:
+        w[1, 0, 2, 1] = float("nan")
+    dy = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    # the rule, from torch.amax/amin over the unfolded windows
+    cols = F.unfold(x, 3, padding=1)                                                   # (1, 18, 25)
+    taps = REF_TAPS[tap](cols[:, None], w.flatten(1)[None, :, :, None])               # (1, 3, 18, 25)
+    want = getattr(torch, "a" + reduce)(taps, dim=2).view(1, 3, 5, 5)
+    assert 0 < int(want.isnan().sum()) < want.numel()
+    results = {}
+    for backend in ("torch", "triton", "standard"):   # standard: the export form
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with gconv_triton.backend("torch" if backend == "standard" else backend):
+            y = tap_conv2d(xr, wr, tap=tap, reduce=reduce, padding=1, standard_ops=backend == "standard")
+            y.backward(dy)
+        torch.testing.assert_close(y, want, rtol=0, atol=0, equal_nan=True, msg=f"{backend} forward")
+        results[backend] = (xr.grad, wr.grad)
+    for backend in ("triton", "standard"):
+        for name, out, ref in zip(("dx", "dw"), results[backend], results["torch"]):
+            torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-14, equal_nan=True, msg=f"{backend} {name}")
+    if tap == "add":  # ∂f/∂x = ∂f/∂w = 1: the NaN tap receives the dy of every NaN output
+        grad = results["torch"][0][0, 1, 2, 3] if planted == "input" else results["torch"][1][1, 0, 2, 1]
+        torch.testing.assert_close(grad, dy[want.isnan()].sum(), rtol=1e-14, atol=0)
