@@ -3,14 +3,17 @@
 Three ops, each running the fused Triton kernels or the plain-PyTorch reference path (chosen inside the op, at run
 time, from the backend name the caller resolved), registered with ``torch.library.custom_op`` (torch 2.4+):
 
-* ``gconv_triton::gconv2d(x, weight, bias, ..., activation) -> (y, z)``: ``y = act(conv(x) + bias)``; ``z`` is the
-  pre-activation for ``silu``/``gelu`` (what their exact backward needs) and an empty tensor otherwise (``relu``'s
-  backward reads its mask from ``y``, ``none`` needs nothing), so the fused epilogue keeps no more than
-  ``conv + F.act`` would.
+* ``gconv_triton::gconv2d(x, weight, bias, ..., activation) -> (y, z, x_copy)``: ``y = act(conv(x) + bias)``;
+  ``z`` is the pre-activation for ``silu``/``gelu`` (what their exact backward needs) and an empty tensor otherwise
+  (``relu``'s backward reads its mask from ``y``, ``none`` needs nothing), so the fused epilogue keeps no more than
+  ``conv + F.act`` would.  ``x_copy``: the zero-padded channels-last copy of ``x`` the kernels made to read it
+  (``kernels.input_copy_shape``; empty when they read ``x`` in place, and on the reference path), kept for the
+  weight gradient instead of being made again there; not differentiable.
 * ``gconv_triton::gconv2d_input_grad(dy, weight, input_size, ...)``: the transposed convolution (conv's input
   gradient, and :class:`~gconv_triton.layers.GroupConvTranspose2d`'s forward).  Differentiable: its input gradient
   is the forward conv, its weight gradient the weight-grad op with the roles of ``dy`` and ``x`` swapped.
-* ``gconv_triton::gconv2d_weight_grad(dy, x, weight_size, ...)``.
+* ``gconv_triton::gconv2d_weight_grad(dy, x, weight_size, ..., x_copy=None)``: reads ``x_copy`` (the conv op's)
+  where given.
 
 Why ``custom_op`` rather than ``triton_op`` + ``wrap_triton``: ``triton_op`` registers its body as the fake kernel
 and traces it under ``FakeTensorMode``; our launchers cache the group tables per device (an ``lru_cache`` that
@@ -183,19 +186,17 @@ def _pad_args(spec: ConvSpec):
 @torch.library.custom_op("gconv_triton::gconv2d", mutates_args=())
 def _conv_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], group: str, in_group: str, stride: List[int],
              padding: List[int], dilation: List[int], groups: int, weight_groups: int, activation: str,
-             backend: str) -> Tuple[Tensor, Tensor]:
+             backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     spec = _spec(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups)
     keep_z = activation in ("silu", "gelu")
+    x_copy = None
     if _kernels_for(x, backend):
         from . import kernels
         from ._spec import check_index_range
 
         check_index_range(spec)
-        if activation == "none":
-            y, z = kernels.forward(x, weight, bias, spec), None
-        else:
-            out = kernels.forward(x, weight, bias, spec, activation, keep_z)
-            y, z = out if keep_z else (out, None)
+        out = kernels.forward(x, weight, bias, spec, activation, keep_z, return_input_copy=True)
+        y, z, x_copy = out if keep_z else (out[0], None, out[1])
     else:
         z = gconv2d_reference(x, weight, bias, spec)
         fn = _ACTIVATION_FN[activation]
@@ -205,14 +206,22 @@ def _conv_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], group: str, in_g
         if y.stride() != like.stride():  # same layout as the kernels (and the fake kernel) give
             y = like.copy_(y)
             z = None if z is None else _empty_like_layout(z.shape, x).copy_(z)
-    return y, (z if z is not None else x.new_empty(0))
+    return y, (z if z is not None else x.new_empty(0)), (x_copy if x_copy is not None else x.new_empty(0))
 
 
 @_conv_op.register_fake
 def _(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups, activation, backend):
     y = _empty_like_layout(_conv_out_shape(x, weight, group, stride, padding, dilation, groups, weight_groups), x)
     z = _empty_like_layout(y.shape, x) if activation in ("silu", "gelu") else x.new_empty(0)
-    return y, z
+    copy_shape = None
+    if _kernels_for(x, backend):
+        from . import kernels
+        from .reference import untraced
+
+        with untraced():   # the group's tap tables, which make_spec checks, are cached: never as fake tensors
+            spec = _spec(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups)
+        copy_shape = kernels.input_copy_shape(x, spec)
+    return y, z, x.new_empty(copy_shape if copy_shape is not None else 0)
 
 
 @torch.library.custom_op("gconv_triton::gconv2d_input_grad", mutates_args=())
@@ -247,13 +256,14 @@ def _(dy, weight, input_size, input_order, group, in_group, stride, padding, dil
 @torch.library.custom_op("gconv_triton::gconv2d_weight_grad", mutates_args=())
 def _weight_grad_op(dy: Tensor, x: Tensor, weight_size: List[int], group: str, in_group: str, stride: List[int],
                     padding: List[int], dilation: List[int], groups: int, weight_groups: int,
-                    backend: str) -> Tensor:
+                    backend: str, x_copy: Optional[Tensor] = None) -> Tensor:
     like = x.new_empty(()).expand(weight_size)
     spec = _spec(x, like, None, group, in_group, stride, padding, dilation, groups, weight_groups)
     if _kernels_for(x, backend):
         from . import kernels
 
-        return kernels.weight_grad(dy, x, spec, tuple(weight_size))
+        # x_copy: the forward's channels-last copy of x (the conv op's third output), read instead of x
+        return kernels.weight_grad(dy, x, spec, tuple(weight_size), x_copy)
     explicit, pad = _pad_args(spec)
     x4 = x.flatten(1, 2) if explicit is None else F.pad(x.flatten(1, 2), explicit)
     c_out = spec.groups * spec.out_channels * spec.s_out
@@ -263,7 +273,7 @@ def _weight_grad_op(dy: Tensor, x: Tensor, weight_size: List[int], group: str, i
 
 
 @_weight_grad_op.register_fake
-def _(dy, x, weight_size, group, in_group, stride, padding, dilation, groups, weight_groups, backend):
+def _(dy, x, weight_size, group, in_group, stride, padding, dilation, groups, weight_groups, backend, x_copy=None):
     return x.new_empty(weight_size)
 
 
@@ -272,7 +282,9 @@ def bias_grad(dy: torch.Tensor, groups: int, weight_groups: int) -> torch.Tensor
     """``dy (B, groups·C_out_g, S_out, H, W)`` -> the bias gradient per weight row, summed (in fp32 at least) over
     the batch, the group axis, the plane and the channel groups that share the row."""
     per_channel = dy.sum((0, 2, 3, 4), dtype=torch.promote_types(dy.dtype, torch.float32))
-    return per_channel.view(groups // weight_groups, -1).sum(0).to(dy.dtype)
+    if groups != weight_groups:   # else one row per channel already: no second launch
+        per_channel = per_channel.view(groups // weight_groups, -1).sum(0)
+    return per_channel.to(dy.dtype)
 
 
 def activation_backward(dy: torch.Tensor, saved: torch.Tensor, activation: str) -> torch.Tensor:
@@ -301,14 +313,19 @@ def _conv_setup(ctx, inputs, output):
     x, weight, bias = inputs[:3]
     ctx.geometry = _geometry_args(inputs, 3)
     ctx.activation, ctx.backend = inputs[10], inputs[11]
-    y, z = output
+    y, z, x_copy = output
     ctx.has_bias = bias is not None
-    # relu: the mask comes from y (no extra memory); silu/gelu: from the pre-activation z the kernel wrote.
-    ctx.save_for_backward(x, weight, y if ctx.activation == "relu" else z)
+    ctx.mark_non_differentiable(x_copy)
+    ctx.set_materialize_grads(False)   # no zero-filled gradient for an output nothing used (z, x_copy)
+    # relu: the mask comes from y (no extra memory); silu/gelu: from the pre-activation z the kernel wrote.  The
+    # forward's channels-last copy of x, when it made one, is kept for the weight gradient (one padded input more
+    # than x itself; x stays saved: its shape, layout and, for a double backward, its graph).
+    keep_copy = x_copy.numel() != 0 and ctx.needs_input_grad[1]
+    ctx.save_for_backward(x, weight, y if ctx.activation == "relu" else z, x_copy if keep_copy else None)
 
 
-def _conv_backward(ctx, dy, dz_direct):
-    x, weight, saved = ctx.saved_tensors
+def _conv_backward(ctx, dy, dz_direct, _):
+    x, weight, saved, x_copy = ctx.saved_tensors
     # dz_direct: a gradient that reached the pre-activation output itself, which only a double backward through
     # silu/gelu's backward (which reads it) produces.
     dz = None if dy is None else activation_backward(dy, saved, ctx.activation)
@@ -320,7 +337,7 @@ def _conv_backward(ctx, dy, dz_direct):
     if ctx.needs_input_grad[0]:
         dx = _input_grad_op(dz, weight, list(x.shape), dim_order(x), *ctx.geometry, ctx.backend)
     if ctx.needs_input_grad[1]:
-        dw = _weight_grad_op(dz, x, list(weight.shape), *ctx.geometry, ctx.backend)
+        dw = _weight_grad_op(dz, x, list(weight.shape), *ctx.geometry, ctx.backend, x_copy)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         groups, weight_groups = ctx.geometry[5:7]
         db = bias_grad(dz, groups, weight_groups)
@@ -369,7 +386,7 @@ def _weight_grad_backward(ctx, g):
         d_dy = _conv_op(x, g, None, *ctx.geometry, "none", ctx.backend)[0]
     if ctx.needs_input_grad[1]:
         d_x = _input_grad_op(dy, g, list(x.shape), dim_order(x), *ctx.geometry, ctx.backend)
-    return (d_dy, d_x) + (None,) * 9
+    return (d_dy, d_x) + (None,) * 10   # x_copy is x's value: x's gradient covers it
 
 
 _weight_grad_op.register_autograd(_weight_grad_backward, setup_context=_weight_grad_setup)

@@ -8,17 +8,25 @@ kernels (``depthwise.py``).
 from . import depthwise, gconv
 from ._common import INTERPRET, group_tables
 
-__all__ = ["INTERPRET", "forward", "input_grad", "weight_grad", "group_tables"]
+__all__ = ["INTERPRET", "forward", "input_copy_shape", "input_grad", "weight_grad", "group_tables"]
 
 
 def _family(spec):
     return depthwise if spec.depthwise else gconv
 
 
-def forward(x, weight, bias, spec, activation="none", return_preact=False):
+def forward(x, weight, bias, spec, activation="none", return_preact=False, return_input_copy=False):
     """``x (B, C_in, S_in, H, W)`` -> ``y (B, C_out, S_out, H_out, W_out)``, bias and ``activation`` (``"none"``,
-    ``"relu"``, ``"silu"``, ``"gelu"``) fused; ``return_preact`` returns ``(y, pre-activation or None)``."""
-    return _family(spec).forward(x, weight, bias, spec, activation, return_preact)
+    ``"relu"``, ``"silu"``, ``"gelu"``) fused; ``return_preact`` adds the pre-activation (or None),
+    ``return_input_copy`` the channels-last copy of ``x`` the kernel read (or None, see :func:`input_copy_shape`):
+    ``y``, or the tuple of ``y`` and what was asked for, in that order."""
+    return _family(spec).forward(x, weight, bias, spec, activation, return_preact, return_input_copy)
+
+
+def input_copy_shape(x, spec):
+    """The shape of the copy :func:`forward` returns with ``return_input_copy`` (a contiguous ``(B, H', W', C')``
+    channels-last form of ``x``), or None when it makes none (a fake kernel's answer without running it)."""
+    return _family(spec).input_copy_shape(x, spec)
 
 
 def input_grad(dy, weight, spec, order):
@@ -26,6 +34,7 @@ def input_grad(dy, weight, spec, order):
     return _family(spec).input_grad(dy, weight, spec, order)
 
 
-def weight_grad(dy, x, spec, weight_shape):
-    """``dy, x`` -> ``dw`` of ``weight_shape``, reduced over the group copies inside the kernel."""
-    return _family(spec).weight_grad(dy, x, spec, weight_shape)
+def weight_grad(dy, x, spec, weight_shape, x_copy=None):
+    """``dy, x`` -> ``dw`` of ``weight_shape``, reduced over the group copies inside the kernel; ``x_copy``: the copy
+    of ``x`` that :func:`forward` returned, read instead of copying ``x`` again."""
+    return _family(spec).weight_grad(dy, x, spec, weight_shape, x_copy)

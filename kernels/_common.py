@@ -67,6 +67,28 @@ def gather_tables(group, in_group, kernel: tuple[int, int], device: torch.device
     return tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in tables)
 
 
+# key -> tensor(s): the geometry-only tables launchers would otherwise rebuild every step (a few small launches
+# each), keyed by plain ints and a device.  Bounded: the oldest entry goes first.
+_GEOMETRY_TABLES: dict = {}
+GEOMETRY_TABLES_MAX = 256
+
+
+def geometry_table(key: tuple, build):
+    """``build()`` (a tensor or a tuple of them, a function of the plain-int ``key`` only), built once per ``key``,
+    from real tensors and unrecorded whatever traces the first call (``reference.untraced``, as the filter-bank
+    index): the cache never holds a fake tensor."""
+    entry = _GEOMETRY_TABLES.get(key)
+    if entry is None:
+        from ..reference import untraced
+
+        with untraced():
+            entry = build()
+        while len(_GEOMETRY_TABLES) >= GEOMETRY_TABLES_MAX:
+            del _GEOMETRY_TABLES[next(iter(_GEOMETRY_TABLES))]
+        _GEOMETRY_TABLES[key] = entry
+    return entry
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot``'s input precision: tf32 for fp32 exactly when cuDNN would use it."""
     if dtype == torch.float32 and torch.backends.cudnn.allow_tf32:

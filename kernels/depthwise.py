@@ -21,9 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRET, cdiv, empty_like_layout, gather_tables, geometry_args, group_tables,
+from ._common import (INTERPRET, cdiv, empty_like_layout, empty_output, gather_tables, geometry_args, group_tables,
                       input_grad_buffer, maybe_autotune, offset, split_pixel, static_args)
-from .gconv import _needs_int64, _vector_width, apply_activation, channels_last, preact_buffer
+from .gconv import (_forward_result, _needs_int64, _vector_width, apply_activation, channels_last, is_channels_last,
+                    preact_buffer)
 
 INTERPRETER_CONFIG = dict(BLOCK_P=64, BLOCK_C=16)
 
@@ -289,18 +290,29 @@ def _vec(t: torch.Tensor, run: int) -> int:
     return _vector_width(t.element_size(), *t.stride()[:3], t.shape[3]) if run == _pow2(run) else 1
 
 
+def input_copy_shape(x: torch.Tensor, spec):
+    """The shape of the copy of ``x`` that :func:`forward` makes, ``(B, H, W, C·S)`` contiguous, or None when it
+    reads ``x`` in place (stored channels-last already) or launches nothing."""
+    b, c, s, h, w = x.shape
+    empty = spec.batch * spec.groups * spec.out_channels * spec.s_out * spec.out_height * spec.out_width == 0
+    return None if empty or is_channels_last(x) else (b, h, w, c * s)
+
+
 def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str = "none",
-            return_preact: bool = False):
-    """As :func:`gconv.forward <gconv_triton.kernels.gconv.forward>` (activation epilogue included)."""
+            return_preact: bool = False, return_input_copy: bool = False):
+    """As :func:`gconv.forward <gconv_triton.kernels.gconv.forward>` (activation epilogue included; the copy of
+    ``x``: :func:`input_copy_shape`)."""
     stab, tap_src = gather_tables(spec.group, spec.in_group, spec.kernel, x.device)
     y = empty_like_layout((spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height,
                            spec.out_width), x)
     z = preact_buffer(activation, return_preact, y)
     m_total = spec.batch * spec.out_height * spec.out_width
+    copy_shape = input_copy_shape(x, spec)
     if y.numel() == 0:
-        return (y, z) if return_preact else y
+        return _forward_result(y, z, None, return_preact, return_input_copy)
     weight = weight.contiguous()
-    x_cl = channels_last(x)
+    copy = None if copy_shape is None else x.permute(0, 3, 4, 1, 2).contiguous().view(copy_shape)
+    x_cl = channels_last(x) if copy is None else copy
     s_pad = _pow2(spec.s_in)
 
     def grid(meta):
@@ -313,7 +325,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str =
         spec.weight_groups, *x_cl.stride()[:3], *y.stride(), *geometry_args(spec),
         S_PAD=s_pad, VEC=_vec(x_cl, spec.s_in), WIDE=_needs_int64(x_cl, y), HAS_BIAS=bias is not None,
         ACTIVATION=activation, STORE_PREACT=z is not None, **static_args(spec, x.dtype), **_meta())
-    return (y, z) if return_preact else y
+    return _forward_result(y, z, copy, return_preact, return_input_copy)
 
 
 def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order) -> torch.Tensor:
@@ -339,7 +351,8 @@ def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order) -> torch.Ten
     return dx
 
 
-def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.Tensor:
+def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None) -> torch.Tensor:
+    """As :func:`gconv.weight_grad <gconv_triton.kernels.gconv.weight_grad>`; ``x_copy``: :func:`forward`'s copy."""
     from .gconv import weight_split   # looked up at call time (tests patch it)
 
     in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
@@ -353,10 +366,14 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.
     r_per_split = cdiv(r_total, split)
     split = max(1, cdiv(r_total, r_per_split)) if r_total else 1
     partial_dtype = torch.promote_types(x.dtype, torch.float32) if split > 1 else x.dtype
-    partial = torch.zeros((split, *weight_shape), dtype=partial_dtype, device=x.device)
     if r_total == 0:
-        return partial.sum(0).to(x.dtype)
-    x_cl, dy_cl = channels_last(x), channels_last(dy)
+        return torch.zeros(weight_shape, dtype=x.dtype, device=x.device)
+    # every split has pixels, and each of its programs stores its whole slice: no zero fill
+    partial = empty_output((split, *weight_shape), range(len(weight_shape) + 1), partial_dtype, x.device)
+    if x_copy is not None and tuple(x_copy.shape) != input_copy_shape(x, spec):
+        raise ValueError(f"x_copy: expected forward's copy of x, shape {input_copy_shape(x, spec)}, "
+                         f"got {tuple(x_copy.shape)}")
+    x_cl, dy_cl = channels_last(x) if x_copy is None else x_copy, channels_last(dy)
     one_to_one = spec.s_in == spec.s_out == spec.out_channels == 1    # dy's channel of each x channel is its own
 
     grid = (tiles, spec.out_channels * taps, split)

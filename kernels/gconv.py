@@ -26,8 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRET, accumulator, cdiv, dot_precision, empty_like_layout, gather_tables, group_tables,
-                      input_grad_buffer, maybe_autotune, mma, split_pixel)
+from .._layout import empty_in_order
+from ._common import (INTERPRET, accumulator, cdiv, dot_precision, empty_like_layout, gather_tables, geometry_table,
+                      group_tables, input_grad_buffer, maybe_autotune, mma, poison_outputs, split_pixel)
 
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16)
 WGRAD_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
@@ -467,9 +468,15 @@ def permuted_weight(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int 
     w = w.permute(0, 4, 2, 3, 1) if group_on_n else w.permute(0, 4, 1, 3, 2)
     # pad the contiguous axis to a multiple of 8 (4 or fewer columns: to a power of two) for 16-byte vector loads
     r_pad = _round_up(cols, min(8, 1 << (cols - 1).bit_length()))
-    out = weight.new_zeros((spec.weight_groups, kh * kw, max(rows, rows_pad), s_in, r_pad))
+    shape = (spec.weight_groups, kh * kw, max(rows, rows_pad), s_in, r_pad)
+    # built in its final memory order in one copy; zero-filled first only when some rows or columns are padding
+    padded = shape[2] != rows or r_pad != cols
+    order = (0, 1, 4, 2, 3) if k_major else (0, 1, 2, 3, 4)
+    out = empty_in_order(shape, order, dtype=weight.dtype, device=weight.device)
+    if padded:
+        out.zero_()
     out[:, :, :rows, :, :cols] = w
-    return out.permute(0, 1, 4, 2, 3).contiguous() if k_major else out
+    return out.permute(order) if k_major else out   # k_major: (weight_groups, kh·kw, R_PAD, A_CH // S_K, S_in)
 
 
 @functools.lru_cache(maxsize=256)
@@ -552,7 +559,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         mh, mw, phases, pixel_stride, out_stride = cdiv(spec.height, sh), cdiv(spec.width, sw), (sh, sw), (1, 1), (sh, sw)
     padded = _vector_channels(a_ch, spec.groups, s_k)
     # A forward that copies its input anyway copies it with the zero padding in place: no bounds in the loop
-    halo = group_on_n and (padded != a_ch or not is_channels_last(a))
+    halo = group_on_n and input_copy_shape(a, spec) is not None
     if halo:
         a_cl, pad = halo_channels_last(a, spec, padded), (0, 0)
     else:
@@ -587,20 +594,31 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         VEC_A=_vector_width(a.element_size(), *a_cl.stride()[:3], a_ch), VEC_B=vec_b, K_MAJOR=k_major,
         WIDE=_needs_int64(a_cl, out), HALO=halo, HAS_BIAS=bias is not None, ACC=accumulator(a.dtype),
         ACTIVATION=activation, STORE_PREACT=z is not None, **_dtype_flags(a.dtype), **_meta())
+    return a_cl if halo else None
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str = "none",
-            return_preact: bool = False):
+            return_preact: bool = False, return_input_copy: bool = False):
     """``x (B, groups·C_in_g, S_in, H, W)``, weight ``(weight_groups·C_out_g, C_in_g, S_in, kh, kw)`` ->
     ``y (B, groups·C_out_g, S_out, H_out, W_out)`` in ``x``'s memory layout, ``y = activation(conv + bias)``.
-    With ``return_preact``, returns ``(y, z)`` where ``z`` is the pre-activation (None for ``"none"``)."""
+    With ``return_preact``, also ``z``, the pre-activation (None for ``"none"``); with ``return_input_copy``, also
+    the channels-last copy of ``x`` the kernel read (shape :func:`input_copy_shape`; None when it read ``x`` in
+    place), which :func:`weight_grad` takes instead of copying ``x`` again: ``y``, ``(y, z)``, ``(y, copy)`` or
+    ``(y, z, copy)``."""
     y = empty_like_layout((spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height,
                            spec.out_width), x)
     z = preact_buffer(activation, return_preact, y)
+    copy = None
     if y.numel() != 0:
-        _launch_gemm(x, weight, y, spec, group_on_n=True, bias=None if bias is None else bias.contiguous(), z=z,
-                     activation=activation)
-    return (y, z) if return_preact else y
+        copy = _launch_gemm(x, weight, y, spec, group_on_n=True, bias=None if bias is None else bias.contiguous(),
+                            z=z, activation=activation)
+    return _forward_result(y, z, copy, return_preact, return_input_copy)
+
+
+def _forward_result(y, z, copy, return_preact: bool, return_input_copy: bool):
+    """What :func:`forward` returns for its two flags."""
+    out = (y,) + ((z,) if return_preact else ()) + ((copy,) if return_input_copy else ())
+    return out if len(out) > 1 else y
 
 
 def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order) -> torch.Tensor:
@@ -626,29 +644,91 @@ def weight_split(spec, reduction: int, tiles: int, weight_numel: int) -> int:
     return split
 
 
+def halo_size(spec) -> tuple[int, int]:
+    """``(HP, WP)``: the rows and columns of a zero-halo copy of the input (:func:`halo_channels_last`)."""
+    top, left = spec.padding[0], spec.padding[2]
+    (sh, sw), (dh, dw), (kh, kw) = spec.stride, spec.dilation, spec.kernel
+    hp = max(top + spec.height, (spec.out_height - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(left + spec.width, (spec.out_width - 1) * sw + (kw - 1) * dw + 1)
+    return hp, wp
+
+
 def halo_channels_last(x: torch.Tensor, spec, channels: int) -> torch.Tensor:
     """``x (B, C, S, H, W)`` -> ``(B, HP, WP, groups·channels)`` channels-last with the convolution's zero padding in
     place: every window of every output pixel lies inside it.  ``channels >= C_in_g·S_in`` per channel group (more
-    are zeros).  Without padding, :func:`channels_last` (a view of an input already stored that way)."""
+    are zeros).  A contiguous copy, except for an unpadded input already stored channels-last: then
+    :func:`channels_last`, a view."""
     b, _, _, h, w = x.shape
     top, left = spec.padding[0], spec.padding[2]
-    (sh, sw), (dh, dw), (kh, kw) = spec.stride, spec.dilation, spec.kernel
-    hp = max(top + h, (spec.out_height - 1) * sh + (kh - 1) * dh + 1)
-    wp = max(left + w, (spec.out_width - 1) * sw + (kw - 1) * dw + 1)
+    hp, wp = halo_size(spec)
     per_group = spec.in_channels * spec.s_in
-    if (hp, wp, top, left, channels) == (h, w, 0, 0, per_group):
+    if (hp, wp, top, left, channels) == (h, w, 0, 0, per_group) and is_channels_last(x):
         return channels_last(x)
-    out = x.new_zeros((b, hp, wp, spec.groups, channels))
+    if channels > per_group:   # a narrow input: the padded channels are most of the copy
+        out = x.new_zeros((b, hp, wp, spec.groups, channels))
+    else:                      # zeros only where no pixel of x lands (poisoned first, so a missed one shows)
+        out = x.new_empty((b, hp, wp, spec.groups, channels))
+        if poison_outputs():
+            out.fill_(float("nan"))
+        _zero_border(out.view(b, hp * wp * spec.groups * channels), (hp, wp), (top, left), (h, w),
+                     spec.groups * channels)
     out[:, top:top + h, left:left + w, :, :per_group] = (
         x.permute(0, 3, 4, 1, 2).reshape(b, h, w, spec.groups, per_group))
     return out.view(b, hp, wp, spec.groups * channels)
 
 
+def _zero_border(flat: torch.Tensor, size, corner, inner, pixel: int) -> None:
+    """Zero the pixels of ``flat`` (``(B, HP·WP·pixel)``, each image ``HP × WP`` pixels of ``pixel`` elements) outside
+    the ``inner = (H, W)`` rectangle at ``corner = (top, left)``, in two or three launches: per image, the head
+    (rows above, and the left border of the first inner row) with the tail (the right border of the last inner row,
+    and the rows below) when both have one length, else apart; and the runs from one inner row's right border to
+    the next one's left border."""
+    (hp, wp), (top, left), (h, w) = size, corner, inner
+    if h == 0 or w == 0:
+        flat.zero_()
+        return
+    image, row = hp * wp * pixel, wp * pixel
+    head = (top * wp + left) * pixel
+    tail_start = ((top + h - 1) * wp + left + w) * pixel
+    tail = image - tail_start
+    base = flat.storage_offset()
+
+    def zero(shape, strides, start):
+        if all(n > 0 for n in shape):
+            flat.as_strided(shape, strides, base + start).zero_()
+
+    if head == tail:
+        zero((flat.shape[0], 2, head), (image, tail_start, 1), 0)
+    else:
+        zero((flat.shape[0], head), (image, 1), 0)
+        zero((flat.shape[0], tail), (image, 1), tail_start)
+    zero((flat.shape[0], h - 1, (wp - w) * pixel), (image, row, 1), (top * wp + left + w) * pixel)
+
+
+def input_copy_shape(x: torch.Tensor, spec):
+    """The shape of the channels-last copy of ``x`` that :func:`forward` makes and returns for :func:`weight_grad`
+    to reuse, ``(B, HP, WP, groups·channels)`` (:func:`halo_channels_last`), or None when it reads ``x`` in place
+    (an unpadded input already stored channels-last) or launches nothing."""
+    a_ch = spec.in_channels * spec.s_in
+    padded = _vector_channels(a_ch, spec.groups, spec.s_in)
+    if spec.batch * spec.groups * spec.out_channels * spec.s_out * spec.out_height * spec.out_width == 0:
+        return None
+    if padded == a_ch and is_channels_last(x):
+        return None
+    return (spec.batch, *halo_size(spec), spec.groups * padded)
+
+
 def _window_offsets(x_cl: torch.Tensor, spec, rows: int, wide: bool) -> torch.Tensor:
     """``(rows,)``: the offset in ``x_cl`` (:func:`halo_channels_last`) of output pixel ``r``'s window corner
-    ``(b, oh·stride, ow·stride)``, ``r`` over ``(B, H_out, W_out)``; 0 past the last pixel."""
+    ``(b, oh·stride, ow·stride)``, ``r`` over ``(B, H_out, W_out)``; 0 past the last pixel.  A function of the
+    geometry only: built once per shape, strides and device (:func:`~._common.geometry_table`)."""
     sb, sh, sw = x_cl.stride()[:3]
-    dev = x_cl.device
+    key = ("window_offsets", spec.batch, spec.out_height, spec.out_width, *spec.stride, sb, sh, sw, rows, wide,
+           x_cl.device)
+    return geometry_table(key, lambda: _build_window_offsets(spec, sb, sh, sw, rows, wide, x_cl.device))
+
+
+def _build_window_offsets(spec, sb: int, sh: int, sw: int, rows: int, wide: bool, dev: torch.device):
     dtype = torch.int64 if wide else torch.int32
     pix = (torch.arange(spec.batch, device=dev, dtype=torch.int64)[:, None, None] * sb
            + torch.arange(spec.out_height, device=dev, dtype=torch.int64)[None, :, None] * (spec.stride[0] * sh)
@@ -658,12 +738,13 @@ def _window_offsets(x_cl: torch.Tensor, spec, rows: int, wide: bool) -> torch.Te
     return out
 
 
-def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.Tensor:
+def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None) -> torch.Tensor:
     """``dy`` and the 5-D input ``x`` -> ``dw`` of ``weight_shape`` (fp32 accumulation, then x's dtype).
 
     ``dy`` is re-laid ``(B·H_out·W_out, groups, S_out, C_out padded to 8)``, rounded up to whole pixel blocks with
-    zeros (one copy of ``dy``); ``x`` is read from a zero-halo channels-last copy (:func:`halo_channels_last`: a
-    copy unless unpadded and channels-last already), with a narrow lifting input padded to 8 channels."""
+    zeros (one copy of ``dy``); ``x`` is read from a zero-halo channels-last copy: ``x_copy``, the one
+    :func:`forward` made, when given, else :func:`halo_channels_last` (a copy unless unpadded and channels-last
+    already), with a narrow lifting input padded to 8 channels."""
     in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
     kh, kw = spec.kernel
     r_total = spec.batch * spec.out_height * spec.out_width
@@ -681,11 +762,26 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape) -> torch.
     c_out = spec.out_channels
     o_pad = _round_up(c_out, min(8, 1 << (c_out - 1).bit_length()))
     r_alloc = _round_up(r_total, block_r)
-    dy_go = dy.new_zeros((r_alloc, spec.groups, spec.s_out, o_pad))
-    dy_go[:r_total, ..., :c_out] = (dy.permute(0, 3, 4, 1, 2).reshape(r_total, spec.groups, c_out, spec.s_out)
-                                    .transpose(2, 3))
-    x_ch = _vector_channels(m_ch, spec.groups)   # the padded channels give zero rows of dw, not stored
-    x_cl = halo_channels_last(x, spec, x_ch)
+    # One strided copy; zeros only in the rows past the last pixel (they meet real x rows).  The padded channels
+    # are left as they are (NaN when poisoned): dw's column o reads dy's column o only, and is stored for o < C_out.
+    dy_go = dy.new_empty((r_alloc, spec.groups, spec.s_out, o_pad))
+    if poison_outputs():
+        dy_go.fill_(float("nan"))
+    b, ho, wo = spec.batch, spec.out_height, spec.out_width
+    dy_go[:r_total].view(b, ho, wo, spec.groups, spec.s_out, o_pad)[..., :c_out].copy_(
+        dy.view(b, spec.groups, c_out, spec.s_out, ho, wo).permute(0, 4, 5, 1, 3, 2))
+    if r_alloc > r_total:
+        dy_go[r_total:].zero_()
+    if x_copy is None:
+        x_ch = _vector_channels(m_ch, spec.groups)   # the padded channels give zero rows of dw, not stored
+        x_cl = halo_channels_last(x, spec, x_ch)
+    else:
+        x_ch, x_cl = x_copy.shape[-1] // spec.groups, x_copy
+        expected = (spec.batch, *halo_size(spec))
+        if tuple(x_copy.shape[:3]) != expected or x_ch < m_ch or x_copy.stride(-1) != 1:
+            raise ValueError(f"x_copy: expected forward's copy of x, shape ({', '.join(map(str, expected))}, "
+                             f"groups·channels >= {spec.groups * m_ch}) with unit channel stride, got shape "
+                             f"{tuple(x_copy.shape)} strides {x_copy.stride()}")
     wide = _needs_int64(x_cl, dy_go)
     pix = _window_offsets(x_cl, spec, r_alloc, wide)
 

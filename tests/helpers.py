@@ -47,8 +47,9 @@ def clear_caches() -> None:
     """Start cold, as a fresh process does: forget TorchDynamo's compiled code and everything the package fills
     on first use: the filter-bank index (``reference._BANK_INDEX``), each group's tap tables, every
     ``functools`` cache in ``gconv_triton`` and its kernels (the launchers' per-device group, phase and gather
-    tables) and the kernel autotuners' in-memory choices.  The registries of groups and tap functions are not
-    caches (an object registers itself when it is built) and stay as they are."""
+    tables), the launchers' geometry tables (``kernels._common._GEOMETRY_TABLES``) and the kernel autotuners'
+    in-memory choices.  The registries of groups and tap functions are not caches (an object registers itself
+    when it is built) and stay as they are."""
     import sys
 
     import torch._dynamo
@@ -64,6 +65,9 @@ def clear_caches() -> None:
             for value in list(vars(module).values()):
                 if callable(getattr(value, "cache_clear", None)) and hasattr(value, "cache_info"):
                     value.cache_clear()
+    common = sys.modules.get("gconv_triton.kernels._common")
+    if common is not None:
+        common._GEOMETRY_TABLES.clear()
     autotune = sys.modules.get("gconv_triton.kernels._autotune")
     if autotune is not None:
         for tuner in autotune.KERNEL_TUNERS.values():

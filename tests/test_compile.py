@@ -90,13 +90,24 @@ def test_opcheck_registered_ops():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_fake_kernel_layout_matches_both_backends(backend):
     """Inductor plans buffers from the fake kernel's strides: they must be the strides the kernels (and the
-    reference path) really return, here for a channels-last-like ``(B, H, W, C, S)`` input."""
+    reference path) really return, here for a channels-last-like ``(B, H, W, C, S)`` input; and for a contiguous
+    one, of which the kernels' forward makes a zero-halo copy that the op returns for the weight gradient (a
+    lifting layer's narrow input, padded to 8 channels, too)."""
     torch.manual_seed(0)
     device = DEVICE if backend == "triton" else torch.device("cpu")
     x = torch.randn(2, 5, 5, 2, 4, device=device).permute(0, 3, 4, 1, 2)
     w = torch.randn(3, 2, 4, 3, 3, device=device)
     geometry = ("p4", "p4", [1, 1], [1, 1, 1, 1], [1, 1], 1, 1)
     torch.library.opcheck(ops._conv_op, (x, w, None, *geometry, "gelu", backend), test_utils=("test_faketensor",))
+    torch.library.opcheck(ops._conv_op, (x.contiguous(), w, None, *geometry, "relu", backend),
+                          test_utils=("test_faketensor",))
+    lifting = ("p4", "z2", [1, 1], [1, 1, 1, 1], [1, 1], 1, 1)
+    torch.library.opcheck(ops._conv_op, (x[:, :, :1].contiguous(), w[:, :, :1], None, *lifting, "none", backend),
+                          test_utils=("test_faketensor",))
+    if backend == "triton":   # the copies the kernels return, as the fake kernel says
+        for x_in, geo in ((x.contiguous(), geometry), (x[:, :, :1].contiguous(), lifting)):
+            copy = ops._conv_op(x_in, w[:, :, :x_in.shape[2]], None, *geo, "none", backend)[2]
+            assert copy.shape == (2, 7, 7, 8) and copy.is_contiguous(), copy.shape
 
 
 def test_no_graph_break():

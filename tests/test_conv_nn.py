@@ -119,15 +119,15 @@ def test_runs_on_the_fused_kernels(monkeypatch):
 
     calls = []
     for name in ("forward", "input_grad", "weight_grad"):
-        def spy(*args, _name=name, _fn=getattr(kernels, name)):
+        def spy(*args, _name=name, _fn=getattr(kernels, name), **kwargs):
             calls.append((_name, args))
-            return _fn(*args)
+            return _fn(*args, **kwargs)
         monkeypatch.setattr(kernels, name, spy)
     conv = Conv1d(4, 4, 3, groups=4, padding=1, device=DEVICE)
     with gconv_triton.backend("triton"):
         conv(torch.randn(2, 4, 9, device=DEVICE, requires_grad=True)).sum().backward()
     assert [c[0] for c in calls] == ["forward", "input_grad", "weight_grad"]
-    _, (x, weight, bias, spec) = calls[0]
+    _, (x, weight, bias, spec, *_) = calls[0]
     assert x.shape == (2, 4, 1, 1, 9) and weight.shape == (4, 1, 1, 1, 3) and spec.group.is_trivial
     assert spec.depthwise and spec.groups == 4 and spec.kernel == (1, 3)
 
@@ -241,13 +241,13 @@ def test_shared_kernel_is_never_repeated(monkeypatch):
     seen = {}
     forward, weight_grad = kernels.forward, kernels.weight_grad
 
-    def spy_forward(x, weight, bias, spec):
+    def spy_forward(x, weight, bias, spec, *args, **kwargs):
         seen["forward"] = (weight.shape, bias.shape, spec)
-        return forward(x, weight, bias, spec)
+        return forward(x, weight, bias, spec, *args, **kwargs)
 
-    def spy_weight_grad(dy, x, spec, weight_shape):
+    def spy_weight_grad(dy, x, spec, weight_shape, *args, **kwargs):
         seen["weight_grad"] = tuple(weight_shape)
-        return weight_grad(dy, x, spec, weight_shape)
+        return weight_grad(dy, x, spec, weight_shape, *args, **kwargs)
 
     monkeypatch.setattr(kernels, "forward", spy_forward)
     monkeypatch.setattr(kernels, "weight_grad", spy_weight_grad)

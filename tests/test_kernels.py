@@ -549,3 +549,54 @@ def test_interpreter_config_is_exercised():
     reduction = [c.channels[0] * order_of(c.in_group) * c.k * c.k for c in GRID]
     assert max(pixels) > cfg["BLOCK_M"] and max(reduction) > cfg["BLOCK_K"]
     assert max(c.channels[1] for c in GRID) > cfg["BLOCK_N"]
+
+
+# ------------------------------------------------------------------------------- nothing done twice in a step
+@pytest.mark.parametrize("group, in_group, groups, cig, padding, layout", [
+    ("p4", "p4", 1, 3, 1, CONTIG),     # GEMM path: the forward's zero-halo copy
+    ("p4m", "z2", 1, 3, 2, CL),        # a narrow lifting input: padded to 8 channels even when channels-last
+    ("p4", "p4", 3, 1, 1, CONTIG),     # depthwise: the forward's channels-last copy
+], ids=["gemm-halo", "gemm-lifting-channels", "depthwise"])
+def test_weight_grad_reads_the_forwards_copy_of_x(monkeypatch, group, in_group, groups, cig, padding, layout):
+    """The forward's channels-last copy of ``x`` is saved and the weight gradient reads it: ``x`` is copied once
+    per step (not again in the backward), and every gradient still matches the float64 reference."""
+    copies = []
+    for module, name in ((gconv, "halo_channels_last"), (gconv, "channels_last")):
+        real = getattr(module, name)
+
+        def spy(t, *args, _real=real, _name=name, **kwargs):
+            if t.dim() == 5 and t.shape[1] == groups * cig:   # x's copies, not dy's
+                copies.append(_name)
+            return _real(t, *args, **kwargs)
+        monkeypatch.setattr(module, name, spy)
+    monkeypatch.setattr(kernels.depthwise, "channels_last", gconv.channels_last)
+    s_in = order_of(in_group)
+    x = randn((2, groups * cig, s_in, 5, 7), layout=layout)
+    weight = randn((groups * 2, cig, s_in, 3, 3))
+    layer = gconv_layer(group, in_group, padding=padding, groups=groups)
+    check_against_reference(layer, x, weight, randn((groups * 2,)))
+    # the forward's copy only (depthwise makes it inline, without the helpers)
+    assert copies == ([] if cig == 1 else ["halo_channels_last"]), copies
+
+
+def test_window_offsets_are_built_once_per_geometry_and_never_fake():
+    """The weight gradient's per-pixel window offsets are cached per geometry and device: the same tensor on the
+    second call, a fresh one for another stride; a first call under fake-tensor tracing caches a real tensor."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    def spec_for(stride, batch=2):
+        x = torch.empty(batch, 3, 4, 9, 7)
+        return make_spec(x, torch.empty(2, 3, 4, 3, 3), None, group="p4", in_group="p4", stride=stride,
+                         padding=1, dilation=1, groups=1)
+
+    x_cl = torch.empty(2, 11, 9, 12)
+    first = gconv._window_offsets(x_cl, spec_for(1), 128, False)
+    assert gconv._window_offsets(x_cl, spec_for(1), 128, False) is first
+    other = gconv._window_offsets(x_cl, spec_for(2), 128, False)
+    assert other is not first and not torch.equal(other, first)
+    assert first[:3].tolist() == [0, 12, 24] and first[126:].eq(0).all() and first[125] != 0   # 2·9·7 = 126 pixels, then zeros
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(torch.empty(5, 11, 9, 12))
+        traced = gconv._window_offsets(fake, spec_for(1, batch=5), 320, False)
+    assert not isinstance(traced, FakeTensor)
+    assert gconv._window_offsets(torch.empty(5, 11, 9, 12), spec_for(1, batch=5), 320, False) is traced
