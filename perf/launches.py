@@ -48,6 +48,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import gzip
 import inspect
 import json
 import os
@@ -520,7 +521,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--per-layer", action="store_true", help="also a table per group-conv layer")
     p.add_argument("--json", action="store_true", help="print the results as JSON (every launch included) instead")
     p.add_argument("--out", type=Path, default=None,
-                   help="also write <out>.json and <out>.md (e.g. perf/results/launches-2026-12-05)")
+                   help="also write <out>.md and <out>.json.gz, every launch (e.g. perf/results/launches-2026-12-05)")
     args = p.parse_args(argv)
     try:
         models = parse_names(args.models, list(MODELS), "--models")
@@ -543,7 +544,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(text, end="")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        # Every launch of every run: kept for a reader who wants one, compressed (a few hundred kB as text).
+        with gzip.open(args.out.with_suffix(".json.gz"), "wt", encoding="utf-8") as f:
+            json.dump(result, f, separators=(",", ":"))
         args.out.with_suffix(".md").write_text(
             f"# python -m perf.launches {' '.join(result['argv'])}\n\n{_environment_line(result['environment'])}\n\n"
             f"{text}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -298,7 +299,8 @@ def test_python_m_perf_launches_prints_the_table_and_targets(tmp_path, capsys):
     assert len(rows) == 4 and "| `P4ConvP4(32, 32, 3, padding=1)`, B1, 6×6 | channels_last | " in out
     assert "p4cnn, contiguous, kernel path, per group-conv layer" in out
     assert sum(line.startswith(("PASS ", "FAIL ")) for line in out.splitlines()) == 5 * 4
-    saved = json.loads((tmp_path / "run.json").read_text())
+    with gzip.open(tmp_path / "run.json.gz", "rt", encoding="utf-8") as f:
+        saved = json.load(f)
     assert len(saved["results"]) == 8 and (tmp_path / "run.md").read_text().count("| `") == 4
     with pytest.raises(SystemExit):
         launches.main(["--models", "resnet18"])
