@@ -26,8 +26,10 @@ DEMO_CPU_PATHS := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2
 demo: $(if $(filter command line,$(origin PY)),,$(VENV)/.installed)
 	$(DEMO_CPU_PATHS) $(PY) -m gconv_triton.demo $(DEMO_ARGS)
 
-# The kernels run through Triton's CPU interpreter when there is no GPU (tests/conftest.py decides).
+# The lint (ruff, pyproject.toml), then the tests; the kernels run through Triton's CPU interpreter when there is
+# no GPU (tests/conftest.py decides).
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 perf: $(VENV)/.installed

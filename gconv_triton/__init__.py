@@ -23,6 +23,15 @@ from .modules import (GroupAvgPool2d, GroupConv2d, GroupMaxPool2d, GroupPool, P4
 
 __version__ = "0.1.0"
 
+# The public names (docs/api.md documents each); the lazily imported submodules below are public too.
+__all__ = [
+    "functional", "groups", "backend", "current_backend", "Conv1d", "Conv2d", "SharedKernelConv1d",
+    "SharedKernelConv2d", "check_equivariance", "EquivarianceWarning", "Group", "p2", "p2mm", "p4", "p4m", "pm", "z2",
+    "GroupBatchNorm", "GroupConvTranspose2d", "export_model", "gcnn_width", "TapFunction", "check_tap",
+    "ExportedTapConv", "TapConv1d", "TapConv2d", "GroupAvgPool2d", "GroupConv2d", "GroupMaxPool2d", "GroupPool",
+    "P4ConvP4", "P4ConvZ2", "P4MConvP4M", "P4MConvZ2",
+]
+
 # Submodules reached as attributes (``gt.models``) but imported on first use: autotune and interop pull in optional
 # packages (e2cnn when installed) and models is not needed to build layers, so ``import gconv_triton`` stays fast
 # (steerable, the C_N / D_N filters, is imported by the layers and listed here for ``dir(gt)``).

@@ -23,8 +23,8 @@ import torch
 from ._spec import make_spec
 from .groups import get_group
 
-__all__ = ["Layer", "MODELS", "FORWARD_ONLY", "DTYPES", "LAYOUTS", "Progress", "model_layers", "dtype_setting", "make_input",
-           "to_layout", "parse_names", "pretune", "main"]
+__all__ = ["Layer", "MODELS", "FORWARD_ONLY", "DTYPES", "LAYOUTS", "Progress", "model_layers", "dtype_setting",
+           "make_input", "to_layout", "parse_names", "pretune", "main"]
 
 # name -> (torch dtype, tf32 allowed): fp32 runs exact fp32 dots, tf32 lets cuDNN, cuBLAS and our kernels use tf32.
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True), "bf16": (torch.bfloat16, False),

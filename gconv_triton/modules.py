@@ -213,9 +213,11 @@ def _specialise(name: str, group: str, in_group: str, doc: str):
     return type(name, (GroupConv2d,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
 
 
-P4ConvZ2 = _specialise("P4ConvZ2", "p4", "z2", "Lifting layer: images ``(B, C, H, W)`` -> p4 maps ``(B, C', 4, H', W')``.")
+P4ConvZ2 = _specialise("P4ConvZ2", "p4", "z2",
+                       "Lifting layer: images ``(B, C, H, W)`` -> p4 maps ``(B, C', 4, H', W')``.")
 P4ConvP4 = _specialise("P4ConvP4", "p4", "p4", "p4 maps ``(B, C, 4, H, W)`` -> p4 maps ``(B, C', 4, H', W')``.")
-P4MConvZ2 = _specialise("P4MConvZ2", "p4m", "z2", "Lifting layer: images ``(B, C, H, W)`` -> p4m maps ``(B, C', 8, H', W')``.")
+P4MConvZ2 = _specialise("P4MConvZ2", "p4m", "z2",
+                        "Lifting layer: images ``(B, C, H, W)`` -> p4m maps ``(B, C', 8, H', W')``.")
 P4MConvP4M = _specialise("P4MConvP4M", "p4m", "p4m",
                          "p4m maps ``(B, C, 8, H, W)`` -> p4m maps ``(B, C', 8, H', W')``.")
 

@@ -27,7 +27,6 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ._spec import concrete_shape
 from .groups import Group, _grid_permutation, get_group

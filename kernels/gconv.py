@@ -20,7 +20,6 @@ sub-pixel phases, each a dense stride-1 GEMM over the taps that reach it (no mas
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import triton
@@ -153,8 +152,9 @@ def _conv_gemm_kernel(
     """One ``[BLOCK_M pixels, BLOCK_N]`` output tile of sub-pixel phase ``ph`` in channel group ``grp``.
 
     A: the activation ``a`` read channels-last, ``(B, HA, WA, groups·A_CH)`` with unit channel stride; its pixel
-    for output pixel ``(mh, mw)`` and the ``i``-th tap ``t'`` that reaches phase ``ph`` is ``(mh·ASH + dh, mw·ASW + dw)``
-    with ``(t', dh, dw) = phase_taps[ph, i]``, ``i < phase_count[ph]`` (:func:`phase_tables`).
+    for output pixel ``(mh, mw)`` and the ``i``-th tap ``t'`` that reaches phase ``ph`` is
+    ``(mh·ASH + dh, mw·ASW + dw)`` with ``(t', dh, dw) = phase_taps[ph, i]``, ``i < phase_count[ph]``
+    (:func:`phase_tables`).
     B: the permuted weight, ``(weight_groups, KH·KW, A_CH // S_K, S_IN, R_PAD)``, gathered per tile; ``K_MAJOR``:
     ``(weight_groups, KH·KW, R_PAD, A_CH // S_K, S_IN)``, so that a tf32 tile (tf32 MMAs read both shared-memory
     operands K-major) lands in shared memory as the MMA reads it, copied in 16-byte runs along K.
@@ -168,8 +168,9 @@ def _conv_gemm_kernel(
     ``K_RUN``: how many contiguous activation elements one tap row reads: ``A_CH``, or ``KW·A_CH`` in a forward whose
     pixels are ``A_CH`` elements apart with dilation 1 along W (:func:`tap_steps` must hold).  Then a narrow layer
     (``A_CH`` dividing ``BLOCK_K``) folds: one K block holds ``F = BLOCK_K // A_CH`` neighbouring taps of a kernel
-    row, ``F·A_CH`` contiguous elements, so a 3-channel lifting layer does not spend most of each MMA on padding.  The rotated filter's rows for them are the first tap's plus ``tw·tap_step[g]`` (a group acts on the
-    tap grid by an affine map: :func:`tap_steps`).
+    row, ``F·A_CH`` contiguous elements, so a 3-channel lifting layer does not spend most of each MMA on padding.
+    The rotated filter's rows for them are the first tap's plus ``tw·tap_step[g]`` (a group acts on the tap grid by
+    an affine map: :func:`tap_steps`).
 
     Loop order (as in Inductor's convolution template): taps outer, channels inner.  Everything that depends on
     the tap (the A rows and their bounds, the B tap offset) is computed once per tap; the inner loop is a plain
@@ -556,7 +557,8 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         mh, mw, phases, pixel_stride, out_stride = spec.out_height, spec.out_width, (1, 1), (sh, sw), (1, 1)
     else:
         a_ch, s_k, s_n, r_valid = spec.out_channels * spec.s_out, spec.s_out, spec.s_in, spec.in_channels
-        mh, mw, phases, pixel_stride, out_stride = cdiv(spec.height, sh), cdiv(spec.width, sw), (sh, sw), (1, 1), (sh, sw)
+        mh, mw, phases = cdiv(spec.height, sh), cdiv(spec.width, sw), (sh, sw)
+        pixel_stride, out_stride = (1, 1), (sh, sw)
     padded = _vector_channels(a_ch, spec.groups, s_k)
     # A forward that copies its input anyway copies it with the zero padding in place: no bounds in the loop
     halo = group_on_n and input_copy_shape(a, spec) is not None
@@ -585,8 +587,8 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         return (cdiv(m_total, meta["BLOCK_M"]), cdiv(n_total, meta["BLOCK_N"]), spec.groups * phases[0] * phases[1])
 
     _conv_gemm_kernel[grid](
-        a_cl, w, bias if bias is not None else w, out, z if z is not None else out, tap_src, stab, phase_taps, phase_count,
-        phase_count if steps is None else steps,
+        a_cl, w, bias if bias is not None else w, out, z if z is not None else out, tap_src, stab, phase_taps,
+        phase_count, phase_count if steps is None else steps,
         m_total, mh, mw, a_cl.shape[1], a_cl.shape[2], out.shape[3], out.shape[4], phases[0], phases[1],
         spec.weight_groups, *a_cl.stride()[:3], ob, os_, oc, oh, ow, *pixel_stride, *out_stride,
         A_CH=a_ch, K_RUN=k_run, N_TOTAL=n_total, R_PAD=r_pad, R_VALID=r_valid, S_IN=spec.s_in,

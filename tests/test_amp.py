@@ -4,8 +4,9 @@ fp32, and the fp32 parameters get fp32 gradients.  A layer fed the half-precisio
 casts its own fp32 weight instead of rejecting the mix; outside autocast a mix is still a ``TypeError``.
 
 Oracle: the float64 reference on the inputs as autocast rounded them (one layer), or the same model in float64
-(several layers) with its activations, gradients and parameters rounded where autocast rounds them, compared at the half-precision error bar of 1e-2 relative (measured here about 2e-3 on the
-reference path, 3e-3 in the Triton interpreter, whose fp32 -> bf16 store truncates instead of rounding).
+(several layers) with its activations, gradients and parameters rounded where autocast rounds them, compared at
+the half-precision error bar of 1e-2 relative (measured here about 2e-3 on the reference path, 3e-3 in the Triton
+interpreter, whose fp32 -> bf16 store truncates instead of rounding).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The built-in groups against an independent definition written with ``torch.rot90`` / ``torch.flip``.
 
-``planar(name, g, t)`` below is the package's convention (docs/conventions.md) spelled out by hand (p4m: ``g = 4m + r`` rotates by
-``r`` then flips rows if ``m = 1``); the group product is then derived from how the elements compose on a probe
-filter, so none of the library's tables is used to check them.  ``test_reference.py`` reuses these helpers.
+``planar(name, g, t)`` below is the package's convention (docs/conventions.md) spelled out by hand (p4m:
+``g = 4m + r`` rotates by ``r`` then flips rows if ``m = 1``); the group product is then derived from how the
+elements compose on a probe filter, so none of the library's tables is used to check them.  ``test_reference.py``
+reuses these helpers.
 """
 
 from __future__ import annotations

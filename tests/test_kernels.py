@@ -163,7 +163,8 @@ GRID = [
 
 def test_grid_covers_every_pair():
     """Every value of every axis, and every pair of values of two axes, appears in ``GRID`` (except the pairs
-    PyTorch forbids: 'same' padding with stride 2); the interactions that matter (stride with padding, dilation, even kernels) are there."""
+    PyTorch forbids: 'same' padding with stride 2); the interactions that matter (stride with padding, dilation,
+    even kernels) are there."""
     axes = {
         "pair": ["p4/z2", "p4/p4", "p4m/z2", "p4m/p4m"],
         "k": [1, 2, 3, 5],
@@ -594,7 +595,8 @@ def test_window_offsets_are_built_once_per_geometry_and_never_fake():
     assert gconv._window_offsets(x_cl, spec_for(1), 128, False) is first
     other = gconv._window_offsets(x_cl, spec_for(2), 128, False)
     assert other is not first and not torch.equal(other, first)
-    assert first[:3].tolist() == [0, 12, 24] and first[126:].eq(0).all() and first[125] != 0   # 2·9·7 = 126 pixels, then zeros
+    # 2·9·7 = 126 pixels, then zeros
+    assert first[:3].tolist() == [0, 12, 24] and first[126:].eq(0).all() and first[125] != 0
     with FakeTensorMode() as mode:
         fake = mode.from_tensor(torch.empty(5, 11, 9, 12))
         traced = gconv._window_offsets(fake, spec_for(1, batch=5), 320, False)
