@@ -8,8 +8,8 @@ CPU tensors run the plain-PyTorch reference path, CUDA tensors the fused Triton 
 overrides; the steerable C8 / D8 layers run the reference path everywhere).  The G-CNNs' logits are exactly
 invariant to 90° rotations, so their accuracy is the same at every multiple of 90°; C8 and D8 also have 45° turns,
 which act on the pixel grid only through interpolation, so their invariance to those is approximate.  The CNN only
-knows the upright digits.  With matplotlib installed, the learning curves and the
-test accuracy against the rotation angle (every 15°) are written as PNG files to ``--out``.
+knows the upright digits.  With matplotlib installed, the learning curves and the test accuracy against the rotation
+angle (every 15°) are written as PNG files to ``--out``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ BASELINE = "CNN"
 # (each machine's widest paths round differently, and 30 epochs of training turn that into a point or two).
 PINNED_CPU_PATHS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 # Test digits the invariance error is measured on: round-off needs few, and float64 convolutions take ATen's slow
-# path on the CPU (oneDNN has no float64), a second per model on all 450 with D8's 16 elements.
+# path on the CPU (oneDNN has no float64), once per checked group element.
 INVARIANCE_DIGITS = 64
 
 
