@@ -1,12 +1,15 @@
-"""``make demo``: a P4CNN, a P4M-CNN and an ordinary CNN with the same parameter budget, trained on upright 8×8
-digits (scikit-learn's bundled copy of the UCI set: real data, no download) and tested on rotated digits.
+"""``make demo``: a P4CNN, a P4M-CNN, a C8-CNN, a D8-CNN and an ordinary CNN with the same parameter budget, trained
+on upright 8×8 digits (scikit-learn's bundled copy of the UCI set: real data, no download) and tested on rotated
+digits.
 
     python -m gconv_triton.demo [--epochs N] [--seed S] [--device cpu|cuda] [--out DIR] [--quick]
 
 CPU tensors run the plain-PyTorch reference path, CUDA tensors the fused Triton kernels (``GCONV_TRITON_BACKEND``
-overrides).  The G-CNNs' logits are exactly invariant to 90° rotations, so their accuracy is the same at every
-multiple of 90°; the CNN only knows the upright digits.  With matplotlib installed, the learning curves and the
-test accuracy against the rotation angle (every 15°) are written as PNG files to ``--out``.
+overrides; the steerable C8 / D8 layers run the reference path everywhere).  The G-CNNs' logits are exactly
+invariant to 90° rotations, so their accuracy is the same at every multiple of 90°; C8 and D8 also have 45° turns,
+which act on the pixel grid only through interpolation, so their invariance to those is approximate.  The CNN only
+knows the upright digits.  With matplotlib installed, the learning curves and the test accuracy against the rotation
+angle (every 15°) are written as PNG files to ``--out``.
 """
 
 from __future__ import annotations
@@ -24,21 +27,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._backend import use_triton
-from .equivariance import check_equivariance
+from .equivariance import EquivarianceResult, check_equivariance
 from .models import SmallGCNN, count_parameters, widths_for_budget
 
 ANGLES = (0, 90, 180, 270)
 # Angles of the accuracy-vs-rotation plot: every 15°, so the G-CNNs' exact invariance at multiples of 90° and the
 # interpolation loss in between both show.
 CURVE_ANGLES = tuple(range(0, 361, 15))
-# Models compared, by name: the group their convolutions act on ("z2" = nn.Conv2d, the baseline).  The first one
-# sets the parameter budget; the others get the widths that come closest to it.
-MODELS = {"P4CNN": "p4", "P4M-CNN": "p4m", "CNN": "z2"}
+# Models compared, by name: the group their convolutions act on ("z2" = nn.Conv2d, the baseline; "c8" / "d8" the
+# steerable groups, 3×3 filters on 6 basis coefficients).  The first one sets the parameter budget; the others get
+# the widths that come closest to it.
+MODELS = {"P4CNN": "p4", "P4M-CNN": "p4m", "C8-CNN": "c8", "D8-CNN": "d8", "CNN": "z2"}
 BASELINE = "CNN"
 # What `make demo` sets before Python starts: ATen's vector kernels, oneDNN's convolutions and MKL's GEMMs all on
 # their AVX2 code paths, so that every x86-64 machine with AVX2 sums in the same order and prints the README's table
 # (each machine's widest paths round differently, and 30 epochs of training turn that into a point or two).
 PINNED_CPU_PATHS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+# Test digits the invariance error is measured on: round-off needs few, and float64 convolutions take ATen's slow
+# path on the CPU (oneDNN has no float64), once per checked group element.
+INVARIANCE_DIGITS = 64
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -56,7 +63,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "synchronisation than they save, badly so on a busy machine)")
     parser.add_argument("--out", default="demo_out",
                         help="directory for the PNG plots (default ./demo_out; created when missing)")
-    parser.add_argument("--quick", action="store_true", help="a tiny run (smoke test): 5 epochs, 500 train digits")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny run (smoke test): 5 epochs, 500 train and 150 test digits")
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = 5 if args.quick else 30
@@ -72,8 +80,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def load_digits(seed: int, device: torch.device, train_limit: Optional[int] = None):
-    """scikit-learn's 1797 8×8 digits, split 75/25 stratified by class.
+def load_digits(seed: int, device: torch.device, train_limit: Optional[int] = None,
+                test_limit: Optional[int] = None):
+    """scikit-learn's 1797 8×8 digits, split 75/25 stratified by class (then cut to the first ``train_limit`` /
+    ``test_limit`` digits when given).
 
     Returns ``(x_train, y_train, x_test, y_test)``: images ``(N, 1, 8, 8)`` in [0, 1] (background 0, the value
     the convolutions pad with) and labels ``(N,)``.
@@ -91,6 +101,8 @@ def load_digits(seed: int, device: torch.device, train_limit: Optional[int] = No
                                                         stratify=data.target, random_state=seed)
     if train_limit is not None:
         x_train, y_train = x_train[:train_limit], y_train[:train_limit]
+    if test_limit is not None:
+        x_test, y_test = x_test[:test_limit], y_test[:test_limit]
 
     def images(a):
         return torch.as_tensor(a, dtype=torch.float32, device=device).unsqueeze(1) / 16
@@ -191,9 +203,17 @@ def rotation_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return {angle: accuracy(model, rotate(x, angle), y) for angle in angles}
 
 
-def invariance_error(model: nn.Module, x: torch.Tensor, group: str = "p4") -> float:
-    """:func:`~gconv_triton.check_equivariance` of the logits under ``group``, on a float64 copy of the model on
-    the CPU (the reference path): round-off, about 1e-16, for an exactly invariant network."""
+def invariance_group(group: str) -> str:
+    """The group whose action on the images the ``inv. err`` column measures for a model on ``group``: the model's
+    own (checked on its grid symmetries: the quarter turns, and for p4m / d8 the flips as well), the quarter turns
+    for the CNN ("z2")."""
+    return "p4" if group == "z2" else group
+
+
+def invariance_error(model: nn.Module, x: torch.Tensor, group: str = "p4") -> EquivarianceResult:
+    """:func:`~gconv_triton.check_equivariance` of the logits under ``group`` (for a steerable group such as "c8",
+    its grid symmetries only: the result's ``elements``), on a float64 copy of the model on the CPU (the reference
+    path): round-off, about 1e-16, for an exactly invariant network."""
     model64 = copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
     return check_equivariance(model64, x.to(device="cpu", dtype=torch.float64), group)
 
@@ -214,8 +234,10 @@ def format_summary(results: dict[str, dict]) -> str:
     """Parameter counts against the budget, and each G-CNN against the :data:`BASELINE` CNN on rotated digits."""
     budget = next(iter(results.values()))["params"]
     counts = ", ".join(f"{name} {r['params']} ({r['params'] / budget - 1:+.1%})" for name, r in results.items())
+    with_flips = [name for name, r in results.items() if len(r["invariance_error"].elements) > 4]
     lines = [f"parameters: {counts}",
-             "inv. err: max over the 4 rotations of |f(rot x) - f(x)| / |f(x)| on the logits, float64"]
+             "inv. err: max over g of |f(g x) - f(x)| / |f(x)| on the logits (float64), g: the 4 quarter turns"
+             + (f", and the 4 flips for {' and '.join(with_flips)}" if with_flips else "")]
     base = results[BASELINE]
     for name, r in results.items():
         if name != BASELINE:
@@ -313,7 +335,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 def _run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     device = torch.device(args.device)
-    x_train, y_train, x_test, y_test = load_digits(args.seed, device, train_limit=500 if args.quick else None)
+    # --quick also cuts the test digits: the per-epoch and per-angle evaluations of five models outweigh training.
+    limits = (500, 150) if args.quick else (None, None)
+    x_train, y_train, x_test, y_test = load_digits(args.seed, device, *limits)
     path = "fused Triton kernels" if use_triton(x_train) else "PyTorch reference path"
     print(f"8x8 digits: {len(x_train)} train (upright) / {len(x_test)} test; {args.epochs} epochs on {device} "
           f"({path}); seed {args.seed}")
@@ -329,7 +353,8 @@ def _run(args: argparse.Namespace) -> dict:
             "params": count_parameters(model),
             "accuracy": accuracies,
             **_upright_and_rotated(accuracies),
-            "invariance_error": invariance_error(model, x_test),
+            # An EquivarianceResult: a float whose `elements` are the group elements checked.
+            "invariance_error": invariance_error(model, x_test[:INVARIANCE_DIGITS], invariance_group(MODELS[name])),
             "train_images_per_s": fit["images_per_s"],
             "losses": fit["losses"],
             "history": fit["history"],  # test accuracy per epoch: "upright" and "rotated" lists

@@ -22,7 +22,7 @@ def test_demo_quick_returns_sane_metrics(capsys, tmp_path):
     metrics = demo.main(["--quick", "--out", str(tmp_path / "plots")])
     printed = capsys.readouterr().out
     models = metrics["models"]
-    assert set(models) == {"P4CNN", "P4M-CNN", "CNN"}
+    assert set(models) == {"P4CNN", "P4M-CNN", "C8-CNN", "D8-CNN", "CNN"}
     cnn = models["CNN"]
     for name, r in models.items():
         assert name in printed
@@ -38,7 +38,13 @@ def test_demo_quick_returns_sane_metrics(capsys, tmp_path):
         assert math.isfinite(r["train_images_per_s"]) and r["train_images_per_s"] > 0
         assert len(r["losses"]) == metrics["epochs"] and r["losses"][-1] < r["losses"][0], (name, r["losses"])
         assert abs(r["params"] / models["P4CNN"]["params"] - 1) < 0.05, (name, r["params"])
-    for name in ("P4CNN", "P4M-CNN"):
+    # What inv. err checked: the quarter turns, and the flips too for the mirror-symmetric groups (C8 and D8's
+    # 45-degree turns are off the pixel grid and not checked).
+    checked = {name: sorted(r["invariance_error"].elements) for name, r in models.items()}
+    assert checked == {"P4CNN": [0, 1, 2, 3], "P4M-CNN": list(range(8)), "C8-CNN": [0, 2, 4, 6],
+                       "D8-CNN": [0, 2, 4, 6, 8, 10, 12, 14], "CNN": [0, 1, 2, 3]}, checked
+    assert "the 4 flips for P4M-CNN and D8-CNN" in printed
+    for name in ("P4CNN", "P4M-CNN", "C8-CNN", "D8-CNN"):
         r = models[name]
         # The G-CNNs' logits are invariant up to round-off; the CNN's are not, so the check measures something.
         assert r["invariance_error"] < 1e-6, name
@@ -94,7 +100,7 @@ def test_demo_rejects_bad_options(argv):
         demo.parse_args(argv)
 
 
-@pytest.mark.parametrize("group", ["p4", "p4m"])
+@pytest.mark.parametrize("group", ["p4", "p4m", "c8", "d8"])
 def test_small_gcnn_is_invariant(group):
     torch.manual_seed(0)
     model = SmallGCNN(group, (2, 3, 4), in_channels=2, num_classes=5, dtype=torch.float64)
@@ -103,12 +109,24 @@ def test_small_gcnn_is_invariant(group):
     assert gconv_triton.check_equivariance(model, x, group) < 1e-12
 
 
-@pytest.mark.parametrize("group", ["z2", "p4m"])
+@pytest.mark.parametrize("group", ["z2", "p4m", "c8", "d8"])
 def test_widths_for_budget_meets_the_p4_budget(group):
     budget = count_parameters(SmallGCNN("p4", (8, 8, 16)))
     widths = widths_for_budget(group, budget)
     count = count_parameters(SmallGCNN(group, widths))
     assert abs(count / budget - 1) < 0.05, (group, widths, count, budget)
+    # widths_for_budget counts on the meta device: the same count as the real model.
+    assert count_parameters(SmallGCNN(group, widths, device="meta")) == count
+
+
+@pytest.mark.parametrize("group, order", [("c8", 8), ("d8", 16)])
+def test_steerable_small_gcnn_counts_basis_coefficients(group, order):
+    # A steerable 3x3 filter has B = 6 coefficients, not 9 taps: (C_out, C_in, S_in, 6) weights and C_out biases
+    # per convolution (S_in = 1 for the lifting one), then the linear classifier.
+    widths = (3, 4, 5)
+    expected = (3 * 1 * 1 * 6 + 3) + (4 * 3 * order * 6 + 4) + (5 * 4 * order * 6 + 5) + (5 * 10 + 10)
+    for device in ("cpu", "meta"):
+        assert count_parameters(SmallGCNN(group, widths, device=device)) == expected, device
 
 
 @pytest.mark.parametrize("widths", [(8, 8), (8, 0, 16), (8, 8.0, 16)])
