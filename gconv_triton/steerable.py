@@ -35,7 +35,7 @@ from .groups import Group, _grid_permutation, get_group
 __all__ = ["SteerableGroup", "cyclic_group", "dihedral_group", "SteerableBasis", "steerable_basis",
            "rotated_basis", "coefficient_rotation", "steerable_bank", "steerable_conv2d", "init_coefficients",
            "reset_coefficients", "basis_size", "coefficients_from_filter", "e2cnn_permutation", "SteerableWeights",
-           "from_e2cnn"]
+           "from_e2cnn", "smooth_input", "rotate_resampled", "resampled_equivariance_error"]
 
 _EXACT = 1e-12  # a matrix entry this close to 0 or ±1 is that value: the element is a grid symmetry
 
@@ -470,6 +470,50 @@ def coefficients_from_filter(weight: torch.Tensor, kernel_size: Optional[int] = 
     basis = steerable_basis(k).samples.flatten(1).to(weight.device)                         # (B, k²)
     solution = torch.linalg.lstsq(basis.T, weight.detach().double().flatten(-2).reshape(-1, k * k).T).solution
     return solution.T.reshape(*weight.shape[:-2], -1).to(weight.dtype)
+
+
+# ------------------------------------------------------------------------------- approximate equivariance
+def smooth_input(*shape: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    """Band-limited noise ``shape (..., H, W)`` (``H``, ``W`` multiples of 4): standard normal noise on a grid 4x
+    coarser, upsampled 4x bicubic (drawn in float64 from ``seed``, then cast to ``dtype``)."""
+    noise = torch.randn(*shape[:-2], shape[-2] // 4, shape[-1] // 4, generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64)
+    up = F.interpolate(noise.flatten(0, -3)[None], scale_factor=4, mode="bicubic", align_corners=False)
+    return up[0].view(*shape).to(dtype)
+
+
+def rotate_resampled(group: SteerableGroup, g: int, t: torch.Tensor) -> torch.Tensor:
+    """``g·t`` for the rotation ``g < N`` of ``group``, resampled: planes ``(B, C, H, W)`` turn by ``2πg/N``
+    counter-clockwise as displayed (bicubic, zeros outside); regular fields ``(B, C, S, H, W)`` also move along the
+    group axis (``t[:, :, g⁻¹ s]``)."""
+    if not 0 <= g < group.rotations:
+        raise ValueError(f"g: expected a rotation of {group.name} (0 <= g < {group.rotations}), got {g}")
+    if t.dim() == 5:
+        shifted = t[:, :, group.cayley[group.inverse[g]].to(t.device)]
+        return rotate_resampled(group, g, shifted.flatten(1, 2)).unflatten(1, shifted.shape[1:3])
+    angle = 2 * math.pi * g / group.rotations
+    c, s = math.cos(angle), math.sin(angle)
+    theta = torch.tensor([[[c, -s, 0.0], [s, c, 0.0]]], dtype=t.dtype, device=t.device).expand(t.shape[0], 2, 3)
+    grid = F.affine_grid(theta, list(t.shape), align_corners=False)
+    return F.grid_sample(t, grid, mode="bicubic", padding_mode="zeros", align_corners=False)
+
+
+@torch.no_grad()
+def resampled_equivariance_error(layer, group: SteerableGroup, g: int, lifting: bool, *, size: int = 64,
+                                 channels: int = 2, seed: int = 3, dtype=torch.float64) -> float:
+    """The equivariance error of ``layer`` (maps ``(1, channels, H, W)`` for ``lifting``, else ``(1, channels, S,
+    H, W)``, to ``(1, C_out, S, H', W')`` with ``H' = H``) under the rotation ``g``, resampled: on a smooth input
+    (:func:`smooth_input`, ``size × size``), ``‖layer(g·x) − g·layer(x)‖ / ‖g·layer(x)‖`` over the central disc of
+    radius ``size/2 − 8`` (away from the zeros that the rotation brings in at the corners), with
+    :func:`rotate_resampled`.  At multiples of 90° the resampler reads pixel centres, so what remains is the
+    layer's own error (float rounding); at other angles it also measures the resampler."""
+    x = smooth_input(1, channels, *(() if lifting else (group.order,)), size, size, seed=seed, dtype=dtype)
+    expected = rotate_resampled(group, g, layer(x))
+    got = layer(rotate_resampled(group, g, x))
+    centre = (size - 1) / 2
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disc = ((yy - centre) ** 2 + (xx - centre) ** 2 <= (size / 2 - 8) ** 2).to(torch.float64)
+    return float(((got - expected).double() * disc).norm() / (expected.double() * disc).norm())
 
 
 # ---------------------------------------------------------------------------------------------------- e2cnn

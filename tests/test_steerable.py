@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import gconv_triton as gt
 from gconv_triton import steerable as st
@@ -244,41 +243,6 @@ def test_span_equals_e2cnns(name, lifting):
         assert residual.max() < 1e-6  # e2cnn samples its basis in float32
 
 
-def _rotate(x: torch.Tensor, angle: float) -> torch.Tensor:
-    """Rotate the planes of ``x (N, C, H, W)`` by ``angle`` counter-clockwise as displayed, bicubic."""
-    c, s = math.cos(angle), math.sin(angle)
-    theta = torch.tensor([[[c, -s, 0.0], [s, c, 0.0]]], dtype=x.dtype).expand(x.shape[0], 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bicubic", padding_mode="zeros", align_corners=False)
-
-
-def _act_resampled(group, g: int, t: torch.Tensor, on_group: bool) -> torch.Tensor:
-    """``g·t`` for planes ``(B, C, H, W)`` or regular fields ``(B, C, S, H, W)`` with the bicubic rotation."""
-    angle = 2 * math.pi * g / group.rotations
-    if not on_group:
-        return _rotate(t, angle)
-    shifted = t[:, :, group.cayley[group.inverse[g]]]
-    return _rotate(shifted.flatten(1, 2), angle).unflatten(1, shifted.shape[1:3])
-
-
-def _smooth(*shape, seed: int) -> torch.Tensor:
-    noise = torch.randn(*shape[:-2], shape[-2] // 4, shape[-1] // 4, generator=torch.Generator().manual_seed(seed),
-                        dtype=torch.float64)
-    return F.interpolate(noise.flatten(0, -3)[None], scale_factor=4, mode="bicubic",
-                         align_corners=False)[0].view(*shape)
-
-
-@torch.no_grad()
-def _approximate_error(layer, group, g, lifting, size=64, channels=2) -> float:
-    x = _smooth(1, channels, *(() if lifting else (group.order,)), size, size, seed=3)
-    expected = _act_resampled(group, g, layer(x), True)
-    got = layer(_act_resampled(group, g, x, not lifting))
-    centre = (size - 1) / 2
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    disc = ((yy - centre) ** 2 + (xx - centre) ** 2 <= (size / 2 - 8) ** 2).double()
-    return float(((got - expected) * disc).norm() / (expected * disc).norm())
-
-
 @pytest.mark.parametrize("lifting", [True, False], ids=["lifting", "G-G"])
 def test_approximate_equivariance_c8_against_e2cnn(lifting, capsys):
     gspaces, enn = _e2cnn()
@@ -305,8 +269,8 @@ def test_approximate_equivariance_c8_against_e2cnn(lifting, capsys):
         return st.steerable_conv2d(t, own, None, group=C8, in_group=weights.in_group, kernel_size=5, padding=2)
 
     # the protocol is exact at 90° (the resampler hits pixel centres), so what it measures at 45° is the angle
-    assert _approximate_error(ours, C8, 2, lifting) < 1e-12
-    figures = {name: _approximate_error(f, C8, 1, lifting) for name, f in
+    assert st.resampled_equivariance_error(ours, C8, 2, lifting) < 1e-12
+    figures = {name: st.resampled_equivariance_error(f, C8, 1, lifting) for name, f in
                (("ours", ours), ("e2cnn", theirs), ("ours, e2cnn's weights", mapped))}
     with capsys.disabled():
         print(f"\nC8 k=5 {'lifting' if lifting else 'G->G'} equivariance error at 45 degrees: {figures}")
