@@ -257,6 +257,15 @@ def basis_size(kernel_size) -> int:
         if kernel_size[0] != kernel_size[1]:
             raise ValueError(f"kernel_size: steerable filters are square (a k x k grid), got {tuple(kernel_size)}")
         kernel_size = kernel_size[0]
+    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool):
+        steerable_basis(kernel_size)  # its TypeError, naming kernel_size
+    return _basis_size(kernel_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _basis_size(kernel_size: int) -> int:
+    """:func:`basis_size` of an int, cached: every steerable forward asks for it (in its checks), and leaving the
+    tracing modes each time costs more than the rest of the check."""
     from .reference import untraced
 
     with untraced():  # a plain int (and a cache of real tensors) whatever traces the caller
@@ -351,8 +360,8 @@ def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, 
         tables: ``rotated_basis(group, kernel_size).flatten(2)``, ``(S, B, k·k)`` (cast to the coefficients'
             dtype); by default the cached ones.  A steerable ``GroupConv2d`` passes its non-persistent buffer, so
             that ``torch.compile`` and ``torch.export`` see a tensor input rather than a cache to trace.
-    One gather of the coefficients by the stabilizer index and one batched matmul with the tables;
-    differentiable by autograd.
+    One gather of the coefficients by the stabilizer index and one matmul per output element with its table
+    (batched); differentiable by autograd.
     """
     _check_group(group, "group")
     in_group = _in_group(group, in_group)
@@ -366,10 +375,15 @@ def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, 
         raise ValueError(f"coefficients: expected (C_out, C_in, {in_group.order}, {size}) for {in_group.name} -> "
                          f"{group.name} with a {kernel_size}x{kernel_size} basis, got {shape}")
     c_out, c_in = shape[:2]
-    index = group.stabilizer_index(in_group).to(coefficients.device)                       # (S_out, S_in)
-    selected = coefficients[:, :, index].permute(0, 2, 1, 3, 4)                             # (o, g, i, s, B)
-    bank = torch.matmul(selected, tables[None, :, None])                                    # (o, g, i, s, k²)
-    return bank.reshape(c_out * s_out, c_in * in_group.order, kernel_size, kernel_size)
+    s_in, taps = in_group.order, kernel_size * kernel_size
+    index = group.stabilizer_index(in_group).flatten().to(coefficients.device)             # (S_out·S_in,)
+    # index_select (its backward is one index_add_) and one bmm over g with Ψ[g] as it is: a broadcast matmul
+    # would copy the tables once per (o, i), and advanced indexing's backward is a slower accumulating index_put
+    selected = coefficients.index_select(2, index).view(c_out, c_in, s_out, s_in, size)    # (o, i, g, s, B)
+    selected = selected.permute(2, 0, 1, 3, 4).reshape(s_out, c_out * c_in * s_in, size)   # (g, o·i·s, B)
+    bank = torch.bmm(selected, tables)                                                      # (g, o·i·s, k²)
+    bank = bank.view(s_out, c_out, c_in * s_in, taps).transpose(0, 1)                       # (o, g, i·s, k²)
+    return bank.reshape(c_out * s_out, c_in * s_in, kernel_size, kernel_size)
 
 
 def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
