@@ -360,8 +360,8 @@ def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, 
         tables: ``rotated_basis(group, kernel_size).flatten(2)``, ``(S, B, k·k)`` (cast to the coefficients'
             dtype); by default the cached ones.  A steerable ``GroupConv2d`` passes its non-persistent buffer, so
             that ``torch.compile`` and ``torch.export`` see a tensor input rather than a cache to trace.
-    One gather of the coefficients by the stabilizer index and one matmul per output element with its table
-    (batched); differentiable by autograd.
+    One matmul of the coefficients with all the tables and one gather by the stabilizer index; differentiable by
+    autograd.
     """
     _check_group(group, "group")
     in_group = _in_group(group, in_group)
@@ -375,15 +375,16 @@ def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, 
         raise ValueError(f"coefficients: expected (C_out, C_in, {in_group.order}, {size}) for {in_group.name} -> "
                          f"{group.name} with a {kernel_size}x{kernel_size} basis, got {shape}")
     c_out, c_in = shape[:2]
-    s_in, taps = in_group.order, kernel_size * kernel_size
-    index = group.stabilizer_index(in_group).flatten().to(coefficients.device)             # (S_out·S_in,)
-    # index_select (its backward is one index_add_) and one bmm over g with Ψ[g] as it is: a broadcast matmul
-    # would copy the tables once per (o, i), and advanced indexing's backward is a slower accumulating index_put
-    selected = coefficients.index_select(2, index).view(c_out, c_in, s_out, s_in, size)    # (o, i, g, s, B)
-    selected = selected.permute(2, 0, 1, 3, 4).reshape(s_out, c_out * c_in * s_in, size)   # (g, o·i·s, B)
-    bank = torch.bmm(selected, tables)                                                      # (g, o·i·s, k²)
-    bank = bank.view(s_out, c_out, c_in * s_in, taps).transpose(0, 1)                       # (o, g, i·s, k²)
-    return bank.reshape(c_out * s_out, c_in * s_in, kernel_size, kernel_size)
+    s_in, taps, device = in_group.order, kernel_size * kernel_size, coefficients.device
+    # Every coefficient vector against every table in one GEMM, then one index_select puts (i, index(g⁻¹ s), g)
+    # at (g, i, s): the fewest ops forward and backward (an index_add_), the small tables laid out once per call.
+    rotated = torch.mm(coefficients.reshape(-1, size), tables.transpose(0, 1).reshape(size, s_out * taps))
+    rotated = rotated.view(c_out, c_in * s_in * s_out, taps)                                # (o, (i, s', g), k²)
+    index = group.stabilizer_index(in_group).to(device)                                     # (g, s) -> s'
+    source = (torch.arange(c_in, device=device)[None, :, None] * (s_in * s_out) + index[:, None, :] * s_out
+              + torch.arange(s_out, device=device)[:, None, None])                          # (g, i, s)
+    bank = rotated.index_select(1, source.flatten())                                        # (o, (g, i, s), k²)
+    return bank.view(c_out * s_out, c_in * s_in, kernel_size, kernel_size)
 
 
 def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Optional[torch.Tensor] = None, *,

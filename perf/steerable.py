@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -192,7 +193,7 @@ def environment() -> dict:
     e2cnn, _ = load_e2cnn()
     return dict(torch=torch.__version__, e2cnn=getattr(e2cnn, "__version__", None), numpy=numpy.__version__,
                 python=platform.python_version(), machine=platform.machine(), processor=platform.processor(),
-                cpu_count=__import__("os").cpu_count(), threads=torch.get_num_threads())
+                cpu_count=os.cpu_count(), threads=torch.get_num_threads(), load_average_1_5_15min=os.getloadavg())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -202,7 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--tiny", action="store_true", help="one tiny case per table (for tests)")
     parser.add_argument("--skip-timing", action="store_true", help="only the equivariance table")
-    parser.add_argument("--save", action="store_true", help="write steerable-cpu-<date>.{json,md} under --out")
+    parser.add_argument("--save", action="store_true",
+                        help="write steerable-cpu[-<N>threads]-<date>.{json,md} under --out")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="results directory")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or args.threads < 1:
@@ -228,14 +230,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           "L2, float64; 2 -> 2 fields, 64x64), and at 90° in fp32 (on the same protocol, and with the exact action: "
           "a permutation of pixels and group axis, no resampler)")
     print(equivariance_table(rows))
+    env["load_average_at_end"] = os.getloadavg()   # other processes on the machine: the timings' context
     if args.save:
-        stem = args.out / f"steerable-cpu-{datetime.date.today().isoformat()}"
+        threads = "" if args.threads == 2 else f"-{args.threads}threads"   # the issue's 2 threads: no tag
+        stem = args.out / f"steerable-cpu{threads}-{datetime.date.today().isoformat()}"
         stem.parent.mkdir(parents=True, exist_ok=True)
         result = dict(kind="steerable-cpu", command=command, environment=env, timing=timing, equivariance=rows)
         stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
         stem.with_suffix(".md").write_text(
             f"# Steerable layers vs e2cnn on a CPU\n\n`{command}`: torch {env['torch']}, e2cnn {env['e2cnn']}, "
-            f"numpy {env['numpy']}, {env['threads']} threads, {env['cpu_count']} CPUs ({env['machine']}).\n\n"
+            f"numpy {env['numpy']}, {env['threads']} threads, {env['cpu_count']} CPUs ({env['machine']}), load average "
+            f"{env['load_average_1_5_15min'][0]:.1f} at the start, {env['load_average_at_end'][0]:.1f} at the end.\n\n"
             f"## CPU train step (fp32, median of {args.rounds} interleaved rounds, ms)\n\n{timing_table(timing)}\n\n"
             f"## Equivariance error (rotation by 2π/N; 90° in fp32)\n\n{equivariance_table(rows)}\n")
         print(f"wrote {stem}.json, {stem}.md")
