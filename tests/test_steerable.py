@@ -126,6 +126,40 @@ def test_bank_gradient():
         fast_mode=True)
 
 
+def _graph_nodes(tensor: torch.Tensor) -> list[str]:
+    """The names of the autograd nodes behind ``tensor``."""
+    seen, stack, names = set(), [tensor.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("group, lifting", [(C8, False), (D8, True)])
+def test_bank_is_one_matmul_and_one_index_select(group, lifting):
+    """A training step rebuilds the bank: one GEMM with all the tables and one index_select (its backward an
+    index_add_), no accumulating index_put (advanced indexing's backward) and no copy of the tables per channel."""
+    c = st.init_coefficients(3, 2, group, "z2" if lifting else group, 5).requires_grad_()
+    nodes = _graph_nodes(st.steerable_bank(c, group, "z2" if lifting else group, 5))
+    assert "IndexBackward0" not in nodes and "ExpandBackward0" not in nodes
+    assert nodes.count("MmBackward0") == 1 and nodes.count("IndexSelectBackward0") == 1
+    assert len(nodes) <= 6, nodes
+
+
+def test_resampling_protocol_arguments():
+    x = st.smooth_input(1, 2, 16, 16, seed=0)
+    assert x.shape == (1, 2, 16, 16) and x.dtype == torch.float64
+    assert torch.equal(st.rotate_resampled(C8, 0, x), x)  # the identity reads pixel centres
+    with pytest.raises(ValueError, match="g: expected a rotation of C8"):
+        st.rotate_resampled(C8, 8, x)
+    with pytest.raises(ValueError, match="g: expected a rotation of D8"):
+        st.rotate_resampled(D8, 9, x)
+
+
 def _layer_equivariance(group, lifting, k=5, size=9):
     torch.manual_seed(1)
     s_in = 1 if lifting else group.order
