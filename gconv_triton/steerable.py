@@ -27,6 +27,7 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 
 from ._spec import concrete_shape
 from .groups import Group, _grid_permutation, get_group
@@ -34,7 +35,7 @@ from .groups import Group, _grid_permutation, get_group
 __all__ = ["SteerableGroup", "cyclic_group", "dihedral_group", "SteerableBasis", "steerable_basis",
            "rotated_basis", "coefficient_rotation", "steerable_bank", "steerable_conv2d", "init_coefficients",
            "reset_coefficients", "basis_size", "coefficients_from_filter", "e2cnn_permutation", "SteerableWeights",
-           "from_e2cnn"]
+           "from_e2cnn", "smooth_input", "rotate_resampled", "resampled_equivariance_error"]
 
 _EXACT = 1e-12  # a matrix entry this close to 0 or ±1 is that value: the element is a grid symmetry
 
@@ -256,6 +257,15 @@ def basis_size(kernel_size) -> int:
         if kernel_size[0] != kernel_size[1]:
             raise ValueError(f"kernel_size: steerable filters are square (a k x k grid), got {tuple(kernel_size)}")
         kernel_size = kernel_size[0]
+    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool):
+        steerable_basis(kernel_size)  # its TypeError, naming kernel_size
+    return _basis_size(kernel_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _basis_size(kernel_size: int) -> int:
+    """:func:`basis_size` of an int, cached: every steerable forward asks for it (in its checks), and leaving the
+    tracing modes each time costs more than the rest of the check."""
     from .reference import untraced
 
     with untraced():  # a plain int (and a cache of real tensors) whatever traces the caller
@@ -350,8 +360,8 @@ def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, 
         tables: ``rotated_basis(group, kernel_size).flatten(2)``, ``(S, B, k·k)`` (cast to the coefficients'
             dtype); by default the cached ones.  A steerable ``GroupConv2d`` passes its non-persistent buffer, so
             that ``torch.compile`` and ``torch.export`` see a tensor input rather than a cache to trace.
-    One gather of the coefficients by the stabilizer index and one batched matmul with the tables;
-    differentiable by autograd.
+    One matmul of the coefficients with all the tables and one gather by the stabilizer index; differentiable by
+    autograd.
     """
     _check_group(group, "group")
     in_group = _in_group(group, in_group)
@@ -365,10 +375,16 @@ def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, 
         raise ValueError(f"coefficients: expected (C_out, C_in, {in_group.order}, {size}) for {in_group.name} -> "
                          f"{group.name} with a {kernel_size}x{kernel_size} basis, got {shape}")
     c_out, c_in = shape[:2]
-    index = group.stabilizer_index(in_group).to(coefficients.device)                       # (S_out, S_in)
-    selected = coefficients[:, :, index].permute(0, 2, 1, 3, 4)                             # (o, g, i, s, B)
-    bank = torch.matmul(selected, tables[None, :, None])                                    # (o, g, i, s, k²)
-    return bank.reshape(c_out * s_out, c_in * in_group.order, kernel_size, kernel_size)
+    s_in, taps, device = in_group.order, kernel_size * kernel_size, coefficients.device
+    # Every coefficient vector against every table in one GEMM, then one index_select puts (i, index(g⁻¹ s), g)
+    # at (g, i, s): the fewest ops forward and backward (an index_add_), the small tables laid out once per call.
+    rotated = torch.mm(coefficients.reshape(-1, size), tables.transpose(0, 1).reshape(size, s_out * taps))
+    rotated = rotated.view(c_out, c_in * s_in * s_out, taps)                                # (o, (i, s', g), k²)
+    index = group.stabilizer_index(in_group).to(device)                                     # (g, s) -> s'
+    source = (torch.arange(c_in, device=device)[None, :, None] * (s_in * s_out) + index[:, None, :] * s_out
+              + torch.arange(s_out, device=device)[:, None, None])                          # (g, i, s)
+    bank = rotated.index_select(1, source.flatten())                                        # (o, (g, i, s), k²)
+    return bank.view(c_out * s_out, c_in * s_in, kernel_size, kernel_size)
 
 
 def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
@@ -469,6 +485,50 @@ def coefficients_from_filter(weight: torch.Tensor, kernel_size: Optional[int] = 
     basis = steerable_basis(k).samples.flatten(1).to(weight.device)                         # (B, k²)
     solution = torch.linalg.lstsq(basis.T, weight.detach().double().flatten(-2).reshape(-1, k * k).T).solution
     return solution.T.reshape(*weight.shape[:-2], -1).to(weight.dtype)
+
+
+# ------------------------------------------------------------------------------- approximate equivariance
+def smooth_input(*shape: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    """Band-limited noise ``shape (..., H, W)`` (``H``, ``W`` multiples of 4): standard normal noise on a grid 4x
+    coarser, upsampled 4x bicubic (drawn in float64 from ``seed``, then cast to ``dtype``)."""
+    noise = torch.randn(*shape[:-2], shape[-2] // 4, shape[-1] // 4, generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64)
+    up = F.interpolate(noise.flatten(0, -3)[None], scale_factor=4, mode="bicubic", align_corners=False)
+    return up[0].view(*shape).to(dtype)
+
+
+def rotate_resampled(group: SteerableGroup, g: int, t: torch.Tensor) -> torch.Tensor:
+    """``g·t`` for the rotation ``g < N`` of ``group``, resampled: planes ``(B, C, H, W)`` turn by ``2πg/N``
+    counter-clockwise as displayed (bicubic, zeros outside); regular fields ``(B, C, S, H, W)`` also move along the
+    group axis (``t[:, :, g⁻¹ s]``)."""
+    if not 0 <= g < group.rotations:
+        raise ValueError(f"g: expected a rotation of {group.name} (0 <= g < {group.rotations}), got {g}")
+    if t.dim() == 5:
+        shifted = t[:, :, group.cayley[group.inverse[g]].to(t.device)]
+        return rotate_resampled(group, g, shifted.flatten(1, 2)).unflatten(1, shifted.shape[1:3])
+    angle = 2 * math.pi * g / group.rotations
+    c, s = math.cos(angle), math.sin(angle)
+    theta = torch.tensor([[[c, -s, 0.0], [s, c, 0.0]]], dtype=t.dtype, device=t.device).expand(t.shape[0], 2, 3)
+    grid = F.affine_grid(theta, list(t.shape), align_corners=False)
+    return F.grid_sample(t, grid, mode="bicubic", padding_mode="zeros", align_corners=False)
+
+
+@torch.no_grad()
+def resampled_equivariance_error(layer, group: SteerableGroup, g: int, lifting: bool, *, size: int = 64,
+                                 channels: int = 2, seed: int = 3, dtype=torch.float64) -> float:
+    """The equivariance error of ``layer`` (maps ``(1, channels, H, W)`` for ``lifting``, else ``(1, channels, S,
+    H, W)``, to ``(1, C_out, S, H', W')`` with ``H' = H``) under the rotation ``g``, resampled: on a smooth input
+    (:func:`smooth_input`, ``size × size``), ``‖layer(g·x) − g·layer(x)‖ / ‖g·layer(x)‖`` over the central disc of
+    radius ``size/2 − 8`` (away from the zeros that the rotation brings in at the corners), with
+    :func:`rotate_resampled`.  At multiples of 90° the resampler reads pixel centres, so what remains is the
+    layer's own error (float rounding); at other angles it also measures the resampler."""
+    x = smooth_input(1, channels, *(() if lifting else (group.order,)), size, size, seed=seed, dtype=dtype)
+    expected = rotate_resampled(group, g, layer(x))
+    got = layer(rotate_resampled(group, g, x))
+    centre = (size - 1) / 2
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disc = ((yy - centre) ** 2 + (xx - centre) ** 2 <= (size / 2 - 8) ** 2).to(torch.float64)
+    return float(((got - expected).double() * disc).norm() / (expected.double() * disc).norm())
 
 
 # ---------------------------------------------------------------------------------------------------- e2cnn

@@ -42,6 +42,15 @@ def measure(layer: Layer, rounds: int = 30, warmup: int = 3, progress=sys.stderr
             skipped[name] = why
             continue
         runs[name] = mode_runner(prov.build(case), "forward+backward")
+    result = interleaved_rounds(runs, "gconv_triton", rounds, warmup, progress, layer.name)
+    return {**result, "skipped": skipped}
+
+
+def interleaved_rounds(runs: dict, reference: str, rounds: int = 30, warmup: int = 3, progress=sys.stderr,
+                       label: str = "") -> dict:
+    """Time the calls ``runs {name: fn}`` in ``rounds`` rounds, each calling every one once in a rotating order
+    (after ``warmup`` calls each), so that a load that changes during the run hits all of them.  Returns
+    ``{"times_ms": {name: [per round]}, "ratios": [per round: runs[reference] / the fastest other]}``."""
     for run in runs.values():
         for _ in range(warmup):
             run()
@@ -55,12 +64,12 @@ def measure(layer: Layer, rounds: int = 30, warmup: int = 3, progress=sys.stderr
             runs[name]()
             this_round[name] = time.perf_counter() - start
             times[name].append(1e3 * this_round[name])
-        others = [t for n, t in this_round.items() if n != "gconv_triton"]
-        if others:
-            ratios.append(this_round["gconv_triton"] / min(others))
+        others = [t for n, t in this_round.items() if n != reference]
+        if others and reference in this_round:
+            ratios.append(this_round[reference] / min(others))
         if progress is not None and (r + 1) % 10 == 0:
-            print(f"  {layer.name}: {r + 1}/{rounds} rounds", file=progress)
-    return {"times_ms": times, "ratios": ratios, "skipped": skipped}
+            print(f"  {label}: {r + 1}/{rounds} rounds", file=progress)
+    return {"times_ms": times, "ratios": ratios}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

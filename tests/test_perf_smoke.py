@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import subprocess
 import sys
@@ -345,3 +346,25 @@ def test_launches_a_layer_step_rebuilds_no_table_and_copies_x_once():
         ("backward", "sum"),                          # the bias gradient (one launch: no channel-group sum)
         ("backward", "add_"),                         # x.grad += dx (the warm-up step left x.grad)
     ]
+
+
+def test_python_m_perf_steerable_prints_both_tables(tmp_path, capsys):
+    pytest.importorskip("e2cnn")
+    from perf import steerable
+
+    threads = torch.get_num_threads()
+    try:
+        rc = steerable.main(["--tiny", "--rounds", "2", "--warmup", "1", "--save", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "| C8 | 3 | 2 -> 2 | 2 | 8x8 |" in out                          # the timing table's tiny row
+    (row,) = [line for line in out.splitlines() if line.startswith("| C8 | 3 | regular -> regular | 45° |")]
+    e2cnn, mapped, own, quarter, quarter_mapped, exact = (float(v) for v in row.strip("| ").split(" | ")[4:])
+    assert 0 < own < 0.2 and 0 < e2cnn < 0.2
+    assert math.isclose(mapped, e2cnn, rel_tol=1e-3)                      # the same weights: the same function
+    assert max(quarter, quarter_mapped, exact) < 1e-6                     # 90°: exact up to fp32 rounding
+    result = json.loads(next(tmp_path.glob("steerable-cpu-*.json")).read_text())
+    assert result["timing"][0]["median_ms"]["ours"] > 0 and len(result["timing"][0]["times_ms"]["e2cnn"]) == 2
+    assert "## Equivariance error" in next(tmp_path.glob("steerable-cpu-*.md")).read_text()

@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import gconv_triton as gt
 from gconv_triton import steerable as st
@@ -127,6 +126,40 @@ def test_bank_gradient():
         fast_mode=True)
 
 
+def _graph_nodes(tensor: torch.Tensor) -> list[str]:
+    """The names of the autograd nodes behind ``tensor``."""
+    seen, stack, names = set(), [tensor.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("group, lifting", [(C8, False), (D8, True)])
+def test_bank_is_one_matmul_and_one_index_select(group, lifting):
+    """A training step rebuilds the bank: one GEMM with all the tables and one index_select (its backward an
+    index_add_), no accumulating index_put (advanced indexing's backward) and no copy of the tables per channel."""
+    c = st.init_coefficients(3, 2, group, "z2" if lifting else group, 5).requires_grad_()
+    nodes = _graph_nodes(st.steerable_bank(c, group, "z2" if lifting else group, 5))
+    assert "IndexBackward0" not in nodes and "ExpandBackward0" not in nodes
+    assert nodes.count("MmBackward0") == 1 and nodes.count("IndexSelectBackward0") == 1
+    assert len(nodes) <= 6, nodes
+
+
+def test_resampling_protocol_arguments():
+    x = st.smooth_input(1, 2, 16, 16, seed=0)
+    assert x.shape == (1, 2, 16, 16) and x.dtype == torch.float64
+    assert torch.equal(st.rotate_resampled(C8, 0, x), x)  # the identity reads pixel centres
+    with pytest.raises(ValueError, match="g: expected a rotation of C8"):
+        st.rotate_resampled(C8, 8, x)
+    with pytest.raises(ValueError, match="g: expected a rotation of D8"):
+        st.rotate_resampled(D8, 9, x)
+
+
 def _layer_equivariance(group, lifting, k=5, size=9):
     torch.manual_seed(1)
     s_in = 1 if lifting else group.order
@@ -244,41 +277,6 @@ def test_span_equals_e2cnns(name, lifting):
         assert residual.max() < 1e-6  # e2cnn samples its basis in float32
 
 
-def _rotate(x: torch.Tensor, angle: float) -> torch.Tensor:
-    """Rotate the planes of ``x (N, C, H, W)`` by ``angle`` counter-clockwise as displayed, bicubic."""
-    c, s = math.cos(angle), math.sin(angle)
-    theta = torch.tensor([[[c, -s, 0.0], [s, c, 0.0]]], dtype=x.dtype).expand(x.shape[0], 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bicubic", padding_mode="zeros", align_corners=False)
-
-
-def _act_resampled(group, g: int, t: torch.Tensor, on_group: bool) -> torch.Tensor:
-    """``g·t`` for planes ``(B, C, H, W)`` or regular fields ``(B, C, S, H, W)`` with the bicubic rotation."""
-    angle = 2 * math.pi * g / group.rotations
-    if not on_group:
-        return _rotate(t, angle)
-    shifted = t[:, :, group.cayley[group.inverse[g]]]
-    return _rotate(shifted.flatten(1, 2), angle).unflatten(1, shifted.shape[1:3])
-
-
-def _smooth(*shape, seed: int) -> torch.Tensor:
-    noise = torch.randn(*shape[:-2], shape[-2] // 4, shape[-1] // 4, generator=torch.Generator().manual_seed(seed),
-                        dtype=torch.float64)
-    return F.interpolate(noise.flatten(0, -3)[None], scale_factor=4, mode="bicubic",
-                         align_corners=False)[0].view(*shape)
-
-
-@torch.no_grad()
-def _approximate_error(layer, group, g, lifting, size=64, channels=2) -> float:
-    x = _smooth(1, channels, *(() if lifting else (group.order,)), size, size, seed=3)
-    expected = _act_resampled(group, g, layer(x), True)
-    got = layer(_act_resampled(group, g, x, not lifting))
-    centre = (size - 1) / 2
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    disc = ((yy - centre) ** 2 + (xx - centre) ** 2 <= (size / 2 - 8) ** 2).double()
-    return float(((got - expected) * disc).norm() / (expected * disc).norm())
-
-
 @pytest.mark.parametrize("lifting", [True, False], ids=["lifting", "G-G"])
 def test_approximate_equivariance_c8_against_e2cnn(lifting, capsys):
     gspaces, enn = _e2cnn()
@@ -305,8 +303,8 @@ def test_approximate_equivariance_c8_against_e2cnn(lifting, capsys):
         return st.steerable_conv2d(t, own, None, group=C8, in_group=weights.in_group, kernel_size=5, padding=2)
 
     # the protocol is exact at 90° (the resampler hits pixel centres), so what it measures at 45° is the angle
-    assert _approximate_error(ours, C8, 2, lifting) < 1e-12
-    figures = {name: _approximate_error(f, C8, 1, lifting) for name, f in
+    assert st.resampled_equivariance_error(ours, C8, 2, lifting) < 1e-12
+    figures = {name: st.resampled_equivariance_error(f, C8, 1, lifting) for name, f in
                (("ours", ours), ("e2cnn", theirs), ("ours, e2cnn's weights", mapped))}
     with capsys.disabled():
         print(f"\nC8 k=5 {'lifting' if lifting else 'G->G'} equivariance error at 45 degrees: {figures}")
