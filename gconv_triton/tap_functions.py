@@ -133,18 +133,15 @@ def _standard_ops_problem(fn) -> Optional[str]:
     prims operators only, else what it holds or why it could not be traced."""
     import operator
 
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing, make_fx
+    from torch.fx.experimental.proxy_tensor import make_fx
 
-    tracing = torch._C._get_tracing_state()  # called inside an export: trace apart from it
-    torch._C._set_tracing_state(None)
+    from .reference import untraced
+
     try:
-        with unset_fake_temporarily(), disable_proxy_modes_tracing():
+        with untraced():  # called inside an export or a compiled graph: trace apart from whatever traces the caller
             graph = make_fx(fn, tracing_mode="fake")(torch.zeros(2), torch.zeros(2))
     except Exception as e:  # anything but tensor operators: numpy, .item(), Python control flow on values
         return f"tracing torch_fn on fake tensors failed ({type(e).__name__}: {str(e).splitlines()[0]})"
-    finally:
-        torch._C._set_tracing_state(tracing)
     others = sorted({str(node.target) for node in graph.graph.nodes if node.op == "call_function"
                      and getattr(node.target, "namespace", None) not in ("aten", "prims")
                      and node.target.__module__ not in (operator.__name__, "_operator")})
