@@ -278,7 +278,7 @@ def pretune(models: Sequence[str], dtypes: Sequence[str] = ("bf16",), layouts: S
             batch: Optional[int] = None, device: Union[str, torch.device] = "cuda", progress: bool = True) -> dict:
     """Run every layer of ``models`` forward and backward for each dtype and layout; returns ``{"tuned": ...,
     "failed": [(layer, error)], "cache": path}``.  The kernels' autotuner writes its cache as it goes."""
-    from .kernels import _autotune
+    from .kernels import tuner as _autotune
 
     jobs = [(m, layer, d, lay) for m in models for layer in model_layers(m, batch) for d in dtypes for lay in layouts]
     before = _autotune.DEFAULT_CACHE.count()

@@ -10,7 +10,7 @@ Two ``torch.library`` ops, so ``torch.compile`` and autocast see them:
 * ``gconv_triton::tap_conv2d_backward(dy, x, weight, aux, ...) -> (dx, dw)``: both gradients from one call
   (``prod`` recomputes its factor statistics once for both).
 
-Each runs the Triton kernels (``kernels/tap.py``) or the plain-PyTorch path below, chosen as for the group
+Each runs the Triton kernels (``kernels/tap_conv.py``) or the plain-PyTorch path below, chosen as for the group
 convolution (``gconv_triton.backend``).  The PyTorch path bounds its memory: it unfolds one chunk of the batch
 at a time and broadcasts the tap over a chunk of output channels, so no more than about ``_CHUNK_ELEMENTS``
 values of the (batch, out-channel, receptive field, pixel) product exist at once.  It is also the float64
@@ -245,7 +245,7 @@ def _tap_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], tap: str, reduce:
     spec = _spec(x, weight, bias, group, in_group, stride, padding, dilation, groups, groups)
     if _kernels_for(x, backend):
         from ._spec import check_index_range
-        from .kernels import tap as tap_kernels
+        from .kernels import tap_conv as tap_kernels
 
         check_index_range(spec)
         y, aux = tap_kernels.forward(x, weight, bias, spec, _fns(tap), reduce, ignore)
@@ -272,7 +272,7 @@ def _tap_backward_op(dy: Tensor, x: Tensor, weight: Tensor, aux: Tensor, tap: st
     spec = _spec(x, weight, None, group, in_group, stride, padding, dilation, groups, groups)
     aux = aux if reduce in ("max", "min") else None
     if _kernels_for(x, backend):
-        from .kernels import tap as tap_kernels
+        from .kernels import tap_conv as tap_kernels
 
         dx, dw = tap_kernels.backward(dy, x, weight, aux, spec, _fns(tap), reduce, ignore, need_input,
                                       need_weight, dim_order(x))

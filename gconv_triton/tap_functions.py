@@ -242,7 +242,7 @@ class _BuiltinTap(TapFunction):
     _builtin = True
 
     def triton_functions(self) -> tuple:
-        from .kernels import tap as tap_kernels
+        from .kernels import tap_conv as tap_kernels
 
         return tap_kernels.BUILTIN_TAPS[self.name]
 
@@ -327,7 +327,7 @@ def check_tap(tap: TapFunction, *, points: int = 4096, seed: int = 0, rtol: floa
                       f"environment before importing gconv_triton, or pass device='cuda' on a machine with a GPU)",
                       RuntimeWarning, stacklevel=2)
     else:
-        from .kernels import tap as tap_kernels
+        from .kernels import tap_conv as tap_kernels
 
         values = tap_kernels.evaluate(tap.triton_functions(), x, w)
         for name, out, ref in zip(("triton_fn", "triton_dx", "triton_dw"), values, (f, ref_dx, ref_dw)):

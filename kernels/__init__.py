@@ -5,14 +5,14 @@ the implicit GEMM (``gconv.py``) or, for one input G-channel per channel group, 
 kernels (``depthwise.py``).
 """
 
-from . import depthwise, gconv
+from . import group_conv, group_conv_depthwise
 from ._common import INTERPRET, group_tables
 
 __all__ = ["INTERPRET", "forward", "input_copy_shape", "input_grad", "weight_grad", "group_tables"]
 
 
 def _family(spec):
-    return depthwise if spec.depthwise else gconv
+    return group_conv_depthwise if spec.depthwise else group_conv
 
 
 def forward(x, weight, bias, spec, activation="none", return_preact=False, return_input_copy=False):

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .._layout import dim_order, empty_in_order
-from ._autotune import KERNEL_TUNERS, Autotuner
+from .tuner import KERNEL_TUNERS, Autotuner
 
 # Read once, like Triton itself reads it when a @triton.jit function is defined.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -43,7 +43,7 @@ def exercise(dtypes: Sequence[str]) -> list[dict]:
 
     from gconv_triton import backend
     from gconv_triton.functional import gconv2d
-    from gconv_triton.kernels import _autotune
+    from gconv_triton.kernels import tuner as _autotune
 
     from .static import DTYPES as ALL_DTYPES
     from .static import SAMPLE, tf32_setting

@@ -261,7 +261,7 @@ class StepRecorder(TorchDispatchMode):
 def _programs(launch, bound: dict) -> Optional[int]:
     """The launch's program count, with the blocks the autotuner's size rule puts first where the launcher leaves
     them to it (None when the grid cannot be evaluated)."""
-    from gconv_triton.kernels import _autotune
+    from gconv_triton.kernels import tuner as _autotune
 
     tuner = launch.tuner or _autotune.KERNEL_TUNERS.get(f"gconv_triton.kernels.{launch.kernel}")
     blocks = {}
@@ -330,7 +330,7 @@ def tag_graph(output, name: str, recorder: StepRecorder, boundary=frozenset()) -
 def kernel_path(recorder: StepRecorder):
     """Within: ``backend("triton")`` on CPU tensors, the launchers in their GPU state, every launch recorded."""
     from gconv_triton import kernels
-    from gconv_triton.kernels import depthwise, gconv, tap
+    from gconv_triton.kernels import group_conv as gconv, group_conv_depthwise as depthwise, tap_conv as tap
 
     from .static import capturing
 

@@ -62,7 +62,7 @@ def environment(device) -> dict:
         "cpu_threads": torch.get_num_threads(),
     }
     if device.type == "cuda":
-        from gconv_triton.kernels._autotune import DEFAULT_CACHE  # (imports the kernels: not on a CPU-only run)
+        from gconv_triton.kernels.tuner import DEFAULT_CACHE  # (imports the kernels: not on a CPU-only run)
 
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,

@@ -43,7 +43,7 @@ import triton.language as tl
 from gconv_triton import kernels
 from gconv_triton._layout import dim_order
 from gconv_triton.autotune import FORWARD_ONLY, MODELS, Layer, Progress, model_layers, parse_names
-from gconv_triton.kernels import _autotune
+from gconv_triton.kernels import tuner as _autotune
 
 from . import static_sass as sass
 
@@ -192,12 +192,12 @@ def _weight_grad(layer: Layer, dtype) -> None:
 
 
 def _tap(kernel: str, tap: str, reduce: str) -> Callable[[Layer, torch.dtype], None]:
-    """A tap-convolution kernel (``kernels/tap.py``) on the layer's shapes: ``adder``/sum (AdderNet) or
+    """A tap-convolution kernel (``kernels/tap_conv.py``) on the layer's shapes: ``adder``/sum (AdderNet) or
     ``add``/max (max-plus), the two families whose kernels differ (a sum, or an arg-extreme index)."""
     def run(layer: Layer, dtype) -> None:
         if kernel == "input_grad" and not layer.input_grad:
             return
-        from gconv_triton.kernels import tap as tap_kernels
+        from gconv_triton.kernels import tap_conv as tap_kernels
         tap_kernels.launch(kernel, _meta(layer.input_shape(), dtype), _meta(layer.weight_shape(), dtype),
                            layer.spec(), tap, reduce)
     return run

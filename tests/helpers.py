@@ -68,7 +68,7 @@ def clear_caches() -> None:
     common = sys.modules.get("gconv_triton.kernels._common")
     if common is not None:
         common._GEOMETRY_TABLES.clear()
-    autotune = sys.modules.get("gconv_triton.kernels._autotune")
+    autotune = sys.modules.get("gconv_triton.kernels.tuner")
     if autotune is not None:
         for tuner in autotune.KERNEL_TUNERS.values():
             tuner._best.clear()

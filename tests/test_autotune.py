@@ -1,4 +1,4 @@
-"""The kernels' autotuner (kernels/_autotune.py) on a CPU: a fake kernel and a fake benchmark stand in for the GPU."""
+"""The kernels' autotuner (kernels/tuner.py) on a CPU: a fake kernel and a fake benchmark stand in for the GPU."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 
 import gconv_triton
 from gconv_triton import autotune as pretune_cli
-from gconv_triton.kernels import _autotune as at
-from gconv_triton.kernels import depthwise, gconv
+from gconv_triton.kernels import tuner as at
+from gconv_triton.kernels import group_conv as gconv, group_conv_depthwise as depthwise
 
 from helpers import DEVICE, INTERPRETED, assert_close, torch_backend, triton_backend
 
@@ -336,14 +336,14 @@ def test_unwritable_cache_location_warns_and_tunes_in_memory(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- the real kernels
-TUNED = {"gconv._conv_gemm_kernel", "gconv._weight_grad_kernel",
-         "depthwise._dw_forward_kernel", "depthwise._dw_input_grad_kernel"}
+TUNED = {"group_conv._conv_gemm_kernel", "group_conv._weight_grad_kernel",
+         "group_conv_depthwise._dw_forward_kernel", "group_conv_depthwise._dw_input_grad_kernel"}
 
 
 def test_kernel_tuning_spaces():
     names = {n.split("kernels.", 1)[1]: t for n, t in at.KERNEL_TUNERS.items() if "gconv_triton.kernels." in n}
     assert set(names) == TUNED          # the depthwise weight gradient is not tuned (its tile fixes the sum order)
-    wgrad = names["gconv._weight_grad_kernel"]
+    wgrad = names["group_conv._weight_grad_kernel"]
     # Weight gradient: only the output tile, warps and stages vary; the reduction block BLOCK_R is the launcher's
     # constant, never a config.
     assert set(wgrad.tiles) == {"BLOCK_M", "BLOCK_N"}

@@ -12,7 +12,7 @@ import torch
 from test_kernels import CL, CONTIG, check_against_reference, gconv_layer, randn, short
 
 from gconv_triton.groups import Group, get_group
-from gconv_triton.kernels import depthwise
+from gconv_triton.kernels import group_conv_depthwise as depthwise
 
 
 def cycled_taps(order: int) -> Group:

@@ -30,7 +30,7 @@ from gconv_triton import functional, kernels
 from gconv_triton._layout import dim_order
 from gconv_triton._spec import make_spec
 from gconv_triton.groups import get_group
-from gconv_triton.kernels import _common, gconv
+from gconv_triton.kernels import _common, group_conv as gconv
 from perf.memory import AllocationRecorder
 
 CONTIG, CL = "contig", "cl"  # (B, C, S, H, W) stored as is, or in memory order (B, H, W, C, S)
@@ -570,7 +570,7 @@ def test_weight_grad_reads_the_forwards_copy_of_x(monkeypatch, group, in_group, 
                 copies.append(_name)
             return _real(t, *args, **kwargs)
         monkeypatch.setattr(module, name, spy)
-    monkeypatch.setattr(kernels.depthwise, "channels_last", gconv.channels_last)
+    monkeypatch.setattr(kernels.group_conv_depthwise, "channels_last", gconv.channels_last)
     s_in = order_of(in_group)
     x = randn((2, groups * cig, s_in, 5, 7), layout=layout)
     weight = randn((groups * 2, cig, s_in, 3, 3))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gconv_triton.kernels._autotune import KERNEL_TUNERS
+from gconv_triton.kernels.tuner import KERNEL_TUNERS
 from perf import static_sass as sass
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,7 +183,7 @@ def test_sample_compiles_for_sm90_and_sm80_without_spills_in_kept_configs(tmp_pa
     rows = _compile_sample(tmp_path, "forward,input_grad,weight_grad")["rows"]
     # Every kernel of both families: each one the package tunes, and the untuned depthwise weight gradient.
     tuned = {n.split("kernels.", 1)[1] for n in KERNEL_TUNERS
-             if n.startswith(("gconv_triton.kernels.gconv.", "gconv_triton.kernels.depthwise."))}
+             if n.startswith(("gconv_triton.kernels.group_conv.", "gconv_triton.kernels.group_conv_depthwise."))}
     compiled = {r["kernel"] for r in rows}
     assert tuned <= compiled and len(compiled - tuned) >= 1, (tuned, compiled)
 
@@ -195,7 +195,7 @@ def test_tap_kernels_compile_for_sm90_and_sm80_without_spills(tmp_path):
              for kernel in ("forward", "input_grad", "weight_grad")]
     rows = _compile_sample(tmp_path, ",".join(roles))["rows"]
     assert {r["role"] for r in rows} == set(roles)
-    assert {r["kernel"] for r in rows} == {"tap._forward_kernel", "tap._input_grad_kernel", "tap._weight_grad_kernel"}
+    assert {r["kernel"] for r in rows} == {"tap_conv._forward_kernel", "tap_conv._input_grad_kernel", "tap_conv._weight_grad_kernel"}
     assert {r["layer"] for r in rows} == {"gemm", "depthwise", "lifting"}
 
 
@@ -212,7 +212,7 @@ def test_hot_loop_of_a_real_compile(tmp_path):
     assert all(src in ("cp.async", "TMA", "LDG") for src in row["operands"]) and len(row["operands"]) == 2
     assert row["dot"]["a_type"] == "bf16" and row["bytes"] > 0 and row["dense_bytes"] > 0
     text = (tmp_path / "one.md").read_text()
-    assert "## Targets" in text and "### gconv._conv_gemm_kernel" in text and "HGMMA" in text
+    assert "## Targets" in text and "### group_conv._conv_gemm_kernel" in text and "HGMMA" in text
 
 
 def test_cli_rejects_interpreted_kernels_and_bad_archs(tmp_path):

@@ -23,8 +23,8 @@ import triton.language as tl
 
 from ._common import (INTERPRET, cdiv, empty_like_layout, empty_output, gather_tables, geometry_args, group_tables,
                       input_grad_buffer, maybe_autotune, offset, split_pixel, static_args)
-from .gconv import (_forward_result, _needs_int64, _vector_width, apply_activation, channels_last, is_channels_last,
-                    preact_buffer)
+from .group_conv import (_forward_result, _needs_int64, _vector_width, apply_activation, channels_last,
+                         is_channels_last, preact_buffer)
 
 INTERPRETER_CONFIG = dict(BLOCK_P=64, BLOCK_C=16)
 
@@ -71,7 +71,7 @@ def _dw_forward_kernel(
     ``x``: ``(B, H, W, CH = groups·S_IN)``, unit channel stride.  The columns are the ``(grp, s)`` input channels;
     column ``s`` meets weight slice ``u = g⁻¹·s`` (``stab[g, s]``) at base tap ``tap_src[g, t']`` for window
     position ``t'``, and the ``S_IN`` columns of a group are summed at the end.  Epilogue as
-    ``gconv._conv_gemm_kernel``: bias, then ``ACTIVATION``; ``STORE_PREACT`` also writes the pre-activation to
+    ``group_conv._conv_gemm_kernel``: bias, then ``ACTIVATION``; ``STORE_PREACT`` also writes the pre-activation to
     ``z_ptr`` (same strides as ``y``)."""
     T: tl.constexpr = KH * KW
     G_TILE: tl.constexpr = (BLOCK_C + S_PAD - 1) // S_PAD
@@ -300,8 +300,8 @@ def input_copy_shape(x: torch.Tensor, spec):
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str = "none",
             return_preact: bool = False, return_input_copy: bool = False):
-    """As :func:`gconv.forward <gconv_triton.kernels.gconv.forward>` (activation epilogue included; the copy of
-    ``x``: :func:`input_copy_shape`)."""
+    """As :func:`group_conv.forward <gconv_triton.kernels.group_conv.forward>` (activation epilogue included; the
+    copy of ``x``: :func:`input_copy_shape`)."""
     stab, tap_src = gather_tables(spec.group, spec.in_group, spec.kernel, x.device)
     y = empty_like_layout((spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height,
                            spec.out_width), x)
@@ -352,8 +352,9 @@ def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order) -> torch.Ten
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None) -> torch.Tensor:
-    """As :func:`gconv.weight_grad <gconv_triton.kernels.gconv.weight_grad>`; ``x_copy``: :func:`forward`'s copy."""
-    from .gconv import weight_split   # looked up at call time (tests patch it)
+    """As :func:`group_conv.weight_grad <gconv_triton.kernels.group_conv.weight_grad>`; ``x_copy``: :func:`forward`'s
+    copy."""
+    from .group_conv import weight_split   # looked up at call time (tests patch it)
 
     in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
     kh, kw = spec.kernel

@@ -36,7 +36,7 @@ import triton.language as tl
 
 from .._layout import dim_order
 from ._common import INTERPRET, cdiv, empty_output, geometry_args, group_tables, split_pixel, static_args
-from .gconv import _needs_int64
+from .group_conv import _needs_int64
 
 REDUCTIONS = ("sum", "max", "min", "prod")
 
