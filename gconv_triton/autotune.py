@@ -23,8 +23,8 @@ import torch
 from ._spec import make_spec
 from .groups import get_group
 
-__all__ = ["Layer", "MODELS", "FORWARD_ONLY", "DTYPES", "LAYOUTS", "Progress", "model_layers", "dtype_setting",
-           "make_input", "to_layout", "parse_names", "pretune", "main"]
+__all__ = ["Layer", "MODELS", "FORWARD_ONLY", "STEERABLE_SETS", "DTYPES", "LAYOUTS", "Progress", "model_layers",
+           "dtype_setting", "make_input", "to_layout", "parse_names", "pretune", "main"]
 
 # name -> (torch dtype, tf32 allowed): fp32 runs exact fp32 dots, tf32 lets cuDNN, cuBLAS and our kernels use tf32.
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True), "bf16": (torch.bfloat16, False),
@@ -152,6 +152,51 @@ def _inference() -> list[Layer]:
             for batch in (1, 8) for prefix, layers in (("", [_wide()]), ("p4cnn.", _p4cnn())) for layer in layers]
 
 
+def _reresnet_stage(group: str, batch: int = 32) -> list[Layer]:
+    """Stage 1 of ReDet's ReResNet-50 (3 bottleneck blocks, 64 -> 256 channels, 56x56 maps of a 224x224 input):
+    channel counts are G-channels in total, divided by the group order into regular fields (ReDet's
+    ``build_enn_divide_feature``).  Block 1's 1x1 projection shortcut has conv3's shape (stride 1), so it is
+    counted there.  The basis is e2cnn's default (ReDet passes ``frequencies_cutoff=3r``)."""
+    s = get_group(group).order
+    narrow, wide = 64 // s, 256 // s
+    p = dict(group=group, in_group=group, height=56, width=56, batch=batch)
+    return [Layer("stage1.conv1", c_in=narrow, c_out=narrow, kernel=(1, 1), **p),
+            Layer("stage1.conv1.from256", c_in=wide, c_out=narrow, kernel=(1, 1), count=2, **p),
+            Layer("stage1.conv2", c_in=narrow, c_out=narrow, padding=(1, 1), count=3, **p),
+            Layer("stage1.conv3+shortcut", c_in=narrow, c_out=wide, kernel=(1, 1), count=4, **p)]
+
+
+def _steerable_mnist(group: str, batch: int = 64) -> list[Layer]:
+    """The rotated-MNIST model of e2cnn's tutorial (``C8SteerableCNN``, after the E(2)-CNN paper): 29x29 input, a
+    7x7 lifting layer (padding 1), then five 5x5 layers of 24, 48, 48, 96, 64, 64 regular C8 fields with
+    stride-2 pooling after the 2nd and 4th; for a group of order S the fields are scaled by sqrt(8/S), which keeps
+    the parameter count."""
+    s = get_group(group).order
+    f1, f2, f3, f4, f5, f6 = (max(1, round(f * math.sqrt(8 / s))) for f in (24, 48, 48, 96, 64, 64))
+    p = dict(group=group, in_group=group, kernel=(5, 5), padding=(2, 2), batch=batch)
+    return [Layer("mnist.l1", group=group, in_group="z2", c_in=1, c_out=f1, height=29, width=29, kernel=(7, 7),
+                  padding=(1, 1), batch=batch, input_grad=False),
+            Layer("mnist.l2", c_in=f1, c_out=f2, height=25, width=25, **p),
+            Layer("mnist.l3", c_in=f2, c_out=f3, height=13, width=13, **p),
+            Layer("mnist.l4", c_in=f3, c_out=f4, height=13, width=13, **p),
+            Layer("mnist.l5", c_in=f4, c_out=f5, height=7, width=7, **p),
+            Layer("mnist.l6", **dict(p, padding=(1, 1)), c_in=f5, c_out=f6, height=7, width=7)]
+
+
+def _steerable(group: str) -> list[Layer]:
+    return _reresnet_stage(group) + _steerable_mnist(group)
+
+
+def _steerable_description(group: str) -> str:
+    stage, mnist = _reresnet_stage(group), _steerable_mnist(group)
+    return (f"{group.upper()} steerable: ReResNet-50 stage 1 (64 -> 256 G-channels as {stage[0].c_in} -> "
+            f"{stage[-1].c_out} fields, 1x1 and 3x3, 56x56, batch 32) and e2cnn's rotated-MNIST model "
+            f"({mnist[0].c_out}-{max(layer.c_out for layer in mnist)} fields, 7x7 then 5x5, 29x29, batch 64)")
+
+
+# Shape sets on steerable filters (C_N / D_N: the weight is basis coefficients, not taps).
+STEERABLE_SETS = ("c8", "c16", "d8")
+
 # Shape sets that the perf suite times forward only (inference).
 FORWARD_ONLY = ("inference",)
 
@@ -165,6 +210,7 @@ MODELS: dict[str, tuple[str, list[Layer]]] = {
                        kernel=(7, 7), stride=2, padding=(3, 3), batch=64, input_grad=False)]),
     "grouped": ("grouped, depthwise and 1-D convolutions, batch 32", _grouped()),
     "inference": ("inference, forward only: the wide p4m layer and the P4CNN at batch 1 and 8", _inference()),
+    **{group: (_steerable_description(group), _steerable(group)) for group in STEERABLE_SETS},
 }
 
 
@@ -280,6 +326,7 @@ def pretune(models: Sequence[str], dtypes: Sequence[str] = ("bf16",), layouts: S
     "failed": [(layer, error)], "cache": path}``.  The kernels' autotuner writes its cache as it goes."""
     from .kernels import tuner as _autotune
 
+    models = [m for m in models if m not in STEERABLE_SETS]  # no Triton kernels for steerable filters yet
     jobs = [(m, layer, d, lay) for m in models for layer in model_layers(m, batch) for d in dtypes for lay in layouts]
     before = _autotune.DEFAULT_CACHE.count()
     failed = []

@@ -52,6 +52,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--save", action="store_true", help="CPU smoke mode: also write cpu-smoke-<date>.{json,md,png}")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--tiny", action="store_true", help="CPU smoke mode: the smallest timing shapes (for tests)")
+    p.add_argument("--full-sets", action="store_true",
+                   help="CPU smoke mode: time every layer of each set at its own batch (--batch overrides it) "
+                        "instead of a CPU-sized slice")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="CPU smoke mode: interleaved timing rounds per layer (default 7; --tiny: 3)")
     p.add_argument("--smoke-cases", default="all", help="CPU smoke mode: 'all' or a comma-separated subset of the "
                                                         "tiny agreement cases (perf.smoke.SMOKE_CASES)")
     return p
@@ -74,6 +79,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     layouts = _names(args.layouts or ("all" if gpu else "contiguous"), LAYOUTS, "--layouts")
     if args.batch is not None and args.batch < 1:
         raise SystemExit(f"python -m perf: error: --batch: expected a positive int, got {args.batch}")
+    if args.rounds is not None and args.rounds < 1:
+        raise SystemExit(f"python -m perf: error: --rounds: expected a positive int, got {args.rounds}")
     for flag, value in (("--warmup", args.warmup), ("--rep", args.rep)):
         if value is not None and not value > 0:
             raise SystemExit(f"python -m perf: error: {flag}: expected a positive number of ms, got {value}")
@@ -90,7 +97,8 @@ def _smoke(args, providers, modes, cases, sets, dtypes, layouts) -> int:
 
     result = smoke.run(providers, modes, cases, tiny=args.tiny, sets=sets, dtypes=dtypes, layouts=layouts,
                        batch=args.batch, warmup_ms=args.warmup, rep_ms=args.rep,
-                       budget_s=None if args.budget_min is None else 60 * args.budget_min)
+                       budget_s=None if args.budget_min is None else 60 * args.budget_min, full=args.full_sets,
+                       rounds=args.rounds)
     print(report.agreement_table(result["agreement"]))
     print("CPU timings (CPU numbers: they say nothing about the Triton kernels)")
     print(report.console_summary(result))

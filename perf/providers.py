@@ -1,12 +1,18 @@
 """The implementations the suite compares, each built for one :class:`Case` (a layer's tensors in a dtype and
 memory layout).
 
-- ``gconv_triton``: ``gconv_triton.functional.gconv2d`` on the fused kernels (on a CPU: the package's CPU path).
+- ``gconv_triton``: ``gconv_triton.functional.gconv2d`` on the fused kernels (on a CPU: the package's CPU path);
+  for the steerable groups (C_N / D_N) ``gconv_triton.steerable.steerable_conv2d``, on the kernels once they serve
+  the group, until then on the package's path for the device (the bank + ``F.conv2d``), which the record notes.
 - ``bank_cudnn``: the filter bank gathered from the base weight by a precomputed index on every call, then
-  ``F.conv2d`` (what GrouPy-style ports do; on a CPU, the same on the CPU).
+  ``F.conv2d`` (what GrouPy-style ports do; on a CPU, the same on the CPU); for C_N / D_N the bank built from the
+  coefficients on every call by the package's one-matmul builder (``steerable_bank``), then ``F.conv2d``.
 - ``e2cnn``: ``e2cnn.nn.R2Conv`` on regular fields (its own steerable parametrisation; the bank is expanded on
   every training call).  Skipped, with the reason, when e2cnn is missing or cannot build a layer.
 - ``dense_cudnn``: ``F.conv2d`` with the bank precomputed and trained as a dense weight (cuDNN if the bank were free).
+
+On a steerable group (:func:`is_steerable`) a case's weight ``w`` is the basis coefficients
+``(C_out, C_in / groups, S_in, B)`` (:func:`weight_shape`), as ``GroupConv2d(group="c8")`` holds them.
 - ``matmul``: ``torch.matmul`` of ``(M, K) @ (K, N)`` with the layer's ``M, N, K`` (:meth:`Layer.gemm`): the same
   FLOPs at the tensor-core ceiling.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from typing import Callable, Optional
 
 import torch
@@ -25,8 +32,32 @@ import gconv_triton
 from gconv_triton.autotune import DTYPES, Layer, make_input
 from gconv_triton.functional import gconv2d
 from gconv_triton.reference import filter_bank
+from gconv_triton.steerable import SteerableGroup, basis_size, steerable_bank, steerable_conv2d
 
 PROVIDERS = ("gconv_triton", "bank_cudnn", "e2cnn", "dense_cudnn", "matmul")
+
+
+@functools.lru_cache(maxsize=256)
+def is_steerable(layer: Layer) -> bool:
+    """Whether ``layer``'s group is C_N / D_N on steerable filters (its weight: basis coefficients)."""
+    return isinstance(layer.spec().group, SteerableGroup)
+
+
+def weight_shape(layer: Layer) -> tuple[int, ...]:
+    """The trained weight: the base weight ``(C_out, C_in / groups, S_in, kh, kw)``, or for a steerable group the
+    coefficients ``(C_out, C_in / groups, S_in, B)``."""
+    shape = layer.weight_shape()
+    return (*shape[:3], basis_size(layer.kernel)) if is_steerable(layer) else shape
+
+
+def layer_conv(x: torch.Tensor, w: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """The package's public functional op for ``layer`` (``gconv2d``, or ``steerable_conv2d`` for C_N / D_N) on
+    ``x (B, C_in, S_in, H, W)`` and the weight ``w`` (:func:`weight_shape`), on the current backend."""
+    geometry = dict(group=layer.group, in_group=layer.in_group, stride=layer.stride, padding=layer.padding,
+                    dilation=layer.dilation, groups=layer.groups)
+    if is_steerable(layer):
+        return steerable_conv2d(x, w, kernel_size=layer.kernel[0], **geometry)
+    return gconv2d(x, w, **geometry)
 
 
 @dataclasses.dataclass
@@ -55,14 +86,16 @@ class Case:
 
 def make_case(layer: Layer, dtype: str, layout: str, device, seed: int = 0) -> Case:
     """Fresh standard-normal tensors made on ``device`` (the weight scaled by 1/sqrt(fan-in) so outputs stay O(1) in
-    half precision); the values depend on the seed only, not on the layout or dtype (before rounding)."""
+    half precision; coefficients by 1/sqrt(C_in·S_in·B), which gives the taps about that variance); the values
+    depend on the seed only, not on the layout or dtype (before rounding)."""
     device = torch.device(device)
     torch_dtype = DTYPES[dtype][0]
     gen = torch.Generator(device=device).manual_seed(seed)
     spec = layer.spec()
-    fan_in = spec.in_channels * spec.s_in * spec.kernel[0] * spec.kernel[1]
+    taps = weight_shape(layer)[-1] if is_steerable(layer) else spec.kernel[0] * spec.kernel[1]
+    fan_in = spec.in_channels * spec.s_in * taps
     x = make_input(layer.input_shape(), torch.float32, device, layout, gen)
-    w = torch.randn(layer.weight_shape(), generator=gen, device=device) / math.sqrt(fan_in)
+    w = torch.randn(weight_shape(layer), generator=gen, device=device) / math.sqrt(fan_in)
     out_shape = (spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height, spec.out_width)
     dy = make_input(out_shape, torch.float32, device, layout, gen)
     x, w, dy = (t.to(torch_dtype) for t in (x, w, dy))   # .to keeps each tensor's memory layout
@@ -72,11 +105,12 @@ def make_case(layer: Layer, dtype: str, layout: str, device, seed: int = 0) -> C
 @dataclasses.dataclass
 class Built:
     """A provider ready to run: ``forward()`` returns a tensor shaped like ``grad_output``; a backward
-    differentiates it with respect to ``inputs``."""
+    differentiates it with respect to ``inputs``.  ``note``: what the records should say about what ran."""
 
     forward: Callable[[], torch.Tensor]
     inputs: list[torch.Tensor]
     grad_output: torch.Tensor
+    note: Optional[str] = None
 
 
 class Provider:
@@ -102,23 +136,44 @@ class Provider:
 
 
 class GconvTriton(Provider):
-    """Our ``gconv2d``: the fused kernels with ``backend="triton"``; ``backend="auto"`` on CPU tensors times the
-    package's CPU path (the reference: bank + ``F.conv2d``)."""
+    """Our functional op (:func:`layer_conv`): the fused kernels with ``backend="triton"``; ``backend="auto"`` on
+    CPU tensors times the package's CPU path (the reference: bank + ``F.conv2d``).  A steerable layer that the
+    kernels do not serve yet (``NotImplementedError`` under ``"triton"``) runs on ``"auto"``, the package's own
+    path for the device, and says so (:meth:`fallback`): it moves to the kernels, unchanged, when they land."""
 
     name = "gconv_triton"
 
     def __init__(self, backend: str = "triton"):
         self.backend = backend
+        self._fallbacks: dict[tuple, Optional[str]] = {}
+
+    def fallback(self, case: Case) -> Optional[str]:
+        """Why ``case`` runs on ``"auto"`` instead of this provider's ``"triton"`` backend, or None.  Found once
+        per layer, dtype and device, by a forward of the first sample under ``"triton"``."""
+        layer = case.layer
+        if self.backend != "triton" or not is_steerable(layer):
+            return None
+        key = (layer, case.x.dtype, case.device.type)
+        if key not in self._fallbacks:
+            try:
+                with gconv_triton.backend("triton"), torch.no_grad():
+                    layer_conv(case.x[:1], case.w, layer)
+                self._fallbacks[key] = None
+            except NotImplementedError as err:
+                self._fallbacks[key] = (f"no Triton kernels serve {layer.group} yet, so this is the package's path "
+                                        f"for the device: steerable_bank + F.conv2d, the ops of bank_cudnn "
+                                        f"({str(err).splitlines()[0][:120]})")
+        return self._fallbacks[key]
 
     def build(self, case: Case) -> Built:
-        layer = case.layer
+        note = self.fallback(case)
+        backend = "auto" if note else self.backend
 
         def forward():
-            with gconv_triton.backend(self.backend):
-                return gconv2d(case.x, case.w, group=layer.group, in_group=layer.in_group, stride=layer.stride,
-                               padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+            with gconv_triton.backend(backend):
+                return layer_conv(case.x, case.w, case.layer)
 
-        return Built(forward, case.inputs(case.w), case.dy)
+        return Built(forward, case.inputs(case.w), case.dy, note)
 
 
 @functools.lru_cache(maxsize=64)
@@ -141,6 +196,16 @@ def gather_bank(w: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return w.reshape(-1).index_select(0, index.flatten()).view(index.shape)
 
 
+def layer_bank(w: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """The filter bank ``(C_out·S_out, C_in_g·S_in, kh, kw)`` of the weight ``w`` (:func:`weight_shape`),
+    differentiable: :func:`gather_bank`, or for a steerable group ``steerable_bank`` (one matmul of the
+    coefficients with the rotated basis tables, one ``index_select``)."""
+    if is_steerable(layer):
+        spec = layer.spec()
+        return steerable_bank(w, spec.group, spec.in_group, layer.kernel[0])
+    return gather_bank(w, bank_index(layer, w.device))
+
+
 def conv_with_bank(x: torch.Tensor, bank: torch.Tensor, layer: Layer) -> torch.Tensor:
     """``F.conv2d`` of the flattened ``x (B, C·S, H, W)`` with ``bank``; returns
     ``(B, C_out, S_out, H_out, W_out)``."""
@@ -150,7 +215,11 @@ def conv_with_bank(x: torch.Tensor, bank: torch.Tensor, layer: Layer) -> torch.T
 
 
 def bank_grad_to_weight(dbank: torch.Tensor, layer: Layer) -> torch.Tensor:
-    """Sum a bank gradient back onto the base weight (the scatter-add that the gather's backward does)."""
+    """Sum a bank gradient back onto the base weight (the scatter-add that the gather's backward does); for a
+    steerable group, the coefficients' gradient (the bank builder's backward, which is linear)."""
+    if is_steerable(layer):
+        w = dbank.new_zeros(weight_shape(layer)).requires_grad_()
+        return torch.autograd.grad(layer_bank(w, layer), w, dbank)[0]
     index = bank_index(layer, dbank.device).flatten()
     dw = torch.zeros(math.prod(layer.weight_shape()), dtype=dbank.dtype, device=dbank.device)
     return dw.index_add_(0, index, dbank.flatten()).view(layer.weight_shape())
@@ -158,11 +227,15 @@ def bank_grad_to_weight(dbank: torch.Tensor, layer: Layer) -> torch.Tensor:
 
 class BankCudnn(Provider):
     """The filter bank gathered by index on every call (its backward scatter-adds into the base weight), then
-    ``F.conv2d``: what GrouPy-style ports do."""
+    ``F.conv2d``: what GrouPy-style ports do.  For a steerable group the bank is built from the coefficients on
+    every call (:func:`layer_bank`), as a training step must."""
 
     name = "bank_cudnn"
 
     def build(self, case: Case) -> Built:
+        if is_steerable(case.layer):
+            return Built(lambda: conv_with_bank(case.x, layer_bank(case.w, case.layer), case.layer),
+                         case.inputs(case.w), case.dy)
         index = bank_index(case.layer, case.device)
         return Built(lambda: conv_with_bank(case.x, gather_bank(case.w, index), case.layer),
                      case.inputs(case.w), case.dy)
@@ -174,7 +247,7 @@ class DenseCudnn(Provider):
     name = "dense_cudnn"
 
     def _bank(self, case: Case) -> torch.Tensor:
-        bank = gather_bank(case.w.detach(), bank_index(case.layer, case.device))
+        bank = layer_bank(case.w.detach(), case.layer)
         if case.layout == "channels_last":
             bank = bank.contiguous(memory_format=torch.channels_last)
         return bank.requires_grad_()
@@ -214,7 +287,7 @@ class Matmul(Provider):
         cols = F.unfold(case.x.flatten(1, 2), spec.kernel, layer.dilation, layer.padding, layer.stride)
         b, _, pixels = cols.shape
         a = cols.view(b, g, k, pixels).permute(1, 0, 3, 2).reshape(g, b * pixels, k)      # (groups, M, K)
-        bank = gather_bank(case.w, bank_index(layer, case.device)).reshape(g, n // g, k)  # (groups, N_g, K)
+        bank = layer_bank(case.w, layer).reshape(g, n // g, k)                             # (groups, N_g, K)
         if a.shape[1:] != (m, k) or bank.shape[0] * bank.shape[1] != n:
             raise RuntimeError(f"im2col GEMM is {tuple(a.shape)} @ {tuple(bank.shape)}, Layer.gemm() says {(m, n, k)}")
         y = torch.matmul(a, bank.transpose(1, 2))                                          # (groups, M, N_g)
@@ -227,6 +300,27 @@ class Matmul(Provider):
 
 # ------------------------------------------------------------------------------------------------------ e2cnn
 _E2_GSPACES = {"p4": ("Rot2dOnR2", dict(N=4)), "p4m": ("FlipRot2dOnR2", dict(N=4)), "z2": ("TrivialOnR2", {})}
+
+
+def _e2cnn_gspace_args(group: str) -> Optional[tuple[str, dict]]:
+    """``(gspace class, kwargs)`` of e2cnn's gspace for a group name: p4, p4m, z2, ``cN`` (``Rot2dOnR2(N)``),
+    ``dN`` (``FlipRot2dOnR2(N)``, e2cnn's default axis); None for other groups."""
+    if group in _E2_GSPACES:
+        return _E2_GSPACES[group]
+    steerable = re.fullmatch(r"([cd])([0-9]+)", group)
+    if steerable is None:
+        return None
+    return ("Rot2dOnR2" if steerable[1] == "c" else "FlipRot2dOnR2"), dict(N=int(steerable[2]))
+
+
+def e2cnn_gspace(group: str):
+    """e2cnn's gspace for the group name ``group`` (:func:`_e2cnn_gspace_args`); ValueError if it has none."""
+    args = _e2cnn_gspace_args(group)
+    if args is None:
+        raise ValueError(f"group: expected p4, p4m, z2, cN or dN (a group e2cnn has), got {group!r}")
+    from e2cnn import gspaces
+
+    return getattr(gspaces, args[0])(**args[1])
 
 
 @functools.lru_cache(maxsize=1)
@@ -244,6 +338,16 @@ def load_e2cnn():
     return e2cnn, None
 
 
+def unshare_e2cnn_blocks() -> None:
+    """Empty e2cnn's cache of basis-expansion blocks, so that the next ``R2Conv`` gets its own.  e2cnn shares one
+    block module between every ``R2Conv`` of the same basis, so ``.to(dtype)`` on one converts the others' sampled
+    basis too (an fp32 layer built after a float64 one fails); its dihedral key also ignores the reflection axis
+    (``gconv_triton.interop``)."""
+    import e2cnn.nn.modules.r2_conv.basisexpansion_singleblock as single
+
+    single._stored_filters.clear()
+
+
 @functools.lru_cache(maxsize=None)
 def e2cnn_broken(group: str) -> Optional[str]:
     """Why e2cnn cannot build a small ``R2Conv`` between regular fields of ``group`` here, or None.  (e2cnn 0.2.3
@@ -252,10 +356,9 @@ def e2cnn_broken(group: str) -> Optional[str]:
     if why:
         return why
     try:
-        from e2cnn import gspaces, nn as enn
+        from e2cnn import nn as enn
 
-        cls, kw = _E2_GSPACES[group]
-        space = getattr(gspaces, cls)(**kw)
+        space = e2cnn_gspace(group)
         enn.R2Conv(enn.FieldType(space, [space.regular_repr]), enn.FieldType(space, [space.regular_repr]), 3)
     except Exception as err:  # noqa: BLE001  (report why, go on without it)
         import numpy
@@ -267,8 +370,10 @@ def e2cnn_broken(group: str) -> Optional[str]:
 
 
 class E2cnn(Provider):
-    """``e2cnn.nn.R2Conv`` between regular fields (trivial fields for a lifting layer), in training mode: the bank
-    is expanded from e2cnn's steerable basis on every call, as in training."""
+    """``e2cnn.nn.R2Conv`` between regular fields (trivial fields for a lifting layer) of ``Rot2dOnR2(N)`` (p4,
+    ``cN``) or ``FlipRot2dOnR2(N)`` (p4m, ``dN``), default basis, in training mode: the bank is expanded from
+    e2cnn's steerable basis on every call, as in training.  Its own weights (drawn here): on C_N / D_N the smoke
+    mode's agreement reads them into our coefficients (``steerable.from_e2cnn``) to check the same function."""
 
     name = "e2cnn"
     comparable = False
@@ -279,7 +384,7 @@ class E2cnn(Provider):
             return why
         if layer.kernel[0] != layer.kernel[1]:
             return f"R2Conv takes square kernels only, got {layer.kernel}"
-        if layer.group not in _E2_GSPACES or layer.in_group not in (layer.group, "z2"):
+        if _e2cnn_gspace_args(layer.group) is None or layer.in_group not in (layer.group, "z2"):
             return f"no e2cnn gspace for {layer.in_group} -> {layer.group} here"
         return e2cnn_broken(layer.group)
 
@@ -287,10 +392,10 @@ class E2cnn(Provider):
         e2cnn, why = load_e2cnn()
         if why:
             raise RuntimeError(why)
-        from e2cnn import gspaces, nn as enn
+        from e2cnn import nn as enn
 
-        cls, kw = _E2_GSPACES[layer.group]
-        space = getattr(gspaces, cls)(**kw)
+        space = e2cnn_gspace(layer.group)
+        unshare_e2cnn_blocks()   # this layer is cast to `dtype` below
         in_repr = space.trivial_repr if layer.in_group == "z2" else space.regular_repr
         conv = enn.R2Conv(enn.FieldType(space, layer.c_in * [in_repr]),
                           enn.FieldType(space, layer.c_out * [space.regular_repr]), layer.kernel[0],
@@ -342,5 +447,5 @@ def provider(name: str, device) -> Provider:
 
 __all__ = ["PROVIDERS", "Case", "Built", "Provider", "GconvTriton", "BankCudnn", "DenseCudnn", "Matmul", "E2cnn",
            "make_case", "bank_index", "gather_bank", "conv_with_bank", "bank_grad_to_weight", "load_e2cnn",
-           "e2cnn_broken", "e2cnn_permutation",
-           "provider"]
+           "e2cnn_broken", "e2cnn_permutation", "e2cnn_gspace", "unshare_e2cnn_blocks", "is_steerable",
+           "weight_shape", "layer_conv", "layer_bank", "provider"]

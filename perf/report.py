@@ -231,9 +231,9 @@ def markdown(result: dict) -> str:
         out += [f"## Targets ({TARGET_DTYPE}, {TARGET_MODE})\n", "\n".join(goals) + "\n"]
     skipped = {}
     for r in result["records"]:
-        if r["status"] != "ok" or r.get("message"):
-            skipped.setdefault((r["provider"], r["status"], r.get("message")), 0)
-            skipped[(r["provider"], r["status"], r.get("message"))] += 1
+        if r["status"] != "ok" or r.get("message") or r.get("note"):
+            key = (r["provider"], r["status"], r.get("message") or r.get("note"))
+            skipped[key] = skipped.get(key, 0) + 1
     if skipped:
         out += ["## Skipped, failed or flagged\n",
                 "\n".join(f"- {p} ({s}, {n}×): {m}" for (p, s, m), n in skipped.items()) + "\n"]

@@ -15,9 +15,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from gconv_triton.autotune import DTYPES, FORWARD_ONLY, Layer, Progress, dtype_setting
-from gconv_triton.functional import gconv2d
 
-from .providers import Built, Case, Provider, make_case
+from .providers import Built, Case, Provider, layer_conv, make_case
 
 MODES = ("forward", "backward", "forward+backward")
 QUANTILES = (0.5, 0.2, 0.8)
@@ -107,12 +106,14 @@ def reference_forward(case: Case) -> torch.Tensor:
     round-off, about 1e-6, is far under every tolerance it checks)."""
     import gconv_triton
 
-    layer = case.layer
     dtype = torch.float64 if case.device.type == "cpu" else torch.float32
     with torch.no_grad(), gconv_triton.backend("torch"), dtype_setting("fp32"):
-        return gconv2d(case.x.detach().to(dtype), case.w.detach().to(dtype), group=layer.group,
-                       in_group=layer.in_group, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                       groups=layer.groups)
+        return layer_conv(case.x.detach().to(dtype), case.w.detach().to(dtype), case.layer)
+
+
+def note_field(built: Built) -> dict:
+    """``{"note": ...}`` for a record when the provider said what ran (:attr:`Built.note`), else nothing."""
+    return {"note": built.note} if built.note else {}
 
 
 def _first_line(err: BaseException) -> str:
@@ -236,7 +237,7 @@ class _Run:
                     torch.cuda.empty_cache()
                 continue
             fields = dict(status="ok", median_ms=timing.median_ms, p20_ms=timing.p20_ms, p80_ms=timing.p80_ms,
-                          peak_bytes=peak, rel_err=err, tolerance=tolerance)
+                          peak_bytes=peak, rel_err=err, tolerance=tolerance, **note_field(built))
             if err is not None and not err < tolerance:
                 fields["message"] = f"forward relative error {err:.2e} exceeds {tolerance:.0e}"
             measured.append(self.add(base, layer, mode, **fields))

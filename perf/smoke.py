@@ -3,7 +3,8 @@
 1. Agreement: every provider on tiny shapes against the float64 reference (forward, input and weight gradients);
    our kernels run under Triton's interpreter, in a subprocess with ``TRITON_INTERPRET=1`` when this process did
    not set it before importing the kernels.  e2cnn, which trains its own steerable basis, is checked by reading
-   its expanded bank back into our convention (its group-element order is found, not assumed).
+   its expanded bank back into our convention (its group-element order is found, not assumed); on C_N / D_N its
+   weights are read into our coefficients (``from_e2cnn``), and both layers must compute the same function.
 2. CPU timings of the package's CPU path against the same providers on the CPU (``bank_cudnn`` and
    ``dense_cudnn`` run torch's CPU convolution there, so they are labelled ``bank_torch_cpu`` and
    ``dense_torch_cpu``): every provider of a layer interleaved in one process, medians of rounds, reported as
@@ -27,13 +28,13 @@ from typing import Callable, Optional, Sequence
 import torch
 
 import gconv_triton
-from gconv_triton.autotune import DTYPES, Layer, Progress, dtype_setting, model_layers
-from gconv_triton.functional import gconv2d
+from gconv_triton.autotune import DTYPES, STEERABLE_SETS, Layer, Progress, dtype_setting, model_layers
 from gconv_triton.reference import filter_bank
 
-from .providers import PROVIDERS, E2cnn, GconvTriton, e2cnn_permutation, make_case, provider
-from .runner import (QUANTILES, TOLERANCE, _first_line, derive, mode_runner, reference_forward, rel_error,
-                     summarize)
+from .providers import (PROVIDERS, E2cnn, GconvTriton, e2cnn_permutation, is_steerable, layer_conv, make_case,
+                        provider)
+from .runner import (QUANTILES, TOLERANCE, _first_line, derive, mode_runner, note_field, reference_forward,
+                     rel_error, summarize)
 
 # Tiny layers covering both kernel families (implicit GEMM and depthwise), lifting, p4m, channel groups and 1-D.
 SMOKE_CASES: dict[str, Layer] = {layer.name: layer for layer in [
@@ -45,6 +46,14 @@ SMOKE_CASES: dict[str, Layer] = {layer.name: layer for layer in [
           padding=(0, 1), groups=2, batch=2),
     Layer("conv1d-depthwise", group="z2", in_group="z2", c_in=3, c_out=3, height=1, width=9, kernel=(1, 3),
           padding=(0, 1), groups=3, batch=2),
+    # steerable filters (the weight is basis coefficients): lifting and regular, C8 and D8, k = 3 and 5
+    Layer("lift-c8", group="c8", in_group="z2", c_in=2, c_out=2, height=7, width=7, kernel=(5, 5), padding=(2, 2),
+          batch=2, input_grad=False),
+    Layer("c8", group="c8", in_group="c8", c_in=2, c_out=2, height=5, width=5, padding=(1, 1), batch=2),
+    Layer("lift-d8", group="d8", in_group="z2", c_in=2, c_out=2, height=5, width=5, padding=(1, 1), batch=2,
+          input_grad=False),
+    Layer("d8", group="d8", in_group="d8", c_in=2, c_out=2, height=6, width=6, kernel=(5, 5), padding=(2, 2),
+          batch=2),
 ]}
 FP32_TOLERANCE = TOLERANCE["fp32"]
 
@@ -63,8 +72,7 @@ def reference_outputs(case) -> dict[str, torch.Tensor]:
     x = case.x.detach().double().requires_grad_(layer.input_grad)
     w = case.w.detach().double().requires_grad_()
     with gconv_triton.backend("torch"):
-        y = gconv2d(x, w, group=layer.group, in_group=layer.in_group, stride=layer.stride, padding=layer.padding,
-                    dilation=layer.dilation, groups=layer.groups)
+        y = layer_conv(x, w, layer)
     grads = torch.autograd.grad(y, ([x] if layer.input_grad else []) + [w], case.dy.double())
     return {"y": y.detach(), **dict(zip((["dx"] if layer.input_grad else []) + ["dw"], grads))}
 
@@ -100,14 +108,47 @@ def e2cnn_outputs(layer: Layer, seed: int = 0) -> list[tuple[str, torch.Tensor, 
     x_e2 = x[:, :, perm_in].flatten(1, 2).requires_grad_()
     y_e2 = conv(enn.GeometricTensor(x_e2, conv.in_type)).tensor.unflatten(1, (layer.c_out, spec.s_out))
     (dx_e2,) = torch.autograd.grad(y_e2, x_e2, dy[:, :, perm])
+    y_ref, dx_ref = _reference_y_dx(layer, x, base, dy)
+    return [("bank", filter_bank(base, spec.group, spec.in_group), ours),
+            ("y", y_e2[:, :, inv].detach(), y_ref),
+            ("dx", dx_e2.unflatten(1, (layer.c_in, spec.s_in))[:, :, inv_in], dx_ref)]
+
+
+def _reference_y_dx(layer: Layer, x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor):
+    """The reference path's output and input gradient (float64) for the weight ``w``."""
     xr = x.clone().requires_grad_()
     with gconv_triton.backend("torch"):
-        y_ref = gconv2d(xr, base, group=layer.group, in_group=layer.in_group, stride=layer.stride,
-                        padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
-    (dx_ref,) = torch.autograd.grad(y_ref, xr, dy)
-    return [("bank", filter_bank(base, spec.group, spec.in_group), ours),
-            ("y", y_e2[:, :, inv].detach(), y_ref.detach()),
-            ("dx", dx_e2.unflatten(1, (layer.c_in, spec.s_in))[:, :, inv_in], dx_ref)]
+        y = layer_conv(xr, w, layer)
+    (dx,) = torch.autograd.grad(y, xr, dy)
+    return y.detach(), dx
+
+
+def e2cnn_steerable_outputs(layer: Layer, seed: int = 0) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """``(quantity, e2cnn's, reference)`` for ``y`` and ``dx`` of a C_N / D_N layer: e2cnn's ``R2Conv`` (its own
+    init) is read into our coefficients by ``gconv_triton.steerable.from_e2cnn`` (which checks the rebuilt bank
+    against e2cnn's within 1e-5), then both layers run on the same inputs, e2cnn's regular fields reordered by
+    ``steerable.e2cnn_permutation`` (``ours = theirs[:, :, perm]``)."""
+    from e2cnn import nn as enn
+
+    from gconv_triton import steerable
+
+    spec = layer.spec()
+    conv = E2cnn().module(layer, "cpu", torch.float64)
+    weights = steerable.from_e2cnn(conv)
+    if weights.group != spec.group:
+        raise RuntimeError(f"from_e2cnn read e2cnn's {layer.group} layer as {weights.group!r}")
+    perm = steerable.e2cnn_permutation(conv.out_type.gspace, weights.group)
+    perm_in = perm if spec.s_in > 1 else [0]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(layer.input_shape(), generator=gen, dtype=torch.float64)
+    dy = torch.randn((spec.batch, layer.c_out, spec.s_out, spec.out_height, spec.out_width), generator=gen,
+                     dtype=torch.float64)
+    x_e2 = x[:, :, _inverse(perm_in)].flatten(1, 2).requires_grad_()
+    y_e2 = conv(enn.GeometricTensor(x_e2, conv.in_type)).tensor.unflatten(1, (layer.c_out, spec.s_out))
+    (dx_e2,) = torch.autograd.grad(y_e2, x_e2, dy[:, :, _inverse(perm)])
+    y_ref, dx_ref = _reference_y_dx(layer, x, weights.coefficients, dy)
+    return [("y", y_e2[:, :, perm].detach(), y_ref),
+            ("dx", dx_e2.unflatten(1, (layer.c_in, spec.s_in))[:, :, perm_in], dx_ref)]
 
 
 def agreement(names: Optional[Sequence[str]] = None, providers: Sequence[str] = PROVIDERS, seed: int = 0) -> list[dict]:
@@ -132,9 +173,10 @@ def agreement(names: Optional[Sequence[str]] = None, providers: Sequence[str] = 
                     continue
                 try:
                     if pname == "e2cnn":
-                        triples = e2cnn_outputs(layer, seed)
+                        triples = (e2cnn_steerable_outputs if is_steerable(layer) else e2cnn_outputs)(layer, seed)
                     else:
                         triples = [(q, out, ref[q]) for q, out in prov.outputs(case).items()]
+                    note = prov.fallback(case) if isinstance(prov, GconvTriton) else None
                 except Exception as err:  # noqa: BLE001  (a provider that crashes fails its row, loudly)
                     rows.append(dict(case=name, provider=cpu_label(pname), quantity="run", rel_err=float("inf"),
                                      tolerance=FP32_TOLERANCE, ok=False, message=f"{type(err).__name__}: {err}"))
@@ -142,7 +184,8 @@ def agreement(names: Optional[Sequence[str]] = None, providers: Sequence[str] = 
                 for quantity, out, expected in triples:
                     err = rel_error(out, expected)
                     rows.append(dict(case=name, provider=cpu_label(pname), quantity=quantity, rel_err=err,
-                                     tolerance=FP32_TOLERANCE, ok=err < FP32_TOLERANCE))
+                                     tolerance=FP32_TOLERANCE, ok=err < FP32_TOLERANCE,
+                                     **({"message": note} if note else {})))
     return rows
 
 
@@ -167,7 +210,9 @@ def agreement_subprocess(names: Optional[Sequence[str]] = None, providers: Seque
 # not listed here times its first layer at batch 2.
 DEFAULT_SETS = ("p4cnn", "resnet44", "grouped")
 _CPU_SLICES = {"p4cnn": (slice(1, 3), 8), "resnet44": (slice(1, 2), 4), "grouped": (slice(0, 1), 2),
-               "wide": (slice(0, 1), 2), "lifting": (slice(0, 1), 1)}
+               "wide": (slice(0, 1), 2), "lifting": (slice(0, 1), 1),
+               # the ReResNet stage's 3x3 and 1x1, the MNIST model's lifting 7x7 and first 5x5
+               **{name: (slice(2, 6), 2) for name in STEERABLE_SETS}}
 # Providers as CPU timings call them: on a CPU there is no cuDNN, only torch's own CPU convolution.
 CPU_LABELS = {"bank_cudnn": "bank_torch_cpu", "dense_cudnn": "dense_torch_cpu"}
 CPU_PROVIDERS = ("gconv_triton", "bank_cudnn", "e2cnn", "dense_cudnn")
@@ -179,12 +224,15 @@ def cpu_label(name: str) -> str:
 
 
 def cpu_sets(names: Sequence[str] = DEFAULT_SETS, batch: Optional[int] = None,
-             tiny: bool = False) -> dict[str, list[Layer]]:
+             tiny: bool = False, full: bool = False) -> dict[str, list[Layer]]:
     """The layers timed on a CPU for each shape set in ``names``: a slice of its real layers at a small batch
-    (``batch`` overrides it); ``tiny``: only its cheapest layer at batch 1 (for tests)."""
+    (``batch`` overrides it); ``tiny``: only its cheapest layer at batch 1 (for tests); ``full``: every layer at
+    the set's own batch (or ``batch``)."""
     sets = {}
     for name in names:
-        if tiny:
+        if full:
+            sets[name] = model_layers(name, batch)
+        elif tiny:
             sets[name] = [min(model_layers(name, 1), key=lambda layer: layer.flops("forward"))]
         else:
             part, default_batch = _CPU_SLICES.get(name, (slice(0, 1), 2))
@@ -270,7 +318,7 @@ def _time_layer(set_name: str, layer: Layer, dtype: str, layout: str, provs, mod
     """The records of one (layer, dtype, layout): every provider built and checked, then timed together."""
     base = dict(set=set_name, layer=layer.name, count=layer.count, dtype=dtype, layout=layout, gemm=list(layer.gemm()),
                 bank_bytes=layer.spec().bank_numel() * DTYPES[dtype][0].itemsize, peak_bytes=None)
-    records, built, errors = [], {}, {}
+    records, built, errors, notes = [], {}, {}, {}
 
     def add(prov_name: str, mode: str, **fields) -> None:
         records.append(dict(base, provider=cpu_label(prov_name), mode=mode, flops=layer.flops(mode), **fields))
@@ -292,6 +340,7 @@ def _time_layer(set_name: str, layer: Layer, dtype: str, layout: str, provs, mod
         try:
             built[prov.name] = prov.build(case)
             errors[prov.name] = rel_error(built[prov.name].forward(), reference) if prov.comparable else None
+            notes[prov.name] = note_field(built[prov.name])
         except Exception as err:  # noqa: BLE001
             for mode in modes:
                 add(prov.name, mode, status="error", message=_first_line(err))
@@ -307,7 +356,8 @@ def _time_layer(set_name: str, layer: Layer, dtype: str, layout: str, provs, mod
             err = errors[name]
             tolerance = TOLERANCE.get(dtype) if err is not None else None
             median, p20, p80 = _quantiles(times)
-            fields = dict(status="ok", median_ms=median, p20_ms=p20, p80_ms=p80, rel_err=err, tolerance=tolerance)
+            fields = dict(status="ok", median_ms=median, p20_ms=p20, p80_ms=p80, rel_err=err, tolerance=tolerance,
+                          **notes[name])
             if ours is not None:
                 fields["paired_ratio"] = _quantiles([t / o for t, o in zip(times, ours)])[0]
             if err is not None and not err < tolerance:
@@ -320,20 +370,22 @@ def run(providers: Sequence[str] = PROVIDERS, modes: Sequence[str] = ("forward",
         cases: Optional[Sequence[str]] = None, tiny: bool = False, sets: Sequence[str] = DEFAULT_SETS,
         dtypes: Sequence[str] = ("fp32",), layouts: Sequence[str] = ("contiguous",), batch: Optional[int] = None,
         warmup_ms: Optional[float] = None, rep_ms: Optional[float] = None, budget_s: Optional[float] = None,
-        progress=sys.stderr) -> dict:
-    """The whole smoke mode; returns a result shaped like a GPU run's (``kind = "cpu-smoke"``)."""
+        progress=sys.stderr, full: bool = False, rounds: Optional[int] = None) -> dict:
+    """The whole smoke mode; returns a result shaped like a GPU run's (``kind = "cpu-smoke"``).  ``full``: time
+    every layer of the sets at their own batch (:func:`cpu_sets`); ``rounds``: the timer's (default 7, tiny 3)."""
     from .report import environment
 
     rows = (agreement(cases, providers) if kernels_interpreted() else agreement_subprocess(cases, providers))
     modes = [m for m in modes if m != "backward"] or ["forward"]
     timer = InterleavedTimer(warmup_ms if warmup_ms is not None else (5 if tiny else 50),
-                             rep_ms if rep_ms is not None else (20 if tiny else 400), rounds=3 if tiny else 7)
-    layers = cpu_sets(sets, batch, tiny)
+                             rep_ms if rep_ms is not None else (20 if tiny else 400),
+                             rounds=rounds or (3 if tiny else 7))
+    layers = cpu_sets(sets, batch, tiny, full)
     result = cpu_timings(layers, providers, modes, dtypes, layouts, timer, budget_s, progress)
     result.update(kind="cpu-smoke", agreement=rows, environment=environment("cpu"),
                   config=dict(providers=list(providers), modes=list(modes), cases=list(cases or SMOKE_CASES),
                               sets=list(sets), dtypes=list(dtypes), layouts=list(layouts), batch=batch, tiny=tiny,
-                              warmup_ms=timer.warmup_ms, rep_ms=timer.rep_ms, rounds=timer.rounds),
+                              full=full, warmup_ms=timer.warmup_ms, rep_ms=timer.rep_ms, rounds=timer.rounds),
                   notes=["CPU numbers: on a CPU `gconv_triton` is the package's CPU path (bank + F.conv2d), the "
                          "same algorithm as `bank_torch_cpu` (the GrouPy-style gather + torch's CPU F.conv2d); "
                          "they say nothing about the Triton kernels.",
@@ -341,8 +393,17 @@ def run(providers: Sequence[str] = PROVIDERS, modes: Sequence[str] = ("forward",
                          f"rotating order after {timer.warmup_ms:g} ms of warm-up each, about {timer.rep_ms:g} ms "
                          f"timed per provider; medians, and ratios (×) to gconv_triton from the same rounds.",
                          "Agreement: the kernels ran under Triton's interpreter (fp32), every other provider on the "
-                         "CPU in fp32, all against the float64 reference path."])
+                         "CPU in fp32, all against the float64 reference path."]
+                  + ([STEERABLE_NOTE] if set(sets) & set(STEERABLE_SETS) else []))
     return result
+
+
+STEERABLE_NOTE = ("Steerable sets (C_N / D_N): the weight is basis coefficients.  `gconv_triton` is "
+                  "`steerable_conv2d`, which today builds the bank from the coefficients (`steerable_bank`: one "
+                  "matmul, one index_select) and calls F.conv2d on every device; `bank_torch_cpu` calls the same "
+                  "`steerable_bank` then F.conv2d, so on a CPU the two run the same ops and their ratio is noise "
+                  "(about 1.00). `dense_torch_cpu` trains the bank as a dense weight (no bank build); `e2cnn` is "
+                  "`R2Conv` on the same fields (default basis, its own init: the values do not change the time).")
 
 
 def _worker(argv: Optional[Sequence[str]] = None) -> int:

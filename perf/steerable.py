@@ -33,7 +33,7 @@ import gconv_triton as gt
 from gconv_triton import steerable as st
 
 from .cpu_train import interleaved_rounds
-from .providers import load_e2cnn
+from .providers import e2cnn_gspace, load_e2cnn, unshare_e2cnn_blocks
 
 #: (group, k, fields in = fields out, batch, map size) of the timing table
 TIMING_CASES = [(g, k, 8, 8, size) for g in ("c8", "c16") for k in (5, 7) for size in (8, 32)]
@@ -44,13 +44,6 @@ TINY_EQUIVARIANCE_CASES = [("c8", 3, False)]
 PROVIDERS = ("ours", "e2cnn", "ours_bank", "e2cnn_bank")
 
 
-def _gspace(name: str):
-    from e2cnn import gspaces
-
-    n = int(name[1:])
-    return gspaces.Rot2dOnR2(n) if name[0] == "c" else gspaces.FlipRot2dOnR2(n)
-
-
 def r2conv(name: str, k: int, fields: int, lifting: bool = False, **kwargs):
     """e2cnn's ``R2Conv`` from ``fields`` regular (or trivial, ``lifting``) fields to ``fields`` regular fields of
     ``Rot2dOnR2(N)`` / ``FlipRot2dOnR2(N)``, padding ``k // 2``, default basis."""
@@ -59,7 +52,8 @@ def r2conv(name: str, k: int, fields: int, lifting: bool = False, **kwargs):
         raise RuntimeError(why)
     from e2cnn import nn as enn
 
-    space = _gspace(name)
+    space = e2cnn_gspace(name)
+    unshare_e2cnn_blocks()   # callers cast the layer (.double())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         in_type = enn.FieldType(space, fields * [space.trivial_repr if lifting else space.regular_repr])
@@ -114,10 +108,8 @@ def time_case(case, rounds: int, warmup: int, progress=sys.stderr) -> dict:
 def equivariance_case(case, size: int = 64, channels: int = 2, seed: int = 0) -> dict:
     """The resampled equivariance errors of one (group, k, lifting) case at ``2π/N`` (and at 90° in fp32)."""
     from e2cnn.nn import GeometricTensor
-    import e2cnn.nn.modules.r2_conv.basisexpansion_singleblock as single
 
     name, k, lifting = case
-    single._stored_filters.clear()  # its dihedral cache ignores the reflection axis (gconv_triton.interop)
     torch.manual_seed(seed)
     conv = r2conv(name, k, channels, lifting, bias=False).double().eval()
     weights = st.from_e2cnn(conv)

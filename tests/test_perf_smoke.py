@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import math
 import os
@@ -21,8 +22,10 @@ from perf import cli, report, smoke
 from perf.providers import PROVIDERS, Matmul, make_case, provider
 from perf.runner import CpuTimer, Timing, run_suite
 
-# Both kernel families, lifting, p4m, channel groups and 1-D (the p4 depthwise case adds only interpreter time).
-CASES = ("lift-p4", "p4m", "conv1d-groups", "conv1d-depthwise")
+# Both kernel families, lifting, p4m, channel groups and 1-D (the p4 depthwise case adds only interpreter time);
+# steerable C8 and D8 filters, lifting and regular.
+CASES = ("lift-p4", "p4m", "conv1d-groups", "conv1d-depthwise", "lift-c8", "c8", "lift-d8", "d8")
+STEERABLE_CASES = ("lift-c8", "c8", "lift-d8", "d8")
 
 needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="the smoke mode is the no-GPU path")
 
@@ -43,6 +46,12 @@ def test_every_provider_agrees_on_tiny_shapes():
         if r["provider"] == "e2cnn" and r.get("status") == "skipped":
             assert r["message"]
     assert ("conv1d-groups", "e2cnn") not in done          # R2Conv has square kernels only
+    # C_N / D_N: e2cnn's weights read into our coefficients give the same y and dx; our op says what it ran
+    if importlib.util.find_spec("e2cnn") is not None:
+        for case in STEERABLE_CASES:
+            assert {r["quantity"] for r in rows if (r["case"], r["provider"]) == (case, "e2cnn")} == {"y", "dx"}
+    ours = [r for r in rows if r["case"] in STEERABLE_CASES and r["provider"] == "gconv_triton"]
+    assert ours and all(r.get("message", "").startswith("no Triton kernels serve") for r in ours)
 
 
 def test_matmul_provider_has_the_layer_gemm_sizes():
@@ -150,6 +159,48 @@ def test_smoke_mode_honours_the_selection_and_timing_flags(tmp_path, capsys):
     assert (result["config"]["warmup_ms"], result["config"]["rep_ms"]) == (1, 3)
     bank = next(r for r in recs if r["provider"] == "bank_torch_cpu")
     assert bank["ratio_to_gconv_triton"] > 0 and "bank_torch_cpu ×" in out
+
+
+@needs_interpreter
+def test_smoke_mode_times_the_steerable_sets(tmp_path, capsys):
+    rc = cli.main(["--tiny", "--smoke-cases", "c8", "--sets", "c8,c16,d8", "--modes", "forward+backward",
+                   "--providers", "gconv_triton,bank_cudnn,e2cnn,dense_cudnn", "--warmup", "1", "--rep", "3",
+                   "--save", "--out", str(tmp_path), "--no-plot"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    result = json.loads(next(tmp_path.glob("cpu-smoke-*.json")).read_text())
+    recs = result["records"]
+    assert {r["set"] for r in recs} == {"c8", "c16", "d8"}
+    providers = {"gconv_triton", "bank_torch_cpu", "dense_torch_cpu"}
+    if importlib.util.find_spec("e2cnn") is not None:
+        providers.add("e2cnn")
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert {(r["set"], r["provider"]) for r in ok} == {(s, p) for s in ("c8", "c16", "d8") for p in providers}, recs
+    assert all(r["rel_err"] < r["tolerance"] for r in ok if r["rel_err"] is not None)
+    assert all(r["ratio_to_gconv_triton"] > 0 for r in ok)
+    assert smoke.STEERABLE_NOTE in result["notes"] and "bank_torch_cpu ×" in out
+
+
+def test_steerable_shape_sets():
+    """ReResNet-50's stage 1 (64 -> 256 G-channels as regular fields) and e2cnn's rotated-MNIST model, per group:
+    k = 1, 3, 5, 7, consecutive layers chain, and the MNIST model keeps C8's parameter count within 10%."""
+    from gconv_triton.autotune import STEERABLE_SETS, model_layers
+    from perf.providers import weight_shape
+
+    params = {}
+    for name in STEERABLE_SETS:
+        layers = model_layers(name)
+        order = layers[0].spec().s_out
+        stage = [layer for layer in layers if layer.name.startswith("stage1.")]
+        mnist = [layer for layer in layers if layer.name.startswith("mnist.")]
+        assert {layer.kernel[0] for layer in layers} == {1, 3, 5, 7}
+        assert {(layer.c_in * order, layer.c_out * order) for layer in stage} == {(64, 64), (256, 64), (64, 256)}
+        assert sum(layer.count for layer in stage) == 10          # 3 blocks of 3 convolutions and a shortcut
+        assert mnist[0].in_group == "z2" and all(layer.in_group == name for layer in mnist[1:])
+        assert all(a.c_out == b.c_in for a, b in zip(mnist, mnist[1:]))
+        assert [layer.spec().out_height for layer in mnist] == [25, 25, 13, 13, 7, 5]
+        params[name] = sum(math.prod(weight_shape(layer)) for layer in mnist)
+    assert all(abs(p / params["c8"] - 1) < 0.1 for p in params.values()), params
 
 
 def test_interleaved_timer_rotates_the_order():
