@@ -10,11 +10,11 @@ memory layout).
 - ``e2cnn``: ``e2cnn.nn.R2Conv`` on regular fields (its own steerable parametrisation; the bank is expanded on
   every training call).  Skipped, with the reason, when e2cnn is missing or cannot build a layer.
 - ``dense_cudnn``: ``F.conv2d`` with the bank precomputed and trained as a dense weight (cuDNN if the bank were free).
+- ``matmul``: ``torch.matmul`` of ``(M, K) @ (K, N)`` with the layer's ``M, N, K`` (:meth:`Layer.gemm`): the same
+  FLOPs at the tensor-core ceiling.
 
 On a steerable group (:func:`is_steerable`) a case's weight ``w`` is the basis coefficients
 ``(C_out, C_in / groups, S_in, B)`` (:func:`weight_shape`), as ``GroupConv2d(group="c8")`` holds them.
-- ``matmul``: ``torch.matmul`` of ``(M, K) @ (K, N)`` with the layer's ``M, N, K`` (:meth:`Layer.gemm`): the same
-  FLOPs at the tensor-core ceiling.
 """
 
 from __future__ import annotations

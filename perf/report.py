@@ -211,8 +211,8 @@ def markdown(result: dict) -> str:
     out = [f"# gconv_triton perf: {title}, {env['date'][:10]}\n", f"{env_line(env)}\n"]
     if cpu:
         out.append("**These are CPU numbers and say nothing about the Triton kernels.** On a CPU `gconv_triton` runs "
-                   "its CPU path (filter bank + `F.conv2d`); `bank_torch_cpu` is the GrouPy-style gather + `F.conv2d` "
-                   "on the CPU.\n")
+                   "its CPU path (filter bank + `F.conv2d`); `bank_torch_cpu` is the bank built on every call (the "
+                   "GrouPy-style gather; for C_N / D_N `steerable_bank`) + `F.conv2d` on the CPU.\n")
     out.append("Times: median [p20, p80] in ms " + ("(wall clock)" if cpu else "(`triton.testing.do_bench`)") +
                "; shape-set rows add `count × median` over the set's layers (one training step). "
                "`×` = provider time / gconv_triton time in the same run (above 1: gconv_triton is faster). "
