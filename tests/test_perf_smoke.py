@@ -181,6 +181,31 @@ def test_smoke_mode_times_the_steerable_sets(tmp_path, capsys):
     assert smoke.STEERABLE_NOTE in result["notes"] and "bank_torch_cpu ×" in out
 
 
+@needs_interpreter
+def test_our_provider_moves_to_the_kernels_when_they_serve_a_steerable_group(monkeypatch):
+    """Today the 'triton' backend refuses C8, so ``gconv_triton`` times the package's path and says so; once the
+    functional op runs under 'triton', the same provider times that, with no note and no change to perf."""
+    import gconv_triton
+    from perf import providers
+
+    case = make_case(smoke.SMOKE_CASES["c8"], "fp32", "contiguous", "cpu")
+    built = providers.GconvTriton("triton").build(case)
+    assert built.note.startswith("no Triton kernels serve c8 yet") and built.forward().shape == case.dy.shape
+    backends = []
+    real = providers.steerable_conv2d
+
+    def served(*args, **kwargs):   # what steerable_conv2d does once kernels land: run under "triton"
+        backends.append(gconv_triton.current_backend())
+        with gconv_triton.backend("torch"):
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(providers, "steerable_conv2d", served)
+    built = providers.GconvTriton("triton").build(case)
+    assert built.note is None
+    built.forward()
+    assert backends == ["triton", "triton"]        # the probe, then the timed call
+
+
 def test_steerable_shape_sets():
     """ReResNet-50's stage 1 (64 -> 256 G-channels as regular fields) and e2cnn's rotated-MNIST model, per group:
     k = 1, 3, 5, 7, consecutive layers chain, and the MNIST model keeps C8's parameter count within 10%."""
