@@ -15,10 +15,9 @@ from .equivariance import check_equivariance  # noqa: E402
 from .exactness import EquivarianceWarning  # noqa: E402
 from .export import export_model  # noqa: E402
 from .groups import Group, p2, p2mm, p4, p4m, pm, z2  # noqa: E402
-from .models import gcnn_width  # noqa: E402
 from .nn import (Conv1d, Conv2d, ExportedTapConv, GroupAvgPool2d, GroupBatchNorm, GroupConv2d,  # noqa: E402
                  GroupConvTranspose2d, GroupMaxPool2d, GroupPool, P4ConvP4, P4ConvZ2, P4MConvP4M, P4MConvZ2,
-                 SharedKernelConv1d, SharedKernelConv2d, TapConv1d, TapConv2d)
+                 SharedKernelConv1d, SharedKernelConv2d, TapConv1d, TapConv2d, gcnn_width)
 from .tap_functions import TapFunction, check_tap  # noqa: E402
 
 __version__ = "0.1.0"
@@ -32,9 +31,9 @@ __all__ = [
     "P4ConvP4", "P4ConvZ2", "P4MConvP4M", "P4MConvZ2",
 ]
 
-# Submodules reached as attributes (``gt.interop``) but imported on first use: autotune and interop pull in optional
-# packages (e2cnn when installed) and demo is a command, so ``import gconv_triton`` stays fast (models and
-# steerable are imported by the package already and listed here for ``dir(gt)``).
+# Submodules reached as attributes (``gt.models``) but imported on first use: autotune and interop pull in optional
+# packages (e2cnn when installed) and models is not needed to build layers, so ``import gconv_triton`` stays fast
+# (steerable, the C_N / D_N filters, is imported by the layers and listed here for ``dir(gt)``).
 _LAZY_SUBMODULES = ("autotune", "demo", "interop", "models", "steerable")
 
 

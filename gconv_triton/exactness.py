@@ -168,7 +168,7 @@ def inexact_reasons(group, input_size: Sequence[int], kernel_size, stride=1, pad
 
 def inexact_reasons_transposed(group, input_size: Sequence[int], kernel_size, stride=1, padding=0,
                                output_padding=0, dilation=1) -> list[str]:
-    """Why a transposed group convolution (:class:`~gconv_triton.layers.GroupConvTranspose2d`) with these
+    """Why a transposed group convolution (:class:`~gconv_triton.nn.GroupConvTranspose2d`) with these
     arguments is not exactly equivariant; empty when it is.  ``group`` is the input's group, ``input_size`` its
     ``(H, W)``; the other arguments as in ``torch.nn.ConvTranspose2d``.
 
@@ -201,8 +201,8 @@ def inexact_reasons_transposed(group, input_size: Sequence[int], kernel_size, st
 def inexact_reasons_pool(group, input_size: Sequence[int], kernel_size, stride=None, padding=0, dilation=1,
                          ceil_mode: bool = False, mode: str = "max", count_include_pad: bool = True,
                          divisor_override: Optional[int] = None) -> list[str]:
-    """Why spatial pooling (:class:`~gconv_triton.modules.GroupMaxPool2d`, ``mode="max"``, or
-    :class:`~gconv_triton.modules.GroupAvgPool2d`, ``mode="avg"``) with these arguments does not commute
+    """Why spatial pooling (:class:`~gconv_triton.nn.GroupMaxPool2d`, ``mode="max"``, or
+    :class:`~gconv_triton.nn.GroupAvgPool2d`, ``mode="avg"``) with these arguments does not commute
     exactly with ``group``; empty when it does.  Arguments as ``torch.nn.MaxPool2d`` / ``AvgPool2d``.
 
     The windows must sit symmetrically about the image centre: ``(H + 2p - d(k-1) - 1) % s == 0`` (and the same

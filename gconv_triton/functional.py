@@ -173,9 +173,10 @@ def tap_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, 
             training gradients: ``x − w`` for the weight, ``HardTanh(w − x)`` for the input), ``"l2"``
             (``−(x − w)²``), ``"add"`` (``x + w``), ``"sub"`` (``x − w``), or a :class:`~gconv_triton.TapFunction`.
         reduce: ``"sum"``, ``"max"``, ``"min"`` or ``"prod"``.  ``max``/``min`` send the gradient to one
-            arg-extreme tap, the first in ``(i, t)`` order on ties; ``prod``'s gradient is exact at zero factors.
+            arg-extreme window position, the first in ``(i, t)`` order on ties; ``prod``'s gradient is exact at
+            zero factors.
         stride, padding, dilation, groups: as ``F.conv2d`` (padding also ``"same"``/``"valid"``).
-        group, in_group: as :func:`~gconv_triton.functional.gconv2d` (taps rotated on the gather).
+        group, in_group: as :func:`~gconv_triton.functional.gconv2d` (window positions rotated on the gather).
         padding_mode: ``"zeros"`` (a padded pixel is 0 and goes through the tap, as unfold would give),
             ``"ignore"`` (window positions outside the image are left out of the reduction; a window with
             none inside gives 0 + bias and no gradient), or ``"reflect"``, ``"replicate"``, ``"circular"``

@@ -3,18 +3,16 @@ width search that puts models on different groups at the same parameter budget."
 
 from __future__ import annotations
 
-import math
 from typing import Sequence, Union
 
 import torch
 from torch import nn
 
-from ._args import positive_int
 from .groups import Group, get_group
-from .nn import GroupBatchNorm, GroupConv2d, GroupMaxPool2d, GroupPool
+from .nn import GroupBatchNorm, GroupConv2d, GroupMaxPool2d, GroupPool, gcnn_width
 
 __all__ = ["SmallGCNN", "count_parameters", "widths_for_budget", "GroupResNet", "GroupBasicBlock",
-           "p4m_resnet18", "p4m_resnet44", "gcnn_width"]
+           "p4m_resnet18", "p4m_resnet44"]
 
 
 def _conv3x3(group: Group, c_in: int, c_out: int, lifting: bool, **factory) -> nn.Module:
@@ -114,7 +112,7 @@ class GroupResNet(nn.Module):
         group: ``"p4m"``, ``"p4"``, ... (``"z2"`` gives the plain CNN of the same architecture, on our kernels).
         blocks: basic blocks per stage; the first stage keeps the resolution, each later one halves it.
         widths: the *CNN* widths of the stages, turned into G-channel widths by
-            :func:`gcnn_width` (``equal="params"``: ``N/√S``; ``"compute"``: ``N/S``), or
+            :func:`~gconv_triton.nn.conv.gcnn_width` (``equal="params"``: ``N/√S``; ``"compute"``: ``N/S``), or
             G-channel widths as they are with ``equal=None``.
         stem: ``"cifar"`` (4×4 lifting conv, padding 2: ``H -> H + 1``) or ``"imagenet"`` (8×8 stride-2 lifting
             conv, padding 4: ``H -> H/2 + 1``, and a 3×3 stride-2 max pool: ``-> H/4 + 1``).
@@ -185,22 +183,3 @@ def p4m_resnet44(num_classes: int = 10, equal: str = "params", **kwargs) -> Grou
     of 4."""
     return GroupResNet("p4m", (7, 7, 7), (32, 64, 128), equal=equal, stem="cifar", num_classes=num_classes,
                        **kwargs)
-
-
-def gcnn_width(cnn_width: int, group: Union[Group, str], equal: str = "params") -> int:
-    """The G-channel width that matches a CNN layer of ``cnn_width`` channels.
-
-    A group-to-group layer of width ``C`` has ``C²·S·k²`` parameters and does ``C²·S²·k²`` multiply-adds per
-    pixel (``S = |group|``), against ``N²·k²`` for both in a CNN layer of width ``N``.  So ``equal="params"``
-    gives ``N / √S`` (Cohen & Welling's choice: p4m ResNet-44 widths 11, 23, 45 for 32, 64, 128) and
-    ``equal="compute"`` gives ``N / S``; rounded to the nearest int, at least 1.
-    """
-    positive_int(cnn_width, "cnn_width")
-    order = get_group(group, "group").order
-    if equal == "params":
-        width = cnn_width / math.sqrt(order)
-    elif equal == "compute":
-        width = cnn_width / order
-    else:
-        raise ValueError(f"equal: expected 'params' or 'compute', got {equal!r}")
-    return max(1, round(width))

@@ -181,13 +181,13 @@ def _spec_bank(weight: Tensor, spec: ConvSpec) -> Tensor:
 
 def bank_adjoint(dbank: Tensor, spec: ConvSpec, weight_shape) -> Tensor:
     """The gradient of the base weight from the gradient of :func:`_spec_bank`: the adjoint of ``filter_bank``'s
-    gather (tap permutation back, then sum the slices ``t(g, s) = u`` into slice ``u``, and the channel groups
-    that share one weight)."""
+    gather (window-position permutation back, then sum the slices ``t(g, s) = u`` into slice ``u``, and the channel
+    groups that share one weight)."""
     kh, kw = spec.kernel
     c_out = dbank.shape[0] // spec.s_out
     d = dbank.reshape(c_out, spec.s_out, spec.in_channels, spec.s_in, kh * kw).permute(0, 2, 1, 3, 4)
     dest = spec.group.tap_destinations((kh, kw)).to(d.device)                   # (S_out, T): source⁻¹
-    d = torch.gather(d, -1, dest[None, None, :, None, :].expand_as(d))        # undo the tap permutation
+    d = torch.gather(d, -1, dest[None, None, :, None, :].expand_as(d))        # undo the window-position permutation
     t = spec.group.stabilizer_index(spec.in_group).to(d.device).flatten()     # (S_out·S_in,) -> u
     dw = d.new_zeros(c_out, spec.in_channels, spec.s_in, kh * kw).index_add_(2, t, d.flatten(2, 3))
     if spec.weight_groups != spec.groups:
@@ -228,7 +228,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _gather_index(spec: ConvSpec, g: int, device) -> Tensor:
     """Rows of the unfolded input ``(C_in_g·S_in·T)`` that reduction index ``k = (i·S_in + u)·T + t`` of group
-    element ``g`` reads: channel slice ``g·u`` and tap position ``dest[g, t]`` (the rotation on the gather)."""
+    element ``g`` reads: channel slice ``g·u`` and window position ``dest[g, t]`` (the rotation on the gather)."""
     kh, kw = spec.kernel
     t_count = kh * kw
     s = spec.group.input_index(spec.in_group)[g].to(device)                     # (S_in,)
@@ -249,7 +249,7 @@ def _chunks(spec: ConvSpec):
 
 def _unfold(x5: Tensor, spec: ConvSpec):
     """``(cols (B, C·S_in·T, L), inside (T, L) bool)``: the receptive fields of ``x5`` (padded pixels are 0) and
-    which taps fall inside the image."""
+    which window positions fall inside the image."""
     top, bottom, left, right = spec.padding
     x4 = F.pad(x5.flatten(1, 2), (left, right, top, bottom))
     geometry = dict(kernel_size=spec.kernel, dilation=spec.dilation, stride=spec.stride)
@@ -312,7 +312,8 @@ def tap_conv_chunked(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: C
         dcols = torch.zeros_like(cols) if backward and need_input else None       # this chunk's only
         for g in range(spec.s_out):
             index = _gather_index(spec, g, x5.device)
-            use = inside[spec.group.tap_destinations(spec.kernel)[g].to(x5.device)]  # (T, L) in base tap order
+            # (T, L), in the base filter's order of window positions
+            use = inside[spec.group.tap_destinations(spec.kernel)[g].to(x5.device)]
             use = use.repeat(cs, 1)[None, None] if ignore else torch.ones_like(use[:1, :1])[None, None]
             for grp in range(spec.groups):
                 xg = cols[:, grp, index]                                         # (b, K, L)
@@ -399,7 +400,7 @@ def tap_standard_ops(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: C
     else:
         use = torch.ones((), dtype=torch.bool, device=x5.device)
     if aux is not None and reduce in ("max", "min"):
-        k = aux.reshape(*f.shape[:4], 1, f.shape[-1]).long().clamp_min(0)            # -1: a window with no tap
+        k = aux.reshape(*f.shape[:4], 1, f.shape[-1]).long().clamp_min(0)  # -1: no window position inside
         value = f.gather(-2, k).squeeze(-2)
     elif reduce == "prod":  # torch.prod: its derivatives are exact at zero factors, as the op's
         f = torch.where(use, f, 1)

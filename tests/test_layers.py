@@ -17,8 +17,7 @@ from helpers import DEVICE, assert_close, torch_backend, triton_backend
 from torch import nn
 
 from gconv_triton import EquivarianceWarning, GroupConv2d, GroupMaxPool2d, check_equivariance
-from gconv_triton.models import gcnn_width
-from gconv_triton.nn import GroupBatchNorm, GroupConvTranspose2d
+from gconv_triton.nn import GroupBatchNorm, GroupConvTranspose2d, gcnn_width
 from gconv_triton.models import GroupResNet, count_parameters, p4m_resnet18, p4m_resnet44
 from gconv_triton.reference import filter_bank
 

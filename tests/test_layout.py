@@ -134,20 +134,29 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     cycles = []
-    for component in components:  # a shortest closed path through the component's first module
-        start = min(component)
-        paths, seen = [[start]], {start}
-        while paths:
-            path = paths.pop(0)
-            nxt = sorted(w for w in edges[path[-1]] if w in component)
-            if start in nxt:
-                cycles.append(path + [start])
-                break
-            for w in nxt:
-                if w not in seen:
-                    seen.add(w)
-                    paths.append(path + [w])
+    for component in components:  # a shortest closed path through each module of the component, each path once
+        seen_cycles = set()
+        for start in sorted(component):
+            cycle = _shortest_cycle(edges, component, start)
+            key = frozenset(zip(cycle, cycle[1:]))
+            if key not in seen_cycles:
+                seen_cycles.add(key)
+                cycles.append(cycle)
     return cycles
+
+
+def _shortest_cycle(edges: dict[str, set[str]], component: set[str], start: str) -> list[str]:
+    paths, seen = [[start]], {start}
+    while paths:
+        path = paths.pop(0)
+        nxt = sorted(w for w in edges[path[-1]] if w in component)
+        if start in nxt:
+            return path + [start]
+        for w in nxt:
+            if w not in seen:
+                seen.add(w)
+                paths.append(path + [w])
+    raise AssertionError(f"{start} is in a strongly connected component but on no cycle")
 
 
 def test_no_import_cycles():

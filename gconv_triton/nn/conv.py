@@ -18,12 +18,12 @@ from .._args import (PADDING_MODES, as_2d_args, check_activation, check_channels
 from .._spec import concrete_shape, resolve_geometry
 from ..exactness import inexact_reasons, inexact_reasons_transposed, warn_if_inexact
 from ..functional import gconv2d, gconv_transpose2d, shared_kernel_conv1d, shared_kernel_conv2d
-from ..groups import Group, z2
+from ..groups import Group, get_group, z2
 from ..reference import filter_bank, pad_input
 from ..steerable import SteerableGroup, basis_size, reset_coefficients, rotated_basis, steerable_bank, steerable_conv2d
 
 __all__ = ["GroupConv2d", "P4ConvZ2", "P4ConvP4", "P4MConvZ2", "P4MConvP4M", "GroupConvTranspose2d", "Conv1d",
-           "Conv2d", "SharedKernelConv1d", "SharedKernelConv2d"]
+           "Conv2d", "SharedKernelConv1d", "SharedKernelConv2d", "gcnn_width"]
 
 #: the module of each fused activation, for :meth:`GroupConv2d.export`
 ACTIVATION_MODULES = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -89,8 +89,9 @@ class GroupConv2d(nn.Module):
         self.dilation = dilation
         self.padding_mode = padding_mode
         factory = dict(device=device, dtype=dtype)
-        taps = (basis_size(self.kernel_size),) if self.steerable else self.kernel_size  # coefficients or taps
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, self.in_group.order, *taps,
+        # basis coefficients, or one weight per window position
+        window = (basis_size(self.kernel_size),) if self.steerable else self.kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, self.in_group.order, *window,
                                                **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         if self.steerable:  # Ψ (S, B, k·k): a buffer moves with the layer and is a plain input to compiled graphs
@@ -175,25 +176,24 @@ P4MConvP4M = _specialise("P4MConvP4M", "p4m", "p4m",
                          "p4m maps ``(B, C, 8, H, W)`` -> p4m maps ``(B, C', 8, H', W')``.")
 
 
-def _specialise(name: str, group: str, in_group: str, doc: str):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
-                 *, dilation=1, groups: int = 1, padding_mode: str = "zeros", device=None, dtype=None,
-                 activation: Optional[str] = None):
-        GroupConv2d.__init__(self, in_channels, out_channels, kernel_size, group=group, in_group=in_group,
-                             stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias,
-                             padding_mode=padding_mode, device=device, dtype=dtype, activation=activation)
+# ---------------------------------------------------------------------------------------------------- widths
+def gcnn_width(cnn_width: int, group: Union[Group, str], equal: str = "params") -> int:
+    """The G-channel width that matches a CNN layer of ``cnn_width`` channels.
 
-    return type(name, (GroupConv2d,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
-
-
-P4ConvZ2 = _specialise("P4ConvZ2", "p4", "z2",
-                       "Lifting layer: images ``(B, C, H, W)`` -> p4 maps ``(B, C', 4, H', W')``.")
-P4ConvP4 = _specialise("P4ConvP4", "p4", "p4", "p4 maps ``(B, C, 4, H, W)`` -> p4 maps ``(B, C', 4, H', W')``.")
-P4MConvZ2 = _specialise("P4MConvZ2", "p4m", "z2",
-                        "Lifting layer: images ``(B, C, H, W)`` -> p4m maps ``(B, C', 8, H', W')``.")
-P4MConvP4M = _specialise("P4MConvP4M", "p4m", "p4m",
-                         "p4m maps ``(B, C, 8, H, W)`` -> p4m maps ``(B, C', 8, H', W')``.")
-
+    A group-to-group layer of width ``C`` has ``C²·S·k²`` parameters and does ``C²·S²·k²`` multiply-adds per
+    pixel (``S = |group|``), against ``N²·k²`` for both in a CNN layer of width ``N``.  So ``equal="params"``
+    gives ``N / √S`` (Cohen & Welling's choice: p4m ResNet-44 widths 11, 23, 45 for 32, 64, 128) and
+    ``equal="compute"`` gives ``N / S``; rounded to the nearest int, at least 1.
+    """
+    positive_int(cnn_width, "cnn_width")
+    order = get_group(group, "group").order
+    if equal == "params":
+        width = cnn_width / math.sqrt(order)
+    elif equal == "compute":
+        width = cnn_width / order
+    else:
+        raise ValueError(f"equal: expected 'params' or 'compute', got {equal!r}")
+    return max(1, round(width))
 
 
 # ------------------------------------------------------------------------------------- transposed convolution
