@@ -9,7 +9,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from ._args import as_2d_args, check_activation, check_padding_mode, output_padding_pair, pair, TAP_PADDING_MODES
+from ._args import TAP_PADDING_MODES, as_2d_args, check_activation, check_padding_mode, output_padding_pair, pair
 from ._spec import concrete_shape, make_spec, resolve_geometry
 from ._support import autocast_inputs, compiling
 from .groups import Group, get_group
