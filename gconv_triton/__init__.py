@@ -9,23 +9,22 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")) and _os.path.isfile(
         _os.path.join(_here, _os.pardir, "kernels", "__init__.py")):
     __path__.append(_os.path.join(_here, _os.pardir))  # noqa: F821  (the package's own __path__)
 
-from . import functional, groups  # noqa: E402
+from . import functional, groups, nn  # noqa: E402
 from ._backend import backend, current_backend  # noqa: E402
-from .conv import Conv1d, Conv2d, SharedKernelConv1d, SharedKernelConv2d  # noqa: E402
 from .equivariance import check_equivariance  # noqa: E402
 from .exactness import EquivarianceWarning  # noqa: E402
+from .export import export_model  # noqa: E402
 from .groups import Group, p2, p2mm, p4, p4m, pm, z2  # noqa: E402
-from .layers import GroupBatchNorm, GroupConvTranspose2d, export_model, gcnn_width  # noqa: E402
+from .nn import (Conv1d, Conv2d, ExportedTapConv, GroupAvgPool2d, GroupBatchNorm, GroupConv2d,  # noqa: E402
+                 GroupConvTranspose2d, GroupMaxPool2d, GroupPool, P4ConvP4, P4ConvZ2, P4MConvP4M, P4MConvZ2,
+                 SharedKernelConv1d, SharedKernelConv2d, TapConv1d, TapConv2d, gcnn_width)
 from .tap_functions import TapFunction, check_tap  # noqa: E402
-from .tap_modules import ExportedTapConv, TapConv1d, TapConv2d  # noqa: E402
-from .modules import (GroupAvgPool2d, GroupConv2d, GroupMaxPool2d, GroupPool, P4ConvP4, P4ConvZ2,  # noqa: E402
-                      P4MConvP4M, P4MConvZ2)
 
 __version__ = "0.1.0"
 
 # The public names (docs/api.md documents each); the lazily imported submodules below are public too.
 __all__ = [
-    "functional", "groups", "backend", "current_backend", "Conv1d", "Conv2d", "SharedKernelConv1d",
+    "functional", "groups", "nn", "backend", "current_backend", "Conv1d", "Conv2d", "SharedKernelConv1d",
     "SharedKernelConv2d", "check_equivariance", "EquivarianceWarning", "Group", "p2", "p2mm", "p4", "p4m", "pm", "z2",
     "GroupBatchNorm", "GroupConvTranspose2d", "export_model", "gcnn_width", "TapFunction", "check_tap",
     "ExportedTapConv", "TapConv1d", "TapConv2d", "GroupAvgPool2d", "GroupConv2d", "GroupMaxPool2d", "GroupPool",

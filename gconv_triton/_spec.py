@@ -1,4 +1,4 @@
-"""Argument checking and normalisation shared by every backend.
+"""The geometry of one convolution call, checked and resolved, shared by every backend.
 
 Everything a kernel or the reference path needs about one convolution call lives in a :class:`ConvSpec`,
 built (and validated) once, before anything launches.  Every error names the argument, the value given and
@@ -14,6 +14,8 @@ from typing import Optional
 
 import torch
 
+from ._args import pair, positive_int, resolve_padding
+from ._support import GROUPS
 from .groups import Group, get_group
 
 #: dtypes the kernels and the reference path compute in (fp8 and integer types are rejected, not cast).
@@ -21,15 +23,6 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 #: the kernels index pixels (``B·H·W``, ``B·H_out·W_out``) in int32 and every memory offset in int64.
 MAX_PIXELS = 2**31 - 1
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, bool) or not isinstance(value, (int, tuple, list)):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,39 +70,19 @@ class ConvSpec:
         return (self.groups * self.out_channels * self.s_out) * (self.in_channels * self.s_in) * kh * kw
 
 
-def _resolve_padding(padding, kernel, dilation, stride):
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        if padding == "same":
-            if stride != (1, 1):
-                raise ValueError(f"padding: 'same' is not supported for strided convolutions, got stride={stride}; "
-                                 f"expected stride 1 (or an explicit padding)")
-            out = []
-            for k, d in zip(kernel, dilation):
-                total = d * (k - 1)
-                out += [total // 2, total - total // 2]  # PyTorch puts the odd pixel at the end
-            return tuple(out)
-        raise ValueError(f"padding: expected an int, a pair, 'valid' or 'same', got {padding!r}")
-    ph, pw = _pair(padding, "padding")
-    if ph < 0 or pw < 0:
-        raise ValueError(f"padding: expected non-negative values, got {padding!r}")
-    return (ph, ph, pw, pw)
-
-
 def resolve_geometry(kernel: tuple[int, int], stride, padding, dilation):
     """Check ``stride``, ``padding`` and ``dilation`` as ``torch.nn.Conv2d`` takes them and resolve them.
 
     Returns ``(stride, dilation, padding)``: two pairs and the 4-tuple ``(top, bottom, left, right)``.  Shared by
     :func:`make_spec` and the layers' constructors, so a bad value fails when the layer is built.
     """
-    stride = _pair(stride, "stride")
-    dilation = _pair(dilation, "dilation")
+    stride = pair(stride, "stride")
+    dilation = pair(dilation, "dilation")
     if min(stride) < 1:
         raise ValueError(f"stride: expected values >= 1, got {stride}")
     if min(dilation) < 1:
         raise ValueError(f"dilation: expected values >= 1, got {dilation}")
-    return stride, dilation, _resolve_padding(padding, kernel, dilation, stride)
+    return stride, dilation, resolve_padding(padding, kernel, dilation, stride)
 
 
 def concrete_shape(t: torch.Tensor, quiet: bool = False) -> tuple:
@@ -143,15 +116,6 @@ def _check_tensor(t, name: str, dims: tuple[int, ...], like: Optional[torch.Tens
                              f"tensors on one device")
 
 
-def _positive_int(value, name: str) -> int:
-    """``value`` as ``nn.Conv2d`` takes a count: an int (not a bool: a shifted positional argument), at least 1."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected a positive int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
-
-
 def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, group, in_group,
               stride, padding, dilation, groups: int, shared_weight: bool = False) -> ConvSpec:
     """Validate one call's arguments and resolve them into a :class:`ConvSpec`.  Raises before any launch."""
@@ -161,7 +125,7 @@ def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         raise ValueError(f"in_group: expected 'z2' (lifting) or the output group {group.name}, got {in_group.name}")
     _check_tensor(input, "input", (4, 5))
     _check_tensor(weight, "weight", (5,), like=input)
-    groups = _positive_int(groups, "groups")
+    groups = positive_int(groups, "groups")
     s_in = in_group.order
     w_out, c_in_g, w_s, kh, kw = concrete_shape(weight, quiet=True)
     if w_s != s_in:
@@ -238,3 +202,38 @@ def as_5d(input: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
     if input.dim() == 5:
         return input
     return input.unflatten(1, (spec.groups * spec.in_channels, spec.s_in))
+
+
+# ------------------------------------------------------------------------------- across the ops' boundary
+def op_geometry(weight: torch.Tensor, group: Group, in_group: Group, stride, padding, dilation, groups: int,
+                shared_weight: bool) -> tuple:
+    """A call's geometry as op arguments (plain Python, traceable by torch.compile): ``(group key, in_group key,
+    stride, padding (top, bottom, left, right), dilation, groups, weight_groups)``."""
+    kernel = tuple(weight.shape[-2:])
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    pad = resolve_padding(padding, kernel, dilation, stride)
+    return (GROUPS.key(group), GROUPS.key(in_group), list(stride), list(pad), list(dilation), groups,
+            1 if shared_weight else groups)
+
+
+def spec_from_op_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], group: str,
+                      in_group: str, stride, padding, dilation, groups: int, weight_groups: int) -> ConvSpec:
+    """Rebuild the :class:`ConvSpec` from an op's arguments (:func:`op_geometry`'s)."""
+    top, bottom, left, right = padding
+    # Only 'same' resolves to an asymmetric padding, and it resolves the same way again.
+    pad = (top, left) if (top, left) == (bottom, right) else "same"
+    spec = make_spec(x, weight, bias, group=GROUPS[group], in_group=GROUPS[in_group], stride=tuple(stride),
+                     padding=pad, dilation=tuple(dilation), groups=groups, shared_weight=weight_groups != groups)
+    if spec.padding != tuple(padding):
+        raise ValueError(f"padding: expected a symmetric padding or 'same', got {tuple(padding)}")
+    return spec
+
+
+def op_out_shape(x: torch.Tensor, weight: torch.Tensor, group: str, stride, padding, dilation, groups: int,
+                 weight_groups: int) -> tuple:
+    """The output shape ``(B, C_out, S_out, H_out, W_out)`` of an op's arguments, without checking them (what a
+    fake kernel returns)."""
+    kh, kw = weight.shape[-2:]
+    ho = (x.shape[3] + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (x.shape[4] + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return (x.shape[0], groups * (weight.shape[0] // weight_groups), GROUPS[group].order, ho, wo)

@@ -20,7 +20,9 @@ from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
+from ._backend import backend
 from ._spec import make_spec
+from .functional import gconv2d
 from .groups import get_group
 
 __all__ = ["Layer", "MODELS", "FORWARD_ONLY", "STEERABLE_SETS", "DTYPES", "LAYOUTS", "Progress", "model_layers",
@@ -309,9 +311,6 @@ class Progress:
 
 def _run_layer(layer: Layer, dtype: torch.dtype, layout: str, device) -> None:
     """One forward and backward of ``layer`` on the fused kernels (what makes every kernel of it tune)."""
-    from . import backend
-    from .functional import gconv2d
-
     x = make_input(layer.input_shape(), dtype, device, layout).requires_grad_(layer.input_grad)
     w = (torch.randn(layer.weight_shape(), device=device, dtype=dtype) * 0.1).requires_grad_()
     with backend("triton"):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .groups import Group, get_group
+from .nn import GroupConv2d, GroupConvTranspose2d, GroupPool, TapConv2d
 
 __all__ = ["check_equivariance", "EquivarianceResult"]
 
@@ -101,10 +102,6 @@ def _first_group_layer(module) -> Optional[tuple[str, Group]]:
     convolutions (``GroupConv2d`` and its subclasses, ``TapConv2d``: their ``in_group``; ``GroupConvTranspose2d``:
     its ``group``) and ``GroupPool`` given a ``group``.  Layers that treat every channel alike (``GroupBatchNorm``,
     spatial pooling, pointwise layers) read either form the same way and are passed over."""
-    from .layers import GroupConvTranspose2d
-    from .modules import GroupConv2d, GroupPool
-    from .tap_modules import TapConv2d
-
     if not isinstance(module, nn.Module):
         return None
     for name, layer in module.named_modules():

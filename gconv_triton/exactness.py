@@ -24,8 +24,9 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._library import _compiling
-from ._spec import _pair, concrete_shape, resolve_geometry
+from ._args import pair
+from ._spec import concrete_shape, resolve_geometry
+from ._support import assume_constant
 from .groups import Group, get_group
 
 __all__ = ["EquivarianceWarning", "inexact_reasons", "inexact_reasons_transposed", "inexact_reasons_pool"]
@@ -156,8 +157,8 @@ def inexact_reasons(group, input_size: Sequence[int], kernel_size, stride=1, pad
         kernel_size, stride, padding, dilation: as in :func:`~gconv_triton.functional.gconv2d`.
     """
     group = get_group(group)
-    kh, kw = _pair(kernel_size, "kernel_size")
-    h, w = _pair(tuple(input_size), "input_size")
+    kh, kw = pair(kernel_size, "kernel_size")
+    h, w = pair(tuple(input_size), "input_size")
     (sh, sw), (dh, dw), (pt, pb, pl, pr) = resolve_geometry((kh, kw), stride, padding, dilation)
     args = {"height": (h, pt, pb, kh, sh, dh), "width": (w, pl, pr, kw, sw, dw)}
     return _reasons(group, (h, w), _conv_axis(*args["height"]), _conv_axis(*args["width"]),
@@ -167,7 +168,7 @@ def inexact_reasons(group, input_size: Sequence[int], kernel_size, stride=1, pad
 
 def inexact_reasons_transposed(group, input_size: Sequence[int], kernel_size, stride=1, padding=0,
                                output_padding=0, dilation=1) -> list[str]:
-    """Why a transposed group convolution (:class:`~gconv_triton.layers.GroupConvTranspose2d`) with these
+    """Why a transposed group convolution (:class:`~gconv_triton.nn.GroupConvTranspose2d`) with these
     arguments is not exactly equivariant; empty when it is.  ``group`` is the input's group, ``input_size`` its
     ``(H, W)``; the other arguments as in ``torch.nn.ConvTranspose2d``.
 
@@ -176,11 +177,11 @@ def inexact_reasons_transposed(group, input_size: Sequence[int], kernel_size, st
     the size exactly; ``kernel_size=3, padding=1, output_padding=1`` doubles it off-centre.
     """
     group = get_group(group)
-    kh, kw = _pair(kernel_size, "kernel_size")
-    h, w = _pair(tuple(input_size), "input_size")
+    kh, kw = pair(kernel_size, "kernel_size")
+    h, w = pair(tuple(input_size), "input_size")
     (sh, sw), (dh, dw), _ = resolve_geometry((kh, kw), stride, 0, dilation)
-    ph, pw = _pair(padding, "padding")
-    oh, ow = _pair(output_padding, "output_padding")
+    ph, pw = pair(padding, "padding")
+    oh, ow = pair(output_padding, "output_padding")
     args = {"height": (h, ph, oh, kh, sh, dh), "width": (w, pw, ow, kw, sw, dw)}
 
     def explain(axis: str) -> str:
@@ -200,8 +201,8 @@ def inexact_reasons_transposed(group, input_size: Sequence[int], kernel_size, st
 def inexact_reasons_pool(group, input_size: Sequence[int], kernel_size, stride=None, padding=0, dilation=1,
                          ceil_mode: bool = False, mode: str = "max", count_include_pad: bool = True,
                          divisor_override: Optional[int] = None) -> list[str]:
-    """Why spatial pooling (:class:`~gconv_triton.modules.GroupMaxPool2d`, ``mode="max"``, or
-    :class:`~gconv_triton.modules.GroupAvgPool2d`, ``mode="avg"``) with these arguments does not commute
+    """Why spatial pooling (:class:`~gconv_triton.nn.GroupMaxPool2d`, ``mode="max"``, or
+    :class:`~gconv_triton.nn.GroupAvgPool2d`, ``mode="avg"``) with these arguments does not commute
     exactly with ``group``; empty when it does.  Arguments as ``torch.nn.MaxPool2d`` / ``AvgPool2d``.
 
     The windows must sit symmetrically about the image centre: ``(H + 2p - d(k-1) - 1) % s == 0`` (and the same
@@ -210,8 +211,8 @@ def inexact_reasons_pool(group, input_size: Sequence[int], kernel_size, stride=N
     footprints decide.
     """
     group = get_group(group)
-    kh, kw = _pair(kernel_size, "kernel_size")
-    h, w = _pair(tuple(input_size), "input_size")
+    kh, kw = pair(kernel_size, "kernel_size")
+    h, w = pair(tuple(input_size), "input_size")
     (sh, sw), (dh, dw), (pt, _, pl, _) = resolve_geometry((kh, kw), kernel_size if stride is None else stride,
                                                           padding, dilation)
     if mode not in ("max", "avg"):
@@ -273,20 +274,12 @@ def _warn(layer, size: tuple[int, int], stacklevel: int) -> None:
 # for real while tracing (assume_constant_result).  A static-shape graph is traced once per input size, so it
 # warns as eager mode does; a dynamic-shape one (dynamic=True, or torch.compile's default after a second size
 # arrives) warns for the size it is traced with, and the sizes it then serves without retracing do not warn.
-try:
-    from torch._dynamo.comptime import comptime as _comptime
-except ImportError:  # pragma: no cover - every supported torch has it
-    _comptime = None
+from torch._dynamo.comptime import comptime  # noqa: E402  (after the comment that explains it)
 
 _layers: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
 
 
-def _assume_constant(fn):
-    wrap = getattr(torch.compiler, "assume_constant_result", None)
-    return wrap(fn) if wrap is not None else fn
-
-
-@_assume_constant
+@assume_constant
 def _register(layer) -> int:
     _layers[id(layer)] = layer
     return id(layer)
@@ -298,21 +291,15 @@ def _warn_traced(key: int, fake: torch.Tensor) -> None:
         _warn(layer, size, stacklevel=2)
 
 
-def _dynamo_tracing() -> bool:
-    fn = getattr(torch.compiler, "is_dynamo_compiling", None)
-    return bool(fn()) if fn is not None else _compiling()
-
-
 def warn_if_inexact(layer, input: torch.Tensor) -> None:
     """Issue one :class:`EquivarianceWarning` per ``layer`` and input size whose configuration is not exactly
     equivariant (``layer._inexact_reasons((H, W))`` gives the group's name and the reasons).  A dictionary
     lookup on later calls.  ``torch.compile``, ``torch.jit.trace`` and ``torch.export`` warn while they trace,
     for the traced size (the example's, where sizes are symbolic); the graphs they make never warn."""
-    if _dynamo_tracing():
-        if _comptime is not None:
-            key = _register(layer)  # noqa: F841  (read by the comptime callback, as a local)
-            _comptime(lambda ctx: _warn_traced(ctx.get_local("key").as_python_constant(),
-                                               ctx.get_local("input").as_fake()))
+    if torch.compiler.is_dynamo_compiling():
+        key = _register(layer)  # noqa: F841  (read by the comptime callback, as a local)
+        comptime(lambda ctx: _warn_traced(ctx.get_local("key").as_python_constant(),
+                                          ctx.get_local("input").as_fake()))
         return
     size = _traced_size(input)  # eager, or Python tracing: torch.jit.trace, torch.export(strict=False)
     if size is not None:

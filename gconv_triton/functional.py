@@ -1,16 +1,26 @@
-"""Functional group convolution: ``gconv2d`` (and its shared-kernel variant), dispatched to a backend."""
+"""Every functional form: the group convolution and its transpose, the shared-kernel convolutions, the tap
+convolutions and the steerable convolution, each checking its arguments before anything launches and then calling
+its op (``gconv_triton.ops``) or its plain-PyTorch path (``gconv_triton.reference``)."""
 
 from __future__ import annotations
 
 from typing import Optional, Union
 
 import torch
+from torch import Tensor
 
-from ._library import _compiling, autocast_inputs, check_activation, conv
-from ._spec import concrete_shape, make_spec
-from .groups import Group
+from ._args import TAP_PADDING_MODES, as_2d_args, check_activation, check_padding_mode, output_padding_pair, pair
+from ._spec import concrete_shape, make_spec, resolve_geometry
+from ._support import autocast_inputs, compiling
+from .groups import Group, get_group
+from .ops.group_conv import conv, conv_input_grad
+from .ops.tap_conv import tap_conv
+from .reference import pad_input
+from .steerable import steerable_conv2d
+from .tap_functions import check_reduce, get_tap
 
-__all__ = ["gconv2d", "shared_kernel_conv2d", "shared_kernel_conv1d", "tap_conv2d", "tap_conv1d"]
+__all__ = ["gconv2d", "gconv_transpose2d", "shared_kernel_conv2d", "shared_kernel_conv1d", "tap_conv2d",
+           "tap_conv1d", "steerable_conv2d"]
 
 GroupLike = Union[Group, str]
 
@@ -41,7 +51,7 @@ def gconv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     """
     activation = check_activation(activation)
     input, weight, bias = autocast_inputs(input, weight, bias)  # as nn.Conv2d: cast first, then check the dtypes
-    if not _compiling():  # every check, before anything launches (the op rebuilds the spec at run time)
+    if not compiling():  # every check, before anything launches (the op rebuilds the spec at run time)
         make_spec(input, weight, bias, group=group, in_group=in_group, stride=stride, padding=padding,
                   dilation=dilation, groups=groups)
     return conv(input, weight, bias, group=group, in_group=in_group, stride=stride, padding=padding,
@@ -71,32 +81,12 @@ def shared_kernel_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Option
     input, weight, bias = autocast_inputs(input, weight, bias)
     channels = concrete_shape(input, quiet=True)[1]  # an int for groups=, also under torch.jit.trace
     geometry = dict(group="z2", in_group="z2", stride=stride, padding=padding, dilation=dilation, groups=channels)
-    if not _compiling():
+    if not compiling():
         make_spec(input, weight.unsqueeze(2), bias, shared_weight=True, **geometry)
     return conv(input, weight.unsqueeze(2), bias, shared_weight=True, **geometry).squeeze(2)
 
 
 # ------------------------------------------------------------------------------------ 1-D, as height-1 2-D
-def _single(value, name: str, minimum: int) -> int:
-    """An int ``>= minimum`` or a 1-tuple of one (what ``torch.nn.Conv1d`` stores) -> the int; errors show
-    ``value`` as given (not the 2-D form it becomes)."""
-    given = value
-    if isinstance(value, (tuple, list)) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int or a 1-tuple of ints, got {given!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected values >= {minimum}, got {given!r}")
-    return value
-
-
-def _as_2d_args(stride, padding, dilation):
-    """1-D ``stride, padding, dilation`` (checked here, so errors name what the caller passed) -> those of the
-    same convolution on a height-1 image."""
-    padding = padding if isinstance(padding, str) else (0, _single(padding, "padding", 0))
-    return (1, _single(stride, "stride", 1)), padding, (1, _single(dilation, "dilation", 1))
-
-
 def shared_kernel_conv1d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                          stride=1, padding=0, dilation=1) -> torch.Tensor:
     """One ``(1, 1, k)`` kernel (and one bias ``(1,)``) applied to every channel of ``input (B, C, L)``; returns
@@ -104,9 +94,147 @@ def shared_kernel_conv1d(input: torch.Tensor, weight: torch.Tensor, bias: Option
     """
     _check_shape(input, "input", 3, (), "a 3-D tensor (B, C, L)")
     _check_shape(weight, "weight", 3, (1, 1), "shape (1, 1, k)")
-    stride, padding, dilation = _as_2d_args(stride, padding, dilation)
+    stride, padding, dilation = as_2d_args(stride, padding, dilation)
     return shared_kernel_conv2d(input.unsqueeze(2), weight.unsqueeze(2), bias, stride, padding,
                                 dilation).squeeze(2)
 
 
-from .tap import tap_conv1d, tap_conv2d  # noqa: E402  (tap.py imports this module's 1-D helpers)
+# ---------------------------------------------------------------------------------------- transposed
+def gconv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+                      group: Union[Group, str], out_group: Union[Group, str, None] = None, stride=1, padding=0,
+                      output_padding=0, groups: int = 1, dilation=1) -> torch.Tensor:
+    """Transposed group convolution: the adjoint of the group convolution from ``out_group`` maps to ``group``
+    maps with the same ``weight`` (as ``F.conv_transpose2d`` is the adjoint of ``F.conv2d``).
+
+    Args:
+        input: ``(B, C_in, S, H, W)`` (``S = |group|``) or flattened ``(B, C_in·S, H, W)``.
+        weight: ``(C_in, C_out / groups, S_out, kh, kw)``, ``S_out = |out_group|``: the base weight of the matching
+            convolution (``nn.ConvTranspose2d``'s ``(in, out / groups, kh, kw)`` layout, plus the group axis).
+        bias: ``(C_out,)`` or None.
+        out_group: the output's group: ``group`` (default, e.g. a U-Net decoder) or ``"z2"`` (projects to planes).
+        stride, padding (int or pair), output_padding, groups, dilation: as ``F.conv_transpose2d``.
+    Returns:
+        ``(B, C_out, S_out, H_out, W_out)`` with ``H_out = (H−1)·stride − 2·padding + dilation·(kh−1) +
+        output_padding + 1``.  Exactly equivariant when ``output_padding`` is 0 (at any stride; with stride 2,
+        ``kernel_size=4, padding=1`` doubles the size exactly), see ``docs/exactness.md``.
+
+    Runs the input-gradient kernel of the matching convolution; its gradients are the forward kernel (input) and
+    the weight-gradient kernel with ``dy`` and ``x`` swapped (weight), so nothing is materialized here either.
+    """
+    group = get_group(group, "group")
+    out_group = group if out_group is None else get_group(out_group, "out_group")
+    if isinstance(padding, str):
+        raise ValueError(f"padding: expected an int or a pair for a transposed convolution, got {padding!r}")
+    if not isinstance(input, torch.Tensor) or input.dim() not in (4, 5):
+        raise ValueError(f"input: expected (B, C_in, S, H, W) or (B, C_in·S, H, W), got "
+                         f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
+    x = input if input.dim() == 5 else input.unflatten(1, (-1, group.order))
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 5:
+        raise ValueError(f"weight: expected a 5-D tensor (C_in, C_out/groups, S_out, kh, kw), got "
+                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    stride, dilation, pad = pair(stride, "stride"), pair(dilation, "dilation"), pair(padding, "padding")
+    out_pad = output_padding_pair(output_padding, stride, dilation)
+    # ints, also under torch.jit.trace (which records sizes as tensors): the op takes the output size as ints, so
+    # a traced graph is specialised to the input's size (torch's TracerWarning says so), not to the weight's
+    shape, (_, c_out_g, _, kh, kw) = concrete_shape(x), concrete_shape(weight, quiet=True)
+    size = [shape[0], c_out_g * groups, out_group.order]
+    size += [(n - 1) * s - 2 * p + d * (k - 1) + o + 1
+             for n, s, p, d, k, o in zip(shape[-2:], stride, pad, dilation, (kh, kw), out_pad)]
+    geometry = dict(group=group, in_group=out_group, stride=stride, padding=pad, dilation=dilation, groups=groups)
+    if not compiling():  # validate against the matching convolution before anything launches
+        if min(size[-2:]) < 1:
+            raise ValueError(f"input: spatial size {tuple(x.shape[-2:])} gives an output of {tuple(size[-2:])}; "
+                             f"expected at least 1x1 (less padding)")
+        spec = make_spec(weight.new_empty(()).expand(size), weight, None, **geometry)
+        if (spec.groups * spec.out_channels, spec.s_out, spec.out_height, spec.out_width) != shape[1:]:
+            raise ValueError(f"input: expected shape (B, {spec.groups * spec.out_channels}, {spec.s_out}, "
+                             f"{spec.out_height}, {spec.out_width}) for weight {tuple(weight.shape)} and group "
+                             f"{group.name}, got {tuple(x.shape)}")
+        if bias is not None and (not isinstance(bias, torch.Tensor) or concrete_shape(bias, quiet=True) != (size[1],)):
+            raise ValueError(f"bias: expected shape ({size[1]},), got "
+                             f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+    y = conv_input_grad(x, weight, size, **geometry)
+    return y if bias is None else y + bias.to(y.dtype).view(1, -1, 1, 1, 1)
+
+
+# ------------------------------------------------------------------------------------- tap convolutions
+def tap_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, tap, reduce: str = "sum",
+               stride=1, padding=0, dilation=1, groups: int = 1, group="z2", in_group="z2",
+               padding_mode: str = "zeros", standard_ops: bool = False) -> Tensor:
+    """A convolution whose tap is ``tap(x, w)`` and whose reduction over the receptive field is ``reduce``.
+
+    ``y[b, o, p] = reduce over (i, t) of tap(x[b, i, p·stride + t·dilation − padding], w[o, i, t]) + bias[o]``.
+
+    Args:
+        input: ``(B, C_in, H, W)`` with a 4-D weight ``(C_out, C_in/groups, kh, kw)`` (``F.conv2d``'s shapes, z2
+            only); with a group weight ``(C_out, C_in/groups, S_in, kh, kw)``, ``gconv2d``'s shapes: input
+            ``(B, C_in, S_in, H, W)`` or ``(B, C_in·S_in, H, W)``, output ``(B, C_out, S_out, H_out, W_out)``.
+        tap: ``"mul"`` (``x·w``), ``"adder"`` (``−|x − w|``), ``"addernet"`` (the adder tap with AdderNet's
+            training gradients: ``x − w`` for the weight, ``HardTanh(w − x)`` for the input), ``"l2"``
+            (``−(x − w)²``), ``"add"`` (``x + w``), ``"sub"`` (``x − w``), or a :class:`~gconv_triton.TapFunction`.
+        reduce: ``"sum"``, ``"max"``, ``"min"`` or ``"prod"``.  ``max``/``min`` send the gradient to one
+            arg-extreme window position, the first in ``(i, t)`` order on ties; ``prod``'s gradient is exact at
+            zero factors.
+        stride, padding, dilation, groups: as ``F.conv2d`` (padding also ``"same"``/``"valid"``).
+        group, in_group: as :func:`~gconv_triton.functional.gconv2d` (window positions rotated on the gather).
+        padding_mode: ``"zeros"`` (a padded pixel is 0 and goes through the tap, as unfold would give),
+            ``"ignore"`` (window positions outside the image are left out of the reduction; a window with
+            none inside gives 0 + bias and no gradient), or ``"reflect"``, ``"replicate"``, ``"circular"``
+            (``F.pad`` first, as torch).
+        standard_ops: compute with standard PyTorch operators
+            (:func:`~gconv_triton.reference.tap_standard_ops`: unfold, ``torch_fn``, reduce; no chunking, no custom
+            op), the form ONNX export writes and ``export_model`` keeps; a ``ValueError`` when ``tap``'s
+            ``torch_fn`` is not made of such operators.
+
+    Morphological dilation is ``tap="add", reduce="max"``, erosion ``tap="sub", reduce="min"``.
+    """
+    tap = get_tap(tap)
+    reduce = check_reduce(tap, reduce)
+    padding_mode = check_padding_mode(padding_mode, TAP_PADDING_MODES)
+    group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
+    planar = weight.dim() == 4
+    if planar:
+        if not (group.is_trivial and in_group.is_trivial):
+            raise ValueError(f"weight: a 4-D weight (C_out, C_in/groups, kh, kw) is for group='z2' only; group "
+                             f"{group.name} takes (C_out, C_in/groups, S_in, kh, kw), got shape "
+                             f"{tuple(weight.shape)}")
+        if isinstance(input, torch.Tensor) and input.dim() != 4:
+            raise ValueError(f"input: expected a 4-D tensor (B, C_in, H, W) with a 4-D weight, got shape "
+                             f"{tuple(input.shape)}")
+        weight = weight.unsqueeze(2)
+    if padding_mode in ("reflect", "replicate", "circular"):
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
+        _, _, pad = resolve_geometry(tuple(weight.shape[-2:]), stride, padding, dilation)
+        input, padding = pad_input(input, pad, padding_mode), 0
+    input, weight, bias = autocast_inputs(input, weight, bias)  # as nn.Conv2d: cast first, then check the dtypes
+    if not compiling():  # every check, before anything launches
+        make_spec(input, weight, bias, group=group, in_group=in_group, stride=stride, padding=padding,
+                  dilation=dilation, groups=groups)
+    y = tap_conv(input, weight, bias, tap=tap, reduce=reduce, ignore=padding_mode == "ignore", group=group,
+                 in_group=in_group, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                 standard_ops=standard_ops)
+    return y.flatten(1, 2) if planar else y
+
+
+def tap_conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, tap, reduce: str = "sum",
+               stride=1, padding=0, dilation=1, groups: int = 1, group="z2", in_group="z2",
+               padding_mode: str = "zeros", standard_ops: bool = False) -> Tensor:
+    """:func:`tap_conv2d` in 1-D: input ``(B, C_in, L)``, weight ``(C_out, C_in/groups, k)``, output
+    ``(B, C_out, L_out)`` (a height-1 2-D tap convolution).  Only ``group="z2"``: rotations need two axes."""
+    group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
+    if not (group.is_trivial and in_group.is_trivial):
+        raise ValueError(f"group: a 1-D tap convolution takes group='z2' and in_group='z2' only, got "
+                         f"{group.name} and {in_group.name}")
+    for name, t in (("input", input), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3:
+            raise ValueError(f"{name}: expected a 3-D tensor, got shape {tuple(t.shape)}")
+    stride, padding, dilation = as_2d_args(stride, padding, dilation)
+    y = tap_conv2d(input.unsqueeze(2), weight.unsqueeze(2), bias, tap=tap, reduce=reduce, stride=stride,
+                   padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode,
+                   standard_ops=standard_ops)
+    return y.squeeze(2)

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._registry import GROUPS
+from ._support import GROUPS
 
 __all__ = ["Group", "z2", "p2", "pm", "p2mm", "p4", "p4m", "get_group"]
 
@@ -53,7 +53,7 @@ def _is_lattice_symmetry(m: Matrix) -> bool:
     return all(sorted(map(abs, c)) == [0, 1] for c in cols) and abs(m[0][0] * m[1][1] - m[0][1] * m[1][0]) == 1
 
 
-def _grid_permutation(m: Matrix, h: int, w: int) -> Optional[torch.Tensor]:
+def grid_permutation(m: Matrix, h: int, w: int) -> Optional[torch.Tensor]:
     """Where each cell of an ``h × w`` grid goes under ``m``, acting on offsets from the grid's centre.
 
     Returns ``dest`` with ``dest[r * w + c]`` the flat index the value at ``(r, c)`` moves to, or None when ``m``
@@ -279,7 +279,7 @@ class Group:
                              f"{self._tap_size}x{self._tap_size} filters only, got {kh}x{kw}")
         rows = []
         for m in self.matrices:
-            dest = _grid_permutation(m, kh, kw)
+            dest = grid_permutation(m, kh, kw)
             if dest is None:
                 raise ValueError(f"kernel_size: group {self.name} rotates filters by 90 degrees, which needs a square "
                                  f"kernel, got {kh}x{kw}")
@@ -302,7 +302,7 @@ class Group:
         if self.matrices is None:
             raise ValueError(f"group {self.name} acts on filters only (it has no matrices), not on images")
         h, w = x.shape[-2:]
-        dest = _grid_permutation(self.matrices[g], h, w)
+        dest = grid_permutation(self.matrices[g], h, w)
         if dest is None:
             raise ValueError(f"input: element {g} of {self.name} rotates by 90 degrees, which needs a square image, "
                              f"got {h}x{w}")
@@ -340,7 +340,7 @@ def _matrices_of_permutations(perms: torch.Tensor, k: int) -> Optional[list]:
     candidates = [m for m in itertools.product(rows, rows) if _is_lattice_symmetry(m)]
     matrices = []
     for row in perms:
-        match = [m for m in candidates if torch.equal(_grid_permutation(m, k, k), row)]
+        match = [m for m in candidates if torch.equal(grid_permutation(m, k, k), row)]
         if not match:
             return None
         matrices.append(match[0])
@@ -365,6 +365,15 @@ p4m = Group.from_matrices([_matmul(_power(_FLIP, m), _power(_ROT, r)) for m in r
 _BUILTINS = {g.name: g for g in (z2, p2, pm, p2mm, p4, p4m)}
 
 
+# "c" and "d": C_N and D_N on steerable filters, registered by gconv_triton.steerable (which the package imports)
+_FAMILIES: dict = {}
+
+
+def register_group_family(letter: str, build) -> None:
+    """Let :func:`get_group` read ``"<letter>N"`` (``N >= 1``) as ``build(N)``."""
+    _FAMILIES[letter] = build
+
+
 def get_group(group, argument: str = "group") -> Group:
     """Accept a :class:`Group`, the name of a built-in one, or ``"cN"`` / ``"dN"`` (``N >= 1``): ``C_N`` / ``D_N``
     on steerable filters (:func:`~gconv_triton.steerable.cyclic_group`, :func:`~gconv_triton.steerable.dihedral_group`
@@ -375,12 +384,9 @@ def get_group(group, argument: str = "group") -> Group:
         key = group.lower()
         if key in _BUILTINS:
             return _BUILTINS[key]
-        steerable = re.fullmatch(r"([cd])([0-9]+)", key)
-        if steerable is not None and int(steerable[2]) >= 1:
-            from .steerable import cyclic_group, dihedral_group  # steerable.py imports this module
-
-            n = int(steerable[2])
-            return cyclic_group(n) if steerable[1] == "c" else dihedral_group(n)
+        family = re.fullmatch(r"([a-z])([0-9]+)", key)
+        if family is not None and family[1] in _FAMILIES and int(family[2]) >= 1:
+            return _FAMILIES[family[1]](int(family[2]))
         raise ValueError(f"{argument}: unknown group {group!r}, expected a Group or one of {sorted(_BUILTINS)}, or "
                          f"'cN' / 'dN' with N >= 1 (C_N / D_N on steerable filters, e.g. 'c8', 'd16')")
     raise TypeError(f"{argument}: expected a Group or a group name (str), got {type(group).__name__}")

@@ -43,8 +43,9 @@ import numpy as np
 import torch
 
 from .groups import Group, get_group, p4m
-from .modules import GroupConv2d
+from .nn import GroupConv2d
 from .reference import filter_bank
+from .steerable import field_kind, from_e2cnn as steerable_from_e2cnn
 
 __all__ = ["patch_e2cnn", "patch_escnn", "e2cnn_permutation", "weights_from_e2cnn_filter", "from_e2cnn", "from_groupy"]
 
@@ -196,16 +197,6 @@ def weights_from_e2cnn_filter(filter: torch.Tensor, bias: Optional[torch.Tensor]
     return weight, per_field[:, 0].contiguous()
 
 
-def _field_kind(field_type) -> str:
-    names = {r.name for r in field_type.representations}
-    if names == {"regular"}:
-        return "regular"
-    if len(names) == 1 and field_type.representations[0].is_trivial():
-        return "trivial"
-    raise ValueError(f"conv: expected only regular (or, for the input, only trivial) fields, got representations "
-                     f"{sorted(names)}")
-
-
 @torch.no_grad()
 def from_e2cnn(conv, device=None, dtype=None) -> GroupConv2d:
     """A :class:`GroupConv2d` computing the same function as an e2cnn or escnn ``R2Conv`` between regular
@@ -220,9 +211,9 @@ def from_e2cnn(conv, device=None, dtype=None) -> GroupConv2d:
     if (getattr(fiber, "rotation_order", None) or fiber.order()) != 4:  # D_N's rotations, C_N's order
         return _from_e2cnn_steerable(conv, device, dtype)
     perm = e2cnn_permutation(conv.out_type.gspace)
-    if _field_kind(conv.out_type) != "regular":
+    if field_kind(conv.out_type) != "regular":
         raise ValueError("conv: expected regular output fields")
-    regular_input = _field_kind(conv.in_type) == "regular"
+    regular_input = field_kind(conv.in_type) == "regular"
     if getattr(conv, "groups", 1) != 1:
         raise ValueError(f"conv: expected groups=1, got {conv.groups}")
     if getattr(conv, "padding_mode", "zeros") != "zeros":
@@ -242,9 +233,7 @@ def from_e2cnn(conv, device=None, dtype=None) -> GroupConv2d:
 
 @torch.no_grad()
 def _from_e2cnn_steerable(conv, device, dtype) -> GroupConv2d:
-    from . import steerable
-
-    weights = steerable.from_e2cnn(conv)
+    weights = steerable_from_e2cnn(conv)
     coefficients = weights.coefficients
     out = GroupConv2d(coefficients.shape[1], coefficients.shape[0], weights.kernel_size, group=weights.group,
                       in_group=weights.in_group, stride=weights.stride, padding=weights.padding,

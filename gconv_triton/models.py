@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .groups import Group, get_group
-from .modules import GroupConv2d, GroupMaxPool2d, GroupPool
+from .nn import GroupBatchNorm, GroupConv2d, GroupMaxPool2d, GroupPool, gcnn_width
 
 __all__ = ["SmallGCNN", "count_parameters", "widths_for_budget", "GroupResNet", "GroupBasicBlock",
            "p4m_resnet18", "p4m_resnet44"]
@@ -88,7 +88,6 @@ class GroupBasicBlock(nn.Module):
 
     def __init__(self, group: Group, c_in: int, c_out: int, stride: int = 1, **factory):
         super().__init__()
-        from .layers import GroupBatchNorm
 
         self.conv1 = GroupConv2d(c_in, c_out, 3, group=group, in_group=group, stride=stride, padding=1, bias=False,
                                  **factory)
@@ -113,7 +112,7 @@ class GroupResNet(nn.Module):
         group: ``"p4m"``, ``"p4"``, ... (``"z2"`` gives the plain CNN of the same architecture, on our kernels).
         blocks: basic blocks per stage; the first stage keeps the resolution, each later one halves it.
         widths: the *CNN* widths of the stages, turned into G-channel widths by
-            :func:`~gconv_triton.layers.gcnn_width` (``equal="params"``: ``N/√S``; ``"compute"``: ``N/S``), or
+            :func:`~gconv_triton.nn.conv.gcnn_width` (``equal="params"``: ``N/√S``; ``"compute"``: ``N/S``), or
             G-channel widths as they are with ``equal=None``.
         stem: ``"cifar"`` (4×4 lifting conv, padding 2: ``H -> H + 1``) or ``"imagenet"`` (8×8 stride-2 lifting
             conv, padding 4: ``H -> H/2 + 1``, and a 3×3 stride-2 max pool: ``-> H/4 + 1``).
@@ -133,7 +132,6 @@ class GroupResNet(nn.Module):
                  widths: Sequence[int] = (64, 128, 256, 512), equal: Union[str, None] = "params",
                  stem: str = "cifar", in_channels: int = 3, num_classes: int = 10, device=None, dtype=None):
         super().__init__()
-        from .layers import GroupBatchNorm, gcnn_width
 
         self.group = get_group(group, "group")
         blocks, widths = tuple(blocks), tuple(widths)

@@ -29,8 +29,11 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from ._spec import concrete_shape
-from .groups import Group, _grid_permutation, get_group
+from ._args import check_activation
+from ._spec import concrete_shape, make_spec, resolve_geometry
+from ._support import autocast_inputs, backend_name, compiling, untraced
+from .groups import Group, get_group, grid_permutation, register_group_family
+from .reference import activate, conv2d_with_bank
 
 __all__ = ["SteerableGroup", "cyclic_group", "dihedral_group", "SteerableBasis", "steerable_basis",
            "rotated_basis", "coefficient_rotation", "steerable_bank", "steerable_conv2d", "init_coefficients",
@@ -117,7 +120,7 @@ class SteerableGroup(Group):
             raise ValueError(f"g: element {g} of {self.name} is no symmetry of the pixel grid (expected one of "
                              f"{self.lattice_elements})")
         h, w = x.shape[-2:]
-        dest = _grid_permutation(matrix, h, w)
+        dest = grid_permutation(matrix, h, w)
         if dest is None:
             raise ValueError(f"input: element {g} of {self.name} rotates by 90 degrees, which needs a square image, "
                              f"got {h}x{w}")
@@ -149,6 +152,10 @@ def dihedral_group(n: int, axis: float = 0.0) -> SteerableGroup:
 @functools.lru_cache(maxsize=None, typed=True)
 def _dihedral_group(n: int, axis: float) -> SteerableGroup:
     return SteerableGroup(n, True, axis)
+
+
+register_group_family("c", cyclic_group)
+register_group_family("d", dihedral_group)
 
 
 # --------------------------------------------------------------------------------------------------- the basis
@@ -266,8 +273,6 @@ def basis_size(kernel_size) -> int:
 def _basis_size(kernel_size: int) -> int:
     """:func:`basis_size` of an int, cached: every steerable forward asks for it (in its checks), and leaving the
     tracing modes each time costs more than the rest of the check."""
-    from .reference import untraced
-
     with untraced():  # a plain int (and a cache of real tensors) whatever traces the caller
         return len(steerable_basis(kernel_size).radius)
 
@@ -341,8 +346,6 @@ def _tables(group: SteerableGroup, kernel_size: int, dtype: torch.dtype, device:
     """``Ψ`` flattened to ``(S, B, k·k)`` in ``dtype`` on ``device``, built once per combination."""
     key = (group, kernel_size, dtype, device)
     if key not in _TABLES:
-        from .reference import untraced
-
         with untraced():  # real tensors in the cache, and one constant in a traced graph, whatever traces the call
             _TABLES[key] = _rotated_basis(group, kernel_size).flatten(2).to(dtype=dtype, device=device)
     return _TABLES[key]
@@ -404,21 +407,17 @@ def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Opti
     Returns ``(B, C_out, S_out, H_out, W_out)``.  Runs on any device as standard PyTorch ops (the Triton kernels
     have no steerable filters yet: the ``'triton'`` backend raises ``NotImplementedError``).
     """
-    from ._library import _ACTIVATION_FN, _backend_name, _compiling, autocast_inputs, check_activation
-    from ._spec import make_spec, resolve_geometry
-    from .reference import conv2d_with_bank
-
     activation = check_activation(activation)
     group = get_group(group, "group")
     _check_group(group, "group")
     in_group = _in_group(group, in_group)
-    if _backend_name() == "triton":
+    if backend_name() == "triton":
         raise NotImplementedError(f"group: the 'triton' backend has no kernels for steerable groups ({group.name}) "
                                   f"yet; use the 'auto' or 'torch' backend, which run the reference path (filter "
                                   f"bank + F.conv2d) on CPU and CUDA tensors alike")
     input, coefficients, bias = autocast_inputs(input, coefficients, bias)
     kernel_size = kernel_size[0] if isinstance(kernel_size, (tuple, list)) else kernel_size
-    if not _compiling():  # every check of gconv2d's, on the bank's shape, before anything runs
+    if not compiling():  # every check of gconv2d's, on the bank's shape, before anything runs
         _check_coefficients(coefficients, group, in_group, kernel_size)
         bank_shape = coefficients.new_empty(()).expand(*concrete_shape(coefficients, quiet=True)[:3], kernel_size,
                                                        kernel_size)
@@ -428,8 +427,7 @@ def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Opti
     bank = steerable_bank(coefficients, group, in_group, kernel_size, tables)
     x = input if input.dim() == 5 else input.unflatten(1, (-1, in_group.order))
     y = conv2d_with_bank(x, bank, bias, group.order, stride=stride, padding=pad, dilation=dilation, groups=groups)
-    fn = _ACTIVATION_FN[activation]
-    return y if fn is None else fn(y)
+    return activate(y, activation)
 
 
 def _check_coefficients(coefficients, group: SteerableGroup, in_group: Group, kernel_size) -> None:
@@ -589,18 +587,28 @@ class SteerableWeights(NamedTuple):
     dilation: int
 
 
+def field_kind(field_type) -> str:
+    """``"regular"`` or ``"trivial"``: the kind of every field of an e2cnn / escnn ``FieldType`` (``ValueError``
+    for anything else, or a mix)."""
+    names = {r.name for r in field_type.representations}
+    if names == {"regular"}:
+        return "regular"
+    if len(names) == 1 and field_type.representations[0].is_trivial():
+        return "trivial"
+    raise ValueError(f"conv: expected only regular (or, for the input, only trivial) fields, got representations "
+                     f"{sorted(names)}")
+
+
 @torch.no_grad()
 def from_e2cnn(conv, *, rtol: float = 1e-5) -> SteerableWeights:
     """Coefficients for an e2cnn ``R2Conv`` between regular fields of ``C_N`` / ``D_N`` (or from trivial fields)
     with the default basis: least squares on the identity slice of ``conv.expand_parameters()``.  Raises
     ``ValueError`` when the rebuilt bank misses e2cnn's filter by more than ``rtol`` of its norm (another basis, or
     fields that are not regular)."""
-    from .interop import _field_kind
-
     group = _group_of_gspace(conv.out_type.gspace)
-    if _field_kind(conv.out_type) != "regular":
+    if field_kind(conv.out_type) != "regular":
         raise ValueError("conv: expected regular output fields")
-    in_group = group if _field_kind(conv.in_type) == "regular" else get_group("z2")
+    in_group = group if field_kind(conv.in_type) == "regular" else get_group("z2")
     if getattr(conv, "groups", 1) != 1 or getattr(conv, "padding_mode", "zeros") != "zeros":
         raise ValueError("conv: expected groups=1 and padding_mode='zeros'")
     filt, bias = conv.expand_parameters()

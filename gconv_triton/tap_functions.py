@@ -15,7 +15,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ._registry import TAP_FUNCTIONS
+from ._backend import backend, use_triton
+from ._support import TAP_FUNCTIONS, untraced
 
 __all__ = ["TapFunction", "check_tap", "get_tap", "BUILTIN_TAPS", "REDUCTIONS"]
 
@@ -134,8 +135,6 @@ def _standard_ops_problem(fn) -> Optional[str]:
     import operator
 
     from torch.fx.experimental.proxy_tensor import make_fx
-
-    from .reference import untraced
 
     try:
         with untraced():  # called inside an export or a compiled graph: trace apart from whatever traces the caller
@@ -299,8 +298,6 @@ def check_tap(tap: TapFunction, *, points: int = 4096, seed: int = 0, rtol: floa
     checked, and a ``RuntimeWarning`` says the Triton functions were not and what to set.
     """
     import warnings
-
-    from ._backend import backend, use_triton
 
     tap = get_tap(tap)
     if device is None:

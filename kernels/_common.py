@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._layout import dim_order, empty_in_order
+from .._support import dim_order, empty_in_order
 from .tuner import KERNEL_TUNERS, Autotuner
 
 # Read once, like Triton itself reads it when a @triton.jit function is defined.

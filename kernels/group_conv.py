@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._layout import empty_in_order
+from .._support import empty_in_order
 from ._common import (INTERPRET, accumulator, cdiv, dot_precision, empty_like_layout, gather_tables, geometry_table,
                       group_tables, input_grad_buffer, maybe_autotune, mma, poison_outputs, split_pixel)
 

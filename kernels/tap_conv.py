@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._layout import dim_order
+from .._support import dim_order
 from ._common import INTERPRET, cdiv, empty_output, geometry_args, group_tables, split_pixel, static_args
 from .group_conv import _needs_int64
 

@@ -64,7 +64,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gconv_triton as gt
-from gconv_triton._layout import empty_in_order
+from gconv_triton._support import empty_in_order
 from gconv_triton.autotune import LAYOUTS, parse_names
 
 from .memory import run_inside

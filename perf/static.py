@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from gconv_triton import kernels
-from gconv_triton._layout import dim_order
+from gconv_triton._support import dim_order
 from gconv_triton.autotune import FORWARD_ONLY, MODELS, Layer, Progress, model_layers, parse_names
 from gconv_triton.kernels import tuner as _autotune
 

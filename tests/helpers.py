@@ -54,11 +54,11 @@ def clear_caches() -> None:
 
     import torch._dynamo
 
-    from gconv_triton import _registry, reference
+    from gconv_triton import _support, reference
 
     torch._dynamo.reset()
     reference._BANK_INDEX.clear()
-    for group in _registry.GROUPS._objects.values():
+    for group in _support.GROUPS._objects.values():
         group._cache.clear()
     for name, module in list(sys.modules.items()):
         if name == "gconv_triton" or name.startswith("gconv_triton."):

@@ -21,7 +21,7 @@ from torch import nn
 import gconv_triton as gt
 from gconv_triton import GroupConv2d
 from gconv_triton.functional import gconv2d
-from gconv_triton.layers import GroupConvTranspose2d
+from gconv_triton.nn import GroupConvTranspose2d
 
 BACKENDS = {"torch": (torch_backend, torch.device("cpu")), "triton": (triton_backend, DEVICE)}
 

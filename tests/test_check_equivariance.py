@@ -10,7 +10,7 @@ from torch import nn
 
 import gconv_triton as gt
 from gconv_triton import P4ConvP4, P4MConvZ2, check_equivariance
-from gconv_triton.layers import GroupBatchNorm
+from gconv_triton.nn import GroupBatchNorm
 
 DT = torch.float64
 EXACT = 1e-12

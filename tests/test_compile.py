@@ -21,8 +21,8 @@ from helpers import DEVICE, assert_close, clear_caches, torch_backend, triton_ba
 from torch import nn
 
 from gconv_triton import GroupConv2d, GroupPool
-from gconv_triton import _library as ops
-from gconv_triton.layers import GroupBatchNorm, GroupConvTranspose2d
+from gconv_triton.ops import group_conv as ops
+from gconv_triton.nn import GroupBatchNorm, GroupConvTranspose2d
 
 DT = torch.float64
 

@@ -4,7 +4,7 @@ with the same parameters as one process on the same global batch (float64, tight
 Each rank sees half of the batch; DDP averages the gradients of the per-rank mean losses, which is the gradient
 of the global mean loss, so the runs agree up to the reduction order (float64 round-off).  No batch norm here:
 per-rank batch statistics differ from global ones by design (``nn.SyncBatchNorm.convert_sync_batchnorm``
-converts the ``nn.BatchNorm3d`` inside :class:`~gconv_triton.layers.GroupBatchNorm` for that).
+converts the ``nn.BatchNorm3d`` inside :class:`~gconv_triton.nn.GroupBatchNorm` for that).
 """
 
 from __future__ import annotations

@@ -16,8 +16,7 @@ from helpers import DEVICE, assert_close, torch_backend, triton_backend
 from torch.autograd import gradgradcheck
 
 from gconv_triton import _spec
-from gconv_triton.functional import gconv2d, shared_kernel_conv1d, shared_kernel_conv2d
-from gconv_triton.layers import gconv_transpose2d
+from gconv_triton.functional import gconv2d, gconv_transpose2d, shared_kernel_conv1d, shared_kernel_conv2d
 from gconv_triton.reference import gconv2d_reference
 
 DT = torch.float64
@@ -153,7 +152,7 @@ def test_registered_ops_gradgradcheck_on_the_reference_path(activation):
     """The custom ops themselves (what a compiled model runs on the CPU; eager CPU calls use standard ops), on
     their reference branch: the conv op's backward, and the registered backward of the input- and
     weight-gradient ops it calls."""
-    from gconv_triton import _library as ops
+    from gconv_triton.ops import group_conv as ops
 
     torch.manual_seed(0)
     x, w, b = _tensors("p4m", "p4m", 2, 2, dict(groups=2), "cpu")

@@ -21,7 +21,7 @@ import gconv_triton as gt
 from gconv_triton import EquivarianceWarning, GroupAvgPool2d, GroupConv2d, GroupMaxPool2d, check_equivariance
 from gconv_triton.exactness import inexact_reasons
 from gconv_triton.groups import get_group
-from gconv_triton.layers import GroupConvTranspose2d
+from gconv_triton.nn import GroupConvTranspose2d
 
 DT = torch.float64
 ROUND_OFF = 1e-9

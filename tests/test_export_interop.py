@@ -30,7 +30,8 @@ from torch import nn
 import gconv_triton as gt
 from gconv_triton import GroupConv2d, P4MConvP4M, interop
 from gconv_triton.interop import e2cnn_permutation, from_e2cnn, from_groupy, weights_from_e2cnn_filter
-from gconv_triton.layers import ExportedGroupConv, GroupConvTranspose2d, export_model
+from gconv_triton.export import ExportedGroupConv, export_model
+from gconv_triton.nn import GroupConvTranspose2d
 from gconv_triton.models import GroupResNet
 
 ROOT = str(Path(__file__).resolve().parent.parent)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from helpers import DEVICE, INTERPRETED, assert_close, rel_error, torch_backend, triton_backend
 
 from gconv_triton import functional, kernels
-from gconv_triton._layout import dim_order
+from gconv_triton._support import dim_order
 from gconv_triton._spec import make_spec
 from gconv_triton.groups import get_group
 from gconv_triton.kernels import _common, group_conv as gconv

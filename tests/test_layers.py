@@ -17,8 +17,7 @@ from helpers import DEVICE, assert_close, torch_backend, triton_backend
 from torch import nn
 
 from gconv_triton import EquivarianceWarning, GroupConv2d, GroupMaxPool2d, check_equivariance
-from gconv_triton.groups import get_group
-from gconv_triton.layers import GroupBatchNorm, GroupConvTranspose2d, gcnn_width
+from gconv_triton.nn import GroupBatchNorm, GroupConvTranspose2d, gcnn_width
 from gconv_triton.models import GroupResNet, count_parameters, p4m_resnet18, p4m_resnet44
 from gconv_triton.reference import filter_bank
 
@@ -154,25 +153,6 @@ def test_sync_batchnorm_conversion_keeps_group_batchnorm(train, flat):
     assert outputs[0][0].shape == x.shape
     for want, got in zip(*outputs):
         assert (got - want).abs().max() < EXACT
-
-
-def test_group_batchnorm_loads_state_dicts_and_pickles_of_the_batchnorm3d_subclass():
-    """GroupBatchNorm used to be an ``nn.BatchNorm3d`` subclass (keys ``weight``, ``running_mean``, ...): its state
-    dicts load into the ``norm.`` keys, and its pickles (a ``__dict__`` without ``norm``) unpickle."""
-    old = nn.BatchNorm3d(3, momentum=0.25, dtype=DT)
-    with torch.no_grad():
-        old.weight.uniform_(0.5, 1.5)
-        old.bias.uniform_(-0.5, 0.5)
-    old(torch.randn(4, 3, 4, 5, 5, dtype=DT) + 1)
-    old.eval()
-    x = torch.randn(2, 3, 4, 5, 5, dtype=DT)
-    bn = GroupBatchNorm(3, dtype=DT).eval()
-    bn.load_state_dict(old.state_dict())
-    assert torch.equal(bn(x), old(x)) and int(bn.num_batches_tracked) == 1
-    unpickled = GroupBatchNorm.__new__(GroupBatchNorm)
-    unpickled.__setstate__({**old.__dict__, "group": get_group("p4")})  # what pickle does with an old __dict__
-    assert torch.equal(unpickled(x), old(x)) and torch.equal(unpickled(x.flatten(1, 2)), old(x).flatten(1, 2))
-    assert unpickled.momentum == 0.25 and not unpickled.training
 
 
 def test_group_batchnorm_wrong_channel_count_is_a_value_error():

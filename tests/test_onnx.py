@@ -18,8 +18,7 @@ from usertap import TAN, tan_d, tan_fn
 from torch import nn
 
 import gconv_triton as gt
-from gconv_triton.functional import gconv2d, shared_kernel_conv2d
-from gconv_triton.layers import gconv_transpose2d
+from gconv_triton.functional import gconv2d, gconv_transpose2d, shared_kernel_conv2d
 
 onnx = pytest.importorskip("onnx", reason="torch.onnx.export needs the onnx package (pip install onnx)")
 from onnx.reference import ReferenceEvaluator  # noqa: E402

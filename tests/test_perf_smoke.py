@@ -252,7 +252,7 @@ def test_resnet44_shape_set_is_the_models_convolutions():
 
     from gconv_triton.autotune import model_layers
     from gconv_triton.models import p4m_resnet44
-    from gconv_triton.modules import GroupConv2d
+    from gconv_triton.nn import GroupConv2d
 
     convs = collections.Counter(
         (m.in_channels, m.out_channels, tuple(m.kernel_size), m.stride, m.in_group.name)

@@ -484,10 +484,11 @@ def test_autocast_across_layers():
 
 
 def test_opcheck():
-    from gconv_triton import tap as tap_ops
+    from gconv_triton.ops import tap_conv as tap_ops
+    from gconv_triton.tap_functions import get_tap, tap_key
 
     x, w, b = torch.randn(1, 2, 1, 5, 5), torch.randn(3, 2, 1, 3, 3), torch.randn(3)
-    args = (x.requires_grad_(), w.requires_grad_(), b, tap_ops.tap_key(tap_ops.get_tap("add")), "max", False,
+    args = (x.requires_grad_(), w.requires_grad_(), b, tap_key(get_tap("add")), "max", False,
             "z2", "z2", [1, 1], [1, 1, 1, 1], [1, 1], 1, "torch")
     torch.library.opcheck(tap_ops._tap_op, args)
 
@@ -495,9 +496,9 @@ def test_opcheck():
 def test_torch_path_memory_is_bounded(monkeypatch):
     """The PyTorch path's intermediates stay under its chunk size (here lowered to 4096 elements), forward and
     backward: the unfold of this batch would hold 9216 values and the tap broadcast 36864."""
-    from gconv_triton import tap as tap_ops
+    from gconv_triton import reference
 
-    monkeypatch.setattr(tap_ops, "_CHUNK_ELEMENTS", 4096)
+    monkeypatch.setattr(reference, "CHUNK_ELEMENTS", 4096)
     x = torch.randn(4, 4, 8, 8, requires_grad=True)
     w = torch.randn(4, 4, 3, 3, requires_grad=True)
     recorder = AllocationRecorder()

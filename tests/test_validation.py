@@ -226,7 +226,7 @@ CONSTRUCTOR_TYPES = [
     ("tap2d-kernel-float", lambda: gconv_triton.TapConv2d(2, 2, 3.0, **_TAP), TypeError,
      r"kernel_size: expected an int or a pair of ints, got 3\.0"),
     ("tap1d-kernel-float", lambda: gconv_triton.TapConv1d(2, 2, 3.0, **_TAP), TypeError,
-     r"kernel_size: expected an int or a tuple of 1 ints, got 3\.0"),
+     r"kernel_size: expected an int or a 1-tuple of ints, got 3\.0"),
     ("shared-groups-float", lambda: gconv_triton.SharedKernelConv2d(3, 2.0), TypeError,
      r"groups: expected a positive int, got 2\.0"),
     ("shared-groups-0", lambda: gconv_triton.SharedKernelConv2d(3, 0), ValueError,

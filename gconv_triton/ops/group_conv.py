@@ -1,7 +1,7 @@
 """The group convolution as PyTorch operators (``torch.library``), so ``torch.compile`` and autocast see it.
 
 Three ops, each running the fused Triton kernels or the plain-PyTorch reference path (chosen inside the op, at run
-time, from the backend name the caller resolved), registered with ``torch.library.custom_op`` (torch 2.4+):
+time, from the backend name the caller resolved), registered with ``torch.library.custom_op``:
 
 * ``gconv_triton::gconv2d(x, weight, bias, ..., activation) -> (y, z, x_copy)``: ``y = act(conv(x) + bias)``;
   ``z`` is the pre-activation for ``silu``/``gelu`` (what their exact backward needs) and an empty tensor otherwise
@@ -10,7 +10,7 @@ time, from the backend name the caller resolved), registered with ``torch.librar
   (``kernels.input_copy_shape``; empty when they read ``x`` in place, and on the reference path), kept for the
   weight gradient instead of being made again there; not differentiable.
 * ``gconv_triton::gconv2d_input_grad(dy, weight, input_size, ...)``: the transposed convolution (conv's input
-  gradient, and :class:`~gconv_triton.layers.GroupConvTranspose2d`'s forward).  Differentiable: its input gradient
+  gradient, and :class:`~gconv_triton.nn.GroupConvTranspose2d`'s forward).  Differentiable: its input gradient
   is the forward conv, its weight gradient the weight-grad op with the roles of ``dy`` and ``x`` swapped.
 * ``gconv_triton::gconv2d_weight_grad(dy, x, weight_size, ..., x_copy=None)``: reads ``x_copy`` (the conv op's)
   where given.
@@ -18,168 +18,39 @@ time, from the backend name the caller resolved), registered with ``torch.librar
 Why ``custom_op`` rather than ``triton_op`` + ``wrap_triton``: ``triton_op`` registers its body as the fake kernel
 and traces it under ``FakeTensorMode``; our launchers cache the group tables per device (an ``lru_cache`` that
 would then hold fake tensors), poison outputs, and under ``TRITON_INTERPRET=1`` launch ``InterpretedFunction``\\ s,
-which ``wrap_triton`` rejects.  An opaque ``custom_op`` compiles without a graph break on every device and torch
-2.4+, at the cost of Inductor not fusing into the kernels (their epilogue already fuses bias and activation).
+which ``wrap_triton`` rejects.  An opaque ``custom_op`` compiles without a graph break on every device, at the
+cost of Inductor not fusing into the kernels (their epilogue already fuses bias and activation).
 
-Groups cross the op boundary by name: :func:`group_key` gives the string under which a :class:`Group` registered
-itself when it was built (the built-ins under their names; ``gconv_triton._registry``).  The backend name is read
-once per call outside the graph: a compiled model keeps the backend that was current when it was traced.
+Groups cross the op boundary by name: ``GROUPS.key(group)`` gives the string under which a :class:`Group`
+registered itself when it was built (the built-ins under their names; ``gconv_triton._support``).  The backend
+name is read once per call outside the graph: a compiled model keeps the backend that was current when it was
+traced.
 """
 
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ._layout import dim_order, empty_in_order
-from ._backend import backend as _use_backend, current_backend, use_triton
-from ._spec import ConvSpec, _pair, _resolve_padding, make_spec
-from ._registry import GROUPS
-from .groups import Group, get_group
-from .reference import bank_conv2d, bank_conv_transpose2d, flat_bank, gconv2d_reference
+from .._spec import check_index_range, op_geometry, op_out_shape, spec_from_op_args
+from .._support import (autocast_inputs, backend_name, compiling, dim_order, empty_in_order, empty_like_layout,
+                        kernels_for, onnx_exporting, untraced)
+from ..groups import get_group
+from ..reference import (activate, bank_conv2d, bank_conv_input_grad, bank_conv_transpose2d, bank_conv_weight_grad,
+                         gconv2d_reference)
 
-__all__ = ["ACTIVATIONS", "group_key", "conv", "conv_input_grad", "check_activation", "autocast_inputs"]
-
-ACTIVATIONS = ("none", "relu", "silu", "gelu")
-_ACTIVATION_FN = {"none": None, "relu": F.relu, "silu": F.silu, "gelu": F.gelu}
-
-def group_key(group: Group) -> str:
-    """The string under which ``group`` crosses the op boundary (every Group registers itself when built)."""
-    return GROUPS.key(group)
-
-
-# ---------------------------------------------------------------------------------------- version shims
-def _assume_constant(fn):
-    wrap = getattr(torch.compiler, "assume_constant_result", None)
-    return wrap(fn) if wrap is not None else fn
-
-
-@_assume_constant
-def _backend_name() -> str:
-    """The current backend, read by torch.compile at trace time (a ContextVar is not traceable) and baked in."""
-    return current_backend()
-
-
-@_assume_constant
-def _onnx_exporting() -> bool:
-    """True inside ``torch.onnx.export`` (either exporter), read once at trace time."""
-    return torch.onnx.is_in_onnx_export()
+__all__ = ["conv", "conv_input_grad", "bias_grad", "activation_backward"]
 
 
 def _standard_ops(x: Tensor, backend: str) -> bool:
     """Whether the call runs as standard PyTorch ops differentiated by autograd (filter bank + ``F.conv2d``)
     rather than through the custom ops: eagerly on the reference path (the 'torch' backend, or 'auto' on a
-    non-CUDA tensor, the rule of :func:`~gconv_triton._backend.use_triton`), where one ``convolution_backward``
-    gives both gradients, and inside an ONNX export, which knows no gconv op.  Compiled models keep the custom ops.
+    non-CUDA tensor, the rule of ``_backend.use_triton``), where one ``convolution_backward`` gives both
+    gradients, and inside an ONNX export, which knows no gconv op.  Compiled models keep the custom ops.
     """
-    if _onnx_exporting():
+    if onnx_exporting():
         return True
-    return not _compiling() and (backend == "torch" or (backend == "auto" and not x.is_cuda))
-
-
-def _compiling() -> bool:
-    fn = getattr(torch.compiler, "is_compiling", None)
-    return bool(fn()) if fn is not None else torch._dynamo.is_compiling()
-
-
-def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    """The dtype ``torch.autocast`` casts convolutions to on ``device_type``, or None when it is off there."""
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-        return torch.get_autocast_dtype(device_type) if enabled else None
-    except RuntimeError:  # a device type autocast does not know (meta, ...): nothing is cast there
-        return None
-    except (TypeError, AttributeError):  # older spellings, in case a build lacks the device-type forms
-        cpu = device_type == "cpu"
-        enabled = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
-        return (torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()) if enabled else None
-
-
-def autocast_inputs(*tensors: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
-    """The tensors as ``torch.autocast`` hands them to ``nn.Conv2d``: under autocast for a tensor's device type,
-    a floating tensor other than float64 is cast to the autocast dtype (fp16/bf16; the kernels accumulate in
-    fp32); anything else (float64, integer tensors, None, non-tensors left for the argument checks) is returned
-    as is.  The custom ops are not autocast-aware on their own, so the entry points call this first, before
-    validating, so that a layer fed the bf16 output of the one before it sees the dtype it will compute in."""
-    out = []
-    for t in tensors:
-        if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64:
-            dtype = _autocast_dtype(t.device.type)
-            t = t if dtype is None else t.to(dtype)
-        out.append(t)
-    return tuple(out)
-
-
-def check_activation(activation) -> str:
-    """``None`` or a name in :data:`ACTIVATIONS` -> the name (``None`` -> ``"none"``)."""
-    if activation is None:
-        return "none"
-    if not isinstance(activation, str):
-        raise TypeError(f"activation: expected None or one of {ACTIVATIONS[1:]}, got {activation!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation: expected None or one of {ACTIVATIONS[1:]}, got {activation!r}")
-    return activation
-
-
-# ------------------------------------------------------------------------------------------- spec plumbing
-def _spec(x: Tensor, weight: Tensor, bias: Optional[Tensor], group: str, in_group: str, stride, padding,
-          dilation, groups: int, weight_groups: int) -> ConvSpec:
-    """Rebuild the :class:`ConvSpec` from an op's arguments (``padding`` resolved to (top, bottom, left, right))."""
-    top, bottom, left, right = padding
-    # Only 'same' resolves to an asymmetric padding, and it resolves the same way again.
-    pad = (top, left) if (top, left) == (bottom, right) else "same"
-    spec = make_spec(x, weight, bias, group=GROUPS[group], in_group=GROUPS[in_group], stride=tuple(stride),
-                     padding=pad, dilation=tuple(dilation), groups=groups, shared_weight=weight_groups != groups)
-    if spec.padding != tuple(padding):
-        raise ValueError(f"padding: expected a symmetric padding or 'same', got {tuple(padding)}")
-    return spec
-
-
-def _empty_like_layout(shape, like: Tensor) -> Tensor:
-    """An empty tensor of ``shape`` in ``like``'s layout: the layout the kernels write (fake kernels must agree)."""
-    return empty_in_order(shape, dim_order(like), dtype=like.dtype, device=like.device)
-
-
-def _conv_out_shape(x: Tensor, weight: Tensor, group: str, stride, padding, dilation, groups, weight_groups):
-    kh, kw = weight.shape[-2:]
-    ho = (x.shape[3] + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (x.shape[4] + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    return (x.shape[0], groups * (weight.shape[0] // weight_groups), GROUPS[group].order, ho, wo)
-
-
-def _kernels_for(x: Tensor, backend: str) -> bool:
-    with _use_backend(backend):
-        return use_triton(x)
-
-
-def _bank(weight: Tensor, spec: ConvSpec) -> Tensor:
-    """The flattened filter bank ``(groups·C_out_g·S_out, C_in_g·S_in, kh, kw)`` (reference path only)."""
-    return flat_bank(weight, spec.group, spec.in_group, spec.groups // spec.weight_groups)
-
-
-def _bank_adjoint(dbank: Tensor, spec: ConvSpec, weight_shape) -> Tensor:
-    """The gradient of the base weight from the gradient of :func:`_bank`: the adjoint of ``filter_bank``'s
-    gather (tap permutation back, then sum the slices ``t(g, s) = u`` into slice ``u``, and the channel groups
-    that share one weight)."""
-    kh, kw = spec.kernel
-    c_out = dbank.shape[0] // spec.s_out
-    d = dbank.reshape(c_out, spec.s_out, spec.in_channels, spec.s_in, kh * kw).permute(0, 2, 1, 3, 4)
-    dest = spec.group.tap_destinations((kh, kw)).to(d.device)                   # (S_out, T): source⁻¹
-    d = torch.gather(d, -1, dest[None, None, :, None, :].expand_as(d))        # undo the tap permutation
-    t = spec.group.stabilizer_index(spec.in_group).to(d.device).flatten()     # (S_out·S_in,) -> u
-    dw = d.new_zeros(c_out, spec.in_channels, spec.s_in, kh * kw).index_add_(2, t, d.flatten(2, 3))
-    if spec.weight_groups != spec.groups:
-        dw = dw.view(spec.groups, -1, *dw.shape[1:]).sum(0)
-    return dw.reshape(weight_shape)
-
-
-def _pad_args(spec: ConvSpec):
-    """``(explicit F.pad or None, conv padding)``: F.conv2d takes only symmetric padding."""
-    top, bottom, left, right = spec.padding
-    if (top, left) == (bottom, right):
-        return None, (top, left)
-    return (left, right, top, bottom), (0, 0)
+    return not compiling() and (backend == "torch" or (backend == "auto" and not x.is_cuda))
 
 
 # ------------------------------------------------------------------------------------------------- the ops
@@ -187,39 +58,36 @@ def _pad_args(spec: ConvSpec):
 def _conv_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], group: str, in_group: str, stride: List[int],
              padding: List[int], dilation: List[int], groups: int, weight_groups: int, activation: str,
              backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    spec = _spec(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups)
+    spec = spec_from_op_args(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups)
     keep_z = activation in ("silu", "gelu")
     x_copy = None
-    if _kernels_for(x, backend):
-        from . import kernels
-        from ._spec import check_index_range
+    if kernels_for(x, backend):
+        from .. import kernels
 
         check_index_range(spec)
         out = kernels.forward(x, weight, bias, spec, activation, keep_z, return_input_copy=True)
         y, z, x_copy = out if keep_z else (out[0], None, out[1])
     else:
         z = gconv2d_reference(x, weight, bias, spec)
-        fn = _ACTIVATION_FN[activation]
-        y = z if fn is None else fn(z)
+        y = activate(z, activation)
         z = z if keep_z else None
-        like = _empty_like_layout(y.shape, x)
+        like = empty_like_layout(y.shape, x)
         if y.stride() != like.stride():  # same layout as the kernels (and the fake kernel) give
             y = like.copy_(y)
-            z = None if z is None else _empty_like_layout(z.shape, x).copy_(z)
+            z = None if z is None else empty_like_layout(z.shape, x).copy_(z)
     return y, (z if z is not None else x.new_empty(0)), (x_copy if x_copy is not None else x.new_empty(0))
 
 
 @_conv_op.register_fake
 def _(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups, activation, backend):
-    y = _empty_like_layout(_conv_out_shape(x, weight, group, stride, padding, dilation, groups, weight_groups), x)
-    z = _empty_like_layout(y.shape, x) if activation in ("silu", "gelu") else x.new_empty(0)
+    y = empty_like_layout(op_out_shape(x, weight, group, stride, padding, dilation, groups, weight_groups), x)
+    z = empty_like_layout(y.shape, x) if activation in ("silu", "gelu") else x.new_empty(0)
     copy_shape = None
-    if _kernels_for(x, backend):
-        from . import kernels
-        from .reference import untraced
+    if kernels_for(x, backend):
+        from .. import kernels
 
         with untraced():   # the group's tap tables, which make_spec checks, are cached: never as fake tensors
-            spec = _spec(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups)
+            spec = spec_from_op_args(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups)
         copy_shape = kernels.input_copy_shape(x, spec)
     return y, z, x.new_empty(copy_shape if copy_shape is not None else 0)
 
@@ -229,20 +97,12 @@ def _input_grad_op(dy: Tensor, weight: Tensor, input_size: List[int], input_orde
                    in_group: str, stride: List[int], padding: List[int], dilation: List[int], groups: int,
                    weight_groups: int, backend: str) -> Tensor:
     like = dy.new_empty(()).expand(input_size)  # shape, dtype and device of x without memory
-    spec = _spec(like, weight, None, group, in_group, stride, padding, dilation, groups, weight_groups)
-    if _kernels_for(dy, backend):
-        from . import kernels
+    spec = spec_from_op_args(like, weight, None, group, in_group, stride, padding, dilation, groups, weight_groups)
+    if kernels_for(dy, backend):
+        from .. import kernels
 
         return kernels.input_grad(dy, weight, spec, input_order)
-    explicit, pad = _pad_args(spec)
-    b, c, s, h, w = input_size
-    if explicit is not None:
-        h, w = h + spec.padding[0] + spec.padding[1], w + spec.padding[2] + spec.padding[3]
-    dx = torch.nn.grad.conv2d_input((b, c * s, h, w), _bank(weight, spec), dy.flatten(1, 2), spec.stride, pad,
-                                    spec.dilation, spec.groups)
-    if explicit is not None:
-        dx = dx[..., spec.padding[0]:spec.padding[0] + spec.height, spec.padding[2]:spec.padding[2] + spec.width]
-    dx = dx.view(input_size)
+    dx = bank_conv_input_grad(dy, weight, spec, input_size)
     out = empty_in_order(input_size, input_order, dtype=dx.dtype, device=dx.device)  # the fake kernel's strides
     return dx if dx.stride() == out.stride() else out.copy_(dx)  # copy only when the layout differs
 
@@ -258,18 +118,13 @@ def _weight_grad_op(dy: Tensor, x: Tensor, weight_size: List[int], group: str, i
                     padding: List[int], dilation: List[int], groups: int, weight_groups: int,
                     backend: str, x_copy: Optional[Tensor] = None) -> Tensor:
     like = x.new_empty(()).expand(weight_size)
-    spec = _spec(x, like, None, group, in_group, stride, padding, dilation, groups, weight_groups)
-    if _kernels_for(x, backend):
-        from . import kernels
+    spec = spec_from_op_args(x, like, None, group, in_group, stride, padding, dilation, groups, weight_groups)
+    if kernels_for(x, backend):
+        from .. import kernels
 
         # x_copy: the forward's channels-last copy of x (the conv op's third output), read instead of x
         return kernels.weight_grad(dy, x, spec, tuple(weight_size), x_copy)
-    explicit, pad = _pad_args(spec)
-    x4 = x.flatten(1, 2) if explicit is None else F.pad(x.flatten(1, 2), explicit)
-    c_out = spec.groups * spec.out_channels * spec.s_out
-    dbank = torch.nn.grad.conv2d_weight(x4, (c_out, spec.in_channels * spec.s_in, *spec.kernel), dy.flatten(1, 2),
-                                        spec.stride, pad, spec.dilation, spec.groups)
-    return _bank_adjoint(dbank, spec, weight_size).contiguous()
+    return bank_conv_weight_grad(dy, x, spec, weight_size)
 
 
 @_weight_grad_op.register_fake
@@ -393,31 +248,20 @@ _weight_grad_op.register_autograd(_weight_grad_backward, setup_context=_weight_g
 
 
 # ------------------------------------------------------------------------------------------ entry points
-def _op_geometry(weight: Tensor, group: Group, in_group: Group, stride, padding, dilation, groups: int,
-                 shared_weight: bool):
-    """Plain-Python resolution of a call's geometry into op arguments (traceable by torch.compile)."""
-    kernel = tuple(weight.shape[-2:])
-    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
-    pad = _resolve_padding(padding, kernel, dilation, stride)
-    return (group_key(group), group_key(in_group), list(stride), list(pad), list(dilation), groups,
-            1 if shared_weight else groups)
-
-
 def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], *, group, in_group, stride, padding, dilation,
          groups: int, shared_weight: bool = False, activation: str = "none") -> Tensor:
     """``activation(gconv(input) + bias)``: through ``gconv_triton::gconv2d``, or as standard ops where
     :func:`_standard_ops` says so.  Arguments as
-    :func:`~gconv_triton.functional.gconv2d`, which validates them and applies :func:`autocast_inputs` first;
+    :func:`~gconv_triton.functional.gconv2d`, which validates them and applies ``autocast_inputs`` first;
     returns ``(B, C_out, S_out, H_out, W_out)``."""
     group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
     x = input if input.dim() == 5 else input.unflatten(1, (-1, in_group.order))
-    geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, shared_weight)
-    backend = _backend_name()
+    geometry = op_geometry(weight, group, in_group, stride, padding, dilation, groups, shared_weight)
+    backend = backend_name()
     if _standard_ops(x, backend):
         z = bank_conv2d(x, weight, bias, group=group, in_group=in_group, stride=geometry[2], padding=geometry[3],
                         dilation=geometry[4], groups=groups, shared_weight=shared_weight)
-        fn = _ACTIVATION_FN[activation]
-        return z if fn is None else fn(z)
+        return activate(z, activation)
     return _conv_op(x, weight, bias, *geometry, activation, backend)[0]
 
 
@@ -428,8 +272,8 @@ def conv_input_grad(dy: Tensor, weight: Tensor, input_size: Sequence[int], *, gr
     ops where :func:`_standard_ops` says so."""
     group, in_group = get_group(group, "group"), get_group(in_group, "in_group")
     dy, weight = autocast_inputs(dy, weight)
-    geometry = _op_geometry(weight, group, in_group, stride, padding, dilation, groups, False)
-    backend = _backend_name()
+    geometry = op_geometry(weight, group, in_group, stride, padding, dilation, groups, False)
+    backend = backend_name()
     if _standard_ops(dy, backend):
         return bank_conv_transpose2d(dy, weight, input_size, group=group, in_group=in_group, stride=geometry[2],
                                      padding=geometry[3], dilation=geometry[4], groups=groups)

@@ -1,7 +1,7 @@
-"""``TapConv1d`` / ``TapConv2d``: layers whose tap is not a multiply (adder, morphological, l2, your own).
+"""``TapConv1d`` / ``TapConv2d``: convolution layers whose tap function is not a multiply (adder, morphological,
+l2, your own), and ``ExportedTapConv``, their standard-operator form.
 
-Kept apart from the functional ops in ``tap.py`` as ``modules.py`` is from ``_library.py``: parameters and
-initialisation here, numerics there.
+Parameters and initialisation here, numerics in :func:`gconv_triton.functional.tap_conv2d`.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from typing import Union
 import torch
 from torch import nn
 
-from ._spec import resolve_geometry
-from .conv import _ntuple
-from .functional import _as_2d_args
-from .exactness import warn_if_inexact
-from .groups import Group
-from .modules import _kernel_pair, check_channels, check_group_pair, conv_inexact_reasons, reset_conv_parameters
-from ._library import _onnx_exporting
-from .tap import _check_padding_mode, check_standard_ops, tap_conv1d, tap_conv2d
-from .tap_functions import BUILTIN_TAPS, TapFunction, check_reduce, get_tap
+from .._args import (TAP_PADDING_MODES, as_2d_args, check_channels, check_group_pair, check_padding_mode, int_tuple,
+                     kernel_pair)
+from .._spec import resolve_geometry
+from .._support import onnx_exporting
+from ..exactness import warn_if_inexact
+from ..functional import tap_conv1d, tap_conv2d
+from ..groups import Group
+from ..reference import check_standard_ops
+from ..tap_functions import BUILTIN_TAPS, TapFunction, check_reduce, get_tap
+from .conv import conv_inexact_reasons, reset_conv_parameters
 
 __all__ = ["TapConv1d", "TapConv2d", "ExportedTapConv"]
 
@@ -37,14 +38,14 @@ class _TapConvNd(nn.Module):
         super().__init__()
         self.tap = get_tap(tap)
         self.reduce = check_reduce(self.tap, reduce)
-        self.padding_mode = _check_padding_mode(padding_mode)
+        self.padding_mode = check_padding_mode(padding_mode, TAP_PADDING_MODES)
         self.in_channels, self.out_channels, self.groups = check_channels(in_channels, out_channels, groups)
         self.group, self.in_group = check_group_pair(group, in_group, "in_group")
         if self._spatial_dims == 1:  # checked as the height-1 2-D convolution it runs as
-            self.kernel_size = _ntuple(kernel_size, 1, "kernel_size", 1)
-            resolve_geometry((1,) + self.kernel_size, *_as_2d_args(stride, padding, dilation))
+            self.kernel_size = int_tuple(kernel_size, 1, "kernel_size", 1)
+            resolve_geometry((1,) + self.kernel_size, *as_2d_args(stride, padding, dilation))
         else:
-            self.kernel_size = _kernel_pair(kernel_size)
+            self.kernel_size = kernel_pair(kernel_size)
             self.group.tap_destinations(self.kernel_size)  # a rotation group needs a square kernel
             resolve_geometry(self.kernel_size, stride, padding, dilation)
         self.stride, self.padding, self.dilation = stride, padding, dilation
@@ -115,7 +116,7 @@ class TapConv2d(_TapConvNd):
     _spatial_dims = 2
 
     def forward(self, input: torch.Tensor, standard_ops: bool = False) -> torch.Tensor:
-        if standard_ops or _onnx_exporting():
+        if standard_ops or onnx_exporting():
             self.check_standard_ops("standard_ops=True" if standard_ops else "ONNX export")
         y = tap_conv2d(input, self.weight, self.bias, tap=self.tap, reduce=self.reduce, stride=self.stride,
                        padding=self.padding, dilation=self.dilation, groups=self.groups, group=self.group,
@@ -142,7 +143,7 @@ class TapConv1d(_TapConvNd):
                          bias, "z2", "z2", padding_mode, device, dtype)
 
     def forward(self, input: torch.Tensor, standard_ops: bool = False) -> torch.Tensor:
-        if standard_ops or _onnx_exporting():
+        if standard_ops or onnx_exporting():
             self.check_standard_ops("standard_ops=True" if standard_ops else "ONNX export")
         return tap_conv1d(input, self.weight, self.bias, tap=self.tap, reduce=self.reduce, stride=self.stride,
                           padding=self.padding, dilation=self.dilation, groups=self.groups,
