@@ -279,3 +279,13 @@ def split_pixel(m, HO, WO):
     col = m % WO
     rest = m // WO
     return rest // HO, rest % HO, col
+
+
+@triton.jit
+def pixel_block(pid, BLOCK: tl.constexpr, total, HO, WO):
+    """Program ``pid``'s block of ``BLOCK`` flat pixels over ``(B, HO, WO)`` (``total`` of them) ->
+    ``(in range, b, row, col)``."""
+    m = pid * BLOCK + tl.arange(0, BLOCK)
+    in_range = m < total
+    b, row, col = split_pixel(m, HO, WO)
+    return in_range, b, row, col

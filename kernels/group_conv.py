@@ -19,7 +19,7 @@ import triton.language as tl
 from .._layout import empty_in_order
 from ._common import (accumulator, apply_activation, cdiv, channels_last, dot_precision, empty_like_layout,
                       forward_result, gather_tables, input_grad_buffer, interpreter_config, is_channels_last,
-                      maybe_autotune, mma, needs_int64, poison_outputs, preact_buffer, round_up, split_pixel, upcast,
+                      maybe_autotune, mma, needs_int64, pixel_block, poison_outputs, preact_buffer, round_up, upcast,
                       vector_padding, vector_width)
 
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16)
@@ -105,29 +105,29 @@ def _accumulate(acc, a, bw, PRECISION: tl.constexpr, UPCAST: tl.constexpr, TRANS
 
 # ------------------------------------------------------------------------------------------- the two K loops
 @triton.jit
-def _per_position_loop(acc, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos, pos_src_ptr, stab_ptr,
-                       a_height, a_width, stride_a_h, stride_a_w,
+def _per_position_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr, stab_ptr,
+                       a_height, a_width, stride_a_n, stride_a_h, stride_a_w,
                        A_CH: tl.constexpr, KPOS: tl.constexpr, S_IN: tl.constexpr, S_K: tl.constexpr,
                        R_PAD: tl.constexpr, GROUP_ON_N: tl.constexpr, K_MAJOR: tl.constexpr, HALO: tl.constexpr,
                        WIDE: tl.constexpr, VEC_A: tl.constexpr, VEC_B: tl.constexpr, PRECISION: tl.constexpr,
                        UPCAST: tl.constexpr, TRANSPOSED: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``acc`` plus the products over the ``n_pos`` window positions of ``pos_list`` (``(t', dh, dw)`` each) and
-    every channel block of each.
+    """``acc`` plus the products over the window positions of ``pos_list`` (``(t', dh, dw)`` each, ``*n_pos_ptr`` of
+    them) and every channel block of each; ``kl``: the K lanes, ``arange(BLOCK_K)``.
 
     Loop order (as in Inductor's convolution template): window positions outer, channels inner.  What depends on
     the position (the A rows, their bounds, the B position offset) is computed once per position, as the hoisted
-    row base ``row0`` plus a scalar shift; the inner loop is a plain GEMM loop over contiguous channel blocks
-    whose pointers step by a constant.  The position list holds only the positions that reach this phase, so the
-    loop has no branch: with one channel block per position (a narrow layer) the position loop is the innermost
-    loop, and stays software-pipelined (asynchronous copies)."""
+    row base of the pixels ``(b, ih0, iw0)`` plus a scalar shift; the inner loop is a plain GEMM loop over
+    contiguous channel blocks whose pointers step by a constant.  The position list holds only the positions that
+    reach this phase, so the loop has no branch: with one channel block per position (a narrow layer) the position
+    loop is the innermost loop, and stays software-pipelined (asynchronous copies)."""
     ROWS: tl.constexpr = A_CH // S_K
     POS_STRIDE: tl.constexpr = ROWS * S_IN * R_PAD
     ROW_STRIDE: tl.constexpr = S_IN if K_MAJOR else S_IN * R_PAD   # weight offset per channel outside the group
     HOIST: tl.constexpr = BLOCK_K % S_K == 0      # the group pattern along K repeats every block
-    kl = tl.arange(0, BLOCK_K)
     if HOIST:
         slice_off = _slice_offsets(kl, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR)
-    for i in range(n_pos):
+    row0 = b * stride_a_n + ih0 * stride_a_h + iw0 * stride_a_w
+    for i in range(tl.load(n_pos_ptr)):
         t = tl.load(pos_list + 3 * i)
         dh = tl.load(pos_list + 3 * i + 1)
         dw = tl.load(pos_list + 3 * i + 2)
@@ -166,8 +166,8 @@ def _per_position_loop(acc, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list
 
 
 @triton.jit
-def _folded_positions_loop(acc, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos, pos_src_ptr,
-                           stab_ptr, pos_step_ptr, a_height, a_width, stride_a_h, stride_a_w,
+def _folded_positions_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr,
+                           stab_ptr, pos_step_ptr, a_height, a_width, stride_a_n, stride_a_h, stride_a_w,
                            A_CH: tl.constexpr, KW: tl.constexpr, KPOS: tl.constexpr, S_IN: tl.constexpr,
                            S_K: tl.constexpr, R_PAD: tl.constexpr, GROUP_ON_N: tl.constexpr,
                            K_MAJOR: tl.constexpr, HALO: tl.constexpr, WIDE: tl.constexpr, VEC_A: tl.constexpr,
@@ -185,13 +185,13 @@ def _folded_positions_loop(acc, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_
     POS_STRIDE: tl.constexpr = ROWS * S_IN * R_PAD
     F: tl.constexpr = BLOCK_K // A_CH            # window positions per K block
     GROUPS_W: tl.constexpr = (KW + F - 1) // F   # K blocks per kernel row (the last one ragged)
-    kl = tl.arange(0, BLOCK_K)
+    row0 = b * stride_a_n + ih0 * stride_a_h + iw0 * stride_a_w
     tw_k = kl // A_CH                            # the position of K index k within its block, and its channel:
     w_fold = (_slice_offsets(kl % A_CH, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR)
               + tw_k[:, None] * (tl.load(pos_step_ptr + j) * POS_STRIDE)[None, :])
     # KH·GROUPS_W blocks, counted from the position list so that the loop is not unrolled away (a few constant
     # iterations would be), which would drop its software pipelining
-    for i in range(n_pos // KW * GROUPS_W):
+    for i in range(tl.load(n_pos_ptr) // KW * GROUPS_W):
         tw0 = (i % GROUPS_W) * F
         first = pos_list + 3 * ((i // GROUPS_W) * KW + tw0)   # the forward's list holds every position in order
         t = tl.load(first)
@@ -238,7 +238,7 @@ def _conv_gemm_kernel(
     a_ptr, w_ptr, bias_ptr, out_ptr, z_ptr, pos_src_ptr, stab_ptr, phase_pos_ptr, phase_count_ptr, pos_step_ptr,
     M_TOTAL, m_height, m_width, a_height, a_width, out_height, out_width, stride_h, stride_w, weight_groups,
     stride_a_n, stride_a_h, stride_a_w,
-    stride_out_n, stride_out_c, stride_out_g, stride_out_h, stride_out_w,
+    stride_out_n, stride_out_g, stride_out_c, stride_out_h, stride_out_w,
     A_CH: tl.constexpr, K_RUN: tl.constexpr, N_TOTAL: tl.constexpr, R_PAD: tl.constexpr, R_VALID: tl.constexpr,
     S_IN: tl.constexpr, S_K: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, GROUP_ON_N: tl.constexpr,
     K_MAJOR: tl.constexpr, HALO: tl.constexpr, PRECISION: tl.constexpr, ACTIVATION: tl.constexpr,
@@ -283,14 +283,13 @@ def _conv_gemm_kernel(
     ph_w = tl.program_id(2) % phases_w
     wg = grp % weight_groups
 
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = m < M_TOTAL
-    b, mh, mw = split_pixel(m, m_height, m_width)
+    m_ok, b, mh, mw = pixel_block(pid_m, BLOCK_M, M_TOTAL, m_height, m_width)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     j = tl.minimum(n // R_PAD, N_TOTAL // R_PAD - 1)   # columns past N_TOTAL read a valid weight, never stored
     r = n % R_PAD
     if WIDE:  # offsets past int32 (else int32 index math: fewer instructions, no carries)
         b, mh, mw = b.to(tl.int64), mh.to(tl.int64), mw.to(tl.int64)
+    kl = tl.arange(0, BLOCK_K)
     a_base = a_ptr + grp * A_CH
     w_base = w_ptr + wg * (KPOS * POS_STRIDE)
 
@@ -302,20 +301,19 @@ def _conv_gemm_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     pos_list = phase_pos_ptr + (ph_h * phases_w + ph_w) * (3 * KPOS)
-    n_pos = tl.load(phase_count_ptr + ph_h * phases_w + ph_w)
+    n_pos_ptr = phase_count_ptr + ph_h * phases_w + ph_w
     ih0 = mh * read_h      # per window position, the A rows are these plus a scalar shift: one add per row and axis
     iw0 = mw * read_w
-    row0 = b * stride_a_n + ih0 * stride_a_h + iw0 * stride_a_w
     if FOLD:
-        acc = _folded_positions_loop(acc, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos, pos_src_ptr,
-                                     stab_ptr, pos_step_ptr, a_height, a_width, stride_a_h, stride_a_w, A_CH, KW,
-                                     KPOS, S_IN, S_K, R_PAD, GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_B,
+        acc = _folded_positions_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr,
+                                     stab_ptr, pos_step_ptr, a_height, a_width, stride_a_n, stride_a_h, stride_a_w,
+                                     A_CH, KW, KPOS, S_IN, S_K, R_PAD, GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_B,
                                      PRECISION, UPCAST, TRANSPOSED, BLOCK_K)
     else:
-        acc = _per_position_loop(acc, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos, pos_src_ptr,
-                                 stab_ptr, a_height, a_width, stride_a_h, stride_a_w, A_CH, KPOS, S_IN, S_K, R_PAD,
-                                 GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_B, PRECISION, UPCAST, TRANSPOSED,
-                                 BLOCK_K)
+        acc = _per_position_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr,
+                                 stab_ptr, a_height, a_width, stride_a_n, stride_a_h, stride_a_w, A_CH, KPOS, S_IN,
+                                 S_K, R_PAD, GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_B, PRECISION, UPCAST,
+                                 TRANSPOSED, BLOCK_K)
 
     oh = mh * write_h + ph_h
     ow = mw * write_w + ph_w
@@ -412,13 +410,15 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     n_total = s_n * r_pad
     m_total = spec.batch * m_height * m_width
 
+    out_n, out_c, out_g, out_h, out_w = out.stride()   # out is (B, C, S, H, W): S is the group element's axis
+
     def grid(meta):
         return (cdiv(m_total, meta["BLOCK_M"]), cdiv(n_total, meta["BLOCK_N"]), spec.groups * phases)
 
     _conv_gemm_kernel[grid](
         a_cl, w, bias, out, z, pos_src, stab, phase_pos, phase_count, phase_count if steps is None else steps,
         m_total, m_height, m_width, a_cl.shape[1], a_cl.shape[2], out.shape[3], out.shape[4], *spec.stride,
-        spec.weight_groups, *a_cl.stride()[:3], *out.stride(),
+        spec.weight_groups, *a_cl.stride()[:3], out_n, out_g, out_c, out_h, out_w,
         A_CH=padded, K_RUN=padded * spec.kernel[1] if contiguous_rows else padded, N_TOTAL=n_total, R_PAD=r_pad,
         R_VALID=r_valid, S_IN=spec.s_in, S_K=s_k, KH=spec.kernel[0], KW=spec.kernel[1], GROUP_ON_N=group_on_n,
         K_MAJOR=k_major, HALO=halo, PRECISION=dot_precision(a.dtype), ACTIVATION=activation,

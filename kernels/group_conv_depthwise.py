@@ -25,7 +25,7 @@ from . import _common
 from ._common import (INTERPRET, apply_activation, bank_split_limit, cdiv, channels_last, empty_like_layout,
                       empty_output, forward_result, gather_tables, geometry_args, group_tables, input_grad_buffer,
                       interpreter_config, is_channels_last, maybe_autotune, needs_int64, next_power_of_2, offset,
-                      preact_buffer, split_pixel, split_ranges, static_args, vector_width)
+                      pixel_block, preact_buffer, split_pixel, split_ranges, static_args, vector_width)
 
 INTERPRETER_CONFIG = dict(BLOCK_P=64, BLOCK_C=16)
 
@@ -78,9 +78,7 @@ def _dw_forward_kernel(
     G_TILE: tl.constexpr = (BLOCK_C + S_PAD - 1) // S_PAD
     g = tl.program_id(2) % S_OUT
     n = tl.program_id(2) // S_OUT
-    m = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    m_ok = m < M_TOTAL
-    b, oh, ow = split_pixel(m, HO, WO)
+    m_ok, b, oh, ow = pixel_block(tl.program_id(0), BLOCK_P, M_TOTAL, HO, WO)
     x_ch, c_ok, grp, s = _columns(tl.program_id(1), CH, S_IN, S_PAD, VEC, BLOCK_C)
     w_col = ((grp % WEIGHT_GROUPS) * C_OUT_G + n) * (S_IN * KPOS) + tl.load(stab_ptr + g * S_IN + s, mask=s < S_IN,
                                                                              other=0) * KPOS
@@ -139,9 +137,7 @@ def _dw_input_grad_kernel(
     KPOS: tl.constexpr = KH * KW
     G_TILE: tl.constexpr = (BLOCK_C + R_PAD - 1) // R_PAD
     s = tl.program_id(2)
-    m = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    m_ok = m < M_TOTAL
-    b, ih, iw = split_pixel(m, H, W)
+    m_ok, b, ih, iw = pixel_block(tl.program_id(0), BLOCK_P, M_TOTAL, H, W)
     dy_ch, c_ok, grp, j = _columns(tl.program_id(1), CH, R, R_PAD, VEC, BLOCK_C)
     g = j % S_OUT
     src_col = g * KPOS

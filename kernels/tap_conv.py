@@ -37,8 +37,8 @@ import triton.language as tl
 
 from .._layout import dim_order
 from . import _common
-from ._common import INTERPRET, cdiv, empty_output, geometry_args, group_tables, needs_int64, next_power_of_2, \
-    split_pixel, static_args
+from ._common import (INTERPRET, cdiv, empty_output, geometry_args, group_tables, needs_int64, next_power_of_2,
+                      pixel_block, split_pixel, static_args)
 
 REDUCTIONS = ("sum", "max", "min", "prod")
 
@@ -81,14 +81,10 @@ def _forward_kernel(
     strides as ``y``, int32) gets the arg-extreme ``k`` for max/min; with ``STATS`` (prod only) ``y`` gets the
     product of the non-zero factors (no bias) and ``aux`` their zero count."""
     KPOS: tl.constexpr = KH * KW
-    pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2) % S_OUT
     grp = tl.program_id(2) // S_OUT
-
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = m < M_TOTAL
-    b, oh, ow = split_pixel(m, HO, WO)
+    m_ok, b, oh, ow = pixel_block(tl.program_id(0), BLOCK_M, M_TOTAL, HO, WO)
     x_row = b.to(IDX) * stride_x_n + (grp * C_IN_G).to(IDX) * stride_x_c
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
@@ -203,14 +199,10 @@ def _input_grad_kernel(
     element and channel whose window reads the pixel, gathered (no scatter).  ``aux``/``pnz`` (strides
     ``stride_aux_*``): the arg-extreme for max/min; the zero count and non-zero product for prod."""
     KPOS: tl.constexpr = KH * KW
-    pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     s = tl.program_id(2) % S_IN
     grp = tl.program_id(2) // S_IN
-
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = m < M_TOTAL
-    b, ih, iw = split_pixel(m, H, W)
+    m_ok, b, ih, iw = pixel_block(tl.program_id(0), BLOCK_M, M_TOTAL, H, W)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < C_IN_G
     x_off = ((b.to(IDX) * stride_x_n + s.to(IDX) * stride_x_g + ih.to(IDX) * stride_x_h

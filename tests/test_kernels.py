@@ -385,6 +385,23 @@ def test_narrow_forward_folds_kernel_rows(monkeypatch, group, in_group, c_in, k,
         assert gconv.INTERPRETER_CONFIG["BLOCK_K"] % forward["A_CH"] == 0
 
 
+@pytest.mark.parametrize("group, in_group, c_in, k, stride, padding", [
+    ("p4", "p4", 3, 3, 2, 1),     # G -> G: the per-position loop, stride phases in the input gradient
+    ("p4m", "z2", 3, 3, 1, 1),    # lifting: the folded forward
+], ids=["p4-s2", "lift-p4m"])
+def test_gemm_int64_offsets(monkeypatch, group, in_group, c_in, k, stride, padding):
+    """The int64 index math that tensors past 2³¹ elements take (``WIDE``, derived at launch), forced on small ones:
+    forward, input gradient and weight gradient against the float64 reference."""
+    spy = LaunchSpy(gconv._conv_gemm_kernel)
+    monkeypatch.setattr(gconv, "_conv_gemm_kernel", spy)
+    monkeypatch.setattr(gconv, "needs_int64", lambda *tensors: True)
+    monkeypatch.setattr(wgrad, "needs_int64", lambda *tensors: True)
+    x = randn((2, c_in, order_of(in_group), 7, 9))
+    weight = randn((5, c_in, order_of(in_group), k, k))
+    check_against_reference(gconv_layer(group, in_group, stride=stride, padding=padding), x, weight, randn((5,)))
+    assert len(spy.launches) == 2
+
+
 def test_position_steps_are_affine_along_rows():
     """A rotation or reflection moves each kernel row onto a row or column of the base filter: the base tap under
     window position (th, tw) is the one under (th, 0) plus tw steps, for every element of p4 and p4m."""
