@@ -237,6 +237,22 @@ def test_cache_merges_entries_of_processes_tuning_side_by_side(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))          # temporary files renamed over the cache, none left
 
 
+def test_intercept_launches_records_instead_of_tuning(tmp_path):
+    """Within ``intercept_launches`` a launch goes to the tool's record with the grid and arguments as passed:
+    nothing is timed, launched or cached; outside it the tuner runs as before."""
+    tuner, kernel, bench = make_tuner(tmp_path)
+    seen = []
+    with at.intercept_launches(lambda *launch: seen.append(launch) or "recorded"):
+        x = torch.empty(4)
+        grid = (1, 1)
+        assert tuner[grid](x, x, 1000, 64, 64, "ieee") == "recorded"
+    assert seen == [(tuner, grid, (x, x, 1000, 64, 64, "ieee"), {})]
+    assert not kernel.launches and not bench.timed and tuner.last_config is None
+    assert not (tmp_path / "cache.json").exists()
+    launch(tuner)
+    assert kernel.launches and tuner.last_config is not None
+
+
 def test_stale_cached_config_is_retuned(tmp_path):
     tuner, _, _ = make_tuner(tmp_path)
     launch(tuner)
