@@ -9,6 +9,7 @@ looked up by name (``"mul"``, ``"adder"``, ``"addernet"``, ``"l2"``, ``"add"``, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import pickle
 from typing import Callable, Optional
@@ -21,11 +22,6 @@ from ._support import TAP_FUNCTIONS, untraced
 __all__ = ["TapFunction", "check_tap", "get_tap", "BUILTIN_TAPS", "REDUCTIONS"]
 
 REDUCTIONS = ("sum", "max", "min", "prod")
-
-
-def tap_key(tap: TapFunction) -> str:
-    """The string under which ``tap`` crosses the op boundary (every TapFunction registers itself when built)."""
-    return TAP_FUNCTIONS.key(tap)
 
 
 class TapFunction:
@@ -42,7 +38,7 @@ class TapFunction:
         reductions: the reductions the tap may be used with (all by default).
     """
 
-    _builtin = False  # a built-in's Triton functions live with the kernels (see _BuiltinTap)
+    _builtin = False  # a built-in's Triton functions are compiled when first needed (see _BuiltinTap)
 
     def __init__(self, name: str, torch_fn: Callable, triton_fn=None, triton_dx=None, triton_dw=None, *,
                  torch_dx: Optional[Callable] = None, torch_dw: Optional[Callable] = None,
@@ -236,36 +232,123 @@ def _check_jit(fn, arg: str) -> None:
 
 
 class _BuiltinTap(TapFunction):
-    """A built-in tap: its ``@triton.jit`` functions live with the kernels and are imported only when they run."""
+    """A built-in tap: its ``@triton.jit`` functions are compiled from the plain Triton bodies below the first time a
+    kernel needs them (:func:`_jit`), so that importing the package needs no Triton."""
 
     _builtin = True
 
     def triton_functions(self) -> tuple:
-        from .kernels import tap_conv as tap_kernels
+        return tuple(_jit(body) for body in self._triton)
 
-        return tap_kernels.BUILTIN_TAPS[self.name]
+
+# ---------------------------------------------------------------------------------------------- the built-in taps
+# Each built-in tap's PyTorch and Triton bodies side by side, each written once.  They cannot be one body: the
+# Triton ones are triton.language code (tl.where, tl.abs; a derivative may return a block that the kernel
+# broadcasts, where PyTorch expands it), and a CPU-only install has no Triton to import.  The Triton bodies are
+# plain functions here, compiled by triton.jit when a kernel first needs them; the kernels then call them exactly
+# as they call a user TapFunction's @triton.jit functions (``TAP``, ``TAP_DX``, ``TAP_DW`` in kernels/tap_conv.py).
+tl = None   # triton.language, bound by _jit: imported only when a kernel runs
+
+
+@functools.lru_cache(maxsize=None)
+def _jit(body):
+    """``triton.jit(body)``, once per body (the same JITFunction for every launch, so the kernels compile once)."""
+    global tl
+    import triton
+    import triton.language
+
+    tl = triton.language
+    return triton.jit(body)
 
 
 def _ones(x, w):
     return torch.ones_like(x + w)
 
 
+def _triton_mul(x, w):
+    return x * w
+
+
+def _triton_mul_dx(x, w):
+    return w
+
+
+def _triton_mul_dw(x, w):
+    return x
+
+
+def _triton_adder(x, w):
+    return -tl.abs(x - w)
+
+
+def _triton_adder_dx(x, w):   # sign(w − x)
+    v = w - x
+    return tl.where(v > 0, 1.0, tl.where(v < 0, -1.0, 0.0)).to(v.dtype)
+
+
+def _triton_adder_dw(x, w):   # sign(x − w)
+    v = x - w
+    return tl.where(v > 0, 1.0, tl.where(v < 0, -1.0, 0.0)).to(v.dtype)
+
+
+def _triton_addernet_dx(x, w):   # HardTanh(w − x); NaN propagates, as torch.clamp
+    return tl.minimum(tl.maximum(w - x, -1.0, propagate_nan=tl.PropagateNan.ALL), 1.0,
+                      propagate_nan=tl.PropagateNan.ALL)
+
+
+def _triton_addernet_dw(x, w):
+    return x - w
+
+
+def _triton_l2(x, w):
+    return -(x - w) * (x - w)
+
+
+def _triton_l2_dx(x, w):
+    return 2.0 * (w - x)
+
+
+def _triton_l2_dw(x, w):
+    return 2.0 * (x - w)
+
+
+def _triton_add(x, w):
+    return x + w
+
+
+def _triton_sub(x, w):
+    return x - w
+
+
+def _triton_one(x, w):
+    return tl.zeros_like(x + w) + 1.0
+
+
+def _triton_minus_one(x, w):
+    return tl.zeros_like(x + w) - 1.0
+
+
 _NO_PROD = ("sum", "max", "min")
+#: name -> the built-in TapFunction: the PyTorch value and derivatives, then the Triton value and derivatives.
 BUILTIN_TAPS = {
     # the ordinary convolution: a consistency check against F.conv2d (prod would only scale Π x by Π w)
-    "mul": _BuiltinTap("mul", torch.mul, torch_dx=lambda x, w: w.expand_as(x + w),
-                       torch_dw=lambda x, w: x.expand_as(x + w), reductions=_NO_PROD),
+    "mul": _BuiltinTap("mul", torch.mul, _triton_mul, _triton_mul_dx, _triton_mul_dw,
+                       torch_dx=lambda x, w: w.expand_as(x + w), torch_dw=lambda x, w: x.expand_as(x + w),
+                       reductions=_NO_PROD),
     # AdderNet: −|x − w|, exact gradients sign(w − x), sign(x − w); a product of distances makes no sense
-    "adder": _BuiltinTap("adder", lambda x, w: -(x - w).abs(), torch_dx=lambda x, w: torch.sign(w - x),
-                         torch_dw=lambda x, w: torch.sign(x - w), reductions=_NO_PROD),
+    "adder": _BuiltinTap("adder", lambda x, w: -(x - w).abs(), _triton_adder, _triton_adder_dx, _triton_adder_dw,
+                         torch_dx=lambda x, w: torch.sign(w - x), torch_dw=lambda x, w: torch.sign(x - w),
+                         reductions=_NO_PROD),
     # the adder tap with AdderNet's training gradients: HardTanh(w − x) for the input, x − w for the weight
-    "addernet": _BuiltinTap("addernet", lambda x, w: -(x - w).abs(), torch_dx=lambda x, w: (w - x).clamp(-1, 1),
+    "addernet": _BuiltinTap("addernet", lambda x, w: -(x - w).abs(), _triton_adder, _triton_addernet_dx,
+                            _triton_addernet_dw, torch_dx=lambda x, w: (w - x).clamp(-1, 1),
                             torch_dw=lambda x, w: x - w, reductions=_NO_PROD),
-    "l2": _BuiltinTap("l2", lambda x, w: -(x - w).square(), torch_dx=lambda x, w: 2 * (w - x),
-                      torch_dw=lambda x, w: 2 * (x - w), reductions=_NO_PROD),
+    "l2": _BuiltinTap("l2", lambda x, w: -(x - w).square(), _triton_l2, _triton_l2_dx, _triton_l2_dw,
+                      torch_dx=lambda x, w: 2 * (w - x), torch_dw=lambda x, w: 2 * (x - w), reductions=_NO_PROD),
     # morphology: max-plus dilation (reduce="max"), min-plus (reduce="min"); erosion is "sub" with "min"
-    "add": _BuiltinTap("add", torch.add, torch_dx=_ones, torch_dw=_ones),
-    "sub": _BuiltinTap("sub", torch.sub, torch_dx=_ones, torch_dw=lambda x, w: -_ones(x, w)),
+    "add": _BuiltinTap("add", torch.add, _triton_add, _triton_one, _triton_one, torch_dx=_ones, torch_dw=_ones),
+    "sub": _BuiltinTap("sub", torch.sub, _triton_sub, _triton_one, _triton_minus_one, torch_dx=_ones,
+                       torch_dw=lambda x, w: -_ones(x, w)),
 }
 
 

@@ -1,8 +1,9 @@
 """Tap convolutions: the group-convolution gather with an elementwise tap ``f(x, w)`` in place of the product and
 a ``sum``, ``max``, ``min`` or ``prod`` reduction in place of the sum.
 
-Notation as in ``gconv.py``: output element ``g``, weight slice ``u``, base tap ``t``, reduction index
-``k = (i·S_in + u)·T + t`` (the base weight's memory order), input pixel ``q = p·stride + dest[g, t]·dilation −
+Notation as in ``group_conv.py``: output element ``g``, weight slice ``u``, base-filter window position ``t``,
+reduction index
+``k = (i·S_in + u)·KPOS + t`` (the base weight's memory order), input pixel ``q = p·stride + dest[g, t]·dilation −
 padding``:
 
     y[b, o, g, p]  = reduce_k f(x[b, i, g·u, q], w[o, i, u, t])                     (+ bias[o])
@@ -20,12 +21,12 @@ one int32 index per output element, ``prod``'s backward recomputes ``(P, Z)`` wi
 (``STATS``) into two output-sized buffers that live only during the backward.  The weight gradient is a
 reduction over pixels in a fixed order (and a fixed split summed in a fixed order): deterministic.
 
-``padding_mode="ignore"`` (``IGNORE``) leaves out-of-bounds taps out of the reduction; a window with no
-in-bounds tap gives 0 (+ bias) and no gradient.  Otherwise a padded pixel is 0 and goes through the tap.
+``padding_mode="ignore"`` (``IGNORE``) leaves out-of-bounds window positions out of the reduction; a window with
+no in-bounds position gives 0 (+ bias) and no gradient.  Otherwise a padded pixel is 0 and goes through the tap.
 
 The tap and its two partial derivatives are ``@triton.jit`` functions of ``(x, w)`` passed as constexpr
-arguments (``TAP``, ``TAP_DX``, ``TAP_DW``); the built-in ones are below.  They get fp32 values (fp64 for fp64
-tensors) and return the same.
+arguments (``TAP``, ``TAP_DX``, ``TAP_DW``): a :class:`~gconv_triton.TapFunction`'s, the built-in ones' included
+(``gconv_triton/tap_functions.py``).  They get fp32 values (fp64 for fp64 tensors) and return the same.
 """
 
 from __future__ import annotations
@@ -35,105 +36,9 @@ import triton
 import triton.language as tl
 
 from .._support import dim_order
-from ._common import INTERPRET, cdiv, empty_output, geometry_args, group_tables, split_pixel, static_args
-from .group_conv import _needs_int64
-
-REDUCTIONS = ("sum", "max", "min", "prod")
-
-
-# ------------------------------------------------------------------------------------------- built-in taps
-@triton.jit
-def mul_fn(x, w):
-    return x * w
-
-
-@triton.jit
-def mul_dx(x, w):
-    return w
-
-
-@triton.jit
-def mul_dw(x, w):
-    return x
-
-
-@triton.jit
-def _sign(v):
-    return tl.where(v > 0, 1.0, tl.where(v < 0, -1.0, 0.0)).to(v.dtype)
-
-
-@triton.jit
-def adder_fn(x, w):
-    return -tl.abs(x - w)
-
-
-@triton.jit
-def adder_dx(x, w):
-    return _sign(w - x)
-
-
-@triton.jit
-def adder_dw(x, w):
-    return _sign(x - w)
-
-
-@triton.jit
-def addernet_dx(x, w):
-    """AdderNet's input gradient: HardTanh(w − x) in place of sign(w − x) (NaN propagates, as ``torch.clamp``)."""
-    return tl.minimum(tl.maximum(w - x, -1.0, propagate_nan=tl.PropagateNan.ALL), 1.0,
-                      propagate_nan=tl.PropagateNan.ALL)
-
-
-@triton.jit
-def addernet_dw(x, w):
-    """AdderNet's full-precision weight gradient: x − w in place of sign(x − w)."""
-    return x - w
-
-
-@triton.jit
-def l2_fn(x, w):
-    return -(x - w) * (x - w)
-
-
-@triton.jit
-def l2_dx(x, w):
-    return 2.0 * (w - x)
-
-
-@triton.jit
-def l2_dw(x, w):
-    return 2.0 * (x - w)
-
-
-@triton.jit
-def add_fn(x, w):
-    return x + w
-
-
-@triton.jit
-def one_dx(x, w):
-    return tl.zeros_like(x + w) + 1.0
-
-
-@triton.jit
-def sub_fn(x, w):
-    return x - w
-
-
-@triton.jit
-def minus_one_dw(x, w):
-    return tl.zeros_like(x + w) - 1.0
-
-
-#: name -> (tap, ∂/∂x, ∂/∂w)
-BUILTIN_TAPS = {
-    "mul": (mul_fn, mul_dx, mul_dw),
-    "adder": (adder_fn, adder_dx, adder_dw),
-    "addernet": (adder_fn, addernet_dx, addernet_dw),
-    "l2": (l2_fn, l2_dx, l2_dw),
-    "add": (add_fn, one_dx, one_dx),
-    "sub": (sub_fn, one_dx, minus_one_dw),
-}
+from . import _common
+from ._common import (INTERPRET, cdiv, empty_output, geometry_args, group_tables, needs_int64, next_power_of_2,
+                      pixel_block, split_pixel, static_args)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -145,9 +50,9 @@ def _prod_factor(f, pnz, nzero):
 
 
 @triton.jit
-def _window_has_tap(ih0, iw0, H, W, dil_h, dil_w, KH: tl.constexpr, KW: tl.constexpr):
-    """Whether output pixels whose window starts at ``(ih0, iw0)`` have at least one in-bounds tap (every group
-    element permutes the same kh x kw grid of taps, so this does not depend on the element)."""
+def _window_inside(ih0, iw0, H, W, dil_h, dil_w, KH: tl.constexpr, KW: tl.constexpr):
+    """Whether output pixels whose window starts at ``(ih0, iw0)`` have at least one in-bounds window position
+    (every group element permutes the same kh x kw grid of positions, so this does not depend on the element)."""
     any_h = ih0 < -2147483647
     for r in tl.static_range(KH):
         any_h = any_h | ((ih0 + r * dil_h >= 0) & (ih0 + r * dil_h < H))
@@ -160,9 +65,10 @@ def _window_has_tap(ih0, iw0, H, W, dil_h, dil_w, KH: tl.constexpr, KW: tl.const
 # ------------------------------------------------------------------------------------------------- forward
 @triton.jit
 def _forward_kernel(
-    x_ptr, w_ptr, bias_ptr, y_ptr, aux_ptr, in_index_ptr, tap_dh_ptr, tap_dw_ptr,
+    x_ptr, w_ptr, bias_ptr, y_ptr, aux_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr,
     M_TOTAL, H, W, HO, WO, C_IN_G, C_OUT_G,
-    sxb, sxc, sxs, sxh, sxw, syb, syc, sys, syh, syw,
+    stride_x_n, stride_x_c, stride_x_g, stride_x_h, stride_x_w,
+    stride_y_n, stride_y_c, stride_y_g, stride_y_h, stride_y_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     TAP: tl.constexpr, REDUCE: tl.constexpr, IGNORE: tl.constexpr, STATS: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
@@ -172,22 +78,18 @@ def _forward_kernel(
     """One (pixel tile, out-channel tile) of output element ``g`` in channel group ``grp``.  ``aux`` (same
     strides as ``y``, int32) gets the arg-extreme ``k`` for max/min; with ``STATS`` (prod only) ``y`` gets the
     product of the non-zero factors (no bias) and ``aux`` their zero count."""
-    T: tl.constexpr = KH * KW
-    pid_m = tl.program_id(0)
+    KPOS: tl.constexpr = KH * KW
     pid_n = tl.program_id(1)
     g = tl.program_id(2) % S_OUT
     grp = tl.program_id(2) // S_OUT
-
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = m < M_TOTAL
-    b, oh, ow = split_pixel(m, HO, WO)
-    x_row = b.to(IDX) * sxb + (grp * C_IN_G).to(IDX) * sxc
+    m_ok, b, oh, ow = pixel_block(tl.program_id(0), BLOCK_M, M_TOTAL, HO, WO)
+    x_row = b.to(IDX) * stride_x_n + (grp * C_IN_G).to(IDX) * stride_x_c
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
 
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < C_OUT_G
-    K = C_IN_G * S_IN * T
+    K = C_IN_G * S_IN * KPOS
     w_col = (grp * C_OUT_G + n).to(IDX) * K
 
     if REDUCE == "max":
@@ -206,18 +108,18 @@ def _forward_kernel(
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < K
-        i = k // (S_IN * T)
-        u = (k // T) % S_IN
-        t = k % T
+        i = k // (S_IN * KPOS)
+        u = (k // KPOS) % S_IN
+        t = k % KPOS
         s = tl.load(in_index_ptr + g * S_IN + u, mask=k_ok, other=0)
-        dh = tl.load(tap_dh_ptr + g * T + t, mask=k_ok, other=0)
-        dw = tl.load(tap_dw_ptr + g * T + t, mask=k_ok, other=0)
+        dh = tl.load(pos_dh_ptr + g * KPOS + t, mask=k_ok, other=0)
+        dw = tl.load(pos_dw_ptr + g * KPOS + t, mask=k_ok, other=0)
         ih = ih0[:, None] + dh[None, :] * dil_h
         iw = iw0[:, None] + dw[None, :] * dil_w
         inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         ok = m_ok[:, None] & k_ok[None, :] & inside
-        x_off = (x_row[:, None] + (i.to(IDX) * sxc + s.to(IDX) * sxs)[None, :]
-                 + ih.to(IDX) * sxh + iw.to(IDX) * sxw)
+        x_off = (x_row[:, None] + (i.to(IDX) * stride_x_c + s.to(IDX) * stride_x_g)[None, :]
+                 + ih.to(IDX) * stride_x_h + iw.to(IDX) * stride_x_w)
         a = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(ACC)                               # [BM, BK]
         wv = tl.load(w_ptr + w_col[None, :] + k[:, None], mask=k_ok[:, None] & n_ok[None, :],
                      other=0.0).to(ACC)                                                     # [BK, BN]
@@ -261,16 +163,16 @@ def _forward_kernel(
             for j in tl.static_range(BLOCK_K):
                 acc *= tl.sum(tl.where(lane == j, f, 0.0), axis=1)
 
-    y_pix = b.to(IDX) * syb + tl.cast(g, IDX) * sys + oh.to(IDX) * syh + ow.to(IDX) * syw
-    y_off = y_pix[:, None] + (grp * C_OUT_G + n).to(IDX)[None, :] * syc
+    y_pix = b.to(IDX) * stride_y_n + tl.cast(g, IDX) * stride_y_g + oh.to(IDX) * stride_y_h + ow.to(IDX) * stride_y_w
+    y_off = y_pix[:, None] + (grp * C_OUT_G + n).to(IDX)[None, :] * stride_y_c
     out_ok = m_ok[:, None] & n_ok[None, :]
     if REDUCE != "sum":
         tl.store(aux_ptr + y_off, aux, mask=out_ok)
     if not STATS:
         if REDUCE == "prod":
             acc = tl.where(aux > 0, 0.0, acc)
-        if IGNORE:  # a window with no in-bounds tap: 0 for every reduction
-            acc = tl.where(_window_has_tap(ih0, iw0, H, W, dil_h, dil_w, KH, KW)[:, None], acc, 0.0)
+        if IGNORE:  # a window with no in-bounds position: 0 for every reduction
+            acc = tl.where(_window_inside(ih0, iw0, H, W, dil_h, dil_w, KH, KW)[:, None], acc, 0.0)
         if HAS_BIAS:
             acc += tl.load(bias_ptr + grp * C_OUT_G + n, mask=n_ok, other=0.0).to(ACC)[None, :]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
@@ -279,10 +181,12 @@ def _forward_kernel(
 # ------------------------------------------------------------------------------------------- input gradient
 @triton.jit
 def _input_grad_kernel(
-    dy_ptr, x_ptr, w_ptr, aux_ptr, pnz_ptr, dx_ptr, stab_index_ptr, tap_dh_ptr, tap_dw_ptr,
+    dy_ptr, x_ptr, w_ptr, aux_ptr, pnz_ptr, dx_ptr, stab_index_ptr, pos_dh_ptr, pos_dw_ptr,
     M_TOTAL, H, W, HO, WO, C_IN_G, C_OUT_G,
-    sdyb, sdyc, sdys, sdyh, sdyw, sab, sac, sas, sah, saw,
-    sxb, sxc, sxs, sxh, sxw, sdxb, sdxc, sdxs, sdxh, sdxw,
+    stride_dy_n, stride_dy_c, stride_dy_g, stride_dy_h, stride_dy_w,
+    stride_aux_n, stride_aux_c, stride_aux_g, stride_aux_h, stride_aux_w,
+    stride_x_n, stride_x_c, stride_x_g, stride_x_h, stride_x_w,
+    stride_dx_n, stride_dx_c, stride_dx_g, stride_dx_h, stride_dx_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     TAP: tl.constexpr, TAP_DX: tl.constexpr, REDUCE: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
@@ -291,45 +195,43 @@ def _input_grad_kernel(
 ):
     """One (input-pixel tile, in-channel tile) of input slice ``s`` in channel group ``grp``: every output pixel,
     element and channel whose window reads the pixel, gathered (no scatter).  ``aux``/``pnz`` (strides
-    ``sa*``): the arg-extreme for max/min; the zero count and non-zero product for prod."""
-    T: tl.constexpr = KH * KW
-    pid_m = tl.program_id(0)
+    ``stride_aux_*``): the arg-extreme for max/min; the zero count and non-zero product for prod."""
+    KPOS: tl.constexpr = KH * KW
     pid_n = tl.program_id(1)
     s = tl.program_id(2) % S_IN
     grp = tl.program_id(2) // S_IN
-
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = m < M_TOTAL
-    b, ih, iw = split_pixel(m, H, W)
+    m_ok, b, ih, iw = pixel_block(tl.program_id(0), BLOCK_M, M_TOTAL, H, W)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < C_IN_G
-    x_off = ((b.to(IDX) * sxb + s.to(IDX) * sxs + ih.to(IDX) * sxh + iw.to(IDX) * sxw)[:, None]
-             + (grp * C_IN_G + n).to(IDX)[None, :] * sxc)
+    x_off = ((b.to(IDX) * stride_x_n + s.to(IDX) * stride_x_g + ih.to(IDX) * stride_x_h
+              + iw.to(IDX) * stride_x_w)[:, None]
+             + (grp * C_IN_G + n).to(IDX)[None, :] * stride_x_c)
     xv = tl.load(x_ptr + x_off, mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(ACC)       # [BM, BN]
-    dy_row = b.to(IDX) * sdyb + (grp * C_OUT_G).to(IDX) * sdyc
-    a_row = b.to(IDX) * sab + (grp * C_OUT_G).to(IDX) * sac
-    K = C_IN_G * S_IN * T
+    dy_row = b.to(IDX) * stride_dy_n + (grp * C_OUT_G).to(IDX) * stride_dy_c
+    a_row = b.to(IDX) * stride_aux_n + (grp * C_OUT_G).to(IDX) * stride_aux_c
+    K = C_IN_G * S_IN * KPOS
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), ACC)
     for g in range(S_OUT):
         u = tl.load(stab_index_ptr + g * S_IN + s)
-        for t in range(T):  # the tap outside the channel loop: the pixel arithmetic is per pixel, not per (pixel, k)
-            dh = tl.load(tap_dh_ptr + g * T + t)
-            dw = tl.load(tap_dw_ptr + g * T + t)
+        for t in range(KPOS):  # the position outside the channel loop: pixel arithmetic per pixel, not per (pixel, k)
+            dh = tl.load(pos_dh_ptr + g * KPOS + t)
+            dw = tl.load(pos_dw_ptr + g * KPOS + t)
             ph_num = ih + pad_h - dh * dil_h
             pw_num = iw + pad_w - dw * dil_w
             ph = ph_num // stride_h
             pw = pw_num // stride_w
             p_ok = (m_ok & (ph_num >= 0) & (pw_num >= 0) & (ph * stride_h == ph_num) & (pw * stride_w == pw_num)
                     & (ph < HO) & (pw < WO))
-            dy_pix = dy_row + tl.cast(g, IDX) * sdys + ph.to(IDX) * sdyh + pw.to(IDX) * sdyw  # [BM]
-            a_pix = a_row + tl.cast(g, IDX) * sas + ph.to(IDX) * sah + pw.to(IDX) * saw
-            w_col = (n * S_IN + u) * T + t                                                   # [BN]: also k
+            dy_pix = (dy_row + tl.cast(g, IDX) * stride_dy_g + ph.to(IDX) * stride_dy_h
+                      + pw.to(IDX) * stride_dy_w)                                                      # [BM]
+            a_pix = a_row + tl.cast(g, IDX) * stride_aux_g + ph.to(IDX) * stride_aux_h + pw.to(IDX) * stride_aux_w
+            w_col = (n * S_IN + u) * KPOS + t                                                   # [BN]: also k
             for o0 in range(0, C_OUT_G, BLOCK_K):
                 o = o0 + tl.arange(0, BLOCK_K)
                 o_ok = o < C_OUT_G
                 ok = p_ok[:, None] & o_ok[None, :]                                          # [BM, BK]
-                dyv = tl.load(dy_ptr + dy_pix[:, None] + (o.to(IDX) * sdyc)[None, :], mask=ok,
+                dyv = tl.load(dy_ptr + dy_pix[:, None] + (o.to(IDX) * stride_dy_c)[None, :], mask=ok,
                               other=0.0).to(ACC)
                 w_off = (grp * C_OUT_G + o).to(IDX)[:, None] * K + w_col[None, :]
                 wv = tl.load(w_ptr + w_off, mask=o_ok[:, None] & n_ok[None, :], other=0.0).to(ACC)  # [BK, BN]
@@ -338,7 +240,7 @@ def _input_grad_kernel(
                 term = dyv[:, :, None] * TAP_DX(x3, w3)                                     # [BM, BK, BN]
                 use = ok[:, :, None]
                 if REDUCE != "sum":
-                    a_off = a_pix[:, None] + (o.to(IDX) * sac)[None, :]
+                    a_off = a_pix[:, None] + (o.to(IDX) * stride_aux_c)[None, :]
                     aux = tl.load(aux_ptr + a_off, mask=ok, other=-1)                       # [BM, BK]
                     if REDUCE == "prod":
                         pnz = tl.load(pnz_ptr + a_off, mask=ok, other=0.0).to(ACC)
@@ -347,17 +249,19 @@ def _input_grad_kernel(
                         use = use & (aux[:, :, None] == w_col[None, None, :])
                 acc += tl.sum(tl.where(use, term, 0.0), axis=1)
 
-    dx_off = ((b.to(IDX) * sdxb + s.to(IDX) * sdxs + ih.to(IDX) * sdxh
-               + iw.to(IDX) * sdxw)[:, None] + (grp * C_IN_G + n).to(IDX)[None, :] * sdxc)
+    dx_off = ((b.to(IDX) * stride_dx_n + s.to(IDX) * stride_dx_g + ih.to(IDX) * stride_dx_h
+               + iw.to(IDX) * stride_dx_w)[:, None] + (grp * C_IN_G + n).to(IDX)[None, :] * stride_dx_c)
     tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 # ------------------------------------------------------------------------------------------ weight gradient
 @triton.jit
 def _weight_grad_kernel(
-    dy_ptr, x_ptr, w_ptr, aux_ptr, pnz_ptr, dw_ptr, in_index_ptr, tap_dh_ptr, tap_dw_ptr,
+    dy_ptr, x_ptr, w_ptr, aux_ptr, pnz_ptr, dw_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr,
     R_TOTAL, R_PER_SPLIT, H, W, HO, WO, C_IN_G, C_OUT_G, GROUPS,
-    sdyb, sdyc, sdys, sdyh, sdyw, sab, sac, sas, sah, saw, sxb, sxc, sxs, sxh, sxw,
+    stride_dy_n, stride_dy_c, stride_dy_g, stride_dy_h, stride_dy_w,
+    stride_aux_n, stride_aux_c, stride_aux_g, stride_aux_h, stride_aux_w,
+    stride_x_n, stride_x_c, stride_x_g, stride_x_h, stride_x_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     TAP: tl.constexpr, TAP_DW: tl.constexpr, REDUCE: tl.constexpr, IGNORE: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
@@ -366,7 +270,7 @@ def _weight_grad_kernel(
 ):
     """One (out-channel tile, k tile) of channel group ``grp``'s weight, summed over the output pixels of split
     ``pid_s`` and every group element, in a fixed order: no atomics."""
-    T: tl.constexpr = KH * KW
+    KPOS: tl.constexpr = KH * KW
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     grp = tl.program_id(2) % GROUPS
@@ -374,49 +278,50 @@ def _weight_grad_kernel(
 
     o = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_ok = o < C_OUT_G
-    K = C_IN_G * S_IN * T
+    K = C_IN_G * S_IN * KPOS
     k = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     k_ok = k < K
-    i = k // (S_IN * T)
-    u = (k // T) % S_IN
-    t = k % T
+    i = k // (S_IN * KPOS)
+    u = (k // KPOS) % S_IN
+    t = k % KPOS
     w_off = (grp * C_OUT_G + o).to(IDX)[:, None] * K + k[None, :]
     wv = tl.load(w_ptr + w_off, mask=o_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)        # [BM, BN]
     w3 = wv[:, None, :]
-    dy_chan = (grp * C_OUT_G + o).to(IDX) * sdyc
-    a_chan = (grp * C_OUT_G + o).to(IDX) * sac
-    x_chan = (grp * C_IN_G + i).to(IDX) * sxc
+    dy_chan = (grp * C_OUT_G + o).to(IDX) * stride_dy_c
+    a_chan = (grp * C_OUT_G + o).to(IDX) * stride_aux_c
+    x_chan = (grp * C_IN_G + i).to(IDX) * stride_x_c
     r_start = pid_s * R_PER_SPLIT
     r_stop = tl.minimum(r_start + R_PER_SPLIT, R_TOTAL)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), ACC)
     for g in range(S_OUT):
         s = tl.load(in_index_ptr + g * S_IN + u, mask=k_ok, other=0)
-        dh = tl.load(tap_dh_ptr + g * T + t, mask=k_ok, other=0)
-        dw = tl.load(tap_dw_ptr + g * T + t, mask=k_ok, other=0)
-        x_col = x_chan + s.to(IDX) * sxs
+        dh = tl.load(pos_dh_ptr + g * KPOS + t, mask=k_ok, other=0)
+        dw = tl.load(pos_dw_ptr + g * KPOS + t, mask=k_ok, other=0)
+        x_col = x_chan + s.to(IDX) * stride_x_g
         for r0 in range(r_start, r_stop, BLOCK_R):
             r = r0 + tl.arange(0, BLOCK_R)
             r_ok = r < r_stop
             b, oh, ow = split_pixel(r, HO, WO)
-            pix = b.to(IDX) * sdyb + tl.cast(g, IDX) * sdys + oh.to(IDX) * sdyh + ow.to(IDX) * sdyw
+            pix = (b.to(IDX) * stride_dy_n + tl.cast(g, IDX) * stride_dy_g + oh.to(IDX) * stride_dy_h
+                   + ow.to(IDX) * stride_dy_w)
             dyv = tl.load(dy_ptr + dy_chan[:, None] + pix[None, :], mask=o_ok[:, None] & r_ok[None, :],
                           other=0.0).to(ACC)                                                # [BM, BR]
             ih = (oh * stride_h - pad_h)[:, None] + dh[None, :] * dil_h
             iw = (ow * stride_w - pad_w)[:, None] + dw[None, :] * dil_w
             inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             ok = r_ok[:, None] & k_ok[None, :] & inside
-            x_off = ((b.to(IDX) * sxb)[:, None] + x_col[None, :] + ih.to(IDX) * sxh
-                     + iw.to(IDX) * sxw)
+            x_off = ((b.to(IDX) * stride_x_n)[:, None] + x_col[None, :] + ih.to(IDX) * stride_x_h
+                     + iw.to(IDX) * stride_x_w)
             x3 = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(ACC)[None, :, :]              # [1, BR, BN]
             term = dyv[:, :, None] * TAP_DW(x3, w3)                                         # [BM, BR, BN]
             if IGNORE:
                 use = ok[None, :, :]
-            else:  # padded taps went through the tap: they have a weight gradient
+            else:  # padded positions went through the tap: they have a weight gradient
                 use = (r_ok[:, None] & k_ok[None, :])[None, :, :]
             if REDUCE != "sum":
-                a_off = a_chan[:, None] + (b.to(IDX) * sab + tl.cast(g, IDX) * sas + oh.to(IDX) * sah
-                                           + ow.to(IDX) * saw)[None, :]
+                a_off = a_chan[:, None] + (b.to(IDX) * stride_aux_n + tl.cast(g, IDX) * stride_aux_g
+                                           + oh.to(IDX) * stride_aux_h + ow.to(IDX) * stride_aux_w)[None, :]
                 a_ok = o_ok[:, None] & r_ok[None, :]
                 aux = tl.load(aux_ptr + a_off, mask=a_ok, other=-1)                        # [BM, BR]
                 if REDUCE == "prod":
@@ -433,17 +338,16 @@ def _weight_grad_kernel(
 
 # ----------------------------------------------------------------------------------------------- launchers
 #: fixed tiles (no tuning, so results never depend on timing), 8 warps: ``(pixels or out-channels, reduction
-#: step, channels)`` of the forward, input gradient and weight gradient.  Chosen so that no launch spills a
-#: register on sm_90 or sm_80 in any dtype (``python -m perf.static --roles tap_...``; the CI test checks it).
+#: step, channels)`` of the forward, input gradient and weight gradient.  Chosen so that no launch spills
+#: (docs/tap-convolutions.md, "Compiled for a GPU").
 BLOCK_M, BLOCK_K, BLOCK_N = 64, 4, 16
 # the input gradient also holds [BLOCK_M, BLOCK_K] loads and offsets per output-channel block: a smaller tile, and
 # 2 output channels a step
 DX_BLOCK_M, DX_BLOCK_K = 32, 2
 WGRAD_BLOCK_M, WGRAD_BLOCK_R, WGRAD_BLOCK_N = 32, 8, 32
 NUM_WARPS = 8
-# A register ceiling for ptxas: left to itself it caps these kernels at an occupancy step (64, 80 or 128 registers
-# a thread) and spills what does not fit, 8-24 bytes a thread; with the ceiling at the most a 256-thread block can
-# have, it keeps them in registers (32-254 a thread over the perf shape sets, docs/tap-convolutions.md).
+# A register ceiling for ptxas at the most a 256-thread block can have: left to itself ptxas caps these kernels at
+# an occupancy step and spills what does not fit (docs/tap-convolutions.md, "Compiled for a GPU").
 MAX_REGISTERS = 255
 if INTERPRET:  # numpy runs one program at a time: fewer, larger steps (the masks are the same)
     BLOCK_K, DX_BLOCK_K, WGRAD_BLOCK_R = 16, 16, 32
@@ -455,14 +359,14 @@ def _tiles(block_wide: int, block_chan: int, channels: int) -> tuple[int, int]:
     wider other axis, the same number of lanes, rather than lanes that are masked out.  Neither axis is summed
     over (the weight gradient's split of the pixels follows the tile count, a function of the shape), so every
     sum's order stays fixed for a given problem."""
-    chan = min(block_chan, triton.next_power_of_2(max(channels, 1)))
+    chan = min(block_chan, next_power_of_2(channels))
     return block_wide * (block_chan // chan), chan
 
 
 def _index_type(*tensors):
     """The kernels' offset type: int32 when every offset of these tensors fits (fewer registers and
     instructions), else int64."""
-    return tl.int64 if _needs_int64(*tensors) else tl.int32
+    return tl.int64 if needs_int64(*tensors) else tl.int32
 
 
 def _out_shape(spec):
@@ -476,7 +380,7 @@ def forward(x, weight, bias, spec, fns, reduce: str, ignore: bool, stats: bool =
     ``stats`` for prod, else None.  With ``stats`` (prod) ``y`` is the fp32 (fp64) product of the non-zero factors
     and ``aux`` their zero count (the backward's inputs).  ``fns = (tap, ∂/∂x, ∂/∂w)`` ``@triton.jit`` functions.
     """
-    in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
+    in_index, _, pos_dh, pos_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
     y_dtype = torch.promote_types(x.dtype, torch.float32) if stats else x.dtype
     y = empty_output(_out_shape(spec), dim_order(x), y_dtype, x.device)
     aux = None
@@ -490,7 +394,7 @@ def forward(x, weight, bias, spec, fns, reduce: str, ignore: bool, stats: bool =
     grid = (cdiv(m_total, block_m), cdiv(spec.out_channels, block_n), spec.s_out * spec.groups)
     _forward_kernel[grid](
         x, weight, bias.contiguous() if bias is not None else weight, y, y if aux is None else aux,
-        in_index, tap_dh, tap_dw,
+        in_index, pos_dh, pos_dw,
         m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
         *x.stride(), *y.stride(), *geometry_args(spec),
         TAP=fns[0], REDUCE=reduce, IGNORE=ignore, STATS=stats, HAS_BIAS=bias is not None and not stats,
@@ -509,7 +413,7 @@ def _reduction_state(x, weight, spec, fns, reduce, ignore, aux):
 
 def input_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, order, state=None):
     """``dx (B, groups·C_in_g, S_in, H, W)`` stored in dim ``order``; ``aux`` from :func:`forward` (max/min)."""
-    _, stab_index, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, dy.device)
+    _, stab_index, pos_dh, pos_dw = group_tables(spec.group, spec.in_group, spec.kernel, dy.device)
     shape = (spec.batch, spec.groups * spec.in_channels, spec.s_in, spec.height, spec.width)
     dx = empty_output(shape, order, dy.dtype, dy.device)
     m_total = spec.batch * spec.height * spec.width
@@ -524,7 +428,7 @@ def input_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, order, 
     a = aux if aux is not None else dy
     p = pnz if pnz is not None else dy
     _input_grad_kernel[grid](
-        dy, x, weight, a, p, dx, stab_index, tap_dh, tap_dw,
+        dy, x, weight, a, p, dx, stab_index, pos_dh, pos_dw,
         m_total, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels, spec.out_channels,
         *dy.stride(), *a.stride(), *x.stride(), *dx.stride(), *geometry_args(spec),
         TAP=fns[0], TAP_DX=fns[1], REDUCE=reduce, **static_args(spec, dy.dtype),
@@ -533,26 +437,17 @@ def input_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, order, 
     return dx
 
 
-def _weight_split(reduction: int, tiles: int) -> int:
-    """Pixel ranges of the weight-gradient reduction (a function of the shape only, so the summation order, and
-    every bit of ``dw``, is fixed): enough programs to fill a GPU, each reducing at least 4096 pixels."""
-    if INTERPRET:
-        return 1 if reduction < 64 else 2  # exercise the split path on the small test shapes
-    return max(1, min(cdiv(264, tiles), cdiv(reduction, 4096), 64))
-
-
 def weight_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, state=None):
     """``dw`` of ``weight``'s shape: fp32 (fp64) partial sums over fixed pixel ranges, summed in a fixed order."""
-    in_index, _, tap_dh, tap_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
+    in_index, _, pos_dh, pos_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
     r_total = spec.batch * spec.out_height * spec.out_width
     k_total = spec.in_channels * spec.s_in * spec.kernel[0] * spec.kernel[1]
     block_n, block_m = _tiles(WGRAD_BLOCK_N, WGRAD_BLOCK_M, spec.out_channels)
     if reduce == "prod" and x.dtype == torch.float64:  # the factor, P and Z tiles live too: a quarter of the lanes
         block_n //= 4
     tiles = cdiv(spec.out_channels, block_m) * cdiv(k_total, block_n) * spec.groups
-    split = _weight_split(r_total, tiles)
-    r_per_split = cdiv(cdiv(max(r_total, 1), split), WGRAD_BLOCK_R) * WGRAD_BLOCK_R
-    split = max(1, cdiv(r_total, r_per_split))
+    split = _common.weight_split(r_total, tiles)   # a function of the shape only: dw's summation order is fixed
+    split, r_per_split = _common.split_ranges(r_total, split, WGRAD_BLOCK_R)
     partial = torch.zeros((split, *weight.shape), dtype=torch.promote_types(x.dtype, torch.float32),
                           device=x.device)
     if r_total == 0:
@@ -563,7 +458,7 @@ def weight_grad(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, state=
     p = pnz if pnz is not None else dy
     grid = (cdiv(spec.out_channels, block_m), cdiv(k_total, block_n), spec.groups * split)
     _weight_grad_kernel[grid](
-        dy, x, weight, a, p, partial, in_index, tap_dh, tap_dw,
+        dy, x, weight, a, p, partial, in_index, pos_dh, pos_dw,
         r_total, r_per_split, spec.height, spec.width, spec.out_height, spec.out_width, spec.in_channels,
         spec.out_channels, spec.groups, *dy.stride(), *a.stride(), *x.stride(), *geometry_args(spec),
         TAP=fns[0], TAP_DW=fns[2], REDUCE=reduce, IGNORE=ignore, **static_args(spec, x.dtype),
@@ -581,23 +476,6 @@ def backward(dy, x, weight, aux, spec, fns, reduce: str, ignore: bool, need_inpu
     dx = input_grad(dy, x, weight, aux, spec, fns, reduce, ignore, order, state) if need_input else None
     dw = weight_grad(dy, x, weight, aux, spec, fns, reduce, ignore, state) if need_weight else None
     return dx, dw
-
-
-def launch(kernel: str, x, weight, spec, tap="adder", reduce: str = "sum", ignore: bool = False):
-    """Launch one tap kernel (``"forward"``, ``"input_grad"`` or ``"weight_grad"``) for the problem ``spec``
-    (``gconv_triton._spec.make_spec``) with random ``dy``: the entry point for tools that compile or time each
-    kernel (an ahead-of-time compiler intercepts the launch).  ``tap``: a name in :data:`BUILTIN_TAPS` or a
-    ``(tap, ∂/∂x, ∂/∂w)`` triple of ``@triton.jit`` functions."""
-    fns = BUILTIN_TAPS[tap] if isinstance(tap, str) else tuple(tap)
-    if kernel == "forward":
-        return forward(x, weight, None, spec, fns, reduce, ignore)[0]
-    aux = forward(x, weight, None, spec, fns, reduce, ignore)[1] if reduce in ("max", "min") else None
-    dy = torch.randn(_out_shape(spec), dtype=x.dtype, device=x.device)
-    if kernel == "input_grad":
-        return input_grad(dy, x, weight, aux, spec, fns, reduce, ignore, dim_order(x))
-    if kernel == "weight_grad":
-        return weight_grad(dy, x, weight, aux, spec, fns, reduce, ignore)
-    raise ValueError(f"kernel: expected 'forward', 'input_grad' or 'weight_grad', got {kernel!r}")
 
 
 @triton.jit

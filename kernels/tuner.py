@@ -13,6 +13,7 @@ processes, times configs that cannot fit the device or the problem, and cannot r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -39,6 +40,24 @@ DEFAULT_SHARED_MEMORY = 48 * 1024   # what every CUDA device gives a block witho
 # Every kernel decorated with ``maybe_autotune``, by name (filled under the interpreter too, so that CPU tests can
 # check the tuning spaces that a GPU would use).
 KERNEL_TUNERS: dict[str, "Autotuner"] = {}
+
+
+# A tool's stand-in for launching (``perf.static``, ``perf.launches``): see :func:`intercept_launches`.
+_INTERCEPT: Optional[Callable] = None
+
+
+@contextlib.contextmanager
+def intercept_launches(record: Callable):
+    """Within: an autotuned launch ``tuner[grid](*args, **kwargs)`` calls ``record(tuner, grid, args, kwargs)``
+    and returns its result instead of choosing a config and launching, so that a tool can see each launch a
+    launcher makes (the kernel, its arguments as passed, the grid) and compile or count it itself.  Not
+    re-entrant across threads: a tool's single-threaded capture."""
+    global _INTERCEPT
+    saved, _INTERCEPT = _INTERCEPT, record
+    try:
+        yield
+    finally:
+        _INTERCEPT = saved
 
 
 class AutotuneCacheWarning(UserWarning):
@@ -89,6 +108,7 @@ class TuneConfig:
 
 
 def next_power_of_2(n: int) -> int:
+    """The smallest power of two ``>= n`` (1 for ``n <= 1``): the kernels' one spelling of it."""
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
@@ -102,16 +122,6 @@ def bucket(value):
 
 def _product(names: tuple[str, ...], values: dict) -> int:
     return math.prod(int(values[n]) for n in names)
-
-
-def shared_memory_bytes(config: TuneConfig, operands, elem_size: int, args: Optional[dict] = None) -> int:
-    """A first guess at one program's shared memory: each ``tl.dot`` operand tile ``(rows, cols)`` staged once per
-    pipeline stage (tile sizes from the config, else from the launch's constexpr arguments such as ``BLOCK_R``).
-    The tuner prunes by the compiled kernel's figure instead (:class:`Resources`); ``perf.static`` reports this
-    guess beside it."""
-    sizes = {**(args or {}), **dict(config.blocks)}
-    per_stage = sum(int(sizes[a]) * int(sizes[b]) for a, b in operands)
-    return config.num_stages * per_stage * elem_size
 
 
 def prune(configs: Iterable[TuneConfig], dims: dict[str, int],
@@ -410,8 +420,8 @@ class Autotuner:
             so tuning never changes the summation order and so the bits of ``dw``).
         operands: the ``tl.dot`` operand tiles ``(rows, cols)`` by block name, as stored (either may be
             transposed): the first operand's block that the second lacks is the dot's M (kept at least
-            :func:`mma_rows` wide where the device has ``wgmma``); the tiles also give
-            :func:`shared_memory_bytes`, the first guess that ``perf.static`` compares with the compiled figure.
+            :func:`mma_rows` wide where the device has ``wgmma``); ``perf.static`` also sizes its shared-memory
+            guess from them.
         bench, cache, shared_memory, capability, resources: injectable for tests and for compiling for a target
             without its GPU (``bench(run) -> ms``, a :class:`ConfigCache`, ``shared_memory(device) -> bytes or
             None``, ``capability(device) -> (major, minor) or None``, ``resources(config, launch) ->``
@@ -429,7 +439,9 @@ class Autotuner:
         self._init = dict(fn=fn, configs=configs, key=key, tiles=tiles, operands=operands, name=name, bench=bench,
                           cache=cache, shared_memory=shared_memory, capability=capability, resources=resources)
         self.fn = fn
-        inner = getattr(fn, "fn", fn)
+        inner = fn
+        while hasattr(inner, "fn"):   # a @triton.heuristics wrapper holds a JITFunction, which holds the function
+            inner = inner.fn
         self.arg_names = list(inspect.signature(inner).parameters)
         self.name = name or f"{inner.__module__}.{inner.__qualname__}"
         self.key = list(key)
@@ -488,6 +500,8 @@ class Autotuner:
         clash = set(kwargs) & (set(dict(self.configs[0].blocks)) | {"num_warps", "num_stages"})
         if clash:
             raise TypeError(f"{self.name}: {sorted(clash)} are chosen by the autotuner; do not pass them")
+        if _INTERCEPT is not None:
+            return _INTERCEPT(self, grid, args, kwargs)
         bound = dict(zip(self.arg_names, args), **kwargs)
         key, device = self.problem_key(bound)
         config = self._best.get(key) or self._choose(key, device, bound, (grid, args, kwargs))

@@ -330,11 +330,11 @@ def tag_graph(output, name: str, recorder: StepRecorder, boundary=frozenset()) -
 def kernel_path(recorder: StepRecorder):
     """Within: ``backend("triton")`` on CPU tensors, the launchers in their GPU state, every launch recorded."""
     from gconv_triton import kernels
-    from gconv_triton.kernels import group_conv as gconv, group_conv_depthwise as depthwise, tap_conv as tap
+    from gconv_triton.kernels import _common
 
     from .static import capturing
 
-    modules = (gconv, depthwise, tap)
+    modules = (_common,)   # the launchers read the switch there at each call (config, split, dtypes)
     saved = [m.INTERPRET for m in modules], kernels.INTERPRET
     try:
         for m in modules:

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import gzip
 import hashlib
 import json
 import math
@@ -127,7 +128,13 @@ class Launch:
 
     @property
     def jit(self):
-        return self.tuner.fn if self.tuner else self.runner
+        """The ``@triton.jit`` function launched (inside its tuner and any ``@triton.heuristics`` wrapper)."""
+        from triton.runtime.autotuner import Heuristics
+
+        fn = self.tuner.fn if self.tuner else self.runner
+        while isinstance(fn, Heuristics):
+            fn = fn.fn
+        return fn
 
     def bound(self) -> dict:
         names = [p.name for p in self.jit.params] if hasattr(self.jit, "params") else self.jit.arg_names  # interpreted
@@ -144,13 +151,14 @@ def _short(name: str) -> str:
 
 @contextlib.contextmanager
 def capturing(out: list):
-    """Within: kernel launches are recorded in ``out`` instead of run (autotuned kernels at the tuner, the others
-    at ``JITFunction.run``, or ``InterpretedFunction.run`` when ``TRITON_INTERPRET`` was set at import)."""
+    """Within: kernel launches are recorded in ``out`` instead of run: autotuned kernels through the tuner's hook
+    (``tuner.intercept_launches``), the others at ``JITFunction.run`` (or ``InterpretedFunction.run`` when
+    ``TRITON_INTERPRET`` was set at import), which Triton offers no hook for."""
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
-    def tuner_run(self, *args, grid, **kwargs):
-        out.append(Launch(_short(self.name), self, args, kwargs, grid))
+    def tuner_launch(tuner, grid, args, kwargs):
+        out.append(Launch(_short(tuner.name), tuner, args, kwargs, grid))
 
     def jit_run(self, *args, grid, warmup, **kwargs):
         if warmup:
@@ -158,12 +166,13 @@ def capturing(out: list):
             return run(self, *args, grid=grid, warmup=warmup, **kwargs)
         out.append(Launch(_short(f"{self.fn.__module__}.{self.fn.__qualname__}"), self, args, kwargs, grid))
 
-    saved_tuner, saved_jit, saved_interpreted = _autotune.Autotuner.run, JITFunction.run, InterpretedFunction.run
-    _autotune.Autotuner.run, JITFunction.run, InterpretedFunction.run = tuner_run, jit_run, jit_run
+    saved_jit, saved_interpreted = JITFunction.run, InterpretedFunction.run
+    JITFunction.run, InterpretedFunction.run = jit_run, jit_run
     try:
-        yield out
+        with _autotune.intercept_launches(tuner_launch):
+            yield out
     finally:
-        _autotune.Autotuner.run, JITFunction.run, InterpretedFunction.run = saved_tuner, saved_jit, saved_interpreted
+        JITFunction.run, InterpretedFunction.run = saved_jit, saved_interpreted
 
 
 def _meta(shape, dtype) -> torch.Tensor:
@@ -197,10 +206,28 @@ def _tap(kernel: str, tap: str, reduce: str) -> Callable[[Layer, torch.dtype], N
     def run(layer: Layer, dtype) -> None:
         if kernel == "input_grad" and not layer.input_grad:
             return
-        from gconv_triton.kernels import tap_conv as tap_kernels
-        tap_kernels.launch(kernel, _meta(layer.input_shape(), dtype), _meta(layer.weight_shape(), dtype),
-                           layer.spec(), tap, reduce)
+        launch_tap_kernel(kernel, _meta(layer.input_shape(), dtype), _meta(layer.weight_shape(), dtype),
+                          layer.spec(), tap, reduce)
     return run
+
+
+def launch_tap_kernel(kernel: str, x, weight, spec, tap: str = "adder", reduce: str = "sum", ignore: bool = False):
+    """Launch one tap kernel (``"forward"``, ``"input_grad"`` or ``"weight_grad"``) of ``kernels/tap_conv.py`` for
+    the problem ``spec`` (``gconv_triton._spec.make_spec``) with random ``dy``, through its launchers, for a tool
+    that intercepts the launch.  ``tap``: a built-in tap function's name."""
+    from gconv_triton.kernels import tap_conv as tap_kernels
+    from gconv_triton.tap_functions import get_tap
+
+    fns = get_tap(tap).triton_functions()
+    if kernel == "forward":
+        return tap_kernels.forward(x, weight, None, spec, fns, reduce, ignore)[0]
+    aux = tap_kernels.forward(x, weight, None, spec, fns, reduce, ignore)[1] if reduce in ("max", "min") else None
+    dy = torch.randn(_output_shape(spec), dtype=x.dtype, device=x.device)
+    if kernel == "input_grad":
+        return tap_kernels.input_grad(dy, x, weight, aux, spec, fns, reduce, ignore, dim_order(x))
+    if kernel == "weight_grad":
+        return tap_kernels.weight_grad(dy, x, weight, aux, spec, fns, reduce, ignore)
+    raise ValueError(f"kernel: expected 'forward', 'input_grad' or 'weight_grad', got {kernel!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +310,16 @@ def target_tuner(tuner: _autotune.Autotuner, arch: int, **changes) -> _autotune.
     """``tuner`` as it would decide on a ``sm_<arch>`` GPU: that GPU's shared memory and capability."""
     return tuner.replace(shared_memory=lambda device: SHARED_MEMORY.get(arch, _autotune.DEFAULT_SHARED_MEMORY),
                          capability=lambda device: divmod(arch, 10), **changes)
+
+
+def shared_memory_bytes(config: _autotune.TuneConfig, operands, elem_size: int, args: Optional[dict] = None) -> int:
+    """A first guess at one program's shared memory: each ``tl.dot`` operand tile ``(rows, cols)`` staged once per
+    pipeline stage (tile sizes from the config, else from the launch's constexpr arguments such as ``BLOCK_R``).
+    The tuner prunes by the compiled kernel's figure instead (``tuner.Resources``); the report shows this guess
+    beside it (column ``est KiB``)."""
+    sizes = {**(args or {}), **dict(config.blocks)}
+    per_stage = sum(int(sizes[a]) * int(sizes[b]) for a, b in operands)
+    return config.num_stages * per_stage * elem_size
 
 
 # ----------------------------------------------------------------------------------------- compile and read
@@ -567,7 +604,7 @@ def rows(problems: list[Problem], results: dict) -> list[dict]:
             if r["status"] == "ok":
                 row["overflow"] = r["shared"] > limit
                 if config is not None and p.launch.tuner.operands:
-                    row["shared_estimate"] = _autotune.shared_memory_bytes(
+                    row["shared_estimate"] = shared_memory_bytes(
                         config, p.launch.tuner.operands, DTYPES[p.dtype][0].itemsize, p.launch.bound())
                 if r.get("per_1024_macs") and r.get("matmul_per_1024_macs"):
                     row["ratio"] = r["per_1024_macs"] / r["matmul_per_1024_macs"]
@@ -731,13 +768,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)),
                    help="compile processes (default: CPUs, at most 4)")
     p.add_argument("--out", type=Path, default=None,
-                   help="write <out>.json and <out>.md (e.g. perf/results/static-2026-11-30)")
+                   help="write <out>.json and <out>.md (e.g. perf/results/static-2026-11-30); gzip the JSON for "
+                        "perf/results/, --merge reads .json.gz too")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--resources-only", action="store_true",
                    help="registers, spills and shared memory only: no SASS hot loop, no matmul (the CI test's mode)")
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
-                   help="combine earlier runs' JSON files (e.g. one per set or arch) into one result, then check the "
-                        "targets and write --out; compiles nothing")
+                   help="combine earlier runs' JSON files (.json or .json.gz; e.g. one per set or arch) into one "
+                        "result, then check the targets and write --out; compiles nothing")
     args = p.parse_args(argv)
     if args.merge:
         return _merge(args.merge, args.out)
@@ -797,9 +835,18 @@ def _report(result: dict, out: Optional[Path]) -> None:
         print(f"wrote {json_path} and {md_path}")
 
 
+def read_result(path: os.PathLike) -> dict:
+    """A result JSON written by ``--out``, plain or gzipped (``.json.gz``, as kept under ``perf/results/``)."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return json.load(f)
+    return json.loads(path.read_text())
+
+
 def _merge(paths: Sequence[Path], out: Optional[Path]) -> int:
     """One result from several runs' JSON (rows concatenated, configs united, targets checked again)."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
+    parts = [read_result(p) for p in paths]
     rs = [r for part in parts for r in part["rows"]]
     config: dict = {}
     for part in parts:

@@ -12,7 +12,8 @@ import torch
 import gconv_triton
 from gconv_triton import autotune as pretune_cli
 from gconv_triton.kernels import tuner as at
-from gconv_triton.kernels import group_conv as gconv, group_conv_depthwise as depthwise
+from gconv_triton.kernels import group_conv as gconv, group_conv_depthwise as depthwise, \
+    group_conv_weight_grad as wgrad
 
 from helpers import DEVICE, INTERPRETED, assert_close, torch_backend, triton_backend
 
@@ -107,14 +108,6 @@ def test_key_buckets_sizes_to_powers_of_two(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------ pruning
-def test_shared_memory_estimate():
-    # fp16: stages * (BM*BK + BK*BN) * 2 bytes; an operand size the launch passes as a constexpr (BLOCK_R).
-    assert at.shared_memory_bytes(cfg(128, 128, 32, 8, 3), OPERANDS, 2) == 3 * (128 * 32 + 32 * 128) * 2
-    c = at.TuneConfig.make(dict(BLOCK_M=64, BLOCK_N=64), 4, 2)
-    assert at.shared_memory_bytes(c, [("BLOCK_M", "BLOCK_R"), ("BLOCK_R", "BLOCK_N")], 4, {"BLOCK_R": 32}) == \
-        2 * (64 * 32 + 32 * 64) * 4
-
-
 def test_prune_by_problem_size():
     # No block larger than max(16, next_power_of_2(dim)).
     kept = at.prune(SPACE, dict(BLOCK_M=40, BLOCK_N=20, BLOCK_K=1000))
@@ -152,7 +145,7 @@ def test_fitting_uses_the_compiled_numbers():
             raise RuntimeError("compile error")
         return res[c]
 
-    assert at.shared_memory_bytes(cfg(128, 128, 32, 8, 3), OPERANDS, 2) == 48 * 1024
+    # (cfg(128, 128, 32, 8, 3) in fp16 is estimated at 3 stages x (128x32 + 32x128) x 2 bytes = 48 KiB)
     assert at.fitting(SPACE, resources, 40 * 1024) == [cfg(128, 128, 32, 8, 3), cfg(16, 16, 16)]
     # Nothing clean: the fitting config with the fewest spill bytes, else the one needing least shared memory.
     spill = {c: at.Resources(1024, 255, 8 * (i + 1)) for i, c in enumerate(SPACE)}
@@ -242,6 +235,22 @@ def test_cache_merges_entries_of_processes_tuning_side_by_side(tmp_path):
     launch(b, m=5000)        # b read the file before a wrote: its write must keep a's entry
     assert len(json.loads((tmp_path / "cache.json").read_text())["entries"]) == 2
     assert not list(tmp_path.glob("*.tmp"))          # temporary files renamed over the cache, none left
+
+
+def test_intercept_launches_records_instead_of_tuning(tmp_path):
+    """Within ``intercept_launches`` a launch goes to the tool's record with the grid and arguments as passed:
+    nothing is timed, launched or cached; outside it the tuner runs as before."""
+    tuner, kernel, bench = make_tuner(tmp_path)
+    seen = []
+    with at.intercept_launches(lambda *launch: seen.append(launch) or "recorded"):
+        x = torch.empty(4)
+        grid = (1, 1)
+        assert tuner[grid](x, x, 1000, 64, 64, "ieee") == "recorded"
+    assert seen == [(tuner, grid, (x, x, 1000, 64, 64, "ieee"), {})]
+    assert not kernel.launches and not bench.timed and tuner.last_config is None
+    assert not (tmp_path / "cache.json").exists()
+    launch(tuner)
+    assert kernel.launches and tuner.last_config is not None
 
 
 def test_stale_cached_config_is_retuned(tmp_path):
@@ -336,21 +345,21 @@ def test_unwritable_cache_location_warns_and_tunes_in_memory(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- the real kernels
-TUNED = {"group_conv._conv_gemm_kernel", "group_conv._weight_grad_kernel",
+TUNED = {"group_conv._conv_gemm_kernel", "group_conv_weight_grad._weight_grad_kernel",
          "group_conv_depthwise._dw_forward_kernel", "group_conv_depthwise._dw_input_grad_kernel"}
 
 
 def test_kernel_tuning_spaces():
     names = {n.split("kernels.", 1)[1]: t for n, t in at.KERNEL_TUNERS.items() if "gconv_triton.kernels." in n}
     assert set(names) == TUNED          # the depthwise weight gradient is not tuned (its tile fixes the sum order)
-    wgrad = names["group_conv._weight_grad_kernel"]
+    wgrad = names["group_conv_weight_grad._weight_grad_kernel"]
     # Weight gradient: only the output tile, warps and stages vary; the reduction block BLOCK_R is the launcher's
     # constant, never a config.
     assert set(wgrad.tiles) == {"BLOCK_M", "BLOCK_N"}
     assert all("BLOCK_R" not in dict(c.blocks) for c in wgrad.configs)
     assert len(set((c.block("BLOCK_M"), c.block("BLOCK_N"), c.num_warps, c.num_stages) for c in wgrad.configs)) \
         == len(wgrad.configs)
-    assert all("PRECISION" in names[n].key for n in TUNED if n.startswith("gconv."))
+    assert all("PRECISION" in names[n].key for n in TUNED if n.startswith("group_conv."))
     # On a Hopper GPU every GEMM kernel keeps configs of >= 64 rows and >= 4 warps (wgmma) on a narrow layer
     # (10 channels per group), whatever dimension the rows tile.
     x = torch.empty(4, dtype=torch.bfloat16)
@@ -371,8 +380,9 @@ def test_kernel_tuning_spaces():
     dict(x=(2, 3, 1, 1, 9), w=(3, 1, 1, 1, 3), group="z2", groups=3, padding=(0, 1)),    # depthwise, 1-D
 ], ids=["gemm", "depthwise"])
 def test_launchers_run_through_the_autotuner(tmp_path, monkeypatch, layer):
-    """The launcher glue (grid lambdas, ``_meta()``, the decorators' specs) with the autotuner in front of every
-    tuned kernel, interpreted: each launch uses the tuner's pick and forward and gradients are right."""
+    """The launcher glue (grid lambdas, ``interpreter_config()``, the decorators' specs and heuristics) with the
+    autotuner in front of every tuned kernel, interpreted: each launch uses the tuner's pick and forward and
+    gradients are right."""
     timed = []
 
     def bench(run):   # later candidates "faster": the pick is not simply the first config
@@ -381,8 +391,8 @@ def test_launchers_run_through_the_autotuner(tmp_path, monkeypatch, layer):
         return 1.0 / len(timed)
 
     tuners = {}
-    for module in (gconv, depthwise):
-        monkeypatch.setattr(module, "_meta", lambda *config: {})
+    for module in (gconv, wgrad, depthwise):
+        monkeypatch.setattr(module, "interpreter_config", lambda config: {})
         for attr in dir(module):
             name = f"gconv_triton.kernels.{module.__name__.rsplit('.', 1)[1]}.{attr}"
             if name in at.KERNEL_TUNERS:

@@ -87,5 +87,5 @@ def test_depthwise_strided_input_and_either_gradient_layout(dy_layout):
 @pytest.mark.parametrize("row", [CASES[1], CASES[3], CASES[6]], ids=_id)
 def test_depthwise_int64_offsets(monkeypatch, row):
     """The int64 index math that tensors past 2³¹ elements take, forced on small ones."""
-    monkeypatch.setattr(depthwise, "_needs_int64", lambda *tensors: True)
+    monkeypatch.setattr(depthwise, "needs_int64", lambda *tensors: True)
     _run(row)

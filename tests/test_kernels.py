@@ -30,7 +30,7 @@ from gconv_triton import functional, kernels
 from gconv_triton._support import dim_order
 from gconv_triton._spec import make_spec
 from gconv_triton.groups import get_group
-from gconv_triton.kernels import _common, group_conv as gconv
+from gconv_triton.kernels import _common, group_conv as gconv, group_conv_weight_grad as wgrad
 from perf.memory import AllocationRecorder
 
 CONTIG, CL = "contig", "cl"  # (B, C, S, H, W) stored as is, or in memory order (B, H, W, C, S)
@@ -325,13 +325,13 @@ def test_weight_grad_bitwise_deterministic(monkeypatch, group, in_group, groups,
     """Three backward passes give bitwise equal weight gradients, with the reduction split over pixel ranges
     (the partial sums are added in a fixed order: no atomics)."""
     splits = []
-    real_split = gconv.weight_split
+    real_split = _common.weight_split
 
     def spy(*args, **kwargs):
         splits.append(real_split(*args, **kwargs))
         return splits[-1]
 
-    monkeypatch.setattr(gconv, "weight_split", spy)  # depthwise imports it from gconv at call time
+    monkeypatch.setattr(_common, "weight_split", spy)  # both families look it up in _common at call time
     s_in = order_of(in_group)
     h, w = (7, 9) if INTERPRETED else (64, 64)  # a GPU splits only reductions over 4096 pixels
     x = randn((2, groups * cig, s_in, h, w))
@@ -385,18 +385,35 @@ def test_narrow_forward_folds_kernel_rows(monkeypatch, group, in_group, c_in, k,
         assert gconv.INTERPRETER_CONFIG["BLOCK_K"] % forward["A_CH"] == 0
 
 
-def test_tap_steps_are_affine_along_rows():
+@pytest.mark.parametrize("group, in_group, c_in, k, stride, padding", [
+    ("p4", "p4", 3, 3, 2, 1),     # G -> G: the per-position loop, stride phases in the input gradient
+    ("p4m", "z2", 3, 3, 1, 1),    # lifting: the folded forward
+], ids=["p4-s2", "lift-p4m"])
+def test_gemm_int64_offsets(monkeypatch, group, in_group, c_in, k, stride, padding):
+    """The int64 index math that tensors past 2³¹ elements take (``WIDE``, derived at launch), forced on small ones:
+    forward, input gradient and weight gradient against the float64 reference."""
+    spy = LaunchSpy(gconv._conv_gemm_kernel)
+    monkeypatch.setattr(gconv, "_conv_gemm_kernel", spy)
+    monkeypatch.setattr(gconv, "needs_int64", lambda *tensors: True)
+    monkeypatch.setattr(wgrad, "needs_int64", lambda *tensors: True)
+    x = randn((2, c_in, order_of(in_group), 7, 9))
+    weight = randn((5, c_in, order_of(in_group), k, k))
+    check_against_reference(gconv_layer(group, in_group, stride=stride, padding=padding), x, weight, randn((5,)))
+    assert len(spy.launches) == 2
+
+
+def test_position_steps_are_affine_along_rows():
     """A rotation or reflection moves each kernel row onto a row or column of the base filter: the base tap under
     window position (th, tw) is the one under (th, 0) plus tw steps, for every element of p4 and p4m."""
     for group in ("p4", "p4m"):
         for kernel in ((3, 3), (2, 2), (5, 5)):
-            steps = gconv.tap_steps(get_group(group), get_group("z2"), kernel, torch.device("cpu"))
+            steps = gconv.position_steps(get_group(group), get_group("z2"), kernel, torch.device("cpu"))
             _, source = _common.gather_tables(get_group(group), get_group("z2"), kernel, torch.device("cpu"))
             src = source.reshape(-1, *kernel).long()
             expected = src[:, :, :1] + torch.arange(kernel[1]) * steps.long()[:, None, None]
             assert torch.equal(src, expected)
             assert set(steps.abs().tolist()) == {1, kernel[1]}  # rows onto rows and onto columns
-    assert gconv.tap_steps(get_group("p4"), get_group("z2"), (3, 1), torch.device("cpu")) is None
+    assert gconv.position_steps(get_group("p4"), get_group("z2"), (3, 1), torch.device("cpu")) is None
 
 
 
@@ -562,7 +579,7 @@ def test_weight_grad_reads_the_forwards_copy_of_x(monkeypatch, group, in_group, 
     """The forward's channels-last copy of ``x`` is saved and the weight gradient reads it: ``x`` is copied once
     per step (not again in the backward), and every gradient still matches the float64 reference."""
     copies = []
-    for module, name in ((gconv, "halo_channels_last"), (gconv, "channels_last")):
+    for module, name in ((wgrad, "halo_channels_last"), (gconv, "halo_channels_last"), (gconv, "channels_last")):
         real = getattr(module, name)
 
         def spy(t, *args, _real=real, _name=name, **kwargs):
@@ -591,14 +608,14 @@ def test_window_offsets_are_built_once_per_geometry_and_never_fake():
                          padding=1, dilation=1, groups=1)
 
     x_cl = torch.empty(2, 11, 9, 12)
-    first = gconv._window_offsets(x_cl, spec_for(1), 128, False)
-    assert gconv._window_offsets(x_cl, spec_for(1), 128, False) is first
-    other = gconv._window_offsets(x_cl, spec_for(2), 128, False)
+    first = wgrad._window_offsets(x_cl, spec_for(1), 128, False)
+    assert wgrad._window_offsets(x_cl, spec_for(1), 128, False) is first
+    other = wgrad._window_offsets(x_cl, spec_for(2), 128, False)
     assert other is not first and not torch.equal(other, first)
     # 2·9·7 = 126 pixels, then zeros
     assert first[:3].tolist() == [0, 12, 24] and first[126:].eq(0).all() and first[125] != 0
     with FakeTensorMode() as mode:
         fake = mode.from_tensor(torch.empty(5, 11, 9, 12))
-        traced = gconv._window_offsets(fake, spec_for(1, batch=5), 320, False)
+        traced = wgrad._window_offsets(fake, spec_for(1, batch=5), 320, False)
     assert not isinstance(traced, FakeTensor)
-    assert gconv._window_offsets(torch.empty(5, 11, 9, 12), spec_for(1, batch=5), 320, False) is traced
+    assert wgrad._window_offsets(torch.empty(5, 11, 9, 12), spec_for(1, batch=5), 320, False) is traced

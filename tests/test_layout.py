@@ -172,12 +172,7 @@ def test_kernels_imported_where_they_launch():
         "\n".join(eager)
 
 
-@pytest.mark.parametrize("package", [
-    PACKAGE,
-    pytest.param(KERNELS, marks=pytest.mark.xfail(
-        strict=True, reason="kernels/group_conv_depthwise.py and kernels/tap_conv.py import private helpers of "
-                            "kernels/group_conv.py until the kernels' restructure (issue 20) moves them to _common")),
-])
+@pytest.mark.parametrize("package", [PACKAGE, KERNELS])
 def test_private_names_only_from_support_modules(package):
     _, private, _ = _graph()
     folder = str(PACKAGE_DIRS[package].relative_to(ROOT)) + "/"

@@ -346,7 +346,7 @@ def test_launches_kernel_path_records_three_gemms_per_layer_and_the_bank_path_no
     run = InterpretedFunction.run
     kernel = launches.measure("layer", "kernel", **TINY)
     triton = [r for r in kernel["records"] if r["kind"] == "triton"]
-    gemm, wgrad = "group_conv._conv_gemm_kernel", "group_conv._weight_grad_kernel"
+    gemm, wgrad = "group_conv._conv_gemm_kernel", "group_conv_weight_grad._weight_grad_kernel"
     assert sorted(r["name"] for r in triton) == [gemm, gemm, wgrad]
     assert all(r["gemm"] and r["bytes"] > 0 and r["programs"] > 0 for r in triton)
     assert kernel["launches"] == kernel["triton"] + kernel["torch"] and kernel["triton"] == 3
@@ -365,7 +365,7 @@ def test_launches_kernel_path_records_three_gemms_per_layer_and_the_bank_path_no
     again = launches.measure("p4cnn", "kernel", "channels_last", batch=2, size=8)
     assert again["records"] == net["records"] and again["peak_bytes"] == net["peak_bytes"]
     # the package is as it was: interpreted kernels, launched for real
-    assert kernels.group_conv.INTERPRET == kernels.INTERPRET and InterpretedFunction.run is run
+    assert kernels._common.INTERPRET == kernels.INTERPRET and InterpretedFunction.run is run
 
 
 def test_python_m_perf_launches_prints_the_table_and_targets(tmp_path, capsys):

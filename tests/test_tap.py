@@ -485,10 +485,11 @@ def test_autocast_across_layers():
 
 def test_opcheck():
     from gconv_triton.ops import tap_conv as tap_ops
-    from gconv_triton.tap_functions import get_tap, tap_key
+    from gconv_triton._support import TAP_FUNCTIONS
+    from gconv_triton.tap_functions import get_tap
 
     x, w, b = torch.randn(1, 2, 1, 5, 5), torch.randn(3, 2, 1, 3, 3), torch.randn(3)
-    args = (x.requires_grad_(), w.requires_grad_(), b, tap_key(get_tap("add")), "max", False,
+    args = (x.requires_grad_(), w.requires_grad_(), b, TAP_FUNCTIONS.key(get_tap("add")), "max", False,
             "z2", "z2", [1, 1], [1, 1, 1, 1], [1, 1], 1, "torch")
     torch.library.opcheck(tap_ops._tap_op, args)
 

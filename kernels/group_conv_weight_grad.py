@@ -1,0 +1,225 @@
+"""Implicit-GEMM group convolution: the weight gradient (:func:`_weight_grad_kernel`).
+
+The math and the design (the group copies as more reduction, the zero-halo copy of ``x`` shared with the forward,
+the re-laid ``dy``, the in-register permutation of the accumulator's rows) are in ``docs/kernels.md``, "The three
+GEMMs"; the split of the reduction over programs, and why the result is deterministic, in ``docs/determinism.md``.
+
+Reading order: :func:`weight_grad` (lays out ``dy``, takes or makes the copy of ``x``, the window-corner table)
+-> :func:`_weight_grad_kernel`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common
+from ._common import (accumulator, bank_split_limit, cdiv, dot_precision, geometry_table, group_tables,
+                      interpreter_config, maybe_autotune, mma, needs_int64, poison_outputs, round_up, split_ranges,
+                      upcast, vector_padding, vector_width)
+from .group_conv import halo_channels_last, halo_size, vector_channels
+
+INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
+
+# The reduction block, fixed (not tuned) so that the reduction order, and so every bit of dw, never depends on
+# tuning.  fp64 MMAs keep whole operand tiles in registers: a shorter block keeps them from spilling.
+WGRAD_BLOCK_R = 64
+WGRAD_BLOCK_R_FP64 = 16
+
+
+def wgrad_block_r(dtype: torch.dtype) -> int:
+    return WGRAD_BLOCK_R_FP64 if dtype == torch.float64 else WGRAD_BLOCK_R
+
+
+def _configs():
+    return [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn), num_warps=warps, num_stages=stages)
+            for bm, bn, warps, stages in [(128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3),
+                                          (64, 32, 4, 4), (128, 16, 4, 4), (64, 16, 4, 4), (64, 128, 4, 3),
+                                          (64, 16, 8, 3), (64, 32, 8, 3)]]
+
+
+HAS_GATHER = tl.constexpr(hasattr(tl, "gather"))   # tl.gather is missing from the oldest triton releases
+
+
+@triton.jit
+def _permute_rows(acc, src, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``out[m, :] = acc[src[m], :]``: an in-register gather where triton has one, else the product with a
+    one-hot matrix in full fp32 (exact: one non-zero term per row)."""
+    if HAS_GATHER:
+        out = tl.gather(acc, tl.broadcast_to(src[:, None], (BLOCK_M, BLOCK_N)), 0)
+    else:
+        one_hot = (src[:, None] == tl.arange(0, BLOCK_M)[None, :]).to(acc.dtype)
+        out = tl.dot(one_hot, acc, input_precision="ieee")
+    return out
+
+
+# Tuned over the output tile (BLOCK_M x BLOCK_N), warps and stages only: the reduction block stays fixed.
+@maybe_autotune(_configs(), key=["R_TOTAL", "M_CH", "O_PAD", "S_IN", "S_OUT", "KH", "KW", "COPIES", "PRECISION"],
+                tiles=dict(BLOCK_M="M_CH", BLOCK_N="O_PAD"),
+                operands=[("BLOCK_R", "BLOCK_M"), ("BLOCK_R", "BLOCK_N")])
+@triton.heuristics(dict(WIDE=lambda a: needs_int64(a["x_ptr"], a["dy_ptr"]),
+                        ACC=lambda a: accumulator(a["x_ptr"].dtype), UPCAST=lambda a: upcast(a["x_ptr"].dtype)))
+@triton.jit
+def _weight_grad_kernel(
+    x_ptr, dy_ptr, pix_ptr, dw_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr,
+    R_TOTAL, R_PER_SPLIT, R_ALLOC, weight_groups, COPIES, stride_x_h, stride_x_w, dil_h, dil_w,
+    M_CH: tl.constexpr, X_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
+    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, VEC_X: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
+    WIDE: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """``dw`` of base-filter window position ``t`` for a ``[BLOCK_M (i, u), BLOCK_N o]`` tile of weight slice
+    ``wg``, summed over the pixels of split ``pid_s``, every group element ``g`` and the channel groups sharing the
+    slice.
+
+    ``x``: a zero-halo channels-last copy ``(B, HP, WP, groups·X_CH)`` (unit channel stride, ``X_CH >= M_CH =
+    C_in_g·S_in`` channels per group, the padding already in place), so that no window position reads out of
+    bounds.
+    ``pix``: ``(R_ALLOC,)``, the x offset of output pixel ``r``'s window corner ``(b, oh·stride, ow·stride)``
+    (0 past ``R_TOTAL``).  ``dy``: ``(R_ALLOC, groups, S_out, O_PAD)`` contiguous, zero past ``R_TOTAL``.  Then the x
+    row of pixel ``r`` under position ``t`` moved by ``g`` is ``pix[r] + shift[g, t]`` (``shift`` one scalar per ``g``),
+    every pixel block is whole, and the hot loop is a plain GEMM loop: a table load, two contiguous tile loads and
+    an MMA, with no pixel decomposition and no bounds.
+
+    For element ``g`` the x tile is read in its own channel order ``(i, s)`` and multiplied into ``acc_g``; the rows
+    are then moved to the weight's order ``(i, u)``, ``s = g·u``, by an in-register gather, once per ``g`` and not
+    per pixel block.  The group copies are reduction: no filter-bank gradient, no scatter, no atomic.
+    """
+    KPOS: tl.constexpr = KH * KW
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    t = tl.program_id(2) % KPOS
+    wg = (tl.program_id(2) // KPOS) % weight_groups
+    pid_s = tl.program_id(2) // (KPOS * weight_groups)
+
+    ROWS: tl.constexpr = (BLOCK_M // S_IN) * S_IN  # dw rows (i, u) per tile: whole blocks of S_IN
+    FULL_M: tl.constexpr = (ROWS == BLOCK_M) and (X_CH % BLOCK_M == 0)
+    FULL_N: tl.constexpr = O_PAD % BLOCK_N == 0
+    ml = tl.arange(0, BLOCK_M)
+    m = pid_m * ROWS + ml
+    m_ok = (ml < ROWS) & (m < M_CH)
+    x_ok = (ml < ROWS) & (m < X_CH)   # the zero channels past M_CH load too: runs of VEC_X stay whole
+    o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    kr = tl.arange(0, BLOCK_R)
+    r_start = pid_s * R_PER_SPLIT
+    r_stop = tl.minimum(r_start + R_PER_SPLIT, R_ALLOC)   # both multiples of BLOCK_R: every block is whole
+    dy_pixel = S_OUT * O_PAD * COPIES * weight_groups
+    if WIDE:
+        r_start = r_start.to(tl.int64)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for copy in range(COPIES):
+        grp = wg + copy * weight_groups
+        for g in range(S_OUT):
+            th = tl.load(pos_dh_ptr + g * KPOS + t)
+            tw = tl.load(pos_dw_ptr + g * KPOS + t)
+            if WIDE:
+                th, tw = th.to(tl.int64), tw.to(tl.int64)
+            shift = (th * dil_h) * stride_x_h + (tw * dil_w) * stride_x_w
+            x_ptrs = x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :]
+            pix_ptrs = pix_ptr + r_start + kr
+            dy_ptrs = dy_ptr + (grp * S_OUT + g) * O_PAD + (r_start + kr)[:, None] * dy_pixel + o[None, :]
+            acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+            for _ in range(r_start, r_stop, BLOCK_R):
+                row = tl.multiple_of(tl.load(pix_ptrs), VEC_X)
+                if FULL_M:
+                    xa = tl.load(x_ptrs + row[:, None])
+                else:
+                    xa = tl.load(x_ptrs + row[:, None], mask=x_ok[None, :], other=0.0)
+                if FULL_N:
+                    dya = tl.load(dy_ptrs)
+                else:  # a tile wider than the (padded) output channels
+                    dya = tl.load(dy_ptrs, mask=(o < O_PAD)[None, :], other=0.0)
+                acc_g = mma(acc_g, tl.trans(xa), dya, PRECISION, UPCAST)
+                pix_ptrs += BLOCK_R
+                dy_ptrs += BLOCK_R * dy_pixel
+            # dw row (i, u) takes acc_g's row (i, g·u)
+            src = tl.minimum((ml // S_IN) * S_IN + tl.load(in_index_ptr + g * S_IN + ml % S_IN), BLOCK_M - 1)
+            acc += _permute_rows(acc_g, src, BLOCK_M, BLOCK_N)
+
+    row = pid_s * weight_groups * C_OUT_G + wg * C_OUT_G + o          # row of the (split, C_out) stack
+    dw_off = row.to(tl.int64)[None, :] * (M_CH * KPOS) + (m * KPOS + t)[:, None]
+    tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=m_ok[:, None] & (o < C_OUT_G)[None, :])
+
+
+# ----------------------------------------------------------------------------------------------- launcher
+def _window_offsets(x_cl: torch.Tensor, spec, rows: int, wide: bool) -> torch.Tensor:
+    """``(rows,)``: the offset in ``x_cl`` (:func:`halo_channels_last`) of output pixel ``r``'s window corner
+    ``(b, oh·stride, ow·stride)``, ``r`` over ``(B, H_out, W_out)``; 0 past the last pixel.  A function of the
+    geometry only: built once per shape, strides and device (:func:`~._common.geometry_table`)."""
+    sb, sh, sw = x_cl.stride()[:3]
+    key = ("window_offsets", spec.batch, spec.out_height, spec.out_width, *spec.stride, sb, sh, sw, rows, wide,
+           x_cl.device)
+    return geometry_table(key, lambda: _build_window_offsets(spec, sb, sh, sw, rows, wide, x_cl.device))
+
+
+def _build_window_offsets(spec, sb: int, sh: int, sw: int, rows: int, wide: bool, dev: torch.device):
+    dtype = torch.int64 if wide else torch.int32
+    pix = (torch.arange(spec.batch, device=dev, dtype=torch.int64)[:, None, None] * sb
+           + torch.arange(spec.out_height, device=dev, dtype=torch.int64)[None, :, None] * (spec.stride[0] * sh)
+           + torch.arange(spec.out_width, device=dev, dtype=torch.int64)[None, None, :] * (spec.stride[1] * sw))
+    out = torch.zeros(rows, device=dev, dtype=dtype)
+    out[:pix.numel()] = pix.reshape(-1)
+    return out
+
+
+def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None) -> torch.Tensor:
+    """``dy`` and the 5-D input ``x`` -> ``dw`` of ``weight_shape`` (fp32 accumulation, then x's dtype).
+
+    ``dy`` is re-laid ``(B·H_out·W_out, groups, S_out, C_out padded to 8)``, rounded up to whole pixel blocks with
+    zeros (one copy of ``dy``); ``x`` is read from a zero-halo channels-last copy: ``x_copy``, the one
+    :func:`~.group_conv.forward` made, when given, else :func:`~.group_conv.halo_channels_last` (a copy unless
+    unpadded and channels-last already), with a narrow lifting input padded to 8 channels."""
+    in_index, _, pos_dh, pos_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
+    kh, kw = spec.kernel
+    r_total = spec.batch * spec.out_height * spec.out_width
+    m_ch = spec.in_channels * spec.s_in
+    weight_numel = spec.weight_groups * spec.out_channels * m_ch * kh * kw
+    tiles = cdiv(m_ch, 64) * cdiv(spec.out_channels, 64) * spec.weight_groups * kh * kw
+    split = _common.weight_split(r_total, tiles, bank_split_limit(spec, weight_numel))
+    block_r = wgrad_block_r(x.dtype)
+    split, r_per_split = split_ranges(r_total, split, block_r)
+    partial_dtype = torch.promote_types(x.dtype, torch.float32) if split > 1 else x.dtype
+    partial = torch.empty((split, *weight_shape), dtype=partial_dtype, device=x.device)
+    if r_total == 0:
+        return partial.zero_().sum(0).to(x.dtype)
+    c_out = spec.out_channels
+    o_pad = vector_padding(c_out)
+    r_alloc = round_up(r_total, block_r)
+    # One strided copy; zeros only in the rows past the last pixel (they meet real x rows).  The padded channels
+    # are left as they are (NaN when poisoned): dw's column o reads dy's column o only, and is stored for o < C_out.
+    dy_go = dy.new_empty((r_alloc, spec.groups, spec.s_out, o_pad))
+    if poison_outputs():
+        dy_go.fill_(float("nan"))
+    b, ho, wo = spec.batch, spec.out_height, spec.out_width
+    dy_go[:r_total].view(b, ho, wo, spec.groups, spec.s_out, o_pad)[..., :c_out].copy_(
+        dy.view(b, spec.groups, c_out, spec.s_out, ho, wo).permute(0, 4, 5, 1, 3, 2))
+    if r_alloc > r_total:
+        dy_go[r_total:].zero_()
+    if x_copy is None:
+        x_ch = vector_channels(m_ch, spec.groups)   # the padded channels give zero rows of dw, not stored
+        x_cl = halo_channels_last(x, spec, x_ch)
+    else:
+        x_ch, x_cl = x_copy.shape[-1] // spec.groups, x_copy
+        expected = (spec.batch, *halo_size(spec))
+        if tuple(x_copy.shape[:3]) != expected or x_ch < m_ch or x_copy.stride(-1) != 1:
+            raise ValueError(f"x_copy: expected forward's copy of x, shape ({', '.join(map(str, expected))}, "
+                             f"groups·channels >= {spec.groups * m_ch}) with unit channel stride, got shape "
+                             f"{tuple(x_copy.shape)} strides {x_copy.stride()}")
+    wide = needs_int64(x_cl, dy_go)
+    pix = _window_offsets(x_cl, spec, r_alloc, wide)
+
+    def grid(meta):
+        rows = meta["BLOCK_M"] // spec.s_in * spec.s_in
+        return (cdiv(m_ch, rows), cdiv(o_pad, meta["BLOCK_N"]), kh * kw * spec.weight_groups * split)
+
+    _weight_grad_kernel[grid](
+        x_cl, dy_go, pix, partial, in_index, pos_dh, pos_dw,
+        r_total, r_per_split, r_alloc, spec.weight_groups, spec.groups // spec.weight_groups,
+        *x_cl.stride()[1:3], *spec.dilation,
+        M_CH=m_ch, X_CH=x_ch, C_OUT_G=c_out, O_PAD=o_pad, S_IN=spec.s_in, S_OUT=spec.s_out, KH=kh, KW=kw,
+        VEC_X=vector_width(x.element_size(), *x_cl.stride()[:3], x_ch), PRECISION=dot_precision(x.dtype),
+        BLOCK_R=block_r, **interpreter_config(INTERPRETER_CONFIG))
+    return partial[0] if split == 1 else partial.sum(0).to(x.dtype)
