@@ -1,0 +1,462 @@
+"""Steerable (C_N / D_N) group convolution as implicit GEMMs that steer the filter inside the kernel: forward,
+input gradient and coefficient (weight) gradient.  No filter bank exists, in memory or in a launch.
+
+Notation (``gconv_triton.steerable``): coefficients ``c (C_out, C_in, S_in, B)``, per-element tables
+``Ψ (S_out, B, P)`` with ``P = k·k`` window positions, ``index[g, s] = index(g⁻¹ s)`` (``(S_out, S_in)``).  The
+rotated filter of output element ``g`` is ``W_g[o, i, s, p] = Σ_b c[o, i, index[g, s], b] · Ψ[g, b, p]``, and with
+``q(m, p) = m·stride − pad + p·dilation`` (per axis; ``p = (kh, kw)``):
+
+    y[n, o, g, m]  = Σ_{i, s, p} x[n, i, s, q(m, p)] · W_g[o, i, s, p]                            (forward)
+    dx[n, i, s, u] = Σ_{g, o, p} dy[n, o, g, m] · W_g[o, i, s, p]    over m with q(m, p) = u      (input grad)
+    dc[o, i, r, b] = Σ_g Σ_p Ψ[g, b, p] · Σ_{n, m} dy[n, o, g, m] · x[n, i, s(g, r), q(m, p)]     (coefficient grad)
+
+where ``s(g, r)`` is the input element with ``index[g, s] = r`` (``index[g]`` is a permutation).
+
+The loops (one program per output tile; every reduction in registers, in a fixed order: deterministic, no atomics):
+
+- **Forward**, program ``(M block of output pixels (n, m), N block of output channels o, element g)``.  ``Ψ[g]``
+  (``P × B``) is loaded once.  K steps over ``(i, s)``: the steering dot ``W (P × N) = Ψ[g] (P × B) @ C (B × N)``
+  with ``C[b, o] = c[o, i, index[g, s], b]``, cast to the input dtype, then the main dot
+  ``acc (M × N) += X (M × P) @ W`` with ``X`` the gathered window of ``x[:, i, s]`` (masked: zeros padding).
+- **Input gradient**, program ``(M block of input pixels (n, u), N block of input channels i, input element s)``:
+  the same GEMM with the channel roles swapped.  K steps over ``(g, o)`` (``Ψ[g]`` reloaded per ``g``):
+  ``W (P × N) = Ψ[g] @ C`` with ``C[b, i] = c[o, i, index[g, s], b]``, then ``acc (M × N) += dY (M × P) @ W``,
+  where ``dY[u, p] = dy[n, o, g, m]`` for the ``m`` with ``q(m, p) = u``: ``m = (u + pad − p·dilation) / stride``,
+  masked where it is not an integer or out of range (a stride ``s`` keeps about ``1/s²`` of the positions live).
+- **Coefficient gradient**, program ``(O block of output channels, input channel i, slice r)``.  For each ``g``:
+  ``dW (O × P) = Σ_chunks dYᵀ (O × M) @ X (M × P)`` over chunks of all ``(n, m)`` pixels, ``X`` from
+  ``x[:, i, s(g, r)]``; then ``dc (O × B) += dW @ Ψ[g]ᵀ (P × B)`` in the accumulator dtype.  The sum over the group
+  copies happens in registers: nothing of ``dW``'s size (``C_out·S_out·C_in·S_in·k²``) reaches memory.
+
+Padding and its waste: every ``tl.dot`` dimension is a power of two ≥ 16, so the window positions ``P = k²`` run
+padded to ``P_PAD`` (9 → 16, 25 → 32, 49 → 64: 56%, 78%, 77% of the main dots' K useful) and the basis ``B``
+(6, 11, 18 for k = 3, 5, 7) to ``B_PAD`` (16, 16, 32).  The steering dot costs ``B_PAD / BLOCK_M`` of the main one
+(12.5% at ``BLOCK_M = 128`` for k ≤ 5, 25% for k = 7) and is recomputed by every M block (``W`` never leaves the
+program).  The stride-``s`` input gradient multiplies the masked positions too (a phase decomposition, as the p4
+kernels do, would skip them).
+
+Dtypes: fp16 / bf16 / fp32 / fp64 inputs; coefficients and tables in the input's dtype; accumulation in fp32 (fp64
+for fp64).  ``W`` is rounded to the input dtype before the main dot, as the reference bank
+(:func:`gconv_triton.steerable.steerable_bank`) is.  Layout: any strides for ``x``, ``dy`` and the coefficients
+(``(B, C, S, H, W)`` contiguous is the fast case); outputs are contiguous.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import INTERPRET, cdiv, dot_precision, mma, poison_outputs
+
+__all__ = ["forward", "input_grad", "weight_grad", "FORWARD_CONFIG", "INPUT_GRAD_CONFIG", "WEIGHT_GRAD_CONFIG"]
+
+# Fixed tiles (no autotuning yet).  Under the interpreter every program costs Python time: small tiles.
+if INTERPRET:
+    FORWARD_CONFIG = dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=1)
+    INPUT_GRAD_CONFIG = dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=1)
+    WEIGHT_GRAD_CONFIG = dict(BLOCK_M=64, BLOCK_O=16, num_warps=4, num_stages=1)
+else:
+    FORWARD_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
+    INPUT_GRAD_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
+    WEIGHT_GRAD_CONFIG = dict(BLOCK_M=64, BLOCK_O=64, num_warps=4, num_stages=3)
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _pad16(n: int) -> int:
+    """The smallest power of two ≥ max(n, 16): a ``tl.dot`` dimension."""
+    return max(16, triton.next_power_of_2(n))
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+@triton.jit
+def _load_tables(psi_ptr, g, NBASIS: tl.constexpr, KK: tl.constexpr, P_PAD: tl.constexpr, B_PAD: tl.constexpr):
+    """``Ψ[g]`` as a ``(P_PAD, B_PAD)`` tile (zeros in the padding): ``tile[p, b] = Ψ[g, b, p]``."""
+    p = tl.arange(0, P_PAD)
+    b = tl.arange(0, B_PAD)
+    mask = (p[:, None] < KK) & (b[None, :] < NBASIS)
+    return tl.load(psi_ptr + g * (NBASIS * KK) + b[None, :] * KK + p[:, None], mask=mask, other=0.0)
+
+
+@triton.jit
+def _steer(psi, c_ptr, o_off, o_ok, bb, b_ok, P_PAD: tl.constexpr, N: tl.constexpr, OUT_DTYPE: tl.constexpr,
+           PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
+    """The rotated filter slice ``W (P_PAD × N) = Ψ[g] (P_PAD × B_PAD) @ C (B_PAD × N)``, ``C`` read at the
+    offsets ``o_off (N,)`` + ``bb (B_PAD,)`` (``c_ptr`` already at the (i, index) slice), rounded to ``OUT_DTYPE``."""
+    coef = tl.load(c_ptr + bb[:, None] + o_off[None, :], mask=b_ok[:, None] & o_ok[None, :], other=0.0)
+    w = mma(tl.zeros((P_PAD, N), dtype=ACC), psi, coef, PRECISION, UPCAST)
+    return w.to(OUT_DTYPE)
+
+
+@triton.jit
+def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
+                    NB, C_IN, C_OUT, H, W, HO, WO,
+                    sxn, sxc, sxs, sxh, sxw, sco, sci, scs, scb,
+                    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                    S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
+                    P_PAD: tl.constexpr, B_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``y (NB, C_OUT, S_OUT, HO, WO)`` contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), cdiv(C_OUT, BLOCK_N), S_OUT)``."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    KK: tl.constexpr = KSIZE * KSIZE
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = m < NB * HO * WO
+    ow = m % WO
+    oh = (m // WO) % HO
+    n = m // (WO * HO)
+    p = tl.arange(0, P_PAD)
+    kh = p // KSIZE
+    kw = p % KSIZE
+    ih = oh[:, None] * stride_h - pad_h + kh[None, :] * dil_h
+    iw = ow[:, None] * stride_w - pad_w + kw[None, :] * dil_w
+    x_ok = m_ok[:, None] & (p[None, :] < KK) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    x_off = n[:, None].to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw       # (M, P)
+    o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_ok = o < C_OUT
+    o_off = o.to(tl.int64) * sco
+    bb = tl.arange(0, B_PAD)
+    b_ok = bb < NBASIS
+    psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(c_ptr.dtype.element_ty)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for step in range(C_IN * S_IN):
+        i = step // S_IN
+        s = step % S_IN
+        r = tl.load(index_ptr + g * S_IN + s)
+        w = _steer(psi, c_ptr + i * sci + r * scs, o_off, o_ok, bb * scb, b_ok, P_PAD, BLOCK_N,
+                   x_ptr.dtype.element_ty, PRECISION, UPCAST, ACC)
+        xs = tl.load(x_ptr + x_off + (tl.cast(i, tl.int64) * sxc + s * sxs), mask=x_ok, other=0.0)
+        acc = mma(acc, xs, w, PRECISION, UPCAST)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC)[None, :]
+    hw = HO * WO
+    y_off = ((n[:, None].to(tl.int64) * C_OUT + o[None, :]) * S_OUT + g) * hw + (m % hw)[:, None]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & o_ok[None, :])
+
+
+@triton.jit
+def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
+                       NB, C_IN, C_OUT, H, W, HO, WO,
+                       sdn, sdc, sdg, sdh, sdw, sco, sci, scs, scb,
+                       stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                       S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
+                       P_PAD: tl.constexpr, B_PAD: tl.constexpr,
+                       PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``dx (NB, C_IN, S_IN, H, W)`` contiguous; grid ``(cdiv(NB·H·W, BLOCK_M), cdiv(C_IN, BLOCK_N), S_IN)``."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    s = tl.program_id(2)
+    KK: tl.constexpr = KSIZE * KSIZE
+    u = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    u_ok = u < NB * H * W
+    iw = u % W
+    ih = (u // W) % H
+    n = u // (W * H)
+    p = tl.arange(0, P_PAD)
+    kh = p // KSIZE
+    kw = p % KSIZE
+    # The output pixel that reads input pixel u at window position p: m = (u + pad − p·dil) / stride, when whole.
+    th = ih[:, None] + pad_h - kh[None, :] * dil_h
+    tw = iw[:, None] + pad_w - kw[None, :] * dil_w
+    th = tl.where(th >= 0, th, 0)
+    tw = tl.where(tw >= 0, tw, 0)
+    oh = th // stride_h
+    ow = tw // stride_w
+    dy_ok = (u_ok[:, None] & (p[None, :] < KK) & (ih[:, None] + pad_h - kh[None, :] * dil_h >= 0)
+             & (iw[:, None] + pad_w - kw[None, :] * dil_w >= 0) & (th % stride_h == 0) & (tw % stride_w == 0)
+             & (oh < HO) & (ow < WO))
+    dy_off = n[:, None].to(tl.int64) * sdn + oh.to(tl.int64) * sdh + ow.to(tl.int64) * sdw          # (M, P)
+    i = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    i_ok = i < C_IN
+    i_off = i.to(tl.int64) * sci
+    bb = tl.arange(0, B_PAD)
+    b_ok = bb < NBASIS
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for g in range(S_OUT):
+        psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(c_ptr.dtype.element_ty)
+        r = tl.load(index_ptr + g * S_IN + s)
+        for o in range(C_OUT):
+            w = _steer(psi, c_ptr + tl.cast(o, tl.int64) * sco + r * scs, i_off, i_ok, bb * scb, b_ok, P_PAD,
+                       BLOCK_N, dy_ptr.dtype.element_ty, PRECISION, UPCAST, ACC)
+            dys = tl.load(dy_ptr + dy_off + (tl.cast(o, tl.int64) * sdc + g * sdg), mask=dy_ok, other=0.0)
+            acc = mma(acc, dys, w, PRECISION, UPCAST)
+    hw = H * W
+    dx_off = ((n[:, None].to(tl.int64) * C_IN + i[None, :]) * S_IN + s) * hw + (u % hw)[:, None]
+    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=u_ok[:, None] & i_ok[None, :])
+
+
+@triton.jit
+def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
+                        NB, C_IN, C_OUT, H, W, HO, WO,
+                        sdn, sdc, sdg, sdh, sdw, sxn, sxc, sxs, sxh, sxw,
+                        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                        S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
+                        P_PAD: tl.constexpr, B_PAD: tl.constexpr,
+                        PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr):
+    """``dc (C_OUT, C_IN, S_IN, NBASIS)`` contiguous; grid ``(cdiv(C_OUT, BLOCK_O), C_IN, S_IN)``.
+    ``source[g, r]``: the input element ``s`` with ``index[g, s] = r``."""
+    pid_o = tl.program_id(0)
+    i = tl.program_id(1)
+    r = tl.program_id(2)
+    KK: tl.constexpr = KSIZE * KSIZE
+    o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    o_ok = o < C_OUT
+    p = tl.arange(0, P_PAD)
+    kh = p // KSIZE
+    kw = p % KSIZE
+    p_ok = p < KK
+    total = NB * HO * WO
+    dc = tl.zeros((BLOCK_O, B_PAD), dtype=ACC)
+    for g in range(S_OUT):
+        s = tl.load(source_ptr + g * S_IN + r)
+        x_base = x_ptr + (tl.cast(i, tl.int64) * sxc + s * sxs)
+        dy_base = dy_ptr + (o[:, None].to(tl.int64) * sdc + g * sdg)
+        dw = tl.zeros((BLOCK_O, P_PAD), dtype=ACC)
+        for start in range(0, total, BLOCK_M):
+            m = start + tl.arange(0, BLOCK_M)
+            m_ok = m < total
+            ow = m % WO
+            oh = (m // WO) % HO
+            n = m // (WO * HO)
+            dyt = tl.load(dy_base + (n.to(tl.int64) * sdn + oh * sdh + ow * sdw)[None, :],
+                          mask=o_ok[:, None] & m_ok[None, :], other=0.0)                          # (O, M)
+            ih = oh[:, None] * stride_h - pad_h + kh[None, :] * dil_h
+            iw = ow[:, None] * stride_w - pad_w + kw[None, :] * dil_w
+            x_ok = m_ok[:, None] & p_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xs = tl.load(x_base + n[:, None].to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw,
+                         mask=x_ok, other=0.0)                                                      # (M, P)
+            dw = mma(dw, dyt, xs, PRECISION, UPCAST)
+        # Back onto the coefficients in the accumulator dtype: exact fp32 (fp64) products, B_PAD/BLOCK_M of a chunk.
+        psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(ACC)
+        dc = tl.dot(dw, psi, dc, input_precision="ieee")
+    bb = tl.arange(0, B_PAD)
+    dc_off = ((o[:, None].to(tl.int64) * C_IN + i) * S_IN + r) * NBASIS + bb[None, :]
+    tl.store(dc_ptr + dc_off, dc.to(dc_ptr.dtype.element_ty), mask=o_ok[:, None] & (bb[None, :] < NBASIS))
+
+
+# ----------------------------------------------------------------------------------------------- launchers
+def _pair(value, name: str, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each ≥ ``minimum``, as ``(h, w)``; TypeError / ValueError naming ``name``."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name}: expected values >= {minimum}, got {value!r}")
+    return pair
+
+
+def _check_tensor(t, name: str, dims: int, expected: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor {expected}, got {type(t).__name__}")
+    if t.dim() != dims:
+        raise ValueError(f"{name}: expected {dims} dims {expected}, got shape {tuple(t.shape)}")
+
+
+def _check_float(t: torch.Tensor, name: str, like: torch.Tensor = None, like_name: str = "") -> None:
+    if t.dtype not in _DTYPES:
+        raise TypeError(f"{name}: expected one of {[str(d) for d in _DTYPES]}, got {t.dtype}")
+    if like is not None and (t.dtype != like.dtype or t.device != like.device):
+        raise ValueError(f"{name}: expected the dtype and device of {like_name} ({like.dtype} on {like.device}), got "
+                         f"{t.dtype} on {t.device}")
+
+
+def _check_groups(groups) -> None:
+    if groups != 1:
+        raise ValueError(f"groups: the steerable kernels take groups=1 only, got {groups!r}")
+
+
+def _geometry(kernel_size: int, stride, padding, dilation) -> tuple:
+    """``(stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)`` from ints or pairs (``'same'`` is the caller's to
+    resolve into numbers)."""
+    if isinstance(padding, str):
+        raise TypeError(f"padding: expected an int or a pair of ints (resolve {padding!r} first, e.g. k // 2 = "
+                        f"{kernel_size // 2} for 'same' at stride 1), got {padding!r}")
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride, "stride", 1), _pair(padding, "padding", 0), \
+        _pair(dilation, "dilation", 1)
+    return sh, sw, ph, pw, dh, dw
+
+
+def _output_size(size: int, kernel_size: int, stride: int, pad: int, dil: int) -> int:
+    return (size + 2 * pad - dil * (kernel_size - 1) - 1) // stride + 1
+
+
+def _check_tables(tables, coefficients_shape, index, device, dtype) -> tuple[torch.Tensor, int, int, int]:
+    """Validated ``tables (S_out, B, k·k)`` (in ``dtype``, contiguous) and ``index (S_out, S_in)`` (int32 on
+    ``device``); returns them with ``k`` and ``S_out``."""
+    _check_tensor(tables, "tables", 3, "(S_out, B, k*k) from steerable._tables(group, k, dtype, device)")
+    s_out, size, positions = tables.shape
+    kernel_size = math.isqrt(positions)
+    if kernel_size * kernel_size != positions or kernel_size < 1:
+        raise ValueError(f"tables: expected (S_out, B, k*k) with a square window, got shape {tuple(tables.shape)}")
+    if tables.dtype not in _DTYPES:
+        raise TypeError(f"tables: expected a floating dtype, got {tables.dtype}")
+    c_out, c_in, s_in, basis = coefficients_shape
+    if basis != size:
+        raise ValueError(f"coefficients: expected (C_out, C_in, S_in, {size}) for tables of shape "
+                         f"{tuple(tables.shape)}, got {tuple(coefficients_shape)}")
+    _check_tensor(index, "index", 2, "(S_out, S_in) from group.stabilizer_index(in_group)")
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise TypeError(f"index: expected an integer tensor, got {index.dtype}")
+    if tuple(index.shape) != (s_out, s_in):
+        raise ValueError(f"index: expected shape (S_out, S_in) = ({s_out}, {s_in}) for tables {tuple(tables.shape)} "
+                         f"and coefficients {tuple(coefficients_shape)}, got {tuple(index.shape)}")
+    if index.device.type == "cpu":  # a permutation per row (where checking it costs no device sync)
+        rows = index.sort(dim=1).values
+        if not torch.equal(rows, torch.arange(s_in).expand(s_out, s_in).to(rows.dtype)):
+            raise ValueError(f"index: expected each row to be a permutation of 0..{s_in - 1} (index(g^-1 s)), got "
+                             f"{index.tolist()}")
+    tables = tables.to(device=device, dtype=dtype).contiguous()
+    return tables, index.to(device=device, dtype=torch.int32).contiguous(), kernel_size, s_out
+
+
+def _as_5d(t: torch.Tensor, s: int, name: str) -> torch.Tensor:
+    """``(B, C, S, H, W)`` from itself or from ``(B, C·S, H, W)`` (a view)."""
+    if t.dim() == 4:
+        if t.shape[1] % s:
+            raise ValueError(f"{name}: expected (B, C*{s}, H, W) or (B, C, {s}, H, W), got {tuple(t.shape)}")
+        return t.unflatten(1, (t.shape[1] // s, s))
+    _check_tensor(t, name, 5, f"(B, C, {s}, H, W)")
+    return t
+
+
+def _dot_args(dtype: torch.dtype) -> dict:
+    return dict(PRECISION=dot_precision(dtype), UPCAST=INTERPRET and dtype in (torch.float16, torch.bfloat16),
+                ACC=tl.float64 if dtype == torch.float64 else tl.float32)
+
+
+def _empty(shape, like: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return out.fill_(float("nan")) if poison_outputs() else out
+
+
+def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Tensor, index: torch.Tensor,
+            stride=1, padding=0, dilation=1, *, groups: int = 1) -> torch.Tensor:
+    """The steerable group convolution, steered in the kernel.
+
+    Args:
+        x: ``(B, C_in, S_in, H, W)`` or ``(B, C_in·S_in, H, W)`` (lifting: ``S_in = 1``).
+        coefficients: ``(C_out, C_in, S_in, B)``, x's dtype and device.  bias: ``(C_out,)`` or None.
+        tables: ``Ψ (S_out, B, k·k)``, ``steerable._tables(group, k, dtype, device)``.
+        index: ``(S_out, S_in)`` integer, ``group.stabilizer_index(in_group)``.
+        stride, padding, dilation: ints or pairs (zeros padding).  groups: 1 only.
+    Returns ``y (B, C_out, S_out, H', W')`` contiguous, in x's dtype.
+    """
+    _check_groups(groups)
+    _check_tensor(coefficients, "coefficients", 4, "(C_out, C_in, S_in, B)")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor (B, C_in, S_in, H, W), got {type(x).__name__}")
+    _check_float(x, "x")
+    _check_float(coefficients, "coefficients", x, "x")
+    c_out, c_in, s_in, basis = coefficients.shape
+    x = _as_5d(x, s_in, "x")
+    if tuple(x.shape[1:3]) != (c_in, s_in):
+        raise ValueError(f"x: expected (B, {c_in}, {s_in}, H, W) for coefficients {tuple(coefficients.shape)}, got "
+                         f"{tuple(x.shape)}")
+    tables, index, k, s_out = _check_tables(tables, coefficients.shape, index, x.device, x.dtype)
+    if bias is not None:
+        _check_tensor(bias, "bias", 1, f"({c_out},)")
+        _check_float(bias, "bias", x, "x")
+        if bias.shape[0] != c_out:
+            raise ValueError(f"bias: expected shape ({c_out},), got {tuple(bias.shape)}")
+    sh, sw, ph, pw, dh, dw = _geometry(k, stride, padding, dilation)
+    nb, _, _, h, w = x.shape
+    ho, wo = _output_size(h, k, sh, ph, dh), _output_size(w, k, sw, pw, dw)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"x: a {h}x{w} input gives an empty {ho}x{wo} output (k={k}, stride={stride}, "
+                         f"padding={padding}, dilation={dilation})")
+    y = _empty((nb, c_out, s_out, ho, wo), x)
+    cfg = FORWARD_CONFIG
+    grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), cdiv(c_out, cfg["BLOCK_N"]), s_out)
+    _forward_kernel[grid](x, coefficients, bias if bias is not None else coefficients, tables, index, y,
+                          nb, c_in, c_out, h, w, ho, wo, *x.stride(), *coefficients.stride(),
+                          sh, sw, ph, pw, dh, dw, S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis,
+                          P_PAD=_pad16(k * k), B_PAD=_pad16(basis), HAS_BIAS=bias is not None,
+                          **_dot_args(x.dtype), **cfg)
+    return y
+
+
+def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tensor, index: torch.Tensor, x_shape,
+               stride=1, padding=0, dilation=1, *, groups: int = 1) -> torch.Tensor:
+    """``dx`` of :func:`forward`: the adjoint, again a steerable convolution (K over ``(g, o)``).
+
+    Args:
+        dy: ``(B, C_out, S_out, H', W')``.  coefficients: ``(C_out, C_in, S_in, B)``, dy's dtype and device.
+        tables, index, stride, padding, dilation, groups: as :func:`forward`.
+        x_shape: the input's shape, ``(B, C_in, S_in, H, W)`` or ``(B, C_in·S_in, H, W)``.
+    Returns ``dx`` of shape ``x_shape``, contiguous, in dy's dtype.
+    """
+    _check_groups(groups)
+    _check_tensor(dy, "dy", 5, "(B, C_out, S_out, H', W')")
+    _check_tensor(coefficients, "coefficients", 4, "(C_out, C_in, S_in, B)")
+    _check_float(dy, "dy")
+    _check_float(coefficients, "coefficients", dy, "dy")
+    c_out, c_in, s_in, basis = coefficients.shape
+    tables, index, k, s_out = _check_tables(tables, coefficients.shape, index, dy.device, dy.dtype)
+    x_shape = tuple(x_shape)
+    if len(x_shape) not in (4, 5) or not all(isinstance(v, int) for v in x_shape):
+        raise TypeError(f"x_shape: expected (B, C_in, S_in, H, W) ints, got {x_shape!r}")
+    full = x_shape if len(x_shape) == 5 else (x_shape[0], x_shape[1] // s_in, s_in, *x_shape[2:])
+    if full[1:3] != (c_in, s_in) or (len(x_shape) == 4 and x_shape[1] != c_in * s_in):
+        raise ValueError(f"x_shape: expected (B, {c_in}, {s_in}, H, W) for coefficients {tuple(coefficients.shape)}, "
+                         f"got {x_shape}")
+    sh, sw, ph, pw, dh, dw = _geometry(k, stride, padding, dilation)
+    nb, _, _, h, w = full
+    ho, wo = _output_size(h, k, sh, ph, dh), _output_size(w, k, sw, pw, dw)
+    if tuple(dy.shape) != (nb, c_out, s_out, ho, wo):
+        raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x_shape {x_shape}, got {tuple(dy.shape)}")
+    dx = _empty(full, dy)
+    cfg = INPUT_GRAD_CONFIG
+    grid = (cdiv(nb * h * w, cfg["BLOCK_M"]), cdiv(c_in, cfg["BLOCK_N"]), s_in)
+    _input_grad_kernel[grid](dy, coefficients, tables, index, dx, nb, c_in, c_out, h, w, ho, wo,
+                             *dy.stride(), *coefficients.stride(), sh, sw, ph, pw, dh, dw,
+                             S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k),
+                             B_PAD=_pad16(basis), **_dot_args(dy.dtype), **cfg)
+    return dx.view(x_shape)
+
+
+def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: torch.Tensor, coeff_shape,
+                stride=1, padding=0, dilation=1, *, groups: int = 1) -> torch.Tensor:
+    """``dc`` of :func:`forward`, summed over the group copies in the kernel (deterministic: no atomics).
+
+    Args:
+        dy: ``(B, C_out, S_out, H', W')``.  x: ``(B, C_in, S_in, H, W)`` or ``(B, C_in·S_in, H, W)``, dy's dtype.
+        coeff_shape: ``(C_out, C_in, S_in, B)``.  tables, index, stride, padding, dilation, groups: as
+            :func:`forward`.
+    Returns ``dc (C_out, C_in, S_in, B)`` contiguous, in dy's dtype (the bias gradient is ``dy.sum((0, 2, 3, 4))``,
+    the caller's).
+    """
+    _check_groups(groups)
+    _check_tensor(dy, "dy", 5, "(B, C_out, S_out, H', W')")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor (B, C_in, S_in, H, W), got {type(x).__name__}")
+    _check_float(dy, "dy")
+    _check_float(x, "x", dy, "dy")
+    coeff_shape = tuple(coeff_shape)
+    if len(coeff_shape) != 4 or not all(isinstance(v, int) and v >= 1 for v in coeff_shape):
+        raise ValueError(f"coeff_shape: expected (C_out, C_in, S_in, B) positive ints, got {coeff_shape!r}")
+    c_out, c_in, s_in, basis = coeff_shape
+    x = _as_5d(x, s_in, "x")
+    if tuple(x.shape[1:3]) != (c_in, s_in):
+        raise ValueError(f"x: expected (B, {c_in}, {s_in}, H, W) for coeff_shape {coeff_shape}, got {tuple(x.shape)}")
+    tables, index, k, s_out = _check_tables(tables, coeff_shape, index, dy.device, dy.dtype)
+    sh, sw, ph, pw, dh, dw = _geometry(k, stride, padding, dilation)
+    nb, _, _, h, w = x.shape
+    ho, wo = _output_size(h, k, sh, ph, dh), _output_size(w, k, sw, pw, dw)
+    if tuple(dy.shape) != (nb, c_out, s_out, ho, wo):
+        raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x {tuple(x.shape)}, got {tuple(dy.shape)}")
+    source = torch.argsort(index, dim=1).to(torch.int32).contiguous()        # source[g, r] = s with index[g, s] = r
+    dc = _empty(coeff_shape, dy)
+    cfg = WEIGHT_GRAD_CONFIG
+    grid = (cdiv(c_out, cfg["BLOCK_O"]), c_in, s_in)
+    _weight_grad_kernel[grid](dy, x, tables, source, dc, nb, c_in, c_out, h, w, ho, wo,
+                              *dy.stride(), *x.stride(), sh, sw, ph, pw, dh, dw,
+                              S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k),
+                              B_PAD=_pad16(basis), **_dot_args(dy.dtype), **cfg)
+    return dc
