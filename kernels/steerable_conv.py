@@ -74,20 +74,22 @@ def _pad16(n: int) -> int:
 # ------------------------------------------------------------------------------------------------ kernels
 @triton.jit
 def _load_tables(psi_ptr, g, NBASIS: tl.constexpr, KK: tl.constexpr, P_PAD: tl.constexpr, B_PAD: tl.constexpr):
-    """``Ψ[g]`` as a ``(P_PAD, B_PAD)`` tile (zeros in the padding): ``tile[p, b] = Ψ[g, b, p]``."""
+    """``Ψ[g]`` as a ``(B_PAD, P_PAD)`` tile (zeros in the padding)."""
     p = tl.arange(0, P_PAD)
     b = tl.arange(0, B_PAD)
-    mask = (p[:, None] < KK) & (b[None, :] < NBASIS)
-    return tl.load(psi_ptr + g * (NBASIS * KK) + b[None, :] * KK + p[:, None], mask=mask, other=0.0)
+    mask = (b[:, None] < NBASIS) & (p[None, :] < KK)
+    return tl.load(psi_ptr + g * (NBASIS * KK) + b[:, None] * KK + p[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
-def _steer(psi, c_ptr, o_off, o_ok, bb, b_ok, P_PAD: tl.constexpr, N: tl.constexpr, OUT_DTYPE: tl.constexpr,
+def _steer(psi_t, c_ptr, o_off, o_ok, bb, b_ok, P_PAD: tl.constexpr, N: tl.constexpr, OUT_DTYPE: tl.constexpr,
            PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
-    """The rotated filter slice ``W (P_PAD × N) = Ψ[g] (P_PAD × B_PAD) @ C (B_PAD × N)``, ``C`` read at the
-    offsets ``o_off (N,)`` + ``bb (B_PAD,)`` (``c_ptr`` already at the (i, index) slice), rounded to ``OUT_DTYPE``."""
-    coef = tl.load(c_ptr + bb[:, None] + o_off[None, :], mask=b_ok[:, None] & o_ok[None, :], other=0.0)
-    w = mma(tl.zeros((P_PAD, N), dtype=ACC), psi, coef, PRECISION, UPCAST)
+    """The rotated filter slice, transposed: ``Wᵀ (N × P_PAD) = Cᵀ (N × B_PAD) @ Ψ[g] (B_PAD × P_PAD)``, ``Cᵀ``
+    read at the offsets ``o_off (N,)`` + ``bb (B_PAD,)`` (``c_ptr`` already at the (i, index) slice), rounded to
+    ``OUT_DTYPE``.  Transposed so that the register-resident result is the main dot's A operand (wgmma reads A
+    from registers, B only from shared memory)."""
+    coef = tl.load(c_ptr + bb[None, :] + o_off[:, None], mask=b_ok[None, :] & o_ok[:, None], other=0.0)
+    w = mma(tl.zeros((N, P_PAD), dtype=ACC), coef, psi_t, PRECISION, UPCAST)
     return w.to(OUT_DTYPE)
 
 
@@ -113,17 +115,17 @@ def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
     p = tl.arange(0, P_PAD)
     kh = p // KSIZE
     kw = p % KSIZE
-    ih = oh[:, None] * stride_h - pad_h + kh[None, :] * dil_h
-    iw = ow[:, None] * stride_w - pad_w + kw[None, :] * dil_w
-    x_ok = m_ok[:, None] & (p[None, :] < KK) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    x_off = n[:, None].to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw       # (M, P)
+    ih = kh[:, None] * dil_h + oh[None, :] * stride_h - pad_h
+    iw = kw[:, None] * dil_w + ow[None, :] * stride_w - pad_w
+    x_ok = (p[:, None] < KK) & m_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    x_off = n[None, :].to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw       # (P, M)
     o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     o_ok = o < C_OUT
     o_off = o.to(tl.int64) * sco
     bb = tl.arange(0, B_PAD)
     b_ok = bb < NBASIS
     psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(c_ptr.dtype.element_ty)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC)                                                 # yᵀ
     for step in range(C_IN * S_IN):
         i = step // S_IN
         s = step % S_IN
@@ -131,12 +133,12 @@ def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
         w = _steer(psi, c_ptr + i * sci + r * scs, o_off, o_ok, bb * scb, b_ok, P_PAD, BLOCK_N,
                    x_ptr.dtype.element_ty, PRECISION, UPCAST, ACC)
         xs = tl.load(x_ptr + x_off + (tl.cast(i, tl.int64) * sxc + s * sxs), mask=x_ok, other=0.0)
-        acc = mma(acc, xs, w, PRECISION, UPCAST)
+        acc = mma(acc, w, xs, PRECISION, UPCAST)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC)[None, :]
+        acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC)[:, None]
     hw = HO * WO
-    y_off = ((n[:, None].to(tl.int64) * C_OUT + o[None, :]) * S_OUT + g) * hw + (m % hw)[:, None]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & o_ok[None, :])
+    y_off = ((n[None, :].to(tl.int64) * C_OUT + o[:, None]) * S_OUT + g) * hw + (m % hw)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=o_ok[:, None] & m_ok[None, :])
 
 
 @triton.jit
@@ -162,22 +164,21 @@ def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
     kh = p // KSIZE
     kw = p % KSIZE
     # The output pixel that reads input pixel u at window position p: m = (u + pad − p·dil) / stride, when whole.
-    th = ih[:, None] + pad_h - kh[None, :] * dil_h
-    tw = iw[:, None] + pad_w - kw[None, :] * dil_w
+    th = ih[None, :] + pad_h - kh[:, None] * dil_h
+    tw = iw[None, :] + pad_w - kw[:, None] * dil_w
+    dy_ok = (p[:, None] < KK) & u_ok[None, :] & (th >= 0) & (tw >= 0)
     th = tl.where(th >= 0, th, 0)
     tw = tl.where(tw >= 0, tw, 0)
     oh = th // stride_h
     ow = tw // stride_w
-    dy_ok = (u_ok[:, None] & (p[None, :] < KK) & (ih[:, None] + pad_h - kh[None, :] * dil_h >= 0)
-             & (iw[:, None] + pad_w - kw[None, :] * dil_w >= 0) & (th % stride_h == 0) & (tw % stride_w == 0)
-             & (oh < HO) & (ow < WO))
-    dy_off = n[:, None].to(tl.int64) * sdn + oh.to(tl.int64) * sdh + ow.to(tl.int64) * sdw          # (M, P)
+    dy_ok = dy_ok & (th % stride_h == 0) & (tw % stride_w == 0) & (oh < HO) & (ow < WO)
+    dy_off = n[None, :].to(tl.int64) * sdn + oh.to(tl.int64) * sdh + ow.to(tl.int64) * sdw          # (P, M)
     i = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     i_ok = i < C_IN
     i_off = i.to(tl.int64) * sci
     bb = tl.arange(0, B_PAD)
     b_ok = bb < NBASIS
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC)                                                 # dxᵀ
     for g in range(S_OUT):
         psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(c_ptr.dtype.element_ty)
         r = tl.load(index_ptr + g * S_IN + s)
@@ -185,10 +186,10 @@ def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
             w = _steer(psi, c_ptr + tl.cast(o, tl.int64) * sco + r * scs, i_off, i_ok, bb * scb, b_ok, P_PAD,
                        BLOCK_N, dy_ptr.dtype.element_ty, PRECISION, UPCAST, ACC)
             dys = tl.load(dy_ptr + dy_off + (tl.cast(o, tl.int64) * sdc + g * sdg), mask=dy_ok, other=0.0)
-            acc = mma(acc, dys, w, PRECISION, UPCAST)
+            acc = mma(acc, w, dys, PRECISION, UPCAST)
     hw = H * W
-    dx_off = ((n[:, None].to(tl.int64) * C_IN + i[None, :]) * S_IN + s) * hw + (u % hw)[:, None]
-    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=u_ok[:, None] & i_ok[None, :])
+    dx_off = ((n[None, :].to(tl.int64) * C_IN + i[:, None]) * S_IN + s) * hw + (u % hw)[None, :]
+    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=i_ok[:, None] & u_ok[None, :])
 
 
 @triton.jit
@@ -235,7 +236,7 @@ def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
             dw = mma(dw, dyt, xs, PRECISION, UPCAST)
         # Back onto the coefficients in the accumulator dtype: exact fp32 (fp64) products, B_PAD/BLOCK_M of a chunk.
         psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(ACC)
-        dc = tl.dot(dw, psi, dc, input_precision="ieee")
+        dc = tl.dot(dw, tl.trans(psi), dc, input_precision="ieee")
     bb = tl.arange(0, B_PAD)
     dc_off = ((o[:, None].to(tl.int64) * C_IN + i) * S_IN + r) * NBASIS + bb[None, :]
     tl.store(dc_ptr + dc_off, dc.to(dc_ptr.dtype.element_ty), mask=o_ok[:, None] & (bb[None, :] < NBASIS))
