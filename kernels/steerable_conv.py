@@ -12,33 +12,40 @@ rotated filter of output element ``g`` is ``W_g[o, i, s, p] = Σ_b c[o, i, index
 
 where ``s(g, r)`` is the input element with ``index[g, s] = r`` (``index[g]`` is a permutation).
 
-The loops (one program per output tile; every reduction in registers, in a fixed order: deterministic, no atomics):
+The loops (one program per output tile; every reduction in registers, in a fixed order: deterministic, no atomics).
+The GEMMs run transposed, channels × pixels: the steered filter is computed in registers, and a register operand
+can only be a dot's A operand on Hopper (wgmma reads B from shared memory), so ``W`` is A and the gathered window
+is B; on sm_90 both dots compile to wgmma.
 
-- **Forward**, program ``(M block of output pixels (n, m), N block of output channels o, element g)``.  ``Ψ[g]``
-  (``P × B``) is loaded once.  K steps over ``(i, s)``: the steering dot ``W (P × N) = Ψ[g] (P × B) @ C (B × N)``
-  with ``C[b, o] = c[o, i, index[g, s], b]``, cast to the input dtype, then the main dot
-  ``acc (M × N) += X (M × P) @ W`` with ``X`` the gathered window of ``x[:, i, s]`` (masked: zeros padding).
-- **Input gradient**, program ``(M block of input pixels (n, u), N block of input channels i, input element s)``:
-  the same GEMM with the channel roles swapped.  K steps over ``(g, o)`` (``Ψ[g]`` reloaded per ``g``):
-  ``W (P × N) = Ψ[g] @ C`` with ``C[b, i] = c[o, i, index[g, s], b]``, then ``acc (M × N) += dY (M × P) @ W``,
-  where ``dY[u, p] = dy[n, o, g, m]`` for the ``m`` with ``q(m, p) = u``: ``m = (u + pad − p·dilation) / stride``,
-  masked where it is not an integer or out of range (a stride ``s`` keeps about ``1/s²`` of the positions live).
-- **Coefficient gradient**, program ``(O block of output channels, input channel i, slice r)``.  For each ``g``:
-  ``dW (O × P) = Σ_chunks dYᵀ (O × M) @ X (M × P)`` over chunks of all ``(n, m)`` pixels, ``X`` from
+- **Forward**, program ``(BLOCK_M output pixels (n, m), BLOCK_N output channels o, element g)``.  ``Ψ[g]``
+  (``B × P``) is loaded once.  K steps over ``(i, s)``: the steering dot ``Wᵀ (O × P) = Cᵀ (O × B) @ Ψ[g]``
+  with ``Cᵀ[o, b] = c[o, i, index[g, s], b]``, rounded to the input dtype, then the main dot
+  ``yᵀ (O × M) += Wᵀ @ X (P × M)``, ``X[p, m] = x[n, i, s, q(m, p)]`` gathered (masked: zeros padding).
+- **Input gradient**, program ``(BLOCK_M input pixels (n, u), BLOCK_N input channels i, input element s)``:
+  the same GEMM with the channel roles swapped.  K steps over ``(g, o)`` (``Ψ[g]`` loaded per ``g``):
+  ``Wᵀ (I × P) = Cᵀ (I × B) @ Ψ[g]`` with ``Cᵀ[i, b] = c[o, i, index[g, s], b]``, then
+  ``dxᵀ (I × M) += Wᵀ @ dY (P × M)``, where ``dY[p, u] = dy[n, o, g, m]`` for the ``m`` with ``q(m, p) = u``:
+  ``m = (u + pad − p·dilation) / stride``, masked where it is not whole or out of range (a gather with masks on
+  divisibility: a stride ``s`` keeps about ``1/s²`` of the positions live, the rest are multiplied as zeros).
+- **Coefficient gradient**, program ``(BLOCK_O output channels o, input channel i, slice r)``.  For each ``g``:
+  ``dW (O × P) = Σ_chunks dYᵀ (O × M) @ X (M × P)`` over chunks of all ``(n, m)`` output pixels, ``X`` from
   ``x[:, i, s(g, r)]``; then ``dc (O × B) += dW @ Ψ[g]ᵀ (P × B)`` in the accumulator dtype.  The sum over the group
-  copies happens in registers: nothing of ``dW``'s size (``C_out·S_out·C_in·S_in·k²``) reaches memory.
+  copies happens in registers: nothing of ``dW``'s size (``C_out·S_out·C_in·S_in·k²``) reaches memory.  The
+  programs are ``cdiv(C_out, BLOCK_O)·C_in·S_in``, each walking every pixel ``S_out`` times: few programs for narrow
+  layers (a split over pixels with a second deterministic pass would widen it).
 
 Padding and its waste: every ``tl.dot`` dimension is a power of two ≥ 16, so the window positions ``P = k²`` run
 padded to ``P_PAD`` (9 → 16, 25 → 32, 49 → 64: 56%, 78%, 77% of the main dots' K useful) and the basis ``B``
 (6, 11, 18 for k = 3, 5, 7) to ``B_PAD`` (16, 16, 32).  The steering dot costs ``B_PAD / BLOCK_M`` of the main one
-(12.5% at ``BLOCK_M = 128`` for k ≤ 5, 25% for k = 7) and is recomputed by every M block (``W`` never leaves the
-program).  The stride-``s`` input gradient multiplies the masked positions too (a phase decomposition, as the p4
-kernels do, would skip them).
+(12.5% at ``BLOCK_M = 128`` pixels for k ≤ 5, 25% for k = 7) and is recomputed by every pixel block (``W`` never
+leaves the program).  The stride-``s`` input gradient multiplies the masked positions too (a phase
+decomposition, as the p4 kernels do, would skip them).
 
 Dtypes: fp16 / bf16 / fp32 / fp64 inputs; coefficients and tables in the input's dtype; accumulation in fp32 (fp64
-for fp64).  ``W`` is rounded to the input dtype before the main dot, as the reference bank
-(:func:`gconv_triton.steerable.steerable_bank`) is.  Layout: any strides for ``x``, ``dy`` and the coefficients
-(``(B, C, S, H, W)`` contiguous is the fast case); outputs are contiguous.
+for fp64); element offsets in int32 when every tensor's span fits in 31 bits (the gathered window's offsets live in
+registers for the whole K loop), else int64.  ``W`` is rounded to the input dtype before the main dot, as the
+reference bank (:func:`gconv_triton.steerable.steerable_bank`) is.  Layout: any strides for ``x``, ``dy`` and the
+coefficients (``(B, C, S, H, W)`` contiguous is the fast case); outputs are contiguous.
 """
 
 from __future__ import annotations
@@ -51,17 +58,30 @@ import triton.language as tl
 
 from ._common import INTERPRET, cdiv, dot_precision, mma, poison_outputs
 
-__all__ = ["forward", "input_grad", "weight_grad", "FORWARD_CONFIG", "INPUT_GRAD_CONFIG", "WEIGHT_GRAD_CONFIG"]
+__all__ = ["forward", "input_grad", "weight_grad", "config"]
 
 # Fixed tiles (no autotuning yet).  Under the interpreter every program costs Python time: small tiles.
-if INTERPRET:
-    FORWARD_CONFIG = dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=1)
-    INPUT_GRAD_CONFIG = dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=1)
-    WEIGHT_GRAD_CONFIG = dict(BLOCK_M=64, BLOCK_O=16, num_warps=4, num_stages=1)
-else:
-    FORWARD_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
-    INPUT_GRAD_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
-    WEIGHT_GRAD_CONFIG = dict(BLOCK_M=64, BLOCK_O=64, num_warps=4, num_stages=3)
+INTERPRETER_CONFIG = dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=1)
+# On a GPU the gathered window (P_PAD × BLOCK_M elements) stays within this many bytes per K step: beyond it its
+# offsets and masks, held in registers for the whole K loop, spill (docs/steerable.md: the sm_90 compiles).
+WINDOW_BYTES = 8192
+
+
+def config(kernel_size: int, dtype: torch.dtype) -> dict:
+    """The launch tile for a ``k × k`` window in ``dtype``: ``BLOCK_M`` pixels, ``BLOCK_N`` channels (the output
+    channels' block ``BLOCK_O`` of the coefficient gradient), warps and stages."""
+    if INTERPRET:
+        return dict(INTERPRETER_CONFIG)
+    size = torch.empty((), dtype=dtype).element_size()
+    block_m = max(16, min(128, WINDOW_BYTES // (_pad16(kernel_size * kernel_size) * size)))
+    return dict(BLOCK_M=block_m, BLOCK_N=32 if size == 8 else 64, num_warps=4, num_stages=3)
+
+
+def _weight_grad_config(kernel_size: int, dtype: torch.dtype) -> dict:
+    cfg = config(kernel_size, dtype)
+    cfg["BLOCK_O"] = cfg.pop("BLOCK_N")
+    return cfg
+
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -100,7 +120,7 @@ def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
                     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                     S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
                     P_PAD: tl.constexpr, B_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+                    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``y (NB, C_OUT, S_OUT, HO, WO)`` contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), cdiv(C_OUT, BLOCK_N), S_OUT)``."""
     pid_m = tl.program_id(0)
@@ -118,10 +138,10 @@ def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
     ih = kh[:, None] * dil_h + oh[None, :] * stride_h - pad_h
     iw = kw[:, None] * dil_w + ow[None, :] * stride_w - pad_w
     x_ok = (p[:, None] < KK) & m_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    x_off = n[None, :].to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw       # (P, M)
+    x_off = n[None, :].to(OFFSET) * sxn + ih.to(OFFSET) * sxh + iw.to(OFFSET) * sxw       # (P, M)
     o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     o_ok = o < C_OUT
-    o_off = o.to(tl.int64) * sco
+    o_off = o.to(OFFSET) * sco
     bb = tl.arange(0, B_PAD)
     b_ok = bb < NBASIS
     psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(c_ptr.dtype.element_ty)
@@ -132,12 +152,12 @@ def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
         r = tl.load(index_ptr + g * S_IN + s)
         w = _steer(psi, c_ptr + i * sci + r * scs, o_off, o_ok, bb * scb, b_ok, P_PAD, BLOCK_N,
                    x_ptr.dtype.element_ty, PRECISION, UPCAST, ACC)
-        xs = tl.load(x_ptr + x_off + (tl.cast(i, tl.int64) * sxc + s * sxs), mask=x_ok, other=0.0)
+        xs = tl.load(x_ptr + x_off + (tl.cast(i, OFFSET) * sxc + s * sxs), mask=x_ok, other=0.0)
         acc = mma(acc, w, xs, PRECISION, UPCAST)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC)[:, None]
     hw = HO * WO
-    y_off = ((n[None, :].to(tl.int64) * C_OUT + o[:, None]) * S_OUT + g) * hw + (m % hw)[None, :]
+    y_off = ((n[None, :].to(OFFSET) * C_OUT + o[:, None]) * S_OUT + g) * hw + (m % hw)[None, :]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=o_ok[:, None] & m_ok[None, :])
 
 
@@ -148,7 +168,7 @@ def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
                        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                        S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
                        P_PAD: tl.constexpr, B_PAD: tl.constexpr,
-                       PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+                       PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``dx (NB, C_IN, S_IN, H, W)`` contiguous; grid ``(cdiv(NB·H·W, BLOCK_M), cdiv(C_IN, BLOCK_N), S_IN)``."""
     pid_m = tl.program_id(0)
@@ -172,10 +192,10 @@ def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
     oh = th // stride_h
     ow = tw // stride_w
     dy_ok = dy_ok & (th % stride_h == 0) & (tw % stride_w == 0) & (oh < HO) & (ow < WO)
-    dy_off = n[None, :].to(tl.int64) * sdn + oh.to(tl.int64) * sdh + ow.to(tl.int64) * sdw          # (P, M)
+    dy_off = n[None, :].to(OFFSET) * sdn + oh.to(OFFSET) * sdh + ow.to(OFFSET) * sdw          # (P, M)
     i = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     i_ok = i < C_IN
-    i_off = i.to(tl.int64) * sci
+    i_off = i.to(OFFSET) * sci
     bb = tl.arange(0, B_PAD)
     b_ok = bb < NBASIS
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC)                                                 # dxᵀ
@@ -183,12 +203,12 @@ def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
         psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(c_ptr.dtype.element_ty)
         r = tl.load(index_ptr + g * S_IN + s)
         for o in range(C_OUT):
-            w = _steer(psi, c_ptr + tl.cast(o, tl.int64) * sco + r * scs, i_off, i_ok, bb * scb, b_ok, P_PAD,
+            w = _steer(psi, c_ptr + tl.cast(o, OFFSET) * sco + r * scs, i_off, i_ok, bb * scb, b_ok, P_PAD,
                        BLOCK_N, dy_ptr.dtype.element_ty, PRECISION, UPCAST, ACC)
-            dys = tl.load(dy_ptr + dy_off + (tl.cast(o, tl.int64) * sdc + g * sdg), mask=dy_ok, other=0.0)
+            dys = tl.load(dy_ptr + dy_off + (tl.cast(o, OFFSET) * sdc + g * sdg), mask=dy_ok, other=0.0)
             acc = mma(acc, w, dys, PRECISION, UPCAST)
     hw = H * W
-    dx_off = ((n[None, :].to(tl.int64) * C_IN + i[:, None]) * S_IN + s) * hw + (u % hw)[None, :]
+    dx_off = ((n[None, :].to(OFFSET) * C_IN + i[:, None]) * S_IN + s) * hw + (u % hw)[None, :]
     tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=i_ok[:, None] & u_ok[None, :])
 
 
@@ -199,7 +219,7 @@ def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
                         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                         S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
                         P_PAD: tl.constexpr, B_PAD: tl.constexpr,
-                        PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+                        PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr):
     """``dc (C_OUT, C_IN, S_IN, NBASIS)`` contiguous; grid ``(cdiv(C_OUT, BLOCK_O), C_IN, S_IN)``.
     ``source[g, r]``: the input element ``s`` with ``index[g, s] = r``."""
@@ -217,8 +237,8 @@ def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
     dc = tl.zeros((BLOCK_O, B_PAD), dtype=ACC)
     for g in range(S_OUT):
         s = tl.load(source_ptr + g * S_IN + r)
-        x_base = x_ptr + (tl.cast(i, tl.int64) * sxc + s * sxs)
-        dy_base = dy_ptr + (o[:, None].to(tl.int64) * sdc + g * sdg)
+        x_base = x_ptr + (tl.cast(i, OFFSET) * sxc + s * sxs)
+        dy_base = dy_ptr + (o[:, None].to(OFFSET) * sdc + g * sdg)
         dw = tl.zeros((BLOCK_O, P_PAD), dtype=ACC)
         for start in range(0, total, BLOCK_M):
             m = start + tl.arange(0, BLOCK_M)
@@ -226,19 +246,19 @@ def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
             ow = m % WO
             oh = (m // WO) % HO
             n = m // (WO * HO)
-            dyt = tl.load(dy_base + (n.to(tl.int64) * sdn + oh * sdh + ow * sdw)[None, :],
+            dyt = tl.load(dy_base + (n.to(OFFSET) * sdn + oh * sdh + ow * sdw)[None, :],
                           mask=o_ok[:, None] & m_ok[None, :], other=0.0)                          # (O, M)
             ih = oh[:, None] * stride_h - pad_h + kh[None, :] * dil_h
             iw = ow[:, None] * stride_w - pad_w + kw[None, :] * dil_w
             x_ok = m_ok[:, None] & p_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            xs = tl.load(x_base + n[:, None].to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw,
+            xs = tl.load(x_base + n[:, None].to(OFFSET) * sxn + ih.to(OFFSET) * sxh + iw.to(OFFSET) * sxw,
                          mask=x_ok, other=0.0)                                                      # (M, P)
             dw = mma(dw, dyt, xs, PRECISION, UPCAST)
         # Back onto the coefficients in the accumulator dtype: exact fp32 (fp64) products, B_PAD/BLOCK_M of a chunk.
         psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(ACC)
         dc = tl.dot(dw, tl.trans(psi), dc, input_precision="ieee")
     bb = tl.arange(0, B_PAD)
-    dc_off = ((o[:, None].to(tl.int64) * C_IN + i) * S_IN + r) * NBASIS + bb[None, :]
+    dc_off = ((o[:, None].to(OFFSET) * C_IN + i) * S_IN + r) * NBASIS + bb[None, :]
     tl.store(dc_ptr + dc_off, dc.to(dc_ptr.dtype.element_ty), mask=o_ok[:, None] & (bb[None, :] < NBASIS))
 
 
@@ -327,9 +347,17 @@ def _as_5d(t: torch.Tensor, s: int, name: str) -> torch.Tensor:
     return t
 
 
-def _dot_args(dtype: torch.dtype) -> dict:
+def _offset_type(*tensors: torch.Tensor):
+    """``tl.int32`` when every element offset of every tensor fits in 31 bits (half the registers for the
+    gathered windows' offsets), else ``tl.int64``."""
+    span = max(1 + sum((d - 1) * abs(st) for d, st in zip(t.shape, t.stride())) for t in tensors)
+    return tl.int32 if span < 2**31 else tl.int64
+
+
+def _kernel_args(dtype: torch.dtype, *tensors: torch.Tensor) -> dict:
+    """The dtype-dependent constexprs: dot precision, interpreter upcast, accumulator, offset type."""
     return dict(PRECISION=dot_precision(dtype), UPCAST=INTERPRET and dtype in (torch.float16, torch.bfloat16),
-                ACC=tl.float64 if dtype == torch.float64 else tl.float32)
+                ACC=tl.float64 if dtype == torch.float64 else tl.float32, OFFSET=_offset_type(*tensors))
 
 
 def _empty(shape, like: torch.Tensor) -> torch.Tensor:
@@ -373,13 +401,13 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
         raise ValueError(f"x: a {h}x{w} input gives an empty {ho}x{wo} output (k={k}, stride={stride}, "
                          f"padding={padding}, dilation={dilation})")
     y = _empty((nb, c_out, s_out, ho, wo), x)
-    cfg = FORWARD_CONFIG
+    cfg = config(k, x.dtype)
     grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), cdiv(c_out, cfg["BLOCK_N"]), s_out)
     _forward_kernel[grid](x, coefficients, bias if bias is not None else coefficients, tables, index, y,
                           nb, c_in, c_out, h, w, ho, wo, *x.stride(), *coefficients.stride(),
                           sh, sw, ph, pw, dh, dw, S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis,
                           P_PAD=_pad16(k * k), B_PAD=_pad16(basis), HAS_BIAS=bias is not None,
-                          **_dot_args(x.dtype), **cfg)
+                          **_kernel_args(x.dtype, x, coefficients, y), **cfg)
     return y
 
 
@@ -413,12 +441,12 @@ def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tenso
     if tuple(dy.shape) != (nb, c_out, s_out, ho, wo):
         raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x_shape {x_shape}, got {tuple(dy.shape)}")
     dx = _empty(full, dy)
-    cfg = INPUT_GRAD_CONFIG
+    cfg = config(k, dy.dtype)
     grid = (cdiv(nb * h * w, cfg["BLOCK_M"]), cdiv(c_in, cfg["BLOCK_N"]), s_in)
     _input_grad_kernel[grid](dy, coefficients, tables, index, dx, nb, c_in, c_out, h, w, ho, wo,
                              *dy.stride(), *coefficients.stride(), sh, sw, ph, pw, dh, dw,
                              S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k),
-                             B_PAD=_pad16(basis), **_dot_args(dy.dtype), **cfg)
+                             B_PAD=_pad16(basis), **_kernel_args(dy.dtype, dy, coefficients, dx), **cfg)
     return dx.view(x_shape)
 
 
@@ -454,10 +482,10 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
         raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x {tuple(x.shape)}, got {tuple(dy.shape)}")
     source = torch.argsort(index, dim=1).to(torch.int32).contiguous()        # source[g, r] = s with index[g, s] = r
     dc = _empty(coeff_shape, dy)
-    cfg = WEIGHT_GRAD_CONFIG
+    cfg = _weight_grad_config(k, dy.dtype)
     grid = (cdiv(c_out, cfg["BLOCK_O"]), c_in, s_in)
     _weight_grad_kernel[grid](dy, x, tables, source, dc, nb, c_in, c_out, h, w, ho, wo,
                               *dy.stride(), *x.stride(), sh, sw, ph, pw, dh, dw,
                               S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k),
-                              B_PAD=_pad16(basis), **_dot_args(dy.dtype), **cfg)
+                              B_PAD=_pad16(basis), **_kernel_args(dy.dtype, dy, x, dc), **cfg)
     return dc

@@ -80,6 +80,14 @@ def test_forward_and_gradients_match_float64_reference(case):
     assert_close(dy.double().sum((0, 2, 3, 4)), br.grad, torch.float64, "dbias")
 
 
+def test_int64_offsets(monkeypatch):
+    """The int64 offsets that tensors beyond 2³¹ elements get (forced here on small ones) give the same results."""
+    import triton.language as tl
+
+    monkeypatch.setattr(kernels, "_offset_type", lambda *tensors: tl.int64)
+    test_forward_and_gradients_match_float64_reference((C8, False, 3, 2, 1, 1, torch.float32, dict(c_in=2, c_out=3)))
+
+
 def test_flattened_input_and_no_bias():
     """``x (B, C_in·S_in, H, W)`` is taken as ``(B, C_in, S_in, H, W)``; ``bias=None`` adds nothing."""
     (x, c, _), in_group = _inputs(C8, False, 3, torch.float32, c_in=2, c_out=3, height=5, width=6)
