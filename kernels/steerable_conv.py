@@ -227,6 +227,9 @@ def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
     i = tl.program_id(1)
     r = tl.program_id(2)
     KK: tl.constexpr = KSIZE * KSIZE
+    # Back onto the coefficients at (near) fp32 accuracy on tensor cores: an ieee fp32 dot of this size runs on FMAs
+    # and spills at k = 7.
+    BACK_PRECISION: tl.constexpr = "ieee" if ACC == tl.float64 else "tf32x3"
     o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = o < C_OUT
     p = tl.arange(0, P_PAD)
@@ -254,9 +257,8 @@ def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
             xs = tl.load(x_base + n[:, None].to(OFFSET) * sxn + ih.to(OFFSET) * sxh + iw.to(OFFSET) * sxw,
                          mask=x_ok, other=0.0)                                                      # (M, P)
             dw = mma(dw, dyt, xs, PRECISION, UPCAST)
-        # Back onto the coefficients in the accumulator dtype: exact fp32 (fp64) products, B_PAD/BLOCK_M of a chunk.
         psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(ACC)
-        dc = tl.dot(dw, tl.trans(psi), dc, input_precision="ieee")
+        dc = tl.dot(dw, tl.trans(psi), dc, input_precision=BACK_PRECISION)
     bb = tl.arange(0, B_PAD)
     dc_off = ((o[:, None].to(OFFSET) * C_IN + i) * S_IN + r) * NBASIS + bb[None, :]
     tl.store(dc_ptr + dc_off, dc.to(dc_ptr.dtype.element_ty), mask=o_ok[:, None] & (bb[None, :] < NBASIS))
