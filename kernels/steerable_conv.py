@@ -114,6 +114,31 @@ def _steer(psi_t, c_ptr, o_off, o_ok, bb, b_ok, P_PAD: tl.constexpr, N: tl.const
 
 
 @triton.jit
+def _pixels(start, BLOCK: tl.constexpr, NB, H, W):
+    """Flat pixel indices ``start + [0, BLOCK)`` over ``(NB, H, W)``: ``(index, in range, n, row, col)``."""
+    m = start + tl.arange(0, BLOCK)
+    return m, m < NB * H * W, m // (W * H), (m // W) % H, m % W
+
+
+@triton.jit
+def _window(P_PAD: tl.constexpr, KSIZE: tl.constexpr):
+    """Window positions ``p < P_PAD`` (those ``≥ k²`` are padding) and their ``(row, col)`` in the window."""
+    p = tl.arange(0, P_PAD)
+    return p, p // KSIZE, p % KSIZE
+
+
+@triton.jit
+def _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sn, sh, sw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                   KK: tl.constexpr, OFFSET: tl.constexpr):
+    """``(P, M)`` offsets and mask of the input pixels that window positions ``p`` of output pixels
+    ``(n, oh, ow)`` read (the mask is the zeros padding)."""
+    ih = kh[:, None] * dil_h + oh[None, :] * stride_h - pad_h
+    iw = kw[:, None] * dil_w + ow[None, :] * stride_w - pad_w
+    ok = (p[:, None] < KK) & m_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    return n[None, :].to(OFFSET) * sn + ih.to(OFFSET) * sh + iw.to(OFFSET) * sw, ok
+
+
+@triton.jit
 def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
                     NB, C_IN, C_OUT, H, W, HO, WO,
                     sxn, sxc, sxs, sxh, sxw, sco, sci, scs, scb,
@@ -127,18 +152,10 @@ def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
     pid_n = tl.program_id(1)
     g = tl.program_id(2)
     KK: tl.constexpr = KSIZE * KSIZE
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = m < NB * HO * WO
-    ow = m % WO
-    oh = (m // WO) % HO
-    n = m // (WO * HO)
-    p = tl.arange(0, P_PAD)
-    kh = p // KSIZE
-    kw = p % KSIZE
-    ih = kh[:, None] * dil_h + oh[None, :] * stride_h - pad_h
-    iw = kw[:, None] * dil_w + ow[None, :] * stride_w - pad_w
-    x_ok = (p[:, None] < KK) & m_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    x_off = n[None, :].to(OFFSET) * sxn + ih.to(OFFSET) * sxh + iw.to(OFFSET) * sxw       # (P, M)
+    m, m_ok, n, oh, ow = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, HO, WO)
+    p, kh, kw = _window(P_PAD, KSIZE)
+    x_off, x_ok = _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sxn, sxh, sxw, stride_h, stride_w, pad_h, pad_w,
+                                 dil_h, dil_w, KK, OFFSET)                                                  # (P, M)
     o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     o_ok = o < C_OUT
     o_off = o.to(OFFSET) * sco
@@ -175,14 +192,8 @@ def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
     pid_n = tl.program_id(1)
     s = tl.program_id(2)
     KK: tl.constexpr = KSIZE * KSIZE
-    u = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    u_ok = u < NB * H * W
-    iw = u % W
-    ih = (u // W) % H
-    n = u // (W * H)
-    p = tl.arange(0, P_PAD)
-    kh = p // KSIZE
-    kw = p % KSIZE
+    u, u_ok, n, ih, iw = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, H, W)
+    p, kh, kw = _window(P_PAD, KSIZE)
     # The output pixel that reads input pixel u at window position p: m = (u + pad − p·dil) / stride, when whole.
     th = ih[None, :] + pad_h - kh[:, None] * dil_h
     tw = iw[None, :] + pad_w - kw[:, None] * dil_w
@@ -232,31 +243,21 @@ def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
     BACK_PRECISION: tl.constexpr = "ieee" if ACC == tl.float64 else "tf32x3"
     o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = o < C_OUT
-    p = tl.arange(0, P_PAD)
-    kh = p // KSIZE
-    kw = p % KSIZE
-    p_ok = p < KK
-    total = NB * HO * WO
+    p, kh, kw = _window(P_PAD, KSIZE)
     dc = tl.zeros((BLOCK_O, B_PAD), dtype=ACC)
     for g in range(S_OUT):
         s = tl.load(source_ptr + g * S_IN + r)
         x_base = x_ptr + (tl.cast(i, OFFSET) * sxc + s * sxs)
         dy_base = dy_ptr + (o[:, None].to(OFFSET) * sdc + g * sdg)
         dw = tl.zeros((BLOCK_O, P_PAD), dtype=ACC)
-        for start in range(0, total, BLOCK_M):
-            m = start + tl.arange(0, BLOCK_M)
-            m_ok = m < total
-            ow = m % WO
-            oh = (m // WO) % HO
-            n = m // (WO * HO)
-            dyt = tl.load(dy_base + (n.to(OFFSET) * sdn + oh * sdh + ow * sdw)[None, :],
+        for start in range(0, NB * HO * WO, BLOCK_M):
+            m, m_ok, n, oh, ow = _pixels(start, BLOCK_M, NB, HO, WO)
+            dyt = tl.load(dy_base + (n.to(OFFSET) * sdn + oh.to(OFFSET) * sdh + ow.to(OFFSET) * sdw)[None, :],
                           mask=o_ok[:, None] & m_ok[None, :], other=0.0)                          # (O, M)
-            ih = oh[:, None] * stride_h - pad_h + kh[None, :] * dil_h
-            iw = ow[:, None] * stride_w - pad_w + kw[None, :] * dil_w
-            x_ok = m_ok[:, None] & p_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            xs = tl.load(x_base + n[:, None].to(OFFSET) * sxn + ih.to(OFFSET) * sxh + iw.to(OFFSET) * sxw,
-                         mask=x_ok, other=0.0)                                                      # (M, P)
-            dw = mma(dw, dyt, xs, PRECISION, UPCAST)
+            x_off, x_ok = _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sxn, sxh, sxw, stride_h, stride_w, pad_h,
+                                         pad_w, dil_h, dil_w, KK, OFFSET)                             # (P, M)
+            xs = tl.load(x_base + x_off, mask=x_ok, other=0.0)
+            dw = mma(dw, dyt, tl.trans(xs), PRECISION, UPCAST)
         psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(ACC)
         dc = tl.dot(dw, tl.trans(psi), dc, input_precision=BACK_PRECISION)
     bb = tl.arange(0, B_PAD)
