@@ -51,6 +51,7 @@ coefficients (``(B, C, S, H, W)`` contiguous is the fast case); outputs are cont
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import triton
@@ -283,7 +284,7 @@ def _check_tensor(t, name: str, dims: int, expected: str) -> None:
         raise ValueError(f"{name}: expected {dims} dims {expected}, got shape {tuple(t.shape)}")
 
 
-def _check_float(t: torch.Tensor, name: str, like: torch.Tensor = None, like_name: str = "") -> None:
+def _check_float(t: torch.Tensor, name: str, like: Optional[torch.Tensor] = None, like_name: str = "") -> None:
     if t.dtype not in _DTYPES:
         raise TypeError(f"{name}: expected one of {[str(d) for d in _DTYPES]}, got {t.dtype}")
     if like is not None and (t.dtype != like.dtype or t.device != like.device):
@@ -311,7 +312,8 @@ def _output_size(size: int, kernel_size: int, stride: int, pad: int, dil: int) -
     return (size + 2 * pad - dil * (kernel_size - 1) - 1) // stride + 1
 
 
-def _check_tables(tables, coefficients_shape, index, device, dtype) -> tuple[torch.Tensor, int, int, int]:
+def _check_tables(tables, coefficients_shape, index, device, dtype, coefficients_name: str = "coefficients"
+                  ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Validated ``tables (S_out, B, k·k)`` (in ``dtype``, contiguous) and ``index (S_out, S_in)`` (int32 on
     ``device``); returns them with ``k`` and ``S_out``."""
     _check_tensor(tables, "tables", 3, "(S_out, B, k*k) from steerable._tables(group, k, dtype, device)")
@@ -323,7 +325,7 @@ def _check_tables(tables, coefficients_shape, index, device, dtype) -> tuple[tor
         raise TypeError(f"tables: expected a floating dtype, got {tables.dtype}")
     c_out, c_in, s_in, basis = coefficients_shape
     if basis != size:
-        raise ValueError(f"coefficients: expected (C_out, C_in, S_in, {size}) for tables of shape "
+        raise ValueError(f"{coefficients_name}: expected (C_out, C_in, S_in, {size}) for tables of shape "
                          f"{tuple(tables.shape)}, got {tuple(coefficients_shape)}")
     _check_tensor(index, "index", 2, "(S_out, S_in) from group.stabilizer_index(in_group)")
     if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
@@ -404,6 +406,8 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
         raise ValueError(f"x: a {h}x{w} input gives an empty {ho}x{wo} output (k={k}, stride={stride}, "
                          f"padding={padding}, dilation={dilation})")
     y = _empty((nb, c_out, s_out, ho, wo), x)
+    if y.numel() == 0:
+        return y
     cfg = config(k, x.dtype)
     grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), cdiv(c_out, cfg["BLOCK_N"]), s_out)
     _forward_kernel[grid](x, coefficients, bias if bias is not None else coefficients, tables, index, y,
@@ -444,6 +448,8 @@ def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tenso
     if tuple(dy.shape) != (nb, c_out, s_out, ho, wo):
         raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x_shape {x_shape}, got {tuple(dy.shape)}")
     dx = _empty(full, dy)
+    if dx.numel() == 0:
+        return dx.view(x_shape)
     cfg = config(k, dy.dtype)
     grid = (cdiv(nb * h * w, cfg["BLOCK_M"]), cdiv(c_in, cfg["BLOCK_N"]), s_in)
     _input_grad_kernel[grid](dy, coefficients, tables, index, dx, nb, c_in, c_out, h, w, ho, wo,
@@ -477,7 +483,7 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
     x = _as_5d(x, s_in, "x")
     if tuple(x.shape[1:3]) != (c_in, s_in):
         raise ValueError(f"x: expected (B, {c_in}, {s_in}, H, W) for coeff_shape {coeff_shape}, got {tuple(x.shape)}")
-    tables, index, k, s_out = _check_tables(tables, coeff_shape, index, dy.device, dy.dtype)
+    tables, index, k, s_out = _check_tables(tables, coeff_shape, index, dy.device, dy.dtype, "coeff_shape")
     sh, sw, ph, pw, dh, dw = _geometry(k, stride, padding, dilation)
     nb, _, _, h, w = x.shape
     ho, wo = _output_size(h, k, sh, ph, dh), _output_size(w, k, sw, pw, dw)

@@ -4,9 +4,9 @@
 input-gradient and coefficient-gradient kernels at the launchers' tile (``steerable_conv.config``; ``--tile
 BLOCK_M BLOCK_N WARPS`` overrides it) for a regular -> regular layer (64 -> 64 fields, 32 x 32 maps, 'same'
 padding) and, beside each, Triton's plain matmul at the main dot's tile (``BLOCK_N × BLOCK_M × P_PAD``, the
-``perf.static`` reference).  Per kernel: registers, spill bytes, shared memory, the tensor-core instruction
-(every distinct one: ``HGMMA`` = wgmma, ``HMMA`` = mma.sync), and the hot loop's warp-instructions per 1024 MACs of the main dot (the
-steering dot's MACs not counted: they are overhead) against the matmul's, and their ratio.
+``perf.static`` reference).  Per kernel: registers, spill bytes, shared memory, the tensor-core instructions
+(every distinct one: ``HGMMA`` = wgmma, ``HMMA`` = mma.sync), and the hot loop's warp-instructions per 1024 MACs
+of the main dot (the steering dot's MACs not counted: they are overhead) against the matmul's, and their ratio.
 """
 
 from __future__ import annotations

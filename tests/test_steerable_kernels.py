@@ -222,3 +222,15 @@ def test_argument_errors_name_the_argument():
         kernels.weight_grad(y, x, tables, index, (3, 2, 4))
     with pytest.raises(ValueError, match="x"):
         kernels.weight_grad(y, x.double(), tables, index, c.shape)
+    with pytest.raises(ValueError, match="coeff_shape"):
+        kernels.weight_grad(y, x, tables, index, (3, 2, 4, 5))
+
+
+def test_empty_batch():
+    """A batch of none: empty outputs, and a coefficient gradient of zeros (a sum over no pixels)."""
+    (x, c, bias), in_group = _inputs(C4, False, 3, torch.float32, batch=0, c_in=2, c_out=3, height=5, width=5)
+    tables, index = st._tables(C4, 3, x.dtype, x.device), C4.stabilizer_index(in_group)
+    y = kernels.forward(x, c, bias, tables, index, 1, 1, 1)
+    assert y.shape == (0, 3, 4, 5, 5)
+    assert kernels.input_grad(y, c, tables, index, x.shape, 1, 1, 1).shape == x.shape
+    assert torch.equal(kernels.weight_grad(y, x, tables, index, c.shape, 1, 1, 1), torch.zeros_like(c))
