@@ -30,9 +30,10 @@ is B; on sm_90 both dots compile to wgmma.
 - **Coefficient gradient**, program ``(BLOCK_O output channels o, input channel i, slice r)``.  For each ``g``:
   ``dW (O × P) = Σ_chunks dYᵀ (O × M) @ X (M × P)`` over chunks of all ``(n, m)`` output pixels, ``X`` from
   ``x[:, i, s(g, r)]``; then ``dc (O × B) += dW @ Ψ[g]ᵀ (P × B)`` in the accumulator dtype.  The sum over the group
-  copies happens in registers: nothing of ``dW``'s size (``C_out·S_out·C_in·S_in·k²``) reaches memory.  The
-  programs are ``cdiv(C_out, BLOCK_O)·C_in·S_in``, each walking every pixel ``S_out`` times: few programs for narrow
-  layers (a split over pixels with a second deterministic pass would widen it).
+  copies happens in registers: nothing of ``dW``'s size (``C_out·S_out·C_in·S_in·k²``) reaches memory.  There are
+  ``cdiv(C_out, BLOCK_O)·C_in·S_in`` such programs (3 for a lifting layer on RGB images): below 4 per SM the pixels
+  are split into parts, each program writes its part's partial ``dc`` and one fixed-order sum adds them
+  (deterministic; the partial sums stay under half the bank's size).
 
 Padding and its waste: every ``tl.dot`` dimension is a power of two ≥ 16, so the window positions ``P = k²`` run
 padded to ``P_PAD`` (9 → 16, 25 → 32, 49 → 64: 56%, 78%, 77% of the main dots' K useful) and the basis ``B``
@@ -228,14 +229,16 @@ def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
 def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
                         NB, C_IN, C_OUT, H, W, HO, WO,
                         sdn, sdc, sdg, sdh, sdw, sxn, sxc, sxs, sxh, sxw,
-                        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, O_BLOCKS, PART_CHUNKS,
                         S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
                         P_PAD: tl.constexpr, B_PAD: tl.constexpr,
                         PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr):
-    """``dc (C_OUT, C_IN, S_IN, NBASIS)`` contiguous; grid ``(cdiv(C_OUT, BLOCK_O), C_IN, S_IN)``.
+    """``dc (parts, C_OUT, C_IN, S_IN, NBASIS)`` contiguous, one partial sum per part of the pixels (``PART_CHUNKS``
+    chunks of ``BLOCK_M`` each); grid ``(O_BLOCKS·parts, C_IN, S_IN)``, ``O_BLOCKS = cdiv(C_OUT, BLOCK_O)``.
     ``source[g, r]``: the input element ``s`` with ``index[g, s] = r``."""
-    pid_o = tl.program_id(0)
+    pid_o = tl.program_id(0) % O_BLOCKS
+    part = tl.program_id(0) // O_BLOCKS
     i = tl.program_id(1)
     r = tl.program_id(2)
     KK: tl.constexpr = KSIZE * KSIZE
@@ -251,7 +254,8 @@ def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
         x_base = x_ptr + (tl.cast(i, OFFSET) * sxc + s * sxs)
         dy_base = dy_ptr + (o[:, None].to(OFFSET) * sdc + g * sdg)
         dw = tl.zeros((BLOCK_O, P_PAD), dtype=ACC)
-        for start in range(0, NB * HO * WO, BLOCK_M):
+        for start in range(part * PART_CHUNKS * BLOCK_M, tl.minimum((part + 1) * PART_CHUNKS * BLOCK_M, NB * HO * WO),
+                           BLOCK_M):
             m, m_ok, n, oh, ow = _pixels(start, BLOCK_M, NB, HO, WO)
             dyt = tl.load(dy_base + (n.to(OFFSET) * sdn + oh.to(OFFSET) * sdh + ow.to(OFFSET) * sdw)[None, :],
                           mask=o_ok[:, None] & m_ok[None, :], other=0.0)                          # (O, M)
@@ -262,7 +266,7 @@ def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
         psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(ACC)
         dc = tl.dot(dw, tl.trans(psi), dc, input_precision=BACK_PRECISION)
     bb = tl.arange(0, B_PAD)
-    dc_off = ((o[:, None].to(OFFSET) * C_IN + i) * S_IN + r) * NBASIS + bb[None, :]
+    dc_off = (((part * C_OUT + o[:, None]).to(OFFSET) * C_IN + i) * S_IN + r) * NBASIS + bb[None, :]
     tl.store(dc_ptr + dc_off, dc.to(dc_ptr.dtype.element_ty), mask=o_ok[:, None] & (bb[None, :] < NBASIS))
 
 
@@ -490,11 +494,31 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
     if tuple(dy.shape) != (nb, c_out, s_out, ho, wo):
         raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x {tuple(x.shape)}, got {tuple(dy.shape)}")
     source = torch.argsort(index, dim=1).to(torch.int32).contiguous()        # source[g, r] = s with index[g, s] = r
-    dc = _empty(coeff_shape, dy)
     cfg = _weight_grad_config(k, dy.dtype)
-    grid = (cdiv(c_out, cfg["BLOCK_O"]), c_in, s_in)
-    _weight_grad_kernel[grid](dy, x, tables, source, dc, nb, c_in, c_out, h, w, ho, wo,
-                              *dy.stride(), *x.stride(), sh, sw, ph, pw, dh, dw,
-                              S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k),
-                              B_PAD=_pad16(basis), **_kernel_args(dy.dtype, dy, x, dc), **cfg)
-    return dc
+    o_blocks, chunks = cdiv(c_out, cfg["BLOCK_O"]), cdiv(nb * ho * wo, cfg["BLOCK_M"])
+    # the partial sums (parts × the coefficients) stay under half the bank: parts·B < S_out·k² / 2
+    parts = _pixel_parts(o_blocks * c_in * s_in, chunks, max(1, s_out * k * k // (2 * basis)), dy.device)
+    part_chunks = max(1, cdiv(chunks, parts))
+    parts = max(1, cdiv(chunks, part_chunks))
+    out = _empty(coeff_shape, dy) if parts == 1 else \
+        torch.empty((parts, *coeff_shape), dtype=torch.float64 if dy.dtype == torch.float64 else torch.float32,
+                    device=dy.device)
+    _weight_grad_kernel[(o_blocks * parts, c_in, s_in)](
+        dy, x, tables, source, out, nb, c_in, c_out, h, w, ho, wo, *dy.stride(), *x.stride(), sh, sw, ph, pw, dh, dw,
+        o_blocks, part_chunks, S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k),
+        B_PAD=_pad16(basis), **_kernel_args(dy.dtype, dy, x, out), **cfg)
+    return out if parts == 1 else out.sum(0).to(dy.dtype)     # a fixed-order sum over the parts: deterministic
+
+
+# Below this many coefficient-gradient programs the pixels are split into parts (partial sums, then one sum).  On a
+# GPU: 4 programs per SM; elsewhere this value (tests raise it to exercise the split under the interpreter).
+MIN_PROGRAMS = 1
+
+
+def _pixel_parts(programs: int, chunks: int, limit: int, device: torch.device) -> int:
+    """How many parts the coefficient gradient splits the pixels into: enough for ``MIN_PROGRAMS`` (4 per SM on a
+    GPU) programs, at most one per pixel chunk and at most ``limit``."""
+    target = MIN_PROGRAMS
+    if device.type == "cuda" and not INTERPRET:
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(cdiv(target, programs), chunks, limit))

@@ -65,8 +65,9 @@ def compile_role(role: str, group, k: int, dtype_name: str, tile: Optional[Seque
             kernel = sc._input_grad_kernel.warmup(x, c, tables, index, x, *sizes, *x.stride(), *c.stride(),
                                                   *geometry, BLOCK_M=block_m, BLOCK_N=block_n, **common)
         else:
+            parts = (sc.cdiv(channels, block_n), sc.cdiv(batch * size * size, block_m))   # one part: all pixels
             kernel = sc._weight_grad_kernel.warmup(x, x, tables, index, c, *sizes, *x.stride(), *x.stride(),
-                                                   *geometry, BLOCK_M=block_m, BLOCK_O=block_n, **common)
+                                                   *geometry, *parts, BLOCK_M=block_m, BLOCK_O=block_n, **common)
     got = static.analyze(kernel, arch)
     main_macs = block_m * block_n * common["P_PAD"]
     per_main = got["loop_instructions"] * cfg["num_warps"] * 1024 / main_macs if got["loop_instructions"] else None

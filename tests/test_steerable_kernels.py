@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gconv_triton import steerable as st
@@ -141,8 +142,31 @@ def test_deterministic():
         assert torch.equal(run(), run())
 
 
+@pytest.mark.parametrize("group, lifting, stride", [(C8, True, 2), (C4, False, 1)], ids=["c8-lift-s2", "c4-regular"])
+def test_weight_grad_pixel_split(monkeypatch, group, lifting, stride):
+    """Few coefficient-gradient programs (a lifting layer) split the pixels into parts: the same gradient, bitwise
+    the same on a rerun, and partial sums under half the bank."""
+    monkeypatch.setattr(kernels, "MIN_PROGRAMS", 64)
+    monkeypatch.setitem(kernels.INTERPRETER_CONFIG, "BLOCK_M", 16)      # several pixel chunks on a small image
+    k = 3
+    (x, c, bias), in_group = _inputs(group, lifting, k, torch.float32, c_in=2, c_out=3)
+    xr, cr = x.double().requires_grad_(), c.double().requires_grad_()
+    ref = st.steerable_conv2d(xr, cr, None, group=group, in_group=in_group, kernel_size=k, stride=stride, padding=1)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    ref.backward(dy.double())
+    tables, index = st._tables(group, k, x.dtype, x.device), group.stabilizer_index(in_group)
+    with _CreatedTensors() as created:
+        dc = kernels.weight_grad(dy, x, tables, index, c.shape, stride, 1, 1)
+    parts = [n for name, n in created.sizes if name == "aten.empty.memory_format"]
+    assert parts and max(parts) > c.numel(), "no partial sums: the split did not happen"
+    assert max(n for _, n in created.sizes) * 2 <= c.shape[0] * group.order * c.shape[1] * c.shape[2] * k * k
+    assert_close(dc, cr.grad, torch.float32, "dc")
+    assert torch.equal(dc, kernels.weight_grad(dy, x, tables, index, c.shape, stride, 1, 1))
+
+
 class _CreatedTensors(TorchDispatchMode):
-    """Records the element count of every tensor an op returns."""
+    """Records ``(op, element count)`` of every tensor an op returns in new memory (not a view or a re-wrap of an
+    argument's storage, as the interpreter's ``set_`` of a launch argument is)."""
 
     def __init__(self):
         super().__init__()
@@ -150,8 +174,11 @@ class _CreatedTensors(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in (out if isinstance(out, (tuple, list)) else (out,)):
-            if isinstance(t, torch.Tensor):
+        inputs = pytree.tree_leaves((args, kwargs))
+        known = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+        known |= {t.data_ptr() for t in inputs if isinstance(t, (torch.UntypedStorage, torch.TypedStorage))}
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in known:
                 self.sizes.append((str(func), t.numel()))
         return out
 
