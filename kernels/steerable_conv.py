@@ -133,11 +133,17 @@ def _window(P_PAD: tl.constexpr, KSIZE: tl.constexpr):
 def _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sn, sh, sw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                    KK: tl.constexpr, OFFSET: tl.constexpr):
     """``(P, M)`` offsets and mask of the input pixels that window positions ``p`` of output pixels
-    ``(n, oh, ow)`` read (the mask is the zeros padding)."""
-    ih = kh[:, None] * dil_h + oh[None, :] * stride_h - pad_h
-    iw = kw[:, None] * dil_w + ow[None, :] * stride_w - pad_w
-    ok = (p[:, None] < KK) & m_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    return n[None, :].to(OFFSET) * sn + ih.to(OFFSET) * sh + iw.to(OFFSET) * sw, ok
+    ``(n, oh, ow)`` read (the mask is the zeros padding).  Separable: a per-pixel corner plus a per-position shift,
+    one unsigned compare per axis, so that a pixel chunk costs few instructions per element."""
+    row = oh * stride_h - pad_h
+    col = ow * stride_w - pad_w
+    ih = row[None, :] + (kh * dil_h)[:, None]
+    iw = col[None, :] + (kw * dil_w)[:, None]
+    ok = ((ih.to(tl.uint32) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32) < tl.cast(W, tl.uint32))
+          & (p[:, None] < KK) & m_ok[None, :])
+    corner = tl.cast(n, OFFSET) * sn + row.to(OFFSET) * sh + col.to(OFFSET) * sw
+    shift = (kh * dil_h).to(OFFSET) * sh + (kw * dil_w).to(OFFSET) * sw
+    return corner[None, :] + shift[:, None], ok
 
 
 @triton.jit
