@@ -146,8 +146,9 @@ def test_deterministic():
 def test_weight_grad_pixel_split(monkeypatch, group, lifting, stride):
     """Few coefficient-gradient programs (a lifting layer) split the pixels into parts: the same gradient, bitwise
     the same on a rerun, and partial sums under half the bank."""
-    monkeypatch.setattr(kernels, "MIN_PROGRAMS", 64)
-    monkeypatch.setitem(kernels.INTERPRETER_CONFIG, "BLOCK_M", 16)      # several pixel chunks on a small image
+    monkeypatch.setattr(kernels, "MIN_PROGRAMS", 64)                    # a GPU asks for 4 per SM anyway
+    small = dict(BLOCK_M=16, BLOCK_O=16, num_warps=4, num_stages=1)     # several pixel chunks on a small image
+    monkeypatch.setattr(kernels, "_weight_grad_config", lambda kernel_size, dtype: dict(small))
     k = 3
     (x, c, bias), in_group = _inputs(group, lifting, k, torch.float32, c_in=2, c_out=3)
     xr, cr = x.double().requires_grad_(), c.double().requires_grad_()
