@@ -1,0 +1,530 @@
+"""Steerable (C_N / D_N) group convolution as implicit GEMMs that steer the filter inside the kernel: forward,
+input gradient and coefficient (weight) gradient.  No filter bank exists, in memory or in a launch.
+
+Notation (``gconv_triton.steerable``): coefficients ``c (C_out, C_in, S_in, B)``, per-element tables
+``Ψ (S_out, B, P)`` with ``P = k·k`` window positions, ``index[g, s] = index(g⁻¹ s)`` (``(S_out, S_in)``).  The
+rotated filter of output element ``g`` is ``W_g[o, i, s, p] = Σ_b c[o, i, index[g, s], b] · Ψ[g, b, p]``, and with
+``q(m, p) = m·stride − pad + p·dilation`` (per axis; ``p = (kh, kw)``):
+
+    y[n, o, g, m]  = Σ_{i, s, p} x[n, i, s, q(m, p)] · W_g[o, i, s, p]                            (forward)
+    dx[n, i, s, u] = Σ_{g, o, p} dy[n, o, g, m] · W_g[o, i, s, p]    over m with q(m, p) = u      (input grad)
+    dc[o, i, r, b] = Σ_g Σ_p Ψ[g, b, p] · Σ_{n, m} dy[n, o, g, m] · x[n, i, s(g, r), q(m, p)]     (coefficient grad)
+
+where ``s(g, r)`` is the input element with ``index[g, s] = r`` (``index[g]`` is a permutation).
+
+The loops (one program per output tile; every reduction in registers, in a fixed order: deterministic, no atomics).
+The GEMMs run transposed, channels × pixels: the steered filter is computed in registers, and a register operand
+can only be a dot's A operand on Hopper (wgmma reads B from shared memory), so ``W`` is A and the gathered window
+is B; on sm_90 both dots compile to wgmma.
+
+- **Forward**, program ``(BLOCK_M output pixels (n, m), BLOCK_N output channels o, element g)``.  ``Ψ[g]``
+  (``B × P``) is loaded once.  K steps over ``(i, s)``: the steering dot ``Wᵀ (O × P) = Cᵀ (O × B) @ Ψ[g]``
+  with ``Cᵀ[o, b] = c[o, i, index[g, s], b]``, rounded to the input dtype, then the main dot
+  ``yᵀ (O × M) += Wᵀ @ X (P × M)``, ``X[p, m] = x[n, i, s, q(m, p)]`` gathered (masked: zeros padding).
+- **Input gradient**, program ``(BLOCK_M input pixels (n, u), BLOCK_N input channels i, input element s)``:
+  the same GEMM with the channel roles swapped.  K steps over ``(g, o)`` (``Ψ[g]`` loaded per ``g``):
+  ``Wᵀ (I × P) = Cᵀ (I × B) @ Ψ[g]`` with ``Cᵀ[i, b] = c[o, i, index[g, s], b]``, then
+  ``dxᵀ (I × M) += Wᵀ @ dY (P × M)``, where ``dY[p, u] = dy[n, o, g, m]`` for the ``m`` with ``q(m, p) = u``:
+  ``m = (u + pad − p·dilation) / stride``, masked where it is not whole or out of range (a gather with masks on
+  divisibility: a stride ``s`` keeps about ``1/s²`` of the positions live, the rest are multiplied as zeros).
+- **Coefficient gradient**, program ``(BLOCK_O output channels o, input channel i, slice r)``.  For each ``g``:
+  ``dW (O × P) = Σ_chunks dYᵀ (O × M) @ X (M × P)`` over chunks of all ``(n, m)`` output pixels, ``X`` from
+  ``x[:, i, s(g, r)]``; then ``dc (O × B) += dW @ Ψ[g]ᵀ (P × B)`` in the accumulator dtype.  The sum over the group
+  copies happens in registers: nothing of ``dW``'s size (``C_out·S_out·C_in·S_in·k²``) reaches memory.  There are
+  ``cdiv(C_out, BLOCK_O)·C_in·S_in`` such programs (3 for a lifting layer on RGB images): below 4 per SM the pixels
+  are split into parts, each program writes its part's partial ``dc`` and one fixed-order sum adds them
+  (deterministic; the partial sums stay under half the bank's size).
+
+Padding and its waste: every ``tl.dot`` dimension is a power of two ≥ 16, so the window positions ``P = k²`` run
+padded to ``P_PAD`` (9 → 16, 25 → 32, 49 → 64: 56%, 78%, 77% of the main dots' K useful) and the basis ``B``
+(6, 11, 18 for k = 3, 5, 7) to ``B_PAD`` (16, 16, 32).  The steering dot costs ``B_PAD / BLOCK_M`` of the main one
+(12.5% at ``BLOCK_M = 128`` pixels for k ≤ 5, 25% for k = 7) and is recomputed by every pixel block (``W`` never
+leaves the program).  The stride-``s`` input gradient multiplies the masked positions too (a phase
+decomposition, as the p4 kernels do, would skip them).
+
+Dtypes: fp16 / bf16 / fp32 / fp64 inputs; coefficients and tables in the input's dtype; accumulation in fp32 (fp64
+for fp64); element offsets in int32 when every tensor's span fits in 31 bits (the gathered window's offsets live in
+registers for the whole K loop), else int64.  ``W`` is rounded to the input dtype before the main dot, as the
+reference bank (:func:`gconv_triton.steerable.steerable_bank`) is.  Layout: any strides for ``x``, ``dy`` and the
+coefficients (``(B, C, S, H, W)`` contiguous is the fast case); outputs are contiguous.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import INTERPRET, cdiv, dot_precision, mma, poison_outputs
+
+__all__ = ["forward", "input_grad", "weight_grad", "config"]
+
+# Fixed tiles (no autotuning yet).  Under the interpreter every program costs Python time: small tiles.
+INTERPRETER_CONFIG = dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=1)
+# On a GPU the gathered window (P_PAD × BLOCK_M elements) stays within this many bytes per K step: beyond it its
+# offsets and masks, held in registers for the whole K loop, spill (docs/steerable.md: the sm_90 compiles).
+WINDOW_BYTES = 8192
+
+
+def config(kernel_size: int, dtype: torch.dtype) -> dict:
+    """The launch tile for a ``k × k`` window in ``dtype``: ``BLOCK_M`` pixels, ``BLOCK_N`` channels (the output
+    channels' block ``BLOCK_O`` of the coefficient gradient), warps and stages."""
+    if INTERPRET:
+        return dict(INTERPRETER_CONFIG)
+    size = torch.empty((), dtype=dtype).element_size()
+    block_m = max(16, min(128, WINDOW_BYTES // (_pad16(kernel_size * kernel_size) * size)))
+    return dict(BLOCK_M=block_m, BLOCK_N=32 if size == 8 else 64, num_warps=4, num_stages=3)
+
+
+def _weight_grad_config(kernel_size: int, dtype: torch.dtype) -> dict:
+    cfg = config(kernel_size, dtype)
+    cfg["BLOCK_O"] = cfg.pop("BLOCK_N")
+    return cfg
+
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _pad16(n: int) -> int:
+    """The smallest power of two ≥ max(n, 16): a ``tl.dot`` dimension."""
+    return max(16, triton.next_power_of_2(n))
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+@triton.jit
+def _load_tables(psi_ptr, g, NBASIS: tl.constexpr, KK: tl.constexpr, P_PAD: tl.constexpr, B_PAD: tl.constexpr):
+    """``Ψ[g]`` as a ``(B_PAD, P_PAD)`` tile (zeros in the padding)."""
+    p = tl.arange(0, P_PAD)
+    b = tl.arange(0, B_PAD)
+    mask = (b[:, None] < NBASIS) & (p[None, :] < KK)
+    return tl.load(psi_ptr + g * (NBASIS * KK) + b[:, None] * KK + p[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _steer(psi_t, c_ptr, o_off, o_ok, bb, b_ok, P_PAD: tl.constexpr, N: tl.constexpr, OUT_DTYPE: tl.constexpr,
+           PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
+    """The rotated filter slice, transposed: ``Wᵀ (N × P_PAD) = Cᵀ (N × B_PAD) @ Ψ[g] (B_PAD × P_PAD)``, ``Cᵀ``
+    read at the offsets ``o_off (N,)`` + ``bb (B_PAD,)`` (``c_ptr`` already at the (i, index) slice), rounded to
+    ``OUT_DTYPE``.  Transposed so that the register-resident result is the main dot's A operand (wgmma reads A
+    from registers, B only from shared memory)."""
+    coef = tl.load(c_ptr + bb[None, :] + o_off[:, None], mask=b_ok[None, :] & o_ok[:, None], other=0.0)
+    w = mma(tl.zeros((N, P_PAD), dtype=ACC), coef, psi_t, PRECISION, UPCAST)
+    return w.to(OUT_DTYPE)
+
+
+@triton.jit
+def _pixels(start, BLOCK: tl.constexpr, NB, H, W):
+    """Flat pixel indices ``start + [0, BLOCK)`` over ``(NB, H, W)``: ``(index, in range, n, row, col)``."""
+    m = start + tl.arange(0, BLOCK)
+    return m, m < NB * H * W, m // (W * H), (m // W) % H, m % W
+
+
+@triton.jit
+def _window(P_PAD: tl.constexpr, KSIZE: tl.constexpr):
+    """Window positions ``p < P_PAD`` (those ``≥ k²`` are padding) and their ``(row, col)`` in the window."""
+    p = tl.arange(0, P_PAD)
+    return p, p // KSIZE, p % KSIZE
+
+
+@triton.jit
+def _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sn, sh, sw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                   KK: tl.constexpr, OFFSET: tl.constexpr):
+    """``(P, M)`` offsets and mask of the input pixels that window positions ``p`` of output pixels
+    ``(n, oh, ow)`` read (the mask is the zeros padding).  Separable: a per-pixel corner plus a per-position shift,
+    one unsigned compare per axis, so that a pixel chunk costs few instructions per element."""
+    row = oh * stride_h - pad_h
+    col = ow * stride_w - pad_w
+    ih = row[None, :] + (kh * dil_h)[:, None]
+    iw = col[None, :] + (kw * dil_w)[:, None]
+    ok = ((ih.to(tl.uint32) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32) < tl.cast(W, tl.uint32))
+          & (p[:, None] < KK) & m_ok[None, :])
+    corner = tl.cast(n, OFFSET) * sn + row.to(OFFSET) * sh + col.to(OFFSET) * sw
+    shift = (kh * dil_h).to(OFFSET) * sh + (kw * dil_w).to(OFFSET) * sw
+    return corner[None, :] + shift[:, None], ok
+
+
+@triton.jit
+def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
+                    NB, C_IN, C_OUT, H, W, HO, WO,
+                    sxn, sxc, sxs, sxh, sxw, sco, sci, scs, scb,
+                    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                    S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
+                    P_PAD: tl.constexpr, B_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``y (NB, C_OUT, S_OUT, HO, WO)`` contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), cdiv(C_OUT, BLOCK_N), S_OUT)``."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    KK: tl.constexpr = KSIZE * KSIZE
+    m, m_ok, n, oh, ow = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, HO, WO)
+    p, kh, kw = _window(P_PAD, KSIZE)
+    x_off, x_ok = _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sxn, sxh, sxw, stride_h, stride_w, pad_h, pad_w,
+                                 dil_h, dil_w, KK, OFFSET)                                                  # (P, M)
+    o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_ok = o < C_OUT
+    o_off = o.to(OFFSET) * sco
+    bb = tl.arange(0, B_PAD)
+    b_ok = bb < NBASIS
+    psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(c_ptr.dtype.element_ty)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC)                                                 # yᵀ
+    for step in range(C_IN * S_IN):
+        i = step // S_IN
+        s = step % S_IN
+        r = tl.load(index_ptr + g * S_IN + s)
+        w = _steer(psi, c_ptr + i * sci + r * scs, o_off, o_ok, bb * scb, b_ok, P_PAD, BLOCK_N,
+                   x_ptr.dtype.element_ty, PRECISION, UPCAST, ACC)
+        xs = tl.load(x_ptr + x_off + (tl.cast(i, OFFSET) * sxc + s * sxs), mask=x_ok, other=0.0)
+        acc = mma(acc, w, xs, PRECISION, UPCAST)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC)[:, None]
+    hw = HO * WO
+    y_off = ((n[None, :].to(OFFSET) * C_OUT + o[:, None]) * S_OUT + g) * hw + (m % hw)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=o_ok[:, None] & m_ok[None, :])
+
+
+@triton.jit
+def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
+                       NB, C_IN, C_OUT, H, W, HO, WO,
+                       sdn, sdc, sdg, sdh, sdw, sco, sci, scs, scb,
+                       stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                       S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
+                       P_PAD: tl.constexpr, B_PAD: tl.constexpr,
+                       PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``dx (NB, C_IN, S_IN, H, W)`` contiguous; grid ``(cdiv(NB·H·W, BLOCK_M), cdiv(C_IN, BLOCK_N), S_IN)``."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    s = tl.program_id(2)
+    KK: tl.constexpr = KSIZE * KSIZE
+    u, u_ok, n, ih, iw = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, H, W)
+    p, kh, kw = _window(P_PAD, KSIZE)
+    # The output pixel that reads input pixel u at window position p: m = (u + pad − p·dil) / stride, when whole.
+    th = ih[None, :] + pad_h - kh[:, None] * dil_h
+    tw = iw[None, :] + pad_w - kw[:, None] * dil_w
+    dy_ok = (p[:, None] < KK) & u_ok[None, :] & (th >= 0) & (tw >= 0)
+    th = tl.where(th >= 0, th, 0)
+    tw = tl.where(tw >= 0, tw, 0)
+    oh = th // stride_h
+    ow = tw // stride_w
+    dy_ok = dy_ok & (th % stride_h == 0) & (tw % stride_w == 0) & (oh < HO) & (ow < WO)
+    dy_off = n[None, :].to(OFFSET) * sdn + oh.to(OFFSET) * sdh + ow.to(OFFSET) * sdw          # (P, M)
+    i = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    i_ok = i < C_IN
+    i_off = i.to(OFFSET) * sci
+    bb = tl.arange(0, B_PAD)
+    b_ok = bb < NBASIS
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC)                                                 # dxᵀ
+    for g in range(S_OUT):
+        psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(c_ptr.dtype.element_ty)
+        r = tl.load(index_ptr + g * S_IN + s)
+        for o in range(C_OUT):
+            w = _steer(psi, c_ptr + tl.cast(o, OFFSET) * sco + r * scs, i_off, i_ok, bb * scb, b_ok, P_PAD,
+                       BLOCK_N, dy_ptr.dtype.element_ty, PRECISION, UPCAST, ACC)
+            dys = tl.load(dy_ptr + dy_off + (tl.cast(o, OFFSET) * sdc + g * sdg), mask=dy_ok, other=0.0)
+            acc = mma(acc, w, dys, PRECISION, UPCAST)
+    hw = H * W
+    dx_off = ((n[None, :].to(OFFSET) * C_IN + i[:, None]) * S_IN + s) * hw + (u % hw)[None, :]
+    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=i_ok[:, None] & u_ok[None, :])
+
+
+@triton.jit
+def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
+                        NB, C_IN, C_OUT, H, W, HO, WO,
+                        sdn, sdc, sdg, sdh, sdw, sxn, sxc, sxs, sxh, sxw,
+                        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, O_BLOCKS, PART_CHUNKS,
+                        S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
+                        P_PAD: tl.constexpr, B_PAD: tl.constexpr,
+                        PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr):
+    """``dc (parts, C_OUT, C_IN, S_IN, NBASIS)`` contiguous, one partial sum per part of the pixels (``PART_CHUNKS``
+    chunks of ``BLOCK_M`` each); grid ``(O_BLOCKS·parts, C_IN, S_IN)``, ``O_BLOCKS = cdiv(C_OUT, BLOCK_O)``.
+    ``source[g, r]``: the input element ``s`` with ``index[g, s] = r``."""
+    pid_o = tl.program_id(0) % O_BLOCKS
+    part = tl.program_id(0) // O_BLOCKS
+    i = tl.program_id(1)
+    r = tl.program_id(2)
+    KK: tl.constexpr = KSIZE * KSIZE
+    # Back onto the coefficients at (near) fp32 accuracy on tensor cores: an ieee fp32 dot of this size runs on FMAs
+    # and spills at k = 7.
+    BACK_PRECISION: tl.constexpr = "ieee" if ACC == tl.float64 else "tf32x3"
+    o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    o_ok = o < C_OUT
+    p, kh, kw = _window(P_PAD, KSIZE)
+    dc = tl.zeros((BLOCK_O, B_PAD), dtype=ACC)
+    for g in range(S_OUT):
+        s = tl.load(source_ptr + g * S_IN + r)
+        x_base = x_ptr + (tl.cast(i, OFFSET) * sxc + s * sxs)
+        dy_base = dy_ptr + (o[:, None].to(OFFSET) * sdc + g * sdg)
+        dw = tl.zeros((BLOCK_O, P_PAD), dtype=ACC)
+        for start in range(part * PART_CHUNKS * BLOCK_M, tl.minimum((part + 1) * PART_CHUNKS * BLOCK_M, NB * HO * WO),
+                           BLOCK_M):
+            m, m_ok, n, oh, ow = _pixels(start, BLOCK_M, NB, HO, WO)
+            dyt = tl.load(dy_base + (n.to(OFFSET) * sdn + oh.to(OFFSET) * sdh + ow.to(OFFSET) * sdw)[None, :],
+                          mask=o_ok[:, None] & m_ok[None, :], other=0.0)                          # (O, M)
+            x_off, x_ok = _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sxn, sxh, sxw, stride_h, stride_w, pad_h,
+                                         pad_w, dil_h, dil_w, KK, OFFSET)                             # (P, M)
+            xs = tl.load(x_base + x_off, mask=x_ok, other=0.0)
+            dw = mma(dw, dyt, tl.trans(xs), PRECISION, UPCAST)
+        psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(ACC)
+        dc = tl.dot(dw, tl.trans(psi), dc, input_precision=BACK_PRECISION)
+    bb = tl.arange(0, B_PAD)
+    dc_off = (((part * C_OUT + o[:, None]).to(OFFSET) * C_IN + i) * S_IN + r) * NBASIS + bb[None, :]
+    tl.store(dc_ptr + dc_off, dc.to(dc_ptr.dtype.element_ty), mask=o_ok[:, None] & (bb[None, :] < NBASIS))
+
+
+# ----------------------------------------------------------------------------------------------- launchers
+def _pair(value, name: str, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each ≥ ``minimum``, as ``(h, w)``; TypeError / ValueError naming ``name``."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name}: expected values >= {minimum}, got {value!r}")
+    return pair
+
+
+def _check_tensor(t, name: str, dims: int, expected: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor {expected}, got {type(t).__name__}")
+    if t.dim() != dims:
+        raise ValueError(f"{name}: expected {dims} dims {expected}, got shape {tuple(t.shape)}")
+
+
+def _check_float(t: torch.Tensor, name: str, like: Optional[torch.Tensor] = None, like_name: str = "") -> None:
+    if t.dtype not in _DTYPES:
+        raise TypeError(f"{name}: expected one of {[str(d) for d in _DTYPES]}, got {t.dtype}")
+    if like is not None and (t.dtype != like.dtype or t.device != like.device):
+        raise ValueError(f"{name}: expected the dtype and device of {like_name} ({like.dtype} on {like.device}), got "
+                         f"{t.dtype} on {t.device}")
+
+
+def _check_groups(groups) -> None:
+    if groups != 1:
+        raise ValueError(f"groups: the steerable kernels take groups=1 only, got {groups!r}")
+
+
+def _geometry(kernel_size: int, stride, padding, dilation) -> tuple:
+    """``(stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)`` from ints or pairs (``'same'`` is the caller's to
+    resolve into numbers)."""
+    if isinstance(padding, str):
+        raise TypeError(f"padding: expected an int or a pair of ints (resolve {padding!r} first, e.g. k // 2 = "
+                        f"{kernel_size // 2} for 'same' at stride 1), got {padding!r}")
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride, "stride", 1), _pair(padding, "padding", 0), \
+        _pair(dilation, "dilation", 1)
+    return sh, sw, ph, pw, dh, dw
+
+
+def _output_size(size: int, kernel_size: int, stride: int, pad: int, dil: int) -> int:
+    return (size + 2 * pad - dil * (kernel_size - 1) - 1) // stride + 1
+
+
+def _check_tables(tables, coefficients_shape, index, device, dtype, coefficients_name: str = "coefficients"
+                  ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Validated ``tables (S_out, B, k·k)`` (in ``dtype``, contiguous) and ``index (S_out, S_in)`` (int32 on
+    ``device``); returns them with ``k`` and ``S_out``."""
+    _check_tensor(tables, "tables", 3, "(S_out, B, k*k) from steerable._tables(group, k, dtype, device)")
+    s_out, size, positions = tables.shape
+    kernel_size = math.isqrt(positions)
+    if kernel_size * kernel_size != positions or kernel_size < 1:
+        raise ValueError(f"tables: expected (S_out, B, k*k) with a square window, got shape {tuple(tables.shape)}")
+    if tables.dtype not in _DTYPES:
+        raise TypeError(f"tables: expected a floating dtype, got {tables.dtype}")
+    c_out, c_in, s_in, basis = coefficients_shape
+    if basis != size:
+        raise ValueError(f"{coefficients_name}: expected (C_out, C_in, S_in, {size}) for tables of shape "
+                         f"{tuple(tables.shape)}, got {tuple(coefficients_shape)}")
+    _check_tensor(index, "index", 2, "(S_out, S_in) from group.stabilizer_index(in_group)")
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise TypeError(f"index: expected an integer tensor, got {index.dtype}")
+    if tuple(index.shape) != (s_out, s_in):
+        raise ValueError(f"index: expected shape (S_out, S_in) = ({s_out}, {s_in}) for tables {tuple(tables.shape)} "
+                         f"and coefficients {tuple(coefficients_shape)}, got {tuple(index.shape)}")
+    if index.device.type == "cpu":  # a permutation per row (where checking it costs no device sync)
+        rows = index.sort(dim=1).values
+        if not torch.equal(rows, torch.arange(s_in).expand(s_out, s_in).to(rows.dtype)):
+            raise ValueError(f"index: expected each row to be a permutation of 0..{s_in - 1} (index(g^-1 s)), got "
+                             f"{index.tolist()}")
+    tables = tables.to(device=device, dtype=dtype).contiguous()
+    return tables, index.to(device=device, dtype=torch.int32).contiguous(), kernel_size, s_out
+
+
+def _as_5d(t: torch.Tensor, s: int, name: str) -> torch.Tensor:
+    """``(B, C, S, H, W)`` from itself or from ``(B, C·S, H, W)`` (a view)."""
+    if t.dim() == 4:
+        if t.shape[1] % s:
+            raise ValueError(f"{name}: expected (B, C*{s}, H, W) or (B, C, {s}, H, W), got {tuple(t.shape)}")
+        return t.unflatten(1, (t.shape[1] // s, s))
+    _check_tensor(t, name, 5, f"(B, C, {s}, H, W)")
+    return t
+
+
+def _offset_type(*tensors: torch.Tensor):
+    """``tl.int32`` when every element offset of every tensor fits in 31 bits (half the registers for the
+    gathered windows' offsets), else ``tl.int64``."""
+    span = max(1 + sum((d - 1) * abs(st) for d, st in zip(t.shape, t.stride())) for t in tensors)
+    return tl.int32 if span < 2**31 else tl.int64
+
+
+def _kernel_args(dtype: torch.dtype, *tensors: torch.Tensor) -> dict:
+    """The dtype-dependent constexprs: dot precision, interpreter upcast, accumulator, offset type."""
+    return dict(PRECISION=dot_precision(dtype), UPCAST=INTERPRET and dtype in (torch.float16, torch.bfloat16),
+                ACC=tl.float64 if dtype == torch.float64 else tl.float32, OFFSET=_offset_type(*tensors))
+
+
+def _empty(shape, like: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return out.fill_(float("nan")) if poison_outputs() else out
+
+
+def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Tensor, index: torch.Tensor,
+            stride=1, padding=0, dilation=1, *, groups: int = 1) -> torch.Tensor:
+    """The steerable group convolution, steered in the kernel.
+
+    Args:
+        x: ``(B, C_in, S_in, H, W)`` or ``(B, C_in·S_in, H, W)`` (lifting: ``S_in = 1``).
+        coefficients: ``(C_out, C_in, S_in, B)``, x's dtype and device.  bias: ``(C_out,)`` or None.
+        tables: ``Ψ (S_out, B, k·k)``, ``steerable._tables(group, k, dtype, device)``.
+        index: ``(S_out, S_in)`` integer, ``group.stabilizer_index(in_group)``.
+        stride, padding, dilation: ints or pairs (zeros padding).  groups: 1 only.
+    Returns ``y (B, C_out, S_out, H', W')`` contiguous, in x's dtype.
+    """
+    _check_groups(groups)
+    _check_tensor(coefficients, "coefficients", 4, "(C_out, C_in, S_in, B)")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor (B, C_in, S_in, H, W), got {type(x).__name__}")
+    _check_float(x, "x")
+    _check_float(coefficients, "coefficients", x, "x")
+    c_out, c_in, s_in, basis = coefficients.shape
+    x = _as_5d(x, s_in, "x")
+    if tuple(x.shape[1:3]) != (c_in, s_in):
+        raise ValueError(f"x: expected (B, {c_in}, {s_in}, H, W) for coefficients {tuple(coefficients.shape)}, got "
+                         f"{tuple(x.shape)}")
+    tables, index, k, s_out = _check_tables(tables, coefficients.shape, index, x.device, x.dtype)
+    if bias is not None:
+        _check_tensor(bias, "bias", 1, f"({c_out},)")
+        _check_float(bias, "bias", x, "x")
+        if bias.shape[0] != c_out:
+            raise ValueError(f"bias: expected shape ({c_out},), got {tuple(bias.shape)}")
+    sh, sw, ph, pw, dh, dw = _geometry(k, stride, padding, dilation)
+    nb, _, _, h, w = x.shape
+    ho, wo = _output_size(h, k, sh, ph, dh), _output_size(w, k, sw, pw, dw)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"x: a {h}x{w} input gives an empty {ho}x{wo} output (k={k}, stride={stride}, "
+                         f"padding={padding}, dilation={dilation})")
+    y = _empty((nb, c_out, s_out, ho, wo), x)
+    if y.numel() == 0:
+        return y
+    cfg = config(k, x.dtype)
+    grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), cdiv(c_out, cfg["BLOCK_N"]), s_out)
+    _forward_kernel[grid](x, coefficients, bias if bias is not None else coefficients, tables, index, y,
+                          nb, c_in, c_out, h, w, ho, wo, *x.stride(), *coefficients.stride(),
+                          sh, sw, ph, pw, dh, dw, S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis,
+                          P_PAD=_pad16(k * k), B_PAD=_pad16(basis), HAS_BIAS=bias is not None,
+                          **_kernel_args(x.dtype, x, coefficients, y), **cfg)
+    return y
+
+
+def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tensor, index: torch.Tensor, x_shape,
+               stride=1, padding=0, dilation=1, *, groups: int = 1) -> torch.Tensor:
+    """``dx`` of :func:`forward`: the adjoint, again a steerable convolution (K over ``(g, o)``).
+
+    Args:
+        dy: ``(B, C_out, S_out, H', W')``.  coefficients: ``(C_out, C_in, S_in, B)``, dy's dtype and device.
+        tables, index, stride, padding, dilation, groups: as :func:`forward`.
+        x_shape: the input's shape, ``(B, C_in, S_in, H, W)`` or ``(B, C_in·S_in, H, W)``.
+    Returns ``dx`` of shape ``x_shape``, contiguous, in dy's dtype.
+    """
+    _check_groups(groups)
+    _check_tensor(dy, "dy", 5, "(B, C_out, S_out, H', W')")
+    _check_tensor(coefficients, "coefficients", 4, "(C_out, C_in, S_in, B)")
+    _check_float(dy, "dy")
+    _check_float(coefficients, "coefficients", dy, "dy")
+    c_out, c_in, s_in, basis = coefficients.shape
+    tables, index, k, s_out = _check_tables(tables, coefficients.shape, index, dy.device, dy.dtype)
+    x_shape = tuple(x_shape)
+    if len(x_shape) not in (4, 5) or not all(isinstance(v, int) for v in x_shape):
+        raise TypeError(f"x_shape: expected (B, C_in, S_in, H, W) ints, got {x_shape!r}")
+    full = x_shape if len(x_shape) == 5 else (x_shape[0], x_shape[1] // s_in, s_in, *x_shape[2:])
+    if full[1:3] != (c_in, s_in) or (len(x_shape) == 4 and x_shape[1] != c_in * s_in):
+        raise ValueError(f"x_shape: expected (B, {c_in}, {s_in}, H, W) for coefficients {tuple(coefficients.shape)}, "
+                         f"got {x_shape}")
+    sh, sw, ph, pw, dh, dw = _geometry(k, stride, padding, dilation)
+    nb, _, _, h, w = full
+    ho, wo = _output_size(h, k, sh, ph, dh), _output_size(w, k, sw, pw, dw)
+    if tuple(dy.shape) != (nb, c_out, s_out, ho, wo):
+        raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x_shape {x_shape}, got {tuple(dy.shape)}")
+    dx = _empty(full, dy)
+    if dx.numel() == 0:
+        return dx.view(x_shape)
+    cfg = config(k, dy.dtype)
+    grid = (cdiv(nb * h * w, cfg["BLOCK_M"]), cdiv(c_in, cfg["BLOCK_N"]), s_in)
+    _input_grad_kernel[grid](dy, coefficients, tables, index, dx, nb, c_in, c_out, h, w, ho, wo,
+                             *dy.stride(), *coefficients.stride(), sh, sw, ph, pw, dh, dw,
+                             S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k),
+                             B_PAD=_pad16(basis), **_kernel_args(dy.dtype, dy, coefficients, dx), **cfg)
+    return dx.view(x_shape)
+
+
+def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: torch.Tensor, coeff_shape,
+                stride=1, padding=0, dilation=1, *, groups: int = 1) -> torch.Tensor:
+    """``dc`` of :func:`forward`, summed over the group copies in the kernel (deterministic: no atomics).
+
+    Args:
+        dy: ``(B, C_out, S_out, H', W')``.  x: ``(B, C_in, S_in, H, W)`` or ``(B, C_in·S_in, H, W)``, dy's dtype.
+        coeff_shape: ``(C_out, C_in, S_in, B)``.  tables, index, stride, padding, dilation, groups: as
+            :func:`forward`.
+    Returns ``dc (C_out, C_in, S_in, B)`` contiguous, in dy's dtype (the bias gradient is ``dy.sum((0, 2, 3, 4))``,
+    the caller's).
+    """
+    _check_groups(groups)
+    _check_tensor(dy, "dy", 5, "(B, C_out, S_out, H', W')")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor (B, C_in, S_in, H, W), got {type(x).__name__}")
+    _check_float(dy, "dy")
+    _check_float(x, "x", dy, "dy")
+    coeff_shape = tuple(coeff_shape)
+    if len(coeff_shape) != 4 or not all(isinstance(v, int) and v >= 1 for v in coeff_shape):
+        raise ValueError(f"coeff_shape: expected (C_out, C_in, S_in, B) positive ints, got {coeff_shape!r}")
+    c_out, c_in, s_in, basis = coeff_shape
+    x = _as_5d(x, s_in, "x")
+    if tuple(x.shape[1:3]) != (c_in, s_in):
+        raise ValueError(f"x: expected (B, {c_in}, {s_in}, H, W) for coeff_shape {coeff_shape}, got {tuple(x.shape)}")
+    tables, index, k, s_out = _check_tables(tables, coeff_shape, index, dy.device, dy.dtype, "coeff_shape")
+    sh, sw, ph, pw, dh, dw = _geometry(k, stride, padding, dilation)
+    nb, _, _, h, w = x.shape
+    ho, wo = _output_size(h, k, sh, ph, dh), _output_size(w, k, sw, pw, dw)
+    if tuple(dy.shape) != (nb, c_out, s_out, ho, wo):
+        raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x {tuple(x.shape)}, got {tuple(dy.shape)}")
+    source = torch.argsort(index, dim=1).to(torch.int32).contiguous()        # source[g, r] = s with index[g, s] = r
+    cfg = _weight_grad_config(k, dy.dtype)
+    o_blocks, chunks = cdiv(c_out, cfg["BLOCK_O"]), cdiv(nb * ho * wo, cfg["BLOCK_M"])
+    # the partial sums (parts × the coefficients) stay under half the bank: parts·B < S_out·k² / 2
+    parts = _pixel_parts(o_blocks * c_in * s_in, chunks, max(1, s_out * k * k // (2 * basis)), dy.device)
+    part_chunks = max(1, cdiv(chunks, parts))
+    parts = max(1, cdiv(chunks, part_chunks))
+    out = _empty(coeff_shape, dy) if parts == 1 else \
+        torch.empty((parts, *coeff_shape), dtype=torch.float64 if dy.dtype == torch.float64 else torch.float32,
+                    device=dy.device)
+    _weight_grad_kernel[(o_blocks * parts, c_in, s_in)](
+        dy, x, tables, source, out, nb, c_in, c_out, h, w, ho, wo, *dy.stride(), *x.stride(), sh, sw, ph, pw, dh, dw,
+        o_blocks, part_chunks, S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k),
+        B_PAD=_pad16(basis), **_kernel_args(dy.dtype, dy, x, out), **cfg)
+    return out if parts == 1 else out.sum(0).to(dy.dtype)     # a fixed-order sum over the parts: deterministic
+
+
+# Below this many coefficient-gradient programs the pixels are split into parts (partial sums, then one sum).  On a
+# GPU: 4 programs per SM; elsewhere this value (tests raise it to exercise the split under the interpreter).
+MIN_PROGRAMS = 1
+
+
+def _pixel_parts(programs: int, chunks: int, limit: int, device: torch.device) -> int:
+    """How many parts the coefficient gradient splits the pixels into: enough for ``MIN_PROGRAMS`` (4 per SM on a
+    GPU) programs, at most one per pixel chunk and at most ``limit``."""
+    target = MIN_PROGRAMS
+    if device.type == "cuda" and not INTERPRET:
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(cdiv(target, programs), chunks, limit))

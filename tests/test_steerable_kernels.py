@@ -1,0 +1,264 @@
+"""The steerable (C_N / D_N) kernels of ``kernels/steerable_conv.py`` against the float64 reference
+(``steerable.steerable_conv2d`` + autograd): forward, input gradient, coefficient gradient and the bias gradient the
+caller sums; a gradcheck, determinism, argument errors, and an allocation record proving that no tensor of the
+filter bank's size (``C_out·S_out·C_in·S_in·k²``) is created.  Shapes are odd or prime so that every tile has a
+ragged edge."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from gconv_triton import steerable as st
+from gconv_triton.groups import get_group
+from gconv_triton.kernels import steerable_conv as kernels
+
+from helpers import DEVICE, assert_close
+
+C4, C8, C16, D8 = st.cyclic_group(4), st.cyclic_group(8), st.cyclic_group(16), st.dihedral_group(8)
+
+
+def _inputs(group, lifting: bool, k: int, dtype, *, batch=2, c_in=3, c_out=5, height=7, width=9, seed=0):
+    """``x (B, C_in, S_in, H, W)``, ``c (C_out, C_in, S_in, B)``, ``bias (C_out,)`` in ``dtype`` on the device
+    (drawn in float64, then rounded: the reference sees exactly the kernel's inputs), with the in_group."""
+    in_group = get_group("z2") if lifting else group
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, c_in, in_group.order, height, width, generator=gen, dtype=torch.float64)
+    c = torch.randn(c_out, c_in, in_group.order, st.basis_size(k), generator=gen, dtype=torch.float64)
+    bias = torch.randn(c_out, generator=gen, dtype=torch.float64)
+    return [t.to(dtype).to(DEVICE) for t in (x, c, bias)], in_group
+
+
+def _geometry_kwargs(stride, padding, dilation) -> dict:
+    return dict(stride=stride, padding=padding, dilation=dilation)
+
+
+# (group, lifting, k, stride, padding, dilation, dtype, sizes)
+CASES = [
+    (C4, True, 3, 1, 1, 1, torch.float32, {}),
+    (C4, False, 7, 1, 3, 1, torch.float32, dict(c_in=2, c_out=3)),
+    (C8, False, 5, 1, 2, 1, torch.float32, {}),
+    (C8, False, 5, 2, 2, 1, torch.float32, {}),
+    (C8, True, 3, (1, 2), (2, 1), 1, torch.float32, {}),
+    (C16, True, 7, 2, 3, 1, torch.float32, {}),
+    (C16, False, 3, 1, 1, 1, torch.float32, dict(c_in=2, c_out=3, height=5, width=7)),
+    (D8, False, 3, 1, 0, 2, torch.float32, dict(c_in=2, c_out=3, height=7, width=7)),
+    (D8, True, 5, 2, 1, 1, torch.float32, {}),
+    (C8, False, 3, 2, 1, 1, torch.float64, dict(c_in=2, c_out=3)),
+    (C8, True, 5, 1, 2, 1, torch.float16, {}),
+    (D8, False, 3, 1, 1, 1, torch.bfloat16, dict(c_in=2, c_out=3, height=5, width=7)),
+]
+
+
+def _case_id(case) -> str:
+    group, lifting, k, stride, padding, dilation, dtype, _ = case
+    return (f"{group.name}-{'lift' if lifting else 'regular'}-k{k}-s{stride}-p{padding}-d{dilation}-"
+            f"{str(dtype).split('.')[-1]}").replace(" ", "")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_forward_and_gradients_match_float64_reference(case):
+    group, lifting, k, stride, padding, dilation, dtype, sizes = case
+    (x, c, bias), in_group = _inputs(group, lifting, k, dtype, **sizes)
+    geometry = _geometry_kwargs(stride, padding, dilation)
+    xr, cr, br = (t.detach().double().requires_grad_() for t in (x, c, bias))
+    ref = st.steerable_conv2d(xr, cr, br, group=group, in_group=in_group, kernel_size=k, **geometry)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    dy = dy.to(dtype).to(DEVICE)
+    ref.backward(dy.double())
+    tables = st._tables(group, k, dtype, x.device)
+    index = group.stabilizer_index(in_group)
+
+    y = kernels.forward(x, c, bias, tables, index, **geometry)
+    assert y.dtype == dtype
+    assert_close(y, ref, dtype, "y")
+    dx = kernels.input_grad(dy, c, tables, index, x.shape, **geometry)
+    assert_close(dx, xr.grad, dtype, "dx")
+    dc = kernels.weight_grad(dy, x, tables, index, c.shape, **geometry)
+    assert_close(dc, cr.grad, dtype, "dc")
+    assert_close(dy.double().sum((0, 2, 3, 4)), br.grad, torch.float64, "dbias")
+
+
+def test_int64_offsets(monkeypatch):
+    """The int64 offsets that tensors beyond 2³¹ elements get (forced here on small ones) give the same results."""
+    import triton.language as tl
+
+    monkeypatch.setattr(kernels, "_offset_type", lambda *tensors: tl.int64)
+    test_forward_and_gradients_match_float64_reference((C8, False, 3, 2, 1, 1, torch.float32, dict(c_in=2, c_out=3)))
+
+
+def test_flattened_input_and_no_bias():
+    """``x (B, C_in·S_in, H, W)`` is taken as ``(B, C_in, S_in, H, W)``; ``bias=None`` adds nothing."""
+    (x, c, _), in_group = _inputs(C8, False, 3, torch.float32, c_in=2, c_out=3, height=5, width=6)
+    tables, index = st._tables(C8, 3, x.dtype, x.device), C8.stabilizer_index(in_group)
+    ref = st.steerable_conv2d(x.double(), c.double(), None, group=C8, in_group=in_group, kernel_size=3, padding=1)
+    y = kernels.forward(x.flatten(1, 2), c, None, tables, index, 1, 1, 1)
+    assert_close(y, ref, torch.float32, "y")
+    dx = kernels.input_grad(y, c, tables, index, x.flatten(1, 2).shape, 1, 1, 1)
+    assert dx.shape == x.flatten(1, 2).shape
+
+
+class _SteeredConv(torch.autograd.Function):
+    """The three launchers as one differentiable op (what the package's op will wire)."""
+
+    @staticmethod
+    def forward(ctx, x, c, bias, tables, index, stride, padding):
+        ctx.save_for_backward(x, c)
+        ctx.geometry = (tables, index, stride, padding)
+        return kernels.forward(x, c, bias, tables, index, stride, padding, 1)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, c = ctx.saved_tensors
+        tables, index, stride, padding = ctx.geometry
+        dy = dy.contiguous()
+        dx = kernels.input_grad(dy, c, tables, index, x.shape, stride, padding, 1)
+        dc = kernels.weight_grad(dy, x, tables, index, c.shape, stride, padding, 1)
+        return dx, dc, dy.sum((0, 2, 3, 4)), None, None, None, None
+
+
+@pytest.mark.parametrize("group, lifting, stride", [(C8, True, 2), (C4, False, 1)], ids=["c8-lift-s2", "c4-regular"])
+def test_gradcheck_float64(group, lifting, stride):
+    (x, c, bias), in_group = _inputs(group, lifting, 3, torch.float64, batch=1, c_in=1, c_out=2, height=3, width=4)
+    tables, index = st._tables(group, 3, torch.float64, x.device), group.stabilizer_index(in_group)
+    args = tuple(t.requires_grad_() for t in (x, c, bias))
+    # fast mode (random projections of the Jacobian): a few launches instead of one backward per output element
+    assert torch.autograd.gradcheck(lambda *a: _SteeredConv.apply(*a, tables, index, stride, 1), args,
+                                    fast_mode=True)
+
+
+def test_deterministic():
+    """Two runs of every launcher give bitwise-equal results (the coefficient gradient sums over pixels and group
+    copies in a fixed order, no atomics)."""
+    (x, c, bias), in_group = _inputs(C8, False, 5, torch.float32, batch=1, c_in=2, c_out=3, height=5, width=7)
+    tables, index = st._tables(C8, 5, x.dtype, x.device), C8.stabilizer_index(in_group)
+    y = kernels.forward(x, c, bias, tables, index, 2, 2, 1)
+    dy = torch.randn_like(y)
+    for run in (lambda: kernels.forward(x, c, bias, tables, index, 2, 2, 1),
+                lambda: kernels.input_grad(dy, c, tables, index, x.shape, 2, 2, 1),
+                lambda: kernels.weight_grad(dy, x, tables, index, c.shape, 2, 2, 1)):
+        assert torch.equal(run(), run())
+
+
+@pytest.mark.parametrize("group, lifting, stride", [(C8, True, 2), (C4, False, 1)], ids=["c8-lift-s2", "c4-regular"])
+def test_weight_grad_pixel_split(monkeypatch, group, lifting, stride):
+    """Few coefficient-gradient programs (a lifting layer) split the pixels into parts: the same gradient, bitwise
+    the same on a rerun, and partial sums under half the bank."""
+    monkeypatch.setattr(kernels, "MIN_PROGRAMS", 64)                    # a GPU asks for 4 per SM anyway
+    small = dict(BLOCK_M=16, BLOCK_O=16, num_warps=4, num_stages=1)     # several pixel chunks on a small image
+    monkeypatch.setattr(kernels, "_weight_grad_config", lambda kernel_size, dtype: dict(small))
+    k = 3
+    (x, c, bias), in_group = _inputs(group, lifting, k, torch.float32, c_in=2, c_out=3)
+    xr, cr = x.double().requires_grad_(), c.double().requires_grad_()
+    ref = st.steerable_conv2d(xr, cr, None, group=group, in_group=in_group, kernel_size=k, stride=stride, padding=1)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    ref.backward(dy.double())
+    tables, index = st._tables(group, k, x.dtype, x.device), group.stabilizer_index(in_group)
+    with _CreatedTensors() as created:
+        dc = kernels.weight_grad(dy, x, tables, index, c.shape, stride, 1, 1)
+    parts = [n for name, n in created.sizes if name == "aten.empty.memory_format"]
+    assert parts and max(parts) > c.numel(), "no partial sums: the split did not happen"
+    assert max(n for _, n in created.sizes) * 2 <= c.shape[0] * group.order * c.shape[1] * c.shape[2] * k * k
+    assert_close(dc, cr.grad, torch.float32, "dc")
+    assert torch.equal(dc, kernels.weight_grad(dy, x, tables, index, c.shape, stride, 1, 1))
+
+
+class _CreatedTensors(TorchDispatchMode):
+    """Records ``(op, element count)`` of every tensor an op returns in new memory (not a view or a re-wrap of an
+    argument's storage, as the interpreter's ``set_`` of a launch argument is)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[tuple[str, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = pytree.tree_leaves((args, kwargs))
+        known = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+        known |= {t.data_ptr() for t in inputs if isinstance(t, (torch.UntypedStorage, torch.TypedStorage))}
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in known:
+                self.sizes.append((str(func), t.numel()))
+        return out
+
+
+def test_no_tensor_of_the_bank_size_is_created():
+    """C8 regular, 4 -> 4 channels, k = 5: the bank has 4·8·4·8·25 = 25600 elements, every activation 1152.  The
+    reference path creates it (so the recorder sees such tensors); the three launchers create nothing that
+    large."""
+    group, k = C8, 5
+    (x, c, bias), in_group = _inputs(group, False, k, torch.float32, batch=1, c_in=4, c_out=4, height=6, width=6)
+    bank_numel = c.shape[0] * group.order * c.shape[1] * c.shape[2] * k * k
+    assert bank_numel > 20 * x.numel()
+    tables, index = st._tables(group, k, x.dtype, x.device), group.stabilizer_index(in_group)
+    with _CreatedTensors() as reference:
+        st.steerable_conv2d(x, c, bias, group=group, in_group=in_group, kernel_size=k, padding=2)
+    assert max(n for _, n in reference.sizes) >= bank_numel
+    dy = torch.randn(1, 4, group.order, 6, 6, device=DEVICE)
+    with _CreatedTensors() as kernel_ops:
+        kernels.forward(x, c, bias, tables, index, 1, 2, 1)
+        kernels.input_grad(dy, c, tables, index, x.shape, 1, 2, 1)
+        kernels.weight_grad(dy, x, tables, index, c.shape, 1, 2, 1)
+    assert kernel_ops.sizes, "the recorder saw no op at all"
+    largest = max(kernel_ops.sizes, key=lambda entry: entry[1])
+    assert largest[1] < bank_numel, f"{largest[0]} created {largest[1]} elements (bank: {bank_numel})"
+
+
+def test_argument_errors_name_the_argument():
+    (x, c, bias), in_group = _inputs(C4, False, 3, torch.float32, c_in=2, c_out=3, height=5, width=5)
+    tables, index = st._tables(C4, 3, x.dtype, x.device), C4.stabilizer_index(in_group)
+    y = kernels.forward(x, c, bias, tables, index)
+    with pytest.raises(ValueError, match="groups"):
+        kernels.forward(x, c, bias, tables, index, groups=2)
+    with pytest.raises(ValueError, match="groups"):
+        kernels.input_grad(y, c, tables, index, x.shape, groups=2)
+    with pytest.raises(ValueError, match="groups"):
+        kernels.weight_grad(y, x, tables, index, c.shape, groups=2)
+    with pytest.raises(ValueError, match="coefficients"):
+        kernels.forward(x, c.double(), bias, tables, index)
+    with pytest.raises(TypeError, match="x"):
+        kernels.forward(x.long(), c, bias, tables, index)
+    with pytest.raises(ValueError, match="x"):
+        kernels.forward(x[:, :1], c, bias, tables, index)
+    with pytest.raises(ValueError, match="coefficients"):
+        kernels.forward(x, c[..., :5], bias, tables, index)
+    with pytest.raises(ValueError, match="tables"):
+        kernels.forward(x, c, bias, tables[..., :8], index)
+    with pytest.raises(ValueError, match="index"):
+        kernels.forward(x, c, bias, tables, index[:, :2])
+    with pytest.raises(ValueError, match="index"):
+        kernels.forward(x, c, bias, tables, torch.zeros_like(index))
+    with pytest.raises(TypeError, match="index"):
+        kernels.forward(x, c, bias, tables, index.float())
+    with pytest.raises(ValueError, match="bias"):
+        kernels.forward(x, c, bias[:2], tables, index)
+    with pytest.raises(TypeError, match="padding"):
+        kernels.forward(x, c, bias, tables, index, padding="same")
+    with pytest.raises(ValueError, match="stride"):
+        kernels.forward(x, c, bias, tables, index, stride=0)
+    with pytest.raises(TypeError, match="dilation"):
+        kernels.forward(x, c, bias, tables, index, dilation=1.5)
+    with pytest.raises(ValueError, match="x"):
+        kernels.forward(x, c, bias, tables, index, dilation=3)          # a 5x5 input, a 7x7 dilated window
+    with pytest.raises(ValueError, match="dy"):
+        kernels.input_grad(y[..., :2], c, tables, index, x.shape)
+    with pytest.raises(ValueError, match="x_shape"):
+        kernels.input_grad(y, c, tables, index, (2, 3, 4, 5, 5))
+    with pytest.raises(ValueError, match="coeff_shape"):
+        kernels.weight_grad(y, x, tables, index, (3, 2, 4))
+    with pytest.raises(ValueError, match="x"):
+        kernels.weight_grad(y, x.double(), tables, index, c.shape)
+    with pytest.raises(ValueError, match="coeff_shape"):
+        kernels.weight_grad(y, x, tables, index, (3, 2, 4, 5))
+
+
+def test_empty_batch():
+    """A batch of none: empty outputs, and a coefficient gradient of zeros (a sum over no pixels)."""
+    (x, c, bias), in_group = _inputs(C4, False, 3, torch.float32, batch=0, c_in=2, c_out=3, height=5, width=5)
+    tables, index = st._tables(C4, 3, x.dtype, x.device), C4.stabilizer_index(in_group)
+    y = kernels.forward(x, c, bias, tables, index, 1, 1, 1)
+    assert y.shape == (0, 3, 4, 5, 5)
+    assert kernels.input_grad(y, c, tables, index, x.shape, 1, 1, 1).shape == x.shape
+    assert torch.equal(kernels.weight_grad(y, x, tables, index, c.shape, 1, 1, 1), torch.zeros_like(c))
