@@ -52,6 +52,16 @@ def _layer_and_input(group: str, lifting: bool, k: int, options: dict, size: int
     return layer.to(DEVICE), torch.randn(shape, dtype=dtype, device=DEVICE)
 
 
+def _assert_matches_reference(layer, x, y, grads, dy, dtype) -> None:
+    """``y`` and ``grads`` (input, parameters) of ``layer`` on ``x`` within ``dtype``'s error of the same layer in
+    float64 on the reference path."""
+    with torch_backend():
+        want_y, want_grads, _ = _step(copy.deepcopy(layer).cpu().double(), x.cpu().double(), dy)
+    assert_close(y, want_y, dtype, "y")
+    for i, (got, want) in enumerate(zip(grads, want_grads)):
+        assert_close(got, want, dtype, f"gradient {i} (input, then parameters)")
+
+
 def _step(layer, x, dy=None):
     """``y`` and the gradients of ``⟨y, dy⟩`` to the input and every parameter."""
     x = x.detach().requires_grad_()
@@ -68,12 +78,7 @@ def test_layer_on_the_kernels_matches_the_float64_reference(case):
     layer, x = _layer_and_input(group, lifting, k, options, size)
     with triton_backend():
         y, grads, dy = _step(layer, x)
-    oracle = copy.deepcopy(layer).cpu().double()
-    with torch_backend():
-        want_y, want_grads, _ = _step(oracle, x.cpu().double(), dy)
-    assert_close(y, want_y, torch.float32, "y")
-    for name, got, want in zip(["dx", "dweight", "dbias"], grads, want_grads):
-        assert_close(got, want, torch.float32, name)
+    _assert_matches_reference(layer, x, y, grads, dy, torch.float32)
 
 
 @pytest.mark.parametrize("group, lifting", [("c8", True), ("c4", False)])
@@ -103,12 +108,7 @@ def test_bf16_autocast_on_the_kernels():
     with triton_backend(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         y, grads, dy = _step(layer, x)
     assert y.dtype == torch.bfloat16
-    oracle = copy.deepcopy(layer).cpu().double()
-    with torch_backend():
-        want_y, want_grads, _ = _step(oracle, x.cpu().double(), dy)
-    assert_close(y, want_y, torch.bfloat16, "y")
-    for name, got, want in zip(["dx", "dweight", "dbias"], grads, want_grads):
-        assert_close(got, want, torch.bfloat16, name)
+    _assert_matches_reference(layer, x, y, grads, dy, torch.bfloat16)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -146,6 +146,24 @@ def test_reference_inside_the_ops_is_the_reference_path():
     assert torch.allclose(ops._conv_op(x, c, None, tables, *geometry), y, rtol=1e-12, atol=1e-12)
     assert torch.allclose(ops._input_grad_op(dy, c, tables, list(x.shape), *geometry), dx, rtol=1e-12, atol=1e-12)
     assert torch.allclose(ops._weight_grad_op(dy, x, tables, list(c.shape), *geometry), dc, rtol=1e-12, atol=1e-12)
+
+
+def test_every_op_twice_differentiable_on_the_reference_inside_the_ops():
+    """gradcheck and gradgradcheck (full Jacobians, float64) of each op, its backward ops' own autograd included:
+    the wiring of the double backward, on the ops' reference (the kernels: test_gradcheck_and_gradgradcheck)."""
+    torch.manual_seed(0)
+    d8 = st.dihedral_group(8)
+    x = torch.randn(1, 1, 16, 4, 5, dtype=DT, requires_grad=True)
+    c = torch.randn(2, 1, 16, 6, dtype=DT, requires_grad=True)
+    b = torch.randn(2, dtype=DT, requires_grad=True)
+    dy = torch.randn(1, 2, 16, 2, 5, dtype=DT, requires_grad=True)
+    tables = st.rotated_basis(d8, 3).flatten(2)
+    geometry = ("D8", "D8", 3, [2, 1], [1, 1], [1, 1], "torch")
+    for op, args in ((lambda x, c, b: ops._conv_op(x, c, b, tables, *geometry), (x, c, b)),
+                     (lambda dy, c: ops._input_grad_op(dy, c, tables, list(x.shape), *geometry), (dy, c)),
+                     (lambda dy, x: ops._weight_grad_op(dy, x, tables, list(c.shape), *geometry), (dy, x))):
+        assert torch.autograd.gradcheck(op, args)
+        assert torch.autograd.gradgradcheck(op, args)
 
 
 def test_compile_before_any_eager_call_in_a_fresh_process():
@@ -211,8 +229,4 @@ def test_model_on_the_kernels_matches_the_reference_path():
     x = torch.randn(2, 2, 7, 7, device=DEVICE)
     with triton_backend():
         y, grads, dy = _step(model, x)
-    with torch_backend():
-        want_y, want_grads, _ = _step(copy.deepcopy(model).cpu().double(), x.cpu().double(), dy)
-    assert_close(y, want_y, torch.float32, "y")
-    for i, (got, want) in enumerate(zip(grads, want_grads)):
-        assert_close(got, want, torch.float32, f"gradient {i}")
+    _assert_matches_reference(model, x, y, grads, dy, torch.float32)

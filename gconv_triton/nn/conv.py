@@ -68,8 +68,8 @@ class GroupConv2d(nn.Module):
     ``(B, C_out, S_out, H_out, W_out)``.  Parameters: ``weight (C_out, C_in/groups, S_in, kh, kw)`` and
     ``bias (C_out,)``, nothing else: the filter bank is never stored (:meth:`export` builds it once).  With a
     steerable group ``weight`` is the coefficients ``(C_out, C_in/groups, S_in, B)`` on e2cnn's basis of ``B``
-    functions (the kernel square), and the layer runs the reference path (bank by one small matmul, then
-    ``F.conv2d``) on every device: the Triton kernels have no steerable filters yet.
+    functions (the kernel square); the Triton kernels steer the filter inside the GEMM (no bank), and the
+    reference path (bank by one small matmul, then ``F.conv2d``) serves CPU tensors on the ``'auto'`` backend.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, group: Union[str, Group] = "p4",

@@ -158,46 +158,32 @@ def _conv_backward(ctx, dy):
 _conv_op.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
-def _input_grad_setup(ctx, inputs, output):
-    dy, coefficients, tables = inputs[:3]
-    ctx.geometry, ctx.backend = tuple(inputs[_GEOMETRY]), inputs[-1]
-    ctx.save_for_backward(dy, coefficients, tables)
+def _backward_op_setup(ctx, inputs, output, *, input_grad: bool):
+    """Either backward op: its three tensors (``dy``, then the coefficients or ``x``, then the tables) are saved."""
+    ctx.geometry, ctx.backend, ctx.input_grad = tuple(inputs[_GEOMETRY]), inputs[-1], input_grad
+    ctx.save_for_backward(*inputs[:3])
 
 
-def _input_grad_backward(ctx, g):
-    """``dx = Aᵀ dy`` is linear in ``dy`` and in ``c``: ``d(dy) = A g`` (the forward) and ``dc = weight_grad(dy,
-    x = g)`` (``⟨Aᵀ dy, g⟩ = ⟨dy, A g⟩``)."""
-    dy, coefficients, tables = ctx.saved_tensors
-    d_dy = d_c = None
+def _backward_op_backward(ctx, g):
+    """Both backward ops are bilinear, adjoint to the forward ``A(c) x``: ``dx = A(c)ᵀ dy`` and ``dc = W(dy, x)``
+    with ``⟨A(c)ᵀ dy, g⟩ = ⟨dy, A(c) g⟩`` and ``⟨W(dy, x), g⟩ = ⟨dy, A(g) x⟩``.  So the gradient to ``dy`` is the
+    forward on ``g`` and the other saved operand (``A(c) g`` or ``A(g) x``), and the gradient to that operand is
+    the other backward op with ``g`` in its place (``dc = W(dy, g)``, ``dx = A(g)ᵀ dy``): the double backward."""
+    dy, other, tables = ctx.saved_tensors
+    d_dy = d_other = None
     if ctx.needs_input_grad[0]:
-        d_dy = _conv_op(g, coefficients, None, tables, *ctx.geometry, ctx.backend)
+        x, coefficients = (g, other) if ctx.input_grad else (other, g)
+        d_dy = _conv_op(x, coefficients, None, tables, *ctx.geometry, ctx.backend)
     if ctx.needs_input_grad[1]:
-        d_c = _weight_grad_op(dy, g, tables, list(coefficients.shape), *ctx.geometry, ctx.backend)
-    return (d_dy, d_c) + (None,) * 9
+        adjoint = _weight_grad_op if ctx.input_grad else _input_grad_op
+        d_other = adjoint(dy, g, tables, list(other.shape), *ctx.geometry, ctx.backend)
+    return (d_dy, d_other) + (None,) * 9
 
 
-_input_grad_op.register_autograd(_input_grad_backward, setup_context=_input_grad_setup)
-
-
-def _weight_grad_setup(ctx, inputs, output):
-    dy, x, tables = inputs[:3]
-    ctx.geometry, ctx.backend = tuple(inputs[_GEOMETRY]), inputs[-1]
-    ctx.save_for_backward(dy, x, tables)
-
-
-def _weight_grad_backward(ctx, g):
-    """``dc = W(dy, x)`` is linear in ``dy`` and in ``x``; with ``A_g`` the convolution on coefficients ``g``,
-    ``⟨W(dy, x), g⟩ = ⟨dy, A_g x⟩``: ``d(dy) = A_g x`` (the forward) and ``dx = A_gᵀ dy`` (the input gradient)."""
-    dy, x, tables = ctx.saved_tensors
-    d_dy = d_x = None
-    if ctx.needs_input_grad[0]:
-        d_dy = _conv_op(x, g, None, tables, *ctx.geometry, ctx.backend)
-    if ctx.needs_input_grad[1]:
-        d_x = _input_grad_op(dy, g, tables, list(x.shape), *ctx.geometry, ctx.backend)
-    return (d_dy, d_x) + (None,) * 9
-
-
-_weight_grad_op.register_autograd(_weight_grad_backward, setup_context=_weight_grad_setup)
+_input_grad_op.register_autograd(_backward_op_backward,
+                                 setup_context=functools.partial(_backward_op_setup, input_grad=True))
+_weight_grad_op.register_autograd(_backward_op_backward,
+                                  setup_context=functools.partial(_backward_op_setup, input_grad=False))
 
 
 # ------------------------------------------------------------------------------------------- entry point
