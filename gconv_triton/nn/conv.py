@@ -95,21 +95,20 @@ class GroupConv2d(nn.Module):
                                                **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         if self.steerable:  # Ψ (S, B, k·k): a buffer moves with the layer and is a plain input to compiled graphs
-            self.register_buffer("basis", self._exact_basis(dtype or torch.get_default_dtype(), device),
+            tables = rotated_basis(self.group, self.kernel_size[0]).flatten(2)
+            self.register_buffer("basis", tables.to(device=device, dtype=dtype or torch.get_default_dtype()),
                                  persistent=False)
         self.reset_parameters()
-
-    def _exact_basis(self, dtype: torch.dtype, device) -> torch.Tensor:
-        """The steerable tables ``Ψ (S, B, k·k)`` rounded once from float64 into ``dtype`` on ``device``."""
-        return rotated_basis(self.group, self.kernel_size[0]).flatten(2).to(device=device, dtype=dtype)
 
     def _apply(self, fn, recurse: bool = True):
         """``nn.Module``'s (``.to``, ``.double()``, ``.cuda()``, ...), then the steerable tables rebuilt from float64
         in their new dtype and device: a cast of tables already rounded (fp32 -> float64) would leave the float64
-        layer computing with fp32 tables."""
+        layer computing with fp32 tables.  Written in place, so that what ``fn`` made of the buffer (its device,
+        dtype, shared or pinned memory) stays."""
         super()._apply(fn, recurse)
         if self.steerable and self.basis is not None:
-            self.basis = self._exact_basis(self.basis.dtype, self.basis.device)
+            with torch.no_grad():
+                self.basis.copy_(rotated_basis(self.group, self.kernel_size[0]).flatten(2))
         return self
 
     @property
