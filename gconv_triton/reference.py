@@ -221,6 +221,43 @@ def bank_conv_weight_grad(dy: Tensor, x: Tensor, spec: ConvSpec, weight_size) ->
     return bank_adjoint(dbank, spec, weight_size).contiguous()
 
 
+# ------------------------------------------------------------------------------------ steerable filters
+def _steerable_source(c_in: int, s_in: int, s_out: int, index: Tensor) -> Tensor:
+    """Where bank column ``(g, i, s)`` reads the rotated coefficients ``(i, index[g, s], g)``: ``(S_out·C_in·S_in,)``
+    positions in the ``(i, s', g)`` axis of :func:`steerable_bank_from_tables`' product."""
+    device = index.device
+    return (torch.arange(c_in, device=device)[None, :, None] * (s_in * s_out) + index[:, None, :] * s_out
+            + torch.arange(s_out, device=device)[:, None, None]).flatten()
+
+
+def steerable_bank_from_tables(coefficients: Tensor, tables: Tensor, index: Tensor) -> Tensor:
+    """The steerable filter bank ``(C_out·S_out, C_in·S_in, k, k)``: ``F[o, g, i, s] = Σ_b c[o, i, index[g, s], b]
+    · Ψ[g, b]`` from ``coefficients (C_out, C_in, S_in, B)``, ``tables Ψ (S_out, B, k·k)`` (in the coefficients'
+    dtype) and ``index (S_out, S_in)`` (``group.stabilizer_index(in_group)`` on their device).  Every coefficient
+    vector against every table in one GEMM, then one ``index_select`` into the bank's order: the fewest ops forward
+    and backward (an ``index_add_``), differentiable by autograd."""
+    s_out, size, positions = concrete_shape(tables, quiet=True)   # ints, also under torch.jit.trace
+    c_out, c_in, s_in = concrete_shape(coefficients, quiet=True)[:3]
+    k = round(positions ** 0.5)
+    rotated = torch.mm(coefficients.reshape(-1, size), tables.transpose(0, 1).reshape(size, s_out * positions))
+    rotated = rotated.view(c_out, c_in * s_in * s_out, positions)                       # (o, (i, s', g), k²)
+    bank = rotated.index_select(1, _steerable_source(c_in, s_in, s_out, index))        # (o, (g, i, s), k²)
+    return bank.view(c_out * s_out, c_in * s_in, k, k)
+
+
+def steerable_bank_adjoint(dbank: Tensor, tables: Tensor, index: Tensor, coefficient_shape) -> Tensor:
+    """The coefficients' gradient ``(C_out, C_in, S_in, B)`` from the gradient of
+    :func:`steerable_bank_from_tables`' bank: the gather back by an ``index_add_``, then one GEMM with the
+    tables."""
+    c_out, c_in, s_in, size = coefficient_shape
+    s_out, _, positions = tables.shape
+    d = dbank.reshape(c_out, s_out * c_in * s_in, positions)
+    rotated = d.new_zeros(c_out, c_in * s_in * s_out, positions).index_add_(
+        1, _steerable_source(c_in, s_in, s_out, index), d)                              # (o, (i, s', g), k²)
+    dc = torch.mm(rotated.reshape(-1, s_out * positions), tables.transpose(0, 1).reshape(size, s_out * positions).T)
+    return dc.view(coefficient_shape)
+
+
 # ------------------------------------------------------------------------------------- the tap convolution
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)

@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from ._args import check_activation
-from ._spec import concrete_shape, make_spec, resolve_geometry
-from ._support import autocast_inputs, backend_name, compiling, untraced
+from ._spec import concrete_shape, make_spec
+from ._support import autocast_inputs, compiling, untraced
 from .groups import Group, get_group, grid_permutation, register_group_family
-from .reference import activate, conv2d_with_bank
+from .ops.steerable_conv import steerable_conv
+from .reference import activate, steerable_bank_from_tables
 
 __all__ = ["SteerableGroup", "cyclic_group", "dihedral_group", "SteerableBasis", "steerable_basis",
            "rotated_basis", "coefficient_rotation", "steerable_bank", "steerable_conv2d", "init_coefficients",
@@ -363,8 +364,8 @@ def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, 
         tables: ``rotated_basis(group, kernel_size).flatten(2)``, ``(S, B, k·k)`` (cast to the coefficients'
             dtype); by default the cached ones.  A steerable ``GroupConv2d`` passes its non-persistent buffer, so
             that ``torch.compile`` and ``torch.export`` see a tensor input rather than a cache to trace.
-    One matmul of the coefficients with all the tables and one gather by the stabilizer index; differentiable by
-    autograd.
+    One matmul of the coefficients with all the tables and one gather by the stabilizer index
+    (:func:`~gconv_triton.reference.steerable_bank_from_tables`); differentiable by autograd.
     """
     _check_group(group, "group")
     in_group = _in_group(group, in_group)
@@ -377,17 +378,7 @@ def steerable_bank(coefficients: torch.Tensor, group: SteerableGroup, in_group, 
     if len(shape) != 4 or shape[2:] != (in_group.order, size):
         raise ValueError(f"coefficients: expected (C_out, C_in, {in_group.order}, {size}) for {in_group.name} -> "
                          f"{group.name} with a {kernel_size}x{kernel_size} basis, got {shape}")
-    c_out, c_in = shape[:2]
-    s_in, taps, device = in_group.order, kernel_size * kernel_size, coefficients.device
-    # Every coefficient vector against every table in one GEMM, then one index_select puts (i, index(g⁻¹ s), g)
-    # at (g, i, s): the fewest ops forward and backward (an index_add_), the small tables laid out once per call.
-    rotated = torch.mm(coefficients.reshape(-1, size), tables.transpose(0, 1).reshape(size, s_out * taps))
-    rotated = rotated.view(c_out, c_in * s_in * s_out, taps)                                # (o, (i, s', g), k²)
-    index = group.stabilizer_index(in_group).to(device)                                     # (g, s) -> s'
-    source = (torch.arange(c_in, device=device)[None, :, None] * (s_in * s_out) + index[:, None, :] * s_out
-              + torch.arange(s_out, device=device)[:, None, None])                          # (g, i, s)
-    bank = rotated.index_select(1, source.flatten())                                        # (o, (g, i, s), k²)
-    return bank.view(c_out * s_out, c_in * s_in, kernel_size, kernel_size)
+    return steerable_bank_from_tables(coefficients, tables, group.stabilizer_index(in_group).to(coefficients.device))
 
 
 def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
@@ -404,17 +395,16 @@ def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Opti
         stride, padding (int, pair, ``'same'``, ``'valid'``), dilation, groups, activation: as
             :func:`~gconv_triton.functional.gconv2d`.  ``dilation`` spreads the ``k × k`` filter's taps (as
             ``nn.Conv2d``); the basis stays e2cnn's dilation-1 one.  tables: as :func:`steerable_bank`.
-    Returns ``(B, C_out, S_out, H_out, W_out)``.  Runs on any device as standard PyTorch ops (the Triton kernels
-    have no steerable filters yet: the ``'triton'`` backend raises ``NotImplementedError``).
+    Returns ``(B, C_out, S_out, H_out, W_out)``.  Where the Triton kernels serve the call (CUDA tensors on the
+    ``'auto'`` backend, any tensor on ``'triton'``) the op ``gconv_triton::steerable_conv2d`` steers the filter
+    inside the GEMM, with no bank; elsewhere standard PyTorch ops (:func:`steerable_bank` + ``F.conv2d``)
+    differentiated by autograd (``ops/steerable_conv.py``).  The activation follows as ``F.relu`` / ``F.silu`` /
+    ``F.gelu``.
     """
     activation = check_activation(activation)
     group = get_group(group, "group")
     _check_group(group, "group")
     in_group = _in_group(group, in_group)
-    if backend_name() == "triton":
-        raise NotImplementedError(f"group: the 'triton' backend has no kernels for steerable groups ({group.name}) "
-                                  f"yet; use the 'auto' or 'torch' backend, which run the reference path (filter "
-                                  f"bank + F.conv2d) on CPU and CUDA tensors alike")
     input, coefficients, bias = autocast_inputs(input, coefficients, bias)
     kernel_size = kernel_size[0] if isinstance(kernel_size, (tuple, list)) else kernel_size
     if not compiling():  # every check of gconv2d's, on the bank's shape, before anything runs
@@ -423,10 +413,11 @@ def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Opti
                                                        kernel_size)
         make_spec(input, bank_shape, bias, group=group, in_group=in_group, stride=stride, padding=padding,
                   dilation=dilation, groups=groups)
-    stride, dilation, pad = resolve_geometry((kernel_size, kernel_size), stride, padding, dilation)
-    bank = steerable_bank(coefficients, group, in_group, kernel_size, tables)
+    if tables is None:
+        tables = _tables(group, kernel_size, coefficients.dtype, coefficients.device)
     x = input if input.dim() == 5 else input.unflatten(1, (-1, in_group.order))
-    y = conv2d_with_bank(x, bank, bias, group.order, stride=stride, padding=pad, dilation=dilation, groups=groups)
+    y = steerable_conv(x, coefficients, bias, tables, group=group, in_group=in_group, kernel_size=kernel_size,
+                       stride=stride, padding=padding, dilation=dilation, groups=groups)
     return activate(y, activation)
 
 

@@ -138,8 +138,8 @@ class Provider:
 class GconvTriton(Provider):
     """Our functional op (:func:`layer_conv`): the fused kernels with ``backend="triton"``; ``backend="auto"`` on
     CPU tensors times the package's CPU path (the reference: bank + ``F.conv2d``).  A steerable layer that the
-    kernels do not serve yet (``NotImplementedError`` under ``"triton"``) runs on ``"auto"``, the package's own
-    path for the device, and says so (:meth:`fallback`): it moves to the kernels, unchanged, when they land."""
+    kernels would not serve (``NotImplementedError`` under ``"triton"``; none since the steering kernels serve
+    C_N / D_N) would run on ``"auto"``, the package's own path for the device, and say so (:meth:`fallback`)."""
 
     name = "gconv_triton"
 

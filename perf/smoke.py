@@ -399,9 +399,10 @@ def run(providers: Sequence[str] = PROVIDERS, modes: Sequence[str] = ("forward",
 
 
 STEERABLE_NOTE = ("Steerable sets (C_N / D_N): the weight is basis coefficients.  `gconv_triton` is "
-                  "`steerable_conv2d`, which today builds the bank from the coefficients (`steerable_bank`: one "
-                  "matmul, one index_select) and calls F.conv2d on every device; `bank_torch_cpu` calls the same "
-                  "`steerable_bank` then F.conv2d, so on a CPU the two run the same ops and their ratio is noise "
+                  "`steerable_conv2d`: on the Triton kernels (a GPU, or the 'triton' backend) it steers the filter "
+                  "inside the GEMM, no bank; on a CPU ('auto') it builds the bank from the coefficients "
+                  "(`steerable_bank`: one matmul, one index_select) and calls F.conv2d, as `bank_torch_cpu` does, "
+                  "so there the two run the same ops and their ratio is noise "
                   "(about 1.00). `dense_torch_cpu` trains the bank as a dense weight (no bank build); `e2cnn` is "
                   "`R2Conv` on the same fields (default basis, its own init: the values do not change the time).")
 

@@ -165,6 +165,11 @@ def user_group_layer():  # a group built by the user: it crosses the op boundary
     group = gt.Group.from_matrices([((1, 0), (0, 1)), ((-1, 0), (0, -1))], name='my_p2')
     return gt.GroupConv2d(2, 3, 3, group=group, in_group=group, padding=1)
 
+def steerable():  # C8 on the in-GEMM steering kernels ('triton') or the bank path ('torch')
+    return nn.Sequential(gt.GroupConv2d(2, 3, 5, group='c8', padding=2, activation='relu'),
+                         gt.GroupConv2d(3, 2, 3, group='c8', in_group='c8', padding=1),
+                         gt.GroupPool('max', group='c8'))
+
 def unpickled_user_group_layer():  # a copy of it, as torch.load gives back a whole pickled model
     return pickle.loads(pickle.dumps(user_group_layer()))
 
@@ -178,6 +183,7 @@ MODELS = {
     'SharedKernelConv2d': (lambda: gt.SharedKernelConv2d(3, 2, padding=1), (2, 2, 5, 5)),
     'p4m_resnet44': (lambda: gt.models.p4m_resnet44(num_classes=3, equal='compute'), (2, 3, 4, 4)),
     'chain': (chain, (2, 2, 5, 5)),
+    'steerable': (steerable, (2, 2, 5, 5)),
 }
 
 def step(model, x, mode):
@@ -228,18 +234,25 @@ COLD_CASES = (
     + [f"{name}:aot_eager:train:{backend}" for name in ("user_group", "unpickled_user_group")
        for backend in ("torch", "triton")]
     + [f"chain:inductor:{mode}:torch" for mode in ("train", "autocast", "no_grad")]
-    + [f"chain:aot_eager:{mode}:triton" for mode in ("train", "no_grad")])
+    + [f"chain:aot_eager:{mode}:triton" for mode in ("train", "no_grad")]
+    + [f"steerable:aot_eager:{mode}:torch" for mode in ("train", "autocast")]
+    + [f"steerable:aot_eager:{mode}:triton" for mode in ("train", "no_grad")])
+
+
+def run_cold_cases(cases: list[str]) -> None:
+    """Run ``COLD_SCRIPT`` on ``cases`` in a fresh process; every case must print its ``ok`` line."""
+    tests = Path(__file__).resolve().parent
+    path = [str(tests.parent), str(tests), os.environ.get("PYTHONPATH")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))  # TRITON_INTERPRET etc. as conftest
+    proc = subprocess.run([sys.executable, "-c", COLD_SCRIPT, *cases], capture_output=True, text=True, env=env,
+                          timeout=600)
+    report = proc.stdout + proc.stderr[-6000:]  # one ok/FAILED line per case, then the last tracebacks
+    assert proc.returncode == 0, report
+    assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("ok ")] == list(cases), report
 
 
 def test_compile_before_any_eager_call_in_a_fresh_process():
     """The usual build, compile, train: no eager call before the compiled one has filled a cache (the filter-bank
     index, the kernels' tables), in a fresh process as a user starts one, for every layer family and
     p4m_resnet44, under aot_eager and Inductor, with and without autocast and grad, on both backends."""
-    tests = Path(__file__).resolve().parent
-    path = [str(tests.parent), str(tests), os.environ.get("PYTHONPATH")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))  # TRITON_INTERPRET etc. as conftest
-    proc = subprocess.run([sys.executable, "-c", COLD_SCRIPT, *COLD_CASES], capture_output=True, text=True,
-                          env=env, timeout=600)
-    report = proc.stdout + proc.stderr[-6000:]  # one ok/FAILED line per case, then the last tracebacks
-    assert proc.returncode == 0, report
-    assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("ok ")] == COLD_CASES, report
+    run_cold_cases(COLD_CASES)

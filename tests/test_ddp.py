@@ -28,21 +28,21 @@ STEPS = 3
 
 
 class _Net(nn.Module):
-    def __init__(self):
+    def __init__(self, group: str):
         super().__init__()
         self.features = nn.Sequential(
-            GroupConv2d(1, 3, 3, group="p4", in_group="z2", padding=1, activation="relu"),
-            GroupConv2d(3, 3, 3, group="p4", in_group="p4", stride=2, padding=1, activation="silu"),
-            GroupPool("max"))
+            GroupConv2d(1, 3, 3, group=group, in_group="z2", padding=1, activation="relu"),
+            GroupConv2d(3, 3, 3, group=group, in_group=group, stride=2, padding=1, activation="silu"),
+            GroupPool("max", group=group))
         self.fc = nn.Linear(3, 4)
 
     def forward(self, x):
         return self.fc(self.features(x).mean(dim=(-2, -1)))
 
 
-def _setup():
+def _setup(group: str):
     torch.manual_seed(0)
-    model = _Net().double()
+    model = _Net(group).double()
     x = torch.randn(4 * WORLD, 1, 7, 7, dtype=torch.float64)
     target = torch.randint(0, 4, (4 * WORLD,))
     return model, x, target
@@ -56,12 +56,12 @@ def _train(model, x, target):
         opt.step()
 
 
-def _worker(rank: int, port: int, path: str) -> None:
+def _worker(rank: int, port: int, path: str, group: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     try:
-        model, x, target = _setup()
+        model, x, target = _setup(group)
         ddp = nn.parallel.DistributedDataParallel(model)
         _train(ddp, x.chunk(WORLD)[rank], target.chunk(WORLD)[rank])
         if rank == 0:
@@ -78,9 +78,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_workers(path: str, deadline_s: float = 180.0) -> None:
+def _run_workers(path: str, group: str, deadline_s: float = 180.0) -> None:
     """``mp.spawn`` with a deadline: a hung rendezvous fails this test instead of stalling the whole suite."""
-    context = mp.start_processes(_worker, args=(_free_port(), path), nprocs=WORLD, join=False, start_method="spawn")
+    context = mp.start_processes(_worker, args=(_free_port(), path, group), nprocs=WORLD, join=False,
+                                 start_method="spawn")
     deadline = time.monotonic() + deadline_s
     while not context.join(timeout=1.0):  # raises if a worker failed
         if time.monotonic() > deadline:
@@ -89,12 +90,13 @@ def _run_workers(path: str, deadline_s: float = 180.0) -> None:
             pytest.fail(f"DDP workers did not finish within {deadline_s:.0f} s")
 
 
-def test_ddp_matches_single_process(tmp_path):
+@pytest.mark.parametrize("group", ["p4", "c8"])   # c8: steerable coefficients, an extra basis buffer
+def test_ddp_matches_single_process(tmp_path, group):
     path = str(tmp_path / "ddp.pt")
-    _run_workers(path)
+    _run_workers(path, group)
     ddp_state = torch.load(path)
 
-    model, x, target = _setup()
+    model, x, target = _setup(group)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     _train(model, x, target)
     for name, value in model.state_dict().items():

@@ -51,7 +51,7 @@ def test_every_provider_agrees_on_tiny_shapes():
         for case in STEERABLE_CASES:
             assert {r["quantity"] for r in rows if (r["case"], r["provider"]) == (case, "e2cnn")} == {"y", "dx"}
     ours = [r for r in rows if r["case"] in STEERABLE_CASES and r["provider"] == "gconv_triton"]
-    assert ours and all(r.get("message", "").startswith("no Triton kernels serve") for r in ours)
+    assert ours and not any(r.get("message", "").startswith("no Triton kernels serve") for r in ours)   # kernels
 
 
 def test_matmul_provider_has_the_layer_gemm_sizes():
@@ -182,27 +182,23 @@ def test_smoke_mode_times_the_steerable_sets(tmp_path, capsys):
 
 
 @needs_interpreter
-def test_our_provider_moves_to_the_kernels_when_they_serve_a_steerable_group(monkeypatch):
-    """Today the 'triton' backend refuses C8, so ``gconv_triton`` times the package's path and says so; once the
-    functional op runs under 'triton', the same provider times that, with no note and no change to perf."""
+def test_our_provider_times_the_kernels_on_a_steerable_group(monkeypatch):
+    """The 'triton' backend serves C8 (the steering kernels): ``gconv_triton`` times that, with no fallback note."""
     import gconv_triton
     from perf import providers
 
     case = make_case(smoke.SMOKE_CASES["c8"], "fp32", "contiguous", "cpu")
-    built = providers.GconvTriton("triton").build(case)
-    assert built.note.startswith("no Triton kernels serve c8 yet") and built.forward().shape == case.dy.shape
     backends = []
     real = providers.steerable_conv2d
 
-    def served(*args, **kwargs):   # what steerable_conv2d does once kernels land: run under "triton"
+    def recorded(*args, **kwargs):
         backends.append(gconv_triton.current_backend())
-        with gconv_triton.backend("torch"):
-            return real(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(providers, "steerable_conv2d", served)
+    monkeypatch.setattr(providers, "steerable_conv2d", recorded)
     built = providers.GconvTriton("triton").build(case)
     assert built.note is None
-    built.forward()
+    assert built.forward().shape == case.dy.shape
     assert backends == ["triton", "triton"]        # the probe, then the timed call
 
 

@@ -68,8 +68,8 @@ class GroupConv2d(nn.Module):
     ``(B, C_out, S_out, H_out, W_out)``.  Parameters: ``weight (C_out, C_in/groups, S_in, kh, kw)`` and
     ``bias (C_out,)``, nothing else: the filter bank is never stored (:meth:`export` builds it once).  With a
     steerable group ``weight`` is the coefficients ``(C_out, C_in/groups, S_in, B)`` on e2cnn's basis of ``B``
-    functions (the kernel square), and the layer runs the reference path (bank by one small matmul, then
-    ``F.conv2d``) on every device: the Triton kernels have no steerable filters yet.
+    functions (the kernel square); the Triton kernels steer the filter inside the GEMM (no bank), and the
+    reference path (bank by one small matmul, then ``F.conv2d``) serves CPU tensors on the ``'auto'`` backend.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, group: Union[str, Group] = "p4",
@@ -99,6 +99,17 @@ class GroupConv2d(nn.Module):
             self.register_buffer("basis", tables.to(device=device, dtype=dtype or torch.get_default_dtype()),
                                  persistent=False)
         self.reset_parameters()
+
+    def _apply(self, fn, recurse: bool = True):
+        """``nn.Module``'s (``.to``, ``.double()``, ``.cuda()``, ...), then the steerable tables rebuilt from float64
+        in their new dtype and device: a cast of tables already rounded (fp32 -> float64) would leave the float64
+        layer computing with fp32 tables.  Written in place, so that what ``fn`` made of the buffer (its device,
+        dtype, shared or pinned memory) stays."""
+        super()._apply(fn, recurse)
+        if self.steerable and self.basis is not None:
+            with torch.no_grad():
+                self.basis.copy_(rotated_basis(self.group, self.kernel_size[0]).flatten(2))
+        return self
 
     @property
     def steerable(self) -> bool:
