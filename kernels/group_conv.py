@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .._support import empty_in_order
-from ._common import (accumulator, apply_activation, cdiv, channels_last, dot_precision, empty_like_layout,
+from ._common import (accumulator, apply_activation, cdiv, channels_last, dot_precision, empty_group_map,
                       forward_result, gather_tables, input_grad_buffer, interpreter_config, is_channels_last,
                       maybe_autotune, mma, needs_int64, pixel_block, poison_outputs, preact_buffer, round_up, upcast,
                       vector_padding, vector_width)
@@ -338,13 +338,14 @@ def _conv_gemm_kernel(
 def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str = "none",
             return_preact: bool = False, return_input_copy: bool = False):
     """``x (B, groups·C_in_g, S_in, H, W)``, weight ``(weight_groups·C_out_g, C_in_g, S_in, kh, kw)`` ->
-    ``y (B, groups·C_out_g, S_out, H_out, W_out)`` in ``x``'s memory layout, ``y = activation(conv + bias)``.
+    ``y (B, groups·C_out_g, S_out, H_out, W_out)`` stored ``(B, H, W, C, S)`` whatever ``x``'s layout (the layout
+    the next layer reads in place), ``y = activation(conv + bias)``.
     With ``return_preact``, also ``z``, the pre-activation (None for ``"none"``); with ``return_input_copy``, also
     the channels-last copy of ``x`` the kernel read (shape :func:`input_copy_shape`; None when it read ``x`` in
     place), which the weight gradient takes instead of copying ``x`` again: ``y``, ``(y, z)``, ``(y, copy)`` or
     ``(y, z, copy)``."""
-    y = empty_like_layout((spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height,
-                           spec.out_width), x)
+    y = empty_group_map((spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height,
+                         spec.out_width), x)
     z = preact_buffer(activation, return_preact, y)
     copy = None
     if y.numel() != 0:

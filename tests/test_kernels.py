@@ -196,9 +196,10 @@ def test_gconv_matches_reference(case: Case):
     bias = randn((c_out,)) if case.bias else None
     layer = gconv_layer(case.group, case.in_group, stride=case.stride, padding=case.padding,
                         dilation=case.dilation)
-    y, _ = check_against_reference(layer, x, weight, bias, dy_layout=case.dy_layout)
+    y, dx = check_against_reference(layer, x, weight, bias, dy_layout=case.dy_layout)
     assert y.shape[:3] == (b, c_out, order_of(case.group))
-    assert_layout(y, case.layout, "output")
+    assert_layout(y, CL, "output")   # the layers' layout, whatever the input's
+    assert_layout(dx, case.layout, "input grad")
 
 
 # ------------------------------------------------------------------------- flattened 4-D input (GrouPy's)
@@ -208,14 +209,16 @@ def test_gconv_matches_reference(case: Case):
 ], ids=["p4-p4-channels_last", "p4m-z2-contiguous"])
 def test_flattened_4d_input(group, in_group, memory_format):
     """``(B, C_in·S_in, H, W)`` input (channel index ``c·S_in + s``): same numbers as 5-D, a 5-D output; a
-    channels_last input is the (B, H, W, C, S) layout seen through ``as_5d`` and the output keeps it."""
+    channels_last input is the (B, H, W, C, S) layout seen through ``as_5d``; the output is in that layout either
+    way, the input gradient in the input's."""
     s_in = order_of(in_group)
     x = torch.randn(2, 3 * s_in, 7, 5, device=DEVICE).contiguous(memory_format=memory_format)
     weight = randn((2, 3, s_in, 3, 3))
     y, dx = check_against_reference(gconv_layer(group, in_group, padding=1), x, weight, randn((2,)))
     assert y.shape == (2, 2, order_of(group), 7, 5)
     assert dx.shape == x.shape
-    assert_layout(y, CL if memory_format == torch.channels_last else CONTIG, "output")
+    assert_layout(y, CL, "output")
+    assert dx.is_contiguous(memory_format=memory_format)
 
 
 # ------------------------------------------------------------------------------------------------ dtypes
@@ -232,8 +235,9 @@ def test_half_precision(dtype, group, in_group, groups, cig, k, stride, padding,
     x = randn((2, groups * cig, s_in, 5, 7), dtype, layout)
     weight = randn((groups * 3, cig, s_in, k, k), dtype)
     layer = gconv_layer(group, in_group, stride=stride, padding=padding, groups=groups)
-    y, _ = check_against_reference(layer, x, weight, randn((groups * 3,), dtype))
-    assert_layout(y, layout, "output")
+    y, dx = check_against_reference(layer, x, weight, randn((groups * 3,), dtype))
+    assert_layout(y, CL, "output")
+    assert_layout(dx, layout, "input grad")
 
 
 # -------------------------------------------------------------------------- channel groups and depthwise
@@ -267,8 +271,9 @@ def test_grouped_and_depthwise(row):
     x = randn((b, groups * cig, s_in, h, w), layout=layout)
     weight = randn((groups * cog, cig, s_in, k, k))
     layer = gconv_layer(group, in_group, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    y, _ = check_against_reference(layer, x, weight, randn((groups * cog,)) if bias else None)
-    assert_layout(y, layout, "output")
+    y, dx = check_against_reference(layer, x, weight, randn((groups * cog,)) if bias else None)
+    assert_layout(y, CL, "output")
+    assert_layout(dx, layout, "input grad")
 
 
 @pytest.mark.parametrize("stride, padding, dilation, bias, memory_format", [
@@ -295,7 +300,8 @@ def test_shared_kernel_matches_repeated_depthwise_conv(stride, padding, dilation
     assert_close(y, y_ref, torch.float32, "output")
     for name, grad, want in zip(("input grad", "weight grad", "bias grad"), grads, ref_grads):
         assert_close(grad, want, torch.float32, name)
-    assert y.is_contiguous(memory_format=memory_format)
+    assert y.is_contiguous(memory_format=torch.channels_last)   # the layers' layout, whatever the input's
+    assert grads[0].is_contiguous(memory_format=memory_format)
 
 
 # ----------------------------------------------------------------------------------------------- poisoning
