@@ -30,6 +30,7 @@ from gconv_triton import functional, kernels
 from gconv_triton._support import dim_order
 from gconv_triton._spec import make_spec
 from gconv_triton.groups import get_group
+from gconv_triton.reference import bank_conv_weight_grad
 from gconv_triton.kernels import _common, group_conv as gconv, group_conv_weight_grad as wgrad
 from perf.memory import AllocationRecorder
 
@@ -625,3 +626,21 @@ def test_window_offsets_are_built_once_per_geometry_and_never_fake():
         traced = wgrad._window_offsets(fake, spec_for(1, batch=5), 320, False)
     assert not isinstance(traced, FakeTensor)
     assert wgrad._window_offsets(torch.empty(5, 11, 9, 12), spec_for(1, batch=5), 320, False) is traced
+
+
+@pytest.mark.parametrize("dy_layout", [CL, CONTIG])
+@pytest.mark.parametrize("groups, c_out, size", [(1, 3, (2, 5, 7)), (2, 8, (1, 8, 8))],
+                         ids=["ragged-pixels-padded-channels", "whole-blocks-groups2"])
+def test_weight_grad_reads_dy_in_either_layout(dy_layout, groups, c_out, size):
+    """The weight gradient reads a ``dy`` stored ``(B, H, W, C, S)`` (the layers' layout) in place, its pixels past
+    the last whole block and its channels past ``C_out`` masked, and re-lays any other ``dy`` (one copy): the
+    float64 reference's ``dw`` either way."""
+    b, h, w = size
+    x = randn((b, groups * 2, 4, h, w), layout=CL)
+    weight = randn((groups * c_out, 2, 4, 3, 3))
+    dy = randn((b, groups * c_out, 4, h, w), layout=dy_layout)
+    spec = make_spec(x, weight, None, group="p4", in_group="p4", stride=1, padding=1, dilation=1, groups=groups)
+    with triton_backend():
+        dw = kernels.weight_grad(dy, x, spec, tuple(weight.shape))
+    want = bank_conv_weight_grad(dy.cpu().double(), x.cpu().double(), spec, tuple(weight.shape))
+    assert_close(dw, want, torch.float32, "weight grad")
