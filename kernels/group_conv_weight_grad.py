@@ -66,7 +66,7 @@ def _weight_grad_kernel(
     R_TOTAL, R_PER_SPLIT, R_ALLOC, weight_groups, COPIES, stride_x_h, stride_x_w, dil_h, dil_w,
     M_CH: tl.constexpr, X_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, VEC_X: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, DY_IN_PLACE: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
     WIDE: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -78,12 +78,10 @@ def _weight_grad_kernel(
     C_in_g·S_in`` channels per group, the padding already in place), so that no window position reads out of
     bounds.
     ``pix``: ``(R_ALLOC,)``, the x offset of output pixel ``r``'s window corner ``(b, oh·stride, ow·stride)``
-    (0 past ``R_TOTAL``).  ``dy``: ``(R_ALLOC, groups, S_out, O_PAD)`` contiguous, zero past ``R_TOTAL``; or
-    (``DY_IN_PLACE``) the layers' ``(B·H_out·W_out, groups, C_out, S_out)`` map read in place (dense), its rows
-    past ``R_TOTAL`` and columns past ``C_out`` masked.
-    Then the x row of pixel ``r`` under position ``t`` moved by ``g`` is ``pix[r] + shift[g, t]`` (``shift`` one
-    scalar per ``g``), every pixel block is whole, and the hot loop is a plain GEMM loop: a table load, two tile
-    loads and an MMA, with no pixel decomposition and no bounds (but the in-place dy's mask).
+    (0 past ``R_TOTAL``).  ``dy``: ``(R_ALLOC, groups, S_out, O_PAD)`` contiguous, zero past ``R_TOTAL``.  Then the x
+    row of pixel ``r`` under position ``t`` moved by ``g`` is ``pix[r] + shift[g, t]`` (``shift`` one scalar per ``g``),
+    every pixel block is whole, and the hot loop is a plain GEMM loop: a table load, two contiguous tile loads and
+    an MMA, with no pixel decomposition and no bounds.
 
     For element ``g`` the x tile is read in its own channel order ``(i, s)`` and multiplied into ``acc_g``; the rows
     are then moved to the weight's order ``(i, u)``, ``s = g·u``, by an in-register gather, once per ``g`` and not
@@ -107,10 +105,7 @@ def _weight_grad_kernel(
     kr = tl.arange(0, BLOCK_R)
     r_start = pid_s * R_PER_SPLIT
     r_stop = tl.minimum(r_start + R_PER_SPLIT, R_ALLOC)   # both multiples of BLOCK_R: every block is whole
-    if DY_IN_PLACE:   # elements of one pixel; offset of (channel group, g, o) within it below
-        dy_pixel = S_OUT * C_OUT_G * COPIES * weight_groups
-    else:
-        dy_pixel = S_OUT * O_PAD * COPIES * weight_groups
+    dy_pixel = S_OUT * O_PAD * COPIES * weight_groups
     if WIDE:
         r_start = r_start.to(tl.int64)
 
@@ -125,20 +120,15 @@ def _weight_grad_kernel(
             shift = (th * dil_h) * stride_x_h + (tw * dil_w) * stride_x_w
             x_ptrs = x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :]
             pix_ptrs = pix_ptr + r_start + kr
-            if DY_IN_PLACE:
-                dy_ptrs = dy_ptr + (grp * C_OUT_G + o[None, :]) * S_OUT + g + (r_start + kr)[:, None] * dy_pixel
-            else:
-                dy_ptrs = dy_ptr + (grp * S_OUT + g) * O_PAD + (r_start + kr)[:, None] * dy_pixel + o[None, :]
+            dy_ptrs = dy_ptr + (grp * S_OUT + g) * O_PAD + (r_start + kr)[:, None] * dy_pixel + o[None, :]
             acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-            for r0 in range(r_start, r_stop, BLOCK_R):
+            for _ in range(r_start, r_stop, BLOCK_R):
                 row = tl.multiple_of(tl.load(pix_ptrs), VEC_X)
                 if FULL_M:
                     xa = tl.load(x_ptrs + row[:, None])
                 else:
                     xa = tl.load(x_ptrs + row[:, None], mask=x_ok[None, :], other=0.0)
-                if DY_IN_PLACE:   # no zero rows past the last pixel, no padded columns
-                    dya = tl.load(dy_ptrs, mask=((r0 + kr) < R_TOTAL)[:, None] & (o < C_OUT_G)[None, :], other=0.0)
-                elif FULL_N:
+                if FULL_N:
                     dya = tl.load(dy_ptrs)
                 else:  # a tile wider than the (padded) output channels
                     dya = tl.load(dy_ptrs, mask=(o < O_PAD)[None, :], other=0.0)
@@ -198,21 +188,16 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
     c_out = spec.out_channels
     o_pad = vector_padding(c_out)
     r_alloc = round_up(r_total, block_r)
+    # One strided copy; zeros only in the rows past the last pixel (they meet real x rows).  The padded channels
+    # are left as they are (NaN when poisoned): dw's column o reads dy's column o only, and is stored for o < C_out.
+    dy_go = dy.new_empty((r_alloc, spec.groups, spec.s_out, o_pad))
+    if poison_outputs():
+        dy_go.fill_(float("nan"))
     b, ho, wo = spec.batch, spec.out_height, spec.out_width
-    dy_in_place = dy.permute(0, 3, 4, 1, 2).is_contiguous()   # the layers' (B, H, W, C, S) map: read as it is
-    if dy_in_place:
-        dy_go = dy
-    else:
-        # One strided copy; zeros only in the rows past the last pixel (they meet real x rows).  The padded
-        # channels are left as they are (NaN when poisoned): dw's column o reads dy's column o only, and is stored
-        # for o < C_out.
-        dy_go = dy.new_empty((r_alloc, spec.groups, spec.s_out, o_pad))
-        if poison_outputs():
-            dy_go.fill_(float("nan"))
-        dy_go[:r_total].view(b, ho, wo, spec.groups, spec.s_out, o_pad)[..., :c_out].copy_(
-            dy.view(b, spec.groups, c_out, spec.s_out, ho, wo).permute(0, 4, 5, 1, 3, 2))
-        if r_alloc > r_total:
-            dy_go[r_total:].zero_()
+    dy_go[:r_total].view(b, ho, wo, spec.groups, spec.s_out, o_pad)[..., :c_out].copy_(
+        dy.view(b, spec.groups, c_out, spec.s_out, ho, wo).permute(0, 4, 5, 1, 3, 2))
+    if r_alloc > r_total:
+        dy_go[r_total:].zero_()
     if x_copy is None:
         x_ch = vector_channels(m_ch, spec.groups)   # the padded channels give zero rows of dw, not stored
         x_cl = halo_channels_last(x, spec, x_ch)
@@ -236,5 +221,5 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
         *x_cl.stride()[1:3], *spec.dilation,
         M_CH=m_ch, X_CH=x_ch, C_OUT_G=c_out, O_PAD=o_pad, S_IN=spec.s_in, S_OUT=spec.s_out, KH=kh, KW=kw,
         VEC_X=vector_width(x.element_size(), *x_cl.stride()[:3], x_ch), PRECISION=dot_precision(x.dtype),
-        BLOCK_R=block_r, DY_IN_PLACE=dy_in_place, **interpreter_config(INTERPRETER_CONFIG))
+        BLOCK_R=block_r, **interpreter_config(INTERPRETER_CONFIG))
     return partial[0] if split == 1 else partial.sum(0).to(x.dtype)

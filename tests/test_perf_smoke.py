@@ -404,23 +404,22 @@ def test_launches_a_layer_step_rebuilds_no_table_and_copies_x_once():
     """``P4ConvP4(32, 32, 3, padding=1)`` on a contiguous input, one steady training step on the kernel path: the
     weight gradient's window offsets come from the cache filled by the warm-up step (no ``arange`` ... chain), it
     reads the forward's zero-halo copy of ``x`` instead of making one (one copy of an x-sized tensor per step, in the
-    forward), nothing zero-fills a whole buffer, and ``dy`` (the loss's, contiguous) is copied once into the layers'
-    layout, which both gradient kernels read in place."""
+    forward), nothing zero-fills a whole buffer, and ``dy`` is re-laid for the weight gradient in one copy."""
     step = launches.measure("layer", "kernel", batch=2, size=8)
     x_bytes = step["layers"][0]["input_bytes"]
     layer = [r for r in step["records"] if r["layer"] == "P4ConvP4" and not r["gemm"]]
     names = [(r["phase"], r["name"]) for r in layer]
     assert not {"arange", "mul", "add", "zeros", "new_zeros", "reshape"} & {name for _, name in names}, names
     x_copies = [(r["phase"], r["name"]) for r in layer if r["name"] == "copy_" and r["bytes"] == x_bytes]
-    # the forward's copy of x and, in the backward, dy into the layers' layout (dy and x: same size)
+    # the forward's copy of x and, in the backward, dy's re-layout for the weight gradient (dy and x: same size)
     assert x_copies == [("forward", "copy_"), ("backward", "copy_")], names
     fills = [r for r in layer if r["name"] in launches.FILLS]
     assert all(r["bytes"] < x_bytes / 2 for r in fills), fills    # the halo's border only
     assert names == [
         ("forward", "zero_"), ("forward", "zero_"),   # the halo's border: above + below, then between the rows
         ("forward", "copy_"), ("forward", "copy_"),   # x into the halo copy; the weight re-laid (no padding)
-        ("backward", "copy_"),                        # dy channels-last, for both gradients
-        ("backward", "copy_"),                        # the weight re-laid for the input gradient
+        ("backward", "contiguous"),                   # dy channels-last for the input gradient
+        ("backward", "copy_"), ("backward", "copy_"),  # the weight re-laid for it; dy re-laid for the weight grad
         ("backward", "sum"),                          # the bias gradient (one launch: no channel-group sum)
         ("backward", "add_"),                         # x.grad += dx (the warm-up step left x.grad)
     ]

@@ -188,10 +188,6 @@ def _conv_backward(ctx, dy, dz_direct, _):
         dz = dz_direct if dz is None else dz + dz_direct
     if dz is None:
         return (None,) * 12
-    if kernels_for(dz, ctx.backend) and not dz.permute(GROUP_MAP_ORDER).is_contiguous():
-        # a gradient from outside the package's layers (a loss): one copy into the layers' layout, which both
-        # gradient kernels read in place (else each makes its own)
-        dz = empty_group_map(dz.shape, dz).copy_(dz)
     dx = dw = db = None
     if ctx.needs_input_grad[0]:
         dx = _input_grad_op(dz, weight, list(x.shape), dim_order(x), *ctx.geometry, ctx.backend)
