@@ -1,6 +1,6 @@
 """What every kernel family shares: the interpreter switch, launch configs, the group tables on the device,
-output allocation in the input's memory layout, channels-last views, the weight-gradient split, the fused
-activation epilogue, and small `@triton.jit` helpers."""
+output allocation ((B, H, W, C, S) group maps, or the input's memory layout), channels-last views, the
+weight-gradient split, the fused activation epilogue, and small `@triton.jit` helpers."""
 
 from __future__ import annotations
 

@@ -371,9 +371,18 @@ def input_copy_shape(x: torch.Tensor, spec):
     padded = vector_channels(a_ch, spec.groups, spec.s_in)
     if spec.batch * spec.groups * spec.out_channels * spec.s_out * spec.out_height * spec.out_width == 0:
         return None
-    if padded == a_ch and is_channels_last(x):
+    if padded == a_ch and is_channels_last(x) and (_halo_is_x(spec) or dot_precision(x.dtype) != "tf32"):
+        # read in place, the bounds as masks in the gather: as cheap a loop as the halo copy's for 16-bit inputs;
+        # a tf32 loop with masks runs up to 1.6x the instructions per MAC (perf.static, docs/launches.md), so
+        # there the copy is made (and saved for the weight gradient, which needs one anyway)
         return None
     return (spec.batch, *halo_size(spec), spec.groups * padded)
+
+
+def _halo_is_x(spec) -> bool:
+    """Whether every window of every output pixel lies inside the input (no padding): its zero-halo copy would be
+    the input itself."""
+    return halo_size(spec) == (spec.height, spec.width) and spec.padding[0] == spec.padding[2] == 0
 
 
 def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec, *, group_on_n: bool, bias=None,
@@ -390,8 +399,10 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         m_height, m_width = cdiv(spec.height, spec.stride[0]), cdiv(spec.width, spec.stride[1])
     phases = 1 if group_on_n else spec.stride[0] * spec.stride[1]
     padded = vector_channels(a_ch, spec.groups, s_k)
-    # A forward that copies its input anyway copies it with the zero padding in place: no bounds in the loop
-    halo = group_on_n and input_copy_shape(a, spec) is not None
+    # A forward that copies its input anyway copies it with the zero padding in place: no bounds in the loop;
+    # so does one whose windows all lie inside an input it reads in place
+    copied = group_on_n and input_copy_shape(a, spec) is not None
+    halo = copied or (group_on_n and padded == a_ch and is_channels_last(a) and _halo_is_x(spec))
     if halo:
         a_cl, pad = halo_channels_last(a, spec, padded), (0, 0)
     else:
@@ -424,7 +435,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         R_VALID=r_valid, S_IN=spec.s_in, S_K=s_k, KH=spec.kernel[0], KW=spec.kernel[1], GROUP_ON_N=group_on_n,
         K_MAJOR=k_major, HALO=halo, PRECISION=dot_precision(a.dtype), ACTIVATION=activation,
         **interpreter_config(INTERPRETER_CONFIG))
-    return a_cl if halo else None
+    return a_cl if copied else None
 
 
 # ------------------------------------------------------------------------------------------------- layouts
