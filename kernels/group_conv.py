@@ -371,10 +371,10 @@ def input_copy_shape(x: torch.Tensor, spec):
     padded = vector_channels(a_ch, spec.groups, spec.s_in)
     if spec.batch * spec.groups * spec.out_channels * spec.s_out * spec.out_height * spec.out_width == 0:
         return None
-    if padded == a_ch and is_channels_last(x) and (_halo_is_x(spec) or dot_precision(x.dtype) != "tf32"):
-        # read in place, the bounds as masks in the gather: as cheap a loop as the halo copy's for 16-bit inputs;
-        # a tf32 loop with masks runs up to 1.6x the instructions per MAC (perf.static, docs/launches.md), so
-        # there the copy is made (and saved for the weight gradient, which needs one anyway)
+    if padded == a_ch and is_channels_last(x) and _halo_is_x(spec):
+        # every window inside an input stored channels-last: it is its own zero-halo copy.  With padding the copy
+        # is made even so (and saved for the weight gradient, which needs one anyway): the loop with the bounds as
+        # masks costs more instructions per MAC (perf.static: up to 1.6x in tf32, 1.03x in bf16; docs/launches.md)
         return None
     return (spec.batch, *halo_size(spec), spec.groups * padded)
 

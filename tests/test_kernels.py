@@ -646,14 +646,15 @@ def test_weight_grad_takes_dy_in_either_layout(dy_layout, groups, c_out, size):
 
 
 @pytest.mark.parametrize("dtype, padding, copied", [
-    (torch.float32, 1, True),     # tf32: masks would cost the loop more than the zero-halo copy
-    (torch.bfloat16, 1, False),   # 16-bit: the same loop with masks, read in place
+    (torch.float32, 1, True),     # padding: the zero-halo copy's loop is cheaper than one with masks
+    (torch.bfloat16, 1, True),
     (torch.float32, 0, False),    # no padding: every window inside the input, read in place without masks
-], ids=["tf32-padded", "bf16-padded", "tf32-unpadded"])
-def test_forward_reads_a_channels_last_input_in_place_where_masks_cost_the_loop_nothing(dtype, padding, copied):
-    """A ``(B, H, W, C, S)`` input (another layer's output) is read in place by the forward unless the halo copy's
-    loop is the cheaper one (tf32 with padding; that copy is then the weight gradient's too); the values are the
-    float64 reference's either way."""
+    (torch.bfloat16, 0, False),
+], ids=["tf32-padded", "bf16-padded", "tf32-unpadded", "bf16-unpadded"])
+def test_forward_reads_a_channels_last_input_in_place_only_without_padding(dtype, padding, copied):
+    """A ``(B, H, W, C, S)`` input (another layer's output) is read in place by the forward when every window lies
+    inside it; with padding it is copied into the zero-halo buffer (whose loop checks no bounds, and which the
+    weight gradient reads too); the values are the float64 reference's either way."""
     x = randn((2, 3, 4, 5, 7), dtype, CL)
     weight = randn((2, 3, 4, 3, 3), dtype)
     spec = make_spec(x, weight, None, group="p4", in_group="p4", stride=1, padding=padding, dilation=1, groups=1)
