@@ -147,6 +147,9 @@ def untraced() -> Iterator[None]:
 # -------------------------------------------------------------------------------------------------- layouts
 # (B, C, S, H, W) and the channels-last-like (B, H, W, C, S)
 _CANONICAL_ORDERS = ((0, 1, 2, 3, 4), (0, 3, 4, 1, 2))
+# The layout of every group map the package's layers produce on the kernel path: (B, H, W, C, S) in memory behind
+# the (B, C, S, H, W) shape, what the kernels read in place (docs/conventions.md, "Memory layout").
+GROUP_MAP_ORDER = (0, 3, 4, 1, 2)
 
 
 def dim_order(t: torch.Tensor) -> list[int]:
@@ -168,6 +171,12 @@ def empty_in_order(shape: Sequence[int], order: Sequence[int], *, dtype, device)
     """An uninitialised tensor of ``shape`` stored with its dims in ``order`` (outermost first)."""
     out = torch.empty([shape[d] for d in order], dtype=dtype, device=device)
     return out.permute([list(order).index(d) for d in range(len(shape))])
+
+
+def empty_group_map(shape: Sequence[int], like: Tensor) -> Tensor:
+    """An empty group map of ``shape`` ``(B, C, S, H, W)`` in :data:`GROUP_MAP_ORDER`, ``like``'s dtype and device:
+    the layout the kernels write their outputs in, whatever the input's (the fake kernels must agree)."""
+    return empty_in_order(shape, GROUP_MAP_ORDER, dtype=like.dtype, device=like.device)
 
 
 def empty_like_layout(shape, like: Tensor) -> Tensor:

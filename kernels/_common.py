@@ -1,6 +1,6 @@
 """What every kernel family shares: the interpreter switch, launch configs, the group tables on the device,
-output allocation in the input's memory layout, channels-last views, the weight-gradient split, the fused
-activation epilogue, and small `@triton.jit` helpers."""
+output allocation ((B, H, W, C, S) group maps, or the input's memory layout), channels-last views, the
+weight-gradient split, the fused activation epilogue, and small `@triton.jit` helpers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .._args import ACTIVATIONS
-from .._support import dim_order, empty_in_order
+from .._support import GROUP_MAP_ORDER, dim_order, empty_in_order
 from .tuner import KERNEL_TUNERS, Autotuner, next_power_of_2
 
 # Read once, like Triton itself reads it when a @triton.jit function is defined.
@@ -31,6 +31,12 @@ def empty_output(shape, order, dtype, device) -> torch.Tensor:
     if poison_outputs():
         out.fill_(float("nan"))
     return out
+
+
+def empty_group_map(shape, like: torch.Tensor) -> torch.Tensor:
+    """A forward's output ``(B, C, S, H, W)`` in ``like``'s dtype, stored ``(B, H, W, C, S)``
+    (``GROUP_MAP_ORDER``): what the next layer's kernels read in place, whatever the layout of this one's input."""
+    return empty_output(shape, GROUP_MAP_ORDER, like.dtype, like.device)
 
 
 def empty_like_layout(shape, like: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .._support import empty_in_order
-from ._common import (accumulator, apply_activation, cdiv, channels_last, dot_precision, empty_like_layout,
+from ._common import (accumulator, apply_activation, cdiv, channels_last, dot_precision, empty_group_map,
                       forward_result, gather_tables, input_grad_buffer, interpreter_config, is_channels_last,
                       maybe_autotune, mma, needs_int64, pixel_block, poison_outputs, preact_buffer, round_up, upcast,
                       vector_padding, vector_width)
@@ -338,13 +338,14 @@ def _conv_gemm_kernel(
 def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str = "none",
             return_preact: bool = False, return_input_copy: bool = False):
     """``x (B, groups·C_in_g, S_in, H, W)``, weight ``(weight_groups·C_out_g, C_in_g, S_in, kh, kw)`` ->
-    ``y (B, groups·C_out_g, S_out, H_out, W_out)`` in ``x``'s memory layout, ``y = activation(conv + bias)``.
+    ``y (B, groups·C_out_g, S_out, H_out, W_out)`` stored ``(B, H, W, C, S)`` whatever ``x``'s layout (the layout
+    the next layer reads in place), ``y = activation(conv + bias)``.
     With ``return_preact``, also ``z``, the pre-activation (None for ``"none"``); with ``return_input_copy``, also
     the channels-last copy of ``x`` the kernel read (shape :func:`input_copy_shape`; None when it read ``x`` in
     place), which the weight gradient takes instead of copying ``x`` again: ``y``, ``(y, z)``, ``(y, copy)`` or
     ``(y, z, copy)``."""
-    y = empty_like_layout((spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height,
-                           spec.out_width), x)
+    y = empty_group_map((spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height,
+                         spec.out_width), x)
     z = preact_buffer(activation, return_preact, y)
     copy = None
     if y.numel() != 0:
@@ -370,9 +371,18 @@ def input_copy_shape(x: torch.Tensor, spec):
     padded = vector_channels(a_ch, spec.groups, spec.s_in)
     if spec.batch * spec.groups * spec.out_channels * spec.s_out * spec.out_height * spec.out_width == 0:
         return None
-    if padded == a_ch and is_channels_last(x):
+    if padded == a_ch and is_channels_last(x) and _halo_is_x(spec):
+        # every window inside an input stored channels-last: it is its own zero-halo copy.  With padding the copy
+        # is made even so (and saved for the weight gradient, which needs one anyway): the loop with the bounds as
+        # masks costs more instructions per MAC (perf.static: up to 1.6x in tf32, 1.03x in bf16; docs/launches.md)
         return None
     return (spec.batch, *halo_size(spec), spec.groups * padded)
+
+
+def _halo_is_x(spec) -> bool:
+    """Whether every window of every output pixel lies inside the input (no padding): its zero-halo copy would be
+    the input itself."""
+    return halo_size(spec) == (spec.height, spec.width) and spec.padding[0] == spec.padding[2] == 0
 
 
 def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec, *, group_on_n: bool, bias=None,
@@ -389,8 +399,10 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         m_height, m_width = cdiv(spec.height, spec.stride[0]), cdiv(spec.width, spec.stride[1])
     phases = 1 if group_on_n else spec.stride[0] * spec.stride[1]
     padded = vector_channels(a_ch, spec.groups, s_k)
-    # A forward that copies its input anyway copies it with the zero padding in place: no bounds in the loop
-    halo = group_on_n and input_copy_shape(a, spec) is not None
+    # A forward that copies its input anyway copies it with the zero padding in place: no bounds in the loop;
+    # so does one whose windows all lie inside an input it reads in place
+    copied = group_on_n and input_copy_shape(a, spec) is not None
+    halo = copied or (group_on_n and padded == a_ch and is_channels_last(a) and _halo_is_x(spec))
     if halo:
         a_cl, pad = halo_channels_last(a, spec, padded), (0, 0)
     else:
@@ -423,7 +435,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         R_VALID=r_valid, S_IN=spec.s_in, S_K=s_k, KH=spec.kernel[0], KW=spec.kernel[1], GROUP_ON_N=group_on_n,
         K_MAJOR=k_major, HALO=halo, PRECISION=dot_precision(a.dtype), ACTIVATION=activation,
         **interpreter_config(INTERPRETER_CONFIG))
-    return a_cl if halo else None
+    return a_cl if copied else None
 
 
 # ------------------------------------------------------------------------------------------------- layouts

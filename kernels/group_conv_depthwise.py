@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import _common
-from ._common import (INTERPRET, apply_activation, bank_split_limit, cdiv, channels_last, empty_like_layout,
+from ._common import (INTERPRET, apply_activation, bank_split_limit, cdiv, channels_last, empty_group_map,
                       empty_output, forward_result, gather_tables, geometry_args, group_tables, input_grad_buffer,
                       interpreter_config, is_channels_last, maybe_autotune, needs_int64, next_power_of_2, offset,
                       pixel_block, preact_buffer, split_pixel, split_ranges, static_args, vector_width)
@@ -296,8 +296,8 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str =
     """As :func:`group_conv.forward <gconv_triton.kernels.group_conv.forward>` (activation epilogue included; the
     copy of ``x``: :func:`input_copy_shape`)."""
     stab, pos_src = gather_tables(spec.group, spec.in_group, spec.kernel, x.device)
-    y = empty_like_layout((spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height,
-                           spec.out_width), x)
+    y = empty_group_map((spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height,
+                         spec.out_width), x)
     z = preact_buffer(activation, return_preact, y)
     m_total = spec.batch * spec.out_height * spec.out_width
     copy_shape = input_copy_shape(x, spec)

@@ -495,6 +495,30 @@ def markdown(results: list[dict], per_layer: bool = False) -> str:
     return out
 
 
+def before_after(before: list[dict], after: list[dict]) -> str:
+    """The kernel path of an earlier run (``--before``, its ``--out`` JSON) against this one's, per model and input
+    layout: launches (Triton), bytes written outside the GEMMs, peak and saved for backward (MB), and the most
+    launches of a group-conv layer besides its GEMMs."""
+    def worst(r: dict) -> int:
+        return max((lay["other"] for lay in r["layers"]), default=0)
+
+    def cells(r: Optional[dict]) -> str:
+        if r is None:
+            return "– | – | – | – | –"
+        return (f"{_launches(r)} | {_mb(r, 'bytes_outside_gemms')} | {_mb(r, 'peak_bytes')} | "
+                f"{_mb(r, 'saved_bytes')} | {worst(r)}")
+
+    old = {(r["model"], r["layout"]): r for r in before if r["path"] == "kernel"}
+    lines = ["| model | input | before: launches (Triton) | MB outside the GEMMs | peak MB | saved MB | per layer, "
+             "not GEMMs | after: launches (Triton) | MB outside the GEMMs | peak MB | saved MB | per layer, not "
+             "GEMMs |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in after:
+        if r["path"] == "kernel":
+            lines.append(f"| {r['model']} | {r['layout']} | {cells(old.get((r['model'], r['layout'])))} | "
+                         f"{cells(r)} |")
+    return "\n".join(lines) + "\n"
+
+
 def environment() -> dict:
     return dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 torch=torch.__version__, python=sys.version.split()[0], dtype="fp32",
@@ -522,6 +546,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", action="store_true", help="print the results as JSON (every launch included) instead")
     p.add_argument("--out", type=Path, default=None,
                    help="also write <out>.md and <out>.json.gz, every launch (e.g. perf/results/launches-2026-12-05)")
+    p.add_argument("--before", type=Path, default=None,
+                   help="an earlier run's <out>.json.gz: also print its kernel path against this run's")
     args = p.parse_args(argv)
     try:
         models = parse_names(args.models, list(MODELS), "--models")
@@ -537,6 +563,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = dict(kind="launches", environment=environment(), argv=list(argv if argv is not None else sys.argv[1:]),
                   results=results, targets=[dict(passed=ok, target=line) for ok, line in targets])
     text = markdown(results, args.per_layer)
+    if args.before is not None:
+        with gzip.open(args.before, "rt", encoding="utf-8") as f:
+            earlier = json.load(f)
+        text += (f"\nKernel path, before ({args.before.name}, {earlier['environment']['date']}) and after:\n\n"
+                 + before_after(earlier["results"], results))
     text += "".join(f"\n{'PASS' if ok else 'FAIL'} {line}" for ok, line in targets) + ("\n" if targets else "")
     if args.json:
         print(json.dumps(result, indent=1))

@@ -30,6 +30,7 @@ from gconv_triton import functional, kernels
 from gconv_triton._support import dim_order
 from gconv_triton._spec import make_spec
 from gconv_triton.groups import get_group
+from gconv_triton.reference import bank_conv_weight_grad
 from gconv_triton.kernels import _common, group_conv as gconv, group_conv_weight_grad as wgrad
 from perf.memory import AllocationRecorder
 
@@ -196,9 +197,10 @@ def test_gconv_matches_reference(case: Case):
     bias = randn((c_out,)) if case.bias else None
     layer = gconv_layer(case.group, case.in_group, stride=case.stride, padding=case.padding,
                         dilation=case.dilation)
-    y, _ = check_against_reference(layer, x, weight, bias, dy_layout=case.dy_layout)
+    y, dx = check_against_reference(layer, x, weight, bias, dy_layout=case.dy_layout)
     assert y.shape[:3] == (b, c_out, order_of(case.group))
-    assert_layout(y, case.layout, "output")
+    assert_layout(y, CL, "output")   # the layers' layout, whatever the input's
+    assert_layout(dx, case.layout, "input grad")
 
 
 # ------------------------------------------------------------------------- flattened 4-D input (GrouPy's)
@@ -208,14 +210,16 @@ def test_gconv_matches_reference(case: Case):
 ], ids=["p4-p4-channels_last", "p4m-z2-contiguous"])
 def test_flattened_4d_input(group, in_group, memory_format):
     """``(B, C_in·S_in, H, W)`` input (channel index ``c·S_in + s``): same numbers as 5-D, a 5-D output; a
-    channels_last input is the (B, H, W, C, S) layout seen through ``as_5d`` and the output keeps it."""
+    channels_last input is the (B, H, W, C, S) layout seen through ``as_5d``; the output is in that layout either
+    way, the input gradient in the input's."""
     s_in = order_of(in_group)
     x = torch.randn(2, 3 * s_in, 7, 5, device=DEVICE).contiguous(memory_format=memory_format)
     weight = randn((2, 3, s_in, 3, 3))
     y, dx = check_against_reference(gconv_layer(group, in_group, padding=1), x, weight, randn((2,)))
     assert y.shape == (2, 2, order_of(group), 7, 5)
     assert dx.shape == x.shape
-    assert_layout(y, CL if memory_format == torch.channels_last else CONTIG, "output")
+    assert_layout(y, CL, "output")
+    assert dx.is_contiguous(memory_format=memory_format)
 
 
 # ------------------------------------------------------------------------------------------------ dtypes
@@ -232,8 +236,9 @@ def test_half_precision(dtype, group, in_group, groups, cig, k, stride, padding,
     x = randn((2, groups * cig, s_in, 5, 7), dtype, layout)
     weight = randn((groups * 3, cig, s_in, k, k), dtype)
     layer = gconv_layer(group, in_group, stride=stride, padding=padding, groups=groups)
-    y, _ = check_against_reference(layer, x, weight, randn((groups * 3,), dtype))
-    assert_layout(y, layout, "output")
+    y, dx = check_against_reference(layer, x, weight, randn((groups * 3,), dtype))
+    assert_layout(y, CL, "output")
+    assert_layout(dx, layout, "input grad")
 
 
 # -------------------------------------------------------------------------- channel groups and depthwise
@@ -267,8 +272,9 @@ def test_grouped_and_depthwise(row):
     x = randn((b, groups * cig, s_in, h, w), layout=layout)
     weight = randn((groups * cog, cig, s_in, k, k))
     layer = gconv_layer(group, in_group, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    y, _ = check_against_reference(layer, x, weight, randn((groups * cog,)) if bias else None)
-    assert_layout(y, layout, "output")
+    y, dx = check_against_reference(layer, x, weight, randn((groups * cog,)) if bias else None)
+    assert_layout(y, CL, "output")
+    assert_layout(dx, layout, "input grad")
 
 
 @pytest.mark.parametrize("stride, padding, dilation, bias, memory_format", [
@@ -295,7 +301,8 @@ def test_shared_kernel_matches_repeated_depthwise_conv(stride, padding, dilation
     assert_close(y, y_ref, torch.float32, "output")
     for name, grad, want in zip(("input grad", "weight grad", "bias grad"), grads, ref_grads):
         assert_close(grad, want, torch.float32, name)
-    assert y.is_contiguous(memory_format=memory_format)
+    assert y.is_contiguous(memory_format=torch.channels_last)   # the layers' layout, whatever the input's
+    assert grads[0].is_contiguous(memory_format=memory_format)
 
 
 # ----------------------------------------------------------------------------------------------- poisoning
@@ -619,3 +626,39 @@ def test_window_offsets_are_built_once_per_geometry_and_never_fake():
         traced = wgrad._window_offsets(fake, spec_for(1, batch=5), 320, False)
     assert not isinstance(traced, FakeTensor)
     assert wgrad._window_offsets(torch.empty(5, 11, 9, 12), spec_for(1, batch=5), 320, False) is traced
+
+
+@pytest.mark.parametrize("dy_layout", [CL, CONTIG])
+@pytest.mark.parametrize("groups, c_out, size", [(1, 3, (2, 5, 7)), (2, 8, (1, 8, 8))],
+                         ids=["ragged-pixels-padded-channels", "whole-blocks-groups2"])
+def test_weight_grad_takes_dy_in_either_layout(dy_layout, groups, c_out, size):
+    """The weight gradient re-lays ``dy`` in either layout (the layers' ``(B, H, W, C, S)`` or contiguous) in one
+    copy, with pixels past the last whole block and channels past ``C_out``: the float64 reference's ``dw``."""
+    b, h, w = size
+    x = randn((b, groups * 2, 4, h, w), layout=CL)
+    weight = randn((groups * c_out, 2, 4, 3, 3))
+    dy = randn((b, groups * c_out, 4, h, w), layout=dy_layout)
+    spec = make_spec(x, weight, None, group="p4", in_group="p4", stride=1, padding=1, dilation=1, groups=groups)
+    with triton_backend():
+        dw = kernels.weight_grad(dy, x, spec, tuple(weight.shape))
+    want = bank_conv_weight_grad(dy.cpu().double(), x.cpu().double(), spec, tuple(weight.shape))
+    assert_close(dw, want, torch.float32, "weight grad")
+
+
+@pytest.mark.parametrize("dtype, padding, copied", [
+    (torch.float32, 1, True),     # padding: the zero-halo copy's loop is cheaper than one with masks
+    (torch.bfloat16, 1, True),
+    (torch.float32, 0, False),    # no padding: every window inside the input, read in place without masks
+    (torch.bfloat16, 0, False),
+], ids=["tf32-padded", "bf16-padded", "tf32-unpadded", "bf16-unpadded"])
+def test_forward_reads_a_channels_last_input_in_place_only_without_padding(dtype, padding, copied):
+    """A ``(B, H, W, C, S)`` input (another layer's output) is read in place by the forward when every window lies
+    inside it; with padding it is copied into the zero-halo buffer (whose loop checks no bounds, and which the
+    weight gradient reads too); the values are the float64 reference's either way."""
+    x = randn((2, 3, 4, 5, 7), dtype, CL)
+    weight = randn((2, 3, 4, 3, 3), dtype)
+    spec = make_spec(x, weight, None, group="p4", in_group="p4", stride=1, padding=padding, dilation=1, groups=1)
+    with triton_backend():
+        _, copy = kernels.forward(x, weight, None, spec, return_input_copy=True)
+    assert (copy is not None) == copied
+    check_against_reference(gconv_layer("p4", "p4", padding=padding), x, weight, randn((2,), dtype))

@@ -441,3 +441,16 @@ def test_python_m_perf_steerable_prints_both_tables(tmp_path, capsys):
     result = json.loads(next(tmp_path.glob("steerable-cpu-*.json")).read_text())
     assert result["timing"][0]["median_ms"]["ours"] > 0 and len(result["timing"][0]["times_ms"]["e2cnn"]) == 2
     assert "## Equivariance error" in next(tmp_path.glob("steerable-cpu-*.md")).read_text()
+
+
+def test_launches_prints_an_earlier_run_before_this_one(tmp_path, capsys):
+    """``--before`` reads an earlier ``--out`` JSON and prints its kernel path beside this run's, per model and
+    layout (here the same tiny run twice: the two halves of the row agree)."""
+    tiny = ["--models", "layer", "--paths", "kernel,bank", "--layouts", "contiguous", "--batch", "1", "--size", "6"]
+    assert launches.main([*tiny, "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert launches.main([*tiny, "--before", str(tmp_path / "run.json.gz")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| layer | contiguous |")]
+    assert len(rows) == 1, rows
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[2:7] == cells[7:12], cells

@@ -66,7 +66,7 @@ class GroupBatchNorm(nn.Module):
         if input.dim() == 5:
             as_group_map(input, group, type(self).__name__)  # S against the group, when given
         elif group is not None and group.order > 1 and channels == c * group.order:
-            return self.norm(as_group_map(input, group, type(self).__name__)).flatten(1, 2)
+            return self._normalize(as_group_map(input, group, type(self).__name__)).flatten(1, 2)
         if channels != c:
             flat = ""
             if input.dim() == 4 and group is not None:
@@ -76,7 +76,18 @@ class GroupBatchNorm(nn.Module):
                         f"GroupBatchNorm({c}, group=...)")
             raise ValueError(f"input: expected {c} channels (num_features) at dim 1{flat}, got shape "
                              f"{tuple(input.shape)}")
-        return self.norm(input) if input.dim() == 5 else self.norm(input.unsqueeze(2)).squeeze(2)
+        return self._normalize(input) if input.dim() == 5 else self._normalize(input.unsqueeze(2)).squeeze(2)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, C, S, H, W)`` through the child ``norm``, the output in ``x``'s layout.  A map stored
+        ``(B, H, W, C, S)`` (the package's layers' outputs) goes in as the contiguous ``(B·H·W, C, S, 1, 1)`` view
+        of its memory, which has the same statistics per ``C`` and which ``BatchNorm3d`` keeps in place (it would
+        copy the 5-D map to its contiguous layout, forward and backward)."""
+        b, c, s, h, w = x.shape
+        pixels_outer = x.permute(0, 3, 4, 1, 2)
+        if not pixels_outer.is_contiguous():
+            return self.norm(x)
+        return self.norm(pixels_outer.view(b * h * w, c, s, 1, 1)).view(b, h, w, c, s).permute(0, 3, 4, 1, 2)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}" + (f", group={self.group.name}" if self.group is not None else "")

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from .._spec import check_index_range, op_geometry, op_out_shape, spec_from_op_args
-from .._support import (autocast_inputs, backend_name, compiling, dim_order, empty_in_order, empty_like_layout,
-                        kernels_for, onnx_exporting, untraced)
+from .._support import (GROUP_MAP_ORDER, autocast_inputs, backend_name, compiling, dim_order, empty_group_map,
+                        empty_in_order, kernels_for, onnx_exporting, untraced)
 from ..groups import get_group
 from ..reference import (activate, bank_conv2d, bank_conv_input_grad, bank_conv_transpose2d, bank_conv_weight_grad,
                          gconv2d_reference)
@@ -71,17 +71,17 @@ def _conv_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], group: str, in_g
         z = gconv2d_reference(x, weight, bias, spec)
         y = activate(z, activation)
         z = z if keep_z else None
-        like = empty_like_layout(y.shape, x)
+        like = empty_group_map(y.shape, x)
         if y.stride() != like.stride():  # same layout as the kernels (and the fake kernel) give
             y = like.copy_(y)
-            z = None if z is None else empty_like_layout(z.shape, x).copy_(z)
+            z = None if z is None else empty_group_map(z.shape, x).copy_(z)
     return y, (z if z is not None else x.new_empty(0)), (x_copy if x_copy is not None else x.new_empty(0))
 
 
 @_conv_op.register_fake
 def _(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups, activation, backend):
-    y = empty_like_layout(op_out_shape(x, weight, group, stride, padding, dilation, groups, weight_groups), x)
-    z = empty_like_layout(y.shape, x) if activation in ("silu", "gelu") else x.new_empty(0)
+    y = empty_group_map(op_out_shape(x, weight, group, stride, padding, dilation, groups, weight_groups), x)
+    z = empty_group_map(y.shape, x) if activation in ("silu", "gelu") else x.new_empty(0)
     copy_shape = None
     if kernels_for(x, backend):
         from .. import kernels
@@ -277,4 +277,5 @@ def conv_input_grad(dy: Tensor, weight: Tensor, input_size: Sequence[int], *, gr
     if _standard_ops(dy, backend):
         return bank_conv_transpose2d(dy, weight, input_size, group=group, in_group=in_group, stride=geometry[2],
                                      padding=geometry[3], dilation=geometry[4], groups=groups)
-    return _input_grad_op(dy, weight, list(input_size), dim_order(dy), *geometry, backend)
+    # the transposed layer's output: a group map in the layers' layout, as a forward's (the kernels write it so)
+    return _input_grad_op(dy, weight, list(input_size), list(GROUP_MAP_ORDER), *geometry, backend)
