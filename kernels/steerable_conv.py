@@ -82,6 +82,15 @@ def config(kernel_size: int, dtype: torch.dtype) -> dict:
 def _weight_grad_config(kernel_size: int, dtype: torch.dtype) -> dict:
     cfg = config(kernel_size, dtype)
     cfg["BLOCK_O"] = cfg.pop("BLOCK_N")
+    if not INTERPRET:   # 8 warps: at 4 the window's offsets, recomputed per pixel chunk, spill (k = 5 16-bit, tf32)
+        cfg["num_warps"] = 8
+    return cfg
+
+
+def _input_grad_config(kernel_size: int, dtype: torch.dtype) -> dict:
+    cfg = config(kernel_size, dtype)
+    if not INTERPRET and kernel_size >= 7 and dtype == torch.float32:   # its 4-warp tile spills
+        cfg["num_warps"] = 8
     return cfg
 
 
@@ -460,7 +469,7 @@ def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tenso
     dx = _empty(full, dy)
     if dx.numel() == 0:
         return dx.view(x_shape)
-    cfg = config(k, dy.dtype)
+    cfg = _input_grad_config(k, dy.dtype)
     grid = (cdiv(nb * h * w, cfg["BLOCK_M"]), cdiv(c_in, cfg["BLOCK_N"]), s_in)
     _input_grad_kernel[grid](dy, coefficients, tables, index, dx, nb, c_in, c_out, h, w, ho, wo,
                              *dy.stride(), *coefficients.stride(), sh, sw, ph, pw, dh, dw,
