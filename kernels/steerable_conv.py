@@ -196,6 +196,90 @@ def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
 
 
 @triton.jit
+def _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, bb, i, chunk, g, H, W, sxh, sxw,
+                        dil_h, dil_w, S_IN: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
+                        P_CHUNK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+                        OFFSET: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One K step of the channels-last forward: input channel ``i``, window positions ``chunk·P_CHUNK + [0,
+    P_CHUNK)``: the window ``X (M × (p, s))`` (``S_IN`` contiguous elements per pixel and position), the steered
+    filter ``W ((p, s) × O) = Ψ[g]ᵀ @ Cᵗ`` reshaped in order, ``acc (M × O) += X @ W``."""
+    KK: tl.constexpr = KSIZE * KSIZE
+    KC: tl.constexpr = P_CHUNK * S_IN
+    p = chunk * P_CHUNK + kk // S_IN                                                            # (KC,)
+    kh = p // KSIZE
+    kw = p % KSIZE
+    ih = row[:, None] + (kh * dil_h)[None, :]
+    iw = col[:, None] + (kw * dil_w)[None, :]
+    ok = ((ih.to(tl.uint32) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32) < tl.cast(W, tl.uint32))
+          & (p[None, :] < KK) & m_ok[:, None])
+    shift = (kh * dil_h).to(OFFSET) * sxh + (kw * dil_w).to(OFFSET) * sxw + kk % S_IN
+    xs = tl.load(x_ptr + (pix[:, None] + shift[None, :] + tl.cast(i, OFFSET) * S_IN), mask=ok, other=0.0)
+    pc = chunk * P_CHUNK + tl.arange(0, P_CHUNK)
+    psi_t = tl.load(psi_ptr + g * (NBASIS * KK) + bb[None, :] * KK + pc[:, None],
+                    mask=(bb[None, :] < NBASIS) & (pc[:, None] < KK), other=0.0).to(coef.dtype)
+    w = mma(tl.zeros((P_CHUNK, S_IN * BLOCK_N), dtype=ACC), psi_t, coef, PRECISION, UPCAST)
+    w = tl.reshape(w.to(x_ptr.dtype.element_ty), (KC, BLOCK_N))                                 # ((p, s), o)
+    return mma(acc, xs, w, PRECISION, UPCAST)
+
+
+@triton.jit
+def _forward_channels_last_kernel(x_ptr, ct_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
+                                  NB, C_IN, C_OUT, H, W, HO, WO, C_OUT_PAD,
+                                  sxn, sxh, sxw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                                  S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
+                                  P_PAD: tl.constexpr, B_PAD: tl.constexpr, P_CHUNK: tl.constexpr,
+                                  STATIC_CHUNKS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                                  UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr, BLOCK_M: tl.constexpr,
+                                  BLOCK_N: tl.constexpr):
+    """The forward on a channels-last input (``x[n, i, s, h, w]`` at ``n·sxn + h·sxh + w·sxw + i·S_IN + s``): a K
+    step is one input channel ``i`` and ``P_CHUNK`` window positions × all ``S_IN`` elements, ``(p, s)`` with ``s``
+    fastest, so the window gather reads ``S_IN`` contiguous elements per (pixel, position).  The steered filter of
+    the step, ``W ((p, s) × o) = Ψ[g]ᵀ (P_CHUNK × B) @ Cᵗ (B × (s, o))`` with ``Cᵗ[b, (s, o)] = ct[i, index[g, s],
+    b, o]`` (``ct (C_IN, S_IN, NBASIS, C_OUT_PAD)``: the coefficients transposed by the launcher), reshaped in
+    order.  ``y (NB, C_OUT, S_OUT, HO, WO)`` contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), cdiv(C_OUT, BLOCK_N),
+    S_OUT)``."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    m, m_ok, n, oh, ow = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, HO, WO)
+    row = oh * stride_h - pad_h
+    col = ow * stride_w - pad_w
+    pix = tl.cast(n, OFFSET) * sxn + row.to(OFFSET) * sxh + col.to(OFFSET) * sxw                        # (M,)
+    kk = tl.arange(0, P_CHUNK * S_IN)
+    # the steering operand's columns (s, o): o fastest
+    cols = tl.arange(0, S_IN * BLOCK_N)
+    col_s = cols // BLOCK_N
+    col_o = pid_n * BLOCK_N + cols % BLOCK_N
+    r = tl.load(index_ptr + g * S_IN + col_s)                                                   # index[g, s]
+    bb = tl.arange(0, B_PAD)
+    ct_off = (r[None, :] * NBASIS + bb[:, None]) * C_OUT_PAD + col_o[None, :]                 # (B, (s, o))
+    ct_ok = (bb[:, None] < NBASIS) & (col_o[None, :] < C_OUT)
+    o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_ok = o < C_OUT
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)                                                # y (M × O)
+    coef_step = S_IN * NBASIS * C_OUT_PAD
+    if STATIC_CHUNKS:   # the chunks unrolled: their window shifts and masks are computed once, outside the loop
+        for i in range(C_IN):
+            coef = tl.load(ct_ptr + (ct_off + i * coef_step), mask=ct_ok, other=0.0)
+            for chunk in tl.static_range(P_PAD // P_CHUNK):
+                acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, bb, i, chunk, g, H, W,
+                                          sxh, sxw, dil_h, dil_w, S_IN, KSIZE, NBASIS, P_CHUNK, PRECISION, UPCAST,
+                                          ACC, OFFSET, BLOCK_N)
+    else:               # one loop over (i, chunk): k = 7's four unrolled chunks would hold too many registers
+        for step in range(C_IN * (P_PAD // P_CHUNK)):
+            i = step // (P_PAD // P_CHUNK)
+            coef = tl.load(ct_ptr + (ct_off + i * coef_step), mask=ct_ok, other=0.0)
+            acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, bb, i,
+                                      step % (P_PAD // P_CHUNK), g, H, W, sxh, sxw, dil_h, dil_w, S_IN, KSIZE, NBASIS,
+                                      P_CHUNK, PRECISION, UPCAST, ACC, OFFSET, BLOCK_N)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC)[None, :]
+    hw = HO * WO
+    y_off = ((n[:, None].to(OFFSET) * C_OUT + o[None, :]) * S_OUT + g) * hw + (m % hw)[:, None]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & o_ok[None, :])
+
+
+@triton.jit
 def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
                        NB, C_IN, C_OUT, H, W, HO, WO,
                        sdn, sdc, sdg, sdh, sdw, sco, sci, scs, scb,
@@ -427,6 +511,9 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
     y = _empty((nb, c_out, s_out, ho, wo), x)
     if y.numel() == 0:
         return y
+    if channels_last_window(s_in, x.dtype):
+        _forward_channels_last(x, coefficients, bias, tables, index, y, k, (sh, sw, ph, pw, dh, dw))
+        return y
     cfg = config(k, x.dtype)
     grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), cdiv(c_out, cfg["BLOCK_N"]), s_out)
     _forward_kernel[grid](x, coefficients, bias if bias is not None else coefficients, tables, index, y,
@@ -435,6 +522,54 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
                           P_PAD=_pad16(k * k), B_PAD=_pad16(basis), HAS_BIAS=bias is not None,
                           **_kernel_args(x.dtype, x, coefficients, y), **cfg)
     return y
+
+
+def channels_last_window(s_in: int, dtype: torch.dtype) -> bool:
+    """Whether the forward gathers its window channels-last (``S_in`` contiguous elements per pixel and position:
+    16-byte vector loads for 16-bit inputs at ``S_in = 8``): regular C_8 fields in fp16, bf16 and fp32, C_16 / D_8
+    fields in fp16 and bf16.  Not wider fields (a steering tile of ``S_in × BLOCK_N`` columns), nor fp32 at
+    ``S_in = 16`` (its window overflows shared memory or its registers spill on sm_90), nor fp64."""
+    return s_in == 8 and dtype != torch.float64 or s_in == 16 and dtype in (torch.float16, torch.bfloat16)
+
+
+def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> dict:
+    """The channels-last forward's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` output channels, 8 warps (at 4 the
+    steering tile ``P_CHUNK × S_in·BLOCK_N`` in fp32 and the window's addresses spill), the window chunks unrolled
+    up to k = 5 (``STATIC_CHUNKS``).  The smallest tiles that compile without spilling for sm_90 (docs/steerable.md)."""
+    static_chunks = _pad16(kernel_size * kernel_size) // P_CHUNK <= 2
+    cfg = dict(INTERPRETER_CONFIG, STATIC_CHUNKS=static_chunks)
+    if INTERPRET:
+        return cfg
+    # two stages: each unrolled chunk's window is its own ring of pipeline buffers in shared memory
+    cfg.update(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+    if dtype == torch.float32 or s_in > 8:
+        cfg["BLOCK_M"] = 64
+    return cfg
+
+
+# Window positions per K step of the channels-last forward (times S_in elements: the step's K)
+P_CHUNK = 16
+
+
+def _forward_channels_last(x, coefficients, bias, tables, index, y, k: int, geometry: tuple) -> None:
+    """Launch ``_forward_channels_last_kernel`` into ``y``.  ``x`` is copied channels-last (``(B, H, W, C_in,
+    S_in)`` in memory) unless it is already, and the coefficients transposed to ``(C_in, S_in, B, C_out)`` with
+    ``C_out`` padded to 16 (vector loads along the output channels); the tables as given."""
+    nb, c_in, s_in, h, w = x.shape
+    c_out, _, _, basis = coefficients.shape
+    _, _, _, ho, wo = y.shape
+    if x.stride(2) != 1 or x.stride(1) != s_in:
+        x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    c_out_pad = cdiv(c_out, 16) * 16
+    ct = torch.zeros((c_in, s_in, basis, c_out_pad), dtype=x.dtype, device=x.device)
+    ct[..., :c_out] = coefficients.permute(1, 2, 3, 0)
+    cfg = _channels_last_config(k, x.dtype, s_in)
+    grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), cdiv(c_out, cfg["BLOCK_N"]), y.shape[2])
+    _forward_channels_last_kernel[grid](
+        x, ct, bias if bias is not None else ct, tables, index, y, nb, c_in, c_out, h, w, ho, wo, c_out_pad,
+        x.stride(0), x.stride(3), x.stride(4), *geometry, S_IN=s_in, S_OUT=y.shape[2], KSIZE=k, NBASIS=basis,
+        P_PAD=_pad16(k * k), B_PAD=_pad16(basis), P_CHUNK=P_CHUNK, HAS_BIAS=bias is not None,
+        **_kernel_args(x.dtype, x, ct, y), **cfg)
 
 
 def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tensor, index: torch.Tensor, x_shape,

@@ -486,8 +486,13 @@ def _main_dot(out: dict, kernel) -> dict:
     if not found or not out.get("loop_instructions"):
         return out
     main = max(found, key=lambda d: d.macs)
-    per = out["loop_instructions"] * out["warps"] * 1024 / main.macs
-    return {**out, "dot": dataclasses.asdict(main), "per_1024_macs": per}
+    # a loop unrolled over window chunks holds several dots of the main shape
+    macs = sum(d.macs for d in found if (d.m, d.n, d.k) == (main.m, main.n, main.k))
+    per = out["loop_instructions"] * out["warps"] * 1024 / macs
+    instrs, _ = sass.parse_sass(sass.disassemble(kernel.asm["cubin"], _tools()["nvdisasm"]))
+    # the main dot's MMA: the steering dot, too small for wgmma, runs on mma.sync beside it
+    mma = "HGMMA" if any(i.base == "HGMMA" for i in instrs) else out["mma"]
+    return {**out, "dot": dataclasses.asdict(main), "per_1024_macs": per, "mma": mma}
 
 
 def compile_unit(unit: dict) -> dict:
