@@ -17,7 +17,14 @@ The GEMMs run transposed, channels × pixels: the steered filter is computed in 
 can only be a dot's A operand on Hopper (wgmma reads B from shared memory), so ``W`` is A and the gathered window
 is B; on sm_90 both dots compile to wgmma.
 
-- **Forward**, program ``(BLOCK_M output pixels (n, m), BLOCK_N output channels o, element g)``.  ``Ψ[g]``
+- **Forward, channels-last window** (regular C_8 fields, and 16-bit C_16 / D_8 ones: ``channels_last_window``),
+  program ``(BLOCK_M pixels, BLOCK_N output channels, g)`` on ``x`` channels-last (``(B, H, W, C_in, S_in)`` in
+  memory: the launcher copies it so unless it already is).  K steps over ``(i, 16 window positions)``, each
+  ``(p, s)`` wide with ``s`` fastest, so that a (pixel, position) reads ``S_in`` contiguous elements (16-byte
+  vector loads, ``cp.async``).  The step's filter ``W ((p, s) × O)`` is one dot, ``Ψ[g]ᵀ (16 × B) @ Cᵗ (B ×
+  (s, o))`` with ``Cᵗ[b, (s, o)] = c[o, i, index[g, s], b]`` (read from the coefficients transposed to ``(C_in,
+  S_in, B, C_out)`` by the launcher), reshaped in order; then ``y (M × O) += X (M × (p, s)) @ W``.
+- **Forward**, other inputs, program ``(BLOCK_M output pixels (n, m), BLOCK_N output channels o, element g)``.  ``Ψ[g]``
   (``B × P``) is loaded once.  K steps over ``(i, s)``: the steering dot ``Wᵀ (O × P) = Cᵀ (O × B) @ Ψ[g]``
   with ``Cᵀ[o, b] = c[o, i, index[g, s], b]``, rounded to the input dtype, then the main dot
   ``yᵀ (O × M) += Wᵀ @ X (P × M)``, ``X[p, m] = x[n, i, s, q(m, p)]`` gathered (masked: zeros padding).
@@ -46,7 +53,8 @@ Dtypes: fp16 / bf16 / fp32 / fp64 inputs; coefficients and tables in the input's
 for fp64); element offsets in int32 when every tensor's span fits in 31 bits (the gathered window's offsets live in
 registers for the whole K loop), else int64.  ``W`` is rounded to the input dtype before the main dot, as the
 reference bank (:func:`gconv_triton.steerable.steerable_bank`) is.  Layout: any strides for ``x``, ``dy`` and the
-coefficients (``(B, C, S, H, W)`` contiguous is the fast case); outputs are contiguous.
+coefficients (the channels-last forward reads ``x`` channels-last, copied so when it is not, the others read
+``(B, C, S, H, W)`` contiguous fastest); outputs are contiguous.
 """
 
 from __future__ import annotations
@@ -82,9 +90,15 @@ def config(kernel_size: int, dtype: torch.dtype) -> dict:
 def _weight_grad_config(kernel_size: int, dtype: torch.dtype) -> dict:
     cfg = config(kernel_size, dtype)
     cfg["BLOCK_O"] = cfg.pop("BLOCK_N")
-    if not INTERPRET:   # 8 warps: at 4 the window's offsets, recomputed per pixel chunk, spill (k = 5 16-bit, tf32)
+    size = torch.empty((), dtype=dtype).element_size()
+    if not INTERPRET and (kernel_size, size) in _WEIGHT_GRAD_WIDE:
         cfg["num_warps"] = 8
     return cfg
+
+
+# (k, element size) whose 4-warp coefficient-gradient tile spills on sm_90 (the window's offsets, recomputed per
+# pixel chunk): 8 warps there.  Elsewhere 4 warps issue fewer instructions per MAC (docs/steerable.md).
+_WEIGHT_GRAD_WIDE = {(5, 2), (3, 4)}
 
 
 def _input_grad_config(kernel_size: int, dtype: torch.dtype) -> dict:
