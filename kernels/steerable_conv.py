@@ -540,10 +540,12 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
 
 def channels_last_window(s_in: int, dtype: torch.dtype) -> bool:
     """Whether the forward gathers its window channels-last (``S_in`` contiguous elements per pixel and position:
-    16-byte vector loads for 16-bit inputs at ``S_in = 8``): regular C_8 fields in fp16, bf16 and fp32, C_16 / D_8
-    fields in fp16 and bf16.  Not wider fields (a steering tile of ``S_in × BLOCK_N`` columns), nor fp32 at
-    ``S_in = 16`` (its window overflows shared memory or its registers spill on sm_90), nor fp64."""
-    return s_in == 8 and dtype != torch.float64 or s_in == 16 and dtype in (torch.float16, torch.bfloat16)
+    16-byte vector loads for 16-bit inputs at ``S_in = 8``): regular C_8 fields in fp16, bf16 and fp32 on tf32 dots,
+    C_16 / D_8 fields in fp16 and bf16.  Not wider fields (a steering tile of ``S_in × BLOCK_N`` columns), nor fp32
+    at ``S_in = 16`` (its window overflows shared memory or its registers spill on sm_90), nor exact fp32 dots (they
+    run on FMAs and spill kilobytes), nor fp64."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    return s_in == 8 and (half or dtype == torch.float32 and dot_precision(dtype) == "tf32") or s_in == 16 and half
 
 
 def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> dict:
