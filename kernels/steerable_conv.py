@@ -551,7 +551,8 @@ def channels_last_window(s_in: int, dtype: torch.dtype) -> bool:
 def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> dict:
     """The channels-last forward's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` output channels, 8 warps (at 4 the
     steering tile ``P_CHUNK × S_in·BLOCK_N`` in fp32 and the window's addresses spill), the window chunks unrolled
-    up to k = 5 (``STATIC_CHUNKS``).  The smallest tiles that compile without spilling for sm_90 (docs/steerable.md)."""
+    up to k = 5 (``STATIC_CHUNKS``): of the tiles tried for sm_90 without a spill or a shared-memory overflow, those
+    with the fewest hot-loop instructions per MAC (docs/steerable.md)."""
     # 16-bit C_8 at k = 7: two unrolled chunks of 32 positions, unpipelined (two stages overflow shared memory);
     # under the interpreter too, so that the tests run the same chunking
     wide = kernel_size == 7 and s_in == 8 and dtype in (torch.float16, torch.bfloat16)
@@ -561,8 +562,10 @@ def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> di
         return cfg
     # two stages: each unrolled chunk's window is its own ring of pipeline buffers in shared memory
     cfg.update(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=1 if wide else 2)
-    if dtype == torch.float32 or s_in > 8:
+    if dtype == torch.float32 or s_in > 8 and kernel_size > 5:
         cfg["BLOCK_M"] = 64
+    elif s_in > 8 and kernel_size > 3:   # C_16 / D_8 at k = 5: 128 x 64 spills, two stages of 128 x 32 overflow
+        cfg.update(BLOCK_N=32, num_stages=1)
     return cfg
 
 
