@@ -17,7 +17,14 @@ The GEMMs run transposed, channels × pixels: the steered filter is computed in 
 can only be a dot's A operand on Hopper (wgmma reads B from shared memory), so ``W`` is A and the gathered window
 is B; on sm_90 both dots compile to wgmma.
 
-- **Forward**, program ``(BLOCK_M output pixels (n, m), BLOCK_N output channels o, element g)``.  ``Ψ[g]``
+- **Forward, channels-last window** (regular C_8 fields, and 16-bit C_16 / D_8 ones: ``channels_last_window``),
+  program ``(BLOCK_M pixels, BLOCK_N output channels, g)`` on ``x`` channels-last (``(B, H, W, C_in, S_in)`` in
+  memory: the launcher copies it so unless it already is).  K steps over ``(i, 16 window positions)``, each
+  ``(p, s)`` wide with ``s`` fastest, so that a (pixel, position) reads ``S_in`` contiguous elements (16-byte
+  vector loads, ``cp.async``).  The step's filter ``W ((p, s) × O)`` is one dot, ``Ψ[g]ᵀ (16 × B) @ Cᵗ (B ×
+  (s, o))`` with ``Cᵗ[b, (s, o)] = c[o, i, index[g, s], b]`` (read from the coefficients transposed to ``(C_in,
+  S_in, B, C_out)`` by the launcher), reshaped in order; then ``y (M × O) += X (M × (p, s)) @ W``.
+- **Forward**, other inputs, program ``(BLOCK_M output pixels (n, m), BLOCK_N output channels o, element g)``.  ``Ψ[g]``
   (``B × P``) is loaded once.  K steps over ``(i, s)``: the steering dot ``Wᵀ (O × P) = Cᵀ (O × B) @ Ψ[g]``
   with ``Cᵀ[o, b] = c[o, i, index[g, s], b]``, rounded to the input dtype, then the main dot
   ``yᵀ (O × M) += Wᵀ @ X (P × M)``, ``X[p, m] = x[n, i, s, q(m, p)]`` gathered (masked: zeros padding).
@@ -46,7 +53,8 @@ Dtypes: fp16 / bf16 / fp32 / fp64 inputs; coefficients and tables in the input's
 for fp64); element offsets in int32 when every tensor's span fits in 31 bits (the gathered window's offsets live in
 registers for the whole K loop), else int64.  ``W`` is rounded to the input dtype before the main dot, as the
 reference bank (:func:`gconv_triton.steerable.steerable_bank`) is.  Layout: any strides for ``x``, ``dy`` and the
-coefficients (``(B, C, S, H, W)`` contiguous is the fast case); outputs are contiguous.
+coefficients (the channels-last forward reads ``x`` channels-last, copied so when it is not, the others read
+``(B, C, S, H, W)`` contiguous fastest); outputs are contiguous.
 """
 
 from __future__ import annotations
@@ -82,6 +90,21 @@ def config(kernel_size: int, dtype: torch.dtype) -> dict:
 def _weight_grad_config(kernel_size: int, dtype: torch.dtype) -> dict:
     cfg = config(kernel_size, dtype)
     cfg["BLOCK_O"] = cfg.pop("BLOCK_N")
+    size = torch.empty((), dtype=dtype).element_size()
+    if not INTERPRET and (kernel_size, size) in _WEIGHT_GRAD_WIDE:
+        cfg["num_warps"] = 8
+    return cfg
+
+
+# (k, element size) whose 4-warp coefficient-gradient tile spills on sm_90 (the window's offsets, recomputed per
+# pixel chunk): 8 warps there.  Elsewhere 4 warps issue fewer instructions per MAC (docs/steerable.md).
+_WEIGHT_GRAD_WIDE = {(5, 2), (3, 4)}
+
+
+def _input_grad_config(kernel_size: int, dtype: torch.dtype) -> dict:
+    cfg = config(kernel_size, dtype)
+    if not INTERPRET and kernel_size >= 7 and dtype == torch.float32:   # its 4-warp tile spills
+        cfg["num_warps"] = 8
     return cfg
 
 
@@ -184,6 +207,90 @@ def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
     hw = HO * WO
     y_off = ((n[None, :].to(OFFSET) * C_OUT + o[:, None]) * S_OUT + g) * hw + (m % hw)[None, :]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=o_ok[:, None] & m_ok[None, :])
+
+
+@triton.jit
+def _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, bb, i, chunk, g, H, W, sxh, sxw,
+                        dil_h, dil_w, S_IN: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
+                        P_CHUNK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+                        OFFSET: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One K step of the channels-last forward: input channel ``i``, window positions ``chunk·P_CHUNK + [0,
+    P_CHUNK)``: the window ``X (M × (p, s))`` (``S_IN`` contiguous elements per pixel and position), the steered
+    filter ``W ((p, s) × O) = Ψ[g]ᵀ @ Cᵗ`` reshaped in order, ``acc (M × O) += X @ W``."""
+    KK: tl.constexpr = KSIZE * KSIZE
+    KC: tl.constexpr = P_CHUNK * S_IN
+    p = chunk * P_CHUNK + kk // S_IN                                                            # (KC,)
+    kh = p // KSIZE
+    kw = p % KSIZE
+    ih = row[:, None] + (kh * dil_h)[None, :]
+    iw = col[:, None] + (kw * dil_w)[None, :]
+    ok = ((ih.to(tl.uint32) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32) < tl.cast(W, tl.uint32))
+          & (p[None, :] < KK) & m_ok[:, None])
+    shift = (kh * dil_h).to(OFFSET) * sxh + (kw * dil_w).to(OFFSET) * sxw + kk % S_IN
+    xs = tl.load(x_ptr + (pix[:, None] + shift[None, :] + tl.cast(i, OFFSET) * S_IN), mask=ok, other=0.0)
+    pc = chunk * P_CHUNK + tl.arange(0, P_CHUNK)
+    psi_t = tl.load(psi_ptr + g * (NBASIS * KK) + bb[None, :] * KK + pc[:, None],
+                    mask=(bb[None, :] < NBASIS) & (pc[:, None] < KK), other=0.0).to(coef.dtype)
+    w = mma(tl.zeros((P_CHUNK, S_IN * BLOCK_N), dtype=ACC), psi_t, coef, PRECISION, UPCAST)
+    w = tl.reshape(w.to(x_ptr.dtype.element_ty), (KC, BLOCK_N))                                 # ((p, s), o)
+    return mma(acc, xs, w, PRECISION, UPCAST)
+
+
+@triton.jit
+def _forward_channels_last_kernel(x_ptr, ct_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
+                                  NB, C_IN, C_OUT, H, W, HO, WO, C_OUT_PAD,
+                                  sxn, sxh, sxw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                                  S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
+                                  P_PAD: tl.constexpr, B_PAD: tl.constexpr, P_CHUNK: tl.constexpr,
+                                  STATIC_CHUNKS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                                  UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr, BLOCK_M: tl.constexpr,
+                                  BLOCK_N: tl.constexpr):
+    """The forward on a channels-last input (``x[n, i, s, h, w]`` at ``n·sxn + h·sxh + w·sxw + i·S_IN + s``): a K
+    step is one input channel ``i`` and ``P_CHUNK`` window positions × all ``S_IN`` elements, ``(p, s)`` with ``s``
+    fastest, so the window gather reads ``S_IN`` contiguous elements per (pixel, position).  The steered filter of
+    the step, ``W ((p, s) × o) = Ψ[g]ᵀ (P_CHUNK × B) @ Cᵗ (B × (s, o))`` with ``Cᵗ[b, (s, o)] = ct[i, index[g, s],
+    b, o]`` (``ct (C_IN, S_IN, NBASIS, C_OUT_PAD)``: the coefficients transposed by the launcher), reshaped in
+    order.  ``y (NB, C_OUT, S_OUT, HO, WO)`` contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), cdiv(C_OUT, BLOCK_N),
+    S_OUT)``."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    m, m_ok, n, oh, ow = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, HO, WO)
+    row = oh * stride_h - pad_h
+    col = ow * stride_w - pad_w
+    pix = tl.cast(n, OFFSET) * sxn + row.to(OFFSET) * sxh + col.to(OFFSET) * sxw                        # (M,)
+    kk = tl.arange(0, P_CHUNK * S_IN)
+    # the steering operand's columns (s, o): o fastest
+    cols = tl.arange(0, S_IN * BLOCK_N)
+    col_s = cols // BLOCK_N
+    col_o = pid_n * BLOCK_N + cols % BLOCK_N
+    r = tl.load(index_ptr + g * S_IN + col_s)                                                   # index[g, s]
+    bb = tl.arange(0, B_PAD)
+    ct_off = (r[None, :] * NBASIS + bb[:, None]) * C_OUT_PAD + col_o[None, :]                 # (B, (s, o))
+    ct_ok = (bb[:, None] < NBASIS) & (col_o[None, :] < C_OUT)
+    o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_ok = o < C_OUT
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)                                                # y (M × O)
+    coef_step = S_IN * NBASIS * C_OUT_PAD
+    if STATIC_CHUNKS:   # the chunks unrolled: their window shifts and masks are computed once, outside the loop
+        for i in range(C_IN):
+            coef = tl.load(ct_ptr + (ct_off + i * coef_step), mask=ct_ok, other=0.0)
+            for chunk in tl.static_range(P_PAD // P_CHUNK):
+                acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, bb, i, chunk, g, H, W,
+                                          sxh, sxw, dil_h, dil_w, S_IN, KSIZE, NBASIS, P_CHUNK, PRECISION, UPCAST,
+                                          ACC, OFFSET, BLOCK_N)
+    else:               # one loop over (i, chunk): k = 7's four unrolled chunks would hold too many registers
+        for step in range(C_IN * (P_PAD // P_CHUNK)):
+            i = step // (P_PAD // P_CHUNK)
+            coef = tl.load(ct_ptr + (ct_off + i * coef_step), mask=ct_ok, other=0.0)
+            acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, bb, i,
+                                      step % (P_PAD // P_CHUNK), g, H, W, sxh, sxw, dil_h, dil_w, S_IN, KSIZE, NBASIS,
+                                      P_CHUNK, PRECISION, UPCAST, ACC, OFFSET, BLOCK_N)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC)[None, :]
+    hw = HO * WO
+    y_off = ((n[:, None].to(OFFSET) * C_OUT + o[None, :]) * S_OUT + g) * hw + (m % hw)[:, None]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & o_ok[None, :])
 
 
 @triton.jit
@@ -418,6 +525,9 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
     y = _empty((nb, c_out, s_out, ho, wo), x)
     if y.numel() == 0:
         return y
+    if channels_last_window(s_in, x.dtype):
+        _forward_channels_last(x, coefficients, bias, tables, index, y, k, (sh, sw, ph, pw, dh, dw))
+        return y
     cfg = config(k, x.dtype)
     grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), cdiv(c_out, cfg["BLOCK_N"]), s_out)
     _forward_kernel[grid](x, coefficients, bias if bias is not None else coefficients, tables, index, y,
@@ -426,6 +536,62 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
                           P_PAD=_pad16(k * k), B_PAD=_pad16(basis), HAS_BIAS=bias is not None,
                           **_kernel_args(x.dtype, x, coefficients, y), **cfg)
     return y
+
+
+def channels_last_window(s_in: int, dtype: torch.dtype) -> bool:
+    """Whether the forward gathers its window channels-last (``S_in`` contiguous elements per pixel and position:
+    16-byte vector loads for 16-bit inputs at ``S_in = 8``): regular C_8 fields in fp16, bf16 and fp32 on tf32 dots,
+    C_16 / D_8 fields in fp16 and bf16.  Not wider fields (a steering tile of ``S_in × BLOCK_N`` columns), nor fp32
+    at ``S_in = 16`` (its window overflows shared memory or its registers spill on sm_90), nor exact fp32 dots (they
+    run on FMAs and spill kilobytes), nor fp64."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    return s_in == 8 and (half or dtype == torch.float32 and dot_precision(dtype) == "tf32") or s_in == 16 and half
+
+
+def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> dict:
+    """The channels-last forward's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` output channels, 8 warps (at 4 the
+    steering tile ``P_CHUNK × S_in·BLOCK_N`` in fp32 and the window's addresses spill), the window chunks unrolled
+    up to k = 5 (``STATIC_CHUNKS``): of the tiles tried for sm_90 without a spill or a shared-memory overflow, those
+    with the fewest hot-loop instructions per MAC (docs/steerable.md)."""
+    # 16-bit C_8 at k = 7: two unrolled chunks of 32 positions, unpipelined (two stages overflow shared memory);
+    # under the interpreter too, so that the tests run the same chunking
+    wide = kernel_size == 7 and s_in == 8 and dtype in (torch.float16, torch.bfloat16)
+    chunk = 2 * P_CHUNK if wide else P_CHUNK
+    cfg = dict(INTERPRETER_CONFIG, P_CHUNK=chunk, STATIC_CHUNKS=_pad16(kernel_size * kernel_size) // chunk <= 2)
+    if INTERPRET:
+        return cfg
+    # two stages: each unrolled chunk's window is its own ring of pipeline buffers in shared memory
+    cfg.update(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=1 if wide else 2)
+    if dtype == torch.float32 or s_in > 8 and kernel_size > 5:
+        cfg["BLOCK_M"] = 64
+    elif s_in > 8 and kernel_size > 3:   # C_16 / D_8 at k = 5: 128 x 64 spills, two stages of 128 x 32 overflow
+        cfg.update(BLOCK_N=32, num_stages=1)
+    return cfg
+
+
+# Window positions per K step of the channels-last forward (times S_in elements: the step's K), by default
+P_CHUNK = 16
+
+
+def _forward_channels_last(x, coefficients, bias, tables, index, y, k: int, geometry: tuple) -> None:
+    """Launch ``_forward_channels_last_kernel`` into ``y``.  ``x`` is copied channels-last (``(B, H, W, C_in,
+    S_in)`` in memory) unless it is already, and the coefficients transposed to ``(C_in, S_in, B, C_out)`` with
+    ``C_out`` padded to 16 (vector loads along the output channels); the tables as given."""
+    nb, c_in, s_in, h, w = x.shape
+    c_out, _, _, basis = coefficients.shape
+    _, _, _, ho, wo = y.shape
+    if x.stride(2) != 1 or x.stride(1) != s_in:
+        x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    c_out_pad = cdiv(c_out, 16) * 16
+    ct = torch.zeros((c_in, s_in, basis, c_out_pad), dtype=x.dtype, device=x.device)
+    ct[..., :c_out] = coefficients.permute(1, 2, 3, 0)
+    cfg = _channels_last_config(k, x.dtype, s_in)
+    grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), cdiv(c_out, cfg["BLOCK_N"]), y.shape[2])
+    _forward_channels_last_kernel[grid](
+        x, ct, bias if bias is not None else ct, tables, index, y, nb, c_in, c_out, h, w, ho, wo, c_out_pad,
+        x.stride(0), x.stride(3), x.stride(4), *geometry, S_IN=s_in, S_OUT=y.shape[2], KSIZE=k, NBASIS=basis,
+        P_PAD=_pad16(k * k), B_PAD=_pad16(basis), HAS_BIAS=bias is not None,
+        **_kernel_args(x.dtype, x, ct, y), **cfg)
 
 
 def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tensor, index: torch.Tensor, x_shape,
@@ -460,7 +626,7 @@ def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tenso
     dx = _empty(full, dy)
     if dx.numel() == 0:
         return dx.view(x_shape)
-    cfg = config(k, dy.dtype)
+    cfg = _input_grad_config(k, dy.dtype)
     grid = (cdiv(nb * h * w, cfg["BLOCK_M"]), cdiv(c_in, cfg["BLOCK_N"]), s_in)
     _input_grad_kernel[grid](dy, coefficients, tables, index, dx, nb, c_in, c_out, h, w, ho, wo,
                              *dy.stride(), *coefficients.stride(), sh, sw, ph, pw, dh, dw,

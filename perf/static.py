@@ -43,7 +43,9 @@ import triton.language as tl
 
 from gconv_triton import kernels
 from gconv_triton._support import dim_order
-from gconv_triton.autotune import FORWARD_ONLY, MODELS, Layer, Progress, model_layers, parse_names
+from gconv_triton.autotune import FORWARD_ONLY, MODELS, STEERABLE_SETS, Layer, Progress, model_layers, parse_names
+from gconv_triton.groups import get_group
+from gconv_triton.kernels import steerable_conv
 from gconv_triton.kernels import tuner as _autotune
 
 from . import static_sass as sass
@@ -70,8 +72,18 @@ CACHE_VERSION = 2
 
 
 def set_layers(name: str) -> list[Layer]:
-    """The layers of a perf shape set (``gconv_triton.autotune.MODELS``) or of ``"sample"``."""
-    return list(SAMPLE) if name == "sample" else model_layers(name)
+    """The layers of a perf shape set (``gconv_triton.autotune.MODELS``) or of ``"sample"``; a steerable set
+    (``STEERABLE_SETS``) keeps its k x k layers with k >= 3 (the issue's k = 3, 5, 7; a 1 x 1 layer has no window
+    to steer) and gains a 7 x 7 regular layer (its only 7 x 7 layer is a lifting one, which has no input
+    gradient)."""
+    if name == "sample":
+        return list(SAMPLE)
+    layers = model_layers(name)
+    if name not in STEERABLE_SETS:
+        return layers
+    base = next(layer for layer in layers if layer.name == "mnist.l3")
+    k7 = dataclasses.replace(base, name="mnist.l3.k7", kernel=(7, 7), padding=(3, 3))
+    return [layer for layer in layers if layer.kernel[0] >= 3] + [k7]
 
 
 # ---------------------------------------------------------------------------------------------- the target
@@ -237,13 +249,15 @@ class Role:
     ``reduction(spec)``: the length of the sum behind one output element; ``dense(spec)``: ``(M, N, K, count)`` of
     the dense implicit GEMM that a filter-bank convolution runs for the same role, with N = C_out·S_out;
     ``split_reduction``: the launch cuts the reduction over programs (a weight gradient), so its bytes count per
-    output tile rather than per program.
+    output tile rather than per program; ``steered``: a ``kernels/steerable_conv.py`` kernel (the set's layers are
+    C_N / D_N ones; the others' sets skip it, and it skips theirs).
     """
 
     run: Callable[[Layer, torch.dtype], None]
     reduction: Callable
     dense: Callable
     split_reduction: bool = False
+    steered: bool = False     # a steerable kernel: two dots, judged on the main one (``steered_bytes``)
 
 
 def _taps(spec) -> int:
@@ -268,6 +282,49 @@ ROLES = {
 for _name, _tap_args in (("adder", ("adder", "sum")), ("maxplus", ("add", "max"))):
     for _kernel in ("forward", "input_grad", "weight_grad"):
         ROLES[f"tap_{_name}_{_kernel}"] = dataclasses.replace(ROLES[_kernel], run=_tap(_kernel, *_tap_args))
+
+
+
+
+def _steer_arguments(layer: Layer, dtype) -> tuple:
+    """``(coefficients, tables, index, geometry)`` of a steerable layer, for ``kernels/steerable_conv.py``'s
+    launchers: coefficients ``(C_out, C_in, S_in, B)`` on meta, the cached tables on meta, the stabilizer index."""
+    from gconv_triton import steerable
+
+    group, in_group = get_group(layer.group), get_group(layer.in_group)
+    k = layer.kernel[0]
+    coefficients = _meta((layer.c_out, layer.c_in, in_group.order, steerable.basis_size(k)), dtype)
+    tables = steerable._tables(group, k, dtype, torch.device("meta"))
+    return coefficients, tables, group.stabilizer_index(in_group), (layer.stride, layer.padding, layer.dilation)
+
+
+def _steer_forward(layer: Layer, dtype) -> None:
+    coefficients, tables, index, geometry = _steer_arguments(layer, dtype)
+    steerable_conv.forward(_meta(layer.input_shape(), dtype), coefficients, _meta((layer.c_out,), dtype), tables,
+                           index, *geometry)
+
+
+def _steer_input_grad(layer: Layer, dtype) -> None:
+    if layer.input_grad:
+        coefficients, tables, index, geometry = _steer_arguments(layer, dtype)
+        steerable_conv.input_grad(_meta(_output_shape(layer.spec()), dtype), coefficients, tables, index,
+                                  layer.input_shape(), *geometry)
+
+
+def _steer_weight_grad(layer: Layer, dtype) -> None:
+    coefficients, tables, index, geometry = _steer_arguments(layer, dtype)
+    steerable_conv.weight_grad(_meta(_output_shape(layer.spec()), dtype), _meta(layer.input_shape(), dtype), tables,
+                               index, tuple(coefficients.shape), *geometry)
+
+
+for _kernel, _run in (("forward", _steer_forward), ("input_grad", _steer_input_grad),
+                      ("weight_grad", _steer_weight_grad)):
+    ROLES[f"steer_{_kernel}"] = dataclasses.replace(ROLES[_kernel], run=_run, steered=True)
+
+
+def applies(role: str, set_name: str) -> bool:
+    """Whether ``role`` runs on ``set_name``: the steerable roles on the C_N / D_N sets, the others elsewhere."""
+    return ROLES[role].steered == (set_name in STEERABLE_SETS)
 
 
 @contextlib.contextmanager
@@ -422,6 +479,22 @@ def matmul_reference(arch: int, m: int, n: int, k: int, ir_dtype: str, precision
     return analyze(kernel, arch)
 
 
+def _main_dot(out: dict, kernel) -> dict:
+    """``analyze``'s figures of a steerable kernel, per MAC of its main dot (the largest: the window's; the steering
+    dot ``W = C @ Ψ`` in the same loop is overhead, its MACs not counted) and with the matmul at that dot's tile."""
+    found = sass.dots(kernel.asm.get("ttir", ""))
+    if not found or not out.get("loop_instructions"):
+        return out
+    main = max(found, key=lambda d: d.macs)
+    # a loop unrolled over window chunks holds several dots of the main shape
+    macs = sum(d.macs for d in found if (d.m, d.n, d.k) == (main.m, main.n, main.k))
+    per = out["loop_instructions"] * out["warps"] * 1024 / macs
+    instrs, _ = sass.parse_sass(sass.disassemble(kernel.asm["cubin"], _tools()["nvdisasm"]))
+    # the main dot's MMA: the steering dot, too small for wgmma, runs on mma.sync beside it
+    mma = "HGMMA" if any(i.base == "HGMMA" for i in instrs) else out["mma"]
+    return {**out, "dot": dataclasses.asdict(main), "per_1024_macs": per, "mma": mma}
+
+
 def compile_unit(unit: dict) -> dict:
     """Compile one (arch, launch, config) and read it; runs in a worker process.  Never raises: a failure is a
     row with its error."""
@@ -435,6 +508,8 @@ def compile_unit(unit: dict) -> dict:
             else:
                 kernel = launch.runner.warmup(*launch.args, grid=launch.grid, **launch.kwargs)
         out = analyze(kernel, unit["arch"], unit["sass"])
+        if ROLES[unit["role"]].steered and unit["sass"]:
+            out = _main_dot(out, kernel)
         dot = out["dot"]
         if dot and dot["a_type"] in _IR_DTYPES:
             ref = matmul_reference(unit["arch"], dot["m"], dot["n"], dot["k"], dot["a_type"], dot["precision"],
@@ -475,7 +550,7 @@ def plan(sets: Sequence[str], dtypes: Sequence[str], archs: Sequence[int], roles
                 continue
             for dtype in dtypes:
                 for role in roles:
-                    if set_name in FORWARD_ONLY and not role.endswith("forward"):
+                    if set_name in FORWARD_ONLY and not role.endswith("forward") or not applies(role, set_name):
                         continue   # an inference set: the perf suite times it forward only, so only that runs
                     try:
                         found = launches(set_name, layer.name, dtype, role)
@@ -563,6 +638,8 @@ def bytes_requested(p: Problem, config, dot: dict) -> tuple[Optional[int], Optio
     programs x ceil(reduction / tile K) x (tile A + tile B)."""
     if not dot:
         return None, None
+    if ROLES[p.role].steered:
+        return steered_bytes(p)
     spec = p.layer.spec()
     role = ROLES[p.role]
     elem = DTYPES[p.dtype][0].itemsize
@@ -575,6 +652,29 @@ def bytes_requested(p: Problem, config, dot: dict) -> tuple[Optional[int], Optio
     else:
         blocks = dict(config.blocks) if config is not None else {}
         ours = p.launch.programs(blocks) * _ceil(role.reduction(spec), dot["k"]) * tile
+    return ours, dense
+
+
+def steered_bytes(p: Problem) -> tuple[int, int]:
+    """(bytes a steerable launch requests, bytes of the dense implicit GEMM at the same pixel x channel tile with
+    the window's padded positions as its K step).  Each K step of a steerable kernel reads the window's ``k²``
+    positions for its pixels (the padding to ``P_PAD`` is masked off statically) and its channels' ``B``
+    coefficients (forward and input gradient; the steered filter never leaves registers), or ``dy``'s pixels and
+    the window (coefficient gradient, over all pixels for each output element)."""
+    spec, bound = p.layer.spec(), p.launch.bound()
+    elem = DTYPES[p.dtype][0].itemsize
+    k2, p_pad, basis, block_m = _taps(spec), bound["P_PAD"], bound["NBASIS"], bound["BLOCK_M"]
+    m, n, k, count = ROLES[p.role].dense(spec)
+    if ROLES[p.role].split_reduction:      # dense: (C_out·S_out, C_in·S_in·k², pixels), tiles BLOCK_O x P_PAD x M
+        block_o = bound["BLOCK_O"]
+        programs = _ceil(spec.out_channels, block_o) * spec.in_channels * spec.s_in
+        ours = programs * spec.s_out * _ceil(k, block_m) * (block_o + k2) * block_m * elem
+        dense = count * _ceil(m, block_o) * _ceil(n, p_pad) * _ceil(k, block_m) * (block_o + p_pad) * block_m * elem
+        return ours, dense
+    block_n = bound["BLOCK_N"]              # dense: (pixels, channels, reduction), tiles BLOCK_M x BLOCK_N x P_PAD
+    steps = k // k2                         # C_in·S_in (forward) or C_out·S_out (input gradient)
+    ours = p.launch.programs({}) * steps * (k2 * block_m + block_n * basis) * elem
+    dense = count * _ceil(m, block_m) * _ceil(n, block_n) * _ceil(k, p_pad) * (block_m + block_n) * p_pad * elem
     return ours, dense
 
 
@@ -662,9 +762,11 @@ def check_targets(rs: list[dict], arch: int = 90) -> list[tuple[bool, str]]:
         worst = max(ratios)
         lines.append((worst <= RATIO_TARGET, f"hot loop sm_{arch} {kernel} {dtype}: best kept config at "
                       f"{worst:.2f}x the matmul's instructions per MAC on its worst shape (target <= {RATIO_TARGET})"))
-    sync = [r for r in gemm if r["kept"] and r["status"] == "ok" and r["dtype"] in ("fp16", "bf16")
+    # a steerable kernel's A operand is the filter it steers in registers, never loaded: not judged here
+    loaded = [r for r in gemm if not _steered(r)]
+    sync = [r for r in loaded if r["kept"] and r["status"] == "ok" and r["dtype"] in ("fp16", "bf16")
             and not all(src in ("cp.async", "TMA") for src in r["operands"] or ["?"])]
-    n16 = sum(r["kept"] and r["status"] == "ok" and r["dtype"] in ("fp16", "bf16") for r in gemm)
+    n16 = sum(r["kept"] and r["status"] == "ok" and r["dtype"] in ("fp16", "bf16") for r in loaded)
     lines.append((not sync, f"async operands sm_{arch}: {n16 - len(sync)} of {n16} kept 16-bit GEMM configs load "
                   f"both operands by cp.async/TMA"))
     no_wgmma = [g for g in _problems(gemm).values()
@@ -674,14 +776,20 @@ def check_targets(rs: list[dict], arch: int = 90) -> list[tuple[bool, str]]:
                       f"{len(_problems(gemm))} GEMM problems keep a wgmma config with >= 4 warps"
                       + (f"; e.g. not {no_wgmma[0][0]['kernel']} {no_wgmma[0][0]['dtype']} "
                          f"{no_wgmma[0][0]['set']}/{no_wgmma[0][0]['layer']}" if no_wgmma else "")))
-    fwd = [b for b in best_rows([r for r in rs if r["arch"] == arch and r["role"] == "forward"
-                                 and r["group"] in ("p4", "p4m") and r.get("dot")]) if b.get("bytes_ratio")]
-    if fwd:
-        worst = max(fwd, key=lambda r: r["bytes_ratio"])
-        lines.append((worst["bytes_ratio"] <= BYTES_TARGET,
-                      f"forward bytes sm_{arch}: worst p4/p4m layer requests {worst['bytes_ratio']:.2f}x the dense "
-                      f"implicit GEMM's ({worst['set']}/{worst['layer']} {worst['dtype']}; target <= {BYTES_TARGET})"))
+    for role, groups, what in (("forward", ("p4", "p4m"), "p4/p4m"), ("steer_forward", None, "C_N/D_N")):
+        fwd = [b for b in best_rows([r for r in rs if r["arch"] == arch and r["role"] == role and r.get("dot")
+                                     and (groups is None or r["group"] in groups)]) if b.get("bytes_ratio")]
+        if fwd:
+            worst = max(fwd, key=lambda r: r["bytes_ratio"])
+            lines.append((worst["bytes_ratio"] <= BYTES_TARGET,
+                          f"{role.replace('_', ' ')} bytes sm_{arch}: worst {what} layer requests "
+                          f"{worst['bytes_ratio']:.2f}x the dense implicit GEMM's ({worst['set']}/{worst['layer']} "
+                          f"{worst['dtype']}; target <= {BYTES_TARGET})"))
     return lines
+
+
+def _steered(row: dict) -> bool:
+    return row["role"] in ROLES and ROLES[row["role"]].steered
 
 
 # -------------------------------------------------------------------------------------------------- output

@@ -89,6 +89,31 @@ def test_int64_offsets(monkeypatch):
     test_forward_and_gradients_match_float64_reference((C8, False, 3, 2, 1, 1, torch.float32, dict(c_in=2, c_out=3)))
 
 
+@pytest.mark.parametrize("group, k, dtype, stride, padding",
+                         [(C8, 3, torch.bfloat16, 1, 1), (C16, 5, torch.float16, 2, 2), (D8, 3, torch.bfloat16, 1, 0),
+                          (C8, 7, torch.float32, 1, 3), (C8, 7, torch.bfloat16, 1, 2)],
+                         ids=["c8-k3-bf16", "c16-k5-s2-fp16", "d8-k3-valid-bf16", "c8-k7-fp32", "c8-k7-bf16"])
+def test_forward_channels_last_window_both_layouts(group, k, dtype, stride, padding):
+    """The channels-last forward (regular C_8 / C_16 / D_8 fields): on an input in ``(B, C, S, H, W)`` memory order
+    (copied channels-last by the launcher) and on one already channels-last (``(B, H, W, C, S)`` in memory, no
+    copy), the same result, matching the float64 reference."""
+    assert kernels.channels_last_window(group.order, dtype) and not kernels.channels_last_window(1, dtype)
+    assert not kernels.channels_last_window(group.order, torch.float64)
+    with torch.backends.cudnn.flags(allow_tf32=False):   # exact fp32 dots: the (B, C, S, H, W) kernel
+        assert not kernels.channels_last_window(8, torch.float32)
+    (x, c, bias), in_group = _inputs(group, False, k, dtype, c_in=2, c_out=19, height=6, width=7)
+    tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
+    ref = st.steerable_conv2d(x.double(), c.double(), bias.double(), group=group, in_group=in_group, kernel_size=k,
+                              stride=stride, padding=padding)
+    x_last = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    assert x_last.stride(2) == 1 and x_last.stride(1) == group.order
+    y = kernels.forward(x, c, bias, tables, index, stride, padding, 1)
+    y_last = kernels.forward(x_last, c, bias, tables, index, stride, padding, 1)
+    assert y.is_contiguous() and y_last.is_contiguous()
+    assert_close(y, ref, dtype, "y")
+    assert torch.equal(y, y_last)
+
+
 def test_flattened_input_and_no_bias():
     """``x (B, C_in·S_in, H, W)`` is taken as ``(B, C_in, S_in, H, W)``; ``bias=None`` adds nothing."""
     (x, c, _), in_group = _inputs(C8, False, 3, torch.float32, c_in=2, c_out=3, height=5, width=6)
