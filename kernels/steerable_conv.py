@@ -66,7 +66,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, dot_precision, mma, poison_outputs
+from ._common import INTERPRET, cdiv, dot_precision, mma, next_power_of_2, poison_outputs
 
 __all__ = ["forward", "input_grad", "weight_grad", "config"]
 
@@ -113,7 +113,7 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def _pad16(n: int) -> int:
     """The smallest power of two ≥ max(n, 16): a ``tl.dot`` dimension."""
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_power_of_2(n))
 
 
 # ------------------------------------------------------------------------------------------------ kernels
