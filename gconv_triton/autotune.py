@@ -196,7 +196,7 @@ def _steerable_description(group: str) -> str:
             f"({mnist[0].c_out}-{max(layer.c_out for layer in mnist)} fields, 7x7 then 5x5, 29x29, batch 64)")
 
 
-# Shape sets on steerable filters (C_N / D_N: the weight is basis coefficients, not taps).
+# Shape sets on steerable filters (C_N / D_N: the weight is basis coefficients, not per-position weights).
 STEERABLE_SETS = ("c8", "c16", "d8")
 
 # Shape sets that the perf suite times forward only (inference).

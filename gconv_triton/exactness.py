@@ -2,8 +2,8 @@
 equivariant, and the warning for when it is not.
 
 Along one image axis every such layer is a list of output pixels, each reading a *footprint*: the in-image input
-pixels it reads, and through which tap of the kernel (for pooling the window is symmetric, so only the pixels,
-and, for average pooling, the divisor).  A flip of that axis commutes with the layer exactly when reflecting
+pixels it reads, and through which window position of the kernel (for pooling the window is symmetric, so only the
+pixels, and, for average pooling, the divisor).  A flip of that axis commutes with the layer exactly when reflecting
 every footprint about the input's centre (and the kernel about its own) gives the footprint of the mirrored
 output pixel; a 90° rotation also needs the rows' footprints to equal the columns' (and a square input).  That
 is what :func:`inexact_reasons` and its siblings decide, by listing the footprints: ``O(H·k)`` once per layer
@@ -56,8 +56,9 @@ def _moved_axes(group: Group) -> tuple[bool, bool, bool]:
 
 # ------------------------------------------------------------------------------------------- footprints
 class _Axis(NamedTuple):
-    """One axis of a layer: the input size, the kernel's taps (1 for pooling: its window is symmetric) and each
-    output pixel's footprint, a frozenset of ``(input pixel, tap)`` pairs (for pooling, with the divisor)."""
+    """One axis of a layer: the input size, the kernel's window positions (1 for pooling: its window is symmetric)
+    and each output pixel's footprint, a frozenset of ``(input pixel, window position)`` pairs (for pooling, with the
+    divisor)."""
 
     n: int
     k: int
@@ -130,7 +131,7 @@ def _reasons(group: Group, size: tuple[int, int], rows: _Axis, cols: _Axis, expl
 
 
 def _stride_reason(axis: str, n: int, lo: int, hi: int, k: int, s: int, d: int, what: str = "") -> Optional[str]:
-    """The closed-form rule for an axis sampled by windows ``k`` taps wide, ``d`` apart, every ``s`` pixels."""
+    """The closed-form rule for an axis sampled by windows ``k`` positions wide, ``d`` apart, every ``s`` pixels."""
     remainder = (n + lo + hi - d * (k - 1) - 1) % s
     if remainder == hi - lo:
         return None

@@ -3,8 +3,8 @@
 A group ``G`` of order ``S`` is stored as
 
 * its Cayley table ``cayley[a, b] = index(a · b)``, shape ``(S, S)``;
-* for every element the permutation of the taps of a filter (``act`` on a filter), derived from the element's
-  2×2 integer matrix acting on ``(row, col)`` offsets from the filter's centre, or given by hand.
+* for every element the permutation of the window positions of a filter (``act`` on a filter), derived from the
+  element's 2×2 integer matrix acting on ``(row, col)`` offsets from the filter's centre, or given by hand.
 
 Everything else (inverses, the stabilizer index ``t(g, s) = index(g⁻¹ s)``, the action on filters and on
 feature maps) is derived from those two tables, so ``p4``, ``p4m`` and user groups share one mechanism.
@@ -80,11 +80,11 @@ class Group:
         order: ``S``, the number of elements; the size of the group axis of a feature map.
         cayley: ``(S, S)`` long tensor, ``cayley[a, b] = index(a · b)``.
         inverse: ``(S,)`` long tensor, ``inverse[a] = index(a⁻¹)``.
-        matrices: the elements' 2×2 integer matrices, or None for a group given only by tap permutations.
+        matrices: the elements' 2×2 integer matrices, or None for a group given only by position permutations.
     """
 
     def __init__(self, cayley, *, matrices: Optional[Sequence[Matrix]] = None,
-                 tap_permutations=None, name: Optional[str] = None):
+                 position_permutations=None, name: Optional[str] = None):
         cayley = torch.as_tensor(cayley, dtype=torch.long)
         if cayley.dim() != 2 or cayley.shape[0] != cayley.shape[1] or cayley.shape[0] < 1:
             raise ValueError(f"cayley: expected a square (S, S) table with S >= 1, got shape {tuple(cayley.shape)}")
@@ -107,8 +107,11 @@ class Group:
         self.identity = identity
         self.inverse = (cayley == identity).long().argmax(dim=1)
         self.matrices = None if matrices is None else [tuple(map(tuple, m)) for m in matrices]
-        self._tap_permutations = None if tap_permutations is None else torch.as_tensor(tap_permutations).long()
-        self._tap_size = None if tap_permutations is None else int(round(self._tap_permutations.shape[1] ** 0.5))
+        self._position_permutations = None
+        self._position_size = None
+        if position_permutations is not None:
+            self._position_permutations = torch.as_tensor(position_permutations).long()
+            self._position_size = int(round(self._position_permutations.shape[1] ** 0.5))
         self._cache: dict = {}
         GROUPS.register(self)  # now, outside any trace: a compiled first call finds it
 
@@ -158,51 +161,54 @@ class Group:
         return cls(cayley, matrices=mats, name=name)
 
     @classmethod
-    def from_tables(cls, cayley, tap_permutations, name: Optional[str] = None) -> "Group":
-        """A group given by its Cayley table and, per element, a permutation of the taps of a ``k × k`` filter.
+    def from_tables(cls, cayley, position_permutations, name: Optional[str] = None) -> "Group":
+        """A group given by its Cayley table and, per element, a permutation of the window positions of a ``k × k``
+        filter.
 
         Args:
             cayley: ``(S, S)`` integers, ``cayley[a, b] = index(a · b)``.
-            tap_permutations: ``(S, k·k)`` integers (or ``(S, k, k)``): ``tap_permutations[g][t]`` is the flat
-                tap index that tap ``t`` moves to under ``g``; or ``(S, k, k, 2)`` coordinates:
-                ``tap_permutations[g][r][c] = (r', c')``, where tap ``(r, c)`` moves to under ``g``.  0-based
-                (a Julia ``CartesianIndex`` table becomes the coordinate form by subtracting 1).
+            position_permutations: ``(S, k·k)`` integers (or ``(S, k, k)``): ``position_permutations[g][t]`` is the
+                flat index of the window position that position ``t`` moves to under ``g``; or ``(S, k, k, 2)``
+                coordinates: ``position_permutations[g][r][c] = (r', c')``, where position ``(r, c)`` moves to under
+                ``g``.  0-based (a Julia ``CartesianIndex`` table becomes the coordinate form by subtracting 1).
 
         The permutations must form a representation of the table: ``perm[a·b] = perm[a] ∘ perm[b]``.  When every
         permutation is a lattice symmetry of the filter the group also gets its matrices and so acts on images
         (equivariance can be checked); otherwise it acts on filters only.
         """
-        perms = torch.as_tensor(tap_permutations, dtype=torch.long)
+        perms = torch.as_tensor(position_permutations, dtype=torch.long)
         cayley = torch.as_tensor(cayley, dtype=torch.long)
         if perms.dim() == 4 and perms.shape[1] == perms.shape[2] and perms.shape[3] == 2:
             k = perms.shape[1]
-            if perms.min() < 0 or perms.max() >= k:  # else (r, c) -> r·k + c could alias another tap
-                raise ValueError(f"tap_permutations: (row, col) coordinates of a {k}x{k} filter must lie in "
+            if perms.min() < 0 or perms.max() >= k:  # else (r, c) -> r·k + c could alias another position
+                raise ValueError(f"position_permutations: (row, col) coordinates of a {k}x{k} filter must lie in "
                                  f"[0, {k}), got values in [{int(perms.min())}, {int(perms.max())}]")
             perms = perms[..., 0] * k + perms[..., 1]
         if perms.dim() == 3:
             perms = perms.flatten(1)
         if perms.dim() != 2 or perms.shape[0] != cayley.shape[0]:
-            raise ValueError(f"tap_permutations: expected shape (S, k*k), (S, k, k) or (S, k, k, 2) with "
-                             f"S = {cayley.shape[0]}, got {tuple(torch.as_tensor(tap_permutations).shape)}")
-        taps = perms.shape[1]
-        k = int(round(taps ** 0.5))
-        if k * k != taps:
-            raise ValueError(f"tap_permutations: each row must permute the k*k taps of a square filter, got rows "
-                             f"of length {taps}")
+            raise ValueError(f"position_permutations: expected shape (S, k*k), (S, k, k) or (S, k, k, 2) with "
+                             f"S = {cayley.shape[0]}, got {tuple(torch.as_tensor(position_permutations).shape)}")
+        n_pos = perms.shape[1]
+        k = int(round(n_pos ** 0.5))
+        if k * k != n_pos:
+            raise ValueError(f"position_permutations: each row must permute the k*k window positions of a square "
+                             f"filter, got rows of length {n_pos}")
         for g, row in enumerate(perms):
-            if sorted(row.tolist()) != list(range(taps)):
-                raise ValueError(f"tap_permutations: row {g} is not a permutation of 0..{taps - 1}: {row.tolist()}")
-        group = cls(cayley, tap_permutations=perms, name=name)
+            if sorted(row.tolist()) != list(range(n_pos)):
+                raise ValueError(f"position_permutations: row {g} is not a permutation of 0..{n_pos - 1}: "
+                                 f"{row.tolist()}")
+        group = cls(cayley, position_permutations=perms, name=name)
         for a, b in itertools.product(range(group.order), repeat=2):
             ab = int(cayley[a, b])
             if not torch.equal(perms[ab], perms[a][perms[b]]):
-                raise ValueError(f"tap_permutations: inconsistent with cayley: moving the taps by element {b} then "
-                                 f"by {a} must equal moving them by cayley[{a}, {b}] = {ab}")
-        if not torch.equal(perms[group.identity], torch.arange(taps)):
-            raise ValueError(f"tap_permutations: the identity element {group.identity} must leave the taps in place")
+                raise ValueError(f"position_permutations: inconsistent with cayley: moving the positions by element "
+                                 f"{b} then by {a} must equal moving them by cayley[{a}, {b}] = {ab}")
+        if not torch.equal(perms[group.identity], torch.arange(n_pos)):
+            raise ValueError(f"position_permutations: the identity element {group.identity} must leave the positions "
+                             f"in place")
         group.matrices = _matrices_of_permutations(perms, k)
-        group._tap_size = k
+        group._position_size = k
         return group
 
     # ------------------------------------------------------------------------------------- group structure
@@ -219,8 +225,8 @@ class Group:
             return False
         if self.matrices is not None and other.matrices is not None:
             return self.matrices == other.matrices
-        size = self._tap_size or other._tap_size
-        return torch.equal(self.tap_destinations(size), other.tap_destinations(size))
+        size = self._position_size or other._position_size
+        return torch.equal(self.position_destinations(size), other.position_destinations(size))
 
     def __hash__(self) -> int:
         return hash((self.order, tuple(self.cayley.flatten().tolist())))
@@ -259,8 +265,9 @@ class Group:
                              f"{in_group.name}")
 
     # ---------------------------------------------------------------------------------------- spatial action
-    def tap_destinations(self, kernel_size) -> torch.Tensor:
-        """``dest[g, t]``: the flat tap index that tap ``t`` of a ``kh × kw`` filter moves to under ``g``.
+    def position_destinations(self, kernel_size) -> torch.Tensor:
+        """``dest[g, t]``: the flat index of the window position that position ``t`` of a ``kh × kw`` filter moves
+        to under ``g``.
 
         Shape ``(S, kh·kw)``.  Raises ``ValueError`` when some element does not map the filter onto itself
         (a rotation of a non-square filter) or the group's hand-written tables are for another size.
@@ -268,15 +275,15 @@ class Group:
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         key = ("dest", kh, kw)
         if key not in self._cache:
-            self._cache[key] = self._compute_tap_destinations(kh, kw)
+            self._cache[key] = self._compute_position_destinations(kh, kw)
         return self._cache[key]
 
-    def _compute_tap_destinations(self, kh: int, kw: int) -> torch.Tensor:
-        if self._tap_permutations is not None and (kh, kw) == (self._tap_size, self._tap_size):
-            return self._tap_permutations
+    def _compute_position_destinations(self, kh: int, kw: int) -> torch.Tensor:
+        if self._position_permutations is not None and (kh, kw) == (self._position_size, self._position_size):
+            return self._position_permutations
         if self.matrices is None:
-            raise ValueError(f"kernel_size: group {self.name} was given tap permutations for "
-                             f"{self._tap_size}x{self._tap_size} filters only, got {kh}x{kw}")
+            raise ValueError(f"kernel_size: group {self.name} was given position permutations for "
+                             f"{self._position_size}x{self._position_size} filters only, got {kh}x{kw}")
         rows = []
         for m in self.matrices:
             dest = grid_permutation(m, kh, kw)
@@ -288,13 +295,13 @@ class Group:
 
     def check_kernel_size(self, kernel_size) -> None:
         """Raise ``ValueError`` when the group's filters cannot be ``kernel_size`` (int or ``(kh, kw)``) large:
-        here, when some element does not map the filter onto itself (:meth:`tap_destinations`)."""
-        self.tap_destinations(kernel_size)
+        here, when some element does not map the filter onto itself (:meth:`position_destinations`)."""
+        self.position_destinations(kernel_size)
 
     def act_on_filter(self, g: int, w: torch.Tensor) -> torch.Tensor:
-        """``act(g, w)``: move the taps of ``w`` (..., kh, kw) as element ``g`` does."""
+        """``act(g, w)``: move the window positions of ``w`` (..., kh, kw) as element ``g`` does."""
         kh, kw = w.shape[-2:]
-        source = torch.argsort(self.tap_destinations((kh, kw))[g]).to(w.device)
+        source = torch.argsort(self.position_destinations((kh, kw))[g]).to(w.device)
         return w.flatten(-2)[..., source].unflatten(-1, (kh, kw))
 
     def act_on_image(self, g: int, x: torch.Tensor) -> torch.Tensor:
@@ -330,7 +337,7 @@ def _find_identity(cayley: torch.Tensor) -> int:
 
 
 def _matrices_of_permutations(perms: torch.Tensor, k: int) -> Optional[list]:
-    """The lattice-symmetry matrix of each tap permutation, or None if some permutation is not one.
+    """The lattice-symmetry matrix of each position permutation, or None if some permutation is not one.
 
     A 1×1 filter is fixed by all 8 symmetries, so its (identity) permutations say nothing about the matrices.
     """
@@ -377,7 +384,7 @@ def register_group_family(letter: str, build) -> None:
 def get_group(group, argument: str = "group") -> Group:
     """Accept a :class:`Group`, the name of a built-in one, or ``"cN"`` / ``"dN"`` (``N >= 1``): ``C_N`` / ``D_N``
     on steerable filters (:func:`~gconv_triton.steerable.cyclic_group`, :func:`~gconv_triton.steerable.dihedral_group`
-    with its default axis; ``"c4"`` / ``"d4"`` are those, not p4 / p4m's free taps)."""
+    with its default axis; ``"c4"`` / ``"d4"`` are those, not p4 / p4m with their free per-position weights)."""
     if isinstance(group, Group):
         return group
     if isinstance(group, str):

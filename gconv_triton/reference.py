@@ -108,7 +108,7 @@ def _bank_index(group: Group, in_group: Group, weight_shape: tuple) -> torch.Ten
     t = group.stabilizer_index(in_group)                                 # (S_out, S_in)
     selected = torch.arange(c_out * c_in * s_in * kh * kw).view(weight_shape)[:, :, t]
     # act(g, f)[dest[g, t]] = f[t], i.e. read f at source = dest⁻¹.
-    source = torch.argsort(group.tap_destinations((kh, kw)), dim=1)     # (S_out, T)
+    source = torch.argsort(group.position_destinations((kh, kw)), dim=1)     # (S_out, T)
     index = source[None, None, :, None, :].expand(c_out, c_in, -1, s_in, -1)
     bank = torch.gather(selected.flatten(-2), -1, index).unflatten(-1, (kh, kw))
     return bank.permute(0, 2, 1, 3, 4, 5).contiguous()
@@ -186,7 +186,7 @@ def bank_adjoint(dbank: Tensor, spec: ConvSpec, weight_shape) -> Tensor:
     kh, kw = spec.kernel
     c_out = dbank.shape[0] // spec.s_out
     d = dbank.reshape(c_out, spec.s_out, spec.in_channels, spec.s_in, kh * kw).permute(0, 2, 1, 3, 4)
-    dest = spec.group.tap_destinations((kh, kw)).to(d.device)                   # (S_out, T): source⁻¹
+    dest = spec.group.position_destinations((kh, kw)).to(d.device)                   # (S_out, T): source⁻¹
     d = torch.gather(d, -1, dest[None, None, :, None, :].expand_as(d))        # undo the window-position permutation
     t = spec.group.stabilizer_index(spec.in_group).to(d.device).flatten()     # (S_out·S_in,) -> u
     dw = d.new_zeros(c_out, spec.in_channels, spec.s_in, kh * kw).index_add_(2, t, d.flatten(2, 3))
@@ -269,7 +269,7 @@ def _gather_index(spec: ConvSpec, g: int, device) -> Tensor:
     kh, kw = spec.kernel
     t_count = kh * kw
     s = spec.group.input_index(spec.in_group)[g].to(device)                     # (S_in,)
-    dest = spec.group.tap_destinations(spec.kernel)[g].to(device)                # (T,)
+    dest = spec.group.position_destinations(spec.kernel)[g].to(device)                # (T,)
     i = torch.arange(spec.in_channels, device=device)
     return ((i[:, None, None] * spec.s_in + s[None, :, None]) * t_count + dest[None, None, :]).flatten()
 
@@ -350,7 +350,7 @@ def tap_conv_chunked(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: C
         for g in range(spec.s_out):
             index = _gather_index(spec, g, x5.device)
             # (T, L), in the base filter's order of window positions
-            use = inside[spec.group.tap_destinations(spec.kernel)[g].to(x5.device)]
+            use = inside[spec.group.position_destinations(spec.kernel)[g].to(x5.device)]
             use = use.repeat(cs, 1)[None, None] if ignore else torch.ones_like(use[:1, :1])[None, None]
             for grp in range(spec.groups):
                 xg = cols[:, grp, index]                                         # (b, K, L)
@@ -432,7 +432,7 @@ def tap_standard_ops(x5: Tensor, weight: Tensor, bias: Optional[Tensor], spec: C
     # (B, groups, C_out_g, S_out, K, L); ONNX knows no autograd.Function: the plain torch_fn there
     f = (tap.torch_fn if onnx_exporting() else tap.differentiable)(cols[:, :, None, index], w)
     if ignore:
-        dest = spec.group.tap_destinations(spec.kernel).to(x5.device)                # (S_out, T)
+        dest = spec.group.position_destinations(spec.kernel).to(x5.device)                # (S_out, T)
         use = inside[dest].repeat(1, spec.in_channels * spec.s_in, 1)                # (S_out, K, L)
     else:
         use = torch.ones((), dtype=torch.bool, device=x5.device)

@@ -13,11 +13,11 @@ Groups (:func:`cyclic_group`, :func:`dihedral_group`): ``C_N`` element ``r`` is 
 ``D_N`` element ``N·m + r`` is ``F^m R^r`` (rotate by ``r``, then reflect across the line at angle ``axis`` if
 ``m = 1``).  With ``axis = 0`` (the default: the x axis, so reflection reverses the rows) ``D_4`` is p4m in p4m's
 element order and ``C_4`` is p4.  For ``4 | N`` the rotations by multiples of 90° and the reflections across the
-grid axes and diagonals map the grid onto itself, and on those elements the tables are exact tap permutations.
+grid axes and diagonals map the grid onto itself, and on those elements the tables are exact position permutations.
 
 Parameters: ``coefficients (C_out, C_in, S_in, B)``; the bank (:func:`steerable_bank`) is
 ``F[o, g, i, s] = Σ_b c[o, i, index(g⁻¹ s), b] · Ψ[g, b]``, as :func:`~gconv_triton.reference.filter_bank` builds
-p4's from free taps.
+p4's from free per-position weights.
 """
 
 from __future__ import annotations
@@ -108,10 +108,10 @@ class SteerableGroup(Group):
         """Raise ``ValueError`` unless ``kernel_size`` (int or pair) is a square ``k × k`` with a basis."""
         basis_size(kernel_size)
 
-    def tap_destinations(self, kernel_size) -> torch.Tensor:
+    def position_destinations(self, kernel_size) -> torch.Tensor:
         raise ValueError(f"group {self.name}: most of its elements are no grid symmetries, so they do not permute "
-                         f"filter taps; its filters are basis coefficients (C_out, C_in, S_in, B): use GroupConv2d, "
-                         f"steerable_conv2d or steerable_bank")
+                         f"filter positions; its filters are basis coefficients (C_out, C_in, S_in, B): use "
+                         f"GroupConv2d, steerable_conv2d or steerable_bank")
 
     def act_on_image(self, g: int, x: torch.Tensor) -> torch.Tensor:
         """Rotate / reflect ``x (..., H, W)`` about its centre by element ``g``, which must be a grid symmetry
@@ -294,7 +294,7 @@ def _rotated_basis(group: SteerableGroup, kernel_size: int) -> torch.Tensor:
 
 def rotated_basis(group: SteerableGroup, kernel_size: int) -> torch.Tensor:
     """``Ψ[g, b] = ψ_b(R_g⁻¹ p)`` on the ``k × k`` grid, shape ``(S, B, k, k)`` float64: the basis re-sampled at
-    the rotated points by its closed form (no interpolation).  On grid symmetries it is an exact tap permutation
+    the rotated points by its closed form (no interpolation).  On grid symmetries it is an exact position permutation
     of ``Ψ[e]``; it equals ``coefficient_rotation(group, k) @ Ψ[e]`` to rounding."""
     _check_group(group, "group")
     return _rotated_basis(group, kernel_size)
@@ -393,7 +393,7 @@ def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Opti
         coefficients: ``(C_out, C_in/groups, S_in, B)``.  bias: ``(C_out,)`` or None.
         group: a :class:`SteerableGroup` or its name (``"c8"``); in_group: ``'z2'`` or ``group``.
         stride, padding (int, pair, ``'same'``, ``'valid'``), dilation, groups, activation: as
-            :func:`~gconv_triton.functional.gconv2d`.  ``dilation`` spreads the ``k × k`` filter's taps (as
+            :func:`~gconv_triton.functional.gconv2d`.  ``dilation`` spreads the ``k × k`` filter's window positions (as
             ``nn.Conv2d``); the basis stays e2cnn's dilation-1 one.  tables: as :func:`steerable_bank`.
     Returns ``(B, C_out, S_out, H_out, W_out)``.  Where the Triton kernels serve the call (CUDA tensors on the
     ``'auto'`` backend, any tensor on ``'triton'``) the op ``gconv_triton::steerable_conv2d`` steers the filter
@@ -434,7 +434,7 @@ def _check_coefficients(coefficients, group: SteerableGroup, in_group: Group, ke
 
 def _coefficient_bounds(coefficients: torch.Tensor, kernel_size: int) -> tuple[float, float]:
     """``nn.Conv2d``'s init bounds for coefficients ``(C_out, C_in, S_in, B)``: the coefficients' bound
-    ``1 / sqrt(B·C_in·S_in)`` (the tables' squared norms sum to ``B``, so the taps get the variance
+    ``1 / sqrt(B·C_in·S_in)`` (the tables' squared norms sum to ``B``, so the per-position weights get the variance
     ``1 / (3·fan_in)``, ``fan_in = C_in·S_in·k²``) and the bias' ``1 / sqrt(fan_in)``."""
     per_output = coefficients[0].numel()                                          # C_in·S_in·B
     fan_in = per_output // coefficients.shape[-1] * kernel_size * kernel_size
@@ -443,9 +443,9 @@ def _coefficient_bounds(coefficients: torch.Tensor, kernel_size: int) -> tuple[f
 
 def init_coefficients(out_channels: int, in_channels: int, group: SteerableGroup, in_group, kernel_size: int, *,
                       generator: Optional[torch.Generator] = None, dtype=None, device=None) -> torch.Tensor:
-    """Coefficients ``(C_out, C_in, S_in, B)`` drawn uniformly so that the bank's taps have ``nn.Conv2d``'s variance
-    ``1 / (3·fan_in)``, ``fan_in = C_in·S_in·k²``: the tables' squared norms sum to ``B``, so the bound is
-    ``1 / sqrt(B·C_in·S_in)``."""
+    """Coefficients ``(C_out, C_in, S_in, B)`` drawn uniformly so that the bank's per-position weights have
+    ``nn.Conv2d``'s variance ``1 / (3·fan_in)``, ``fan_in = C_in·S_in·k²``: the tables' squared norms sum to ``B``,
+    so the bound is ``1 / sqrt(B·C_in·S_in)``."""
     _check_group(group, "group")
     in_group = _in_group(group, in_group)
     size = len(steerable_basis(kernel_size).radius)

@@ -55,7 +55,7 @@ def group_tables(group, in_group, kernel: tuple[int, int], device: torch.device)
     ``g`` (``(S_out, kh·kw)``): the gather side of the rotation.
     """
     kw = kernel[1]
-    dest = group.tap_destinations(kernel)
+    dest = group.position_destinations(kernel)
     tables = (group.input_index(in_group), group.stabilizer_index(in_group), dest // kw, dest % kw)
     return tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in tables)
 
@@ -67,9 +67,9 @@ def gather_tables(group, in_group, kernel: tuple[int, int], device: torch.device
     Returns ``(stabilizer_index, pos_source)``: ``stabilizer_index[g, s] = index(g⁻¹ s)`` (``(S_out, S_in)``), the
     weight slice that element ``g`` reads for input stabilizer index ``s``; ``pos_source[g, t']`` (``(S_out, kh·kw)``),
     the window position of the base filter that ``g`` moves onto window position ``t'`` (the inverse of
-    ``tap_destinations``).
+    ``position_destinations``).
     """
-    dest = group.tap_destinations(kernel)
+    dest = group.position_destinations(kernel)
     source = torch.empty_like(dest)
     source.scatter_(1, dest, torch.arange(dest.shape[1]).expand_as(dest).contiguous())
     tables = (group.stabilizer_index(in_group), source)

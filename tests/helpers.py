@@ -45,7 +45,7 @@ def torch_backend():
 
 def clear_caches() -> None:
     """Start cold, as a fresh process does: forget TorchDynamo's compiled code and everything the package fills
-    on first use: the filter-bank index (``reference._BANK_INDEX``), each group's tap tables, every
+    on first use: the filter-bank index (``reference._BANK_INDEX``), each group's position tables, every
     ``functools`` cache in ``gconv_triton`` and its kernels (the launchers' per-device group, phase and gather
     tables), the launchers' geometry tables (``kernels._common._GEOMETRY_TABLES``) and the kernel autotuners'
     in-memory choices.  The registries of groups and tap functions are not caches (an object registers itself

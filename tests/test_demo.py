@@ -121,8 +121,8 @@ def test_widths_for_budget_meets_the_p4_budget(group):
 
 @pytest.mark.parametrize("group, order", [("c8", 8), ("d8", 16)])
 def test_steerable_small_gcnn_counts_basis_coefficients(group, order):
-    # A steerable 3x3 filter has B = 6 coefficients, not 9 taps: (C_out, C_in, S_in, 6) weights and C_out biases
-    # per convolution (S_in = 1 for the lifting one), then the linear classifier.
+    # A steerable 3x3 filter has B = 6 coefficients, not 9 per-position weights: (C_out, C_in, S_in, 6) weights and
+    # C_out biases per convolution (S_in = 1 for the lifting one), then the linear classifier.
     widths = (3, 4, 5)
     expected = (3 * 1 * 1 * 6 + 3) + (4 * 3 * order * 6 + 4) + (5 * 4 * order * 6 + 5) + (5 * 10 + 10)
     for device in ("cpu", "meta"):

@@ -15,21 +15,21 @@ from gconv_triton.groups import Group, get_group
 from gconv_triton.kernels import group_conv_depthwise as depthwise
 
 
-def cycled_taps(order: int) -> Group:
-    """Z_order turning ``order`` of the taps of a 3x3 filter one step along a cycle (the centre and the rest stay):
-    a group of any order, acting on filters only (no lattice matrices)."""
+def cycled_positions(order: int) -> Group:
+    """Z_order turning ``order`` of the window positions of a 3x3 filter one step along a cycle (the centre and the
+    rest stay): a group of any order, acting on filters only (no lattice matrices)."""
     ring = [0, 1, 2, 5, 8, 7, 6, 3][:order]
     perms = []
     for g in range(order):
         dest = list(range(9))
-        for j, tap in enumerate(ring):
-            dest[tap] = ring[(j + g) % order]
+        for j, pos in enumerate(ring):
+            dest[pos] = ring[(j + g) % order]
         perms.append(dest)
     cayley = [[(a + b) % order for b in range(order)] for a in range(order)]
     return Group.from_tables(cayley, perms, name=f"cycled{order}")
 
 
-Z3, Z6 = cycled_taps(3), cycled_taps(6)
+Z3, Z6 = cycled_positions(3), cycled_positions(6)
 
 # (group, in_group, groups, C_out per group, k, stride, padding, dilation, bias, layout, (B, H, W))
 CASES = [

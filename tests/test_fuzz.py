@@ -53,7 +53,7 @@ def _rotates(group) -> bool:
 
 def _max_kernel(group, in_group, c_in_g, c_out_g, budget) -> int:
     """The largest kernel (<= 4) whose interpreter cost stays in ``budget`` (None: no limit).  The work of a
-    launch grows with S_out·S_in·k², and the depthwise kernels loop over every tap and output channel."""
+    launch grows with S_out·S_in·k², and the depthwise kernels loop over every window position and output channel."""
     if budget is None:
         return 4
     unit = get_group(group).order * get_group(in_group).order * (4 * c_out_g if c_in_g == 1 else 1)
@@ -225,7 +225,8 @@ def test_fuzz_exactness_rule(cfg):
     x = x if s_in > 1 else x[:, :, 0]
     with gconv_triton.backend("torch"), warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        # an output that never sees the input (every tap of some axis in the padding) is trivially equivariant
+        # an output that never sees the input (every window position of some axis in the padding) is trivially
+        # equivariant
         assume(not torch.equal(layer(x), layer(torch.randn_like(x))))
         try:
             error = gconv_triton.check_equivariance(layer, x, cfg["group"])

@@ -47,7 +47,7 @@ def planar(name: str, g: int, t: torch.Tensor) -> torch.Tensor:
 
 
 def _probe(h: int = 3, w: int = 3) -> torch.Tensor:
-    """A filter with all-distinct taps: two elements act alike on it only if they are the same element."""
+    """A filter with distinct weights at all window positions: two elements act alike on it only if they are equal."""
     return torch.arange(h * w, dtype=torch.float64).view(h, w)
 
 
@@ -218,7 +218,7 @@ def test_act_on_features_rejects_wrong_group_axis():
 def test_rotation_groups_reject_non_square_kernels(name):
     group = get_group(name)
     with pytest.raises(ValueError, match="kernel_size"):
-        group.tap_destinations((3, 5))
+        group.position_destinations((3, 5))
     with pytest.raises(ValueError, match="kernel_size"):
         group.act_on_filter(1, torch.randn(3, 5))
     with pytest.raises(ValueError, match="kernel_size"):
@@ -245,7 +245,7 @@ def test_get_group():
 @pytest.mark.parametrize("name", ["p4", "p4m", "p2mm"])
 def test_from_tables_round_trip(name):
     group = get_group(name)
-    rebuilt = Group.from_tables(group.cayley, group.tap_destinations(3), name=name + "_tables")
+    rebuilt = Group.from_tables(group.cayley, group.position_destinations(3), name=name + "_tables")
     assert rebuilt == group
     assert rebuilt.matrices == group.matrices  # recovered, so the rebuilt group acts on images too
     x = torch.randn(1, 2, group.order, 5, 5)
@@ -261,5 +261,5 @@ def test_constructors_reject_non_groups():
         Group.from_matrices([rot, [[0, 1], [-1, 0]]])
     with pytest.raises(ValueError, match="cayley"):
         Group([[0, 1], [0, 1]])
-    with pytest.raises(ValueError, match="tap_permutations"):  # a 3-cycle of taps squared is not the identity
+    with pytest.raises(ValueError, match="position_permutations"):  # a 3-cycle of positions squared is not the identity
         Group.from_tables([[0, 1], [1, 0]], [list(range(9)), [1, 2, 0, 3, 4, 5, 6, 7, 8]])

@@ -352,7 +352,7 @@ def test_weight_grad_bitwise_deterministic(monkeypatch, group, in_group, groups,
     assert torch.isfinite(runs[0]).all()
 
 
-# ------------------------------------------------------------------------------- narrow forward: folded taps
+# ------------------------------------------------------------------------------- narrow forward: folded positions
 class LaunchSpy:
     """Stands in for a kernel: records each launch's keyword arguments, then launches the real kernel."""
 
@@ -366,8 +366,9 @@ class LaunchSpy:
         return launch
 
 
-# (group, in_group, C_in, k, stride, padding, dilation, layout): lifting layers whose forward folds neighbouring taps
-# of a kernel row into one K block; odd k leaves a ragged last block, dilation along H only keeps the fold
+# (group, in_group, C_in, k, stride, padding, dilation, layout): lifting layers whose forward folds neighbouring
+# window positions of a kernel row into one K block; odd k leaves a ragged last block, dilation along H only keeps
+# the fold
 FOLDED = [
     ("p4", "z2", 3, 3, 1, 1, 1, CONTIG),
     ("p4m", "z2", 2, 5, 2, 2, (2, 1), CL),
@@ -410,7 +411,7 @@ def test_gemm_int64_offsets(monkeypatch, group, in_group, c_in, k, stride, paddi
 
 
 def test_position_steps_are_affine_along_rows():
-    """A rotation or reflection moves each kernel row onto a row or column of the base filter: the base tap under
+    """A rotation or reflection moves each kernel row onto a row or column of the base filter: the base position under
     window position (th, tw) is the one under (th, 0) plus tw steps, for every element of p4 and p4m."""
     for group in ("p4", "p4m"):
         for kernel in ((3, 3), (2, 2), (5, 5)):

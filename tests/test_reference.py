@@ -1,8 +1,8 @@
 """The reference path (filter bank + ``F.conv2d``) against a naive loop written independently here.
 
-``naive_gconv`` loops over output channel o, output element g, input channel i, input element s and the taps,
-with the filter moved by ``torch.rot90`` / ``torch.flip`` (``planar`` from ``test_groups``) and the stabilizer
-index from a product table derived by composing those maps; nothing comes from the library's tables.
+``naive_gconv`` loops over output channel o, output element g, input channel i, input element s and the window
+positions, with the filter moved by ``torch.rot90`` / ``torch.flip`` (``planar`` from ``test_groups``) and the
+stabilizer index from a product table derived by composing those maps; nothing comes from the library's tables.
 Everything is float64 on the CPU, so the two must agree to round-off.
 """
 
@@ -22,7 +22,7 @@ DT = torch.float64
 
 
 def naive_gconv(x, w, b, name, lifting, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
-    """``y[:, o, g] = Σ_{i, s, taps} act(g, w[o, i, t(g, s)])[tap] · x[:, i, s, shifted]``, plus bias.
+    """``y[:, o, g] = Σ_{i, s, pos} act(g, w[o, i, t(g, s)])[pos] · x[:, i, s, shifted]``, plus bias.
 
     x: ``(B, C_in, S_in, H, W)``; w: ``(C_out, C_in / groups, S_in, k, k)``; padding ``(top, bottom, left, right)``.
     """

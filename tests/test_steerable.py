@@ -91,7 +91,7 @@ def test_rotated_tables_coefficient_rotation_and_grid_symmetries(group, k):
     a, b = torch.meshgrid(torch.arange(group.order), torch.arange(group.order), indexing="ij")
     # ψ(R_(ab)⁻¹ p) = ψ(R_b⁻¹ R_a⁻¹ p): D[ab] = D[b] D[a]
     assert torch.allclose(rotation[group.cayley[a, b]], rotation[b] @ rotation[a], atol=1e-13)
-    for g in group.lattice_elements:  # exact tap permutations: p4's act_on_filter convention
+    for g in group.lattice_elements:  # exact position permutations: p4's act_on_filter convention
         assert torch.equal(tables[g], group.act_on_image(g, tables[0]))
 
 

@@ -36,7 +36,7 @@ def _oracle(x, coefficients, bias, group, in_group, k, stride=1, padding=0, dila
 def test_group_names():
     assert get_group("c8") is st.cyclic_group(8) and get_group("D16") is st.dihedral_group(16)
     assert get_group("c3") is st.cyclic_group(3) and get_group("d1").order == 2
-    # "c4" / "d4" are the steerable groups; "p4" / "p4m" keep their free taps
+    # "c4" / "d4" are the steerable groups; "p4" / "p4m" keep their free per-position weights
     assert get_group("c4") is st.cyclic_group(4) and get_group("c4") != gt.p4
     assert get_group("d4") is st.dihedral_group(4) and get_group("p4m") is gt.p4m
     for bad in ("c0", "d", "c8x", "q8"):
@@ -127,7 +127,8 @@ def test_parameters_state_dict_repr_and_init():
     fresh = gt.GroupConv2d(16, 32, 5, group="c8", in_group="c8")
     fresh.load_state_dict(layer.state_dict())
     assert "group=C8" in repr(layer) and "basis=11" in repr(layer)
-    # nn.Conv2d's variance 1 / (3 fan_in) on the taps of the bank, fan_in = C_in·S_in·k²; bias bound 1/sqrt(fan_in)
+    # nn.Conv2d's variance 1 / (3 fan_in) on the bank's per-position weights, fan_in = C_in·S_in·k²;
+    # bias bound 1/sqrt(fan_in)
     fan_in = 16 * 8 * 25
     bank = st.steerable_bank(layer.weight.detach().double(), layer.group, layer.in_group, 5)
     assert abs(float(bank.var()) * 3 * fan_in - 1) < 0.05

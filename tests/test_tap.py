@@ -77,7 +77,7 @@ def reference(x, w, bias, *, tap, reduce, stride, padding, dilation, groups, gro
     xp = F.pad(x, (pw, pw, ph, ph))
     inside = F.pad(torch.ones(h, wd, dtype=torch.bool), (pw, pw, ph, ph))
     in_index = group.input_index(in_group)
-    dest = group.tap_destinations((kh, kw))
+    dest = group.position_destinations((kh, kw))
     outs = []
     for g in range(group.order):
         slices, masks = [], []

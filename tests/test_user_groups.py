@@ -17,8 +17,8 @@ EYE, ROT180 = [[1, 0], [0, 1]], [[-1, 0], [0, -1]]
 FLIP_ROWS, FLIP_COLS = [[-1, 0], [0, 1]], [[1, 0], [0, -1]]
 TRANSPOSE = [[0, 1], [1, 0]]
 
-# Where each tap of a 3x3 filter goes under a quarter turn (torch.rot90(·, 1)), written by hand as 1-based
-# (row, col) pairs like a Julia CartesianIndex table: ROT90_CARTESIAN[r][c] is where tap (r, c) moves.
+# Where each window position of a 3x3 filter goes under a quarter turn (torch.rot90(·, 1)), written by hand as 1-based
+# (row, col) pairs like a Julia CartesianIndex table: ROT90_CARTESIAN[r][c] is where position (r, c) moves.
 ROT90_CARTESIAN = [
     [(3, 1), (2, 1), (1, 1)],
     [(3, 2), (2, 2), (1, 2)],
@@ -41,14 +41,14 @@ def rotations_from_cartesian_table() -> Group:
 
 
 def ring_rotations() -> Group:
-    """Z8 turning the 8 border taps of a 3x3 filter by one step each (a '45° rotation'): a group of tap
+    """Z8 turning the 8 border positions of a 3x3 filter by one step each (a '45° rotation'): a group of position
     permutations with no lattice matrices, so it acts on filters only."""
-    ring = [0, 1, 2, 5, 8, 7, 6, 3]                                 # border taps, clockwise from the top left
+    ring = [0, 1, 2, 5, 8, 7, 6, 3]                                 # border positions, clockwise from the top left
     perms = []
     for g in range(8):
         dest = list(range(9))
-        for j, tap in enumerate(ring):
-            dest[tap] = ring[(j + g) % 8]
+        for j, pos in enumerate(ring):
+            dest[pos] = ring[(j + g) % 8]
         perms.append(dest)
     return Group.from_tables(cyclic_cayley(8), perms, name="ring8")
 
@@ -96,7 +96,7 @@ def test_cartesian_table_group_is_p4():
     group = USER_GROUPS["rot4_tables"]
     p4 = gconv_triton.p4
     assert group == p4 and group.matrices == p4.matrices and group.identity == 0
-    assert torch.equal(group.tap_destinations(3), p4.tap_destinations(3))
+    assert torch.equal(group.position_destinations(3), p4.position_destinations(3))
     # the same layer with the built-in p4 computes the same thing, on the kernels
     for in_group, x in [("z2", torch.randn(2, 2, 6, 6)), (group, torch.randn(2, 2, 4, 6, 6))]:
         ours = GroupConv2d(2, 3, 3, group=group, in_group=in_group, padding=1, device=DEVICE)
@@ -131,7 +131,7 @@ RING_CASES = [("z2-to-G", "z2", (2, 2, 6, 5)), ("G-to-G", "ring8", (1, 2, 8, 5, 
 
 @pytest.mark.parametrize("case", RING_CASES, ids=[c[0] for c in RING_CASES])
 def test_filter_only_group_kernels_match_reference(case):
-    """Kernels (float32) against the float64 reference for Z8 on the taps: forward and every gradient."""
+    """Kernels (float32) against the float64 reference for Z8 on the window positions: forward and every gradient."""
     _, in_group, shape = case
     group = ring_rotations()
     assert group.matrices is None and group.order == 8
@@ -186,16 +186,17 @@ ROT180_FLAT = IDENTITY_3x3[::-1]
     ([[0, 1], [1, 1]], [IDENTITY_3x3, ROT180_FLAT], "cayley: .*no inverse"),
     (NON_ASSOCIATIVE_LOOP, [IDENTITY_3x3] * 5, "cayley: the product is not associative"),
     ([[0, 1, 2]], [IDENTITY_3x3], r"cayley: expected a square \(S, S\) table"),
-    (cyclic_cayley(2), [IDENTITY_3x3, [0, 0, 2, 3, 4, 5, 6, 7, 8]], "tap_permutations: row 1 is not a permutation"),
-    (cyclic_cayley(2), [IDENTITY_3x3, ROT90_FLAT], "tap_permutations: inconsistent with cayley"),
+    (cyclic_cayley(2), [IDENTITY_3x3, [0, 0, 2, 3, 4, 5, 6, 7, 8]],
+     "position_permutations: row 1 is not a permutation"),
+    (cyclic_cayley(2), [IDENTITY_3x3, ROT90_FLAT], "position_permutations: inconsistent with cayley"),
     (cyclic_cayley(4), [ROT90_FLAT, IDENTITY_3x3, ROT180_FLAT, ROT90_FLAT[::-1]],
-     "tap_permutations: inconsistent with cayley"),                                        # identity not fixed
-    (cyclic_cayley(2), [list(range(8))] * 2, "tap_permutations: each row must permute the k\\*k taps"),
-    (cyclic_cayley(3), [IDENTITY_3x3, ROT180_FLAT], r"tap_permutations: expected shape \(S, k\*k\)"),
+     "position_permutations: inconsistent with cayley"),                                        # identity not fixed
+    (cyclic_cayley(2), [list(range(8))] * 2, "position_permutations: each row must permute the k\\*k window positions"),
+    (cyclic_cayley(3), [IDENTITY_3x3, ROT180_FLAT], r"position_permutations: expected shape \(S, k\*k\)"),
     (cyclic_cayley(2), [[[(0, 0), (0, 1)], [(1, 0), (1, 1)]], [[(0, 0), (0, 2)], [(1, 0), (1, 1)]]],
-     r"tap_permutations: \(row, col\) coordinates of a 2x2 filter must lie in \[0, 2\)"),
+     r"position_permutations: \(row, col\) coordinates of a 2x2 filter must lie in \[0, 2\)"),
 ], ids=["not-closed", "no-identity", "no-inverse", "not-associative", "not-square", "non-permutation-row",
-        "inconsistent", "identity-moves-taps", "not-square-filter", "wrong-order", "coordinates-out-of-range"])
+        "inconsistent", "identity-moves-positions", "not-square-filter", "wrong-order", "coordinates-out-of-range"])
 def test_from_tables_rejects(cayley, perms, match):
     with pytest.raises(ValueError, match=match):
         Group.from_tables(cayley, perms)

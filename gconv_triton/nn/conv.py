@@ -118,7 +118,7 @@ class GroupConv2d(nn.Module):
 
     def reset_parameters(self) -> None:
         """``nn.Conv2d``'s initialisation with fan-in ``C_in/groups · S_in · kh · kw`` (steerable filters: the
-        coefficients drawn so that the bank's taps get its variance, as
+        coefficients drawn so that the bank's per-position weights get its variance, as
         :func:`~gconv_triton.steerable.init_coefficients`)."""
         if self.steerable:
             reset_coefficients(self.weight, self.bias, self.kernel_size[0])

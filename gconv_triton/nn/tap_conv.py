@@ -46,7 +46,7 @@ class _TapConvNd(nn.Module):
             resolve_geometry((1,) + self.kernel_size, *as_2d_args(stride, padding, dilation))
         else:
             self.kernel_size = kernel_pair(kernel_size)
-            self.group.tap_destinations(self.kernel_size)  # a rotation group needs a square kernel
+            self.group.position_destinations(self.kernel_size)  # a rotation group needs a square kernel
             resolve_geometry(self.kernel_size, stride, padding, dilation)
         self.stride, self.padding, self.dilation = stride, padding, dilation
         factory = dict(device=device, dtype=dtype)

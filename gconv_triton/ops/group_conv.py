@@ -86,7 +86,7 @@ def _(x, weight, bias, group, in_group, stride, padding, dilation, groups, weigh
     if kernels_for(x, backend):
         from .. import kernels
 
-        with untraced():   # the group's tap tables, which make_spec checks, are cached: never as fake tensors
+        with untraced():   # the group's position tables, which make_spec checks, are cached: never as fake tensors
             spec = spec_from_op_args(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups)
         copy_shape = kernels.input_copy_shape(x, spec)
     return y, z, x.new_empty(copy_shape if copy_shape is not None else 0)
