@@ -41,10 +41,15 @@ def current_backend() -> str:
     return name
 
 
+def reference_path(x: torch.Tensor, backend: str) -> bool:
+    """Whether a call with backend name ``backend`` runs ``x`` on the reference path: ``'torch'``, or ``'auto'`` on
+    a non-CUDA tensor (``use_triton``'s rule, in a form TorchDynamo traces: no context variable)."""
+    return backend == "torch" or (backend == "auto" and not x.is_cuda)
+
+
 def use_triton(tensor: torch.Tensor) -> bool:
     """True when ``tensor``'s call should run the fused kernels; raises if that cannot work here."""
-    name = current_backend()
-    if name == "torch" or (name == "auto" and not tensor.is_cuda):
+    if reference_path(tensor, current_backend()):
         return False
     if not tensor.is_cuda:
         from . import kernels  # noqa: F401  (imported lazily: the reference path needs no triton)

@@ -173,8 +173,8 @@ def make_spec(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         if concrete_shape(bias, quiet=True)[0] != w_out:
             raise ValueError(f"bias: expected shape ({w_out},), one per output G-channel, got {tuple(bias.shape)}")
     stride, dilation, pad = resolve_geometry((kh, kw), stride, padding, dilation)
-    ho = (h + pad[0] + pad[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w + pad[2] + pad[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    ho = conv_out_size(h, kh, stride[0], pad[0] + pad[1], dilation[0])
+    wo = conv_out_size(w, kw, stride[1], pad[2] + pad[3], dilation[1])
     if ho < 1 or wo < 1:
         raise ValueError(f"input: spatial size {h}x{w} with kernel {kh}x{kw}, padding {padding!r}, dilation "
                          f"{dilation} and stride {stride} gives an output of {ho}x{wo}; expected at least 1x1 (a "
@@ -229,11 +229,17 @@ def spec_from_op_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     return spec
 
 
+def conv_out_size(size: int, kernel_size: int, stride: int, total_padding: int, dilation: int) -> int:
+    """One axis of a convolution's output: ``(size + total_padding − dilation·(k − 1) − 1) // stride + 1``, with
+    ``total_padding`` the padding before and after together (``nn.Conv2d``'s formula)."""
+    return (size + total_padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
 def op_out_shape(x: torch.Tensor, weight: torch.Tensor, group: str, stride, padding, dilation, groups: int,
                  weight_groups: int) -> tuple:
     """The output shape ``(B, C_out, S_out, H_out, W_out)`` of an op's arguments, without checking them (what a
     fake kernel returns)."""
     kh, kw = weight.shape[-2:]
-    ho = (x.shape[3] + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (x.shape[4] + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    ho = conv_out_size(x.shape[3], kh, stride[0], padding[0] + padding[1], dilation[0])
+    wo = conv_out_size(x.shape[4], kw, stride[1], padding[2] + padding[3], dilation[1])
     return (x.shape[0], groups * (weight.shape[0] // weight_groups), GROUPS[group].order, ho, wo)

@@ -32,6 +32,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .._backend import reference_path
 from .._spec import check_index_range, op_geometry, op_out_shape, spec_from_op_args
 from .._support import (GROUP_MAP_ORDER, autocast_inputs, backend_name, compiling, dim_order, empty_group_map,
                         empty_in_order, kernels_for, onnx_exporting, untraced)
@@ -50,7 +51,7 @@ def _standard_ops(x: Tensor, backend: str) -> bool:
     """
     if onnx_exporting():
         return True
-    return not compiling() and (backend == "torch" or (backend == "auto" and not x.is_cuda))
+    return not compiling() and reference_path(x, backend)
 
 
 # ------------------------------------------------------------------------------------------------- the ops

@@ -25,7 +25,8 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from .._spec import resolve_geometry
+from .._backend import reference_path
+from .._spec import conv_out_size, resolve_geometry
 from .._support import GROUPS, backend_name, kernels_for, onnx_exporting, untraced
 from ..groups import Group
 from ..reference import (conv2d_with_bank, pad_input, split_padding, steerable_bank_adjoint,
@@ -43,19 +44,9 @@ def _stabilizer_index(group: str, in_group: str, device: torch.device) -> Tensor
         return index.to(device=device, dtype=torch.int32).contiguous()
 
 
-def _reference_path(x: Tensor, backend: str) -> bool:
-    """Whether a call runs the reference: ``_backend.use_triton``'s rule in a form TorchDynamo traces (no context
-    variable); ``'triton'`` on a CPU tensor without Triton's interpreter raises inside the op."""
-    return backend == "torch" or (backend == "auto" and not x.is_cuda)
-
-
-def _output_size(size: int, kernel_size: int, stride: int, pad: int, dilation: int) -> int:
-    return (size + 2 * pad - dilation * (kernel_size - 1) - 1) // stride + 1
-
-
 def _out_shape(x: Tensor, coefficients: Tensor, group: str, kernel_size: int, stride, padding, dilation) -> list:
     return [x.shape[0], coefficients.shape[0], GROUPS[group].order,
-            *(_output_size(x.shape[3 + a], kernel_size, stride[a], padding[a], dilation[a]) for a in range(2))]
+            *(conv_out_size(x.shape[3 + a], kernel_size, stride[a], 2 * padding[a], dilation[a]) for a in range(2))]
 
 
 # ---------------------------------------------------------------- the reference, inside the ops (no autograd)
@@ -198,7 +189,7 @@ def steerable_conv(x: Tensor, coefficients: Tensor, bias: Optional[Tensor], tabl
     reference as standard ops: the bank by one matmul, then ``F.conv2d``, differentiated by autograd."""
     stride, dilation, pad = resolve_geometry((kernel_size, kernel_size), stride, padding, dilation)
     backend = backend_name()
-    if onnx_exporting() or _reference_path(x, backend):
+    if onnx_exporting() or reference_path(x, backend):
         bank = _reference_bank(coefficients, tables, group, in_group)
         return conv2d_with_bank(x, bank, bias, group.order, stride=stride, padding=pad, dilation=dilation,
                                 groups=groups)
