@@ -2,12 +2,13 @@
 convolution, on the kernels (the convolution's input-gradient op, in Triton's interpreter via the ``'triton'``
 backend) and on the reference path (bank + ``F.conv_transpose2d``), each against a float64 bank-built
 ``F.conv_transpose2d`` in the forward and every gradient; gradcheck and gradgradcheck; bf16 autocast; exactness on
-the grid symmetries and the approximate 45° of C8; export, copies, the state dict, the init; a cold
-``torch.compile``; the bad arguments."""
+the grid symmetries and the approximate 45° of C8; export (plain torch.nn, torch.export, ONNX), copies, the state
+dict, the init; a cold ``torch.compile``; the bad arguments."""
 
 from __future__ import annotations
 
 import copy
+import io
 import math
 import pickle
 import warnings
@@ -247,6 +248,29 @@ def test_export_deepcopy_pickle():
         for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
             assert clone[1].group is model[1].group and clone[2].out_group is gt.z2
             assert torch.equal(clone(x), y)
+
+
+def test_torch_export_and_onnx():
+    """torch.export gives the eager function; an ONNX export (the bank by standard ops, then ConvTranspose) run by
+    onnx's reference evaluator gives the float64 model's output within fp32's error."""
+    torch.manual_seed(0)
+    model = nn.Sequential(gt.GroupConv2d(2, 3, 3, group="c8", padding=1),
+                          gt.GroupConvTranspose2d(3, 2, 4, stride=2, padding=1, group="c8")).eval()
+    x = torch.randn(1, 2, 6, 6)
+    with torch.no_grad():
+        y = model(x)
+        want = copy.deepcopy(model).double()(x.double())
+    assert torch.equal(torch.export.export(model, (x,)).module()(x), y)
+    onnx = pytest.importorskip("onnx", reason="torch.onnx.export needs the onnx package")
+    from onnx.reference import ReferenceEvaluator
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation, the output size read as ints
+        torch.onnx.export(model, (x,), buffer, dynamo=False)
+    graph = onnx.load_from_string(buffer.getvalue())
+    got = ReferenceEvaluator(graph).run(None, {graph.graph.input[0].name: x.numpy()})[0]
+    assert_close(torch.from_numpy(got), want, torch.float32, "ONNX")
 
 
 def test_compile_before_any_eager_call_in_a_fresh_process():
