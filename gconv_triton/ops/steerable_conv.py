@@ -15,6 +15,8 @@ backward.  The ops take one channel group, symmetric zeros padding and no activa
 handles the rest around them (channel groups one op each, an asymmetric ``'same'`` padding by ``F.pad`` first; the
 caller applies the activation), and runs the reference as standard PyTorch ops (bank + ``F.conv2d``, autograd)
 where the kernels do not serve the call: the ``'torch'`` backend, ``'auto'`` on a non-CUDA tensor, an ONNX export.
+:func:`steerable_conv_transpose` (``GroupConvTranspose2d`` on ``C_N`` / ``D_N``) is the input-gradient op as a
+forward, its gradients the other two ops, by the same rules (reference: bank + ``F.conv_transpose2d``).
 """
 
 from __future__ import annotations
