@@ -151,6 +151,26 @@ def test_every_backend_and_the_functional_form():
     assert torch.equal(functional, layer(x))
 
 
+@pytest.mark.parametrize("out_group", ["d8", "z2"])
+def test_adjoint_of_the_steerable_group_conv2d_with_the_same_weight(out_group):
+    """<T x, y> = <x, A y> for the transposed layer T and the steerable GroupConv2d A from out_group to group maps
+    holding the same weight (the coefficients (C_in_T, C_out_T/groups, S_out, B) = A's (C_out, C_in/groups, S_in,
+    B)), float64, stride 2 and channel groups."""
+    torch.manual_seed(0)
+    layer = gt.GroupConvTranspose2d(4, 2, 3, stride=2, padding=1, groups=2, group="d8", out_group=out_group,
+                                    bias=False, dtype=DT)
+    conv = gt.GroupConv2d(2, 4, 3, stride=2, padding=1, groups=2, group="d8", in_group=out_group, bias=False,
+                          dtype=DT)
+    assert conv.weight.shape == layer.weight.shape
+    with torch.no_grad():
+        conv.weight.copy_(layer.weight)
+        x = torch.randn(2, 4, 16, 4, 4, dtype=DT)
+        y = torch.randn(layer(x).shape, dtype=DT)
+        planes_or_maps = y.flatten(1, 2) if out_group == "z2" else y   # the lifting layer takes planes
+        left, right = (layer(x) * y).sum(), (x * conv(planes_or_maps)).sum()
+    assert abs(float(left - right)) < 1e-12 * float(left.abs()), (float(left), float(right))
+
+
 # ---------------------------------------------------------------------------------------------- exactness
 def test_c8_exact_on_quarter_turns_d8_on_grid_flips():
     """Exact (float64 rounding; <= 1e-6 relative in fp32) on the grid symmetries, stride 1 and the exact stride-2
