@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from ._args import pair, positive_int, resolve_padding
-from ._support import GROUPS
+from ._args import output_padding_pair, pair, positive_int, resolve_padding
+from ._support import GROUPS, compiling
 from .groups import Group, get_group
 
 #: dtypes the kernels and the reference path compute in (fp8 and integer types are rejected, not cast).
@@ -227,6 +227,48 @@ def spec_from_op_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     if spec.padding != tuple(padding):
         raise ValueError(f"padding: expected a symmetric padding or 'same', got {tuple(padding)}")
     return spec
+
+
+def transposed_geometry(input, weight: torch.Tensor, kernel: tuple[int, int], bias, *, group: Group,
+                        out_group: Group, stride, padding, output_padding, groups: int, dilation):
+    """A transposed convolution's call, checked: ``(x, size, geometry)`` with ``x`` the input as ``(B, C_in, S,
+    H, W)``, ``size`` the output's ``[B, C_out, S_out, H_out, W_out]`` (ints) and ``geometry`` the matching
+    convolution's (``out_group`` maps of ``size`` to ``group`` maps: ``group``, ``in_group``, ``stride``,
+    ``padding`` (a pair), ``dilation``, ``groups``).
+
+    ``weight`` is ``(C_in, C_out / groups, S_out, ...)``: the base weight ``(..., kh, kw)`` or the steerable
+    coefficients ``(..., B)``; ``kernel`` is ``(kh, kw)``.  Every check (the input against the matching
+    convolution's output, the bias) runs before anything launches, except under ``torch.compile``.
+    """
+    if isinstance(padding, str):
+        raise ValueError(f"padding: expected an int or a pair for a transposed convolution, got {padding!r}")
+    if not isinstance(input, torch.Tensor) or input.dim() not in (4, 5):
+        raise ValueError(f"input: expected (B, C_in, S, H, W) or (B, C_in·S, H, W), got "
+                         f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
+    x = input if input.dim() == 5 else input.unflatten(1, (-1, group.order))
+    stride, dilation, pad = pair(stride, "stride"), pair(dilation, "dilation"), pair(padding, "padding")
+    out_pad = output_padding_pair(output_padding, stride, dilation)
+    # ints, also under torch.jit.trace (which records sizes as tensors): the op takes the output size as ints, so
+    # a traced graph is specialised to the input's size (torch's TracerWarning says so), not to the weight's
+    shape, weight_shape = concrete_shape(x), concrete_shape(weight, quiet=True)
+    size = [shape[0], weight_shape[1] * groups, out_group.order]
+    size += [(n - 1) * s - 2 * p + d * (k - 1) + o + 1
+             for n, s, p, d, k, o in zip(shape[-2:], stride, pad, dilation, kernel, out_pad)]
+    geometry = dict(group=group, in_group=out_group, stride=stride, padding=pad, dilation=dilation, groups=groups)
+    if not compiling():  # validate against the matching convolution before anything launches
+        if min(size[-2:]) < 1:
+            raise ValueError(f"input: spatial size {tuple(x.shape[-2:])} gives an output of {tuple(size[-2:])}; "
+                             f"expected at least 1x1 (less padding)")
+        bank = weight.new_empty(()).expand(*weight_shape[:3], *kernel)
+        spec = make_spec(weight.new_empty(()).expand(size), bank, None, **geometry)
+        if (spec.groups * spec.out_channels, spec.s_out, spec.out_height, spec.out_width) != shape[1:]:
+            raise ValueError(f"input: expected shape (B, {spec.groups * spec.out_channels}, {spec.s_out}, "
+                             f"{spec.out_height}, {spec.out_width}) for weight {tuple(weight.shape)} and group "
+                             f"{group.name}, got {tuple(x.shape)}")
+        if bias is not None and (not isinstance(bias, torch.Tensor) or concrete_shape(bias, quiet=True) != (size[1],)):
+            raise ValueError(f"bias: expected shape ({size[1]},), got "
+                             f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+    return x, size, geometry
 
 
 def conv_out_size(size: int, kernel_size: int, stride: int, total_padding: int, dilation: int) -> int:

@@ -1,6 +1,7 @@
 """Every functional form: the group convolution and its transpose, the shared-kernel convolutions, the tap
-convolutions and the steerable convolution, each checking its arguments before anything launches and then calling
-its op (``gconv_triton.ops``) or its plain-PyTorch path (``gconv_triton.reference``)."""
+convolutions and the steerable convolution and its transpose (those two defined in ``steerable.py``), each checking
+its arguments before anything launches and then calling its op (``gconv_triton.ops``) or its plain-PyTorch path
+(``gconv_triton.reference``)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,18 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from ._args import TAP_PADDING_MODES, as_2d_args, check_activation, check_padding_mode, output_padding_pair, pair
-from ._spec import concrete_shape, make_spec, resolve_geometry
+from ._args import TAP_PADDING_MODES, as_2d_args, check_activation, check_padding_mode
+from ._spec import concrete_shape, make_spec, resolve_geometry, transposed_geometry
 from ._support import autocast_inputs, compiling
 from .groups import Group, get_group
 from .ops.group_conv import conv, conv_input_grad
 from .ops.tap_conv import tap_conv
-from .reference import pad_input
-from .steerable import steerable_conv2d
+from .reference import add_bias, pad_input
+from .steerable import steerable_conv2d, steerable_conv_transpose2d
 from .tap_functions import check_reduce, get_tap
 
 __all__ = ["gconv2d", "gconv_transpose2d", "shared_kernel_conv2d", "shared_kernel_conv1d", "tap_conv2d",
-           "tap_conv1d", "steerable_conv2d"]
+           "tap_conv1d", "steerable_conv2d", "steerable_conv_transpose2d"]
 
 GroupLike = Union[Group, str]
 
@@ -123,38 +124,13 @@ def gconv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[
     """
     group = get_group(group, "group")
     out_group = group if out_group is None else get_group(out_group, "out_group")
-    if isinstance(padding, str):
-        raise ValueError(f"padding: expected an int or a pair for a transposed convolution, got {padding!r}")
-    if not isinstance(input, torch.Tensor) or input.dim() not in (4, 5):
-        raise ValueError(f"input: expected (B, C_in, S, H, W) or (B, C_in·S, H, W), got "
-                         f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
-    x = input if input.dim() == 5 else input.unflatten(1, (-1, group.order))
     if not isinstance(weight, torch.Tensor) or weight.dim() != 5:
         raise ValueError(f"weight: expected a 5-D tensor (C_in, C_out/groups, S_out, kh, kw), got "
                          f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
-    stride, dilation, pad = pair(stride, "stride"), pair(dilation, "dilation"), pair(padding, "padding")
-    out_pad = output_padding_pair(output_padding, stride, dilation)
-    # ints, also under torch.jit.trace (which records sizes as tensors): the op takes the output size as ints, so
-    # a traced graph is specialised to the input's size (torch's TracerWarning says so), not to the weight's
-    shape, (_, c_out_g, _, kh, kw) = concrete_shape(x), concrete_shape(weight, quiet=True)
-    size = [shape[0], c_out_g * groups, out_group.order]
-    size += [(n - 1) * s - 2 * p + d * (k - 1) + o + 1
-             for n, s, p, d, k, o in zip(shape[-2:], stride, pad, dilation, (kh, kw), out_pad)]
-    geometry = dict(group=group, in_group=out_group, stride=stride, padding=pad, dilation=dilation, groups=groups)
-    if not compiling():  # validate against the matching convolution before anything launches
-        if min(size[-2:]) < 1:
-            raise ValueError(f"input: spatial size {tuple(x.shape[-2:])} gives an output of {tuple(size[-2:])}; "
-                             f"expected at least 1x1 (less padding)")
-        spec = make_spec(weight.new_empty(()).expand(size), weight, None, **geometry)
-        if (spec.groups * spec.out_channels, spec.s_out, spec.out_height, spec.out_width) != shape[1:]:
-            raise ValueError(f"input: expected shape (B, {spec.groups * spec.out_channels}, {spec.s_out}, "
-                             f"{spec.out_height}, {spec.out_width}) for weight {tuple(weight.shape)} and group "
-                             f"{group.name}, got {tuple(x.shape)}")
-        if bias is not None and (not isinstance(bias, torch.Tensor) or concrete_shape(bias, quiet=True) != (size[1],)):
-            raise ValueError(f"bias: expected shape ({size[1]},), got "
-                             f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
-    y = conv_input_grad(x, weight, size, **geometry)
-    return y if bias is None else y + bias.to(y.dtype).view(1, -1, 1, 1, 1)
+    x, size, geometry = transposed_geometry(input, weight, concrete_shape(weight, quiet=True)[-2:], bias, group=group,
+                                            out_group=out_group, stride=stride, padding=padding,
+                                            output_padding=output_padding, groups=groups, dilation=dilation)
+    return add_bias(conv_input_grad(x, weight, size, **geometry), bias)
 
 
 # ------------------------------------------------------------------------------------- tap convolutions

@@ -21,8 +21,8 @@ from .groups import Group, get_group
 from .tap_functions import TapFunction
 
 __all__ = ["filter_bank", "flat_bank", "bank_conv2d", "conv2d_with_bank", "bank_conv_transpose2d",
-           "gconv2d_reference", "bank_conv_input_grad", "bank_conv_weight_grad", "activate", "pad_input",
-           "tap_conv_chunked", "tap_standard_ops", "check_standard_ops"]
+           "conv_transpose2d_with_bank", "gconv2d_reference", "bank_conv_input_grad", "bank_conv_weight_grad",
+           "activate", "add_bias", "pad_input", "tap_conv_chunked", "tap_standard_ops", "check_standard_ops"]
 
 #: the fused activations as functions (``"none"``: None)
 ACTIVATION_FUNCTIONS = {"none": None, "relu": F.relu, "silu": F.silu, "gelu": F.gelu}
@@ -35,6 +35,12 @@ def activate(z: Tensor, activation: str) -> Tensor:
     """``z`` through the activation named ``activation`` (one of ``_args.ACTIVATIONS``)."""
     fn = ACTIVATION_FUNCTIONS[activation]
     return z if fn is None else fn(z)
+
+
+def add_bias(y: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``y (B, C, S, H, W)`` plus ``bias (C,)`` (or None) shared over the group axis and the plane, in ``y``'s
+    dtype (the transposed convolutions' bias, added after the op)."""
+    return y if bias is None else y + bias.to(y.dtype).view(1, -1, 1, 1, 1)
 
 
 # -------------------------------------------------------------------------------------------------- padding
@@ -152,16 +158,25 @@ def bank_conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, output_size
                           stride, padding, dilation, groups: int) -> torch.Tensor:
     """The adjoint of :func:`bank_conv2d` (``padding`` symmetric, ``(top, bottom, left, right)``): maps
     ``input (B, C_out, S_out, H', W')`` to ``output_size (B, C_in, S_in, H, W)`` by filter bank +
-    ``F.conv_transpose2d``, whose ``output_padding`` restores what the conv's floor division dropped."""
+    ``F.conv_transpose2d`` (:func:`conv_transpose2d_with_bank`)."""
+    return conv_transpose2d_with_bank(input, flat_bank(weight, group, in_group), output_size, stride=stride,
+                                      padding=padding, dilation=dilation, groups=groups)
+
+
+def conv_transpose2d_with_bank(input: torch.Tensor, bank: torch.Tensor, output_size, *, stride, padding, dilation,
+                               groups: int) -> torch.Tensor:
+    """``F.conv_transpose2d`` of a 5-D ``input (B, C_out, S_out, H', W')`` with a flat bank ``(C_out·S_out,
+    C_in·S_in / groups, kh, kw)`` (the matching convolution's, as for :func:`conv2d_with_bank`) to ``output_size
+    (B, C_in, S_in, H, W)``; ``padding`` symmetric, ``(top, bottom, left, right)``.  The ``output_padding`` it
+    passes restores what the convolution's floor division dropped."""
     top, bottom, left, right = padding
     if (top, left) != (bottom, right):
         raise ValueError(f"padding: expected a symmetric padding for the transposed convolution, got {padding}")
-    kh, kw = weight.shape[-2:]
+    kh, kw = bank.shape[-2:]
     natural = [(n - 1) * s - 2 * p + d * (k - 1) + 1
                for n, s, p, d, k in zip(input.shape[-2:], stride, (top, left), dilation, (kh, kw))]
     output_padding = (output_size[-2] - natural[0], output_size[-1] - natural[1])
-    y = F.conv_transpose2d(input.flatten(1, 2), flat_bank(weight, group, in_group), None, stride, (top, left),
-                           output_padding, groups, dilation)
+    y = F.conv_transpose2d(input.flatten(1, 2), bank, None, stride, (top, left), output_padding, groups, dilation)
     return y.unflatten(1, tuple(output_size[1:3]))
 
 

@@ -29,15 +29,16 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from ._args import check_activation
-from ._spec import concrete_shape, make_spec
+from ._args import check_activation, check_group_pair
+from ._spec import concrete_shape, make_spec, transposed_geometry
 from ._support import autocast_inputs, compiling, untraced
 from .groups import Group, get_group, grid_permutation, register_group_family
-from .ops.steerable_conv import steerable_conv
-from .reference import activate, steerable_bank_from_tables
+from .ops.steerable_conv import steerable_conv, steerable_conv_transpose
+from .reference import activate, add_bias, steerable_bank_from_tables
 
 __all__ = ["SteerableGroup", "cyclic_group", "dihedral_group", "SteerableBasis", "steerable_basis",
-           "rotated_basis", "coefficient_rotation", "steerable_bank", "steerable_conv2d", "init_coefficients",
+           "rotated_basis", "coefficient_rotation", "steerable_bank", "steerable_conv2d", "steerable_conv_transpose2d",
+           "init_coefficients",
            "reset_coefficients", "basis_size", "coefficients_from_filter", "e2cnn_permutation", "SteerableWeights",
            "from_e2cnn", "smooth_input", "rotate_resampled", "resampled_equivariance_error"]
 
@@ -421,10 +422,54 @@ def steerable_conv2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Opti
     return activate(y, activation)
 
 
-def _check_coefficients(coefficients, group: SteerableGroup, in_group: Group, kernel_size) -> None:
+def steerable_conv_transpose2d(input: torch.Tensor, coefficients: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                               *, group, out_group=None, kernel_size: int, stride=1, padding=0, output_padding=0,
+                               groups: int = 1, dilation=1, tables: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Transposed steerable group convolution (what :class:`~gconv_triton.GroupConvTranspose2d` runs for ``C_N`` /
+    ``D_N``): the adjoint of :func:`steerable_conv2d` from ``out_group`` maps to ``group`` maps with the same
+    coefficients, as ``F.conv_transpose2d`` is the adjoint of ``F.conv2d`` (p4's free weights:
+    :func:`~gconv_triton.functional.gconv_transpose2d`).
+
+    Args:
+        input: ``(B, C_in, S, H, W)`` (``S = |group|``) or flattened ``(B, C_in·S, H, W)``.
+        coefficients: ``(C_in, C_out/groups, S_out, B)``, ``S_out = |out_group|``: the matching convolution's
+            ``(C_out, C_in/groups, S_in, B)`` (``nn.ConvTranspose2d``'s ``(in, out / groups, ...)`` layout).
+        bias: ``(C_out,)`` or None.
+        group: a :class:`SteerableGroup` or its name (``"c8"``); out_group: ``group`` (default) or ``'z2'``
+            (planes out: the adjoint of a lifting layer).
+        kernel_size, tables: as :func:`steerable_conv2d`.
+        stride, padding (int or pair), output_padding, groups, dilation: as ``F.conv_transpose2d``.
+    Returns ``(B, C_out, S_out, H_out, W_out)``, ``H_out = (H−1)·stride − 2·padding + dilation·(k−1) +
+    output_padding + 1``.  Where the Triton kernels serve the call, the convolution's input-gradient op
+    ``gconv_triton::steerable_conv2d_input_grad`` (its gradients: the forward op and the coefficient-gradient op,
+    no bank); elsewhere :func:`steerable_bank` + ``F.conv_transpose2d``, differentiated by autograd.  Under
+    ``torch.autocast`` the input, coefficients and bias are cast first, as for :func:`steerable_conv2d`.
+    """
+    group, out_group = check_group_pair(group, out_group, "out_group")
+    _check_group(group, "group")
+    input, coefficients, bias = autocast_inputs(input, coefficients, bias)
+    kernel_size = kernel_size[0] if isinstance(kernel_size, (tuple, list)) else kernel_size
+    if not compiling():
+        _check_coefficients(coefficients, group, out_group, kernel_size, transposed=True)
+    if tables is None:
+        tables = _tables(group, kernel_size, coefficients.dtype, coefficients.device)
+    x, size, geometry = transposed_geometry(input, coefficients, (kernel_size, kernel_size), bias, group=group,
+                                            out_group=out_group, stride=stride, padding=padding,
+                                            output_padding=output_padding, groups=groups, dilation=dilation)
+    y = steerable_conv_transpose(x, coefficients, tables, size, group=group, out_group=out_group,
+                                 kernel_size=kernel_size, stride=geometry["stride"], padding=geometry["padding"],
+                                 dilation=geometry["dilation"], groups=groups)
+    return add_bias(y, bias)
+
+
+def _check_coefficients(coefficients, group: SteerableGroup, in_group: Group, kernel_size,
+                        transposed: bool = False) -> None:
+    """``coefficients (C_out, C_in/groups, S_in, B)`` of a convolution from ``in_group`` to ``group`` maps, or
+    with ``transposed`` the same tensor read as a transposed convolution's ``(C_in, C_out/groups, S_out, B)``."""
     size = basis_size(kernel_size)
-    expected = f"(C_out, C_in/groups, {in_group.order}, {size}) for {in_group.name} -> {group.name} with a " \
-               f"{kernel_size}x{kernel_size} basis"
+    channels, maps = ("C_in, C_out/groups", f"{group.name} -> {in_group.name}") if transposed else \
+        ("C_out, C_in/groups", f"{in_group.name} -> {group.name}")
+    expected = f"({channels}, {in_group.order}, {size}) for {maps} with a {kernel_size}x{kernel_size} basis"
     if not isinstance(coefficients, torch.Tensor):
         raise TypeError(f"coefficients: expected a torch.Tensor {expected}, got {type(coefficients).__name__}")
     shape = concrete_shape(coefficients, quiet=True)

@@ -170,6 +170,11 @@ def steerable():  # C8 on the in-GEMM steering kernels ('triton') or the bank pa
                          gt.GroupConv2d(3, 2, 3, group='c8', in_group='c8', padding=1),
                          gt.GroupPool('max', group='c8'))
 
+def steerable_transpose():  # a C8 decoder: lifting, the transposed doubling, the transposed projection to planes
+    return nn.Sequential(gt.GroupConv2d(2, 3, 3, group='c8', padding=1),
+                         gt.GroupConvTranspose2d(3, 2, 4, stride=2, padding=1, group='c8'),
+                         gt.GroupConvTranspose2d(2, 2, 3, padding=1, groups=2, group='c8', out_group='z2'))
+
 def unpickled_user_group_layer():  # a copy of it, as torch.load gives back a whole pickled model
     return pickle.loads(pickle.dumps(user_group_layer()))
 
@@ -184,6 +189,7 @@ MODELS = {
     'p4m_resnet44': (lambda: gt.models.p4m_resnet44(num_classes=3, equal='compute'), (2, 3, 4, 4)),
     'chain': (chain, (2, 2, 5, 5)),
     'steerable': (steerable, (2, 2, 5, 5)),
+    'steerable_transpose': (steerable_transpose, (2, 2, 3, 3)),
 }
 
 def step(model, x, mode):

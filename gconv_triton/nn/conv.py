@@ -20,7 +20,8 @@ from ..exactness import inexact_reasons, inexact_reasons_transposed, warn_if_ine
 from ..functional import gconv2d, gconv_transpose2d, shared_kernel_conv1d, shared_kernel_conv2d
 from ..groups import Group, get_group, z2
 from ..reference import filter_bank, pad_input
-from ..steerable import SteerableGroup, basis_size, reset_coefficients, rotated_basis, steerable_bank, steerable_conv2d
+from ..steerable import (SteerableGroup, basis_size, reset_coefficients, rotated_basis, steerable_bank,
+                         steerable_conv2d, steerable_conv_transpose2d)
 
 __all__ = ["GroupConv2d", "P4ConvZ2", "P4ConvP4", "P4MConvZ2", "P4MConvP4M", "GroupConvTranspose2d", "Conv1d",
            "Conv2d", "SharedKernelConv1d", "SharedKernelConv2d", "gcnn_width"]
@@ -46,8 +47,43 @@ def reset_conv_parameters(weight: torch.Tensor, bias: Optional[torch.Tensor]) ->
         nn.init.uniform_(bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
 
+class _SteerableTables:
+    """What a convolution layer on ``C_N`` / ``D_N`` (``group`` a :class:`~gconv_triton.steerable.SteerableGroup`)
+    adds to its ``nn.Module``: the rotated tables ``Ψ (S, B, k·k)`` as the non-persistent buffer ``basis`` (it
+    moves with the layer and is a plain input to compiled graphs; the state dict keeps ``weight`` and ``bias``
+    only), rebuilt from float64 whenever the layer is cast or moved."""
+
+    def _register_basis(self, device, dtype) -> None:
+        if self.steerable:
+            tables = rotated_basis(self.group, self.kernel_size[0]).flatten(2)
+            self.register_buffer("basis", tables.to(device=device, dtype=dtype or torch.get_default_dtype()),
+                                 persistent=False)
+
+    def _apply(self, fn, recurse: bool = True):
+        """``nn.Module``'s (``.to``, ``.double()``, ``.cuda()``, ...), then the steerable tables rebuilt from float64
+        in their new dtype and device: a cast of tables already rounded (fp32 -> float64) would leave the float64
+        layer computing with fp32 tables.  Written in place, so that what ``fn`` made of the buffer (its device,
+        dtype, shared or pinned memory) stays."""
+        super()._apply(fn, recurse)
+        if self.steerable and self.basis is not None:
+            with torch.no_grad():
+                self.basis.copy_(rotated_basis(self.group, self.kernel_size[0]).flatten(2))
+        return self
+
+    @property
+    def steerable(self) -> bool:
+        """Whether ``group`` is ``C_N`` / ``D_N`` on steerable filters (``weight`` holds basis coefficients)."""
+        return isinstance(self.group, SteerableGroup)
+
+    def _steerable_repr(self) -> str:
+        """The basis size (and a non-zero reflection axis) for ``extra_repr``; empty for other groups."""
+        if not self.steerable:
+            return ""
+        return f", basis={basis_size(self.kernel_size)}" + (f", axis={self.group.axis:g}" if self.group.axis else "")
+
+
 # --------------------------------------------------------------------------------------- group convolution
-class GroupConv2d(nn.Module):
+class GroupConv2d(_SteerableTables, nn.Module):
     """Group convolution from ``in_group`` feature maps to ``group`` feature maps (Cohen & Welling, 2016).
 
     Args:
@@ -94,27 +130,8 @@ class GroupConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, self.in_group.order, *window,
                                                **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        if self.steerable:  # Ψ (S, B, k·k): a buffer moves with the layer and is a plain input to compiled graphs
-            tables = rotated_basis(self.group, self.kernel_size[0]).flatten(2)
-            self.register_buffer("basis", tables.to(device=device, dtype=dtype or torch.get_default_dtype()),
-                                 persistent=False)
+        self._register_basis(device, dtype)
         self.reset_parameters()
-
-    def _apply(self, fn, recurse: bool = True):
-        """``nn.Module``'s (``.to``, ``.double()``, ``.cuda()``, ...), then the steerable tables rebuilt from float64
-        in their new dtype and device: a cast of tables already rounded (fp32 -> float64) would leave the float64
-        layer computing with fp32 tables.  Written in place, so that what ``fn`` made of the buffer (its device,
-        dtype, shared or pinned memory) stays."""
-        super()._apply(fn, recurse)
-        if self.steerable and self.basis is not None:
-            with torch.no_grad():
-                self.basis.copy_(rotated_basis(self.group, self.kernel_size[0]).flatten(2))
-        return self
-
-    @property
-    def steerable(self) -> bool:
-        """Whether ``group`` is ``C_N`` / ``D_N`` on steerable filters (``weight`` holds basis coefficients)."""
-        return isinstance(self.group, SteerableGroup)
 
     def reset_parameters(self) -> None:
         """``nn.Conv2d``'s initialisation with fan-in ``C_in/groups · S_in · kh · kw`` (steerable filters: the
@@ -143,8 +160,7 @@ class GroupConv2d(nn.Module):
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"group={self.group.name}, in_group={self.in_group.name}, stride={self.stride}")
-        if self.steerable:
-            s += f", basis={basis_size(self.kernel_size)}" + (f", axis={self.group.axis:g}" if self.group.axis else "")
+        s += self._steerable_repr()
         if self.padding not in (0, (0, 0)):
             s += f", padding={self.padding!r}"
         if self.padding_mode != "zeros":
@@ -208,16 +224,21 @@ def gcnn_width(cnn_width: int, group: Union[Group, str], equal: str = "params") 
 
 
 # ------------------------------------------------------------------------------------- transposed convolution
-class GroupConvTranspose2d(nn.Module):
-    """Transposed group convolution (U-Net decoders): see :func:`gconv_transpose2d`.
+class GroupConvTranspose2d(_SteerableTables, nn.Module):
+    """Transposed group convolution (U-Net decoders): see :func:`gconv_transpose2d` (and, for ``C_N`` / ``D_N``,
+    :func:`~gconv_triton.steerable.steerable_conv_transpose2d`).
 
     Args:
         in_channels, out_channels: G-channels of the input (on ``group``) and output (on ``out_group``).
         kernel_size, stride, padding, output_padding, groups, bias, dilation, device, dtype: as
             ``torch.nn.ConvTranspose2d`` (padding an int or a pair).
-        group: the input's group; out_group: the output's (default ``group``; ``"z2"`` projects to planes).
+        group: the input's group, as :class:`GroupConv2d`'s (``"p4"``, ``"p4m"``, ..., or ``"c8"``, ``"d16"``, ...
+            on steerable filters); out_group: the output's (default ``group``; ``"z2"`` projects to planes).
 
-    Parameters: ``weight (in_channels, out_channels / groups, S_out, kh, kw)``, ``bias (out_channels,)``.
+    Parameters: ``weight (in_channels, out_channels / groups, S_out, kh, kw)``, ``bias (out_channels,)``; with a
+    steerable group ``weight`` is the coefficients ``(in_channels, out_channels / groups, S_out, B)`` of the
+    matching steerable convolution (the tables ``Ψ`` a non-persistent buffer ``basis``, as
+    :class:`GroupConv2d`'s), run on the kernels as that convolution's input gradient (no bank).
     A nonzero ``output_padding`` makes the layer inexact (one :class:`~gconv_triton.EquivarianceWarning` per
     input size): for a U-Net decoder that doubles the size use ``kernel_size=4, stride=2, padding=1``.
     """
@@ -228,10 +249,6 @@ class GroupConvTranspose2d(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = check_channels(in_channels, out_channels, groups)
         self.group, self.out_group = check_group_pair(group, out_group, "out_group")
-        if isinstance(self.group, SteerableGroup):
-            raise ValueError(f"group: GroupConvTranspose2d has no steerable groups yet, got {self.group.name}; "
-                             f"expected p4, p4m or another group of grid symmetries (a decoder on {self.group.name} "
-                             f"can upsample, then apply GroupConv2d(..., group={self.group.name.lower()!r}))")
         self.kernel_size = kernel_pair(kernel_size)
         self.group.check_kernel_size(self.kernel_size)
         if isinstance(padding, str):
@@ -240,19 +257,29 @@ class GroupConvTranspose2d(nn.Module):
         self.padding = (top, left)
         self.output_padding = output_padding_pair(output_padding, self.stride, self.dilation)
         factory = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(in_channels, out_channels // groups, self.out_group.order,
-                                               *self.kernel_size, **factory))
+        window = (basis_size(self.kernel_size),) if self.steerable else self.kernel_size
+        self.weight = nn.Parameter(torch.empty(in_channels, out_channels // groups, self.out_group.order, *window,
+                                               **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self._register_basis(device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """``nn.ConvTranspose2d``'s initialisation with fan-in ``C_out/groups · S_out · kh · kw``."""
-        reset_conv_parameters(self.weight, self.bias)
+        """``nn.ConvTranspose2d``'s initialisation with fan-in ``C_out/groups · S_out · kh · kw`` (steerable
+        filters: the coefficients drawn so that the bank's per-position weights get its variance, as
+        :func:`~gconv_triton.steerable.reset_coefficients` does for the matching convolution)."""
+        if self.steerable:
+            reset_coefficients(self.weight, self.bias, self.kernel_size[0])
+        else:
+            reset_conv_parameters(self.weight, self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        y = gconv_transpose2d(input, self.weight, self.bias, group=self.group, out_group=self.out_group,
-                              stride=self.stride, padding=self.padding, output_padding=self.output_padding,
-                              groups=self.groups, dilation=self.dilation)
+        conv, steered = gconv_transpose2d, {}
+        if self.steerable:
+            conv, steered = steerable_conv_transpose2d, dict(kernel_size=self.kernel_size[0], tables=self.basis)
+        y = conv(input, self.weight, self.bias, group=self.group, out_group=self.out_group, stride=self.stride,
+                 padding=self.padding, output_padding=self.output_padding, groups=self.groups,
+                 dilation=self.dilation, **steered)
         warn_if_inexact(self, input)  # once per input size: output_padding != 0 is off-centre
         return y
 
@@ -263,6 +290,7 @@ class GroupConvTranspose2d(nn.Module):
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, group={self.group.name}, "
              f"out_group={self.out_group.name}, stride={self.stride}, padding={self.padding}")
+        s += self._steerable_repr()
         if self.output_padding != (0, 0):
             s += f", output_padding={self.output_padding}"
         if self.dilation != (1, 1):
@@ -284,15 +312,17 @@ def _exported(layer: Union[GroupConv2d, GroupConvTranspose2d], conv_type, order:
     """``layer``'s filter bank in a plain ``conv_type`` (``nn.Conv2d`` or ``nn.ConvTranspose2d``) with the bias
     repeated over the ``order`` output group elements, followed by the layer's activation if it has one."""
     factory = dict(device=layer.weight.device, dtype=layer.weight.dtype)
-    if conv_type is nn.ConvTranspose2d:
-        bank = filter_bank(layer.weight, layer.group, layer.out_group).flatten(0, 1).flatten(1, 2)
-        in_channels, out_channels = bank.shape[0], bank.shape[1] * layer.groups
+    transposed = conv_type is nn.ConvTranspose2d
+    other_group = layer.out_group if transposed else layer.in_group
+    # the matching convolution's bank (C_out·S, C_in·S_in / groups, k, k), which nn.ConvTranspose2d reads as its
+    # (in, out / groups, k, k); steerable filters: from the coefficients and the layer's tables
+    if layer.steerable:
+        bank = steerable_bank(layer.weight, layer.group, other_group, layer.kernel_size[0], layer.basis)
     else:
-        if isinstance(layer.group, SteerableGroup):  # (C_out·S, C_in·S_in / groups, k, k) from the coefficients
-            bank = steerable_bank(layer.weight, layer.group, layer.in_group, layer.kernel_size[0], layer.basis)
-        else:
-            bank = filter_bank(layer.weight, layer.group, layer.in_group).flatten(0, 1).flatten(1, 2)
-        in_channels, out_channels = bank.shape[1] * layer.groups, bank.shape[0]
+        bank = filter_bank(layer.weight, layer.group, other_group).flatten(0, 1).flatten(1, 2)
+    in_channels, out_channels = bank.shape[0], bank.shape[1] * layer.groups
+    if not transposed:
+        in_channels, out_channels = out_channels, in_channels
     conv = conv_type(in_channels, out_channels, layer.kernel_size, stride=layer.stride, padding=layer.padding,
                      dilation=layer.dilation, groups=layer.groups, bias=layer.bias is not None, **options, **factory)
     conv.weight.copy_(bank)

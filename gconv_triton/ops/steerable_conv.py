@@ -15,6 +15,8 @@ backward.  The ops take one channel group, symmetric zeros padding and no activa
 handles the rest around them (channel groups one op each, an asymmetric ``'same'`` padding by ``F.pad`` first; the
 caller applies the activation), and runs the reference as standard PyTorch ops (bank + ``F.conv2d``, autograd)
 where the kernels do not serve the call: the ``'torch'`` backend, ``'auto'`` on a non-CUDA tensor, an ONNX export.
+:func:`steerable_conv_transpose` (``GroupConvTranspose2d`` on ``C_N`` / ``D_N``) is the input-gradient op as a
+forward, its gradients the other two ops, by the same rules (reference: bank + ``F.conv_transpose2d``).
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ from .._backend import reference_path
 from .._spec import conv_out_size, resolve_geometry
 from .._support import GROUPS, backend_name, kernels_for, onnx_exporting, untraced
 from ..groups import Group
-from ..reference import (conv2d_with_bank, pad_input, split_padding, steerable_bank_adjoint,
-                         steerable_bank_from_tables)
+from ..reference import (conv2d_with_bank, conv_transpose2d_with_bank, pad_input, split_padding,
+                         steerable_bank_adjoint, steerable_bank_from_tables)
 from .group_conv import bias_grad
 
-__all__ = ["steerable_conv"]
+__all__ = ["steerable_conv", "steerable_conv_transpose"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -203,3 +205,29 @@ def steerable_conv(x: Tensor, coefficients: Tensor, bias: Optional[Tensor], tabl
     biases = [None] * groups if bias is None else bias.chunk(groups)
     return torch.cat([_conv_op(xg, cg, bg, tables, *geometry)
                       for xg, cg, bg in zip(x.chunk(groups, 1), coefficients.chunk(groups), biases)], 1)
+
+
+def steerable_conv_transpose(dy: Tensor, coefficients: Tensor, tables: Tensor, output_size, *, group: Group,
+                             out_group: Group, kernel_size: int, stride, padding, dilation, groups: int) -> Tensor:
+    """The transposed steerable convolution: the adjoint of the steerable convolution from ``out_group`` maps of
+    ``output_size (B, C_out, S_out, H, W)`` to ``group`` maps whose coefficients are ``coefficients (C_in,
+    C_out/groups, S_out, B)``, applied to ``dy (B, C_in, S, H', W')``; ``stride``, ``padding`` (symmetric,
+    ``(top, left)``) and ``dilation`` pairs, checked by the caller
+    (:func:`~gconv_triton.steerable.steerable_conv_transpose2d`).  Returns ``output_size``, no bias.
+
+    Where the kernels serve ``dy``, the convolution's input-gradient op, one per channel group: its autograd
+    gives ``dy``'s gradient by the forward op and the coefficients' by the coefficient-gradient op (nothing of the
+    bank's size either way).  Elsewhere (and in an ONNX export) the reference as standard ops: the bank by one
+    matmul, then ``F.conv_transpose2d``, differentiated by autograd."""
+    backend = backend_name()
+    if onnx_exporting() or reference_path(dy, backend):
+        bank = _reference_bank(coefficients, tables, group, out_group)
+        return conv_transpose2d_with_bank(dy, bank, output_size, stride=stride, padding=_pad4(padding),
+                                          dilation=dilation, groups=groups)
+    geometry = (GROUPS.key(group), GROUPS.key(out_group), kernel_size, list(stride), list(padding), list(dilation),
+                backend)
+    size = [output_size[0], output_size[1] // groups, *output_size[2:]]   # one channel group's
+    if groups == 1:
+        return _input_grad_op(dy, coefficients, tables, size, *geometry)
+    return torch.cat([_input_grad_op(dg, cg, tables, size, *geometry)
+                      for dg, cg in zip(dy.chunk(groups, 1), coefficients.chunk(groups))], 1)
