@@ -141,7 +141,9 @@ def _per_position_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_lis
     if HOIST:
         slice_off = _slice_offsets(kl, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR)
     row0 = b * stride_a_n + ih0 * stride_a_h + iw0 * stride_a_w
-    BITS: tl.constexpr = not HALO and KPOS <= 64
+    # The forward's bounds as one bit per row and window position.  The input gradient keeps the four bounds: with
+    # the bits, its best config on P4CNN's 4x4 layer spills (perf/results/static-masked-2026-12-05.md)
+    BITS: tl.constexpr = not HALO and GROUP_ON_N and KPOS <= 64
     if BITS:
         # as a [BLOCK_M, BLOCK_K] tile (adding kl >> 31, zero, which the compiler does not fold into a broadcast
         # of a column) it takes the A tile's layout: the bit test per position then needs no layout conversion
