@@ -181,12 +181,12 @@ def _in_place_offsets(x_cl: torch.Tensor, spec, rows: int) -> tuple[torch.Tensor
     sb, sh, sw = x_cl.stride()[:3]
     key = ("in_place_offsets", spec.batch, spec.height, spec.width, spec.out_height, spec.out_width, *spec.stride,
            *spec.dilation, spec.padding[0], spec.padding[2], *spec.kernel, sb, sh, sw, rows, x_cl.device)
-    table = geometry_table(key, lambda: _build_in_place_offsets(spec, sb, sh, sw, rows, x_cl.device))
+    table, padding = geometry_table(key, lambda: _build_in_place_offsets(spec, sb, sh, sw, rows, x_cl.device))
     zeros = zero_page(x_cl.shape[-1], x_cl.dtype, x_cl.device)
     delta, rest = divmod(zeros.data_ptr() - x_cl.data_ptr(), x_cl.element_size())
     if rest:   # every tensor starts element-aligned, and the zero page 256-byte aligned
         raise RuntimeError(f"x: data pointer {x_cl.data_ptr():#x} is not aligned to its element size")
-    return torch.where(table < 0, delta, table), delta
+    return torch.where(padding, delta, table), delta
 
 
 def zero_page(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -198,8 +198,8 @@ def zero_page(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Ten
                           lambda: torch.zeros(nbytes, dtype=torch.uint8, device=device)).view(dtype)
 
 
-def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: torch.device) -> torch.Tensor:
-    """:func:`_in_place_offsets`'s table with -1 where the zero page's offset goes."""
+def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: torch.device):
+    """:func:`_in_place_offsets`'s table with 0 where the zero page's offset goes, and where that is (bool)."""
     (kh, kw), (st_h, st_w), (dl_h, dl_w) = spec.kernel, spec.stride, spec.dilation
     ih = (torch.arange(spec.out_height, device=dev)[None, :] * st_h - spec.padding[0]
           + torch.arange(kh, device=dev)[:, None] * dl_h)                                  # (kh, H_out)
@@ -209,9 +209,11 @@ def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: tor
               & ((iw >= 0) & (iw < spec.width))[None, :, None, None, :])                  # (kh, kw, 1, H_out, W_out)
     off = (torch.arange(spec.batch, device=dev)[None, None, :, None, None] * sb
            + ih[:, None, None, :, None] * sh + iw[None, :, None, None, :] * sw)           # (kh, kw, B, H_out, W_out)
-    out = torch.full((kh * kw, rows), -1, device=dev, dtype=torch.int64)
-    out[:, :off[0, 0].numel()] = torch.where(inside, off, -1).reshape(kh * kw, -1)
-    return out
+    table = torch.zeros((kh * kw, rows), device=dev, dtype=torch.int64)
+    padding = torch.ones((kh * kw, rows), device=dev, dtype=torch.bool)
+    table[:, :off[0, 0].numel()] = torch.where(inside, off, 0).reshape(kh * kw, -1)
+    padding[:, :off[0, 0].numel()] = ~inside.expand_as(off).reshape(kh * kw, -1)
+    return table, padding
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None) -> torch.Tensor:
