@@ -58,7 +58,7 @@ def _permute_rows(acc, src, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 @maybe_autotune(_configs(), key=["R_TOTAL", "M_CH", "O_PAD", "S_IN", "S_OUT", "KH", "KW", "COPIES", "PRECISION"],
                 tiles=dict(BLOCK_M="M_CH", BLOCK_N="O_PAD"),
                 operands=[("BLOCK_R", "BLOCK_M"), ("BLOCK_R", "BLOCK_N")])
-@triton.heuristics(dict(WIDE=lambda a: needs_int64(a["x_ptr"], a["dy_ptr"]),
+@triton.heuristics(dict(WIDE=lambda a: needs_int64(a["x_ptr"], a["dy_ptr"], a["pix_ptr"]),
                         ACC=lambda a: accumulator(a["x_ptr"].dtype), UPCAST=lambda a: upcast(a["x_ptr"].dtype)))
 @triton.jit
 def _weight_grad_kernel(
@@ -263,11 +263,10 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
             raise ValueError(f"x_copy: expected forward's copy of x, shape ({', '.join(map(str, expected))}, "
                              f"groups·channels >= {spec.groups * m_ch}) with unit channel stride, got shape "
                              f"{tuple(x_copy.shape)} strides {x_copy.stride()}")
-    wide = needs_int64(x_cl, dy_go)
-    if in_place:
+    if in_place:   # (kh·kw, R_ALLOC) int64: its own offsets may pass int32 (the kernel's WIDE counts them)
         pix, zero_delta = _in_place_offsets(x_cl, spec, r_alloc)
     else:
-        pix, zero_delta = _window_offsets(x_cl, spec, r_alloc, wide), 0
+        pix, zero_delta = _window_offsets(x_cl, spec, r_alloc, needs_int64(x_cl, dy_go)), 0
 
     def grid(meta):
         rows = meta["BLOCK_M"] // spec.s_in * spec.s_in
