@@ -97,10 +97,10 @@ def test_forward_channels_last_window_both_layouts(group, k, dtype, stride, padd
     """The channels-last forward (regular C_8 / C_16 / D_8 fields): on an input in ``(B, C, S, H, W)`` memory order
     (copied channels-last by the launcher) and on one already channels-last (``(B, H, W, C, S)`` in memory, no
     copy), the same result, matching the float64 reference."""
-    assert kernels.channels_last_window(group.order, dtype) and not kernels.channels_last_window(1, dtype)
-    assert not kernels.channels_last_window(group.order, torch.float64)
+    assert kernels.channels_last_window(group.order, dtype, k) and not kernels.channels_last_window(1, dtype, k)
+    assert not kernels.channels_last_window(group.order, torch.float64, k)
     with torch.backends.cudnn.flags(allow_tf32=False):   # exact fp32 dots: the (B, C, S, H, W) kernel
-        assert not kernels.channels_last_window(8, torch.float32)
+        assert not kernels.channels_last_window(8, torch.float32, k)
     (x, c, bias), in_group = _inputs(group, False, k, dtype, c_in=2, c_out=19, height=6, width=7)
     tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
     ref = st.steerable_conv2d(x.double(), c.double(), bias.double(), group=group, in_group=in_group, kernel_size=k,
