@@ -672,10 +672,10 @@ def _element_block(c_out: int, s_out: int, block_n: int, min_channels: int, max_
                    ) -> tuple[int, int]:
     """``(BLOCK_N, BLOCK_G)`` of a forward program whose ``BLOCK_N`` output columns are ``BLOCK_G`` output elements
     × ``BLOCK_O = BLOCK_N / BLOCK_G`` channels (powers of two, ``BLOCK_O >= min_channels``, ``BLOCK_G <=
-    max_elements``): the split that pads
-    ``C_out·S_out`` least (ties: the widest channel block), so that a narrow ``C_out`` fills the tile with several
-    elements, which then share each window read.  ``BLOCK_N`` shrinks (to no less than 16) where even every
-    element of a program does not fill it."""
+    max_elements``, ``BLOCK_N`` at most the given width and at least 16): the split with the least padded work,
+    the padded ``C_out·S_out`` columns counted twice per halving of the tile (ties: the fewest padded columns, then
+    the widest channel block).  A narrow ``C_out`` so fills the tile with several elements, which then share each
+    window read."""
     elements = next_power_of_2(min(s_out, max_elements or s_out))
     best = None
     block_o = block_n
@@ -683,7 +683,9 @@ def _element_block(c_out: int, s_out: int, block_n: int, min_channels: int, max_
         block_g = min(block_n // block_o, elements)
         width = block_o * block_g
         padded = cdiv(c_out, block_o) * block_o * cdiv(s_out, block_g) * block_g
-        key = (width < block_n, padded)          # a full tile first, then the least padding
+        # the padded columns' work, twice per MAC where the tile is half as wide (its per-program costs); then
+        # the fewest padded columns
+        key = (padded * block_n // width, padded)
         if width >= 16 and (best is None or key < best[0]):
             best = (key, width, block_g)
         block_o //= 2

@@ -287,3 +287,58 @@ def test_empty_batch():
     assert y.shape == (0, 3, 4, 5, 5)
     assert kernels.input_grad(y, c, tables, index, x.shape, 1, 1, 1).shape == x.shape
     assert torch.equal(kernels.weight_grad(y, x, tables, index, c.shape, 1, 1, 1), torch.zeros_like(c))
+
+
+# (group, lifting, C_out, dtype, k, stride, forced (BLOCK_N, BLOCK_G)): programs of several output elements,
+# (elements × channels) splits that leave ragged channel blocks (C_out = 3, 5, 17 on blocks of 2, 4, 16) and element
+# blocks wider than S_out (16 elements of C_8); lifting and regular fields, both forward kernels
+ELEMENT_SPLITS = [
+    (C4, True, 1, torch.float32, 3, 1, (32, 2)),
+    (C8, True, 3, torch.float16, 5, 2, (64, 4)),
+    (C16, True, 17, torch.bfloat16, 3, 1, (64, 2)),
+    (C16, False, 4, torch.bfloat16, 3, 1, (64, 16)),
+    (C8, False, 3, torch.bfloat16, 3, 2, (32, 16)),
+    (D8, False, 3, torch.float16, 5, 1, (32, 8)),
+    (C16, False, 1, torch.float32, 3, 1, (16, 8)),
+    (C8, False, 5, torch.float32, 7, 1, (32, 4)),
+    (C4, False, 17, torch.float64, 3, 2, (32, 2)),
+    (D8, False, 3, torch.float64, 3, 1, (64, 4)),
+]
+
+
+def _split_id(case) -> str:
+    group, lifting, c_out, dtype, k, stride, (block_n, block_g) = case
+    return (f"{group.name}-{'lift' if lifting else 'regular'}-cout{c_out}-k{k}-s{stride}-{str(dtype).split('.')[-1]}"
+            f"-n{block_n}g{block_g}")
+
+
+@pytest.mark.parametrize("case", ELEMENT_SPLITS, ids=[_split_id(c) for c in ELEMENT_SPLITS])
+def test_forward_several_elements_per_program(monkeypatch, case):
+    """The forward with a program's columns split into ``BLOCK_G`` output elements × ``BLOCK_N / BLOCK_G``
+    channels, forced: matches the float64 reference, on ``(B, C, S, H, W)`` and on channels-last inputs."""
+    group, lifting, c_out, dtype, k, stride, split = case
+    monkeypatch.setattr(kernels, "_element_block", lambda *args: split)
+    (x, c, bias), in_group = _inputs(group, lifting, k, dtype, batch=1, c_in=2, c_out=c_out, height=7, width=5)
+    tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
+    padding = k // 2
+    ref = st.steerable_conv2d(x.double(), c.double(), bias.double(), group=group, in_group=in_group, kernel_size=k,
+                              stride=stride, padding=padding)
+    y = kernels.forward(x, c, bias, tables, index, stride, padding, 1)
+    assert_close(y, ref, dtype, "y")
+    if kernels.channels_last_window(in_group.order, dtype, k):
+        x_last = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+        assert torch.equal(kernels.forward(x_last, c, bias, tables, index, stride, padding, 1), y)
+
+
+def test_element_block_fills_the_tile_with_least_padding():
+    """The (elements × channels) split: narrow C_out takes several elements (ReResNet stage 1: 4 C_16 fields fill
+    64 columns with all 16 elements), a C_out of 2·17 takes blocks of 2 channels, the steering dot's minimum
+    channel block holds, and a tile wider than every element's channels shrinks to them."""
+    assert kernels._element_block(4, 16, 64, 1) == (64, 16)
+    assert kernels._element_block(8, 8, 64, 2) == (64, 8)
+    assert kernels._element_block(34, 16, 32, 1) == (32, 16)
+    assert kernels._element_block(64, 8, 64, 2) == (64, 1)
+    assert kernels._element_block(17, 16, 256, 16) == (256, 8)
+    assert kernels._element_block(34, 16, 64, 1, 8) == (64, 8)
+    assert kernels._element_block(1, 4, 64, 16) == (64, 4)
+    assert kernels._element_block(1, 4, 256, 2) == (16, 4)
