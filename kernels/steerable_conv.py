@@ -17,17 +17,22 @@ The GEMMs run transposed, channels × pixels: the steered filter is computed in 
 can only be a dot's A operand on Hopper (wgmma reads B from shared memory), so ``W`` is A and the gathered window
 is B; on sm_90 both dots compile to wgmma.
 
-- **Forward, channels-last window** (regular C_8 fields, and 16-bit C_16 / D_8 ones: ``channels_last_window``),
-  program ``(BLOCK_M pixels, BLOCK_N output channels, g)`` on ``x`` channels-last (``(B, H, W, C_in, S_in)`` in
-  memory: the launcher copies it so unless it already is).  K steps over ``(i, 16 window positions)``, each
-  ``(p, s)`` wide with ``s`` fastest, so that a (pixel, position) reads ``S_in`` contiguous elements (16-byte
-  vector loads, ``cp.async``).  The step's filter ``W ((p, s) × O)`` is one dot, ``Ψ[g]ᵀ (16 × B) @ Cᵗ (B ×
-  (s, o))`` with ``Cᵗ[b, (s, o)] = c[o, i, index[g, s], b]`` (read from the coefficients transposed to ``(C_in,
-  S_in, B, C_out)`` by the launcher), reshaped in order; then ``y (M × O) += X (M × (p, s)) @ W``.
-- **Forward**, other inputs, program ``(BLOCK_M output pixels (n, m), BLOCK_N output channels o, element g)``.  ``Ψ[g]``
-  (``B × P``) is loaded once.  K steps over ``(i, s)``: the steering dot ``Wᵀ (O × P) = Cᵀ (O × B) @ Ψ[g]``
-  with ``Cᵀ[o, b] = c[o, i, index[g, s], b]``, rounded to the input dtype, then the main dot
-  ``yᵀ (O × M) += Wᵀ @ X (P × M)``, ``X[p, m] = x[n, i, s, q(m, p)]`` gathered (masked: zeros padding).
+- **Forward, channels-last window** (regular C_8 fields, 16-bit C_16 / D_8 ones, tf32 C_16 / D_8 ones at k = 3:
+  ``channels_last_window``), program ``(BLOCK_M pixels, BLOCK_N output columns, element block)`` on ``x``
+  channels-last (``(B, H, W, C_in, S_in)`` in memory: the launcher copies it so unless it already is).  The
+  ``BLOCK_N`` columns are ``(g, o)``, ``BLOCK_G`` output elements × ``BLOCK_O`` channels, ``o`` fastest
+  (``_element_block``: several elements where ``C_out`` is narrow, so that every window read serves all of
+  them).  K steps over ``(i, 16 window positions)``, each ``(p, s)`` wide with ``s`` fastest, so that a (pixel,
+  position) reads ``S_in`` contiguous elements (16-byte vector loads, ``cp.async``).  The step's filter is one
+  batched dot, ``W_g ((p, s) × O) = Ψ[g]ᵀ (16 × B) @ Cᵗ_g (B × (s, o))`` per element with ``Cᵗ_g[b, (s, o)] =
+  c[o, i, index[g, s], b]`` (read from the coefficients transposed to ``(C_in, S_in, B, C_out)`` by the
+  launcher), permuted to ``W ((p, s) × (g, o))``; then ``y (M × (g, o)) += X (M × (p, s)) @ W``.
+- **Forward**, other inputs, program ``(BLOCK_M output pixels (n, m), BLOCK_N output rows (g, o), element block)``,
+  the rows split as above (``BLOCK_O ≥ 16``).  ``Ψ[g]`` (``B × P``) of the block's elements is loaded once.  K
+  steps over ``(i, s)``: the steering dot, batched over the elements, ``Wᵀ_g (O × P) = Cᵀ_g (O × B) @ Ψ[g]``
+  with ``Cᵀ_g[o, b] = c[o, i, index[g, s], b]`` (one tile for all elements in a lifting layer, ``index[g, 0] =
+  0``), rounded to the input dtype, is ``Wᵀ ((g, o) × P)`` in order; then the main dot ``yᵀ ((g, o) × M) += Wᵀ @
+  X (P × M)``, ``X[p, m] = x[n, i, s, q(m, p)]`` gathered (masked: zeros padding) once for all the elements.
 - **Input gradient**, program ``(BLOCK_M input pixels (n, u), BLOCK_N input channels i, input element s)``:
   the same GEMM with the channel roles swapped.  K steps over ``(g, o)`` (``Ψ[g]`` loaded per ``g``):
   ``Wᵀ (I × P) = Cᵀ (I × B) @ Ψ[g]`` with ``Cᵀ[i, b] = c[o, i, index[g, s], b]``, then
