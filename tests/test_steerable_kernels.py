@@ -290,8 +290,9 @@ def test_empty_batch():
 
 
 # (group, lifting, C_out, dtype, k, stride, forced (BLOCK_N, BLOCK_G)): programs of several output elements,
-# (elements × channels) splits that leave ragged channel blocks (C_out = 3, 5, 17 on blocks of 2, 4, 16) and element
-# blocks wider than S_out (16 elements of C_8); lifting and regular fields, both forward kernels
+# (elements × channels) splits that leave ragged channel blocks (C_out = 3, 5, 17 on blocks of 2, 4, 16), ragged
+# element blocks (C_5, D_3) and element blocks wider than S_out (16 elements of C_8); lifting and regular fields,
+# both forward kernels
 ELEMENT_SPLITS = [
     (C4, True, 1, torch.float32, 3, 1, (32, 2)),
     (C8, True, 3, torch.float16, 5, 2, (64, 4)),
@@ -303,6 +304,8 @@ ELEMENT_SPLITS = [
     (C8, False, 5, torch.float32, 7, 1, (32, 4)),
     (C4, False, 17, torch.float64, 3, 2, (32, 2)),
     (D8, False, 3, torch.float64, 3, 1, (64, 4)),
+    (st.cyclic_group(5), False, 3, torch.float32, 3, 1, (32, 2)),
+    (st.dihedral_group(3), True, 2, torch.bfloat16, 5, 1, (64, 4)),
 ]
 
 
