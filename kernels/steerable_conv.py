@@ -190,20 +190,21 @@ def _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sn, sh, sw, stride_h, strid
 
 
 @triton.jit
-def _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, hw, HAS_BIAS: tl.constexpr,
+def _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, hw, image, HAS_BIAS: tl.constexpr,
                  ACC: tl.constexpr, OFFSET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
                  COLUMNS_FIRST: tl.constexpr):
     """Add the bias and store a forward tile whose ``BLOCK_N`` output columns are ``(g, o)``, ``o`` fastest
-    (``BLOCK_G`` elements × ``BLOCK_N / BLOCK_G`` channels of program ``(pid_o, pid_g)``), into ``y (NB, C_OUT,
-    S_OUT, HO, WO)`` for pixels ``m`` (image ``n``; ``hw = HO·WO``).  ``acc`` is ``(BLOCK_N × M)`` where
-    ``COLUMNS_FIRST``, else ``(M × BLOCK_N)``."""
+    (``BLOCK_G`` elements × ``BLOCK_N / BLOCK_G`` channels of program ``(pid_o, pid_g)``), into ``y (NB, C, S_OUT,
+    HO, WO)`` (``y_ptr`` and ``bias_ptr`` at the program's channel group, ``C_OUT`` channels of it; ``image``: the
+    elements of one image, ``C·S_OUT·HO·WO``) for pixels ``m`` (image ``n``; ``hw = HO·WO``).  ``acc`` is
+    ``(BLOCK_N × M)`` where ``COLUMNS_FIRST``, else ``(M × BLOCK_N)``."""
     BLOCK_O: tl.constexpr = BLOCK_N // BLOCK_G
     j = tl.arange(0, BLOCK_N)
     o = pid_o * BLOCK_O + j % BLOCK_O
     g = pid_g * BLOCK_G + j // BLOCK_O
     ok = (o < C_OUT) & (g < S_OUT)
     column = (o.to(OFFSET) * S_OUT + g) * hw                                  # (BLOCK_N,)
-    pixel = n.to(OFFSET) * C_OUT * S_OUT * hw + m % hw                         # (M,)
+    pixel = n.to(OFFSET) * image + m % hw                                      # (M,)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + o, mask=ok, other=0.0).to(ACC)
     if COLUMNS_FIRST:
@@ -219,26 +220,40 @@ def _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, h
 
 
 @triton.jit
+def _channel_group(C_OUT, GROUPS: tl.constexpr, BLOCK_O: tl.constexpr):
+    """``(channel group, channel block in it)`` of a forward program: grid axis 1 runs over ``GROUPS`` × the
+    ``cdiv(C_OUT, BLOCK_O)`` blocks of a group (with one group, no index arithmetic at all)."""
+    blocks = tl.cdiv(C_OUT, BLOCK_O)
+    group = tl.program_id(1) // blocks if GROUPS > 1 else 0
+    block = tl.program_id(1) % blocks if GROUPS > 1 else tl.program_id(1)
+    return group, block
+
+
+@triton.jit
 def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
                     NB, C_IN, C_OUT, H, W, HO, WO,
                     sxn, sxc, sxs, sxh, sxw, sco, sci, scs, scb,
                     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                     S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
-                    P_PAD: tl.constexpr, B_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    P_PAD: tl.constexpr, B_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, GROUPS: tl.constexpr,
                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     """A program's ``BLOCK_N`` output rows are ``BLOCK_G`` output elements × ``BLOCK_O = BLOCK_N / BLOCK_G``
     channels, ``(g, o)`` with ``o`` fastest, so that each gathered window serves every element.  Per K step
     ``(i, s)`` the steering is one batched dot, ``Wᵀ_g (O × P) = Cᵀ_g (O × B) @ Ψ[g] (B × P)`` with ``Cᵀ_g[o, b] =
     c[o, i, index[g, s], b]``, whose ``(G, O, P)`` result is ``Wᵀ ((g, o) × P)`` in order.  ``psi_ptr``: ``Ψ
-    (S_OUT_PAD, B_PAD, P_PAD)`` and ``index_ptr``: ``(S_OUT_PAD, S_IN)``, zero-padded by the launcher.  ``y (NB,
-    C_OUT, S_OUT, HO, WO)`` contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), cdiv(C_OUT, BLOCK_O), cdiv(S_OUT,
-    BLOCK_G))``."""
+    (S_OUT_PAD, B_PAD, P_PAD)`` and ``index_ptr``: ``(S_OUT_PAD, S_IN)``, zero-padded by the launcher.  ``C_IN``,
+    ``C_OUT``: the channels of one of ``GROUPS`` channel groups.  ``y (NB, GROUPS·C_OUT, S_OUT, HO, WO)``
+    contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), GROUPS·cdiv(C_OUT, BLOCK_O), cdiv(S_OUT, BLOCK_G))``."""
     BLOCK_O: tl.constexpr = BLOCK_N // BLOCK_G
     pid_m = tl.program_id(0)
-    pid_o = tl.program_id(1)
+    group, pid_o = _channel_group(C_OUT, GROUPS, BLOCK_O)
     pid_g = tl.program_id(2)
     KK: tl.constexpr = KSIZE * KSIZE
+    x_ptr += tl.cast(group, OFFSET) * C_IN * sxc
+    c_ptr += tl.cast(group, OFFSET) * C_OUT * sco
+    bias_ptr += group * C_OUT
+    y_ptr += tl.cast(group, OFFSET) * C_OUT * S_OUT * HO * WO
     m, m_ok, n, oh, ow = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, HO, WO)
     p, kh, kw = _window(P_PAD, KSIZE)
     x_off, x_ok = _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sxn, sxh, sxw, stride_h, stride_w, pad_h, pad_w,
@@ -265,8 +280,8 @@ def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
         w = tl.reshape(w.to(x_ptr.dtype.element_ty), (BLOCK_N, P_PAD))                           # Wᵀ ((g, o) × P)
         xs = tl.load(x_ptr + x_off + (tl.cast(i, OFFSET) * sxc + s * sxs), mask=x_ok, other=0.0)
         acc = mma(acc, w, xs, PRECISION, UPCAST)
-    _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, HO * WO, HAS_BIAS, ACC, OFFSET,
-                 BLOCK_N, BLOCK_G, True)
+    _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, HO * WO,
+                 GROUPS * C_OUT * S_OUT * HO * WO, HAS_BIAS, ACC, OFFSET, BLOCK_N, BLOCK_G, True)
 
 
 @triton.jit
@@ -305,7 +320,8 @@ def _forward_channels_last_kernel(x_ptr, ct_ptr, bias_ptr, psi_ptr, index_ptr, y
                                   sxn, sxh, sxw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                                   S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
                                   P_PAD: tl.constexpr, B_PAD: tl.constexpr, P_CHUNK: tl.constexpr,
-                                  STATIC_CHUNKS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                                  STATIC_CHUNKS: tl.constexpr, HAS_BIAS: tl.constexpr, GROUPS: tl.constexpr,
+                                  PRECISION: tl.constexpr,
                                   UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr, BLOCK_M: tl.constexpr,
                                   BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     """The forward on a channels-last input (``x[n, i, s, h, w]`` at ``n·sxn + h·sxh + w·sxw + i·S_IN + s``): a K
@@ -316,12 +332,17 @@ def _forward_channels_last_kernel(x_ptr, ct_ptr, bias_ptr, psi_ptr, index_ptr, y
     them.  The steered filter of the step, per element, ``W_g ((p, s) × o) = Ψ[g]ᵀ (P_CHUNK × B) @ Cᵗ_g (B × (s,
     o))`` with ``Cᵗ_g[b, (s, o)] = ct[i, index[g, s], b, o]``; the launcher pads ``ct (C_IN, S_IN, B_PAD,
     C_OUT_PAD)``, ``Ψᵀ (S_OUT_PAD, P_PAD, B_PAD)`` and ``index (S_OUT_PAD, S_IN)`` so that the steering operands
-    load unmasked.  ``y (NB, C_OUT, S_OUT, HO, WO)`` contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), cdiv(C_OUT,
+    load unmasked (``ct``'s rows are ``GROUPS`` groups of ``C_IN``; ``C_IN``, ``C_OUT``: one channel group's).
+    ``y (NB, GROUPS·C_OUT, S_OUT, HO, WO)`` contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), GROUPS·cdiv(C_OUT,
     BLOCK_O), cdiv(S_OUT, BLOCK_G))``."""
     BLOCK_O: tl.constexpr = BLOCK_N // BLOCK_G
     pid_m = tl.program_id(0)
-    pid_o = tl.program_id(1)
+    group, pid_o = _channel_group(C_OUT, GROUPS, BLOCK_O)
     pid_g = tl.program_id(2)
+    x_ptr += tl.cast(group, OFFSET) * C_IN * S_IN
+    ct_ptr += tl.cast(group, OFFSET) * C_IN * S_IN * B_PAD * C_OUT_PAD
+    bias_ptr += group * C_OUT
+    y_ptr += tl.cast(group, OFFSET) * C_OUT * S_OUT * HO * WO
     m, m_ok, n, oh, ow = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, HO, WO)
     row = oh * stride_h - pad_h
     col = ow * stride_w - pad_w
@@ -351,8 +372,8 @@ def _forward_channels_last_kernel(x_ptr, ct_ptr, bias_ptr, psi_ptr, index_ptr, y
             acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, i,
                                       step % (P_PAD // P_CHUNK), psi_g, H, W, sxh, sxw, dil_h, dil_w, S_IN, KSIZE,
                                       P_CHUNK, B_PAD, PRECISION, UPCAST, ACC, OFFSET, BLOCK_G, BLOCK_O)
-    _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, HO * WO, HAS_BIAS, ACC, OFFSET,
-                 BLOCK_N, BLOCK_G, False)
+    _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, HO * WO,
+                 GROUPS * C_OUT * S_OUT * HO * WO, HAS_BIAS, ACC, OFFSET, BLOCK_N, BLOCK_G, False)
 
 
 @triton.jit
@@ -555,23 +576,26 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
 
     Args:
         x: ``(B, C_in, S_in, H, W)`` or ``(B, C_in·S_in, H, W)`` (lifting: ``S_in = 1``).
-        coefficients: ``(C_out, C_in, S_in, B)``, x's dtype and device.  bias: ``(C_out,)`` or None.
+        coefficients: ``(C_out, C_in / groups, S_in, B)``, x's dtype and device.  bias: ``(C_out,)`` or None.
         tables: ``Ψ (S_out, B, k·k)``, ``steerable._tables(group, k, dtype, device)``.
         index: ``(S_out, S_in)`` integer, ``group.stabilizer_index(in_group)``.
-        stride, padding, dilation: ints or pairs (zeros padding).  groups: 1 only.
+        stride, padding, dilation: ints or pairs (zeros padding).
+        groups: channel groups, one launch for all (output channels ``[j·C_out/groups, (j+1)·C_out/groups)`` read
+            input channels ``[j·C_in/groups, (j+1)·C_in/groups)``).
     Returns ``y (B, C_out, S_out, H', W')`` contiguous, in x's dtype.
     """
-    _check_groups(groups)
-    _check_tensor(coefficients, "coefficients", 4, "(C_out, C_in, S_in, B)")
+    _check_tensor(coefficients, "coefficients", 4, "(C_out, C_in/groups, S_in, B)")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor (B, C_in, S_in, H, W), got {type(x).__name__}")
     _check_float(x, "x")
     _check_float(coefficients, "coefficients", x, "x")
     c_out, c_in, s_in, basis = coefficients.shape
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or c_out % groups:
+        raise ValueError(f"groups: expected a positive int dividing C_out = {c_out}, got {groups!r}")
     x = _as_5d(x, s_in, "x")
-    if tuple(x.shape[1:3]) != (c_in, s_in):
-        raise ValueError(f"x: expected (B, {c_in}, {s_in}, H, W) for coefficients {tuple(coefficients.shape)}, got "
-                         f"{tuple(x.shape)}")
+    if tuple(x.shape[1:3]) != (groups * c_in, s_in):
+        raise ValueError(f"x: expected (B, {groups * c_in}, {s_in}, H, W) for coefficients "
+                         f"{tuple(coefficients.shape)} and groups={groups}, got {tuple(x.shape)}")
     tables, index, k, s_out = _check_tables(tables, coefficients.shape, index, x.device, x.dtype)
     if bias is not None:
         _check_tensor(bias, "bias", 1, f"({c_out},)")
@@ -588,19 +612,19 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
     if y.numel() == 0:
         return y
     if channels_last_window(s_in, x.dtype, k):
-        _forward_channels_last(x, coefficients, bias, tables, index, y, k, (sh, sw, ph, pw, dh, dw))
+        _forward_channels_last(x, coefficients, bias, tables, index, y, k, (sh, sw, ph, pw, dh, dw), groups)
         return y
     cfg = _forward_config(k, x.dtype, s_in)
     # the steering dot's M, BLOCK_O, is a dot dimension (>= 16)
-    cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out, s_out, cfg["BLOCK_N"], 16)
+    cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out // groups, s_out, cfg["BLOCK_N"], 16)
     p_pad, b_pad = _pad16(k * k), _pad16(basis)
     psi, index = _padded_tables(tables, index, cdiv(s_out, cfg["BLOCK_G"]) * cfg["BLOCK_G"], p_pad, b_pad)
-    grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), cdiv(c_out, cfg["BLOCK_N"] // cfg["BLOCK_G"]),
+    grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), groups * cdiv(c_out // groups, cfg["BLOCK_N"] // cfg["BLOCK_G"]),
             cdiv(s_out, cfg["BLOCK_G"]))
     _forward_kernel[grid](x, coefficients, bias if bias is not None else coefficients, psi, index, y,
-                          nb, c_in, c_out, h, w, ho, wo, *x.stride(), *coefficients.stride(),
+                          nb, c_in, c_out // groups, h, w, ho, wo, *x.stride(), *coefficients.stride(),
                           sh, sw, ph, pw, dh, dw, S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis,
-                          P_PAD=p_pad, B_PAD=b_pad, HAS_BIAS=bias is not None,
+                          P_PAD=p_pad, B_PAD=b_pad, HAS_BIAS=bias is not None, GROUPS=groups,
                           **_kernel_args(x.dtype, x, coefficients, y), **cfg)
     return y
 
@@ -646,31 +670,34 @@ def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> di
 P_CHUNK = 16
 
 
-def _forward_channels_last(x, coefficients, bias, tables, index, y, k: int, geometry: tuple) -> None:
+def _forward_channels_last(x, coefficients, bias, tables, index, y, k: int, geometry: tuple, groups: int) -> None:
     """Launch ``_forward_channels_last_kernel`` into ``y``.  ``x`` is copied channels-last (``(B, H, W, C_in,
-    S_in)`` in memory) unless it is already, the coefficients transposed to ``(C_in, S_in, B_PAD, C_OUT_PAD)`` and
-    the tables to ``Ψᵀ (S_OUT_PAD, P_PAD, B_PAD)``, zero-padded (``C_OUT_PAD``: whole channel blocks, a multiple
-    of 16 for vector loads along the output channels)."""
-    nb, c_in, s_in, h, w = x.shape
-    c_out, _, _, basis = coefficients.shape
+    S_in)`` in memory) unless it is already, the coefficients transposed to ``(C_in, S_in, B_PAD, C_OUT_PAD)`` (per
+    channel group: ``C_in`` rows of each group's ``C_out / groups`` channels) and the tables to ``Ψᵀ (S_OUT_PAD,
+    P_PAD, B_PAD)``, zero-padded (``C_OUT_PAD``: whole channel blocks, a multiple of 16 for vector loads along the
+    output channels)."""
+    nb, c_in_all, s_in, h, w = x.shape
+    c_out, c_in, _, basis = coefficients.shape
     _, _, s_out, ho, wo = y.shape
+    c_out_group = c_out // groups
     if x.stride(2) != 1 or x.stride(1) != s_in:
         x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
     cfg = _channels_last_config(k, x.dtype, s_in)
     # the steering dot's N, S_in·BLOCK_O, is a dot dimension (>= 16)
-    cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out, s_out, cfg["BLOCK_N"], max(1, 16 // s_in),
+    cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out_group, s_out, cfg["BLOCK_N"], max(1, 16 // s_in),
                                                     cfg.get("BLOCK_G", s_out))
     block_o = cfg["BLOCK_N"] // cfg["BLOCK_G"]
-    c_out_pad = cdiv(c_out, max(16, block_o)) * max(16, block_o)
+    c_out_pad = cdiv(c_out_group, max(16, block_o)) * max(16, block_o)
     p_pad, b_pad = _pad16(k * k), _pad16(basis)
-    ct = torch.zeros((c_in, s_in, b_pad, c_out_pad), dtype=x.dtype, device=x.device)
-    ct[:, :, :basis, :c_out] = coefficients.permute(1, 2, 3, 0)
+    ct = torch.zeros((groups, c_in, s_in, b_pad, c_out_pad), dtype=x.dtype, device=x.device)
+    ct[..., :basis, :c_out_group] = coefficients.unflatten(0, (groups, c_out_group)).permute(0, 2, 3, 4, 1)
     psi, index = _padded_tables(tables, index, cdiv(s_out, cfg["BLOCK_G"]) * cfg["BLOCK_G"], p_pad, b_pad)
-    grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), cdiv(c_out, block_o), cdiv(s_out, cfg["BLOCK_G"]))
+    grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), groups * cdiv(c_out_group, block_o), cdiv(s_out, cfg["BLOCK_G"]))
     _forward_channels_last_kernel[grid](
-        x, ct, bias if bias is not None else ct, psi.transpose(1, 2).contiguous(), index, y, nb, c_in, c_out, h, w,
-        ho, wo, c_out_pad, x.stride(0), x.stride(3), x.stride(4), *geometry, S_IN=s_in, S_OUT=s_out, KSIZE=k,
-        NBASIS=basis, P_PAD=p_pad, B_PAD=b_pad, HAS_BIAS=bias is not None, **_kernel_args(x.dtype, x, ct, y), **cfg)
+        x, ct, bias if bias is not None else ct, psi.transpose(1, 2).contiguous(), index, y, nb, c_in, c_out_group,
+        h, w, ho, wo, c_out_pad, x.stride(0), x.stride(3), x.stride(4), *geometry, S_IN=s_in, S_OUT=s_out, KSIZE=k,
+        NBASIS=basis, P_PAD=p_pad, B_PAD=b_pad, HAS_BIAS=bias is not None, GROUPS=groups,
+        **_kernel_args(x.dtype, x, ct, y), **cfg)
 
 
 def _element_block(c_out: int, s_out: int, block_n: int, min_channels: int, max_elements: Optional[int] = None

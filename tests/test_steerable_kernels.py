@@ -345,3 +345,50 @@ def test_element_block_fills_the_tile_with_least_padding():
     assert kernels._element_block(34, 16, 64, 1, 8) == (64, 8)
     assert kernels._element_block(1, 4, 64, 16) == (64, 4)
     assert kernels._element_block(1, 4, 256, 2) == (16, 4)
+
+
+class _LaunchRecorder:
+    """Stands for a Triton kernel: records each launch's grid, then launches the kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
+# (group, lifting, dtype, k, groups, C_in and C_out per group, forced (BLOCK_N, BLOCK_G) or None, kernel)
+CHANNEL_GROUPS = [
+    (C8, False, torch.bfloat16, 3, 2, 2, 3, None, "_forward_channels_last_kernel"),
+    (C16, False, torch.float16, 3, 3, 1, 4, (64, 16), "_forward_channels_last_kernel"),
+    (C4, False, torch.float64, 3, 2, 2, 5, (32, 2), "_forward_kernel"),
+    (C8, True, torch.float32, 5, 3, 1, 2, None, "_forward_kernel"),
+]
+
+
+@pytest.mark.parametrize("case", CHANNEL_GROUPS, ids=[f"{c[0].name}-{'lift' if c[1] else 'regular'}-"
+                                                      f"{str(c[2]).split('.')[-1]}-groups{c[4]}"
+                                                      for c in CHANNEL_GROUPS])
+def test_forward_channel_groups_in_one_launch(monkeypatch, case):
+    """``groups > 1``: one launch for all channel groups (output channels of group ``j`` read its input channels
+    only), matching the float64 reference per group, bias included."""
+    group, lifting, dtype, k, groups, c_in, c_out, split, kernel_name = case
+    if split is not None:
+        monkeypatch.setattr(kernels, "_element_block", lambda *args: split)
+    recorder = _LaunchRecorder(getattr(kernels, kernel_name))
+    monkeypatch.setattr(kernels, kernel_name, recorder)
+    (x, c, bias), in_group = _inputs(group, lifting, k, dtype, batch=2, c_in=groups * c_in, c_out=groups * c_out,
+                                     height=6, width=5)
+    c = c[:, :c_in].contiguous()
+    tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
+    ref = torch.cat([st.steerable_conv2d(xg.double(), cg.double(), bg.double(), group=group, in_group=in_group,
+                                         kernel_size=k, padding=k // 2)
+                     for xg, cg, bg in zip(x.chunk(groups, 1), c.chunk(groups), bias.chunk(groups))], 1)
+    y = kernels.forward(x, c, bias, tables, index, 1, k // 2, 1, groups=groups)
+    assert len(recorder.grids) == 1
+    assert_close(y, ref, dtype, "y")
+    with pytest.raises(ValueError, match="groups"):
+        kernels.forward(x, c, bias, tables, index, 1, k // 2, 1, groups=groups + 1)
+    with pytest.raises(ValueError, match="x"):
+        kernels.forward(x[:, :-1], c, bias, tables, index, 1, k // 2, 1, groups=groups)
