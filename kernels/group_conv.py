@@ -17,11 +17,11 @@ import triton
 import triton.language as tl
 
 from .._support import empty_in_order
-from .group_conv_layouts import padded_copy, permute_weights
 from ._common import (accumulator, apply_activation, cdiv, channels_last, dot_precision, empty_group_map,
                       forward_result, gather_tables, input_grad_buffer, interpreter_config, is_channels_last,
                       maybe_autotune, mma, needs_int64, pixel_block, preact_buffer, round_up, upcast,
                       vector_padding, vector_width)
+from .group_conv_layouts import padded_copy, permute_weights
 
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16)
 
@@ -433,15 +433,18 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     copied = group_on_n and input_copy_shape(a, spec) is not None
     halo = copied or (group_on_n and padded == a_ch and is_channels_last(a) and _halo_is_x(spec))
     if halo:
-        a_cl, pad = halo_channels_last(a, spec, padded), (0, 0)
+        pad = (0, 0)   # the halo copy is made below, by the weights' launch
     else:
         a_cl = channels_last(a, padded)
     layout = _weight_layout(spec, a.dtype, group_on_n)
     k_major = layout[1]
     w_ig = None
-    if group_on_n:   # the input gradient's layout too, in the same launch, when asked for
-        w, w_ig = permuted_weights(weight, spec, a.dtype, layout,
-                                   _weight_layout(spec, a.dtype, False) if with_input_grad_weight else None)
+    if group_on_n:   # one launch: the weight, the input gradient's layout too when asked for, the halo copy
+        ig_layout = _weight_layout(spec, a.dtype, False) if with_input_grad_weight else None
+        if halo:
+            w, w_ig, a_cl = permuted_weights(weight, spec, a.dtype, layout, ig_layout, (a, spec, padded))
+        else:
+            w, w_ig = permuted_weights(weight, spec, a.dtype, layout, ig_layout)
     elif (permuted is not None and permuted.dtype == a.dtype and permuted.is_contiguous()
           and tuple(permuted.shape) == input_grad_weight_shape(spec, a.dtype)):
         w = permuted
@@ -489,17 +492,20 @@ def permuted_weight(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int 
     return fwd if group_on_n else ig
 
 
-def permuted_weights(weight: torch.Tensor, spec, dtype, forward_layout, input_grad_layout):
+def permuted_weights(weight: torch.Tensor, spec, dtype, forward_layout, input_grad_layout, halo=None):
     """The forward's and the input gradient's permuted weights (:func:`permuted_weight`), each given by its
     ``(rows_pad, k_major)`` or None (not built), written in one launch: ``(forward's or None, input gradient's or
-    None)``, each as the kernel reads it."""
+    None)``, each as the kernel reads it.  ``halo``: :func:`halo_channels_last`'s ``(x, spec, channels)``, made by
+    the same launch and returned third."""
     buffers = [None if layout is None else _weight_buffer(weight, spec, group_on_n, *layout, dtype)
                for group_on_n, layout in ((True, forward_layout), (False, input_grad_layout))]
     # converted first (a launch only when the dtypes differ): a cast in the kernel would round differently from
     # torch's under the interpreter
-    permute_weights(weight.to(dtype), *buffers)
-    return tuple(None if buf is None else (buf.permute(0, 1, 4, 2, 3) if layout[1] else buf)
-                 for buf, layout in zip(buffers, (forward_layout, input_grad_layout)))
+    weights = (weight.to(dtype), *buffers)
+    copy = halo_channels_last(*halo, weights=weights) if halo is not None else permute_weights(*weights)
+    views = tuple(None if buf is None else (buf.permute(0, 1, 4, 2, 3) if layout[1] else buf)
+                  for buf, layout in zip(buffers, (forward_layout, input_grad_layout)))
+    return views if halo is None else (*views, copy)
 
 
 def _weight_buffer(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int, k_major: bool, dtype):
@@ -575,20 +581,23 @@ def halo_size(spec) -> tuple[int, int]:
     return hp, wp
 
 
-def halo_channels_last(x: torch.Tensor, spec, channels: int) -> torch.Tensor:
+def halo_channels_last(x: torch.Tensor, spec, channels: int, weights=None) -> torch.Tensor:
     """``x (B, C, S, H, W)`` -> ``(B, HP, WP, groups·channels)`` channels-last with the convolution's zero padding in
     place: every window of every output pixel lies inside it.  ``channels >= C_in_g·S_in`` per channel group (more
     are zeros).  A contiguous copy, border and padded channels included, in one launch (:func:`padded_copy`), except
-    for an unpadded input already stored channels-last: then :func:`channels_last`, a view."""
+    for an unpadded input already stored channels-last: then :func:`channels_last`, a view.  ``weights``: ``(weight,
+    fwd, ig)`` (:func:`~.group_conv_layouts.permute_weights`), written by the same launch (or alone)."""
     b, _, _, h, w = x.shape
     top, left = spec.padding[0], spec.padding[2]
     hp, wp = halo_size(spec)
     per_group = spec.in_channels * spec.s_in
     if (hp, wp, top, left, channels) == (h, w, 0, 0, per_group) and is_channels_last(x):
+        if weights is not None:
+            permute_weights(*weights)
         return channels_last(x)
     # (B, HP, WP, groups, channels / S_in, S_in) from x (B, groups, C_in_g, S_in, H, W); a narrow input's padded
     # channels are whole group-index runs (vector_channels)
     out = x.new_empty((b, hp, wp, spec.groups, channels // spec.s_in, spec.s_in))
     src = x.view(b, spec.groups, spec.in_channels, spec.s_in, h, w).permute(0, 4, 5, 1, 2, 3)
-    padded_copy(out, src, (0, top, left, 0, 0, 0))
+    padded_copy(out, src, (0, top, left, 0, 0, 0), weights)
     return out.view(b, hp, wp, spec.groups * channels)

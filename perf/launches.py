@@ -45,6 +45,7 @@ targets (:func:`check_targets`) are printed as PASS/FAIL lines and do not change
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
 import datetime
@@ -55,6 +56,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 import weakref
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -143,9 +145,25 @@ class Record:
 
 @functools.lru_cache(maxsize=None)
 def stored_pointers(fn) -> tuple[str, ...]:
-    """The parameters of a ``@triton.jit`` function's Python source that it stores to (``tl.store(NAME + ...)``)."""
-    params = set(inspect.signature(fn).parameters)
-    return tuple(dict.fromkeys(n for n in re.findall(r"tl\.store\(\s*(\w+)", inspect.getsource(fn)) if n in params))
+    """The parameters of a ``@triton.jit`` function's Python source that it stores to: ``tl.store(NAME + ...)``, and
+    the arguments it passes to a ``@triton.jit`` helper for parameters that helper stores to (followed down)."""
+    params = list(inspect.signature(fn).parameters)
+    source = textwrap.dedent(inspect.getsource(fn))
+    stored = [n for n in re.findall(r"tl\.store\(\s*(\w+)", source) if n in params]
+    for node in ast.walk(ast.parse(source)):
+        helper = (fn.__globals__.get(node.func.id) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  else None)
+        inner = getattr(helper, "fn", None)   # a JITFunction's Python function
+        if inner is None or not hasattr(helper, "run"):
+            continue
+        inner_params = list(inspect.signature(inner).parameters)
+        passed = dict(zip(inner_params, node.args))
+        passed.update((k.arg, k.value) for k in node.keywords if k.arg)
+        for name in stored_pointers(inner):
+            arg = passed.get(name)
+            if isinstance(arg, ast.Name) and arg.id in params:
+                stored.append(arg.id)
+    return tuple(dict.fromkeys(stored))
 
 
 def _tensor_bytes(t: torch.Tensor) -> int:

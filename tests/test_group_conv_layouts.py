@@ -125,8 +125,8 @@ def _dy_spec(dy, groups, c_out):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
 @pytest.mark.parametrize("groups, c_out, size", [(1, 3, (2, 5, 7)), (2, 8, (1, 8, 9))])
 def test_weight_grad_dy_relayout_equals_the_torch_copy(groups, c_out, size, channels_last, with_bias):
-    """``dy (B, groups·C_out, S, H, W)`` -> ``(R_alloc, groups, S, O_PAD)``: the rows past the last pixel and the
-    padded channels zero, in one launch; with the bias, its per-program column sums too."""
+    """``dy (B, groups·C_out, S, H, W)`` -> ``(R_alloc, groups, S, O_PAD)``: the rows past the last pixel zero, the
+    padded channels not written (NaN-poisoned), in one launch; with the bias, its per-program column sums too."""
     b, h, w = size
     dy = _input((b, groups * c_out, 4, h, w), channels_last)
     spec = _dy_spec(dy, groups, c_out)
@@ -139,7 +139,8 @@ def test_weight_grad_dy_relayout_equals_the_torch_copy(groups, c_out, size, chan
     want = dy.new_zeros((r_alloc, groups, 4, o_pad))     # the torch code the kernel replaces
     want[:r_total].view(b, h, w, groups, 4, o_pad)[..., :c_out] = (
         dy.view(b, groups, c_out, 4, h, w).permute(0, 4, 5, 1, 3, 2))
-    assert torch.equal(out, want)
+    assert torch.equal(out[..., :c_out], want[..., :c_out])
+    assert out[..., c_out:].isnan().all()      # the tests poison outputs: the launch leaves these alone
     if with_bias:
         blocks = want.view(-1, layouts.DY_BLOCK_P, groups, 4, o_pad).double().sum(1)
         assert part.shape == blocks.shape
@@ -189,3 +190,21 @@ def test_padded_copy_shifts_pads_and_checks_its_arguments():
     assert torch.equal(out, want)
     with pytest.raises(ValueError, match="padded_copy: expected a contiguous out"):
         layouts.padded_copy(out.transpose(0, 1), src)
+
+
+@pytest.mark.parametrize("padding, channels_last", [(1, False), (1, True), (0, True)],
+                         ids=["halo-contiguous", "halo-channels-last", "in-place"])
+def test_forward_writes_its_halo_copy_and_both_weights_in_one_launch(padding, channels_last):
+    """The forward's re-layouts (the zero-halo copy of ``x``, its permuted weight and the input gradient's) are one
+    launch; an input read in place leaves the weights' launch alone."""
+    x = _input((2, 3, 4, 5, 6), channels_last)
+    weight = torch.randn((5, 3, 4, 3, 3), device=DEVICE)
+    spec = make_spec(x, weight, None, group="p4", in_group="p4", stride=1, padding=padding, dilation=1, groups=1)
+    with triton_backend():
+        (fwd, ig, copy), names = _launches(lambda: gconv.permuted_weights(
+            weight, spec, torch.float32, (0, False), (0, False), (x, spec, 12)))
+    in_place = padding == 0
+    assert names == [f"group_conv_layouts._{'permute_weight' if in_place else 'padded_copy'}_kernel"]
+    assert torch.equal(copy, _halo_reference(x, spec, 12))
+    assert torch.equal(fwd, _weight_reference(weight, spec, True, 0, False))
+    assert torch.equal(ig, _weight_reference(weight, spec, False, 0, False))

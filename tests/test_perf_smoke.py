@@ -297,6 +297,16 @@ def test_launch_recorder_counts_ops_that_write_memory():
     del c
 
 
+def test_launch_recorder_follows_stores_into_jit_helpers():
+    """A kernel that stores through a ``@triton.jit`` helper writes the tensors it passes for the helper's stored
+    parameters: the forward's layout launch writes the halo copy and both permuted weights."""
+    from gconv_triton.kernels import group_conv_layouts as layouts
+
+    assert launches.stored_pointers(layouts._padded_copy_kernel.fn) == ("out_ptr", "fwd_ptr", "ig_ptr")
+    assert launches.stored_pointers(layouts._permute_weight_kernel.fn) == ("fwd_ptr", "ig_ptr")
+    assert launches.stored_pointers(layouts._finish_kernel.fn) == ("dw_ptr", "db_ptr")
+
+
 class _Clone(torch.nn.Module):
     def forward(self, x):
         return x.clone()
@@ -411,14 +421,19 @@ def test_launches_a_layer_step_rebuilds_no_table_and_copies_x_once():
     assert not {"arange", "mul", "add", "zeros", "new_zeros", "reshape", "sum", "zero_", "fill_", "add_"} & {
         name for _, name in names}, names
     assert names == [
-        ("forward", "group_conv_layouts._padded_copy_kernel"),     # x into the zero-halo copy, border included
-        ("forward", "group_conv_layouts._permute_weight_kernel"),  # the forward's and the input gradient's weights
+        ("forward", "group_conv_layouts._padded_copy_kernel"),     # x into the zero-halo copy, border included,
+                                                                   # and the forward's and input gradient's weights
         ("backward", "contiguous"),                   # dy channels-last for the input gradient (the loss's dy)
         ("backward", "group_conv_layouts._dy_relayout_kernel"),    # dy for the weight grad, the bias's partial sums
         ("backward", "group_conv_layouts._finish_kernel"),         # the split's sums and the bias gradient
     ]
     # an input that keeps no gradient from the warm-up step: no `x.grad += dx`
     assert not [r for r in step["records"] if r["layer"] == "(accumulate)" or r["name"] == "add_"]
+    # the forward's launch writes the halo copy of x and both weights: its bytes are all three
+    forward = next(r for r in layer if r["phase"] == "forward")
+    halo = 2 * 10 * 10 * 32 * 4 * 4
+    weights = 2 * 32 * 32 * 4 * 9 * 4
+    assert forward["bytes"] == halo + weights, forward
 
 
 def test_python_m_perf_steerable_prints_both_tables(tmp_path, capsys):
