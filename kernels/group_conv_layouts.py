@@ -44,8 +44,9 @@ def _padded_copy_block(
     the inner one once per column."""
     r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
-    if WIDE:
+    if WIDE:   # every index, so that no product with a stride wraps at 2**31
         r = r.to(tl.int64)
+        i = i.to(tl.int64)
     r_ok = r * INNER < total
     rest = r
     d4 = rest % E4 - T4
@@ -231,8 +232,8 @@ def _dy_relayout_kernel(
     s = tl.program_id(1) % S_OUT
     r = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     o = tl.program_id(2) * BLOCK_O + tl.arange(0, BLOCK_O)
-    if WIDE:
-        r = r.to(tl.int64)
+    if WIDE:   # every index, so that no product with a stride wraps at 2**31
+        r, o, grp, s = r.to(tl.int64), o.to(tl.int64), grp.to(tl.int64), s.to(tl.int64)
     w = r % m_width
     h = (r // m_width) % m_height
     b = r // (m_width * m_height)
@@ -289,23 +290,23 @@ def _finish_kernel(
         e = pid * BLOCK + tl.arange(0, BLOCK)
         e_ok = e < numel
         acc = tl.zeros((BLOCK,), dtype=ACC)
-        for k in range(split):
-            acc += tl.load(partial_ptr + k * numel + e, mask=e_ok, other=0.0).to(ACC)
+        ptrs = partial_ptr + e
+        for _ in range(split):   # a pointer step per split: no int32 product k·numel to wrap
+            acc += tl.load(ptrs, mask=e_ok, other=0.0).to(ACC)
+            ptrs += numel
         tl.store(dw_ptr + e, acc.to(dw_ptr.dtype.element_ty), mask=e_ok)
-    elif HAS_BIAS:
+    elif HAS_BIAS:   # (names apart from the branch above: Triton types each name once across an if)
         j = (pid - dw_programs) * BLOCK_O + tl.arange(0, BLOCK_O)    # the bias row (wg, o)
-        wg = j // C_OUT
-        o = j % C_OUT
         j_ok = j < weight_groups * C_OUT
-        col = wg * (S_OUT * O_PAD) + o
-        acc = tl.zeros((BLOCK_Q, BLOCK_O), dtype=ACC)
+        col = (j // C_OUT) * (S_OUT * O_PAD) + j % C_OUT
+        bias_acc = tl.zeros((BLOCK_Q, BLOCK_O), dtype=ACC)
         ql = tl.arange(0, BLOCK_Q)
         for q0 in range(0, part_rows * S_OUT, BLOCK_Q):
             q = q0 + ql                                  # (row, s)
             off = (q // S_OUT) * (weight_groups * S_OUT * O_PAD) + (q % S_OUT) * O_PAD
-            acc += tl.load(bias_part_ptr + off[:, None] + col[None, :],
-                           mask=(q < part_rows * S_OUT)[:, None] & j_ok[None, :], other=0.0).to(ACC)
-        tl.store(db_ptr + j, tl.sum(acc, axis=0).to(db_ptr.dtype.element_ty), mask=j_ok)
+            bias_acc += tl.load(bias_part_ptr + off[:, None] + col[None, :],
+                                mask=(q < part_rows * S_OUT)[:, None] & j_ok[None, :], other=0.0).to(ACC)
+        tl.store(db_ptr + j, tl.sum(bias_acc, axis=0).to(db_ptr.dtype.element_ty), mask=j_ok)
 
 
 FINISH_BLOCK = 1024
