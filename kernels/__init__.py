@@ -9,7 +9,8 @@ convolutions' kernels are ``tap_conv.py``; what the families share, ``_common.py
 from . import group_conv, group_conv_depthwise, group_conv_weight_grad
 from ._common import INTERPRET, group_tables
 
-__all__ = ["INTERPRET", "forward", "input_copy_shape", "input_grad", "weight_grad", "group_tables"]
+__all__ = ["INTERPRET", "forward", "input_copy_shape", "input_grad", "input_grad_weight_shape", "weight_grad",
+           "group_tables"]
 
 
 def _family(spec, gemm=group_conv):
@@ -31,12 +32,34 @@ def input_copy_shape(x, spec):
     return _family(spec).input_copy_shape(x, spec)
 
 
-def input_grad(dy, weight, spec, order):
-    """``dy`` -> ``dx (B, C_in, S_in, H, W)`` stored in dim ``order`` (outermost first)."""
-    return _family(spec).input_grad(dy, weight, spec, order)
+def input_grad_weight_shape(spec, dtype):
+    """The shape of the input gradient's permuted weight that :func:`forward` builds with the forward's when asked
+    (``forward_with_input_grad_weight``), or None where the family builds none (depthwise)."""
+    return None if spec.depthwise else group_conv.input_grad_weight_shape(spec, dtype)
 
 
-def weight_grad(dy, x, spec, weight_shape, x_copy=None):
+def forward_with_input_grad_weight(x, weight, bias, spec, activation="none", return_preact=False):
+    """:func:`forward` with ``return_input_copy``, and last the input gradient's permuted weight (None where
+    :func:`input_grad_weight_shape` is), which :func:`input_grad` then takes instead of re-laying the weight."""
+    if spec.depthwise:
+        out = forward(x, weight, bias, spec, activation, return_preact, True)
+        return (*out, None)
+    return group_conv.forward(x, weight, bias, spec, activation, return_preact, True, True)
+
+
+def input_grad(dy, weight, spec, order, permuted=None):
+    """``dy`` -> ``dx (B, C_in, S_in, H, W)`` stored in dim ``order`` (outermost first); ``permuted``: the weight
+    as the forward re-laid it for this launch (:func:`forward_with_input_grad_weight`), or None."""
+    if spec.depthwise:
+        return group_conv_depthwise.input_grad(dy, weight, spec, order)
+    return group_conv.input_grad(dy, weight, spec, order, permuted)
+
+
+def weight_grad(dy, x, spec, weight_shape, x_copy=None, with_bias=False):
     """``dy, x`` -> ``dw`` of ``weight_shape``, reduced over the group copies inside the kernel; ``x_copy``: the copy
-    of ``x`` that :func:`forward` returned, read instead of copying ``x`` again."""
-    return _family(spec, group_conv_weight_grad).weight_grad(dy, x, spec, weight_shape, x_copy)
+    of ``x`` that :func:`forward` returned, read instead of copying ``x`` again.  ``with_bias``: ``(dw, db)``, the
+    bias gradient from the same launches, or None where the family does not make it (depthwise)."""
+    if spec.depthwise:
+        dw = group_conv_depthwise.weight_grad(dy, x, spec, weight_shape, x_copy)
+        return (dw, None) if with_bias else dw
+    return group_conv_weight_grad.weight_grad(dy, x, spec, weight_shape, x_copy, with_bias)

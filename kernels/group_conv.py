@@ -19,8 +19,9 @@ import triton.language as tl
 from .._support import empty_in_order
 from ._common import (accumulator, apply_activation, cdiv, channels_last, dot_precision, empty_group_map,
                       forward_result, gather_tables, input_grad_buffer, interpreter_config, is_channels_last,
-                      maybe_autotune, mma, needs_int64, pixel_block, poison_outputs, preact_buffer, round_up, upcast,
+                      maybe_autotune, mma, needs_int64, pixel_block, preact_buffer, round_up, upcast,
                       vector_padding, vector_width)
+from .group_conv_layouts import padded_copy, permute_weights
 
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16)
 
@@ -361,31 +362,57 @@ def _conv_gemm_kernel(
 
 # ---------------------------------------------------------------------------------------------- the launchers
 def forward(x: torch.Tensor, weight: torch.Tensor, bias, spec, activation: str = "none",
-            return_preact: bool = False, return_input_copy: bool = False):
+            return_preact: bool = False, return_input_copy: bool = False, return_input_grad_weight: bool = False):
     """``x (B, groups·C_in_g, S_in, H, W)``, weight ``(weight_groups·C_out_g, C_in_g, S_in, kh, kw)`` ->
     ``y (B, groups·C_out_g, S_out, H_out, W_out)`` stored ``(B, H, W, C, S)`` whatever ``x``'s layout (the layout
     the next layer reads in place), ``y = activation(conv + bias)``.
     With ``return_preact``, also ``z``, the pre-activation (None for ``"none"``); with ``return_input_copy``, also
     the channels-last copy of ``x`` the kernel read (shape :func:`input_copy_shape`; None when it read ``x`` in
     place), which the weight gradient takes instead of copying ``x`` again: ``y``, ``(y, z)``, ``(y, copy)`` or
-    ``(y, z, copy)``."""
+    ``(y, z, copy)``.  With ``return_input_grad_weight``, last, the input gradient's permuted weight
+    (:func:`input_grad_weight_shape`), written by the forward's weight launch, for :func:`input_grad` to take."""
     y = empty_group_map((spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height,
                          spec.out_width), x)
     z = preact_buffer(activation, return_preact, y)
-    copy = None
+    copy = w_ig = None
     if y.numel() != 0:
-        copy = _launch_gemm(x, weight, y, spec, group_on_n=True, bias=None if bias is None else bias.contiguous(),
-                            z=z, activation=activation)
-    return forward_result(y, z, copy, return_preact, return_input_copy)
+        copy, w_ig = _launch_gemm(x, weight, y, spec, group_on_n=True,
+                                  bias=None if bias is None else bias.contiguous(), z=z, activation=activation,
+                                  with_input_grad_weight=return_input_grad_weight)
+    out = forward_result(y, z, copy, return_preact, return_input_copy)
+    return (*(out if isinstance(out, tuple) else (out,)), w_ig) if return_input_grad_weight else out
 
 
-def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order) -> torch.Tensor:
+def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order, permuted=None) -> torch.Tensor:
     """``dy (B, groups·C_out_g, S_out, H_out, W_out)`` -> ``dx (B, groups·C_in_g, S_in, H, W)`` stored in dim
-    ``order`` (the input's: ``gconv_triton._support.dim_order(x)``)."""
+    ``order`` (the input's: ``gconv_triton._support.dim_order(x)``).  ``permuted``: the weight already re-laid as
+    this launch reads it (the forward's, ``return_input_grad_weight``), taken when its shape and dtype are the
+    ones wanted now (else the weight is re-laid again)."""
     dx = input_grad_buffer(spec, order, dy)
     if dx.numel() != 0:
-        _launch_gemm(dy, weight, dx, spec, group_on_n=False)
+        _launch_gemm(dy, weight, dx, spec, group_on_n=False, permuted=permuted)
     return dx
+
+
+def _weight_layout(spec, dtype, group_on_n: bool) -> tuple[int, bool]:
+    """``(rows_pad, k_major)`` of the permuted weight the forward (``group_on_n``) or the input gradient reads
+    (:func:`permuted_weight`)."""
+    a_ch, s_k = (spec.in_channels * spec.s_in, spec.s_in) if group_on_n else (spec.out_channels * spec.s_out,
+                                                                               spec.s_out)
+    # tf32 MMAs read both shared-memory operands K-major: the weight is laid out so where its K runs are
+    # contiguous, as they are when neither the stabilizer slice nor the window position changes along K (a plain
+    # input, and for the input gradient a plain output too); elsewhere the kernel runs the MMA transposed
+    k_major = dot_precision(dtype) == "tf32" and spec.s_in == 1 and (group_on_n or spec.s_out == 1)
+    return vector_channels(a_ch, spec.groups, s_k) // s_k, k_major
+
+
+def input_grad_weight_shape(spec, dtype) -> tuple[int, ...]:
+    """The shape of the input gradient's permuted weight for activations of ``dtype`` (as the kernel reads it: a
+    dense tensor), which :func:`forward` returns with ``return_input_grad_weight``."""
+    rows_pad, k_major = _weight_layout(spec, dtype, False)
+    shape = (spec.weight_groups, spec.kernel[0] * spec.kernel[1], max(spec.out_channels, rows_pad), spec.s_in,
+             vector_padding(spec.in_channels))
+    return (*shape[:2], shape[4], *shape[2:4]) if k_major else shape
 
 
 def input_copy_shape(x: torch.Tensor, spec):
@@ -420,10 +447,12 @@ def halo_is_input(spec) -> bool:
 
 
 def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec, *, group_on_n: bool, bias=None,
-                 z=None, activation: str = "none"):
+                 z=None, activation: str = "none", permuted=None, with_input_grad_weight: bool = False):
     """Launch :func:`_conv_gemm_kernel`: the forward (``group_on_n``; ``a = x``, ``out = y``) or the input
     gradient (``a = dy``, ``out = dx``), both 5-D ``(B, C, S, H, W)`` in any layout.  Returns the forward's
-    zero-halo copy of ``x`` when it made one, else None."""
+    zero-halo copy of ``x`` when it made one, else None, and the input gradient's permuted weight when the forward
+    was asked for it (``with_input_grad_weight``), else None; the input gradient reads ``permuted`` (that weight)
+    when it fits."""
     pad = (spec.padding[0], spec.padding[2])
     if group_on_n:
         a_ch, s_k, s_n, r_valid = spec.in_channels * spec.s_in, spec.s_in, spec.s_out, spec.out_channels
@@ -439,14 +468,23 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     copied = group_on_n and input_copy_shape(a, spec) is not None
     halo = copied or (group_on_n and reads_in_place(a, spec) and halo_is_input(spec))
     if halo:
-        a_cl, pad = halo_channels_last(a, spec, padded), (0, 0)
+        pad = (0, 0)   # the halo copy is made below, by the weights' launch
     else:
         a_cl = channels_last(a, padded)
-    # tf32 MMAs read both shared-memory operands K-major: the weight is laid out so where its K runs are
-    # contiguous, as they are when neither the stabilizer slice nor the window position changes along K (a plain
-    # input, and for the input gradient a plain output too); elsewhere the kernel runs the MMA transposed
-    k_major = dot_precision(a.dtype) == "tf32" and spec.s_in == 1 and (group_on_n or spec.s_out == 1)
-    w = permuted_weight(weight.to(a.dtype), spec, group_on_n, padded // s_k, k_major)
+    layout = _weight_layout(spec, a.dtype, group_on_n)
+    k_major = layout[1]
+    w_ig = None
+    if group_on_n:   # one launch: the weight, the input gradient's layout too when asked for, the halo copy
+        ig_layout = _weight_layout(spec, a.dtype, False) if with_input_grad_weight else None
+        if halo:
+            w, w_ig, a_cl = permuted_weights(weight, spec, a.dtype, layout, ig_layout, (a, spec, padded))
+        else:
+            w, w_ig = permuted_weights(weight, spec, a.dtype, layout, ig_layout)
+    elif (permuted is not None and permuted.dtype == a.dtype and permuted.is_contiguous()
+          and tuple(permuted.shape) == input_grad_weight_shape(spec, a.dtype)):
+        w = permuted
+    else:
+        w = permuted_weight(weight, spec, group_on_n, *layout, a.dtype)
     stab, pos_src = gather_tables(spec.group, spec.in_group, spec.kernel, a.device)
     phase_pos, phase_count = phase_tables(spec.kernel, spec.stride, spec.dilation, pad, not group_on_n, a.device)
     # A narrow forward folds neighbouring window positions of a kernel row into one K block where they are
@@ -470,33 +508,48 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         R_VALID=r_valid, S_IN=spec.s_in, S_K=s_k, KH=spec.kernel[0], KW=spec.kernel[1], GROUP_ON_N=group_on_n,
         K_MAJOR=k_major, HALO=halo, PRECISION=dot_precision(a.dtype), ACTIVATION=activation,
         **interpreter_config(INTERPRETER_CONFIG))
-    return a_cl if copied else None
+    return (a_cl if copied else None), w_ig
 
 
 # ------------------------------------------------------------------------------------------------- layouts
-def permuted_weight(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int = 0,
-                    k_major: bool = False) -> torch.Tensor:
+def permuted_weight(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int = 0, k_major: bool = False,
+                    dtype=None) -> torch.Tensor:
     """The base weight ``(weight_groups·C_out, C_in, S_in, kh, kw)`` re-laid as the B operand reads it:
     ``(weight_groups, kh·kw, A_CH // S_K, S_in, R_PAD)``, the ``R_PAD`` axis zero-padded.  Forward (group copies on
     N): the ``(A_CH // S_K, S_in)`` axes are ``(i, u)`` (the reduction runs over the input's ``(i, s)`` channels)
     and ``R_PAD`` is ``o``.  Input gradient: ``(o, u)`` and ``i``.  ``k_major``: the reduction axes innermost,
     ``(weight_groups, kh·kw, R_PAD, A_CH // S_K, S_in)``.  Same size as the weight up to padding: no filter bank.
-    ``rows_pad`` zero rows meet the zero channels of a padded activation (:func:`channels_last`)."""
-    kh, kw = spec.kernel
-    c_out, c_in, s_in = spec.out_channels, spec.in_channels, spec.s_in
-    rows, cols = (c_in, c_out) if group_on_n else (c_out, c_in)
-    w = weight.reshape(spec.weight_groups, c_out, c_in, s_in, kh * kw)
-    w = w.permute(0, 4, 2, 3, 1) if group_on_n else w.permute(0, 4, 1, 3, 2)
-    r_pad = vector_padding(cols)
-    shape = (spec.weight_groups, kh * kw, max(rows, rows_pad), s_in, r_pad)
-    # built in its final memory order in one copy; zero-filled first only when some rows or columns are padding
-    padded = shape[2] != rows or r_pad != cols
-    order = (0, 1, 4, 2, 3) if k_major else (0, 1, 2, 3, 4)
-    out = empty_in_order(shape, order, dtype=weight.dtype, device=weight.device)
-    if padded:
-        out.zero_()
-    out[:, :, :rows, :, :cols] = w
-    return out.permute(order) if k_major else out   # k_major: (weight_groups, kh·kw, R_PAD, A_CH // S_K, S_in)
+    ``rows_pad`` zero rows meet the zero channels of a padded activation (:func:`channels_last`).  In ``dtype``
+    (default the weight's); one launch (:func:`permuted_weights` builds both layouts at once)."""
+    layout = (rows_pad, k_major)
+    fwd, ig = permuted_weights(weight, spec, dtype or weight.dtype, layout if group_on_n else None,
+                               None if group_on_n else layout)
+    return fwd if group_on_n else ig
+
+
+def permuted_weights(weight: torch.Tensor, spec, dtype, forward_layout, input_grad_layout, halo=None):
+    """The forward's and the input gradient's permuted weights (:func:`permuted_weight`), each given by its
+    ``(rows_pad, k_major)`` or None (not built), written in one launch: ``(forward's or None, input gradient's or
+    None)``, each as the kernel reads it.  ``halo``: :func:`halo_channels_last`'s ``(x, spec, channels)``, made by
+    the same launch and returned third."""
+    buffers = [None if layout is None else _weight_buffer(weight, spec, group_on_n, *layout, dtype)
+               for group_on_n, layout in ((True, forward_layout), (False, input_grad_layout))]
+    # converted first (a launch only when the dtypes differ): a cast in the kernel would round differently from
+    # torch's under the interpreter
+    weights = (weight.to(dtype), *buffers)
+    copy = halo_channels_last(*halo, weights=weights) if halo is not None else permute_weights(*weights)
+    views = tuple(None if buf is None else (buf.permute(0, 1, 4, 2, 3) if layout[1] else buf)
+                  for buf, layout in zip(buffers, (forward_layout, input_grad_layout)))
+    return views if halo is None else (*views, copy)
+
+
+def _weight_buffer(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int, k_major: bool, dtype):
+    """An empty ``(weight_groups, kh·kw, rows, S_in, cols)`` permuted weight (:func:`permuted_weight`), stored
+    ``(weight_groups, kh·kw, cols, rows, S_in)`` when ``k_major``."""
+    rows, cols = (spec.in_channels, spec.out_channels) if group_on_n else (spec.out_channels, spec.in_channels)
+    shape = (spec.weight_groups, spec.kernel[0] * spec.kernel[1], max(rows, rows_pad), spec.s_in,
+             vector_padding(cols))
+    return empty_in_order(shape, (0, 1, 4, 2, 3) if k_major else (0, 1, 2, 3, 4), dtype=dtype, device=weight.device)
 
 
 @functools.lru_cache(maxsize=256)
@@ -563,53 +616,23 @@ def halo_size(spec) -> tuple[int, int]:
     return hp, wp
 
 
-def halo_channels_last(x: torch.Tensor, spec, channels: int) -> torch.Tensor:
+def halo_channels_last(x: torch.Tensor, spec, channels: int, weights=None) -> torch.Tensor:
     """``x (B, C, S, H, W)`` -> ``(B, HP, WP, groups·channels)`` channels-last with the convolution's zero padding in
     place: every window of every output pixel lies inside it.  ``channels >= C_in_g·S_in`` per channel group (more
-    are zeros).  A contiguous copy, except for an unpadded input already stored channels-last: then
-    :func:`channels_last`, a view."""
+    are zeros).  A contiguous copy, border and padded channels included, in one launch (:func:`padded_copy`), except
+    for an unpadded input already stored channels-last: then :func:`channels_last`, a view.  ``weights``: ``(weight,
+    fwd, ig)`` (:func:`~.group_conv_layouts.permute_weights`), written by the same launch (or alone)."""
     b, _, _, h, w = x.shape
     top, left = spec.padding[0], spec.padding[2]
     hp, wp = halo_size(spec)
     per_group = spec.in_channels * spec.s_in
     if (hp, wp, top, left, channels) == (h, w, 0, 0, per_group) and is_channels_last(x):
+        if weights is not None:
+            permute_weights(*weights)
         return channels_last(x)
-    if channels > per_group:   # a narrow input: the padded channels are most of the copy
-        out = x.new_zeros((b, hp, wp, spec.groups, channels))
-    else:                      # zeros only where no pixel of x lands (poisoned first, so a missed one shows)
-        out = x.new_empty((b, hp, wp, spec.groups, channels))
-        if poison_outputs():
-            out.fill_(float("nan"))
-        _zero_border(out.view(b, hp * wp * spec.groups * channels), (hp, wp), (top, left), (h, w),
-                     spec.groups * channels)
-    out[:, top:top + h, left:left + w, :, :per_group] = (
-        x.permute(0, 3, 4, 1, 2).reshape(b, h, w, spec.groups, per_group))
+    # (B, HP, WP, groups, channels / S_in, S_in) from x (B, groups, C_in_g, S_in, H, W); a narrow input's padded
+    # channels are whole group-index runs (vector_channels)
+    out = x.new_empty((b, hp, wp, spec.groups, channels // spec.s_in, spec.s_in))
+    src = x.view(b, spec.groups, spec.in_channels, spec.s_in, h, w).permute(0, 4, 5, 1, 2, 3)
+    padded_copy(out, src, (0, top, left, 0, 0, 0), weights)
     return out.view(b, hp, wp, spec.groups * channels)
-
-
-def _zero_border(flat: torch.Tensor, size, corner, inner, pixel: int) -> None:
-    """Zero the pixels of ``flat`` (``(B, HP·WP·pixel)``, each image ``HP × WP`` pixels of ``pixel`` elements) outside
-    the ``inner = (H, W)`` rectangle at ``corner = (top, left)``, in two or three launches: per image, the head
-    (rows above, and the left border of the first inner row) with the tail (the right border of the last inner row,
-    and the rows below) when both have one length, else apart; and the runs from one inner row's right border to
-    the next one's left border."""
-    (hp, wp), (top, left), (h, w) = size, corner, inner
-    if h == 0 or w == 0:
-        flat.zero_()
-        return
-    image, row = hp * wp * pixel, wp * pixel
-    head = (top * wp + left) * pixel
-    tail_start = ((top + h - 1) * wp + left + w) * pixel
-    tail = image - tail_start
-    base = flat.storage_offset()
-
-    def zero(shape, strides, start):
-        if all(n > 0 for n in shape):
-            flat.as_strided(shape, strides, base + start).zero_()
-
-    if head == tail:
-        zero((flat.shape[0], 2, head), (image, tail_start, 1), 0)
-    else:
-        zero((flat.shape[0], head), (image, 1), 0)
-        zero((flat.shape[0], tail), (image, 1), tail_start)
-    zero((flat.shape[0], h - 1, (wp - w) * pixel), (image, row, 1), (top * wp + left + w) * pixel)

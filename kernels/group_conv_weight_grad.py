@@ -16,9 +16,10 @@ import triton.language as tl
 
 from . import _common
 from ._common import (accumulator, bank_split_limit, cdiv, channels_last, dot_precision, geometry_table,
-                      group_tables, interpreter_config, maybe_autotune, mma, needs_int64, poison_outputs, round_up,
-                      split_ranges, upcast, vector_padding, vector_width)
+                      group_tables, interpreter_config, maybe_autotune, mma, needs_int64, round_up, split_ranges,
+                      upcast, vector_padding, vector_width)
 from .group_conv import halo_channels_last, halo_is_input, halo_size, reads_in_place, vector_channels
+from .group_conv_layouts import finish_weight_grad, relayout_dy
 
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
 
@@ -216,13 +217,17 @@ def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: tor
     return table, padding
 
 
-def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None) -> torch.Tensor:
-    """``dy`` and the 5-D input ``x`` -> ``dw`` of ``weight_shape`` (fp32 accumulation, then x's dtype).
+def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None, with_bias: bool = False):
+    """``dy`` and the 5-D input ``x`` -> ``dw`` of ``weight_shape`` (fp32 accumulation, then x's dtype); with
+    ``with_bias``, ``(dw, db)``, ``db`` the bias gradient ``(weight_groups·C_out,)`` from the same launches.
 
     ``dy`` is re-laid ``(B·H_out·W_out, groups, S_out, C_out padded to 8)``, rounded up to whole pixel blocks with
-    zeros (one copy of ``dy``); ``x`` is read from a zero-halo channels-last copy: ``x_copy``, the one
-    :func:`~.group_conv.forward` made, when given, else :func:`~.group_conv.halo_channels_last` (a copy unless
-    unpadded and channels-last already), with a narrow lifting input padded to 8 channels."""
+    zeros, in one launch that also writes the bias gradient's partial sums
+    (:func:`~.group_conv_layouts.relayout_dy`); ``x`` is read from a zero-halo channels-last copy: ``x_copy``, the
+    one :func:`~.group_conv.forward` made, when given, else :func:`~.group_conv.halo_channels_last` (a copy unless
+    unpadded and channels-last already), with a narrow lifting input padded to 8 channels.  The split's partial
+    sums and the bias's are added up by one more launch (:func:`~.group_conv_layouts.finish_weight_grad`), none
+    when there is neither."""
     in_index, _, pos_dh, pos_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
     kh, kw = spec.kernel
     r_total = spec.batch * spec.out_height * spec.out_width
@@ -235,20 +240,12 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
     partial_dtype = torch.promote_types(x.dtype, torch.float32) if split > 1 else x.dtype
     partial = torch.empty((split, *weight_shape), dtype=partial_dtype, device=x.device)
     if r_total == 0:
-        return partial.zero_().sum(0).to(x.dtype)
+        dw = partial.zero_().sum(0).to(x.dtype)
+        return (dw, x.new_zeros((spec.weight_groups * spec.out_channels,))) if with_bias else dw
     c_out = spec.out_channels
     o_pad = vector_padding(c_out)
     r_alloc = round_up(r_total, block_r)
-    # One strided copy; zeros only in the rows past the last pixel (they meet real x rows).  The padded channels
-    # are left as they are (NaN when poisoned): dw's column o reads dy's column o only, and is stored for o < C_out.
-    dy_go = dy.new_empty((r_alloc, spec.groups, spec.s_out, o_pad))
-    if poison_outputs():
-        dy_go.fill_(float("nan"))
-    b, ho, wo = spec.batch, spec.out_height, spec.out_width
-    dy_go[:r_total].view(b, ho, wo, spec.groups, spec.s_out, o_pad)[..., :c_out].copy_(
-        dy.view(b, spec.groups, c_out, spec.s_out, ho, wo).permute(0, 4, 5, 1, 3, 2))
-    if r_alloc > r_total:
-        dy_go[r_total:].zero_()
+    dy_go, bias_part = relayout_dy(dy, spec, r_alloc, o_pad, with_bias)
     # an unpadded input read in place is its own zero-halo copy: the window-corner table serves
     in_place = x_copy is None and reads_in_place(x, spec) and not halo_is_input(spec)
     if in_place:
@@ -280,4 +277,5 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
         VEC_X=vector_width(x.element_size(), *x_cl.stride()[:3], x_ch, zero_delta), IN_PLACE=in_place,
         PRECISION=dot_precision(x.dtype),
         BLOCK_R=block_r, **interpreter_config(INTERPRETER_CONFIG))
-    return partial[0] if split == 1 else partial.sum(0).to(x.dtype)
+    dw, db = finish_weight_grad(partial, x.dtype, bias_part, spec)
+    return (dw, db) if with_bias else dw

@@ -19,14 +19,15 @@ What is counted (a ``TorchDispatchMode`` sees every aten op, the ops inside ``gc
   ``resize_``, ``set_``, ``_local_scalar_dense`` (``.item()``).  One aten op is counted as one launch, as it is on a
   GPU for nearly every op (a cuDNN convolution or a large reduction may run more than one kernel; a
   ``_foreach_`` op runs one per chunk of tensors).
-- **GEMM launches**: the Triton kernels, and the aten ``convolution``, ``convolution_backward``, ``mm``, ``addmm``,
-  ``bmm`` (the bank path's convolutions and both paths' ``nn.Linear``).
+- **GEMM launches**: the Triton kernels but the layout kernels (``kernels/group_conv_layouts.py``: copies, counted
+  as such), and the aten ``convolution``, ``convolution_backward``, ``mm``, ``addmm``, ``bmm`` (the bank path's
+  convolutions and both paths' ``nn.Linear``).
 - **bytes written outside the GEMMs**: over the other launches, the bytes of the tensors they produce or write
   (``numel · element_size`` of each, not of the whole storage).  A Triton kernel writes the tensors passed to the
   pointers its source stores to (``tl.store(NAME ...``); those bytes are reported apart, as ``gemm_bytes``.
 - **peak**: the most bytes of storages allocated during the step that are alive at once (CPU storages tracked
   through the same mode, freed when their last tensor goes); parameters, the input and what outlives the warm-up
-  step (its gradients are set to None first) are not in it.
+  step (its gradients, the input's too, are set to None first) are not in it.
 - **saved for backward**: the distinct storages (by address) that autograd saves in the step's forward
   (``torch.autograd.graph.saved_tensors_hooks``), their full size; the input and the parameters included.
 
@@ -36,7 +37,7 @@ and post-hook); else to ``(loss)``, ``(accumulate)``, ``(optimizer)`` or ``(grad
 the two gradients of a tensor used twice, as a residual block's input, after the node that made the second one
 ran).  ``--per-layer`` prints, per group-conv layer, its
 launches and its activation-sized copies or fills: ``copy_``, ``clone``, ``reshape`` copies, ``zeros``,
-``fill_``, ... writing at least as many bytes as the smaller of the layer's input and output.  The
+``fill_``, a layout kernel, ... writing at least as many bytes as the smaller of the layer's input and output.  The
 targets (:func:`check_targets`) are printed as PASS/FAIL lines and do not change the exit status.  See
 ``docs/launches.md``.
 """
@@ -44,6 +45,7 @@ targets (:func:`check_targets`) are printed as PASS/FAIL lines and do not change
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
 import datetime
@@ -54,6 +56,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 import weakref
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -75,6 +78,8 @@ ALLOCATIONS = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_s
 # Ops that write no tensor data on a device.
 NO_KERNEL = {"resize_", "set_", "_local_scalar_dense", "record_stream", "_version"}
 GEMMS = {"convolution", "convolution_backward", "mm", "addmm", "bmm", "baddbmm", "_convolution"}
+# Triton kernels that only move data (the launchers' re-layouts): counted as copies, outside the GEMMs
+LAYOUT_KERNELS = ("group_conv_layouts.",)
 # Ops that only move data (a reshape that cannot be a view copies)
 COPIES = {"copy_", "clone", "_to_copy", "constant_pad_nd", "lift_fresh_copy", "contiguous", "reshape", "flatten",
           "_unsafe_view"}
@@ -133,14 +138,32 @@ class Record:
 
     @property
     def copy_or_fill(self) -> bool:
-        return self.kind == "torch" and self.name in COPIES | FILLS
+        if self.kind == "triton":
+            return self.name.startswith(LAYOUT_KERNELS)
+        return self.name in COPIES | FILLS
 
 
 @functools.lru_cache(maxsize=None)
 def stored_pointers(fn) -> tuple[str, ...]:
-    """The parameters of a ``@triton.jit`` function's Python source that it stores to (``tl.store(NAME + ...)``)."""
-    params = set(inspect.signature(fn).parameters)
-    return tuple(dict.fromkeys(n for n in re.findall(r"tl\.store\(\s*(\w+)", inspect.getsource(fn)) if n in params))
+    """The parameters of a ``@triton.jit`` function's Python source that it stores to: ``tl.store(NAME + ...)``, and
+    the arguments it passes to a ``@triton.jit`` helper for parameters that helper stores to (followed down)."""
+    params = list(inspect.signature(fn).parameters)
+    source = textwrap.dedent(inspect.getsource(fn))
+    stored = [n for n in re.findall(r"tl\.store\(\s*(\w+)", source) if n in params]
+    for node in ast.walk(ast.parse(source)):
+        helper = (fn.__globals__.get(node.func.id) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  else None)
+        inner = getattr(helper, "fn", None)   # a JITFunction's Python function
+        if inner is None or not hasattr(helper, "run"):
+            continue
+        inner_params = list(inspect.signature(inner).parameters)
+        passed = dict(zip(inner_params, node.args))
+        passed.update((k.arg, k.value) for k in node.keywords if k.arg)
+        for name in stored_pointers(inner):
+            arg = passed.get(name)
+            if isinstance(arg, ast.Name) and arg.id in params:
+                stored.append(arg.id)
+    return tuple(dict.fromkeys(stored))
 
 
 def _tensor_bytes(t: torch.Tensor) -> int:
@@ -230,8 +253,8 @@ class StepRecorder(TorchDispatchMode):
             t = bound.get(name)
             if isinstance(t, torch.Tensor):
                 written[(t.data_ptr(), t.numel(), t.element_size())] = _tensor_bytes(t)
-        self.records.append(Record("triton", launch.kernel, self.layer(), self.phase, sum(written.values()), True,
-                                   _programs(launch, bound)))
+        self.records.append(Record("triton", launch.kernel, self.layer(), self.phase, sum(written.values()),
+                                   not launch.kernel.startswith(LAYOUT_KERNELS), _programs(launch, bound)))
 
     append = triton_launch   # capturing(out) calls out.append(launch)
 
@@ -368,6 +391,9 @@ def measure(model: Union[str, Model], path: str, layout: str = "contiguous", bat
         with kernel_path(recorder) if path == "kernel" else gt.backend("torch"):
             _step(net, x, optimizer, recorder)                  # warm-up: caches, gradients, optimizer state
             optimizer.zero_grad(set_to_none=True)
+            # the input stands for another layer's output: its gradient goes on to that layer, never added to one
+            # kept from the warm-up step (an `add_` of an input's size no layer inside a network pays)
+            x.grad = None
             recorder.reset()
             handles = tag_modules(net, recorder, x, layers)
             try:

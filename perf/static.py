@@ -208,8 +208,9 @@ def _input_grad(layer: Layer, dtype) -> None:
 
 
 def _weight_grad(layer: Layer, dtype) -> None:
+    # with the bias gradient, as a layer with a bias runs it: its sums' launch compiles too
     kernels.weight_grad(_meta(_output_shape(layer.spec()), dtype), _meta(layer.input_shape(), dtype), layer.spec(),
-                        layer.weight_shape())
+                        layer.weight_shape(), with_bias=True)
 
 
 def _tap(kernel: str, tap: str, reduce: str) -> Callable[[Layer, torch.dtype], None]:

@@ -297,6 +297,16 @@ def test_launch_recorder_counts_ops_that_write_memory():
     del c
 
 
+def test_launch_recorder_follows_stores_into_jit_helpers():
+    """A kernel that stores through a ``@triton.jit`` helper writes the tensors it passes for the helper's stored
+    parameters: the forward's layout launch writes the halo copy and both permuted weights."""
+    from gconv_triton.kernels import group_conv_layouts as layouts
+
+    assert launches.stored_pointers(layouts._padded_copy_kernel.fn) == ("out_ptr", "fwd_ptr", "ig_ptr")
+    assert launches.stored_pointers(layouts._permute_weight_kernel.fn) == ("fwd_ptr", "ig_ptr")
+    assert launches.stored_pointers(layouts._finish_kernel.fn) == ("dw_ptr", "db_ptr")
+
+
 class _Clone(torch.nn.Module):
     def forward(self, x):
         return x.clone()
@@ -343,11 +353,13 @@ def test_launches_kernel_path_records_three_gemms_per_layer_and_the_bank_path_no
     kernel = launches.measure("layer", "kernel", **TINY)
     triton = [r for r in kernel["records"] if r["kind"] == "triton"]
     gemm, wgrad = "group_conv._conv_gemm_kernel", "group_conv_weight_grad._weight_grad_kernel"
-    assert sorted(r["name"] for r in triton) == [gemm, gemm, wgrad]
-    assert all(r["gemm"] and r["bytes"] > 0 and r["programs"] > 0 for r in triton)
-    assert kernel["launches"] == kernel["triton"] + kernel["torch"] and kernel["triton"] == 3
+    assert sorted(r["name"] for r in triton if r["gemm"]) == [gemm, gemm, wgrad]
+    # the layout kernels (kernels/group_conv_layouts.py) are launches outside the GEMMs
+    assert all(r["gemm"] != r["name"].startswith(launches.LAYOUT_KERNELS) for r in triton)
+    assert all(r["bytes"] > 0 and r["programs"] > 0 for r in triton)
+    assert kernel["launches"] == kernel["triton"] + kernel["torch"] and kernel["gemm"] == 3
     (layer,) = kernel["layers"]
-    assert (layer["triton"], layer["input_from_layer"]) == (3, True)
+    assert (layer["gemm"], layer["input_from_layer"]) == (3, True)
     bank = launches.measure("layer", "bank", **TINY)
     assert bank["triton"] == 0
     assert sorted(r["name"] for r in bank["records"] if r["gemm"]) == ["convolution", "convolution_backward"]
@@ -356,7 +368,8 @@ def test_launches_kernel_path_records_three_gemms_per_layer_and_the_bank_path_no
         bank["loss_optimizer_launches"], bank["loss_optimizer_bytes"]) != (0, 0)
     # P4CNN: the lifting layer's input needs no gradient, so it launches two GEMMs; deterministic counts
     net = launches.measure("p4cnn", "kernel", "channels_last", batch=2, size=8)
-    assert [lay["triton"] for lay in net["layers"]] == [2, 3, 3] and net["triton"] == 8
+    assert [lay["gemm"] for lay in net["layers"]] == [2, 3, 3]
+    assert sum(r["kind"] == "triton" and r["gemm"] for r in net["records"]) == 8
     assert [lay["input_from_layer"] for lay in net["layers"]] == [False, True, True]
     again = launches.measure("p4cnn", "kernel", "channels_last", batch=2, size=8)
     assert again["records"] == net["records"] and again["peak_bytes"] == net["peak_bytes"]
@@ -400,25 +413,27 @@ def test_launches_a_layer_step_rebuilds_no_table_and_copies_x_once():
     """``P4ConvP4(32, 32, 3, padding=1)`` on a contiguous input, one steady training step on the kernel path: the
     weight gradient's window offsets come from the cache filled by the warm-up step (no ``arange`` ... chain), it
     reads the forward's zero-halo copy of ``x`` instead of making one (one copy of an x-sized tensor per step, in the
-    forward), nothing zero-fills a whole buffer, and ``dy`` is re-laid for the weight gradient in one copy."""
+    forward), nothing fills a buffer before a copy, each re-layout is one launch, the input gradient reads the
+    permuted weight the forward wrote, and the bias gradient comes with the weight gradient's sums."""
     step = launches.measure("layer", "kernel", batch=2, size=8)
-    x_bytes = step["layers"][0]["input_bytes"]
     layer = [r for r in step["records"] if r["layer"] == "P4ConvP4" and not r["gemm"]]
     names = [(r["phase"], r["name"]) for r in layer]
-    assert not {"arange", "mul", "add", "zeros", "new_zeros", "reshape"} & {name for _, name in names}, names
-    x_copies = [(r["phase"], r["name"]) for r in layer if r["name"] == "copy_" and r["bytes"] == x_bytes]
-    # the forward's copy of x and, in the backward, dy's re-layout for the weight gradient (dy and x: same size)
-    assert x_copies == [("forward", "copy_"), ("backward", "copy_")], names
-    fills = [r for r in layer if r["name"] in launches.FILLS]
-    assert all(r["bytes"] < x_bytes / 2 for r in fills), fills    # the halo's border only
+    assert not {"arange", "mul", "add", "zeros", "new_zeros", "reshape", "sum", "zero_", "fill_", "add_"} & {
+        name for _, name in names}, names
     assert names == [
-        ("forward", "zero_"), ("forward", "zero_"),   # the halo's border: above + below, then between the rows
-        ("forward", "copy_"), ("forward", "copy_"),   # x into the halo copy; the weight re-laid (no padding)
-        ("backward", "contiguous"),                   # dy channels-last for the input gradient
-        ("backward", "copy_"), ("backward", "copy_"),  # the weight re-laid for it; dy re-laid for the weight grad
-        ("backward", "sum"),                          # the bias gradient (one launch: no channel-group sum)
-        ("backward", "add_"),                         # x.grad += dx (the warm-up step left x.grad)
+        ("forward", "group_conv_layouts._padded_copy_kernel"),     # x into the zero-halo copy, border included,
+                                                                   # and the forward's and input gradient's weights
+        ("backward", "contiguous"),                   # dy channels-last for the input gradient (the loss's dy)
+        ("backward", "group_conv_layouts._dy_relayout_kernel"),    # dy for the weight grad, the bias's partial sums
+        ("backward", "group_conv_layouts._finish_kernel"),         # the split's sums and the bias gradient
     ]
+    # an input that keeps no gradient from the warm-up step: no `x.grad += dx`
+    assert not [r for r in step["records"] if r["layer"] == "(accumulate)" or r["name"] == "add_"]
+    # the forward's launch writes the halo copy of x and both weights: its bytes are all three
+    forward = next(r for r in layer if r["phase"] == "forward")
+    halo = 2 * 10 * 10 * 32 * 4 * 4
+    weights = 2 * 32 * 32 * 4 * 9 * 4
+    assert forward["bytes"] == halo + weights, forward
 
 
 def test_launches_a_channels_last_layer_step_copies_no_x():
