@@ -339,6 +339,65 @@ def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
 
 
 @triton.jit
+def _input_grad_channels_last_kernel(dyt_ptr, ct_ptr, psi_ptr, index_ptr, dx_ptr,
+                                     NB, C_IN, H, W, HO, WO, pad_h, pad_w, dil_h, dil_w,
+                                     S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr,
+                                     NBASIS: tl.constexpr, P_PAD: tl.constexpr, B_PAD: tl.constexpr,
+                                     C_OUT_PAD: tl.constexpr, C_IN_PAD: tl.constexpr, O_STEP: tl.constexpr,
+                                     P_CHUNK: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+                                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+                                     OFFSET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The input gradient on ``dy`` channels-last (``dyt (NB, S_OUT, HO, WO, C_OUT_PAD)``, zeros beyond
+    ``C_out``): a K step is one element ``g``, ``O_STEP`` output channels and ``P_CHUNK`` window positions,
+    ``(p, o)`` with ``o`` fastest, so that a (pixel, position) reads ``O_STEP`` contiguous elements (16 bytes).
+    The step's filter ``W ((p, o) × i) = Ψ[g]ᵀ (P_CHUNK × B) @ Cᵗ (B × (o, i))`` with ``Cᵗ[b, (o, i)] = ct[index[g,
+    s], b, o, i]`` (``ct (S_IN, B_PAD, C_OUT_PAD, C_IN_PAD)``: the coefficients transposed and zero-padded by the
+    launcher), reshaped in order; then ``dx (M × I) += dY (M × (p, o)) @ W``.  The window's offsets and masks
+    depend on the position chunk only: computed once per chunk, outside the loop over ``(g, o)``.  ``dx (NB, C_IN,
+    S_IN, H, W)`` contiguous; grid ``(cdiv(NB·H·W, BLOCK_M), C_IN_PAD / BLOCK_N, S_IN)``."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    s = tl.program_id(2)
+    KK: tl.constexpr = KSIZE * KSIZE
+    O_CHUNKS: tl.constexpr = C_OUT_PAD // O_STEP
+    u, u_ok, n, ih, iw = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, H, W)
+    kk = tl.arange(0, P_CHUNK * O_STEP)
+    # the steering operand's columns (o, i): i fastest
+    cols = tl.arange(0, O_STEP * BLOCK_N)
+    bb = tl.arange(0, B_PAD)
+    ct_off = (bb[:, None] * C_OUT_PAD + cols[None, :] // BLOCK_N) * C_IN_PAD + pid_n * BLOCK_N + cols[None, :] % BLOCK_N
+    plane = HO * WO * C_OUT_PAD                                                     # dyt's stride along g
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)                                                # dx (M × I)
+    for chunk in range(P_PAD // P_CHUNK):
+        # The output pixel that reads input pixel u at window position p: m = (u + pad − p·dil) / stride, if whole.
+        p = chunk * P_CHUNK + kk // O_STEP                                                       # (K,)
+        th = ih[:, None] + pad_h - (p // KSIZE * dil_h)[None, :]
+        tw = iw[:, None] + pad_w - (p % KSIZE * dil_w)[None, :]
+        ok = (th >= 0) & (tw >= 0) & (p[None, :] < KK) & u_ok[:, None]
+        th = tl.maximum(th, 0)
+        tw = tl.maximum(tw, 0)
+        ok = ok & (th % STRIDE_H == 0) & (tw % STRIDE_W == 0) & (th // STRIDE_H < HO) & (tw // STRIDE_W < WO)
+        dy_off = ((tl.cast(n, OFFSET)[:, None] * S_OUT * HO + th // STRIDE_H) * WO + tw // STRIDE_W) * C_OUT_PAD \
+            + kk[None, :] % O_STEP                                                               # (M, K)
+        pc = chunk * P_CHUNK + tl.arange(0, P_CHUNK)
+        for step in range(S_OUT * O_CHUNKS):
+            g = step // O_CHUNKS
+            o_base = step % O_CHUNKS * O_STEP
+            r = tl.load(index_ptr + g * S_IN + s)
+            coef = tl.load(ct_ptr + (ct_off + (r * B_PAD * C_OUT_PAD + o_base) * C_IN_PAD))
+            psi_t = tl.load(psi_ptr + g * (NBASIS * KK) + bb[None, :] * KK + pc[:, None],
+                            mask=(bb[None, :] < NBASIS) & (pc[:, None] < KK), other=0.0).to(coef.dtype)
+            w = mma(tl.zeros((P_CHUNK, O_STEP * BLOCK_N), dtype=ACC), psi_t, coef, PRECISION, UPCAST)
+            w = tl.reshape(w.to(dyt_ptr.dtype.element_ty), (P_CHUNK * O_STEP, BLOCK_N))           # ((p, o), i)
+            dys = tl.load(dyt_ptr + (dy_off + (tl.cast(g, OFFSET) * plane + o_base)), mask=ok, other=0.0)
+            acc = mma(acc, dys, w, PRECISION, UPCAST)
+    i = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    hw = H * W
+    dx_off = ((n[:, None].to(OFFSET) * C_IN + i[None, :]) * S_IN + s) * hw + (u % hw)[:, None]
+    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=u_ok[:, None] & (i[None, :] < C_IN))
+
+
+@triton.jit
 def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
                         NB, C_IN, C_OUT, H, W, HO, WO,
                         sdn, sdc, sdg, sdh, sdw, sxn, sxc, sxs, sxh, sxw,
@@ -594,6 +653,44 @@ def _forward_channels_last(x, coefficients, bias, tables, index, y, k: int, geom
         **_kernel_args(x.dtype, x, ct, y), **cfg)
 
 
+def channels_last_dy(dtype: torch.dtype) -> bool:
+    """Whether the input gradient gathers ``dy`` channels-last (``O_STEP`` output channels contiguous per pixel,
+    16-byte vector loads): fp16, bf16, and fp32 on tf32 dots.  Not exact fp32 dots (they run on FMAs) nor fp64."""
+    return dtype in (torch.float16, torch.bfloat16) or dtype == torch.float32 and dot_precision(dtype) == "tf32"
+
+
+def _input_grad_channels_last_config(kernel_size: int, dtype: torch.dtype) -> dict:
+    """The channels-last input gradient's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` input channels, ``O_STEP`` output
+    channels (16 bytes) × ``P_CHUNK`` window positions per K step, warps and stages."""
+    size = torch.empty((), dtype=dtype).element_size()
+    cfg = dict(INTERPRETER_CONFIG, O_STEP=16 // size, P_CHUNK=P_CHUNK)
+    if INTERPRET:
+        return cfg
+    cfg.update(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+    return cfg
+
+
+def _input_grad_channels_last(dy, coefficients, tables, index, dx, k: int, geometry: tuple) -> None:
+    """Launch ``_input_grad_channels_last_kernel`` into ``dx``: ``dy`` copied to ``(B, S_out, H', W', C_out)`` and
+    the coefficients to ``(S_in, B, C_out, C_in)``, both zero-padded (``C_out`` to ``O_STEP``, ``C_in`` to
+    ``BLOCK_N``, ``B`` to ``B_PAD``): no masks on the steering operand, aligned vector loads of ``dy``."""
+    nb, c_out, s_out, ho, wo = dy.shape
+    _, c_in, s_in, basis = coefficients.shape
+    cfg = _input_grad_channels_last_config(k, dy.dtype)
+    c_out_pad = cdiv(c_out, cfg["O_STEP"]) * cfg["O_STEP"]
+    c_in_pad = cdiv(c_in, cfg["BLOCK_N"]) * cfg["BLOCK_N"]
+    dyt = torch.zeros((nb, s_out, ho, wo, c_out_pad), dtype=dy.dtype, device=dy.device)
+    dyt[..., :c_out] = dy.permute(0, 2, 3, 4, 1)
+    ct = torch.zeros((s_in, _pad16(basis), c_out_pad, c_in_pad), dtype=dy.dtype, device=dy.device)
+    ct[:, :basis, :c_out, :c_in] = coefficients.permute(2, 3, 0, 1)
+    sh, sw, ph, pw, dh, dw = geometry
+    grid = (cdiv(nb * dx.shape[3] * dx.shape[4], cfg["BLOCK_M"]), c_in_pad // cfg["BLOCK_N"], s_in)
+    _input_grad_channels_last_kernel[grid](
+        dyt, ct, tables, index, dx, nb, c_in, dx.shape[3], dx.shape[4], ho, wo, ph, pw, dh, dw, S_IN=s_in,
+        S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k), B_PAD=_pad16(basis), C_OUT_PAD=c_out_pad,
+        C_IN_PAD=c_in_pad, STRIDE_H=sh, STRIDE_W=sw, **_kernel_args(dy.dtype, dyt, ct, dx), **cfg)
+
+
 def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tensor, index: torch.Tensor, x_shape,
                stride=1, padding=0, dilation=1, *, groups: int = 1) -> torch.Tensor:
     """``dx`` of :func:`forward`: the adjoint, again a steerable convolution (K over ``(g, o)``).
@@ -625,6 +722,9 @@ def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tenso
         raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x_shape {x_shape}, got {tuple(dy.shape)}")
     dx = _empty(full, dy)
     if dx.numel() == 0:
+        return dx.view(x_shape)
+    if channels_last_dy(dy.dtype):
+        _input_grad_channels_last(dy, coefficients, tables, index, dx, k, (sh, sw, ph, pw, dh, dw))
         return dx.view(x_shape)
     cfg = _input_grad_config(k, dy.dtype)
     grid = (cdiv(nb * h * w, cfg["BLOCK_M"]), cdiv(c_in, cfg["BLOCK_N"]), s_in)
