@@ -661,9 +661,11 @@ def channels_last_dy(dtype: torch.dtype) -> bool:
 
 def _input_grad_channels_last_config(kernel_size: int, dtype: torch.dtype) -> dict:
     """The channels-last input gradient's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` input channels, ``O_STEP`` output
-    channels (16 bytes) × ``P_CHUNK`` window positions per K step, warps and stages."""
+    channels (16 bytes) × ``P_CHUNK`` window positions per K step (32 from k = 5 on: fewer instructions per MAC on
+    sm_90 than 16, docs/steerable.md), warps and stages; under the interpreter too, so that the tests run the same
+    chunking."""
     size = torch.empty((), dtype=dtype).element_size()
-    cfg = dict(INTERPRETER_CONFIG, O_STEP=16 // size, P_CHUNK=P_CHUNK)
+    cfg = dict(INTERPRETER_CONFIG, O_STEP=16 // size, P_CHUNK=min(2 * P_CHUNK, _pad16(kernel_size * kernel_size)))
     if INTERPRET:
         return cfg
     cfg.update(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
