@@ -354,7 +354,7 @@ def _input_grad_channels_last_kernel(dyt_ptr, ct_ptr, psi_ptr, index_ptr, dx_ptr
     s], b, o, i]`` (``ct (S_IN, B_PAD, C_OUT_PAD, C_IN_PAD)``: the coefficients transposed and zero-padded by the
     launcher), reshaped in order; then ``dx (M × I) += dY (M × (p, o)) @ W``.  The window's offsets and masks
     depend on the position chunk only: computed once per chunk, outside the loop over ``(g, o)``.  ``dx (NB, C_IN,
-    S_IN, H, W)`` contiguous; grid ``(cdiv(NB·H·W, BLOCK_M), C_IN_PAD / BLOCK_N, S_IN)``."""
+    S_IN, H, W)`` contiguous; grid ``(cdiv(NB·H·W, BLOCK_M), cdiv(C_IN_PAD, BLOCK_N), S_IN)``."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     s = tl.program_id(2)
@@ -365,7 +365,9 @@ def _input_grad_channels_last_kernel(dyt_ptr, ct_ptr, psi_ptr, index_ptr, dx_ptr
     # the steering operand's columns (o, i): i fastest
     cols = tl.arange(0, O_STEP * BLOCK_N)
     bb = tl.arange(0, B_PAD)
-    ct_off = (bb[:, None] * C_OUT_PAD + cols[None, :] // BLOCK_N) * C_IN_PAD + pid_n * BLOCK_N + cols[None, :] % BLOCK_N
+    col_i = pid_n * BLOCK_N + cols % BLOCK_N
+    ct_off = (bb[:, None] * C_OUT_PAD + cols[None, :] // BLOCK_N) * C_IN_PAD + col_i[None, :]
+    ct_ok = col_i[None, :] < C_IN_PAD             # C_IN_PAD: a multiple of 8, the masks whole 16-byte vectors
     plane = HO * WO * C_OUT_PAD                                                     # dyt's stride along g
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)                                                # dx (M × I)
     for chunk in range(P_PAD // P_CHUNK):
@@ -384,7 +386,7 @@ def _input_grad_channels_last_kernel(dyt_ptr, ct_ptr, psi_ptr, index_ptr, dx_ptr
             g = step // O_CHUNKS
             o_base = step % O_CHUNKS * O_STEP
             r = tl.load(index_ptr + g * S_IN + s)
-            coef = tl.load(ct_ptr + (ct_off + (r * B_PAD * C_OUT_PAD + o_base) * C_IN_PAD))
+            coef = tl.load(ct_ptr + (ct_off + (r * B_PAD * C_OUT_PAD + o_base) * C_IN_PAD), mask=ct_ok, other=0.0)
             psi_t = tl.load(psi_ptr + g * (NBASIS * KK) + bb[None, :] * KK + pc[:, None],
                             mask=(bb[None, :] < NBASIS) & (pc[:, None] < KK), other=0.0).to(coef.dtype)
             w = mma(tl.zeros((P_CHUNK, O_STEP * BLOCK_N), dtype=ACC), psi_t, coef, PRECISION, UPCAST)
@@ -674,19 +676,20 @@ def _input_grad_channels_last_config(kernel_size: int, dtype: torch.dtype) -> di
 
 def _input_grad_channels_last(dy, coefficients, tables, index, dx, k: int, geometry: tuple) -> None:
     """Launch ``_input_grad_channels_last_kernel`` into ``dx``: ``dy`` copied to ``(B, S_out, H', W', C_out)`` and
-    the coefficients to ``(S_in, B, C_out, C_in)``, both zero-padded (``C_out`` to ``O_STEP``, ``C_in`` to
-    ``BLOCK_N``, ``B`` to ``B_PAD``): no masks on the steering operand, aligned vector loads of ``dy``."""
+    the coefficients to ``(S_in, B, C_out, C_in)``, both zero-padded (``C_out`` to ``O_STEP``, ``C_in`` to 8,
+    ``B`` to ``B_PAD``: aligned 16-byte vector loads, no mask on the basis).  The padded coefficients stay far
+    below the bank's size (``B_PAD`` against ``S_out·k²``) but for a few channels."""
     nb, c_out, s_out, ho, wo = dy.shape
     _, c_in, s_in, basis = coefficients.shape
     cfg = _input_grad_channels_last_config(k, dy.dtype)
     c_out_pad = cdiv(c_out, cfg["O_STEP"]) * cfg["O_STEP"]
-    c_in_pad = cdiv(c_in, cfg["BLOCK_N"]) * cfg["BLOCK_N"]
+    c_in_pad = cdiv(c_in, 8) * 8
     dyt = torch.zeros((nb, s_out, ho, wo, c_out_pad), dtype=dy.dtype, device=dy.device)
     dyt[..., :c_out] = dy.permute(0, 2, 3, 4, 1)
     ct = torch.zeros((s_in, _pad16(basis), c_out_pad, c_in_pad), dtype=dy.dtype, device=dy.device)
     ct[:, :basis, :c_out, :c_in] = coefficients.permute(2, 3, 0, 1)
     sh, sw, ph, pw, dh, dw = geometry
-    grid = (cdiv(nb * dx.shape[3] * dx.shape[4], cfg["BLOCK_M"]), c_in_pad // cfg["BLOCK_N"], s_in)
+    grid = (cdiv(nb * dx.shape[3] * dx.shape[4], cfg["BLOCK_M"]), cdiv(c_in_pad, cfg["BLOCK_N"]), s_in)
     _input_grad_channels_last_kernel[grid](
         dyt, ct, tables, index, dx, nb, c_in, dx.shape[3], dx.shape[4], ho, wo, ph, pw, dh, dw, S_IN=s_in,
         S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k), B_PAD=_pad16(basis), C_OUT_PAD=c_out_pad,

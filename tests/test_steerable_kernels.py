@@ -114,6 +114,42 @@ def test_forward_channels_last_window_both_layouts(group, k, dtype, stride, padd
     assert torch.equal(y, y_last)
 
 
+# (group, lifting, k, stride, padding, dilation, dtype, sizes): channel counts 1, 3, 4 and beyond a tile (17 > the
+# interpreter's 16 input channels, 9 > 8 output channels per 16-byte vector), odd maps, strides, dilations
+INPUT_GRAD_CASES = [
+    (C4, False, 3, 2, 1, 1, torch.bfloat16, dict(c_in=1, c_out=1, height=7, width=5)),
+    (C8, False, 5, 1, 2, 2, torch.float16, dict(c_in=3, c_out=4, height=9, width=7)),
+    (C16, False, 3, 1, 0, 1, torch.bfloat16, dict(c_in=4, c_out=3, height=5, width=6)),
+    (D8, False, 7, 2, 3, 1, torch.float32, dict(batch=1, c_in=3, c_out=9, height=7, width=5)),
+    (C8, True, 3, (2, 1), 1, (1, 2), torch.float32, dict(c_in=17, c_out=3, height=5, width=4)),
+    (C4, False, 5, 1, 2, 1, torch.float64, dict(c_in=3, c_out=4)),
+]
+
+
+@pytest.mark.parametrize("case", INPUT_GRAD_CASES, ids=[_case_id(c) for c in INPUT_GRAD_CASES])
+def test_input_grad_channels_last_dy_both_layouts(case):
+    """The input gradient (``dy`` gathered channels-last for fp16 / bf16 / tf32, the ``(B, C, S, H, W)`` kernel for
+    fp64): ``dy`` in ``(B, C, S, H, W)`` memory order and channels-last (``(B, H, W, C, S)`` in memory) give the
+    same ``dx``, matching the float64 reference."""
+    group, lifting, k, stride, padding, dilation, dtype, sizes = case
+    assert kernels.channels_last_dy(dtype) == (dtype != torch.float64)
+    with torch.backends.cudnn.flags(allow_tf32=False):   # exact fp32 dots: the (B, C, S, H, W) kernel
+        assert not kernels.channels_last_dy(torch.float32)
+    (x, c, _), in_group = _inputs(group, lifting, k, dtype, **sizes)
+    geometry = _geometry_kwargs(stride, padding, dilation)
+    xr = x.double().requires_grad_()
+    ref = st.steerable_conv2d(xr, c.double(), None, group=group, in_group=in_group, kernel_size=k, **geometry)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dtype)
+    ref.backward(dy.double())
+    tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
+    dy = dy.to(DEVICE)
+    dy_last = dy.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    dx = kernels.input_grad(dy, c, tables, index, x.shape, **geometry)
+    assert dx.is_contiguous() and dx.dtype == dtype
+    assert_close(dx, xr.grad, dtype, "dx")
+    assert torch.equal(dx, kernels.input_grad(dy_last, c, tables, index, x.shape, **geometry))
+
+
 def test_flattened_input_and_no_bias():
     """``x (B, C_in·S_in, H, W)`` is taken as ``(B, C_in, S_in, H, W)``; ``bias=None`` adds nothing."""
     (x, c, _), in_group = _inputs(C8, False, 3, torch.float32, c_in=2, c_out=3, height=5, width=6)
