@@ -444,6 +444,73 @@ def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
     tl.store(dc_ptr + dc_off, dc.to(dc_ptr.dtype.element_ty), mask=o_ok[:, None] & (bb[None, :] < NBASIS))
 
 
+@triton.jit
+def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel_ptr, dc_ptr,
+                                      C_IN, C_OUT, H, W, M_TOTAL, M_PAD, sxh, sxw, dil_h, dil_w, R_BLOCKS,
+                                      PART_CHUNKS,
+                                      S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr,
+                                      NBASIS: tl.constexpr, P_PAD: tl.constexpr, B_PAD: tl.constexpr,
+                                      P_CHUNK: tl.constexpr, BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
+                                      UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
+                                      BLOCK_M: tl.constexpr):
+    """The coefficient gradient on ``x`` channels-last (``x[n, i, s, h, w]`` at ``n·sxn + h·sxh + w·sxw + i·S_IN +
+    s``) and ``dyt (C_OUT·S_OUT, M_PAD)`` (``dy`` with rows ``(o, g)`` and its ``NB·HO·WO`` pixels contiguous,
+    zeros beyond), every group copy and every input element in one dot: per chunk of ``P_CHUNK`` window
+    positions, ``dW ((o, g) × (p, s)) = Σ_pixel chunks dY ((o, g) × M) @ X (M × (p, s))``, the window read once for
+    all ``g`` (``S_IN`` contiguous elements per pixel and position), then projected onto the coefficients:
+    ``dc[o, r, b] += Σ_{g, p} dW[(o, g), (p, source[g, r])] · Ψ[g, b, p]`` (a column gather, then one dot over
+    ``(g, p)``).  ``pixel (3, M_PAD)``: each output pixel's window corner, ``(x offset / S_IN, row, col)`` (rows far out
+    of range beyond ``M_TOTAL``), read rather than divided out in the loop.  ``dc (parts, C_OUT, C_IN, S_IN,
+    NBASIS)`` contiguous, one partial sum per part of the pixels;
+    grid ``(R_BLOCKS·parts, C_IN)``, ``R_BLOCKS = cdiv(C_OUT, BLOCK_O)``."""
+    pid_r = tl.program_id(0) % R_BLOCKS
+    part = tl.program_id(0) // R_BLOCKS
+    i = tl.program_id(1)
+    KK: tl.constexpr = KSIZE * KSIZE
+    K2: tl.constexpr = P_CHUNK * S_IN
+    BLOCK_R: tl.constexpr = BLOCK_O * S_OUT
+    BACK_PRECISION: tl.constexpr = "ieee" if ACC == tl.float64 else "tf32x3"
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)                                             # (o, g)
+    row_ok = rows < C_OUT * S_OUT
+    kk = tl.arange(0, K2)                                                                      # (p, s)
+    bb = tl.arange(0, B_PAD)
+    gp = tl.arange(0, S_OUT * P_CHUNK)                                                         # (g, p)
+    dc = tl.zeros((BLOCK_O, S_IN * B_PAD), dtype=ACC)                                         # (o, (r, b))
+    m_end = tl.minimum((part + 1) * PART_CHUNKS * BLOCK_M, M_TOTAL)
+    for chunk in range(P_PAD // P_CHUNK):
+        p = chunk * P_CHUNK + kk // S_IN
+        kh_dil = p // KSIZE * dil_h
+        kw_dil = p % KSIZE * dil_w
+        shift = kh_dil.to(OFFSET) * sxh + kw_dil.to(OFFSET) * sxw + kk % S_IN + tl.cast(i, OFFSET) * S_IN
+        dw = tl.zeros((BLOCK_R, K2), dtype=ACC)
+        for start in range(part * PART_CHUNKS * BLOCK_M, m_end, BLOCK_M):
+            m = start + tl.arange(0, BLOCK_M)
+            dys = tl.load(dyt_ptr + (rows[:, None].to(OFFSET) * M_PAD + m[None, :]), mask=row_ok[:, None], other=0.0)
+            pix = tl.load(pixel_ptr + m).to(OFFSET) * S_IN          # a multiple of S_IN: aligned vector loads
+            ih = tl.load(pixel_ptr + M_PAD + m).to(tl.int32)[:, None] + kh_dil[None, :]
+            iw = tl.load(pixel_ptr + 2 * M_PAD + m).to(tl.int32)[:, None] + kw_dil[None, :]
+            ok = (ih.to(tl.uint32) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32) < tl.cast(W, tl.uint32)) \
+                & (p[None, :] < KK)
+            xs = tl.load(x_ptr + (pix[:, None] + shift[None, :]), mask=ok, other=0.0)          # (M, (p, s))
+            dw = mma(dw, dys, xs, PRECISION, UPCAST)
+        # onto the coefficients' order: column (p, r) of row (o, g) reads column (p, source[g, r]) (the indices
+        # computed here, after the loop, so that they hold no registers in it)
+        src = tl.load(source_ptr + (rows % S_OUT)[:, None] * S_IN + (kk % S_IN)[None, :])
+        dw = tl.gather(dw, (kk // S_IN)[None, :] * S_IN + src, 1)                               # ((o, g), (p, r))
+        dw = tl.reshape(tl.permute(tl.reshape(dw, (BLOCK_O, S_OUT, P_CHUNK, S_IN)), (0, 3, 1, 2)),
+                        (BLOCK_O * S_IN, S_OUT * P_CHUNK))                                     # ((o, r), (g, p))
+        pp = chunk * P_CHUNK + gp % P_CHUNK
+        psi = tl.load(psi_ptr + (gp // P_CHUNK)[:, None] * (NBASIS * KK) + bb[None, :] * KK + pp[:, None],
+                      mask=(pp[:, None] < KK) & (bb[None, :] < NBASIS), other=0.0).to(ACC)    # ((g, p), b)
+        dc += tl.reshape(tl.dot(dw, psi, input_precision=BACK_PRECISION), (BLOCK_O, S_IN * B_PAD))
+    o = pid_r * BLOCK_O + tl.arange(0, BLOCK_O)
+    cols = tl.arange(0, S_IN * B_PAD)
+    dc_off = ((part * C_OUT + o[:, None]).to(OFFSET) * C_IN + i) * (S_IN * NBASIS) \
+        + (cols // B_PAD * NBASIS + cols % B_PAD)[None, :]
+    dc_ok = (o < C_OUT)[:, None] & (cols % B_PAD < NBASIS)[None, :]
+    tl.store(dc_ptr + dc_off, dc.to(dc_ptr.dtype.element_ty), mask=dc_ok)
+
+
 # ----------------------------------------------------------------------------------------------- launchers
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each ≥ ``minimum``, as ``(h, w)``; TypeError / ValueError naming ``name``."""
@@ -655,9 +722,10 @@ def _forward_channels_last(x, coefficients, bias, tables, index, y, k: int, geom
         **_kernel_args(x.dtype, x, ct, y), **cfg)
 
 
-def channels_last_dy(dtype: torch.dtype) -> bool:
-    """Whether the input gradient gathers ``dy`` channels-last (``O_STEP`` output channels contiguous per pixel,
-    16-byte vector loads): fp16, bf16, and fp32 on tf32 dots.  Not exact fp32 dots (they run on FMAs) nor fp64."""
+def channels_last_gradients(dtype: torch.dtype) -> bool:
+    """Whether the gradients run channels-last (16-byte vector loads): the input gradient gathering ``dy`` with
+    ``O_STEP`` output channels contiguous per pixel, the coefficient gradient ``x`` with its ``S_in`` elements
+    contiguous: fp16, bf16, and fp32 on tf32 dots.  Not exact fp32 dots (they run on FMAs) nor fp64."""
     return dtype in (torch.float16, torch.bfloat16) or dtype == torch.float32 and dot_precision(dtype) == "tf32"
 
 
@@ -728,7 +796,7 @@ def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tenso
     dx = _empty(full, dy)
     if dx.numel() == 0:
         return dx.view(x_shape)
-    if channels_last_dy(dy.dtype):
+    if channels_last_gradients(dy.dtype):
         _input_grad_channels_last(dy, coefficients, tables, index, dx, k, (sh, sw, ph, pw, dh, dw))
         return dx.view(x_shape)
     cfg = _input_grad_config(k, dy.dtype)
@@ -738,6 +806,41 @@ def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tenso
                              S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k),
                              B_PAD=_pad16(basis), **_kernel_args(dy.dtype, dy, coefficients, dx), **cfg)
     return dx.view(x_shape)
+
+
+def _window_corners(nb: int, ho: int, wo: int, m_pad: int, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
+    """``(3, m_pad)``: per output pixel ``(n, oh, ow)`` (flat, then padding), its window corner's offset in the
+    channels-last ``x`` over ``S_in`` (``(n·sxn + row·sxh + col·sxw) / S_in``), ``row = oh·stride_h − pad_h`` and
+    ``col = ow·stride_w − pad_w``; the padding pixels' rows at −2³⁰ (out of range for every window position),
+    offset 0.  int32, or int64 when ``x`` needs it."""
+    sh, sw, ph, pw = geometry
+    m = torch.arange(m_pad, device=x.device, dtype=torch.int64)
+    row = (m // wo) % ho * sh - ph
+    col = m % wo * sw - pw
+    valid = m < nb * ho * wo
+    row = torch.where(valid, row, -2 ** 30)
+    offset = torch.where(valid, m // (ho * wo) * x.stride(0) + row * x.stride(3) + col * x.stride(4), 0) // x.shape[2]
+    return torch.stack([offset, row, col]).to(torch.int64 if _offset_type(x) == tl.int64 else torch.int32)
+
+
+def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int, s_out: int) -> dict:
+    """The channels-last coefficient gradient's tile: ``BLOCK_M`` pixels per chunk, ``BLOCK_O`` output channels
+    (rows ``BLOCK_O·S_out`` of the main dot, ``BLOCK_O·S_in ≥ 16`` for the projection's dot), ``P_CHUNK`` window
+    positions (``P_CHUNK·S_in`` columns, 128 where the window has them; 16 for lifting layers), warps and stages:
+    of the tiles tried for sm_90 without a spill, those with the fewest hot-loop instructions per MAC against the
+    matmul (docs/steerable.md)."""
+    block_o = max(1, 64 // s_out, 16 // s_in)
+    p_chunk = min(_pad16(kernel_size * kernel_size), max(1, 128 // s_in)) if s_in > 1 else 16
+    cfg = dict(BLOCK_M=16, BLOCK_O=block_o, P_CHUNK=p_chunk, num_warps=4, num_stages=1)
+    if INTERPRET:
+        return cfg
+    # lifting layers: 16 positions (wider chunks spill); 32 pixels at 256 rows (C_16 / D_8 lifting) and at k = 7
+    # (64 spill there)
+    block_m = 32 if kernel_size >= 7 and s_in > 1 else max(32, min(64, 8192 // (block_o * s_out)))
+    # fp32 at 256 rows: one stage (two spill)
+    stages = 1 if dtype == torch.float32 and block_o * s_out >= 256 else 2
+    cfg.update(BLOCK_M=block_m, num_warps=8, num_stages=stages)
+    return cfg
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: torch.Tensor, coeff_shape,
@@ -771,19 +874,34 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
     if tuple(dy.shape) != (nb, c_out, s_out, ho, wo):
         raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x {tuple(x.shape)}, got {tuple(dy.shape)}")
     source = torch.argsort(index, dim=1).to(torch.int32).contiguous()        # source[g, r] = s with index[g, s] = r
-    cfg = _weight_grad_config(k, dy.dtype)
-    o_blocks, chunks = cdiv(c_out, cfg["BLOCK_O"]), cdiv(nb * ho * wo, cfg["BLOCK_M"])
+    # its tiles hold every group copy and input element: powers of two (C_N / D_N with N a power of two, lifting)
+    last = channels_last_gradients(dy.dtype) and s_in & (s_in - 1) == 0 and s_out & (s_out - 1) == 0
+    cfg = _weight_grad_channels_last_config(k, dy.dtype, s_in, s_out) if last else _weight_grad_config(k, dy.dtype)
+    m_total = nb * ho * wo
+    o_blocks, chunks = cdiv(c_out, cfg["BLOCK_O"]), cdiv(m_total, cfg["BLOCK_M"])
     # the partial sums (parts × the coefficients) stay under half the bank: parts·B < S_out·k² / 2
-    parts = _pixel_parts(o_blocks * c_in * s_in, chunks, max(1, s_out * k * k // (2 * basis)), dy.device)
+    parts = _pixel_parts(o_blocks * c_in * (1 if last else s_in), chunks, max(1, s_out * k * k // (2 * basis)),
+                         dy.device)
     part_chunks = max(1, cdiv(chunks, parts))
     parts = max(1, cdiv(chunks, part_chunks))
     out = _empty(coeff_shape, dy) if parts == 1 else \
         torch.empty((parts, *coeff_shape), dtype=torch.float64 if dy.dtype == torch.float64 else torch.float32,
                     device=dy.device)
-    _weight_grad_kernel[(o_blocks * parts, c_in, s_in)](
-        dy, x, tables, source, out, nb, c_in, c_out, h, w, ho, wo, *dy.stride(), *x.stride(), sh, sw, ph, pw, dh, dw,
-        o_blocks, part_chunks, S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k),
-        B_PAD=_pad16(basis), **_kernel_args(dy.dtype, dy, x, out), **cfg)
+    common = dict(S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k), B_PAD=_pad16(basis))
+    if last:
+        if x.stride(2) != 1 or x.stride(1) != s_in:
+            x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+        # dy as (C_out·S_out, pixels), the pixels padded to whole chunks (zeros): unmasked 16-byte loads along them
+        dyt = torch.zeros((c_out * s_out, chunks * cfg["BLOCK_M"]), dtype=dy.dtype, device=dy.device)
+        dyt[:, :m_total] = dy.permute(1, 2, 0, 3, 4).reshape(c_out * s_out, m_total)
+        pixel = _window_corners(nb, ho, wo, dyt.shape[1], x, (sh, sw, ph, pw))
+        _weight_grad_channels_last_kernel[(o_blocks * parts, c_in)](
+            dyt, x, tables, source, pixel, out, c_in, c_out, h, w, m_total, dyt.shape[1], x.stride(3), x.stride(4),
+            dh, dw, o_blocks, part_chunks, **common, **_kernel_args(dy.dtype, dyt, x, out), **cfg)
+    else:
+        _weight_grad_kernel[(o_blocks * parts, c_in, s_in)](
+            dy, x, tables, source, out, nb, c_in, c_out, h, w, ho, wo, *dy.stride(), *x.stride(), sh, sw, ph, pw, dh,
+            dw, o_blocks, part_chunks, **common, **_kernel_args(dy.dtype, dy, x, out), **cfg)
     return out if parts == 1 else out.sum(0).to(dy.dtype)     # a fixed-order sum over the parts: deterministic
 
 

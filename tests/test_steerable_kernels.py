@@ -132,9 +132,9 @@ def test_input_grad_channels_last_dy_both_layouts(case):
     fp64): ``dy`` in ``(B, C, S, H, W)`` memory order and channels-last (``(B, H, W, C, S)`` in memory) give the
     same ``dx``, matching the float64 reference."""
     group, lifting, k, stride, padding, dilation, dtype, sizes = case
-    assert kernels.channels_last_dy(dtype) == (dtype != torch.float64)
+    assert kernels.channels_last_gradients(dtype) == (dtype != torch.float64)
     with torch.backends.cudnn.flags(allow_tf32=False):   # exact fp32 dots: the (B, C, S, H, W) kernel
-        assert not kernels.channels_last_dy(torch.float32)
+        assert not kernels.channels_last_gradients(torch.float32)
     (x, c, _), in_group = _inputs(group, lifting, k, dtype, **sizes)
     geometry = _geometry_kwargs(stride, padding, dilation)
     xr = x.double().requires_grad_()
