@@ -28,17 +28,31 @@ is B; on sm_90 both dots compile to wgmma.
   (``B × P``) is loaded once.  K steps over ``(i, s)``: the steering dot ``Wᵀ (O × P) = Cᵀ (O × B) @ Ψ[g]``
   with ``Cᵀ[o, b] = c[o, i, index[g, s], b]``, rounded to the input dtype, then the main dot
   ``yᵀ (O × M) += Wᵀ @ X (P × M)``, ``X[p, m] = x[n, i, s, q(m, p)]`` gathered (masked: zeros padding).
-- **Input gradient**, program ``(BLOCK_M input pixels (n, u), BLOCK_N input channels i, input element s)``:
-  the same GEMM with the channel roles swapped.  K steps over ``(g, o)`` (``Ψ[g]`` loaded per ``g``):
-  ``Wᵀ (I × P) = Cᵀ (I × B) @ Ψ[g]`` with ``Cᵀ[i, b] = c[o, i, index[g, s], b]``, then
-  ``dxᵀ (I × M) += Wᵀ @ dY (P × M)``, where ``dY[p, u] = dy[n, o, g, m]`` for the ``m`` with ``q(m, p) = u``:
-  ``m = (u + pad − p·dilation) / stride``, masked where it is not whole or out of range (a gather with masks on
+- **Input gradient, channels-last ``dy``** (fp16, bf16, tf32: ``channels_last_gradients``), program ``(BLOCK_M
+  input pixels, BLOCK_N input channels i, input element s)`` on ``dy`` copied to ``(B, S_out, H', W', C_out)``
+  (``C_out`` padded to 16 bytes).  K steps over ``(g, O_STEP output channels, P_CHUNK positions)``, ``(p, o)`` with
+  ``o`` fastest (one 16-byte load per (pixel, position)); the step's filter ``W ((p, o) × I) = Ψ[g]ᵀ @ Cᵗ (B × (o,
+  i))`` reshaped in order, then ``dx (M × I) += dY (M × (p, o)) @ W``.  The output pixel of (input pixel ``u``,
+  position ``p``) is ``m = (u + pad − p·dilation) / stride``, masked where it is not whole or out of range; these
+  offsets and masks are computed once per position chunk, outside the loop over ``(g, o)``.
+- **Input gradient**, fp64 and exact fp32, program ``(BLOCK_M input pixels (n, u), BLOCK_N input channels i, input
+  element s)``: the same GEMM as the forward with the channel roles swapped.  K steps over ``(g, o)`` (``Ψ[g]``
+  loaded per ``g``): ``Wᵀ (I × P) = Cᵀ (I × B) @ Ψ[g]`` with ``Cᵀ[i, b] = c[o, i, index[g, s], b]``, then
+  ``dxᵀ (I × M) += Wᵀ @ dY (P × M)``, ``dY[p, u] = dy[n, o, g, m]`` gathered with the same masks (on
   divisibility: a stride ``s`` keeps about ``1/s²`` of the positions live, the rest are multiplied as zeros).
-- **Coefficient gradient**, program ``(BLOCK_O output channels o, input channel i, slice r)``.  For each ``g``:
+- **Coefficient gradient, channels-last ``x``** (fp16, bf16, tf32, orders powers of two), program ``(BLOCK_O
+  output channels, input channel i)`` on ``x`` channels-last and ``dy`` as ``(C_out·S_out, pixels)``: per chunk of
+  window positions one dot over all pixels holds every group copy and input element, ``dW ((o, g) × (p, s)) =
+  Σ_chunks dY ((o, g) × M) @ X (M × (p, s))`` (the window read once for all ``g``, ``S_in`` contiguous elements per
+  (pixel, position); each pixel's window corner read from a table, not divided out), then ``dc[o, r, b] += Σ_{g,
+  p} dW[(o, g), (p, s(g, r))] · Ψ[g, b, p]``: a column gather and one dot over ``(g, p)``.
+- **Coefficient gradient**, other cases, program ``(BLOCK_O output channels o, input channel i, slice r)``.  For
+  each ``g``:
   ``dW (O × P) = Σ_chunks dYᵀ (O × M) @ X (M × P)`` over chunks of all ``(n, m)`` output pixels, ``X`` from
   ``x[:, i, s(g, r)]``; then ``dc (O × B) += dW @ Ψ[g]ᵀ (P × B)`` in the accumulator dtype.  The sum over the group
   copies happens in registers: nothing of ``dW``'s size (``C_out·S_out·C_in·S_in·k²``) reaches memory.  There are
-  ``cdiv(C_out, BLOCK_O)·C_in·S_in`` such programs (3 for a lifting layer on RGB images): below 4 per SM the pixels
+  ``cdiv(C_out, BLOCK_O)·C_in·S_in`` such programs (``cdiv(C_out, BLOCK_O)·C_in`` channels-last; 3 for a lifting
+  layer on RGB images): below 4 per SM, in both kernels, the pixels
   are split into parts, each program writes its part's partial ``dc`` and one fixed-order sum adds them
   (deterministic; the partial sums stay under half the bank's size).
 
@@ -53,8 +67,9 @@ Dtypes: fp16 / bf16 / fp32 / fp64 inputs; coefficients and tables in the input's
 for fp64); element offsets in int32 when every tensor's span fits in 31 bits (the gathered window's offsets live in
 registers for the whole K loop), else int64.  ``W`` is rounded to the input dtype before the main dot, as the
 reference bank (:func:`gconv_triton.steerable.steerable_bank`) is.  Layout: any strides for ``x``, ``dy`` and the
-coefficients (the channels-last forward reads ``x`` channels-last, copied so when it is not, the others read
-``(B, C, S, H, W)`` contiguous fastest); outputs are contiguous.
+coefficients (the channels-last forward and coefficient gradient read ``x`` channels-last, copied so when it is
+not; the channels-last gradients copy ``dy`` to their layouts; the others read ``(B, C, S, H, W)`` contiguous
+fastest); outputs are contiguous.
 """
 
 from __future__ import annotations
