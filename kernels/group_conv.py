@@ -105,6 +105,20 @@ def _accumulate(acc, a, bw, PRECISION: tl.constexpr, UPCAST: tl.constexpr, TRANS
 
 # ------------------------------------------------------------------------------------------- the two K loops
 @triton.jit
+def _inside_bits(ih0, iw0, m_ok, pos_list, n_pos_ptr, a_height, a_width, KPOS: tl.constexpr):
+    """``[BLOCK_M, 1]`` int32 (int64 past 32 window positions): bit ``i`` set where the pixel's ``i``-th window
+    position of ``pos_list`` (``(t', dh, dw)`` each) lies inside the ``a_height × a_width`` activation; 0 for pixels
+    past the last (``~m_ok``)."""
+    BITS: tl.constexpr = tl.int32 if KPOS <= 32 else tl.int64
+    inside = tl.zeros_like(ih0).to(BITS)
+    for i in range(tl.load(n_pos_ptr)):
+        ih = ih0 + tl.load(pos_list + 3 * i + 1)
+        iw = iw0 + tl.load(pos_list + 3 * i + 2)
+        inside |= ((ih >= 0) & (ih < a_height) & (iw >= 0) & (iw < a_width)).to(BITS) << i
+    return tl.where(m_ok, inside, 0)[:, None]
+
+
+@triton.jit
 def _per_position_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr, stab_ptr,
                        a_height, a_width, stride_a_n, stride_a_h, stride_a_w,
                        A_CH: tl.constexpr, KPOS: tl.constexpr, S_IN: tl.constexpr, S_K: tl.constexpr,
@@ -127,16 +141,27 @@ def _per_position_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_lis
     if HOIST:
         slice_off = _slice_offsets(kl, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR)
     row0 = b * stride_a_n + ih0 * stride_a_h + iw0 * stride_a_w
+    # The forward's bounds as one bit per row and window position.  The input gradient keeps the four bounds: with
+    # the bits, its best config on P4CNN's 4x4 layer spills (perf/results/static-masked-2026-12-05.md)
+    BITS: tl.constexpr = not HALO and GROUP_ON_N and KPOS <= 64
+    if BITS:
+        # as a [BLOCK_M, BLOCK_K] tile (adding kl >> 31, zero, which the compiler does not fold into a broadcast
+        # of a column) it takes the A tile's layout: the bit test per position then needs no layout conversion
+        # (a shared-memory round trip and two barriers per position)
+        inside = tl.max_constancy(_inside_bits(ih0, iw0, m_ok, pos_list, n_pos_ptr, a_height, a_width, KPOS)
+                                  + (kl >> 31)[None, :], [1, BLOCK_K])
     for i in range(tl.load(n_pos_ptr)):
         t = tl.load(pos_list + 3 * i)
         dh = tl.load(pos_list + 3 * i + 1)
         dw = tl.load(pos_list + 3 * i + 2)
-        ih = ih0 + dh
-        iw = iw0 + dw
         if HALO:
-            row_ok = m_ok
+            row_ok = m_ok[:, None]
+        elif BITS:   # one bit test per row
+            row_ok = ((inside >> i) & 1) != 0
         else:
-            row_ok = m_ok & (ih >= 0) & (ih < a_height) & (iw >= 0) & (iw < a_width)
+            ih = ih0 + dh
+            iw = iw0 + dw
+            row_ok = (m_ok & (ih >= 0) & (ih < a_height) & (iw >= 0) & (iw < a_width))[:, None]
         if WIDE:
             dh, dw = dh.to(tl.int64), dw.to(tl.int64)
         row = tl.multiple_of(row0 + (dh * stride_a_h + dw * stride_a_w), VEC_A)
@@ -151,12 +176,12 @@ def _per_position_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_lis
                 w_ptrs = _weight_pointers(w_base, c, j, r, t, pos_src_ptr, stab_ptr, KPOS, S_IN, S_K, ROWS,
                                           R_PAD, POS_STRIDE, VEC_B, GROUP_ON_N, K_MAJOR)
             if A_CH % BLOCK_K == 0:
-                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                a = tl.load(a_ptrs, mask=row_ok, other=0.0)
                 bw = tl.load(w_ptrs)
             else:  # a ragged last block: the mask is constant over runs of VEC_A (A_CH is a multiple of it),
                 # which keeps the loads 16-byte vectors
                 k_ok = tl.max_constancy(c < A_CH, VEC_A)
-                a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                a = tl.load(a_ptrs, mask=row_ok & k_ok[None, :], other=0.0)
                 bw = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
             acc = _accumulate(acc, a, bw, PRECISION, UPCAST, TRANSPOSED)
             a_ptrs += BLOCK_K
@@ -366,20 +391,29 @@ def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order) -> torch.Ten
 def input_copy_shape(x: torch.Tensor, spec):
     """The shape of the channels-last copy of ``x`` that :func:`forward` makes and returns for the weight gradient
     to reuse, ``(B, HP, WP, groups·channels)`` (:func:`halo_channels_last`), or None when it reads ``x`` in place
-    (an unpadded input already stored channels-last) or launches nothing."""
-    a_ch = spec.in_channels * spec.s_in
-    padded = vector_channels(a_ch, spec.groups, spec.s_in)
+    (:func:`reads_in_place`) or launches nothing."""
     if spec.batch * spec.groups * spec.out_channels * spec.s_out * spec.out_height * spec.out_width == 0:
         return None
-    if padded == a_ch and is_channels_last(x) and _halo_is_x(spec):
-        # every window inside an input stored channels-last: it is its own zero-halo copy.  With padding the copy
-        # is made even so (and saved for the weight gradient, which needs one anyway): the loop with the bounds as
-        # masks costs more instructions per MAC (perf.static: up to 1.6x in tf32, 1.03x in bf16; docs/launches.md)
+    if reads_in_place(x, spec):
         return None
-    return (spec.batch, *halo_size(spec), spec.groups * padded)
+    return (spec.batch, *halo_size(spec), spec.groups * vector_channels(spec.in_channels * spec.s_in, spec.groups,
+                                                                        spec.s_in))
 
 
-def _halo_is_x(spec) -> bool:
+def reads_in_place(x: torch.Tensor, spec) -> bool:
+    """Whether the forward and the weight gradient read ``x (B, C, S, H, W)`` in place, with no zero-halo copy: it
+    is stored channels-last and its channels need no padding to load as vectors.  With padding, the forward then
+    tests each row's bounds per window position and the weight gradient reads the padding from a zero page through
+    an int64 table of ``kh·kw`` rows per output pixel, made per call: not where that table outweighs the copy."""
+    a_ch = spec.in_channels * spec.s_in
+    if vector_channels(a_ch, spec.groups, spec.s_in) != a_ch or not is_channels_last(x):
+        return False
+    hp, wp = halo_size(spec)
+    table = spec.kernel[0] * spec.kernel[1] * spec.out_height * spec.out_width * 8
+    return halo_is_input(spec) or table <= hp * wp * spec.groups * a_ch * x.element_size()
+
+
+def halo_is_input(spec) -> bool:
     """Whether every window of every output pixel lies inside the input (no padding): its zero-halo copy would be
     the input itself."""
     return halo_size(spec) == (spec.height, spec.width) and spec.padding[0] == spec.padding[2] == 0
@@ -400,9 +434,10 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     phases = 1 if group_on_n else spec.stride[0] * spec.stride[1]
     padded = vector_channels(a_ch, spec.groups, s_k)
     # A forward that copies its input anyway copies it with the zero padding in place: no bounds in the loop;
-    # so does one whose windows all lie inside an input it reads in place
+    # so does one whose windows all lie inside an input it reads in place.  One that reads a padded input in place
+    # tests each row's bounds, one bit per window position (_inside_bits)
     copied = group_on_n and input_copy_shape(a, spec) is not None
-    halo = copied or (group_on_n and padded == a_ch and is_channels_last(a) and _halo_is_x(spec))
+    halo = copied or (group_on_n and reads_in_place(a, spec) and halo_is_input(spec))
     if halo:
         a_cl, pad = halo_channels_last(a, spec, padded), (0, 0)
     else:

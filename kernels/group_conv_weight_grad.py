@@ -15,10 +15,10 @@ import triton
 import triton.language as tl
 
 from . import _common
-from ._common import (accumulator, bank_split_limit, cdiv, dot_precision, geometry_table, group_tables,
-                      interpreter_config, maybe_autotune, mma, needs_int64, poison_outputs, round_up, split_ranges,
-                      upcast, vector_padding, vector_width)
-from .group_conv import halo_channels_last, halo_size, vector_channels
+from ._common import (accumulator, bank_split_limit, cdiv, channels_last, dot_precision, geometry_table,
+                      group_tables, interpreter_config, maybe_autotune, mma, needs_int64, poison_outputs, round_up,
+                      split_ranges, upcast, vector_padding, vector_width)
+from .group_conv import halo_channels_last, halo_is_input, halo_size, reads_in_place, vector_channels
 
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
 
@@ -58,7 +58,7 @@ def _permute_rows(acc, src, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 @maybe_autotune(_configs(), key=["R_TOTAL", "M_CH", "O_PAD", "S_IN", "S_OUT", "KH", "KW", "COPIES", "PRECISION"],
                 tiles=dict(BLOCK_M="M_CH", BLOCK_N="O_PAD"),
                 operands=[("BLOCK_R", "BLOCK_M"), ("BLOCK_R", "BLOCK_N")])
-@triton.heuristics(dict(WIDE=lambda a: needs_int64(a["x_ptr"], a["dy_ptr"]),
+@triton.heuristics(dict(WIDE=lambda a: needs_int64(a["x_ptr"], a["dy_ptr"], a["pix_ptr"]),
                         ACC=lambda a: accumulator(a["x_ptr"].dtype), UPCAST=lambda a: upcast(a["x_ptr"].dtype)))
 @triton.jit
 def _weight_grad_kernel(
@@ -66,7 +66,7 @@ def _weight_grad_kernel(
     R_TOTAL, R_PER_SPLIT, R_ALLOC, weight_groups, COPIES, stride_x_h, stride_x_w, dil_h, dil_w,
     M_CH: tl.constexpr, X_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, VEC_X: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
+    IN_PLACE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
     WIDE: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -82,6 +82,9 @@ def _weight_grad_kernel(
     row of pixel ``r`` under position ``t`` moved by ``g`` is ``pix[r] + shift[g, t]`` (``shift`` one scalar per ``g``),
     every pixel block is whole, and the hot loop is a plain GEMM loop: a table load, two contiguous tile loads and
     an MMA, with no pixel decomposition and no bounds.
+    ``IN_PLACE``: ``x`` is the input itself, channels-last ``(B, H, W, groups·X_CH)`` without the padding, and
+    ``pix`` is ``(KH·KW, R_ALLOC)`` int64: for window position ``(th, tw)`` the x offset of pixel ``r``'s row, or of
+    a zero page (:func:`_in_place_offsets`) where it lies in the padding.  The loop is the same loop.
 
     For element ``g`` the x tile is read in its own channel order ``(i, s)`` and multiplied into ``acc_g``; the rows
     are then moved to the weight's order ``(i, u)``, ``s = g·u``, by an in-register gather, once per ``g`` and not
@@ -117,9 +120,13 @@ def _weight_grad_kernel(
             tw = tl.load(pos_dw_ptr + g * KPOS + t)
             if WIDE:
                 th, tw = th.to(tl.int64), tw.to(tl.int64)
-            shift = (th * dil_h) * stride_x_h + (tw * dil_w) * stride_x_w
-            x_ptrs = x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :]
-            pix_ptrs = pix_ptr + r_start + kr
+            if IN_PLACE:   # this window position's table: the x offset of every pixel's row (the zero page's)
+                x_ptrs = x_ptr + tl.multiple_of(grp * X_CH + m, VEC_X)[None, :]
+                pix_ptrs = pix_ptr + (th * KW + tw) * R_ALLOC + r_start + kr
+            else:
+                shift = (th * dil_h) * stride_x_h + (tw * dil_w) * stride_x_w
+                x_ptrs = x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :]
+                pix_ptrs = pix_ptr + r_start + kr
             dy_ptrs = dy_ptr + (grp * S_OUT + g) * O_PAD + (r_start + kr)[:, None] * dy_pixel + o[None, :]
             acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
             for _ in range(r_start, r_stop, BLOCK_R):
@@ -165,6 +172,50 @@ def _build_window_offsets(spec, sb: int, sh: int, sw: int, rows: int, wide: bool
     return out
 
 
+def _in_place_offsets(x_cl: torch.Tensor, spec, rows: int) -> tuple[torch.Tensor, int]:
+    """``(table, delta)``: ``table (kh·kw, rows)`` int64, for window position ``(th, tw)`` the offset in ``x_cl``
+    (the input read in place, channels-last, no halo) of output pixel ``r``'s input pixel, and ``delta``, the offset
+    of a zero page (one pixel of zeros) from ``x_cl``, where that pixel lies in the padding or ``r`` past the last
+    pixel: a table load and an address, no mask, per row in the loop.  The geometry part is built once
+    (:func:`~._common.geometry_table`); resolving it against this call's addresses is one ``where``."""
+    sb, sh, sw = x_cl.stride()[:3]
+    key = ("in_place_offsets", spec.batch, spec.height, spec.width, spec.out_height, spec.out_width, *spec.stride,
+           *spec.dilation, spec.padding[0], spec.padding[2], *spec.kernel, sb, sh, sw, rows, x_cl.device)
+    table, padding = geometry_table(key, lambda: _build_in_place_offsets(spec, sb, sh, sw, rows, x_cl.device))
+    zeros = zero_page(x_cl.shape[-1], x_cl.dtype, x_cl.device)
+    delta, rest = divmod(zeros.data_ptr() - x_cl.data_ptr(), x_cl.element_size())
+    if rest:   # every tensor starts element-aligned, and the zero page 256-byte aligned
+        raise RuntimeError(f"x: data pointer {x_cl.data_ptr():#x} is not aligned to its element size")
+    return torch.where(padding, delta, table), delta
+
+
+def zero_page(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """At least ``numel`` zeros of ``dtype``, 256-byte aligned, built once per size class and device."""
+    nbytes = 256
+    while nbytes < numel * dtype.itemsize:
+        nbytes *= 2
+    return geometry_table(("zero_page", nbytes, device),
+                          lambda: torch.zeros(nbytes, dtype=torch.uint8, device=device)).view(dtype)
+
+
+def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: torch.device):
+    """:func:`_in_place_offsets`'s table with 0 where the zero page's offset goes, and where that is (bool)."""
+    (kh, kw), (st_h, st_w), (dl_h, dl_w) = spec.kernel, spec.stride, spec.dilation
+    ih = (torch.arange(spec.out_height, device=dev)[None, :] * st_h - spec.padding[0]
+          + torch.arange(kh, device=dev)[:, None] * dl_h)                                  # (kh, H_out)
+    iw = (torch.arange(spec.out_width, device=dev)[None, :] * st_w - spec.padding[2]
+          + torch.arange(kw, device=dev)[:, None] * dl_w)                                  # (kw, W_out)
+    inside = (((ih >= 0) & (ih < spec.height))[:, None, None, :, None]
+              & ((iw >= 0) & (iw < spec.width))[None, :, None, None, :])                  # (kh, kw, 1, H_out, W_out)
+    off = (torch.arange(spec.batch, device=dev)[None, None, :, None, None] * sb
+           + ih[:, None, None, :, None] * sh + iw[None, :, None, None, :] * sw)           # (kh, kw, B, H_out, W_out)
+    table = torch.zeros((kh * kw, rows), device=dev, dtype=torch.int64)
+    padding = torch.ones((kh * kw, rows), device=dev, dtype=torch.bool)
+    table[:, :off[0, 0].numel()] = torch.where(inside, off, 0).reshape(kh * kw, -1)
+    padding[:, :off[0, 0].numel()] = ~inside.expand_as(off).reshape(kh * kw, -1)
+    return table, padding
+
+
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None) -> torch.Tensor:
     """``dy`` and the 5-D input ``x`` -> ``dw`` of ``weight_shape`` (fp32 accumulation, then x's dtype).
 
@@ -198,7 +249,11 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
         dy.view(b, spec.groups, c_out, spec.s_out, ho, wo).permute(0, 4, 5, 1, 3, 2))
     if r_alloc > r_total:
         dy_go[r_total:].zero_()
-    if x_copy is None:
+    # an unpadded input read in place is its own zero-halo copy: the window-corner table serves
+    in_place = x_copy is None and reads_in_place(x, spec) and not halo_is_input(spec)
+    if in_place:
+        x_ch, x_cl = m_ch, channels_last(x)
+    elif x_copy is None:
         x_ch = vector_channels(m_ch, spec.groups)   # the padded channels give zero rows of dw, not stored
         x_cl = halo_channels_last(x, spec, x_ch)
     else:
@@ -208,8 +263,10 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
             raise ValueError(f"x_copy: expected forward's copy of x, shape ({', '.join(map(str, expected))}, "
                              f"groups·channels >= {spec.groups * m_ch}) with unit channel stride, got shape "
                              f"{tuple(x_copy.shape)} strides {x_copy.stride()}")
-    wide = needs_int64(x_cl, dy_go)
-    pix = _window_offsets(x_cl, spec, r_alloc, wide)
+    if in_place:   # (kh·kw, R_ALLOC) int64: its own offsets may pass int32 (the kernel's WIDE counts them)
+        pix, zero_delta = _in_place_offsets(x_cl, spec, r_alloc)
+    else:
+        pix, zero_delta = _window_offsets(x_cl, spec, r_alloc, needs_int64(x_cl, dy_go)), 0
 
     def grid(meta):
         rows = meta["BLOCK_M"] // spec.s_in * spec.s_in
@@ -220,6 +277,7 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
         r_total, r_per_split, r_alloc, spec.weight_groups, spec.groups // spec.weight_groups,
         *x_cl.stride()[1:3], *spec.dilation,
         M_CH=m_ch, X_CH=x_ch, C_OUT_G=c_out, O_PAD=o_pad, S_IN=spec.s_in, S_OUT=spec.s_out, KH=kh, KW=kw,
-        VEC_X=vector_width(x.element_size(), *x_cl.stride()[:3], x_ch), PRECISION=dot_precision(x.dtype),
+        VEC_X=vector_width(x.element_size(), *x_cl.stride()[:3], x_ch, zero_delta), IN_PLACE=in_place,
+        PRECISION=dot_precision(x.dtype),
         BLOCK_R=block_r, **interpreter_config(INTERPRETER_CONFIG))
     return partial[0] if split == 1 else partial.sum(0).to(x.dtype)

@@ -17,17 +17,22 @@ The GEMMs run transposed, channels × pixels: the steered filter is computed in 
 can only be a dot's A operand on Hopper (wgmma reads B from shared memory), so ``W`` is A and the gathered window
 is B; on sm_90 both dots compile to wgmma.
 
-- **Forward, channels-last window** (regular C_8 fields, and 16-bit C_16 / D_8 ones: ``channels_last_window``),
-  program ``(BLOCK_M pixels, BLOCK_N output channels, g)`` on ``x`` channels-last (``(B, H, W, C_in, S_in)`` in
-  memory: the launcher copies it so unless it already is).  K steps over ``(i, 16 window positions)``, each
-  ``(p, s)`` wide with ``s`` fastest, so that a (pixel, position) reads ``S_in`` contiguous elements (16-byte
-  vector loads, ``cp.async``).  The step's filter ``W ((p, s) × O)`` is one dot, ``Ψ[g]ᵀ (16 × B) @ Cᵗ (B ×
-  (s, o))`` with ``Cᵗ[b, (s, o)] = c[o, i, index[g, s], b]`` (read from the coefficients transposed to ``(C_in,
-  S_in, B, C_out)`` by the launcher), reshaped in order; then ``y (M × O) += X (M × (p, s)) @ W``.
-- **Forward**, other inputs, program ``(BLOCK_M output pixels (n, m), BLOCK_N output channels o, element g)``.  ``Ψ[g]``
-  (``B × P``) is loaded once.  K steps over ``(i, s)``: the steering dot ``Wᵀ (O × P) = Cᵀ (O × B) @ Ψ[g]``
-  with ``Cᵀ[o, b] = c[o, i, index[g, s], b]``, rounded to the input dtype, then the main dot
-  ``yᵀ (O × M) += Wᵀ @ X (P × M)``, ``X[p, m] = x[n, i, s, q(m, p)]`` gathered (masked: zeros padding).
+- **Forward, channels-last window** (regular C_8 fields, 16-bit C_16 / D_8 ones, tf32 C_16 / D_8 ones at k = 3:
+  ``channels_last_window``), program ``(BLOCK_M pixels, BLOCK_N output columns, element block)`` on ``x``
+  channels-last (``(B, H, W, C_in, S_in)`` in memory: the launcher copies it so unless it already is).  The
+  ``BLOCK_N`` columns are ``(g, o)``, ``BLOCK_G`` output elements × ``BLOCK_O`` channels, ``o`` fastest
+  (``_element_block``: several elements where ``C_out`` is narrow, so that every window read serves all of
+  them).  K steps over ``(i, 16 window positions)``, each ``(p, s)`` wide with ``s`` fastest, so that a (pixel,
+  position) reads ``S_in`` contiguous elements (16-byte vector loads, ``cp.async``).  The step's filter is one
+  batched dot, ``W_g ((p, s) × O) = Ψ[g]ᵀ (16 × B) @ Cᵗ_g (B × (s, o))`` per element with ``Cᵗ_g[b, (s, o)] =
+  c[o, i, index[g, s], b]`` (read from the coefficients transposed to ``(C_in, S_in, B, C_out)`` by the
+  launcher), permuted to ``W ((p, s) × (g, o))``; then ``y (M × (g, o)) += X (M × (p, s)) @ W``.
+- **Forward**, other inputs, program ``(BLOCK_M output pixels (n, m), BLOCK_N output rows (g, o), element block)``,
+  the rows split as above (``BLOCK_O ≥ 16``).  ``Ψ[g]`` (``B × P``) of the block's elements is loaded once.  K
+  steps over ``(i, s)``: the steering dot, batched over the elements, ``Wᵀ_g (O × P) = Cᵀ_g (O × B) @ Ψ[g]``
+  with ``Cᵀ_g[o, b] = c[o, i, index[g, s], b]`` (one tile for all elements in a lifting layer, ``index[g, 0] =
+  0``), rounded to the input dtype, is ``Wᵀ ((g, o) × P)`` in order; then the main dot ``yᵀ ((g, o) × M) += Wᵀ @
+  X (P × M)``, ``X[p, m] = x[n, i, s, q(m, p)]`` gathered (masked: zeros padding) once for all the elements.
 - **Input gradient, channels-last ``dy``** (fp16, bf16, tf32: ``channels_last_gradients``), program ``(BLOCK_M
   input pixels, BLOCK_N input channels i, input element s)`` on ``dy`` copied to ``(B, S_out, H', W', C_out)``
   (``C_out`` padded to 16 bytes).  K steps over ``(g, O_STEP output channels, P_CHUNK positions)``, ``(p, o)`` with
@@ -100,6 +105,21 @@ def config(kernel_size: int, dtype: torch.dtype) -> dict:
     size = torch.empty((), dtype=dtype).element_size()
     block_m = max(16, min(128, WINDOW_BYTES // (_pad16(kernel_size * kernel_size) * size)))
     return dict(BLOCK_M=block_m, BLOCK_N=32 if size == 8 else 64, num_warps=4, num_stages=3)
+
+
+def _forward_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> dict:
+    """``_forward_kernel``'s tile: ``BLOCK_M`` pixels, ``BLOCK_N`` output columns ``(g, o)`` (the launcher splits
+    them, :func:`_element_block`), warps and stages.  A lifting layer has a K step per input channel (one on
+    grey images): its gathered window, pixel indices and output addresses are per program, so a wider tile
+    amortises them (docs/steerable.md)."""
+    cfg = config(kernel_size, dtype)
+    if INTERPRET:          # two elements per program where C_out <= 16, so that the tests run that tiling
+        cfg["BLOCK_N"] = 32
+    elif s_in == 1 and (dtype in (torch.float16, torch.bfloat16) or dot_precision(dtype) == "tf32"):
+        # 256 columns, 8 warps: of the tiles tried for sm_90 without a spill, the fewest hot-loop instructions per
+        # MAC (tf32 at 128 pixels spills)
+        cfg.update(BLOCK_M=128 if dtype != torch.float32 else 64, BLOCK_N=256, num_warps=8)
+    return cfg
 
 
 def _weight_grad_config(kernel_size: int, dtype: torch.dtype) -> dict:
@@ -185,53 +205,110 @@ def _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sn, sh, sw, stride_h, strid
 
 
 @triton.jit
+def _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, hw, image, HAS_BIAS: tl.constexpr,
+                 ACC: tl.constexpr, OFFSET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                 COLUMNS_FIRST: tl.constexpr):
+    """Add the bias and store a forward tile whose ``BLOCK_N`` output columns are ``(g, o)``, ``o`` fastest
+    (``BLOCK_G`` elements × ``BLOCK_N / BLOCK_G`` channels of program ``(pid_o, pid_g)``), into ``y (NB, C, S_OUT,
+    HO, WO)`` (``y_ptr`` and ``bias_ptr`` at the program's channel group, ``C_OUT`` channels of it; ``image``: the
+    elements of one image, ``C·S_OUT·HO·WO``) for pixels ``m`` (image ``n``; ``hw = HO·WO``).  ``acc`` is
+    ``(BLOCK_N × M)`` where ``COLUMNS_FIRST``, else ``(M × BLOCK_N)``."""
+    BLOCK_O: tl.constexpr = BLOCK_N // BLOCK_G
+    j = tl.arange(0, BLOCK_N)
+    o = pid_o * BLOCK_O + j % BLOCK_O
+    g = pid_g * BLOCK_G + j // BLOCK_O
+    ok = (o < C_OUT) & (g < S_OUT)
+    column = (o.to(OFFSET) * S_OUT + g) * hw                                  # (BLOCK_N,)
+    pixel = n.to(OFFSET) * image + m % hw                                      # (M,)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + o, mask=ok, other=0.0).to(ACC)
+    if COLUMNS_FIRST:
+        if HAS_BIAS:
+            acc += bias[:, None]
+        tl.store(y_ptr + (column[:, None] + pixel[None, :]), acc.to(y_ptr.dtype.element_ty),
+                 mask=ok[:, None] & m_ok[None, :])
+    else:
+        if HAS_BIAS:
+            acc += bias[None, :]
+        tl.store(y_ptr + (pixel[:, None] + column[None, :]), acc.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & ok[None, :])
+
+
+@triton.jit
+def _channel_group(C_OUT, GROUPS: tl.constexpr, BLOCK_O: tl.constexpr):
+    """``(channel group, channel block in it)`` of a forward program: grid axis 1 runs over ``GROUPS`` × the
+    ``cdiv(C_OUT, BLOCK_O)`` blocks of a group (with one group, no index arithmetic at all)."""
+    blocks = tl.cdiv(C_OUT, BLOCK_O)
+    group = tl.program_id(1) // blocks if GROUPS > 1 else 0
+    block = tl.program_id(1) % blocks if GROUPS > 1 else tl.program_id(1)
+    return group, block
+
+
+@triton.jit
 def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
                     NB, C_IN, C_OUT, H, W, HO, WO,
                     sxn, sxc, sxs, sxh, sxw, sco, sci, scs, scb,
                     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                     S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
-                    P_PAD: tl.constexpr, B_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    P_PAD: tl.constexpr, B_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, GROUPS: tl.constexpr,
                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``y (NB, C_OUT, S_OUT, HO, WO)`` contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), cdiv(C_OUT, BLOCK_N), S_OUT)``."""
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """A program's ``BLOCK_N`` output rows are ``BLOCK_G`` output elements × ``BLOCK_O = BLOCK_N / BLOCK_G``
+    channels, ``(g, o)`` with ``o`` fastest, so that each gathered window serves every element.  Per K step
+    ``(i, s)`` the steering is one batched dot, ``Wᵀ_g (O × P) = Cᵀ_g (O × B) @ Ψ[g] (B × P)`` with ``Cᵀ_g[o, b] =
+    c[o, i, index[g, s], b]``, whose ``(G, O, P)`` result is ``Wᵀ ((g, o) × P)`` in order.  ``psi_ptr``: ``Ψ
+    (S_OUT_PAD, B_PAD, P_PAD)`` and ``index_ptr``: ``(S_OUT_PAD, S_IN)``, zero-padded by the launcher.  ``C_IN``,
+    ``C_OUT``: the channels of one of ``GROUPS`` channel groups.  ``y (NB, GROUPS·C_OUT, S_OUT, HO, WO)``
+    contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), GROUPS·cdiv(C_OUT, BLOCK_O), cdiv(S_OUT, BLOCK_G))``."""
+    BLOCK_O: tl.constexpr = BLOCK_N // BLOCK_G
     pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    g = tl.program_id(2)
+    group, pid_o = _channel_group(C_OUT, GROUPS, BLOCK_O)
+    pid_g = tl.program_id(2)
     KK: tl.constexpr = KSIZE * KSIZE
+    x_ptr += tl.cast(group, OFFSET) * C_IN * sxc
+    c_ptr += tl.cast(group, OFFSET) * C_OUT * sco
+    bias_ptr += group * C_OUT
+    y_ptr += tl.cast(group, OFFSET) * C_OUT * S_OUT * HO * WO
     m, m_ok, n, oh, ow = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, HO, WO)
     p, kh, kw = _window(P_PAD, KSIZE)
     x_off, x_ok = _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sxn, sxh, sxw, stride_h, stride_w, pad_h, pad_w,
                                  dil_h, dil_w, KK, OFFSET)                                                  # (P, M)
-    o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    o_ok = o < C_OUT
-    o_off = o.to(OFFSET) * sco
+    g = pid_g * BLOCK_G + tl.arange(0, BLOCK_G)
+    o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     bb = tl.arange(0, B_PAD)
-    b_ok = bb < NBASIS
-    psi = _load_tables(psi_ptr, g, NBASIS, KK, P_PAD, B_PAD).to(c_ptr.dtype.element_ty)
+    coef_off = o.to(OFFSET)[None, :, None] * sco + (bb * scb)[None, None, :]                        # (1, O, B)
+    coef_ok = (o < C_OUT)[None, :, None] & (bb < NBASIS)[None, None, :]
+    psi = tl.load(psi_ptr + g[:, None, None] * (B_PAD * P_PAD) + bb[None, :, None] * P_PAD
+                  + p[None, None, :]).to(c_ptr.dtype.element_ty)                                    # (G, B, P)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC)                                                 # yᵀ
     for step in range(C_IN * S_IN):
         i = step // S_IN
         s = step % S_IN
-        r = tl.load(index_ptr + g * S_IN + s)
-        w = _steer(psi, c_ptr + i * sci + r * scs, o_off, o_ok, bb * scb, b_ok, P_PAD, BLOCK_N,
-                   x_ptr.dtype.element_ty, PRECISION, UPCAST, ACC)
+        if S_IN == 1:   # lifting: every element steers the same coefficients (index[g, 0] = 0)
+            coef = tl.load(c_ptr + (coef_off + tl.cast(i, OFFSET) * sci), mask=coef_ok, other=0.0)
+            coef = tl.broadcast_to(coef, (BLOCK_G, BLOCK_O, B_PAD))
+        else:
+            r = tl.load(index_ptr + g * S_IN + s)                                                 # (G,)
+            coef = tl.load(c_ptr + (coef_off + (tl.cast(i, OFFSET) * sci + r.to(OFFSET) * scs)[:, None, None]),
+                           mask=coef_ok, other=0.0)                                               # (G, O, B)
+        w = mma(tl.zeros((BLOCK_G, BLOCK_O, P_PAD), dtype=ACC), coef, psi, PRECISION, UPCAST)
+        w = tl.reshape(w.to(x_ptr.dtype.element_ty), (BLOCK_N, P_PAD))                           # Wᵀ ((g, o) × P)
         xs = tl.load(x_ptr + x_off + (tl.cast(i, OFFSET) * sxc + s * sxs), mask=x_ok, other=0.0)
         acc = mma(acc, w, xs, PRECISION, UPCAST)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC)[:, None]
-    hw = HO * WO
-    y_off = ((n[None, :].to(OFFSET) * C_OUT + o[:, None]) * S_OUT + g) * hw + (m % hw)[None, :]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=o_ok[:, None] & m_ok[None, :])
+    _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, HO * WO,
+                 GROUPS * C_OUT * S_OUT * HO * WO, HAS_BIAS, ACC, OFFSET, BLOCK_N, BLOCK_G, True)
 
 
 @triton.jit
-def _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, bb, i, chunk, g, H, W, sxh, sxw,
-                        dil_h, dil_w, S_IN: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
-                        P_CHUNK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-                        OFFSET: tl.constexpr, BLOCK_N: tl.constexpr):
+def _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, i, chunk, psi_g, H, W, sxh, sxw,
+                        dil_h, dil_w, S_IN: tl.constexpr, KSIZE: tl.constexpr, P_CHUNK: tl.constexpr,
+                        B_PAD: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+                        OFFSET: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_O: tl.constexpr):
     """One K step of the channels-last forward: input channel ``i``, window positions ``chunk·P_CHUNK + [0,
     P_CHUNK)``: the window ``X (M × (p, s))`` (``S_IN`` contiguous elements per pixel and position), the steered
-    filter ``W ((p, s) × O) = Ψ[g]ᵀ @ Cᵗ`` reshaped in order, ``acc (M × O) += X @ W``."""
+    filter of each of the program's ``BLOCK_G`` elements ``W_g ((p, s) × O) = Ψ[g]ᵀ @ Cᵗ_g`` (one batched dot),
+    laid side by side as ``W ((p, s) × (g, o))``, ``acc (M × (g, o)) += X @ W``.  ``psi_g (BLOCK_G,)``: the
+    elements' offsets in the padded ``Ψᵀ (S_OUT_PAD, P_PAD, B_PAD)``."""
     KK: tl.constexpr = KSIZE * KSIZE
     KC: tl.constexpr = P_CHUNK * S_IN
     p = chunk * P_CHUNK + kk // S_IN                                                            # (KC,)
@@ -244,10 +321,11 @@ def _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, bb, 
     shift = (kh * dil_h).to(OFFSET) * sxh + (kw * dil_w).to(OFFSET) * sxw + kk % S_IN
     xs = tl.load(x_ptr + (pix[:, None] + shift[None, :] + tl.cast(i, OFFSET) * S_IN), mask=ok, other=0.0)
     pc = chunk * P_CHUNK + tl.arange(0, P_CHUNK)
-    psi_t = tl.load(psi_ptr + g * (NBASIS * KK) + bb[None, :] * KK + pc[:, None],
-                    mask=(bb[None, :] < NBASIS) & (pc[:, None] < KK), other=0.0).to(coef.dtype)
-    w = mma(tl.zeros((P_CHUNK, S_IN * BLOCK_N), dtype=ACC), psi_t, coef, PRECISION, UPCAST)
-    w = tl.reshape(w.to(x_ptr.dtype.element_ty), (KC, BLOCK_N))                                 # ((p, s), o)
+    bb = tl.arange(0, B_PAD)
+    psi_t = tl.load(psi_ptr + psi_g[:, None, None] + pc[None, :, None] * B_PAD + bb[None, None, :])   # (G, P, B)
+    w = mma(tl.zeros((BLOCK_G, P_CHUNK, S_IN * BLOCK_O), dtype=ACC), psi_t, coef, PRECISION, UPCAST)
+    w = tl.reshape(w.to(x_ptr.dtype.element_ty), (BLOCK_G, P_CHUNK, S_IN, BLOCK_O))
+    w = tl.reshape(tl.permute(w, (1, 2, 0, 3)), (KC, BLOCK_G * BLOCK_O))                     # ((p, s), (g, o))
     return mma(acc, xs, w, PRECISION, UPCAST)
 
 
@@ -257,55 +335,60 @@ def _forward_channels_last_kernel(x_ptr, ct_ptr, bias_ptr, psi_ptr, index_ptr, y
                                   sxn, sxh, sxw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                                   S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
                                   P_PAD: tl.constexpr, B_PAD: tl.constexpr, P_CHUNK: tl.constexpr,
-                                  STATIC_CHUNKS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                                  STATIC_CHUNKS: tl.constexpr, HAS_BIAS: tl.constexpr, GROUPS: tl.constexpr,
+                                  PRECISION: tl.constexpr,
                                   UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr, BLOCK_M: tl.constexpr,
-                                  BLOCK_N: tl.constexpr):
+                                  BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     """The forward on a channels-last input (``x[n, i, s, h, w]`` at ``n·sxn + h·sxh + w·sxw + i·S_IN + s``): a K
     step is one input channel ``i`` and ``P_CHUNK`` window positions × all ``S_IN`` elements, ``(p, s)`` with ``s``
-    fastest, so the window gather reads ``S_IN`` contiguous elements per (pixel, position).  The steered filter of
-    the step, ``W ((p, s) × o) = Ψ[g]ᵀ (P_CHUNK × B) @ Cᵗ (B × (s, o))`` with ``Cᵗ[b, (s, o)] = ct[i, index[g, s],
-    b, o]`` (``ct (C_IN, S_IN, NBASIS, C_OUT_PAD)``: the coefficients transposed by the launcher), reshaped in
-    order.  ``y (NB, C_OUT, S_OUT, HO, WO)`` contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), cdiv(C_OUT, BLOCK_N),
-    S_OUT)``."""
+    fastest, so the window gather reads ``S_IN`` contiguous elements per (pixel, position).  A program's
+    ``BLOCK_N`` output columns are ``BLOCK_G`` output elements × ``BLOCK_O = BLOCK_N / BLOCK_G`` channels, ``(g, o)``
+    with ``o`` fastest, so that a narrow ``C_OUT`` still fills the tile and the window is read once for all of
+    them.  The steered filter of the step, per element, ``W_g ((p, s) × o) = Ψ[g]ᵀ (P_CHUNK × B) @ Cᵗ_g (B × (s,
+    o))`` with ``Cᵗ_g[b, (s, o)] = ct[i, index[g, s], b, o]``; the launcher pads ``ct (C_IN, S_IN, B_PAD,
+    C_OUT_PAD)``, ``Ψᵀ (S_OUT_PAD, P_PAD, B_PAD)`` and ``index (S_OUT_PAD, S_IN)`` so that the steering operands
+    load unmasked (``ct``'s rows are ``GROUPS`` groups of ``C_IN``; ``C_IN``, ``C_OUT``: one channel group's).
+    ``y (NB, GROUPS·C_OUT, S_OUT, HO, WO)`` contiguous; grid ``(cdiv(NB·HO·WO, BLOCK_M), GROUPS·cdiv(C_OUT,
+    BLOCK_O), cdiv(S_OUT, BLOCK_G))``."""
+    BLOCK_O: tl.constexpr = BLOCK_N // BLOCK_G
     pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    g = tl.program_id(2)
+    group, pid_o = _channel_group(C_OUT, GROUPS, BLOCK_O)
+    pid_g = tl.program_id(2)
+    x_ptr += tl.cast(group, OFFSET) * C_IN * S_IN
+    ct_ptr += tl.cast(group, OFFSET) * C_IN * S_IN * B_PAD * C_OUT_PAD
+    bias_ptr += group * C_OUT
+    y_ptr += tl.cast(group, OFFSET) * C_OUT * S_OUT * HO * WO
     m, m_ok, n, oh, ow = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, HO, WO)
     row = oh * stride_h - pad_h
     col = ow * stride_w - pad_w
     pix = tl.cast(n, OFFSET) * sxn + row.to(OFFSET) * sxh + col.to(OFFSET) * sxw                        # (M,)
     kk = tl.arange(0, P_CHUNK * S_IN)
-    # the steering operand's columns (s, o): o fastest
-    cols = tl.arange(0, S_IN * BLOCK_N)
-    col_s = cols // BLOCK_N
-    col_o = pid_n * BLOCK_N + cols % BLOCK_N
-    r = tl.load(index_ptr + g * S_IN + col_s)                                                   # index[g, s]
+    g = pid_g * BLOCK_G + tl.arange(0, BLOCK_G)
+    psi_g = g * (P_PAD * B_PAD)
+    # the steering operand's columns (s, o) per element: o fastest
+    cols = tl.arange(0, S_IN * BLOCK_O)
+    col_o = pid_o * BLOCK_O + cols % BLOCK_O
+    r = tl.load(index_ptr + g[:, None] * S_IN + (cols // BLOCK_O)[None, :])                   # index[g, s]
     bb = tl.arange(0, B_PAD)
-    ct_off = (r[None, :] * NBASIS + bb[:, None]) * C_OUT_PAD + col_o[None, :]                 # (B, (s, o))
-    ct_ok = (bb[:, None] < NBASIS) & (col_o[None, :] < C_OUT)
-    o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    o_ok = o < C_OUT
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)                                                # y (M × O)
-    coef_step = S_IN * NBASIS * C_OUT_PAD
+    ct_off = (r[:, None, :] * B_PAD + bb[None, :, None]) * C_OUT_PAD + col_o[None, None, :]   # (G, B, (s, o))
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)                                                # y (M × (g, o))
+    coef_step = S_IN * B_PAD * C_OUT_PAD
     if STATIC_CHUNKS:   # the chunks unrolled: their window shifts and masks are computed once, outside the loop
         for i in range(C_IN):
-            coef = tl.load(ct_ptr + (ct_off + i * coef_step), mask=ct_ok, other=0.0)
+            coef = tl.load(ct_ptr + (ct_off + i * coef_step))
             for chunk in tl.static_range(P_PAD // P_CHUNK):
-                acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, bb, i, chunk, g, H, W,
-                                          sxh, sxw, dil_h, dil_w, S_IN, KSIZE, NBASIS, P_CHUNK, PRECISION, UPCAST,
-                                          ACC, OFFSET, BLOCK_N)
+                acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, i, chunk, psi_g, H, W,
+                                          sxh, sxw, dil_h, dil_w, S_IN, KSIZE, P_CHUNK, B_PAD, PRECISION, UPCAST,
+                                          ACC, OFFSET, BLOCK_G, BLOCK_O)
     else:               # one loop over (i, chunk): k = 7's four unrolled chunks would hold too many registers
         for step in range(C_IN * (P_PAD // P_CHUNK)):
             i = step // (P_PAD // P_CHUNK)
-            coef = tl.load(ct_ptr + (ct_off + i * coef_step), mask=ct_ok, other=0.0)
-            acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, bb, i,
-                                      step % (P_PAD // P_CHUNK), g, H, W, sxh, sxw, dil_h, dil_w, S_IN, KSIZE, NBASIS,
-                                      P_CHUNK, PRECISION, UPCAST, ACC, OFFSET, BLOCK_N)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(ACC)[None, :]
-    hw = HO * WO
-    y_off = ((n[:, None].to(OFFSET) * C_OUT + o[None, :]) * S_OUT + g) * hw + (m % hw)[:, None]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & o_ok[None, :])
+            coef = tl.load(ct_ptr + (ct_off + i * coef_step))
+            acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, i,
+                                      step % (P_PAD // P_CHUNK), psi_g, H, W, sxh, sxw, dil_h, dil_w, S_IN, KSIZE,
+                                      P_CHUNK, B_PAD, PRECISION, UPCAST, ACC, OFFSET, BLOCK_G, BLOCK_O)
+    _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, HO * WO,
+                 GROUPS * C_OUT * S_OUT * HO * WO, HAS_BIAS, ACC, OFFSET, BLOCK_N, BLOCK_G, False)
 
 
 @triton.jit
@@ -636,23 +719,26 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
 
     Args:
         x: ``(B, C_in, S_in, H, W)`` or ``(B, C_in·S_in, H, W)`` (lifting: ``S_in = 1``).
-        coefficients: ``(C_out, C_in, S_in, B)``, x's dtype and device.  bias: ``(C_out,)`` or None.
+        coefficients: ``(C_out, C_in / groups, S_in, B)``, x's dtype and device.  bias: ``(C_out,)`` or None.
         tables: ``Ψ (S_out, B, k·k)``, ``steerable._tables(group, k, dtype, device)``.
         index: ``(S_out, S_in)`` integer, ``group.stabilizer_index(in_group)``.
-        stride, padding, dilation: ints or pairs (zeros padding).  groups: 1 only.
+        stride, padding, dilation: ints or pairs (zeros padding).
+        groups: channel groups, one launch for all (output channels ``[j·C_out/groups, (j+1)·C_out/groups)`` read
+            input channels ``[j·C_in/groups, (j+1)·C_in/groups)``).
     Returns ``y (B, C_out, S_out, H', W')`` contiguous, in x's dtype.
     """
-    _check_groups(groups)
-    _check_tensor(coefficients, "coefficients", 4, "(C_out, C_in, S_in, B)")
+    _check_tensor(coefficients, "coefficients", 4, "(C_out, C_in/groups, S_in, B)")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor (B, C_in, S_in, H, W), got {type(x).__name__}")
     _check_float(x, "x")
     _check_float(coefficients, "coefficients", x, "x")
     c_out, c_in, s_in, basis = coefficients.shape
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or c_out % groups:
+        raise ValueError(f"groups: expected a positive int dividing C_out = {c_out}, got {groups!r}")
     x = _as_5d(x, s_in, "x")
-    if tuple(x.shape[1:3]) != (c_in, s_in):
-        raise ValueError(f"x: expected (B, {c_in}, {s_in}, H, W) for coefficients {tuple(coefficients.shape)}, got "
-                         f"{tuple(x.shape)}")
+    if tuple(x.shape[1:3]) != (groups * c_in, s_in):
+        raise ValueError(f"x: expected (B, {groups * c_in}, {s_in}, H, W) for coefficients "
+                         f"{tuple(coefficients.shape)} and groups={groups}, got {tuple(x.shape)}")
     tables, index, k, s_out = _check_tables(tables, coefficients.shape, index, x.device, x.dtype)
     if bias is not None:
         _check_tensor(bias, "bias", 1, f"({c_out},)")
@@ -668,31 +754,38 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
     y = _empty((nb, c_out, s_out, ho, wo), x)
     if y.numel() == 0:
         return y
-    if channels_last_window(s_in, x.dtype):
-        _forward_channels_last(x, coefficients, bias, tables, index, y, k, (sh, sw, ph, pw, dh, dw))
+    if channels_last_window(s_in, x.dtype, k):
+        _forward_channels_last(x, coefficients, bias, tables, index, y, k, (sh, sw, ph, pw, dh, dw), groups)
         return y
-    cfg = config(k, x.dtype)
-    grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), cdiv(c_out, cfg["BLOCK_N"]), s_out)
-    _forward_kernel[grid](x, coefficients, bias if bias is not None else coefficients, tables, index, y,
-                          nb, c_in, c_out, h, w, ho, wo, *x.stride(), *coefficients.stride(),
+    cfg = _forward_config(k, x.dtype, s_in)
+    # the steering dot's M, BLOCK_O, is a dot dimension (>= 16)
+    cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out // groups, s_out, cfg["BLOCK_N"], 16)
+    p_pad, b_pad = _pad16(k * k), _pad16(basis)
+    psi, index = _padded_tables(tables, index, cdiv(s_out, cfg["BLOCK_G"]) * cfg["BLOCK_G"], p_pad, b_pad)
+    grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), groups * cdiv(c_out // groups, cfg["BLOCK_N"] // cfg["BLOCK_G"]),
+            cdiv(s_out, cfg["BLOCK_G"]))
+    _forward_kernel[grid](x, coefficients, bias if bias is not None else coefficients, psi, index, y,
+                          nb, c_in, c_out // groups, h, w, ho, wo, *x.stride(), *coefficients.stride(),
                           sh, sw, ph, pw, dh, dw, S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis,
-                          P_PAD=_pad16(k * k), B_PAD=_pad16(basis), HAS_BIAS=bias is not None,
+                          P_PAD=p_pad, B_PAD=b_pad, HAS_BIAS=bias is not None, GROUPS=groups,
                           **_kernel_args(x.dtype, x, coefficients, y), **cfg)
     return y
 
 
-def channels_last_window(s_in: int, dtype: torch.dtype) -> bool:
+def channels_last_window(s_in: int, dtype: torch.dtype, kernel_size: int) -> bool:
     """Whether the forward gathers its window channels-last (``S_in`` contiguous elements per pixel and position:
     16-byte vector loads for 16-bit inputs at ``S_in = 8``): regular C_8 fields in fp16, bf16 and fp32 on tf32 dots,
-    C_16 / D_8 fields in fp16 and bf16.  Not wider fields (a steering tile of ``S_in × BLOCK_N`` columns), nor fp32
-    at ``S_in = 16`` (its window overflows shared memory or its registers spill on sm_90), nor exact fp32 dots (they
-    run on FMAs and spill kilobytes), nor fp64."""
+    C_16 / D_8 fields in fp16 and bf16, and in fp32 on tf32 dots for a 3 × 3 window.  Not wider fields (a steering
+    tile of ``S_in × BLOCK_N`` columns), nor fp32 at ``S_in = 16`` with a larger window (it spills on sm_90), nor
+    exact fp32 dots (they run on FMAs and spill kilobytes), nor fp64."""
     half = dtype in (torch.float16, torch.bfloat16)
-    return s_in == 8 and (half or dtype == torch.float32 and dot_precision(dtype) == "tf32") or s_in == 16 and half
+    tf32 = dtype == torch.float32 and dot_precision(dtype) == "tf32"
+    return s_in == 8 and (half or tf32) or s_in == 16 and (half or tf32 and kernel_size <= 3)
 
 
 def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> dict:
-    """The channels-last forward's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` output channels, 8 warps (at 4 the
+    """The channels-last forward's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` output columns (``(g, o)``: the launcher
+    splits them, :func:`_element_block`), 8 warps (at 4 the
     steering tile ``P_CHUNK × S_in·BLOCK_N`` in fp32 and the window's addresses spill), the window chunks unrolled
     up to k = 5 (``STATIC_CHUNKS``): of the tiles tried for sm_90 without a spill or a shared-memory overflow, those
     with the fewest hot-loop instructions per MAC (docs/steerable.md)."""
@@ -707,8 +800,12 @@ def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> di
     cfg.update(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=1 if wide else 2)
     if dtype == torch.float32 or s_in > 8 and kernel_size > 5:
         cfg["BLOCK_M"] = 64
+    if s_in > 8 and kernel_size > 5:   # C_16 / D_8 at k = 7: two stages, or 16 elements of 4 channels, spill
+        cfg.update(num_stages=1, BLOCK_G=8)
     elif s_in > 8 and kernel_size > 3:   # C_16 / D_8 at k = 5: 128 x 64 spills, two stages of 128 x 32 overflow
         cfg.update(BLOCK_N=32, num_stages=1)
+    if dtype == torch.float32 and s_in > 8:   # two stages of its 64 x 256 fp32 window overflow shared memory
+        cfg["num_stages"] = 1
     return cfg
 
 
@@ -716,25 +813,72 @@ def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> di
 P_CHUNK = 16
 
 
-def _forward_channels_last(x, coefficients, bias, tables, index, y, k: int, geometry: tuple) -> None:
+def _forward_channels_last(x, coefficients, bias, tables, index, y, k: int, geometry: tuple, groups: int) -> None:
     """Launch ``_forward_channels_last_kernel`` into ``y``.  ``x`` is copied channels-last (``(B, H, W, C_in,
-    S_in)`` in memory) unless it is already, and the coefficients transposed to ``(C_in, S_in, B, C_out)`` with
-    ``C_out`` padded to 16 (vector loads along the output channels); the tables as given."""
-    nb, c_in, s_in, h, w = x.shape
-    c_out, _, _, basis = coefficients.shape
-    _, _, _, ho, wo = y.shape
+    S_in)`` in memory) unless it is already, the coefficients transposed to ``(C_in, S_in, B_PAD, C_OUT_PAD)`` (per
+    channel group: ``C_in`` rows of each group's ``C_out / groups`` channels) and the tables to ``Ψᵀ (S_OUT_PAD,
+    P_PAD, B_PAD)``, zero-padded (``C_OUT_PAD``: whole channel blocks, a multiple of 16 for vector loads along the
+    output channels)."""
+    nb, c_in_all, s_in, h, w = x.shape
+    c_out, c_in, _, basis = coefficients.shape
+    _, _, s_out, ho, wo = y.shape
+    c_out_group = c_out // groups
     if x.stride(2) != 1 or x.stride(1) != s_in:
         x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
-    c_out_pad = cdiv(c_out, 16) * 16
-    ct = torch.zeros((c_in, s_in, basis, c_out_pad), dtype=x.dtype, device=x.device)
-    ct[..., :c_out] = coefficients.permute(1, 2, 3, 0)
     cfg = _channels_last_config(k, x.dtype, s_in)
-    grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), cdiv(c_out, cfg["BLOCK_N"]), y.shape[2])
+    # the steering dot's N, S_in·BLOCK_O, is a dot dimension (>= 16)
+    cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out_group, s_out, cfg["BLOCK_N"], max(1, 16 // s_in),
+                                                    cfg.get("BLOCK_G", s_out))
+    block_o = cfg["BLOCK_N"] // cfg["BLOCK_G"]
+    c_out_pad = cdiv(c_out_group, max(16, block_o)) * max(16, block_o)
+    p_pad, b_pad = _pad16(k * k), _pad16(basis)
+    ct = torch.zeros((groups, c_in, s_in, b_pad, c_out_pad), dtype=x.dtype, device=x.device)
+    ct[..., :basis, :c_out_group] = coefficients.unflatten(0, (groups, c_out_group)).permute(0, 2, 3, 4, 1)
+    psi, index = _padded_tables(tables, index, cdiv(s_out, cfg["BLOCK_G"]) * cfg["BLOCK_G"], p_pad, b_pad)
+    grid = (cdiv(nb * ho * wo, cfg["BLOCK_M"]), groups * cdiv(c_out_group, block_o), cdiv(s_out, cfg["BLOCK_G"]))
     _forward_channels_last_kernel[grid](
-        x, ct, bias if bias is not None else ct, tables, index, y, nb, c_in, c_out, h, w, ho, wo, c_out_pad,
-        x.stride(0), x.stride(3), x.stride(4), *geometry, S_IN=s_in, S_OUT=y.shape[2], KSIZE=k, NBASIS=basis,
-        P_PAD=_pad16(k * k), B_PAD=_pad16(basis), HAS_BIAS=bias is not None,
+        x, ct, bias if bias is not None else ct, psi.transpose(1, 2).contiguous(), index, y, nb, c_in, c_out_group,
+        h, w, ho, wo, c_out_pad, x.stride(0), x.stride(3), x.stride(4), *geometry, S_IN=s_in, S_OUT=s_out, KSIZE=k,
+        NBASIS=basis, P_PAD=p_pad, B_PAD=b_pad, HAS_BIAS=bias is not None, GROUPS=groups,
         **_kernel_args(x.dtype, x, ct, y), **cfg)
+
+
+def _element_block(c_out: int, s_out: int, block_n: int, min_channels: int, max_elements: Optional[int] = None
+                   ) -> tuple[int, int]:
+    """``(BLOCK_N, BLOCK_G)`` of a forward program whose ``BLOCK_N`` output columns are ``BLOCK_G`` output elements
+    × ``BLOCK_O = BLOCK_N / BLOCK_G`` channels (powers of two, ``BLOCK_O >= min_channels``, ``BLOCK_G <=
+    max_elements``, ``BLOCK_N`` at most the given width and at least 16): the split with the least padded work,
+    the padded ``C_out·S_out`` columns counted twice per halving of the tile (ties: the fewest padded columns, then
+    the widest channel block).  A narrow ``C_out`` so fills the tile with several elements, which then share each
+    window read."""
+    elements = next_power_of_2(min(s_out, max_elements or s_out))
+    best = None
+    block_o = block_n
+    while block_o >= min_channels:
+        block_g = min(block_n // block_o, elements)
+        width = block_o * block_g
+        padded = cdiv(c_out, block_o) * block_o * cdiv(s_out, block_g) * block_g
+        # the padded columns' work, twice per MAC where the tile is half as wide (its per-program costs); then
+        # the fewest padded columns
+        key = (padded * block_n // width, padded)
+        if width >= 16 and (best is None or key < best[0]):
+            best = (key, width, block_g)
+        block_o //= 2
+    if best is None:
+        raise AssertionError(f"no element block for C_out={c_out}, S_out={s_out}, BLOCK_N={block_n}")
+    return best[1], best[2]
+
+
+def _padded_tables(tables: torch.Tensor, index: torch.Tensor, s_out_pad: int, p_pad: int, b_pad: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Ψ (S_OUT_PAD, B_PAD, P_PAD)`` and ``index (S_OUT_PAD, S_in)``, zero-padded (a padding element reads slice
+    0 and is never stored), so that a program's ``BLOCK_G`` elements load their tables unmasked."""
+    s_out, basis, positions = tables.shape
+    psi = tables.new_zeros((s_out_pad, b_pad, p_pad))
+    psi[:s_out, :basis, :positions] = tables
+    padded = index.new_zeros((s_out_pad, index.shape[1]))
+    padded[:s_out] = index
+    return psi, padded
 
 
 def channels_last_gradients(dtype: torch.dtype) -> bool:

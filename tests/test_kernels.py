@@ -646,20 +646,92 @@ def test_weight_grad_takes_dy_in_either_layout(dy_layout, groups, c_out, size):
     assert_close(dw, want, torch.float32, "weight grad")
 
 
-@pytest.mark.parametrize("dtype, padding, copied", [
-    (torch.float32, 1, True),     # padding: the zero-halo copy's loop is cheaper than one with masks
-    (torch.bfloat16, 1, True),
-    (torch.float32, 0, False),    # no padding: every window inside the input, read in place without masks
-    (torch.bfloat16, 0, False),
-], ids=["tf32-padded", "bf16-padded", "tf32-unpadded", "bf16-unpadded"])
-def test_forward_reads_a_channels_last_input_in_place_only_without_padding(dtype, padding, copied):
-    """A ``(B, H, W, C, S)`` input (another layer's output) is read in place by the forward when every window lies
-    inside it; with padding it is copied into the zero-halo buffer (whose loop checks no bounds, and which the
-    weight gradient reads too); the values are the float64 reference's either way."""
-    x = randn((2, 3, 4, 5, 7), dtype, CL)
-    weight = randn((2, 3, 4, 3, 3), dtype)
-    spec = make_spec(x, weight, None, group="p4", in_group="p4", stride=1, padding=padding, dilation=1, groups=1)
+def _spy_on_halo_copies(monkeypatch) -> list:
+    """The shapes of the inputs :func:`halo_channels_last` copies from now on (not those it returns as views)."""
+    copies = []
+    for module in (gconv, wgrad):
+        real = module.halo_channels_last
+
+        def spy(t, *args, _real=real, **kwargs):
+            out = _real(t, *args, **kwargs)
+            if out.data_ptr() != t.data_ptr():   # a copy, not the view of an unpadded input
+                copies.append(tuple(t.shape))
+            return out
+        monkeypatch.setattr(module, "halo_channels_last", spy)
+    return copies
+
+
+def _check_read_in_place(group, in_group, c_in, k, stride, padding, dilation, size, dtype):
+    """``x`` stored ``(B, H, W, C, S)``: the forward returns no copy of it for the backward, and the output and
+    every gradient are the float64 reference's."""
+    b, h, w = size
+    s_in = order_of(in_group)
+    x = randn((b, c_in, s_in, h, w), dtype, CL)
+    weight = randn((3, c_in, s_in, k, k), dtype)
+    spec = make_spec(x, weight, None, group=group, in_group=in_group, stride=stride, padding=padding,
+                     dilation=dilation, groups=1)
     with triton_backend():
         _, copy = kernels.forward(x, weight, None, spec, return_input_copy=True)
-    assert (copy is not None) == copied
-    check_against_reference(gconv_layer("p4", "p4", padding=padding), x, weight, randn((2,), dtype))
+    assert copy is None and kernels.input_copy_shape(x, spec) is None
+    layer = gconv_layer(group, in_group, stride=stride, padding=padding, dilation=dilation)
+    check_against_reference(layer, x, weight, randn((3,), dtype))
+
+
+@pytest.mark.parametrize("group, in_group, c_in, k, stride, padding, dilation, size, dtype", [
+    ("p4", "p4", 3, 3, 1, 1, 1, (2, 5, 7), torch.float32),            # 12 channels: a ragged K block
+    ("p4", "p4", 3, 3, 2, 2, 1, (1, 7, 9), torch.bfloat16),
+    ("p4m", "p4m", 2, 3, 1, (1, 2), 2, (1, 7, 5), torch.float64),     # 16 channels: whole K blocks
+    ("p4m", "p4m", 2, 2, 2, 1, 2, (1, 9, 7), torch.float32),
+    ("p4", "z2", 16, 3, 1, 1, 1, (1, 6, 5), torch.float32),           # lifting
+    ("p4", "p4", 3, 3, 1, 0, 1, (2, 5, 7), torch.bfloat16),           # no padding: its own zero halo
+], ids=lambda v: short(v) if not isinstance(v, torch.dtype) else str(v).split(".")[-1])
+def test_channels_last_input_is_read_in_place(monkeypatch, group, in_group, c_in, k, stride, padding, dilation,
+                                              size, dtype):
+    """A ``(B, H, W, C, S)`` input (another layer's output) whose channels load as vectors is read in place by the
+    forward and the weight gradient, padding or not: no zero-halo copy is made (the forward tests each pixel's
+    bounds per window position, the weight gradient reads the padding from a zero page), none is returned for the
+    backward, and the output and every gradient are the float64 reference's."""
+    copies = _spy_on_halo_copies(monkeypatch)
+    _check_read_in_place(group, in_group, c_in, k, stride, padding, dilation, size, dtype)
+    assert copies == [], copies
+
+
+@pytest.mark.parametrize("group, in_group, c_in, k, stride, padding, dilation, size, dtype", [
+    ("p4", "z2", 4, 3, 1, 1, 1, (2, 6, 5), torch.float32),            # window positions folded per K block
+    ("p4", "z2", 4, 3, 2, 2, 2, (1, 9, 9), torch.bfloat16),
+    ("p4", "p4", 1, 7, 1, 3, 1, (1, 8, 7), torch.float32),            # 49 window positions: 64-bit row bits
+    ("p4", "p4", 1, 9, 1, 4, 1, (1, 5, 6), torch.float64),            # 81: the bounds computed per position
+], ids=lambda v: short(v) if not isinstance(v, torch.dtype) else str(v).split(".")[-1])
+def test_in_place_loops_where_the_copy_is_cheaper(monkeypatch, group, in_group, c_in, k, stride, padding, dilation,
+                                                  size, dtype):
+    """The in-place loops that the launchers leave to the copy (the weight gradient's table would outweigh it: few
+    channels, many window positions), forced: the folded forward's masks, 64-bit row bits, the bounds per
+    position, and the weight gradient's zero page; each against the float64 reference."""
+    copies = _spy_on_halo_copies(monkeypatch)
+    assert not gconv.reads_in_place(randn((size[0], c_in, order_of(in_group), *size[1:]), dtype, CL), make_spec(
+        torch.empty(size[0], c_in, order_of(in_group), *size[1:]), torch.empty(3, c_in, order_of(in_group), k, k),
+        None, group=group, in_group=in_group, stride=stride, padding=padding, dilation=dilation, groups=1))
+    for module in (gconv, wgrad):
+        monkeypatch.setattr(module, "reads_in_place", lambda x, spec: _common.is_channels_last(x))
+    _check_read_in_place(group, in_group, c_in, k, stride, padding, dilation, size, dtype)
+    assert copies == [], copies
+
+
+def test_in_place_offsets_point_the_padding_at_a_zero_page():
+    """The in-place weight gradient's table: per window position, each output pixel's row of ``x``, or the zero
+    page's offset from ``x`` where the position lies in the padding (and past the last pixel); the geometry part is
+    cached, the zero page all zeros."""
+    x = torch.randn(2, 3, 4, 5, 6).permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    spec = make_spec(x, torch.empty(2, 3, 4, 3, 3), None, group="p4", in_group="p4", stride=1, padding=1,
+                     dilation=1, groups=1)
+    x_cl = _common.channels_last(x)
+    table, delta = wgrad._in_place_offsets(x_cl, spec, 64)
+    assert table.shape == (9, 64) and table.dtype == torch.int64
+    assert wgrad._in_place_offsets(x_cl, spec, 64)[0].equal(table)
+    zeros = wgrad.zero_page(12, x.dtype, x.device)
+    assert zeros.data_ptr() - x_cl.data_ptr() == delta * x.element_size() and zeros.eq(0).all()
+    # position (0, 0) of output pixel (b=0, 0, 0) lies in the padding; position (1, 1) is pixel (0, 0) itself
+    assert table[0, 0] == delta and table[4, 0] == 0
+    # pixel (b=1, 2, 3) under position (2, 0): input pixel (3, 2); 2·5·6 = 60 pixels, then the zero page
+    assert table[6, 1 * 30 + 2 * 6 + 3] == x_cl.stride(0) + 3 * x_cl.stride(1) + 2 * x_cl.stride(2)
+    assert table[:, 60:].eq(delta).all()

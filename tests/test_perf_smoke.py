@@ -421,6 +421,23 @@ def test_launches_a_layer_step_rebuilds_no_table_and_copies_x_once():
     ]
 
 
+def test_launches_a_channels_last_layer_step_copies_no_x():
+    """``P4ConvP4(32, 32, 3, padding=1)`` on a ``(B, H, W, C, S)`` input: the forward and the weight gradient read
+    ``x`` in place (no zero-halo border, no copy of ``x``, none saved for the backward); the weight gradient's table
+    is resolved against this step's addresses in one ``where``."""
+    step = launches.measure("layer", "kernel", "channels_last", batch=2, size=8)
+    layer = [r for r in step["records"] if r["layer"] == "P4ConvP4" and not r["gemm"]]
+    names = [(r["phase"], r["name"]) for r in layer]
+    assert names == [
+        ("forward", "copy_"),                         # the weight re-laid (no padding)
+        ("backward", "contiguous"),                   # dy channels-last for the input gradient
+        ("backward", "copy_"), ("backward", "copy_"),  # the weight re-laid for it; dy re-laid for the weight grad
+        ("backward", "where"),                        # the in-place table: this step's zero-page offset
+        ("backward", "sum"),                          # the bias gradient
+        ("backward", "add_"),                         # x.grad += dx (the warm-up step left x.grad)
+    ], names
+
+
 def test_python_m_perf_steerable_prints_both_tables(tmp_path, capsys):
     pytest.importorskip("e2cnn")
     from perf import steerable

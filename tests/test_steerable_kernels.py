@@ -97,10 +97,10 @@ def test_forward_channels_last_window_both_layouts(group, k, dtype, stride, padd
     """The channels-last forward (regular C_8 / C_16 / D_8 fields): on an input in ``(B, C, S, H, W)`` memory order
     (copied channels-last by the launcher) and on one already channels-last (``(B, H, W, C, S)`` in memory, no
     copy), the same result, matching the float64 reference."""
-    assert kernels.channels_last_window(group.order, dtype) and not kernels.channels_last_window(1, dtype)
-    assert not kernels.channels_last_window(group.order, torch.float64)
+    assert kernels.channels_last_window(group.order, dtype, k) and not kernels.channels_last_window(1, dtype, k)
+    assert not kernels.channels_last_window(group.order, torch.float64, k)
     with torch.backends.cudnn.flags(allow_tf32=False):   # exact fp32 dots: the (B, C, S, H, W) kernel
-        assert not kernels.channels_last_window(8, torch.float32)
+        assert not kernels.channels_last_window(8, torch.float32, k)
     (x, c, bias), in_group = _inputs(group, False, k, dtype, c_in=2, c_out=19, height=6, width=7)
     tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
     ref = st.steerable_conv2d(x.double(), c.double(), bias.double(), group=group, in_group=in_group, kernel_size=k,
@@ -334,3 +334,108 @@ def test_empty_batch():
     assert y.shape == (0, 3, 4, 5, 5)
     assert kernels.input_grad(y, c, tables, index, x.shape, 1, 1, 1).shape == x.shape
     assert torch.equal(kernels.weight_grad(y, x, tables, index, c.shape, 1, 1, 1), torch.zeros_like(c))
+
+
+# (group, lifting, C_out, dtype, k, stride, forced (BLOCK_N, BLOCK_G)): programs of several output elements,
+# (elements × channels) splits that leave ragged channel blocks (C_out = 3, 5, 17 on blocks of 2, 4, 16), ragged
+# element blocks (C_5, D_3) and element blocks wider than S_out (16 elements of C_8); lifting and regular fields,
+# both forward kernels
+ELEMENT_SPLITS = [
+    (C4, True, 1, torch.float32, 3, 1, (32, 2)),
+    (C8, True, 3, torch.float16, 5, 2, (64, 4)),
+    (C16, True, 17, torch.bfloat16, 3, 1, (64, 2)),
+    (C16, False, 4, torch.bfloat16, 3, 1, (64, 16)),
+    (C8, False, 3, torch.bfloat16, 3, 2, (32, 16)),
+    (D8, False, 3, torch.float16, 5, 1, (32, 8)),
+    (C16, False, 1, torch.float32, 3, 1, (16, 8)),
+    (C8, False, 5, torch.float32, 7, 1, (32, 4)),
+    (C4, False, 17, torch.float64, 3, 2, (32, 2)),
+    (D8, False, 3, torch.float64, 3, 1, (64, 4)),
+    (st.cyclic_group(5), False, 3, torch.float32, 3, 1, (32, 2)),
+    (st.dihedral_group(3), True, 2, torch.bfloat16, 5, 1, (64, 4)),
+]
+
+
+def _split_id(case) -> str:
+    group, lifting, c_out, dtype, k, stride, (block_n, block_g) = case
+    return (f"{group.name}-{'lift' if lifting else 'regular'}-cout{c_out}-k{k}-s{stride}-{str(dtype).split('.')[-1]}"
+            f"-n{block_n}g{block_g}")
+
+
+@pytest.mark.parametrize("case", ELEMENT_SPLITS, ids=[_split_id(c) for c in ELEMENT_SPLITS])
+def test_forward_several_elements_per_program(monkeypatch, case):
+    """The forward with a program's columns split into ``BLOCK_G`` output elements × ``BLOCK_N / BLOCK_G``
+    channels, forced: matches the float64 reference, on ``(B, C, S, H, W)`` and on channels-last inputs."""
+    group, lifting, c_out, dtype, k, stride, split = case
+    monkeypatch.setattr(kernels, "_element_block", lambda *args: split)
+    (x, c, bias), in_group = _inputs(group, lifting, k, dtype, batch=1, c_in=2, c_out=c_out, height=7, width=5)
+    tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
+    padding = k // 2
+    ref = st.steerable_conv2d(x.double(), c.double(), bias.double(), group=group, in_group=in_group, kernel_size=k,
+                              stride=stride, padding=padding)
+    y = kernels.forward(x, c, bias, tables, index, stride, padding, 1)
+    assert_close(y, ref, dtype, "y")
+    if kernels.channels_last_window(in_group.order, dtype, k):
+        x_last = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+        assert torch.equal(kernels.forward(x_last, c, bias, tables, index, stride, padding, 1), y)
+
+
+def test_element_block_fills_the_tile_with_least_padding():
+    """The (elements × channels) split: narrow C_out takes several elements (ReResNet stage 1: 4 C_16 fields fill
+    64 columns with all 16 elements), a C_out of 2·17 takes blocks of 2 channels, the steering dot's minimum
+    channel block holds, and a tile wider than every element's channels shrinks to them."""
+    assert kernels._element_block(4, 16, 64, 1) == (64, 16)
+    assert kernels._element_block(8, 8, 64, 2) == (64, 8)
+    assert kernels._element_block(34, 16, 32, 1) == (32, 16)
+    assert kernels._element_block(64, 8, 64, 2) == (64, 1)
+    assert kernels._element_block(17, 16, 256, 16) == (256, 8)
+    assert kernels._element_block(34, 16, 64, 1, 8) == (64, 8)
+    assert kernels._element_block(1, 4, 64, 16) == (64, 4)
+    assert kernels._element_block(1, 4, 256, 2) == (16, 4)
+
+
+class _LaunchRecorder:
+    """Stands for a Triton kernel: records each launch's grid, then launches the kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
+# (group, lifting, dtype, k, groups, C_in and C_out per group, forced (BLOCK_N, BLOCK_G) or None, kernel)
+CHANNEL_GROUPS = [
+    (C8, False, torch.bfloat16, 3, 2, 2, 3, None, "_forward_channels_last_kernel"),
+    (C16, False, torch.float16, 3, 3, 1, 4, (64, 16), "_forward_channels_last_kernel"),
+    (C4, False, torch.float64, 3, 2, 2, 5, (32, 2), "_forward_kernel"),
+    (C8, True, torch.float32, 5, 3, 1, 2, None, "_forward_kernel"),
+]
+
+
+@pytest.mark.parametrize("case", CHANNEL_GROUPS, ids=[f"{c[0].name}-{'lift' if c[1] else 'regular'}-"
+                                                      f"{str(c[2]).split('.')[-1]}-groups{c[4]}"
+                                                      for c in CHANNEL_GROUPS])
+def test_forward_channel_groups_in_one_launch(monkeypatch, case):
+    """``groups > 1``: one launch for all channel groups (output channels of group ``j`` read its input channels
+    only), matching the float64 reference per group, bias included."""
+    group, lifting, dtype, k, groups, c_in, c_out, split, kernel_name = case
+    if split is not None:
+        monkeypatch.setattr(kernels, "_element_block", lambda *args: split)
+    recorder = _LaunchRecorder(getattr(kernels, kernel_name))
+    monkeypatch.setattr(kernels, kernel_name, recorder)
+    (x, c, bias), in_group = _inputs(group, lifting, k, dtype, batch=2, c_in=groups * c_in, c_out=groups * c_out,
+                                     height=6, width=5)
+    c = c[:, :c_in].contiguous()
+    tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
+    ref = torch.cat([st.steerable_conv2d(xg.double(), cg.double(), bg.double(), group=group, in_group=in_group,
+                                         kernel_size=k, padding=k // 2)
+                     for xg, cg, bg in zip(x.chunk(groups, 1), c.chunk(groups), bias.chunk(groups))], 1)
+    y = kernels.forward(x, c, bias, tables, index, 1, k // 2, 1, groups=groups)
+    assert len(recorder.grids) == 1
+    assert_close(y, ref, dtype, "y")
+    with pytest.raises(ValueError, match="groups"):
+        kernels.forward(x, c, bias, tables, index, 1, k // 2, 1, groups=groups + 1)
+    with pytest.raises(ValueError, match="x"):
+        kernels.forward(x[:, :-1], c, bias, tables, index, 1, k // 2, 1, groups=groups)
