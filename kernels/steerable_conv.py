@@ -33,17 +33,31 @@ is B; on sm_90 both dots compile to wgmma.
   with ``Cᵀ_g[o, b] = c[o, i, index[g, s], b]`` (one tile for all elements in a lifting layer, ``index[g, 0] =
   0``), rounded to the input dtype, is ``Wᵀ ((g, o) × P)`` in order; then the main dot ``yᵀ ((g, o) × M) += Wᵀ @
   X (P × M)``, ``X[p, m] = x[n, i, s, q(m, p)]`` gathered (masked: zeros padding) once for all the elements.
-- **Input gradient**, program ``(BLOCK_M input pixels (n, u), BLOCK_N input channels i, input element s)``:
-  the same GEMM with the channel roles swapped.  K steps over ``(g, o)`` (``Ψ[g]`` loaded per ``g``):
-  ``Wᵀ (I × P) = Cᵀ (I × B) @ Ψ[g]`` with ``Cᵀ[i, b] = c[o, i, index[g, s], b]``, then
-  ``dxᵀ (I × M) += Wᵀ @ dY (P × M)``, where ``dY[p, u] = dy[n, o, g, m]`` for the ``m`` with ``q(m, p) = u``:
-  ``m = (u + pad − p·dilation) / stride``, masked where it is not whole or out of range (a gather with masks on
+- **Input gradient, channels-last ``dy``** (fp16, bf16, tf32: ``channels_last_gradients``), program ``(BLOCK_M
+  input pixels, BLOCK_N input channels i, input element s)`` on ``dy`` copied to ``(B, S_out, H', W', C_out)``
+  (``C_out`` padded to 16 bytes).  K steps over ``(g, O_STEP output channels, P_CHUNK positions)``, ``(p, o)`` with
+  ``o`` fastest (one 16-byte load per (pixel, position)); the step's filter ``W ((p, o) × I) = Ψ[g]ᵀ @ Cᵗ (B × (o,
+  i))`` reshaped in order, then ``dx (M × I) += dY (M × (p, o)) @ W``.  The output pixel of (input pixel ``u``,
+  position ``p``) is ``m = (u + pad − p·dilation) / stride``, masked where it is not whole or out of range; these
+  offsets and masks are computed once per position chunk, outside the loop over ``(g, o)``.
+- **Input gradient**, fp64 and exact fp32, program ``(BLOCK_M input pixels (n, u), BLOCK_N input channels i, input
+  element s)``: the same GEMM as the forward with the channel roles swapped.  K steps over ``(g, o)`` (``Ψ[g]``
+  loaded per ``g``): ``Wᵀ (I × P) = Cᵀ (I × B) @ Ψ[g]`` with ``Cᵀ[i, b] = c[o, i, index[g, s], b]``, then
+  ``dxᵀ (I × M) += Wᵀ @ dY (P × M)``, ``dY[p, u] = dy[n, o, g, m]`` gathered with the same masks (on
   divisibility: a stride ``s`` keeps about ``1/s²`` of the positions live, the rest are multiplied as zeros).
-- **Coefficient gradient**, program ``(BLOCK_O output channels o, input channel i, slice r)``.  For each ``g``:
+- **Coefficient gradient, channels-last ``x``** (fp16, bf16, tf32, orders powers of two), program ``(BLOCK_O
+  output channels, input channel i)`` on ``x`` channels-last and ``dy`` as ``(C_out·S_out, pixels)``: per chunk of
+  window positions one dot over all pixels holds every group copy and input element, ``dW ((o, g) × (p, s)) =
+  Σ_chunks dY ((o, g) × M) @ X (M × (p, s))`` (the window read once for all ``g``, ``S_in`` contiguous elements per
+  (pixel, position); each pixel's window corner read from a table, not divided out), then ``dc[o, r, b] += Σ_{g,
+  p} dW[(o, g), (p, s(g, r))] · Ψ[g, b, p]``: a column gather and one dot over ``(g, p)``.
+- **Coefficient gradient**, other cases, program ``(BLOCK_O output channels o, input channel i, slice r)``.  For
+  each ``g``:
   ``dW (O × P) = Σ_chunks dYᵀ (O × M) @ X (M × P)`` over chunks of all ``(n, m)`` output pixels, ``X`` from
   ``x[:, i, s(g, r)]``; then ``dc (O × B) += dW @ Ψ[g]ᵀ (P × B)`` in the accumulator dtype.  The sum over the group
   copies happens in registers: nothing of ``dW``'s size (``C_out·S_out·C_in·S_in·k²``) reaches memory.  There are
-  ``cdiv(C_out, BLOCK_O)·C_in·S_in`` such programs (3 for a lifting layer on RGB images): below 4 per SM the pixels
+  ``cdiv(C_out, BLOCK_O)·C_in·S_in`` such programs (``cdiv(C_out, BLOCK_O)·C_in`` channels-last; 3 for a lifting
+  layer on RGB images): below 4 per SM, in both kernels, the pixels
   are split into parts, each program writes its part's partial ``dc`` and one fixed-order sum adds them
   (deterministic; the partial sums stay under half the bank's size).
 
@@ -58,8 +72,9 @@ Dtypes: fp16 / bf16 / fp32 / fp64 inputs; coefficients and tables in the input's
 for fp64); element offsets in int32 when every tensor's span fits in 31 bits (the gathered window's offsets live in
 registers for the whole K loop), else int64.  ``W`` is rounded to the input dtype before the main dot, as the
 reference bank (:func:`gconv_triton.steerable.steerable_bank`) is.  Layout: any strides for ``x``, ``dy`` and the
-coefficients (the channels-last forward reads ``x`` channels-last, copied so when it is not, the others read
-``(B, C, S, H, W)`` contiguous fastest); outputs are contiguous.
+coefficients (the channels-last forward and coefficient gradient read ``x`` channels-last, copied so when it is
+not; the channels-last gradients copy ``dy`` to their layouts; the others read ``(B, C, S, H, W)`` contiguous
+fastest); outputs are contiguous.
 """
 
 from __future__ import annotations
@@ -422,6 +437,67 @@ def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
 
 
 @triton.jit
+def _input_grad_channels_last_kernel(dyt_ptr, ct_ptr, psi_ptr, index_ptr, dx_ptr,
+                                     NB, C_IN, H, W, HO, WO, pad_h, pad_w, dil_h, dil_w,
+                                     S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr,
+                                     NBASIS: tl.constexpr, P_PAD: tl.constexpr, B_PAD: tl.constexpr,
+                                     C_OUT_PAD: tl.constexpr, C_IN_PAD: tl.constexpr, O_STEP: tl.constexpr,
+                                     P_CHUNK: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+                                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+                                     OFFSET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The input gradient on ``dy`` channels-last (``dyt (NB, S_OUT, HO, WO, C_OUT_PAD)``, zeros beyond
+    ``C_out``): a K step is one element ``g``, ``O_STEP`` output channels and ``P_CHUNK`` window positions,
+    ``(p, o)`` with ``o`` fastest, so that a (pixel, position) reads ``O_STEP`` contiguous elements (16 bytes).
+    The step's filter ``W ((p, o) × i) = Ψ[g]ᵀ (P_CHUNK × B) @ Cᵗ (B × (o, i))`` with ``Cᵗ[b, (o, i)] = ct[index[g,
+    s], b, o, i]`` (``ct (S_IN, B_PAD, C_OUT_PAD, C_IN_PAD)``: the coefficients transposed and zero-padded by the
+    launcher), reshaped in order; then ``dx (M × I) += dY (M × (p, o)) @ W``.  The window's offsets and masks
+    depend on the position chunk only: computed once per chunk, outside the loop over ``(g, o)``.  ``dx (NB, C_IN,
+    S_IN, H, W)`` contiguous; grid ``(cdiv(NB·H·W, BLOCK_M), cdiv(C_IN_PAD, BLOCK_N), S_IN)``."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    s = tl.program_id(2)
+    KK: tl.constexpr = KSIZE * KSIZE
+    O_CHUNKS: tl.constexpr = C_OUT_PAD // O_STEP
+    u, u_ok, n, ih, iw = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, H, W)
+    kk = tl.arange(0, P_CHUNK * O_STEP)
+    # the steering operand's columns (o, i): i fastest
+    cols = tl.arange(0, O_STEP * BLOCK_N)
+    bb = tl.arange(0, B_PAD)
+    col_i = pid_n * BLOCK_N + cols % BLOCK_N
+    ct_off = (bb[:, None] * C_OUT_PAD + cols[None, :] // BLOCK_N) * C_IN_PAD + col_i[None, :]
+    ct_ok = col_i[None, :] < C_IN_PAD             # C_IN_PAD: a multiple of 8, the masks whole 16-byte vectors
+    plane = HO * WO * C_OUT_PAD                                                     # dyt's stride along g
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)                                                # dx (M × I)
+    for chunk in range(P_PAD // P_CHUNK):
+        # The output pixel that reads input pixel u at window position p: m = (u + pad − p·dil) / stride, if whole.
+        p = chunk * P_CHUNK + kk // O_STEP                                                       # (K,)
+        th = ih[:, None] + pad_h - (p // KSIZE * dil_h)[None, :]
+        tw = iw[:, None] + pad_w - (p % KSIZE * dil_w)[None, :]
+        ok = (th >= 0) & (tw >= 0) & (p[None, :] < KK) & u_ok[:, None]
+        th = tl.maximum(th, 0)
+        tw = tl.maximum(tw, 0)
+        ok = ok & (th % STRIDE_H == 0) & (tw % STRIDE_W == 0) & (th // STRIDE_H < HO) & (tw // STRIDE_W < WO)
+        dy_off = ((tl.cast(n, OFFSET)[:, None] * S_OUT * HO + th // STRIDE_H) * WO + tw // STRIDE_W) * C_OUT_PAD \
+            + kk[None, :] % O_STEP                                                               # (M, K)
+        pc = chunk * P_CHUNK + tl.arange(0, P_CHUNK)
+        for step in range(S_OUT * O_CHUNKS):
+            g = step // O_CHUNKS
+            o_base = step % O_CHUNKS * O_STEP
+            r = tl.load(index_ptr + g * S_IN + s)
+            coef = tl.load(ct_ptr + (ct_off + (r * B_PAD * C_OUT_PAD + o_base) * C_IN_PAD), mask=ct_ok, other=0.0)
+            psi_t = tl.load(psi_ptr + g * (NBASIS * KK) + bb[None, :] * KK + pc[:, None],
+                            mask=(bb[None, :] < NBASIS) & (pc[:, None] < KK), other=0.0).to(coef.dtype)
+            w = mma(tl.zeros((P_CHUNK, O_STEP * BLOCK_N), dtype=ACC), psi_t, coef, PRECISION, UPCAST)
+            w = tl.reshape(w.to(dyt_ptr.dtype.element_ty), (P_CHUNK * O_STEP, BLOCK_N))           # ((p, o), i)
+            dys = tl.load(dyt_ptr + (dy_off + (tl.cast(g, OFFSET) * plane + o_base)), mask=ok, other=0.0)
+            acc = mma(acc, dys, w, PRECISION, UPCAST)
+    i = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    hw = H * W
+    dx_off = ((n[:, None].to(OFFSET) * C_IN + i[None, :]) * S_IN + s) * hw + (u % hw)[:, None]
+    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=u_ok[:, None] & (i[None, :] < C_IN))
+
+
+@triton.jit
 def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
                         NB, C_IN, C_OUT, H, W, HO, WO,
                         sdn, sdc, sdg, sdh, sdw, sxn, sxc, sxs, sxh, sxw,
@@ -464,6 +540,73 @@ def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
     bb = tl.arange(0, B_PAD)
     dc_off = (((part * C_OUT + o[:, None]).to(OFFSET) * C_IN + i) * S_IN + r) * NBASIS + bb[None, :]
     tl.store(dc_ptr + dc_off, dc.to(dc_ptr.dtype.element_ty), mask=o_ok[:, None] & (bb[None, :] < NBASIS))
+
+
+@triton.jit
+def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel_ptr, dc_ptr,
+                                      C_IN, C_OUT, H, W, M_TOTAL, M_PAD, sxh, sxw, dil_h, dil_w, R_BLOCKS,
+                                      PART_CHUNKS,
+                                      S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr,
+                                      NBASIS: tl.constexpr, P_PAD: tl.constexpr, B_PAD: tl.constexpr,
+                                      P_CHUNK: tl.constexpr, BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
+                                      UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
+                                      BLOCK_M: tl.constexpr):
+    """The coefficient gradient on ``x`` channels-last (``x[n, i, s, h, w]`` at ``n·sxn + h·sxh + w·sxw + i·S_IN +
+    s``) and ``dyt (C_OUT·S_OUT, M_PAD)`` (``dy`` with rows ``(o, g)`` and its ``NB·HO·WO`` pixels contiguous,
+    zeros beyond), every group copy and every input element in one dot: per chunk of ``P_CHUNK`` window
+    positions, ``dW ((o, g) × (p, s)) = Σ_pixel chunks dY ((o, g) × M) @ X (M × (p, s))``, the window read once for
+    all ``g`` (``S_IN`` contiguous elements per pixel and position), then projected onto the coefficients:
+    ``dc[o, r, b] += Σ_{g, p} dW[(o, g), (p, source[g, r])] · Ψ[g, b, p]`` (a column gather, then one dot over
+    ``(g, p)``).  ``pixel (3, M_PAD)``: each output pixel's window corner, ``(x offset / S_IN, row, col)`` (rows far out
+    of range beyond ``M_TOTAL``), read rather than divided out in the loop.  ``dc (parts, C_OUT, C_IN, S_IN,
+    NBASIS)`` contiguous, one partial sum per part of the pixels;
+    grid ``(R_BLOCKS·parts, C_IN)``, ``R_BLOCKS = cdiv(C_OUT, BLOCK_O)``."""
+    pid_r = tl.program_id(0) % R_BLOCKS
+    part = tl.program_id(0) // R_BLOCKS
+    i = tl.program_id(1)
+    KK: tl.constexpr = KSIZE * KSIZE
+    K2: tl.constexpr = P_CHUNK * S_IN
+    BLOCK_R: tl.constexpr = BLOCK_O * S_OUT
+    BACK_PRECISION: tl.constexpr = "ieee" if ACC == tl.float64 else "tf32x3"
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)                                             # (o, g)
+    row_ok = rows < C_OUT * S_OUT
+    kk = tl.arange(0, K2)                                                                      # (p, s)
+    bb = tl.arange(0, B_PAD)
+    gp = tl.arange(0, S_OUT * P_CHUNK)                                                         # (g, p)
+    dc = tl.zeros((BLOCK_O, S_IN * B_PAD), dtype=ACC)                                         # (o, (r, b))
+    m_end = tl.minimum((part + 1) * PART_CHUNKS * BLOCK_M, M_TOTAL)
+    for chunk in range(P_PAD // P_CHUNK):
+        p = chunk * P_CHUNK + kk // S_IN
+        kh_dil = p // KSIZE * dil_h
+        kw_dil = p % KSIZE * dil_w
+        shift = kh_dil.to(OFFSET) * sxh + kw_dil.to(OFFSET) * sxw + kk % S_IN + tl.cast(i, OFFSET) * S_IN
+        dw = tl.zeros((BLOCK_R, K2), dtype=ACC)
+        for start in range(part * PART_CHUNKS * BLOCK_M, m_end, BLOCK_M):
+            m = start + tl.arange(0, BLOCK_M)
+            dys = tl.load(dyt_ptr + (rows[:, None].to(OFFSET) * M_PAD + m[None, :]), mask=row_ok[:, None], other=0.0)
+            pix = tl.load(pixel_ptr + m).to(OFFSET) * S_IN          # a multiple of S_IN: aligned vector loads
+            ih = tl.load(pixel_ptr + M_PAD + m).to(tl.int32)[:, None] + kh_dil[None, :]
+            iw = tl.load(pixel_ptr + 2 * M_PAD + m).to(tl.int32)[:, None] + kw_dil[None, :]
+            ok = (ih.to(tl.uint32) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32) < tl.cast(W, tl.uint32)) \
+                & (p[None, :] < KK)
+            xs = tl.load(x_ptr + (pix[:, None] + shift[None, :]), mask=ok, other=0.0)          # (M, (p, s))
+            dw = mma(dw, dys, xs, PRECISION, UPCAST)
+        # onto the coefficients' order: column (p, r) of row (o, g) reads column (p, source[g, r]) (the indices
+        # computed here, after the loop, so that they hold no registers in it)
+        src = tl.load(source_ptr + (rows % S_OUT)[:, None] * S_IN + (kk % S_IN)[None, :])
+        dw = tl.gather(dw, (kk // S_IN)[None, :] * S_IN + src, 1)                               # ((o, g), (p, r))
+        dw = tl.reshape(tl.permute(tl.reshape(dw, (BLOCK_O, S_OUT, P_CHUNK, S_IN)), (0, 3, 1, 2)),
+                        (BLOCK_O * S_IN, S_OUT * P_CHUNK))                                     # ((o, r), (g, p))
+        pp = chunk * P_CHUNK + gp % P_CHUNK
+        psi = tl.load(psi_ptr + (gp // P_CHUNK)[:, None] * (NBASIS * KK) + bb[None, :] * KK + pp[:, None],
+                      mask=(pp[:, None] < KK) & (bb[None, :] < NBASIS), other=0.0).to(ACC)    # ((g, p), b)
+        dc += tl.reshape(tl.dot(dw, psi, input_precision=BACK_PRECISION), (BLOCK_O, S_IN * B_PAD))
+    o = pid_r * BLOCK_O + tl.arange(0, BLOCK_O)
+    cols = tl.arange(0, S_IN * B_PAD)
+    dc_off = ((part * C_OUT + o[:, None]).to(OFFSET) * C_IN + i) * (S_IN * NBASIS) \
+        + (cols // B_PAD * NBASIS + cols % B_PAD)[None, :]
+    dc_ok = (o < C_OUT)[:, None] & (cols % B_PAD < NBASIS)[None, :]
+    tl.store(dc_ptr + dc_off, dc.to(dc_ptr.dtype.element_ty), mask=dc_ok)
 
 
 # ----------------------------------------------------------------------------------------------- launchers
@@ -738,6 +881,48 @@ def _padded_tables(tables: torch.Tensor, index: torch.Tensor, s_out_pad: int, p_
     return psi, padded
 
 
+def channels_last_gradients(dtype: torch.dtype) -> bool:
+    """Whether the gradients run channels-last (16-byte vector loads): the input gradient gathering ``dy`` with
+    ``O_STEP`` output channels contiguous per pixel, the coefficient gradient ``x`` with its ``S_in`` elements
+    contiguous: fp16, bf16, and fp32 on tf32 dots.  Not exact fp32 dots (they run on FMAs) nor fp64."""
+    return dtype in (torch.float16, torch.bfloat16) or dtype == torch.float32 and dot_precision(dtype) == "tf32"
+
+
+def _input_grad_channels_last_config(kernel_size: int, dtype: torch.dtype) -> dict:
+    """The channels-last input gradient's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` input channels, ``O_STEP`` output
+    channels (16 bytes) × ``P_CHUNK`` window positions per K step (32 from k = 5 on: fewer instructions per MAC on
+    sm_90 than 16, docs/steerable.md), warps and stages; under the interpreter too, so that the tests run the same
+    chunking."""
+    size = torch.empty((), dtype=dtype).element_size()
+    cfg = dict(INTERPRETER_CONFIG, O_STEP=16 // size, P_CHUNK=min(2 * P_CHUNK, _pad16(kernel_size * kernel_size)))
+    if INTERPRET:
+        return cfg
+    cfg.update(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+    return cfg
+
+
+def _input_grad_channels_last(dy, coefficients, tables, index, dx, k: int, geometry: tuple) -> None:
+    """Launch ``_input_grad_channels_last_kernel`` into ``dx``: ``dy`` copied to ``(B, S_out, H', W', C_out)`` and
+    the coefficients to ``(S_in, B, C_out, C_in)``, both zero-padded (``C_out`` to ``O_STEP``, ``C_in`` to 8,
+    ``B`` to ``B_PAD``: aligned 16-byte vector loads, no mask on the basis).  The padded coefficients stay far
+    below the bank's size (``B_PAD`` against ``S_out·k²``) but for a few channels."""
+    nb, c_out, s_out, ho, wo = dy.shape
+    _, c_in, s_in, basis = coefficients.shape
+    cfg = _input_grad_channels_last_config(k, dy.dtype)
+    c_out_pad = cdiv(c_out, cfg["O_STEP"]) * cfg["O_STEP"]
+    c_in_pad = cdiv(c_in, 8) * 8
+    dyt = torch.zeros((nb, s_out, ho, wo, c_out_pad), dtype=dy.dtype, device=dy.device)
+    dyt[..., :c_out] = dy.permute(0, 2, 3, 4, 1)
+    ct = torch.zeros((s_in, _pad16(basis), c_out_pad, c_in_pad), dtype=dy.dtype, device=dy.device)
+    ct[:, :basis, :c_out, :c_in] = coefficients.permute(2, 3, 0, 1)
+    sh, sw, ph, pw, dh, dw = geometry
+    grid = (cdiv(nb * dx.shape[3] * dx.shape[4], cfg["BLOCK_M"]), cdiv(c_in_pad, cfg["BLOCK_N"]), s_in)
+    _input_grad_channels_last_kernel[grid](
+        dyt, ct, tables, index, dx, nb, c_in, dx.shape[3], dx.shape[4], ho, wo, ph, pw, dh, dw, S_IN=s_in,
+        S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k), B_PAD=_pad16(basis), C_OUT_PAD=c_out_pad,
+        C_IN_PAD=c_in_pad, STRIDE_H=sh, STRIDE_W=sw, **_kernel_args(dy.dtype, dyt, ct, dx), **cfg)
+
+
 def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tensor, index: torch.Tensor, x_shape,
                stride=1, padding=0, dilation=1, *, groups: int = 1) -> torch.Tensor:
     """``dx`` of :func:`forward`: the adjoint, again a steerable convolution (K over ``(g, o)``).
@@ -770,6 +955,9 @@ def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tenso
     dx = _empty(full, dy)
     if dx.numel() == 0:
         return dx.view(x_shape)
+    if channels_last_gradients(dy.dtype):
+        _input_grad_channels_last(dy, coefficients, tables, index, dx, k, (sh, sw, ph, pw, dh, dw))
+        return dx.view(x_shape)
     cfg = _input_grad_config(k, dy.dtype)
     grid = (cdiv(nb * h * w, cfg["BLOCK_M"]), cdiv(c_in, cfg["BLOCK_N"]), s_in)
     _input_grad_kernel[grid](dy, coefficients, tables, index, dx, nb, c_in, c_out, h, w, ho, wo,
@@ -777,6 +965,41 @@ def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tenso
                              S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k),
                              B_PAD=_pad16(basis), **_kernel_args(dy.dtype, dy, coefficients, dx), **cfg)
     return dx.view(x_shape)
+
+
+def _window_corners(nb: int, ho: int, wo: int, m_pad: int, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
+    """``(3, m_pad)``: per output pixel ``(n, oh, ow)`` (flat, then padding), its window corner's offset in the
+    channels-last ``x`` over ``S_in`` (``(n·sxn + row·sxh + col·sxw) / S_in``), ``row = oh·stride_h − pad_h`` and
+    ``col = ow·stride_w − pad_w``; the padding pixels' rows at −2³⁰ (out of range for every window position),
+    offset 0.  int32, or int64 when ``x`` needs it."""
+    sh, sw, ph, pw = geometry
+    m = torch.arange(m_pad, device=x.device, dtype=torch.int64)
+    row = (m // wo) % ho * sh - ph
+    col = m % wo * sw - pw
+    valid = m < nb * ho * wo
+    row = torch.where(valid, row, -2 ** 30)
+    offset = torch.where(valid, m // (ho * wo) * x.stride(0) + row * x.stride(3) + col * x.stride(4), 0) // x.shape[2]
+    return torch.stack([offset, row, col]).to(torch.int64 if _offset_type(x) == tl.int64 else torch.int32)
+
+
+def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int, s_out: int) -> dict:
+    """The channels-last coefficient gradient's tile: ``BLOCK_M`` pixels per chunk, ``BLOCK_O`` output channels
+    (rows ``BLOCK_O·S_out`` of the main dot, ``BLOCK_O·S_in ≥ 16`` for the projection's dot), ``P_CHUNK`` window
+    positions (``P_CHUNK·S_in`` columns, 128 where the window has them; 16 for lifting layers), warps and stages:
+    of the tiles tried for sm_90 without a spill, those with the fewest hot-loop instructions per MAC against the
+    matmul (docs/steerable.md)."""
+    block_o = max(1, 64 // s_out, 16 // s_in)
+    p_chunk = min(_pad16(kernel_size * kernel_size), max(1, 128 // s_in)) if s_in > 1 else 16
+    cfg = dict(BLOCK_M=16, BLOCK_O=block_o, P_CHUNK=p_chunk, num_warps=4, num_stages=1)
+    if INTERPRET:
+        return cfg
+    # lifting layers: 16 positions (wider chunks spill); 32 pixels at 256 rows (C_16 / D_8 lifting) and at k = 7
+    # (64 spill there)
+    block_m = 32 if kernel_size >= 7 and s_in > 1 else max(32, min(64, 8192 // (block_o * s_out)))
+    # fp32 at 256 rows: one stage (two spill)
+    stages = 1 if dtype == torch.float32 and block_o * s_out >= 256 else 2
+    cfg.update(BLOCK_M=block_m, num_warps=8, num_stages=stages)
+    return cfg
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: torch.Tensor, coeff_shape,
@@ -810,19 +1033,34 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
     if tuple(dy.shape) != (nb, c_out, s_out, ho, wo):
         raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x {tuple(x.shape)}, got {tuple(dy.shape)}")
     source = torch.argsort(index, dim=1).to(torch.int32).contiguous()        # source[g, r] = s with index[g, s] = r
-    cfg = _weight_grad_config(k, dy.dtype)
-    o_blocks, chunks = cdiv(c_out, cfg["BLOCK_O"]), cdiv(nb * ho * wo, cfg["BLOCK_M"])
+    # its tiles hold every group copy and input element: powers of two (C_N / D_N with N a power of two, lifting)
+    last = channels_last_gradients(dy.dtype) and s_in & (s_in - 1) == 0 and s_out & (s_out - 1) == 0
+    cfg = _weight_grad_channels_last_config(k, dy.dtype, s_in, s_out) if last else _weight_grad_config(k, dy.dtype)
+    m_total = nb * ho * wo
+    o_blocks, chunks = cdiv(c_out, cfg["BLOCK_O"]), cdiv(m_total, cfg["BLOCK_M"])
     # the partial sums (parts × the coefficients) stay under half the bank: parts·B < S_out·k² / 2
-    parts = _pixel_parts(o_blocks * c_in * s_in, chunks, max(1, s_out * k * k // (2 * basis)), dy.device)
+    parts = _pixel_parts(o_blocks * c_in * (1 if last else s_in), chunks, max(1, s_out * k * k // (2 * basis)),
+                         dy.device)
     part_chunks = max(1, cdiv(chunks, parts))
     parts = max(1, cdiv(chunks, part_chunks))
     out = _empty(coeff_shape, dy) if parts == 1 else \
         torch.empty((parts, *coeff_shape), dtype=torch.float64 if dy.dtype == torch.float64 else torch.float32,
                     device=dy.device)
-    _weight_grad_kernel[(o_blocks * parts, c_in, s_in)](
-        dy, x, tables, source, out, nb, c_in, c_out, h, w, ho, wo, *dy.stride(), *x.stride(), sh, sw, ph, pw, dh, dw,
-        o_blocks, part_chunks, S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k),
-        B_PAD=_pad16(basis), **_kernel_args(dy.dtype, dy, x, out), **cfg)
+    common = dict(S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k), B_PAD=_pad16(basis))
+    if last:
+        if x.stride(2) != 1 or x.stride(1) != s_in:
+            x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+        # dy as (C_out·S_out, pixels), the pixels padded to whole chunks (zeros): unmasked 16-byte loads along them
+        dyt = torch.zeros((c_out * s_out, chunks * cfg["BLOCK_M"]), dtype=dy.dtype, device=dy.device)
+        dyt[:, :m_total] = dy.permute(1, 2, 0, 3, 4).reshape(c_out * s_out, m_total)
+        pixel = _window_corners(nb, ho, wo, dyt.shape[1], x, (sh, sw, ph, pw))
+        _weight_grad_channels_last_kernel[(o_blocks * parts, c_in)](
+            dyt, x, tables, source, pixel, out, c_in, c_out, h, w, m_total, dyt.shape[1], x.stride(3), x.stride(4),
+            dh, dw, o_blocks, part_chunks, **common, **_kernel_args(dy.dtype, dyt, x, out), **cfg)
+    else:
+        _weight_grad_kernel[(o_blocks * parts, c_in, s_in)](
+            dy, x, tables, source, out, nb, c_in, c_out, h, w, ho, wo, *dy.stride(), *x.stride(), sh, sw, ph, pw, dh,
+            dw, o_blocks, part_chunks, **common, **_kernel_args(dy.dtype, dy, x, out), **cfg)
     return out if parts == 1 else out.sum(0).to(dy.dtype)     # a fixed-order sum over the parts: deterministic
 
 

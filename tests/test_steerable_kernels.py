@@ -114,6 +114,49 @@ def test_forward_channels_last_window_both_layouts(group, k, dtype, stride, padd
     assert torch.equal(y, y_last)
 
 
+# (group, lifting, k, stride, padding, dilation, dtype, sizes): channel counts 1, 3, 4 and beyond a tile (17 > the
+# interpreter's 16 input channels and 16 lifting output channels, 9 > 8 output channels per 16-byte vector and 4
+# per C_16 / D_8 row block), odd maps, strides, dilations, lifting layers
+GRADIENT_CASES = [
+    (C4, False, 3, 2, 1, 1, torch.bfloat16, dict(c_in=1, c_out=1, height=7, width=5)),
+    (C8, False, 5, 1, 2, 2, torch.float16, dict(c_in=3, c_out=4, height=9, width=7)),
+    (C16, False, 3, 1, 0, 1, torch.bfloat16, dict(c_in=4, c_out=3, height=5, width=6)),
+    (D8, False, 7, 2, 3, 1, torch.float32, dict(batch=1, c_in=3, c_out=9, height=7, width=5)),
+    (C8, True, 3, (2, 1), 1, (1, 2), torch.float32, dict(c_in=17, c_out=17, height=5, width=4)),
+    (C16, True, 5, 1, 2, 1, torch.bfloat16, dict(c_in=1, c_out=3)),
+    (C4, False, 5, 1, 2, 1, torch.float64, dict(c_in=3, c_out=4)),
+]
+
+
+@pytest.mark.parametrize("case", GRADIENT_CASES, ids=[_case_id(c) for c in GRADIENT_CASES])
+def test_gradients_channels_last_both_layouts(case):
+    """The input and coefficient gradients (channels-last for fp16 / bf16 / tf32: ``dy`` gathered with ``O_STEP``
+    output channels contiguous, ``x`` with its ``S_in`` elements contiguous; the ``(B, C, S, H, W)`` kernels for
+    fp64): ``dy`` and ``x`` in ``(B, C, S, H, W)`` memory order and channels-last (``(B, H, W, C, S)`` in memory)
+    give the same gradients, matching the float64 reference."""
+    group, lifting, k, stride, padding, dilation, dtype, sizes = case
+    assert kernels.channels_last_gradients(dtype) == (dtype != torch.float64)
+    with torch.backends.cudnn.flags(allow_tf32=False):   # exact fp32 dots: the (B, C, S, H, W) kernels
+        assert not kernels.channels_last_gradients(torch.float32)
+    (x, c, _), in_group = _inputs(group, lifting, k, dtype, **sizes)
+    geometry = _geometry_kwargs(stride, padding, dilation)
+    xr, cr = x.double().requires_grad_(), c.double().requires_grad_()
+    ref = st.steerable_conv2d(xr, cr, None, group=group, in_group=in_group, kernel_size=k, **geometry)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dtype)
+    ref.backward(dy.double())
+    tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
+    dy = dy.to(DEVICE)
+    dy_last, x_last = (t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2) for t in (dy, x))
+    dx = kernels.input_grad(dy, c, tables, index, x.shape, **geometry)
+    assert dx.is_contiguous() and dx.dtype == dtype
+    assert_close(dx, xr.grad, dtype, "dx")
+    assert torch.equal(dx, kernels.input_grad(dy_last, c, tables, index, x.shape, **geometry))
+    dc = kernels.weight_grad(dy, x, tables, index, c.shape, **geometry)
+    assert dc.is_contiguous() and dc.dtype == dtype
+    assert_close(dc, cr.grad, dtype, "dc")
+    assert torch.equal(dc, kernels.weight_grad(dy_last, x_last, tables, index, c.shape, **geometry))
+
+
 def test_flattened_input_and_no_bias():
     """``x (B, C_in·S_in, H, W)`` is taken as ``(B, C_in, S_in, H, W)``; ``bias=None`` adds nothing."""
     (x, c, _), in_group = _inputs(C8, False, 3, torch.float32, c_in=2, c_out=3, height=5, width=6)
@@ -168,12 +211,15 @@ def test_deterministic():
 
 
 @pytest.mark.parametrize("group, lifting, stride", [(C8, True, 2), (C4, False, 1)], ids=["c8-lift-s2", "c4-regular"])
-def test_weight_grad_pixel_split(monkeypatch, group, lifting, stride):
+@pytest.mark.parametrize("tf32", [True, False], ids=["channels-last", "exact-fp32"])
+def test_weight_grad_pixel_split(monkeypatch, group, lifting, stride, tf32):
     """Few coefficient-gradient programs (a lifting layer) split the pixels into parts: the same gradient, bitwise
-    the same on a rerun, and partial sums under half the bank."""
+    the same on a rerun, and partial sums under half the bank; in both kernels (tf32 dots: channels-last)."""
     monkeypatch.setattr(kernels, "MIN_PROGRAMS", 64)                    # a GPU asks for 4 per SM anyway
     small = dict(BLOCK_M=16, BLOCK_O=16, num_warps=4, num_stages=1)     # several pixel chunks on a small image
     monkeypatch.setattr(kernels, "_weight_grad_config", lambda kernel_size, dtype: dict(small))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    assert kernels.channels_last_gradients(torch.float32) == tf32
     k = 3
     (x, c, bias), in_group = _inputs(group, lifting, k, torch.float32, c_in=2, c_out=3)
     xr, cr = x.double().requires_grad_(), c.double().requires_grad_()
@@ -185,7 +231,8 @@ def test_weight_grad_pixel_split(monkeypatch, group, lifting, stride):
         dc = kernels.weight_grad(dy, x, tables, index, c.shape, stride, 1, 1)
     parts = [n for name, n in created.sizes if name == "aten.empty.memory_format"]
     assert parts and max(parts) > c.numel(), "no partial sums: the split did not happen"
-    assert max(n for _, n in created.sizes) * 2 <= c.shape[0] * group.order * c.shape[1] * c.shape[2] * k * k
+    # the partial sums (the channels-last kernel also copies dy and x: activations, not sums)
+    assert max(parts) * 2 <= c.shape[0] * group.order * c.shape[1] * c.shape[2] * k * k
     assert_close(dc, cr.grad, torch.float32, "dc")
     assert torch.equal(dc, kernels.weight_grad(dy, x, tables, index, c.shape, stride, 1, 1))
 
