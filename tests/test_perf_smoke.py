@@ -444,12 +444,11 @@ def test_launches_a_channels_last_layer_step_copies_no_x():
     layer = [r for r in step["records"] if r["layer"] == "P4ConvP4" and not r["gemm"]]
     names = [(r["phase"], r["name"]) for r in layer]
     assert names == [
-        ("forward", "copy_"),                         # the weight re-laid (no padding)
-        ("backward", "contiguous"),                   # dy channels-last for the input gradient
-        ("backward", "copy_"), ("backward", "copy_"),  # the weight re-laid for it; dy re-laid for the weight grad
+        ("forward", "group_conv_layouts._permute_weight_kernel"),   # both weights re-laid, no halo copy of x
+        ("backward", "contiguous"),                   # dy channels-last for the input gradient (the loss's dy)
+        ("backward", "group_conv_layouts._dy_relayout_kernel"),    # dy for the weight grad, the bias's partial sums
         ("backward", "where"),                        # the in-place table: this step's zero-page offset
-        ("backward", "sum"),                          # the bias gradient
-        ("backward", "add_"),                         # x.grad += dx (the warm-up step left x.grad)
+        ("backward", "group_conv_layouts._finish_kernel"),         # the bias gradient
     ], names
 
 

@@ -265,18 +265,18 @@ def test_steerable_sets_cover_k3_k5_k7_and_only_the_steerable_roles():
 
 
 def test_steerable_kernels_read_per_mac_of_their_main_dot(tmp_path):
-    """The three steerable kernels on a 7 x 7 and a 5 x 5 C8 layer, bf16, sm_90 (the forward channels-last):
-    compiled without a spill, wgmma, judged per MAC of the window's dot (K = 64 padded positions, or 32 positions
-    x 8 elements for the channels-last forward at k = 7; at k = 5 its two unrolled chunks are two dots per
-    iteration), not the steering dot's, and their bytes beside the dense implicit GEMM's, with the forward-bytes
-    target line."""
+    """The three steerable kernels on a 7 x 7 and a 5 x 5 C8 layer, bf16, sm_90 (all three channels-last):
+    compiled without a spill, wgmma, judged per MAC of the window's dot (at k = 7: K = 32 positions x 8 elements
+    for the forward, 32 positions x 8 output channels for the input gradient, N = 16 positions x 8 input elements
+    for the coefficient gradient; at k = 5 the forward's two unrolled chunks are two dots per iteration), not the
+    steering dot's, and their bytes beside the dense implicit GEMM's, with the forward-bytes target line."""
     proc = _run_static(tmp_path, "--sets", "c8", "--layers", "mnist.l3.k7,mnist.l3", "--roles",
                        "steer_forward,steer_input_grad,steer_weight_grad", "--dtypes", "bf16", "--archs", "90",
                        "--jobs", "1", "--no-progress", "--out", str(tmp_path / "steer"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "steer.json").read_text())["rows"]
-    assert {r["kernel"] for r in rows} == {f"steerable_conv._{k}_kernel" for k in ("forward_channels_last",
-                                                                                  "input_grad", "weight_grad")}
+    assert {r["kernel"] for r in rows} == {f"steerable_conv._{k}_channels_last_kernel"
+                                           for k in ("forward", "input_grad", "weight_grad")}
     for r in rows:
         assert r["status"] == "ok" and r["kept"] and r["spills"] == 0 and r["mma"] == "HGMMA"
         if r["layer"] == "mnist.l3":   # 5 x 5: the forward's two window chunks unrolled, two main dots per iteration
@@ -284,7 +284,7 @@ def test_steerable_kernels_read_per_mac_of_their_main_dot(tmp_path):
                 macs = 2 * r["dot"]["m"] * r["dot"]["n"] * r["dot"]["k"]
                 assert r["per_1024_macs"] == pytest.approx(r["loop_instructions"] * r["warps"] * 1024 / macs)
             continue
-        window = {"steer_forward": 32 * 8, "steer_input_grad": 64, "steer_weight_grad": 64}[r["role"]]
+        window = {"steer_forward": 32 * 8, "steer_input_grad": 32 * 8, "steer_weight_grad": 16 * 8}[r["role"]]
         assert (r["dot"]["n"] if r["role"] == "steer_weight_grad" else r["dot"]["k"]) == window
         assert r["ratio"] > 0 and r["bytes"] > 0 and r["dense_bytes"] > 0
     assert "steer forward bytes sm_90" in proc.stdout
