@@ -10,7 +10,8 @@ the last pixel block), so that no re-layout needs a fill before its copy:
   launch, the input gradient's B-operand layouts (``group_conv.permuted_weight``); beside a copy of ``x``,
   :func:`padded_copy` writes them in its own launch (the forward's re-layouts: one launch).
 * :func:`relayout_dy` (:func:`_dy_relayout_kernel`): ``dy`` as the weight gradient reads it, with the bias
-  gradient's per-program partial sums.
+  gradient's per-program partial sums and, for an input read in place, the weight gradient's row table resolved
+  against this call's zero page.
 * :func:`finish_weight_grad` (:func:`_finish_kernel`): the weight gradient's split partial sums and the bias
   gradient's, added up in one launch, in a fixed order (no atomics: deterministic).
 
@@ -218,15 +219,18 @@ def permute_weights(weight: torch.Tensor, fwd=None, ig=None) -> None:
 # ---------------------------------------------------------------------------------- dy for the weight gradient
 @triton.jit
 def _dy_relayout_kernel(
-    dy_ptr, out_ptr, bias_part_ptr, r_total, r_alloc, m_height, m_width,
-    stride_b, stride_c, stride_s, stride_h, stride_w,
+    dy_ptr, out_ptr, bias_part_ptr, table_ptr, padding_ptr, rows_ptr, zero_delta, r_total, r_alloc, m_height,
+    m_width, stride_b, stride_c, stride_s, stride_h, stride_w,
     C_OUT: tl.constexpr, GROUPS: tl.constexpr, S_OUT: tl.constexpr, O_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
-    WIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr,
+    KPOS: tl.constexpr, WIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
     """``dy (B, groups·C_OUT, S_OUT, H, W)`` (any strides) -> ``out (r_alloc, groups, S_OUT, O_PAD)``: pixel ``r``
     of ``(B, H, W)``, zeros past ``r_total``, the channels past ``C_OUT`` not written; a ``[BLOCK_P, BLOCK_O]`` tile
     of one ``(grp, s)`` per program.  ``HAS_BIAS``: also the tile's column sums (``bias_part``'s dtype, fp32 at
-    least) at ``bias_part[pid_p, grp, s, o]``, the per-program partial sums of the bias gradient."""
+    least) at ``bias_part[pid_p, grp, s, o]``, the per-program partial sums of the bias gradient.  ``KPOS > 0``:
+    also ``rows[t, r] = zero_delta`` where ``padding[t, r]`` else ``table[t, r]`` (``(KPOS, r_alloc)`` int64), the
+    in-place weight gradient's row table resolved against this call's zero page, by the programs of the first
+    ``(grp, s)`` and channel block: the ``where`` it would otherwise take, in this launch."""
     pid_p = tl.program_id(0)
     grp = tl.program_id(1) // S_OUT
     s = tl.program_id(1) % S_OUT
@@ -246,18 +250,28 @@ def _dy_relayout_kernel(
         part = ((pid_p * GROUPS + grp) * S_OUT + s) * O_PAD + o
         column_sums = tl.sum(value.to(bias_part_ptr.dtype.element_ty), axis=0)
         tl.store(bias_part_ptr + part, column_sums, mask=o < O_PAD)
+    if KPOS > 0:
+        if (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
+            cell = r.to(tl.int64)
+            for t in range(KPOS):
+                at = t * r_alloc + cell
+                in_padding = tl.load(padding_ptr + at, mask=cell < r_alloc, other=0) != 0
+                offset = tl.load(table_ptr + at, mask=cell < r_alloc, other=0)
+                tl.store(rows_ptr + at, tl.where(in_padding, zero_delta, offset), mask=cell < r_alloc)
 
 
 DY_BLOCK_P = 64
 
 
-def relayout_dy(dy: torch.Tensor, spec, r_alloc: int, o_pad: int, with_bias: bool):
+def relayout_dy(dy: torch.Tensor, spec, r_alloc: int, o_pad: int, with_bias: bool, in_place_rows=None):
     """``dy (B, groups·C_out, S_out, H_out, W_out)`` -> ``(dy_go (r_alloc, groups, S_out, o_pad), bias_part)``,
     one launch: the weight gradient's ``dy`` (zeros past the last pixel, where they meet real rows of ``x``; the
     channels past ``C_out`` are not written: column ``o`` of ``dw`` reads column ``o`` of ``dy`` only, and is stored
     for ``o < C_out``; NaN when poisoned, which shows it) and, ``with_bias``,
     the bias gradient's per-program partial sums ``(programs, groups, S_out, o_pad)`` (fp32 at least; else None),
-    which :func:`finish_weight_grad` adds up."""
+    which :func:`finish_weight_grad` adds up.  ``in_place_rows``: ``(table, padding, zero_delta)``, the in-place
+    weight gradient's cached row table ``(kh·kw, r_alloc)`` int64, where it lies in the padding (bool), and this
+    call's zero-page offset: resolved by the same launch and returned third (else None)."""
     c_out, groups, s_out = spec.out_channels, spec.groups, spec.s_out
     out = dy.new_empty((r_alloc, groups, s_out, o_pad))
     if poison_outputs():
@@ -268,11 +282,14 @@ def relayout_dy(dy: torch.Tensor, spec, r_alloc: int, o_pad: int, with_bias: boo
                  if with_bias else None)
     grid = (programs, groups * s_out, cdiv(o_pad, block_o))
     written = out[..., :c_out]   # the elements the launch writes (the same pointer as out)
+    table, padding, zero_delta = in_place_rows if in_place_rows is not None else (written, written, 0)
+    rows = torch.empty_like(table) if in_place_rows is not None else None
     _dy_relayout_kernel[grid](
-        dy, written, bias_part if with_bias else written, spec.batch * spec.out_height * spec.out_width, r_alloc,
-        spec.out_height, spec.out_width, *dy.stride(), C_OUT=c_out, GROUPS=groups, S_OUT=s_out, O_PAD=o_pad,
-        HAS_BIAS=with_bias, WIDE=needs_int64(dy, out), BLOCK_P=DY_BLOCK_P, BLOCK_O=block_o)
-    return out, bias_part
+        dy, written, bias_part if with_bias else written, table, padding.view(torch.uint8), written if rows is None
+        else rows, zero_delta, spec.batch * spec.out_height * spec.out_width, r_alloc, spec.out_height,
+        spec.out_width, *dy.stride(), C_OUT=c_out, GROUPS=groups, S_OUT=s_out, O_PAD=o_pad, HAS_BIAS=with_bias,
+        KPOS=0 if rows is None else table.shape[0], WIDE=needs_int64(dy, out), BLOCK_P=DY_BLOCK_P, BLOCK_O=block_o)
+    return out, bias_part, rows
 
 
 # ------------------------------------------------------------------------------ the weight gradient's sums

@@ -178,7 +178,9 @@ def _in_place_offsets(x_cl: torch.Tensor, spec, rows: int) -> tuple[torch.Tensor
     (the input read in place, channels-last, no halo) of output pixel ``r``'s input pixel, and ``delta``, the offset
     of a zero page (one pixel of zeros) from ``x_cl``, where that pixel lies in the padding or ``r`` past the last
     pixel: a table load and an address, no mask, per row in the loop.  The geometry part is built once
-    (:func:`~._common.geometry_table`); resolving it against this call's addresses is one ``where``."""
+    (:func:`~._common.geometry_table`): returned as ``(table, padding, delta)``, ``padding (kh·kw, rows)`` bool
+    where the zero page's offset goes; resolving it against this call's addresses is done by the launch that
+    re-lays ``dy`` (:func:`~.group_conv_layouts.relayout_dy`), ``where(padding, delta, table)``."""
     sb, sh, sw = x_cl.stride()[:3]
     key = ("in_place_offsets", spec.batch, spec.height, spec.width, spec.out_height, spec.out_width, *spec.stride,
            *spec.dilation, spec.padding[0], spec.padding[2], *spec.kernel, sb, sh, sw, rows, x_cl.device)
@@ -187,7 +189,7 @@ def _in_place_offsets(x_cl: torch.Tensor, spec, rows: int) -> tuple[torch.Tensor
     delta, rest = divmod(zeros.data_ptr() - x_cl.data_ptr(), x_cl.element_size())
     if rest:   # every tensor starts element-aligned, and the zero page 256-byte aligned
         raise RuntimeError(f"x: data pointer {x_cl.data_ptr():#x} is not aligned to its element size")
-    return torch.where(padding, delta, table), delta
+    return table, padding, delta
 
 
 def zero_page(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -245,11 +247,12 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
     c_out = spec.out_channels
     o_pad = vector_padding(c_out)
     r_alloc = round_up(r_total, block_r)
-    dy_go, bias_part = relayout_dy(dy, spec, r_alloc, o_pad, with_bias)
     # an unpadded input read in place is its own zero-halo copy: the window-corner table serves
     in_place = x_copy is None and reads_in_place(x, spec) and not halo_is_input(spec)
-    if in_place:
+    in_place_rows = None
+    if in_place:   # (kh·kw, R_ALLOC) int64: its own offsets may pass int32 (the kernel's WIDE counts them)
         x_ch, x_cl = m_ch, channels_last(x)
+        in_place_rows = _in_place_offsets(x_cl, spec, r_alloc)
     elif x_copy is None:
         x_ch = vector_channels(m_ch, spec.groups)   # the padded channels give zero rows of dw, not stored
         x_cl = halo_channels_last(x, spec, x_ch)
@@ -260,8 +263,10 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
             raise ValueError(f"x_copy: expected forward's copy of x, shape ({', '.join(map(str, expected))}, "
                              f"groups·channels >= {spec.groups * m_ch}) with unit channel stride, got shape "
                              f"{tuple(x_copy.shape)} strides {x_copy.stride()}")
-    if in_place:   # (kh·kw, R_ALLOC) int64: its own offsets may pass int32 (the kernel's WIDE counts them)
-        pix, zero_delta = _in_place_offsets(x_cl, spec, r_alloc)
+    # dy re-laid, the bias's partial sums and the in-place row table resolved: one launch
+    dy_go, bias_part, rows = relayout_dy(dy, spec, r_alloc, o_pad, with_bias, in_place_rows)
+    if in_place:
+        pix, zero_delta = rows, in_place_rows[2]
     else:
         pix, zero_delta = _window_offsets(x_cl, spec, r_alloc, needs_int64(x_cl, dy_go)), 0
 

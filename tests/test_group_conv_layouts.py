@@ -134,7 +134,7 @@ def test_weight_grad_dy_relayout_equals_the_torch_copy(groups, c_out, size, chan
     r_total = b * h * w
     r_alloc = _common.round_up(r_total, wgrad_block_r(dy.dtype))
     with triton_backend():
-        (out, part), names = _launches(lambda: layouts.relayout_dy(dy, spec, r_alloc, o_pad, with_bias))
+        (out, part, rows), names = _launches(lambda: layouts.relayout_dy(dy, spec, r_alloc, o_pad, with_bias))
     assert names == ["group_conv_layouts._dy_relayout_kernel"]
     want = dy.new_zeros((r_alloc, groups, 4, o_pad))     # the torch code the kernel replaces
     want[:r_total].view(b, h, w, groups, 4, o_pad)[..., :c_out] = (
@@ -147,6 +147,24 @@ def test_weight_grad_dy_relayout_equals_the_torch_copy(groups, c_out, size, chan
         torch.testing.assert_close(part.double(), blocks, rtol=1e-6, atol=1e-5)
     else:
         assert part is None
+    assert rows is None
+
+
+def test_dy_relayout_resolves_the_in_place_table_in_the_same_launch():
+    """With an input read in place, the launch that re-lays ``dy`` also writes the weight gradient's row table,
+    ``where(padding, zero_delta, table)`` (``(kh·kw, R_alloc)`` int64): no launch of its own."""
+    dy = _input((2, 3, 4, 5, 7), True)
+    spec = _dy_spec(dy, 1, 3)
+    r_alloc = _common.round_up(2 * 5 * 7, 64)
+    gen = torch.Generator().manual_seed(3)
+    table = torch.randint(-2**40, 2**40, (9, r_alloc), generator=gen)
+    padding = torch.rand((9, r_alloc), generator=gen) < 0.3
+    delta = -(2**35) - 5
+    with triton_backend():
+        (_, _, rows), names = _launches(lambda: layouts.relayout_dy(dy, spec, r_alloc, 8, False,
+                                                                    (table, padding, delta)))
+    assert names == ["group_conv_layouts._dy_relayout_kernel"]
+    assert rows.equal(torch.where(padding, delta, table))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
@@ -166,7 +184,7 @@ def test_finish_adds_the_split_and_the_bias_in_one_launch(split, groups, weight_
     partial_dtype = torch.promote_types(dtype, torch.float32) if split > 1 else dtype
     partial = torch.randn((split, *weight.shape), device=DEVICE).to(partial_dtype)
     with triton_backend():
-        _, bias_part = layouts.relayout_dy(dy, spec, _common.round_up(b * h * w, 64), 8, with_bias)
+        _, bias_part, _ = layouts.relayout_dy(dy, spec, _common.round_up(b * h * w, 64), 8, with_bias)
         (dw, db), names = _launches(lambda: layouts.finish_weight_grad(partial, dtype, bias_part, spec))
     assert names == ([] if split == 1 and not with_bias else ["group_conv_layouts._finish_kernel"])
     assert dw.dtype == dtype and dw.shape == weight.shape

@@ -32,6 +32,7 @@ from gconv_triton._spec import make_spec
 from gconv_triton.groups import get_group
 from gconv_triton.reference import bank_conv_weight_grad
 from gconv_triton.kernels import _common, group_conv as gconv, group_conv_weight_grad as wgrad
+from gconv_triton.kernels.group_conv_layouts import relayout_dy
 from perf.memory import AllocationRecorder
 
 CONTIG, CL = "contig", "cl"  # (B, C, S, H, W) stored as is, or in memory order (B, H, W, C, S)
@@ -725,9 +726,13 @@ def test_in_place_offsets_point_the_padding_at_a_zero_page():
     spec = make_spec(x, torch.empty(2, 3, 4, 3, 3), None, group="p4", in_group="p4", stride=1, padding=1,
                      dilation=1, groups=1)
     x_cl = _common.channels_last(x)
-    table, delta = wgrad._in_place_offsets(x_cl, spec, 64)
-    assert table.shape == (9, 64) and table.dtype == torch.int64
-    assert wgrad._in_place_offsets(x_cl, spec, 64)[0].equal(table)
+    geometry, padding, delta = wgrad._in_place_offsets(x_cl, spec, 64)
+    assert geometry.shape == padding.shape == (9, 64) and geometry.dtype == torch.int64
+    assert wgrad._in_place_offsets(x_cl, spec, 64)[0] is geometry   # cached per geometry
+    # resolved against this call's zero page by the launch that re-lays dy, in that launch
+    dy = torch.randn(2, 2, 4, 5, 6)
+    table = relayout_dy(dy, spec, 64, 8, False, (geometry, padding, delta))[2]
+    assert table.equal(torch.where(padding, delta, geometry))
     zeros = wgrad.zero_page(12, x.dtype, x.device)
     assert zeros.data_ptr() - x_cl.data_ptr() == delta * x.element_size() and zeros.eq(0).all()
     # position (0, 0) of output pixel (b=0, 0, 0) lies in the padding; position (1, 1) is pixel (0, 0) itself

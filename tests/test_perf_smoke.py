@@ -439,15 +439,15 @@ def test_launches_a_layer_step_rebuilds_no_table_and_copies_x_once():
 def test_launches_a_channels_last_layer_step_copies_no_x():
     """``P4ConvP4(32, 32, 3, padding=1)`` on a ``(B, H, W, C, S)`` input: the forward and the weight gradient read
     ``x`` in place (no zero-halo border, no copy of ``x``, none saved for the backward); the weight gradient's table
-    is resolved against this step's addresses in one ``where``."""
+    is resolved against this step's addresses by the launch that re-lays ``dy``."""
     step = launches.measure("layer", "kernel", "channels_last", batch=2, size=8)
     layer = [r for r in step["records"] if r["layer"] == "P4ConvP4" and not r["gemm"]]
     names = [(r["phase"], r["name"]) for r in layer]
     assert names == [
         ("forward", "group_conv_layouts._permute_weight_kernel"),   # both weights re-laid, no halo copy of x
         ("backward", "contiguous"),                   # dy channels-last for the input gradient (the loss's dy)
-        ("backward", "group_conv_layouts._dy_relayout_kernel"),    # dy for the weight grad, the bias's partial sums
-        ("backward", "where"),                        # the in-place table: this step's zero-page offset
+        ("backward", "group_conv_layouts._dy_relayout_kernel"),    # dy for the weight grad, the bias's partial sums,
+                                                                   # the in-place table at this step's zero page
         ("backward", "group_conv_layouts._finish_kernel"),         # the bias gradient
     ], names
 
