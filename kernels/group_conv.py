@@ -410,8 +410,7 @@ def input_grad_weight_shape(spec, dtype) -> tuple[int, ...]:
     """The shape of the input gradient's permuted weight for activations of ``dtype`` (as the kernel reads it: a
     dense tensor), which :func:`forward` returns with ``return_input_grad_weight``."""
     rows_pad, k_major = _weight_layout(spec, dtype, False)
-    shape = (spec.weight_groups, spec.kernel[0] * spec.kernel[1], max(spec.out_channels, rows_pad), spec.s_in,
-             vector_padding(spec.in_channels))
+    shape = _weight_shape(spec, False, rows_pad)
     return (*shape[:2], shape[4], *shape[2:4]) if k_major else shape
 
 
@@ -543,13 +542,18 @@ def permuted_weights(weight: torch.Tensor, spec, dtype, forward_layout, input_gr
     return views if halo is None else (*views, copy)
 
 
-def _weight_buffer(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int, k_major: bool, dtype):
-    """An empty ``(weight_groups, kh·kw, rows, S_in, cols)`` permuted weight (:func:`permuted_weight`), stored
-    ``(weight_groups, kh·kw, cols, rows, S_in)`` when ``k_major``."""
+def _weight_shape(spec, group_on_n: bool, rows_pad: int) -> tuple[int, ...]:
+    """``(weight_groups, kh·kw, rows, S_in, cols)``: the permuted weight's shape (:func:`permuted_weight`), rows
+    over the reduction's channels (at least ``rows_pad``), columns over the others, padded to whole vectors."""
     rows, cols = (spec.in_channels, spec.out_channels) if group_on_n else (spec.out_channels, spec.in_channels)
-    shape = (spec.weight_groups, spec.kernel[0] * spec.kernel[1], max(rows, rows_pad), spec.s_in,
-             vector_padding(cols))
-    return empty_in_order(shape, (0, 1, 4, 2, 3) if k_major else (0, 1, 2, 3, 4), dtype=dtype, device=weight.device)
+    return (spec.weight_groups, spec.kernel[0] * spec.kernel[1], max(rows, rows_pad), spec.s_in, vector_padding(cols))
+
+
+def _weight_buffer(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int, k_major: bool, dtype):
+    """An empty ``(weight_groups, kh·kw, rows, S_in, cols)`` permuted weight (:func:`_weight_shape`), stored
+    ``(weight_groups, kh·kw, cols, rows, S_in)`` when ``k_major``."""
+    return empty_in_order(_weight_shape(spec, group_on_n, rows_pad), (0, 1, 4, 2, 3) if k_major else (0, 1, 2, 3, 4),
+                          dtype=dtype, device=weight.device)
 
 
 @functools.lru_cache(maxsize=256)
