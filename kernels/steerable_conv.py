@@ -205,33 +205,40 @@ def _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sn, sh, sw, stride_h, strid
 
 
 @triton.jit
-def _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, hw, image, HAS_BIAS: tl.constexpr,
-                 ACC: tl.constexpr, OFFSET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-                 COLUMNS_FIRST: tl.constexpr):
-    """Add the bias and store a forward tile whose ``BLOCK_N`` output columns are ``(g, o)``, ``o`` fastest
-    (``BLOCK_G`` elements × ``BLOCK_N / BLOCK_G`` channels of program ``(pid_o, pid_g)``), into ``y (NB, C, S_OUT,
-    HO, WO)`` (``y_ptr`` and ``bias_ptr`` at the program's channel group, ``C_OUT`` channels of it; ``image``: the
-    elements of one image, ``C·S_OUT·HO·WO``) for pixels ``m`` (image ``n``; ``hw = HO·WO``).  ``acc`` is
-    ``(BLOCK_N × M)`` where ``COLUMNS_FIRST``, else ``(M × BLOCK_N)``."""
+def _joint_columns(bias_ptr, pid_o, pid_g, C_OUT, S_OUT, hw, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+                   OFFSET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, CLAMP: tl.constexpr = False):
+    """The ``BLOCK_N`` output columns ``(g, o)``, ``o`` fastest (``BLOCK_G`` elements × ``BLOCK_N / BLOCK_G``
+    channels of program ``(pid_o, pid_g)``) of a forward tile: ``(offsets in y (BLOCK_N,), in range, bias)`` for
+    ``y (NB, C, S_OUT, HO, WO)`` (``hw = HO·WO``; ``bias_ptr`` at the program's channel group, ``C_OUT`` channels
+    of it; the bias is 0 without ``HAS_BIAS``).  ``CLAMP``: columns past ``C_OUT`` or ``S_OUT`` are the last
+    channel's or element's (a program that computes them as those stores the same values twice)."""
     BLOCK_O: tl.constexpr = BLOCK_N // BLOCK_G
     j = tl.arange(0, BLOCK_N)
     o = pid_o * BLOCK_O + j % BLOCK_O
     g = pid_g * BLOCK_G + j // BLOCK_O
+    if CLAMP:
+        o = tl.minimum(o, C_OUT - 1)
+        g = tl.minimum(g, S_OUT - 1)
     ok = (o < C_OUT) & (g < S_OUT)
-    column = (o.to(OFFSET) * S_OUT + g) * hw                                  # (BLOCK_N,)
-    pixel = n.to(OFFSET) * image + m % hw                                      # (M,)
+    bias = tl.zeros((BLOCK_N,), dtype=ACC)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + o, mask=ok, other=0.0).to(ACC)
+    return (o.to(OFFSET) * S_OUT + g) * hw, ok, bias
+
+
+@triton.jit
+def _store_joint(acc, y_ptr, column, bias, pixel, mask, HAS_BIAS: tl.constexpr, COLUMNS_FIRST: tl.constexpr):
+    """Add the bias and store a forward tile into ``y`` at ``column (BLOCK_N,) + pixel (M,)`` (the columns from
+    :func:`_joint_columns`; ``pixel``: each pixel's offset, image included) where ``mask`` (None: everywhere).
+    ``acc`` and ``mask`` are ``(BLOCK_N × M)`` where ``COLUMNS_FIRST``, else ``(M × BLOCK_N)``."""
     if COLUMNS_FIRST:
         if HAS_BIAS:
             acc += bias[:, None]
-        tl.store(y_ptr + (column[:, None] + pixel[None, :]), acc.to(y_ptr.dtype.element_ty),
-                 mask=ok[:, None] & m_ok[None, :])
+        tl.store(y_ptr + (column[:, None] + pixel[None, :]), acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         if HAS_BIAS:
             acc += bias[None, :]
-        tl.store(y_ptr + (pixel[:, None] + column[None, :]), acc.to(y_ptr.dtype.element_ty),
-                 mask=m_ok[:, None] & ok[None, :])
+        tl.store(y_ptr + (pixel[:, None] + column[None, :]), acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -295,8 +302,109 @@ def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
         w = tl.reshape(w.to(x_ptr.dtype.element_ty), (BLOCK_N, P_PAD))                           # Wᵀ ((g, o) × P)
         xs = tl.load(x_ptr + x_off + (tl.cast(i, OFFSET) * sxc + s * sxs), mask=x_ok, other=0.0)
         acc = mma(acc, w, xs, PRECISION, UPCAST)
-    _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, HO * WO,
-                 GROUPS * C_OUT * S_OUT * HO * WO, HAS_BIAS, ACC, OFFSET, BLOCK_N, BLOCK_G, True)
+    column, column_ok, bias = _joint_columns(bias_ptr, pid_o, pid_g, C_OUT, S_OUT, HO * WO, HAS_BIAS, ACC, OFFSET,
+                                             BLOCK_N, BLOCK_G)
+    _store_joint(acc, y_ptr, column, bias, n.to(OFFSET) * (GROUPS * C_OUT * S_OUT * HO * WO) + m % (HO * WO),
+                 column_ok[:, None] & m_ok[None, :], HAS_BIAS, True)
+
+
+@triton.jit
+def _store_direct(y_ptr, column, pixel, values):
+    """``y[column (N,) + pixel (M,)] = values (N × M)``, unmasked, each thread storing its own elements of the
+    tile as the dot left them (a ``tl.store`` would first move them through shared memory into a layout whose
+    stores are coalesced, which costs more instructions than it saves where the elements are 2 or 4 bytes at no
+    known alignment).  The offsets in int64: a thread's elements of one row share a base register."""
+    ptrs = y_ptr + (column.to(tl.int64)[:, None] + pixel.to(tl.int64)[None, :])
+    BITS: tl.constexpr = values.dtype.primitive_bitwidth
+    if BITS == 16:
+        tl.inline_asm_elementwise("st.global.b16 [$1], $2;", "=r,l,h", [ptrs, values.to(tl.int16, bitcast=True)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    elif BITS == 32:
+        tl.inline_asm_elementwise("st.global.b32 [$1], $2;", "=r,l,r", [ptrs, values.to(tl.int32, bitcast=True)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.inline_asm_elementwise("st.global.b64 [$1], $2;", "=r,l,l", [ptrs, values.to(tl.int64, bitcast=True)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _forward_lifting_kernel(xw_ptr, c_ptr, bias_ptr, psi_ptr, corner_ptr, y_ptr,
+                            NB, C_OUT, HW, TILES_PER_IMAGE, TILES, sxn, sxh, dil_h, sco, sci, scb,
+                            C_IN: tl.constexpr, C_PAD: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr,
+                            KW_PAD: tl.constexpr, NBASIS: tl.constexpr, K_PAD: tl.constexpr, B_PAD: tl.constexpr,
+                            P_PAD: tl.constexpr, FULL_TILES: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            BIAS_IN_DOT: tl.constexpr, DIRECT_STORE: tl.constexpr, PRECISION: tl.constexpr,
+                            UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """A lifting layer (``S_in = 1``) whose whole reduction ``K = (kh, i, kw)`` (``k × C_PAD × KW_PAD``, padded to
+    ``K_PAD``) is one dot: the program steers its filter ``Wᵀ ((g, o) × K)`` once, then loops over ``TILES`` pixel
+    tiles of ``BLOCK_M`` pixels, ``yᵀ ((g, o) × M) = Wᵀ @ X (K × M)``.
+
+    The input ``xw`` is ``x`` zero-padded and unfolded along the width, ``xw[n, h, ow, i, kw] = x_padded[n, i, h,
+    ow·stride_w + kw·dil_w]`` (zeros for ``kw ≥ k``): a (pixel, kh, i) reads ``KW_PAD`` contiguous elements
+    (vector loads, no bounds masks).  ``sxn``, ``sxh``: its image and row strides in units of ``KW_PAD`` elements;
+    ``corner[m]`` (``TILES_PER_IMAGE·BLOCK_M`` entries): the window corner of an image's pixel ``min(m, HW - 1)``
+    in those units.  A tile lies in one image: tile ``j`` of an image covers its pixels from ``min(j·BLOCK_M, HW -
+    BLOCK_M)`` (with ``FULL_TILES``, ``HW ≥ BLOCK_M``: the last one overlaps the one before, so that no store
+    is masked), a
+    program's tiles past the last image repeat that image's, and the rows past ``C_OUT`` or ``S_OUT`` are the
+    last channel's or element's: such repeats store the same values as the tiles they repeat.
+
+    The steering, ``Wᵀ_g (O × K) = Cᵀ (O × (i, b)) @ Ψ'_g ((i, b) × K)`` with ``Ψ'_g[(i, b), (kh, i', kw)] = Ψ[g, b,
+    kh·k + kw]`` where ``i = i'`` and ``kw < k``, is one batched dot per program.  ``y (NB, C_OUT, S_OUT, HO, WO)``
+    contiguous; grid ``(cdiv(NB·TILES_PER_IMAGE, TILES), cdiv(C_OUT, BLOCK_O), cdiv(S_OUT, BLOCK_G))``."""
+    BLOCK_O: tl.constexpr = BLOCK_N // BLOCK_G
+    CB: tl.constexpr = C_PAD * B_PAD
+    kk = tl.arange(0, K_PAD)
+    kh = kk // (C_PAD * KW_PAD)
+    i = (kk // KW_PAD) % C_PAD
+    kw = kk % KW_PAD
+    k_ok = (kh < KSIZE) & (i < C_IN)                     # constant over each KW_PAD run: vector loads stay whole
+    # the steered filter, once per program
+    g = tl.minimum(tl.program_id(2) * BLOCK_G + tl.arange(0, BLOCK_G), S_OUT - 1)
+    o = tl.minimum(tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O), C_OUT - 1)
+    ib = tl.arange(0, CB)
+    coef = tl.load(c_ptr + o.to(OFFSET)[:, None] * sco + (ib // B_PAD * sci + ib % B_PAD * scb)[None, :],
+                   mask=((ib // B_PAD < C_IN) & (ib % B_PAD < NBASIS))[None, :], other=0.0)
+    psi = tl.load(psi_ptr + g[:, None, None] * (B_PAD * P_PAD) + (ib % B_PAD * P_PAD)[None, :, None]
+                  + (kh * KSIZE + kw)[None, None, :],
+                  mask=(((ib // B_PAD)[:, None] == i[None, :]) & (k_ok & (kw < KSIZE))[None, :])[None, :, :],
+                  other=0.0)
+    w = mma(tl.zeros((BLOCK_G, BLOCK_O, K_PAD), dtype=ACC), tl.broadcast_to(coef[None, :, :], (BLOCK_G, BLOCK_O, CB)),
+            psi, PRECISION, UPCAST)
+    w = tl.reshape(w, (BLOCK_N, K_PAD))                                                       # Wᵀ ((g, o) × K)
+    column, _, bias = _joint_columns(bias_ptr, tl.program_id(1), tl.program_id(2), C_OUT, S_OUT, HW, HAS_BIAS, ACC,
+                                     OFFSET, BLOCK_N, BLOCK_G, True)
+    if BIAS_IN_DOT:   # the bias is the filter's column that reads xw's ones (kh = 0, i = 0, kw = KW_PAD - 1)
+        w = tl.where((kk == KW_PAD - 1)[None, :], bias[:, None], w)
+    w = w.to(xw_ptr.dtype.element_ty)
+    shift = ((kh * dil_h).to(OFFSET) * sxh + i) * KW_PAD + kw                                  # (K,)
+    image = C_OUT * S_OUT * HW
+    pixels = tl.arange(0, BLOCK_M)
+    # the program's first tile (image n, tile j of it), then one step per tile: no division in the loop
+    first = tl.program_id(0) * TILES
+    n = first // TILES_PER_IMAGE
+    j = first % TILES_PER_IMAGE
+    for _ in range(TILES):
+        start = tl.maximum(tl.minimum(j * BLOCK_M, HW - BLOCK_M), 0)
+        corner = tl.load(corner_ptr + start + pixels)
+        image_n = tl.cast(tl.minimum(n, NB - 1), OFFSET)
+        xs = tl.load(xw_ptr + ((image_n * sxn + corner)[:, None] * KW_PAD + shift[None, :]),
+                     mask=k_ok[None, :], other=0.0)                                             # X (M × K)
+        acc = mma(tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC), w, tl.trans(xs), PRECISION, UPCAST)
+        # the tile's offset into y is one scalar: the (column, pixel) offsets stay out of the loop
+        ADD_BIAS: tl.constexpr = HAS_BIAS and not BIAS_IN_DOT
+        if FULL_TILES and DIRECT_STORE:
+            if ADD_BIAS:
+                acc += bias[:, None]
+            _store_direct(y_ptr + (image_n * image + start), column, pixels, acc.to(y_ptr.dtype.element_ty))
+        elif FULL_TILES:
+            _store_joint(acc, y_ptr + (image_n * image + start), column, bias, pixels, None, ADD_BIAS, True)
+        else:
+            _store_joint(acc, y_ptr + image_n * image, column, bias, pixels, (pixels < HW)[None, :], ADD_BIAS, True)
+        j += 1
+        n += (j == TILES_PER_IMAGE).to(tl.int32)
+        j = tl.where(j == TILES_PER_IMAGE, 0, j)
 
 
 @triton.jit
@@ -387,8 +495,10 @@ def _forward_channels_last_kernel(x_ptr, ct_ptr, bias_ptr, psi_ptr, index_ptr, y
             acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, i,
                                       step % (P_PAD // P_CHUNK), psi_g, H, W, sxh, sxw, dil_h, dil_w, S_IN, KSIZE,
                                       P_CHUNK, B_PAD, PRECISION, UPCAST, ACC, OFFSET, BLOCK_G, BLOCK_O)
-    _store_joint(acc, y_ptr, bias_ptr, n, m, m_ok, pid_o, pid_g, C_OUT, S_OUT, HO * WO,
-                 GROUPS * C_OUT * S_OUT * HO * WO, HAS_BIAS, ACC, OFFSET, BLOCK_N, BLOCK_G, False)
+    column, column_ok, bias = _joint_columns(bias_ptr, pid_o, pid_g, C_OUT, S_OUT, HO * WO, HAS_BIAS, ACC, OFFSET,
+                                             BLOCK_N, BLOCK_G)
+    _store_joint(acc, y_ptr, column, bias, n.to(OFFSET) * (GROUPS * C_OUT * S_OUT * HO * WO) + m % (HO * WO),
+                 m_ok[:, None] & column_ok[None, :], HAS_BIAS, False)
 
 
 @triton.jit
@@ -757,6 +867,9 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
     if channels_last_window(s_in, x.dtype, k):
         _forward_channels_last(x, coefficients, bias, tables, index, y, k, (sh, sw, ph, pw, dh, dw), groups)
         return y
+    if s_in == 1 and groups == 1 and _lifting_k_pad(c_in, k) <= MAX_LIFTING_K:
+        _forward_lifting(x, coefficients, bias, tables, index, y, k, (sh, sw, ph, pw, dh, dw))
+        return y
     cfg = _forward_config(k, x.dtype, s_in)
     # the steering dot's M, BLOCK_O, is a dot dimension (>= 16)
     cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out // groups, s_out, cfg["BLOCK_N"], 16)
@@ -770,6 +883,70 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
                           P_PAD=p_pad, B_PAD=b_pad, HAS_BIAS=bias is not None, GROUPS=groups,
                           **_kernel_args(x.dtype, x, coefficients, y), **cfg)
     return y
+
+
+# The widest folded reduction (window × input channels, padded) the lifting forward keeps in registers as its
+# steered filter; wider lifting layers step over (i, s) in ``_forward_kernel``
+MAX_LIFTING_K = 128
+
+
+def _lifting_k_pad(c_in: int, kernel_size: int) -> int:
+    """The lifting forward's reduction ``(kh, i, kw)``: ``k`` rows × ``C_in`` (padded to a power of two) × ``k``
+    (padded to a power of two, the vector run of ``xw``), padded to a ``tl.dot`` dimension."""
+    return _pad16(kernel_size * next_power_of_2(c_in) * next_power_of_2(kernel_size))
+
+
+def _lifting_config(kernel_size: int, dtype: torch.dtype) -> dict:
+    """The lifting forward's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` output columns ``(g, o)``, warps, stages."""
+    if INTERPRET:   # small pixel tiles, so that the tests' programs cover several, the last one ragged
+        return dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1)
+    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+
+
+def _tiles_per_program(tiles: int, other_programs: int) -> int:
+    """Pixel tiles per lifting program: enough programs to fill a GPU (about 512, or as many as there are tiles),
+    each steering its filter once for up to 8 tiles.  3 under the interpreter (a ragged last program)."""
+    if INTERPRET:
+        return 3
+    return max(1, min(8, tiles * other_programs // 512))
+
+
+def _forward_lifting(x, coefficients, bias, tables, index, y, k: int, geometry: tuple) -> None:
+    """Launch ``_forward_lifting_kernel`` into ``y``: ``x (B, C_in, 1, H, W)`` zero-padded and unfolded along the
+    width into ``xw (B, H + 2·pad_h, W', C_in, KW_PAD)`` (``KW_PAD`` × the input's elements: small beside a lifting
+    layer's ``C_out·S_out`` output channels), and each pixel's window corner in ``xw`` as a table."""
+    nb, c_in, _, h, w = x.shape
+    c_out, _, _, basis = coefficients.shape
+    _, _, s_out, ho, wo = y.shape
+    sh, sw, ph, pw, dh, dw = geometry
+    kw_pad = next_power_of_2(k)
+    padded = torch.nn.functional.pad(x[:, :, 0], (pw, pw, ph, ph))                            # (B, C, H_pad, W_pad)
+    windows = padded.unfold(3, (k - 1) * dw + 1, sw)[..., ::dw]                               # (B, C, H_pad, W', k)
+    xw = x.new_zeros((nb, h + 2 * ph, wo, c_in, kw_pad))
+    xw[..., :k] = windows.permute(0, 2, 3, 1, 4)
+    args = _kernel_args(x.dtype, xw, coefficients, y)
+    # the bias as one more filter column, on ones that xw holds past the window (exact but in tf32)
+    bias_in_dot = bias is not None and kw_pad > k and args["PRECISION"] != "tf32"
+    if bias_in_dot:
+        xw[..., 0, kw_pad - 1] = 1
+    cfg = _lifting_config(k, x.dtype)
+    cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out, s_out, cfg["BLOCK_N"], 16)
+    block_o = cfg["BLOCK_N"] // cfg["BLOCK_G"]
+    per_image = cdiv(ho * wo, cfg["BLOCK_M"])
+    m = torch.arange(per_image * cfg["BLOCK_M"], device=x.device).clamp_max(ho * wo - 1)
+    corner = ((m // wo * sh * wo + m % wo) * c_in).to(torch.int64 if args["OFFSET"] == tl.int64 else torch.int32)
+    p_pad, b_pad = _pad16(k * k), _pad16(basis)
+    psi, _ = _padded_tables(tables, index, cdiv(s_out, cfg["BLOCK_G"]) * cfg["BLOCK_G"], p_pad, b_pad)
+    others = cdiv(c_out, block_o) * cdiv(s_out, cfg["BLOCK_G"])
+    tiles = _tiles_per_program(nb * per_image, others)
+    grid = (cdiv(nb * per_image, tiles), cdiv(c_out, block_o), cdiv(s_out, cfg["BLOCK_G"]))
+    _forward_lifting_kernel[grid](
+        xw, coefficients, bias if bias is not None else coefficients, psi, corner, y, nb, c_out, ho * wo, per_image,
+        tiles, (h + 2 * ph) * wo * c_in, wo * c_in, dh, coefficients.stride(0), coefficients.stride(1),
+        coefficients.stride(3), C_IN=c_in, C_PAD=next_power_of_2(c_in), S_OUT=s_out, KSIZE=k, KW_PAD=kw_pad,
+        NBASIS=basis, K_PAD=_lifting_k_pad(c_in, k), B_PAD=b_pad, P_PAD=p_pad, FULL_TILES=ho * wo >= cfg["BLOCK_M"],
+        HAS_BIAS=bias is not None, BIAS_IN_DOT=bias_in_dot, DIRECT_STORE=not INTERPRET, **args,
+        **cfg)
 
 
 def channels_last_window(s_in: int, dtype: torch.dtype, kernel_size: int) -> bool:

@@ -380,6 +380,50 @@ def test_forward_several_elements_per_program(monkeypatch, case):
         assert torch.equal(kernels.forward(x_last, c, bias, tables, index, stride, padding, 1), y)
 
 
+# (group, C_in, C_out, k, stride, padding, dilation, dtype, bias, (height, width), batch, lifting kernel): the
+# folded lifting forward (C_in = 1 and 3; under the interpreter 16-pixel tiles, 3 per program) with an image's last
+# tile overlapping the one before, a ragged last program, channel rows past C_out, masked stores (an image smaller
+# than a tile), the bias in the dot (kw padding) or added (tf32, k = 4 fills its kw padding); and a reduction too
+# wide for it (C_in = 3 at k = 5), which steps over input channels in _forward_kernel
+LIFTING = [
+    (C8, 1, 5, 7, 1, 1, 1, torch.bfloat16, True, (11, 11), 2, True),
+    (C4, 3, 4, 3, 2, 1, 1, torch.float16, True, (9, 10), 2, True),
+    (D8, 2, 3, 5, (1, 2), 2, (2, 1), torch.float32, True, (8, 9), 1, True),
+    (C8, 1, 2, 3, 1, 0, 1, torch.float64, False, (4, 4), 3, True),
+    (C16, 1, 17, 4, 1, 2, 1, torch.bfloat16, True, (6, 5), 1, True),
+    (C8, 3, 2, 5, 1, 2, 1, torch.float32, True, (6, 7), 1, False),
+]
+
+
+@pytest.mark.parametrize("case", LIFTING, ids=[f"{c[0].name}-cin{c[1]}-k{c[3]}-s{c[4]}-d{c[6]}-"
+                                              f"{str(c[7]).split('.')[-1]}-{'bias' if c[8] else 'nobias'}"
+                                              for c in LIFTING])
+def test_lifting_forward_folds_the_window(monkeypatch, case):
+    """A lifting layer's forward: the window and input channels folded into one reduction, the filter steered
+    once per program for several pixel tiles; matches the float64 reference."""
+    group, c_in, c_out, k, stride, padding, dilation, dtype, with_bias, (height, width), batch, folded = case
+    recorder = _LaunchRecorder(kernels._forward_lifting_kernel)
+    monkeypatch.setattr(kernels, "_forward_lifting_kernel", recorder)
+    (x, c, bias), in_group = _inputs(group, True, k, dtype, batch=batch, c_in=c_in, c_out=c_out, height=height,
+                                     width=width)
+    bias = bias if with_bias else None
+    tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
+    ref = st.steerable_conv2d(x.double(), c.double(), None if bias is None else bias.double(), group=group,
+                              in_group=in_group, kernel_size=k, stride=stride, padding=padding, dilation=dilation)
+    y = kernels.forward(x, c, bias, tables, index, stride, padding, dilation)
+    assert len(recorder.grids) == int(folded)
+    assert y.is_contiguous() and y.dtype == dtype
+    assert_close(y, ref, dtype, "y")
+
+
+def test_lifting_tiles_per_program():
+    """Up to 8 pixel tiles per lifting program, about 512 programs where there are enough tiles (3 under the
+    interpreter, so that the tests' programs cover several tiles)."""
+    expected = 3 if kernels.INTERPRET else 8
+    assert kernels._tiles_per_program(10_000, 4) == expected
+    assert kernels._tiles_per_program(2, 1) == (3 if kernels.INTERPRET else 1)
+
+
 def test_element_block_fills_the_tile_with_least_padding():
     """The (elements × channels) split: narrow C_out takes several elements (ReResNet stage 1: 4 C_16 fields fill
     64 columns with all 16 elements), a C_out of 2·17 takes blocks of 2 channels, the steering dot's minimum
