@@ -86,7 +86,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, dot_precision, mma, next_power_of_2, poison_outputs
+from ._common import INTERPRET, cdiv, dot_precision, mma, next_power_of_2, poison_outputs, split_pixel
 
 __all__ = ["forward", "input_grad", "weight_grad", "config"]
 
@@ -411,7 +411,7 @@ def _forward_lifting_kernel(xw_ptr, c_ptr, bias_ptr, psi_ptr, corner_ptr, y_ptr,
 def _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, i, chunk, psi_g, H, W, sxh, sxw,
                         dil_h, dil_w, S_IN: tl.constexpr, KSIZE: tl.constexpr, P_CHUNK: tl.constexpr,
                         B_PAD: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-                        OFFSET: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_O: tl.constexpr):
+                        OFFSET: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_O: tl.constexpr, HALO: tl.constexpr):
     """One K step of the channels-last forward: input channel ``i``, window positions ``chunk·P_CHUNK + [0,
     P_CHUNK)``: the window ``X (M × (p, s))`` (``S_IN`` contiguous elements per pixel and position), the steered
     filter of each of the program's ``BLOCK_G`` elements ``W_g ((p, s) × O) = Ψ[g]ᵀ @ Cᵗ_g`` (one batched dot),
@@ -422,10 +422,13 @@ def _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, i, c
     p = chunk * P_CHUNK + kk // S_IN                                                            # (KC,)
     kh = p // KSIZE
     kw = p % KSIZE
-    ih = row[:, None] + (kh * dil_h)[None, :]
-    iw = col[:, None] + (kw * dil_w)[None, :]
-    ok = ((ih.to(tl.uint32) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32) < tl.cast(W, tl.uint32))
-          & (p[None, :] < KK) & m_ok[:, None])
+    if HALO:   # x carries the zeros padding and every pixel is in range: only the padded positions are masked
+        ok = (p < KK)[None, :]
+    else:
+        ih = row[:, None] + (kh * dil_h)[None, :]
+        iw = col[:, None] + (kw * dil_w)[None, :]
+        ok = ((ih.to(tl.uint32) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32) < tl.cast(W, tl.uint32))
+              & (p[None, :] < KK) & m_ok[:, None])
     shift = (kh * dil_h).to(OFFSET) * sxh + (kw * dil_w).to(OFFSET) * sxw + kk % S_IN
     xs = tl.load(x_ptr + (pix[:, None] + shift[None, :] + tl.cast(i, OFFSET) * S_IN), mask=ok, other=0.0)
     pc = chunk * P_CHUNK + tl.arange(0, P_CHUNK)
@@ -443,7 +446,8 @@ def _forward_channels_last_kernel(x_ptr, ct_ptr, bias_ptr, psi_ptr, index_ptr, y
                                   sxn, sxh, sxw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                                   S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr, NBASIS: tl.constexpr,
                                   P_PAD: tl.constexpr, B_PAD: tl.constexpr, P_CHUNK: tl.constexpr,
-                                  STATIC_CHUNKS: tl.constexpr, HAS_BIAS: tl.constexpr, GROUPS: tl.constexpr,
+                                  STATIC_CHUNKS: tl.constexpr, HALO: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                  GROUPS: tl.constexpr,
                                   PRECISION: tl.constexpr,
                                   UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr, BLOCK_M: tl.constexpr,
                                   BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
@@ -467,6 +471,8 @@ def _forward_channels_last_kernel(x_ptr, ct_ptr, bias_ptr, psi_ptr, index_ptr, y
     bias_ptr += group * C_OUT
     y_ptr += tl.cast(group, OFFSET) * C_OUT * S_OUT * HO * WO
     m, m_ok, n, oh, ow = _pixels(pid_m * BLOCK_M, BLOCK_M, NB, HO, WO)
+    if HALO:   # the pixels past the last read the last one's window (not stored)
+        n, oh, ow = split_pixel(tl.minimum(m, NB * HO * WO - 1), HO, WO)
     row = oh * stride_h - pad_h
     col = ow * stride_w - pad_w
     pix = tl.cast(n, OFFSET) * sxn + row.to(OFFSET) * sxh + col.to(OFFSET) * sxw                        # (M,)
@@ -487,14 +493,14 @@ def _forward_channels_last_kernel(x_ptr, ct_ptr, bias_ptr, psi_ptr, index_ptr, y
             for chunk in tl.static_range(P_PAD // P_CHUNK):
                 acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, i, chunk, psi_g, H, W,
                                           sxh, sxw, dil_h, dil_w, S_IN, KSIZE, P_CHUNK, B_PAD, PRECISION, UPCAST,
-                                          ACC, OFFSET, BLOCK_G, BLOCK_O)
-    else:               # one loop over (i, chunk): k = 7's four unrolled chunks would hold too many registers
-        for step in range(C_IN * (P_PAD // P_CHUNK)):
-            i = step // (P_PAD // P_CHUNK)
+                                          ACC, OFFSET, BLOCK_G, BLOCK_O, HALO)
+    else:               # a loop over the chunks: k = 7's four unrolled chunks would hold too many registers
+        for i in range(C_IN):
             coef = tl.load(ct_ptr + (ct_off + i * coef_step))
-            acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, i,
-                                      step % (P_PAD // P_CHUNK), psi_g, H, W, sxh, sxw, dil_h, dil_w, S_IN, KSIZE,
-                                      P_CHUNK, B_PAD, PRECISION, UPCAST, ACC, OFFSET, BLOCK_G, BLOCK_O)
+            for chunk in range(P_PAD // P_CHUNK):
+                acc = _channels_last_step(acc, x_ptr, psi_ptr, coef, pix, row, col, m_ok, kk, i, chunk, psi_g, H, W,
+                                          sxh, sxw, dil_h, dil_w, S_IN, KSIZE, P_CHUNK, B_PAD, PRECISION, UPCAST,
+                                          ACC, OFFSET, BLOCK_G, BLOCK_O, HALO)
     column, column_ok, bias = _joint_columns(bias_ptr, pid_o, pid_g, C_OUT, S_OUT, HO * WO, HAS_BIAS, ACC, OFFSET,
                                              BLOCK_N, BLOCK_G)
     _store_joint(acc, y_ptr, column, bias, n.to(OFFSET) * (GROUPS * C_OUT * S_OUT * HO * WO) + m % (HO * WO),
@@ -1000,8 +1006,12 @@ def _forward_channels_last(x, coefficients, bias, tables, index, y, k: int, geom
     c_out, c_in, _, basis = coefficients.shape
     _, _, s_out, ho, wo = y.shape
     c_out_group = c_out // groups
-    if x.stride(2) != 1 or x.stride(1) != s_in:
-        x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    halo = x.stride(2) != 1 or x.stride(1) != s_in
+    if halo:   # copied channels-last with the zeros padding: the window needs no bounds masks
+        sh, sw, ph, pw, dh, dw = geometry
+        padded = x.new_zeros((nb, h + 2 * ph, w + 2 * pw, c_in_all, s_in))
+        padded[:, ph:ph + h, pw:pw + w] = x.permute(0, 3, 4, 1, 2)
+        x, h, w, geometry = padded.permute(0, 3, 4, 1, 2), h + 2 * ph, w + 2 * pw, (sh, sw, 0, 0, dh, dw)
     cfg = _channels_last_config(k, x.dtype, s_in)
     # the steering dot's N, S_in·BLOCK_O, is a dot dimension (>= 16)
     cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out_group, s_out, cfg["BLOCK_N"], max(1, 16 // s_in),
@@ -1016,7 +1026,7 @@ def _forward_channels_last(x, coefficients, bias, tables, index, y, k: int, geom
     _forward_channels_last_kernel[grid](
         x, ct, bias if bias is not None else ct, psi.transpose(1, 2).contiguous(), index, y, nb, c_in, c_out_group,
         h, w, ho, wo, c_out_pad, x.stride(0), x.stride(3), x.stride(4), *geometry, S_IN=s_in, S_OUT=s_out, KSIZE=k,
-        NBASIS=basis, P_PAD=p_pad, B_PAD=b_pad, HAS_BIAS=bias is not None, GROUPS=groups,
+        NBASIS=basis, P_PAD=p_pad, B_PAD=b_pad, HALO=halo, HAS_BIAS=bias is not None, GROUPS=groups,
         **_kernel_args(x.dtype, x, ct, y), **cfg)
 
 
