@@ -957,13 +957,10 @@ def _forward_lifting(x, coefficients, bias, tables, index, y, k: int, geometry: 
 
 def channels_last_window(s_in: int, dtype: torch.dtype, kernel_size: int) -> bool:
     """Whether the forward gathers its window channels-last (``S_in`` contiguous elements per pixel and position:
-    16-byte vector loads for 16-bit inputs at ``S_in = 8``): regular C_8 fields in fp16, bf16 and fp32 on tf32 dots,
-    C_16 / D_8 fields in fp16 and bf16, and in fp32 on tf32 dots for a 3 × 3 window.  Not wider fields (a steering
-    tile of ``S_in × BLOCK_N`` columns), nor fp32 at ``S_in = 16`` with a larger window (it spills on sm_90), nor
-    exact fp32 dots (they run on FMAs and spill kilobytes), nor fp64."""
-    half = dtype in (torch.float16, torch.bfloat16)
-    tf32 = dtype == torch.float32 and dot_precision(dtype) == "tf32"
-    return s_in == 8 and (half or tf32) or s_in == 16 and (half or tf32 and kernel_size <= 3)
+    16-byte vector loads for 16-bit inputs at ``S_in = 8``): regular C_8, C_16 and D_8 fields in fp16, bf16 and
+    fp32 on tf32 dots.  Not wider fields (a steering tile of ``S_in × BLOCK_N`` columns), nor exact fp32 dots (they
+    run on FMAs and spill kilobytes), nor fp64."""
+    return s_in in (8, 16) and channels_last_gradients(dtype)
 
 
 def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> dict:
@@ -976,7 +973,10 @@ def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> di
     # under the interpreter too, so that the tests run the same chunking
     wide = kernel_size == 7 and s_in == 8 and dtype in (torch.float16, torch.bfloat16)
     chunk = 2 * P_CHUNK if wide else P_CHUNK
-    cfg = dict(INTERPRETER_CONFIG, P_CHUNK=chunk, STATIC_CHUNKS=_pad16(kernel_size * kernel_size) // chunk <= 2)
+    # fp32 C_16 / D_8 beyond k = 3 loops over its chunks: unrolled, their 64 × 256 fp32 windows spill
+    wide_fp32 = dtype == torch.float32 and s_in > 8 and kernel_size > 3
+    cfg = dict(INTERPRETER_CONFIG, P_CHUNK=chunk,
+               STATIC_CHUNKS=_pad16(kernel_size * kernel_size) // chunk <= 2 and not wide_fp32)
     if INTERPRET:
         return cfg
     # two stages: each unrolled chunk's window is its own ring of pipeline buffers in shared memory
@@ -989,6 +989,8 @@ def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> di
         cfg.update(BLOCK_N=32, num_stages=1)
     if dtype == torch.float32 and s_in > 8:   # two stages of its 64 x 256 fp32 window overflow shared memory
         cfg["num_stages"] = 1
+    if wide_fp32:   # 64 x 64 tiles overflow sm_80's shared memory at k = 7 (sm_90's too, two stages)
+        cfg.update(BLOCK_N=32, BLOCK_G=16)
     return cfg
 
 

@@ -91,12 +91,15 @@ def test_int64_offsets(monkeypatch):
 
 @pytest.mark.parametrize("group, k, dtype, stride, padding",
                          [(C8, 3, torch.bfloat16, 1, 1), (C16, 5, torch.float16, 2, 2), (D8, 3, torch.bfloat16, 1, 0),
-                          (C8, 7, torch.float32, 1, 3), (C8, 7, torch.bfloat16, 1, 2)],
-                         ids=["c8-k3-bf16", "c16-k5-s2-fp16", "d8-k3-valid-bf16", "c8-k7-fp32", "c8-k7-bf16"])
+                          (C8, 7, torch.float32, 1, 3), (C8, 7, torch.bfloat16, 1, 2), (C16, 5, torch.float32, 1, 2),
+                          (D8, 7, torch.float32, 2, 3)],
+                         ids=["c8-k3-bf16", "c16-k5-s2-fp16", "d8-k3-valid-bf16", "c8-k7-fp32", "c8-k7-bf16",
+                              "c16-k5-fp32", "d8-k7-s2-fp32"])
 def test_forward_channels_last_window_both_layouts(group, k, dtype, stride, padding):
     """The channels-last forward (regular C_8 / C_16 / D_8 fields): on an input in ``(B, C, S, H, W)`` memory order
-    (copied channels-last by the launcher) and on one already channels-last (``(B, H, W, C, S)`` in memory, no
-    copy), the same result, matching the float64 reference."""
+    (copied channels-last with the zeros padding by the launcher: an unmasked window) and on one already
+    channels-last (``(B, H, W, C, S)`` in memory, no copy: a masked window), the same result, matching the float64
+    reference."""
     assert kernels.channels_last_window(group.order, dtype, k) and not kernels.channels_last_window(1, dtype, k)
     assert not kernels.channels_last_window(group.order, torch.float64, k)
     with torch.backends.cudnn.flags(allow_tf32=False):   # exact fp32 dots: the (B, C, S, H, W) kernel
