@@ -17,22 +17,28 @@ The GEMMs run transposed, channels × pixels: the steered filter is computed in 
 can only be a dot's A operand on Hopper (wgmma reads B from shared memory), so ``W`` is A and the gathered window
 is B; on sm_90 both dots compile to wgmma.
 
-- **Forward, channels-last window** (regular C_8 fields, 16-bit C_16 / D_8 ones, tf32 C_16 / D_8 ones at k = 3:
+- **Forward, channels-last window** (regular C_8, C_16 and D_8 fields in fp16, bf16 and fp32 on tf32 dots:
   ``channels_last_window``), program ``(BLOCK_M pixels, BLOCK_N output columns, element block)`` on ``x``
-  channels-last (``(B, H, W, C_in, S_in)`` in memory: the launcher copies it so unless it already is).  The
-  ``BLOCK_N`` columns are ``(g, o)``, ``BLOCK_G`` output elements × ``BLOCK_O`` channels, ``o`` fastest
-  (``_element_block``: several elements where ``C_out`` is narrow, so that every window read serves all of
-  them).  K steps over ``(i, 16 window positions)``, each ``(p, s)`` wide with ``s`` fastest, so that a (pixel,
-  position) reads ``S_in`` contiguous elements (16-byte vector loads, ``cp.async``).  The step's filter is one
-  batched dot, ``W_g ((p, s) × O) = Ψ[g]ᵀ (16 × B) @ Cᵗ_g (B × (s, o))`` per element with ``Cᵗ_g[b, (s, o)] =
-  c[o, i, index[g, s], b]`` (read from the coefficients transposed to ``(C_in, S_in, B, C_out)`` by the
-  launcher), permuted to ``W ((p, s) × (g, o))``; then ``y (M × (g, o)) += X (M × (p, s)) @ W``.
-- **Forward**, other inputs, program ``(BLOCK_M output pixels (n, m), BLOCK_N output rows (g, o), element block)``,
-  the rows split as above (``BLOCK_O ≥ 16``).  ``Ψ[g]`` (``B × P``) of the block's elements is loaded once.  K
-  steps over ``(i, s)``: the steering dot, batched over the elements, ``Wᵀ_g (O × P) = Cᵀ_g (O × B) @ Ψ[g]``
-  with ``Cᵀ_g[o, b] = c[o, i, index[g, s], b]`` (one tile for all elements in a lifting layer, ``index[g, 0] =
-  0``), rounded to the input dtype, is ``Wᵀ ((g, o) × P)`` in order; then the main dot ``yᵀ ((g, o) × M) += Wᵀ @
-  X (P × M)``, ``X[p, m] = x[n, i, s, q(m, p)]`` gathered (masked: zeros padding) once for all the elements.
+  channels-last (``(B, H, W, C_in, S_in)`` in memory: the launcher copies it so, zero-padded, so that the window
+  needs no bounds masks, unless it already is).  The ``BLOCK_N`` columns are ``(g, o)``, ``BLOCK_G`` output
+  elements × ``BLOCK_O`` channels, ``o`` fastest (``_element_block``: several elements where ``C_out`` is narrow,
+  so that every window read serves all of them).  K steps over ``(i, 16 window positions)``, each ``(p, s)`` wide
+  with ``s`` fastest, so that a (pixel, position) reads ``S_in`` contiguous elements (16-byte vector loads,
+  ``cp.async``).  The step's filter is one batched dot, ``W_g ((p, s) × O) = Ψ[g]ᵀ (16 × B) @ Cᵗ_g (B × (s,
+  o))`` per element with ``Cᵗ_g[b, (s, o)] = c[o, i, index[g, s], b]`` (read once per ``i`` from the
+  coefficients transposed to ``(C_in, S_in, B, C_out)`` by the launcher), permuted to ``W ((p, s) × (g, o))``;
+  then ``y (M × (g, o)) += X (M × (p, s)) @ W``.
+- **Forward, lifting** (``S_in = 1``, the folded reduction ``(kh, i, kw)`` at most ``MAX_LIFTING_K``), program
+  ``(TILES pixel tiles, output channel block, element block)``: the filter ``Wᵀ ((g, o) × (kh, i, kw))`` is
+  steered once, then each tile is one dot ``yᵀ ((g, o) × M) = Wᵀ @ X`` on ``x`` unfolded along the width by the
+  launcher (``KW_PAD`` contiguous elements per (pixel, kh, i)).
+- **Forward**, other inputs (fp64, exact fp32, wider lifting layers), program ``(BLOCK_M output pixels (n, m),
+  BLOCK_N output rows (g, o), element block)``, the rows split as above (``BLOCK_O ≥ 16``).  ``Ψ[g]`` (``B ×
+  P``) of the block's elements is loaded once.  K steps over ``(i, s)``: the steering dot, batched over the
+  elements, ``Wᵀ_g (O × P) = Cᵀ_g (O × B) @ Ψ[g]`` with ``Cᵀ_g[o, b] = c[o, i, index[g, s], b]`` (one tile for
+  all elements in a lifting layer, ``index[g, 0] = 0``), rounded to the input dtype, is ``Wᵀ ((g, o) × P)`` in
+  order; then the main dot ``yᵀ ((g, o) × M) += Wᵀ @ X (P × M)``, ``X[p, m] = x[n, i, s, q(m, p)]`` gathered
+  (masked: zeros padding) once for all the elements.
 - **Input gradient, channels-last ``dy``** (fp16, bf16, tf32: ``channels_last_gradients``), program ``(BLOCK_M
   input pixels, BLOCK_N input channels i, input element s)`` on ``dy`` copied to ``(B, S_out, H', W', C_out)``
   (``C_out`` padded to 16 bytes).  K steps over ``(g, O_STEP output channels, P_CHUNK positions)``, ``(p, o)`` with
@@ -65,7 +71,7 @@ Padding and its waste: every ``tl.dot`` dimension is a power of two ≥ 16, so t
 padded to ``P_PAD`` (9 → 16, 25 → 32, 49 → 64: 56%, 78%, 77% of the main dots' K useful) and the basis ``B``
 (6, 11, 18 for k = 3, 5, 7) to ``B_PAD`` (16, 16, 32).  The steering dot costs ``B_PAD / BLOCK_M`` of the main one
 (12.5% at ``BLOCK_M = 128`` pixels for k ≤ 5, 25% for k = 7) and is recomputed by every pixel block (``W`` never
-leaves the program).  The stride-``s`` input gradient multiplies the masked positions too (a phase
+leaves the program; the lifting forward's program steers once for several pixel blocks).  The stride-``s`` input gradient multiplies the masked positions too (a phase
 decomposition, as the p4 kernels do, would skip them).
 
 Dtypes: fp16 / bf16 / fp32 / fp64 inputs; coefficients and tables in the input's dtype; accumulation in fp32 (fp64
@@ -910,11 +916,12 @@ def _lifting_config(kernel_size: int, dtype: torch.dtype) -> dict:
 
 
 def _tiles_per_program(tiles: int, other_programs: int) -> int:
-    """Pixel tiles per lifting program: enough programs to fill a GPU (about 512, or as many as there are tiles),
-    each steering its filter once for up to 8 tiles.  3 under the interpreter (a ragged last program)."""
+    """Pixel tiles per lifting program: each steers its filter once (a prologue of about 2.3 tiles' loop
+    instructions, docs/steerable.md) for up to 8 tiles, in about 256 programs (2 per SM of an H100) where there are
+    enough tiles.  3 under the interpreter (a ragged last program)."""
     if INTERPRET:
         return 3
-    return max(1, min(8, tiles * other_programs // 512))
+    return max(1, min(8, tiles * other_programs // 256))
 
 
 def _forward_lifting(x, coefficients, bias, tables, index, y, k: int, geometry: tuple) -> None:
@@ -965,18 +972,18 @@ def channels_last_window(s_in: int, dtype: torch.dtype, kernel_size: int) -> boo
 
 def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> dict:
     """The channels-last forward's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` output columns (``(g, o)``: the launcher
-    splits them, :func:`_element_block`), 8 warps (at 4 the
-    steering tile ``P_CHUNK × S_in·BLOCK_N`` in fp32 and the window's addresses spill), the window chunks unrolled
-    up to k = 5 (``STATIC_CHUNKS``): of the tiles tried for sm_90 without a spill or a shared-memory overflow, those
-    with the fewest hot-loop instructions per MAC (docs/steerable.md)."""
-    # 16-bit C_8 at k = 7: two unrolled chunks of 32 positions, unpipelined (two stages overflow shared memory);
-    # under the interpreter too, so that the tests run the same chunking
+    splits them, :func:`_element_block`), 8 warps (at 4 the steering tile ``P_CHUNK × S_in·BLOCK_N`` in fp32 and the
+    window's addresses spill), the window chunks unrolled up to k = 5 (``STATIC_CHUNKS``) except for fp32 C_16 / D_8
+    fields: of the tiles tried for sm_90 without a spill or a shared-memory overflow on sm_90 and sm_80, those with
+    the fewest hot-loop instructions per MAC (docs/steerable.md).  Under the interpreter the same chunking, so that
+    the tests run it."""
+    # 16-bit C_8 at k = 7: chunks of 32 positions, unpipelined (two stages overflow shared memory)
     wide = kernel_size == 7 and s_in == 8 and dtype in (torch.float16, torch.bfloat16)
     chunk = 2 * P_CHUNK if wide else P_CHUNK
-    # fp32 C_16 / D_8 beyond k = 3 loops over its chunks: unrolled, their 64 × 256 fp32 windows spill
-    wide_fp32 = dtype == torch.float32 and s_in > 8 and kernel_size > 3
+    # looped, not unrolled, chunks at k = 7 and for fp32 C_16 / D_8 beyond k = 3: unrolled, their windows spill
+    looped = kernel_size > 5 or dtype == torch.float32 and s_in > 8 and kernel_size > 3
     cfg = dict(INTERPRETER_CONFIG, P_CHUNK=chunk,
-               STATIC_CHUNKS=_pad16(kernel_size * kernel_size) // chunk <= 2 and not wide_fp32)
+               STATIC_CHUNKS=_pad16(kernel_size * kernel_size) // chunk <= 2 and not looped)
     if INTERPRET:
         return cfg
     # two stages: each unrolled chunk's window is its own ring of pipeline buffers in shared memory
@@ -987,9 +994,9 @@ def _channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int) -> di
         cfg.update(num_stages=1, BLOCK_G=8)
     elif s_in > 8 and kernel_size > 3:   # C_16 / D_8 at k = 5: 128 x 64 spills, two stages of 128 x 32 overflow
         cfg.update(BLOCK_N=32, num_stages=1)
-    if dtype == torch.float32 and s_in > 8:   # two stages of its 64 x 256 fp32 window overflow shared memory
+    if dtype == torch.float32 and (s_in > 8 or kernel_size > 5):   # two stages overflow or spill (sm_80 at k = 7)
         cfg["num_stages"] = 1
-    if wide_fp32:   # 64 x 64 tiles overflow sm_80's shared memory at k = 7 (sm_90's too, two stages)
+    if dtype == torch.float32 and s_in > 8 and kernel_size > 3:   # 64 x 64 overflows sm_80's shared memory at k = 7
         cfg.update(BLOCK_N=32, BLOCK_G=16)
     return cfg
 

@@ -420,7 +420,7 @@ def test_lifting_forward_folds_the_window(monkeypatch, case):
 
 
 def test_lifting_tiles_per_program():
-    """Up to 8 pixel tiles per lifting program, about 512 programs where there are enough tiles (3 under the
+    """Up to 8 pixel tiles per lifting program, about 256 programs where there are enough tiles (3 under the
     interpreter, so that the tests' programs cover several tiles)."""
     expected = 3 if kernels.INTERPRET else 8
     assert kernels._tiles_per_program(10_000, 4) == expected
