@@ -71,7 +71,7 @@ Padding and its waste: every ``tl.dot`` dimension is a power of two ≥ 16, so t
 padded to ``P_PAD`` (9 → 16, 25 → 32, 49 → 64: 56%, 78%, 77% of the main dots' K useful) and the basis ``B``
 (6, 11, 18 for k = 3, 5, 7) to ``B_PAD`` (16, 16, 32).  The steering dot costs ``B_PAD / BLOCK_M`` of the main one
 (12.5% at ``BLOCK_M = 128`` pixels for k ≤ 5, 25% for k = 7) and is recomputed by every pixel block (``W`` never
-leaves the program; the lifting forward's program steers once for several pixel blocks).  The stride-``s`` input gradient multiplies the masked positions too (a phase
+leaves the program).  The stride-``s`` input gradient multiplies the masked positions too (a phase
 decomposition, as the p4 kernels do, would skip them).
 
 Dtypes: fp16 / bf16 / fp32 / fp64 inputs; coefficients and tables in the input's dtype; accumulation in fp32 (fp64
