@@ -92,7 +92,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, dot_precision, mma, next_power_of_2, poison_outputs, split_pixel
+from ._common import (INTERPRET, cdiv, dot_precision, geometry_table, mma, next_power_of_2, poison_outputs,
+                      split_pixel)
 
 __all__ = ["forward", "input_grad", "weight_grad", "config"]
 
@@ -924,6 +925,16 @@ def _tiles_per_program(tiles: int, other_programs: int) -> int:
     return max(1, min(8, tiles * other_programs // 256))
 
 
+def _lifting_corners(ho: int, wo: int, stride_h: int, c_in: int, length: int, wide: bool, device) -> torch.Tensor:
+    """The window corner of an image's output pixel ``min(m, HO·WO - 1)`` in ``xw``, in units of ``KW_PAD``
+    elements, for ``m < length`` (int64 where ``wide``, else int32): built once per geometry."""
+    def build():
+        m = torch.arange(length, device=device).clamp_max(ho * wo - 1)
+        return ((m // wo * stride_h * wo + m % wo) * c_in).to(torch.int64 if wide else torch.int32)
+
+    return geometry_table(("steerable_lifting_corners", ho, wo, stride_h, c_in, length, wide, device), build)
+
+
 def _forward_lifting(x, coefficients, bias, tables, index, y, k: int, geometry: tuple) -> None:
     """Launch ``_forward_lifting_kernel`` into ``y``: ``x (B, C_in, 1, H, W)`` zero-padded and unfolded along the
     width into ``xw (B, H + 2·pad_h, W', C_in, KW_PAD)`` (``KW_PAD`` × the input's elements: small beside a lifting
@@ -946,8 +957,7 @@ def _forward_lifting(x, coefficients, bias, tables, index, y, k: int, geometry: 
     cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out, s_out, cfg["BLOCK_N"], 16)
     block_o = cfg["BLOCK_N"] // cfg["BLOCK_G"]
     per_image = cdiv(ho * wo, cfg["BLOCK_M"])
-    m = torch.arange(per_image * cfg["BLOCK_M"], device=x.device).clamp_max(ho * wo - 1)
-    corner = ((m // wo * sh * wo + m % wo) * c_in).to(torch.int64 if args["OFFSET"] == tl.int64 else torch.int32)
+    corner = _lifting_corners(ho, wo, sh, c_in, per_image * cfg["BLOCK_M"], args["OFFSET"] == tl.int64, x.device)
     p_pad, b_pad = _pad16(k * k), _pad16(basis)
     psi, _ = _padded_tables(tables, index, cdiv(s_out, cfg["BLOCK_G"]) * cfg["BLOCK_G"], p_pad, b_pad)
     others = cdiv(c_out, block_o) * cdiv(s_out, cfg["BLOCK_G"])
