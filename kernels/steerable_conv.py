@@ -437,6 +437,31 @@ def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
 
 
 @triton.jit
+def _input_grad_element(psi_ptr, index_ptr, ct_ptr, dyt_ptr, g, s, pc, bb, plane, S_IN: tl.constexpr,
+                        NBASIS: tl.constexpr, KK: tl.constexpr, B_PAD: tl.constexpr, C_OUT_PAD: tl.constexpr,
+                        C_IN_PAD: tl.constexpr, OFFSET: tl.constexpr):
+    """Output element ``g``'s operands in the channels-last input gradient: ``Ψ[g]ᵀ`` at window positions ``pc``
+    (``(P_CHUNK, B_PAD)``, zeros in the padding), and ``ct``'s slice ``index[g, s]`` and ``dyt``'s plane ``g``."""
+    r = tl.load(index_ptr + g * S_IN + s)
+    psi_t = tl.load(psi_ptr + g * (NBASIS * KK) + bb[None, :] * KK + pc[:, None],
+                    mask=(bb[None, :] < NBASIS) & (pc[:, None] < KK), other=0.0).to(ct_ptr.dtype.element_ty)
+    return psi_t, ct_ptr + r * B_PAD * C_OUT_PAD * C_IN_PAD, dyt_ptr + tl.cast(g, OFFSET) * plane
+
+
+@triton.jit
+def _input_grad_step(acc, psi_t, ct_g, dy_g, ct_off, ct_ok, dy_off, ok, o_base, C_IN_PAD: tl.constexpr,
+                     P_CHUNK: tl.constexpr, O_STEP: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+                     UPCAST: tl.constexpr, ACC: tl.constexpr):
+    """One K step of the channels-last input gradient, output channels ``o_base + [0, O_STEP)``: ``W ((p, o) × i)
+    = Ψ[g]ᵀ @ Cᵗ``, then ``acc (M × I) += dY (M × (p, o)) @ W``."""
+    coef = tl.load(ct_g + (ct_off + o_base * C_IN_PAD), mask=ct_ok, other=0.0)
+    w = mma(tl.zeros((P_CHUNK, O_STEP * BLOCK_N), dtype=ACC), psi_t, coef, PRECISION, UPCAST)
+    w = tl.reshape(w.to(dy_g.dtype.element_ty), (P_CHUNK * O_STEP, BLOCK_N))                       # ((p, o), i)
+    dys = tl.load(dy_g + (dy_off + o_base), mask=ok, other=0.0)
+    return mma(acc, dys, w, PRECISION, UPCAST)
+
+
+@triton.jit
 def _input_grad_channels_last_kernel(dyt_ptr, ct_ptr, psi_ptr, index_ptr, dx_ptr,
                                      NB, C_IN, H, W, HO, WO, pad_h, pad_w, dil_h, dil_w,
                                      S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr,
@@ -444,15 +469,17 @@ def _input_grad_channels_last_kernel(dyt_ptr, ct_ptr, psi_ptr, index_ptr, dx_ptr
                                      C_OUT_PAD: tl.constexpr, C_IN_PAD: tl.constexpr, O_STEP: tl.constexpr,
                                      P_CHUNK: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
                                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-                                     OFFSET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                                     OFFSET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                     NESTED: tl.constexpr):
     """The input gradient on ``dy`` channels-last (``dyt (NB, S_OUT, HO, WO, C_OUT_PAD)``, zeros beyond
     ``C_out``): a K step is one element ``g``, ``O_STEP`` output channels and ``P_CHUNK`` window positions,
     ``(p, o)`` with ``o`` fastest, so that a (pixel, position) reads ``O_STEP`` contiguous elements (16 bytes).
     The step's filter ``W ((p, o) × i) = Ψ[g]ᵀ (P_CHUNK × B) @ Cᵗ (B × (o, i))`` with ``Cᵗ[b, (o, i)] = ct[index[g,
     s], b, o, i]`` (``ct (S_IN, B_PAD, C_OUT_PAD, C_IN_PAD)``: the coefficients transposed and zero-padded by the
     launcher), reshaped in order; then ``dx (M × I) += dY (M × (p, o)) @ W``.  The window's offsets and masks
-    depend on the position chunk only: computed once per chunk, outside the loop over ``(g, o)``.  ``dx (NB, C_IN,
-    S_IN, H, W)`` contiguous; grid ``(cdiv(NB·H·W, BLOCK_M), cdiv(C_IN_PAD, BLOCK_N), S_IN)``."""
+    depend on the position chunk only: computed once per chunk, outside the loop over ``(g, o)``; ``NESTED``: that
+    loop split in two, ``Ψ[g]``'s chunk loaded once per ``g``.  ``dx (NB, C_IN, S_IN, H, W)`` contiguous; grid
+    ``(cdiv(NB·H·W, BLOCK_M), cdiv(C_IN_PAD, BLOCK_N), S_IN)``."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     s = tl.program_id(2)
@@ -480,17 +507,20 @@ def _input_grad_channels_last_kernel(dyt_ptr, ct_ptr, psi_ptr, index_ptr, dx_ptr
         dy_off = ((tl.cast(n, OFFSET)[:, None] * S_OUT * HO + th // STRIDE_H) * WO + tw // STRIDE_W) * C_OUT_PAD \
             + kk[None, :] % O_STEP                                                               # (M, K)
         pc = chunk * P_CHUNK + tl.arange(0, P_CHUNK)
-        for step in range(S_OUT * O_CHUNKS):
-            g = step // O_CHUNKS
-            o_base = step % O_CHUNKS * O_STEP
-            r = tl.load(index_ptr + g * S_IN + s)
-            coef = tl.load(ct_ptr + (ct_off + (r * B_PAD * C_OUT_PAD + o_base) * C_IN_PAD), mask=ct_ok, other=0.0)
-            psi_t = tl.load(psi_ptr + g * (NBASIS * KK) + bb[None, :] * KK + pc[:, None],
-                            mask=(bb[None, :] < NBASIS) & (pc[:, None] < KK), other=0.0).to(coef.dtype)
-            w = mma(tl.zeros((P_CHUNK, O_STEP * BLOCK_N), dtype=ACC), psi_t, coef, PRECISION, UPCAST)
-            w = tl.reshape(w.to(dyt_ptr.dtype.element_ty), (P_CHUNK * O_STEP, BLOCK_N))           # ((p, o), i)
-            dys = tl.load(dyt_ptr + (dy_off + (tl.cast(g, OFFSET) * plane + o_base)), mask=ok, other=0.0)
-            acc = mma(acc, dys, w, PRECISION, UPCAST)
+        if NESTED:   # Ψ[g]'s chunk and index[g, s] once per element, outside the loop over output channels
+            for g in range(S_OUT):
+                psi_t, ct_g, dy_g = _input_grad_element(psi_ptr, index_ptr, ct_ptr, dyt_ptr, g, s, pc, bb, plane,
+                                                        S_IN, NBASIS, KK, B_PAD, C_OUT_PAD, C_IN_PAD, OFFSET)
+                for o_base in range(0, C_OUT_PAD, O_STEP):
+                    acc = _input_grad_step(acc, psi_t, ct_g, dy_g, ct_off, ct_ok, dy_off, ok, o_base, C_IN_PAD,
+                                           P_CHUNK, O_STEP, BLOCK_N, PRECISION, UPCAST, ACC)
+        else:        # one loop over (g, o): fewer registers (sm_80; 16-bit at k = 7)
+            for step in range(S_OUT * O_CHUNKS):
+                psi_t, ct_g, dy_g = _input_grad_element(psi_ptr, index_ptr, ct_ptr, dyt_ptr, step // O_CHUNKS, s,
+                                                        pc, bb, plane, S_IN, NBASIS, KK, B_PAD, C_OUT_PAD, C_IN_PAD,
+                                                        OFFSET)
+                acc = _input_grad_step(acc, psi_t, ct_g, dy_g, ct_off, ct_ok, dy_off, ok, step % O_CHUNKS * O_STEP,
+                                       C_IN_PAD, P_CHUNK, O_STEP, BLOCK_N, PRECISION, UPCAST, ACC)
     i = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     hw = H * W
     dx_off = ((n[:, None].to(OFFSET) * C_IN + i[None, :]) * S_IN + s) * hw + (u % hw)[:, None]
@@ -888,17 +918,39 @@ def channels_last_gradients(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16) or dtype == torch.float32 and dot_precision(dtype) == "tf32"
 
 
-def _input_grad_channels_last_config(kernel_size: int, dtype: torch.dtype) -> dict:
-    """The channels-last input gradient's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` input channels, ``O_STEP`` output
-    channels (16 bytes) × ``P_CHUNK`` window positions per K step (32 from k = 5 on: fewer instructions per MAC on
-    sm_90 than 16, docs/steerable.md), warps and stages; under the interpreter too, so that the tests run the same
-    chunking."""
+def _target_arch(device: torch.device) -> int:
+    """The architecture the kernels compile for, ``major·10 + minor``: the device's; on meta tensors the Triton
+    driver's target (``perf.static`` compiles so for each architecture); else (the interpreter) 90."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    if device.type == "meta":
+        try:
+            return int(triton.runtime.driver.active.get_current_target().arch)
+        except Exception:  # noqa: BLE001  (no GPU driver: meta tensors outside perf.static)
+            pass
+    return 90
+
+
+def _input_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, arch: int) -> dict:
+    """The channels-last input gradient's tile for ``sm_<arch>``: ``BLOCK_M`` pixels, ``BLOCK_N`` input channels,
+    ``O_STEP`` output channels (16 bytes) × ``P_CHUNK`` window positions per K step (32 from k = 5 on: fewer
+    instructions per MAC on sm_90 than 16, docs/steerable.md), ``NESTED`` (the loop over ``(g, o)`` split in two:
+    on sm_90 but for 16-bit at k = 7, where it spills, as it does on sm_80), warps and stages; under the interpreter
+    too, so that the tests run the same chunking and loops."""
     size = torch.empty((), dtype=dtype).element_size()
-    cfg = dict(INTERPRETER_CONFIG, O_STEP=16 // size, P_CHUNK=min(2 * P_CHUNK, _pad16(kernel_size * kernel_size)))
+    cfg = dict(INTERPRETER_CONFIG, O_STEP=16 // size, P_CHUNK=min(2 * P_CHUNK, _pad16(kernel_size * kernel_size)),
+               NESTED=arch >= 90 and not (size == 2 and kernel_size >= 7))
     if INTERPRET:
         return cfg
     cfg.update(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
     return cfg
+
+
+def _channels_last_input_grad(kernel_size: int, dtype: torch.dtype, arch: int) -> bool:
+    """Whether the input gradient runs ``_input_grad_channels_last_kernel``: :func:`channels_last_gradients`, but
+    below sm_90 not from k = 7 on (every tile tried there spills on sm_80; ``_input_grad_kernel`` does not)."""
+    return channels_last_gradients(dtype) and (arch >= 90 or kernel_size < 7)
 
 
 def _input_grad_channels_last(dy, coefficients, tables, index, dx, k: int, geometry: tuple) -> None:
@@ -908,7 +960,7 @@ def _input_grad_channels_last(dy, coefficients, tables, index, dx, k: int, geome
     below the bank's size (``B_PAD`` against ``S_out·k²``) but for a few channels."""
     nb, c_out, s_out, ho, wo = dy.shape
     _, c_in, s_in, basis = coefficients.shape
-    cfg = _input_grad_channels_last_config(k, dy.dtype)
+    cfg = _input_grad_channels_last_config(k, dy.dtype, _target_arch(dy.device))
     c_out_pad = cdiv(c_out, cfg["O_STEP"]) * cfg["O_STEP"]
     c_in_pad = cdiv(c_in, 8) * 8
     dyt = torch.zeros((nb, s_out, ho, wo, c_out_pad), dtype=dy.dtype, device=dy.device)
@@ -955,7 +1007,7 @@ def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tenso
     dx = _empty(full, dy)
     if dx.numel() == 0:
         return dx.view(x_shape)
-    if channels_last_gradients(dy.dtype):
+    if _channels_last_input_grad(k, dy.dtype, _target_arch(dy.device)):
         _input_grad_channels_last(dy, coefficients, tables, index, dx, k, (sh, sw, ph, pw, dh, dw))
         return dx.view(x_shape)
     cfg = _input_grad_config(k, dy.dtype)
@@ -982,16 +1034,26 @@ def _window_corners(nb: int, ho: int, wo: int, m_pad: int, x: torch.Tensor, geom
     return torch.stack([offset, row, col]).to(torch.int64 if _offset_type(x) == tl.int64 else torch.int32)
 
 
-def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int, s_out: int) -> dict:
-    """The channels-last coefficient gradient's tile: ``BLOCK_M`` pixels per chunk, ``BLOCK_O`` output channels
-    (rows ``BLOCK_O·S_out`` of the main dot, ``BLOCK_O·S_in ≥ 16`` for the projection's dot), ``P_CHUNK`` window
-    positions (``P_CHUNK·S_in`` columns, 128 where the window has them; 16 for lifting layers), warps and stages:
-    of the tiles tried for sm_90 without a spill, those with the fewest hot-loop instructions per MAC against the
-    matmul (docs/steerable.md)."""
+def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int, s_out: int, arch: int
+                                      ) -> dict:
+    """The channels-last coefficient gradient's tile for ``sm_<arch>``: ``BLOCK_M`` pixels per chunk, ``BLOCK_O``
+    output channels (rows ``BLOCK_O·S_out`` of the main dot, ``BLOCK_O·S_in ≥ 16`` for the projection's dot),
+    ``P_CHUNK`` window positions (``P_CHUNK·S_in`` columns, 128 where the window has them; 16 for lifting layers),
+    warps and stages: of the tiles tried without a spill, those with the fewest hot-loop instructions per MAC
+    against the matmul on sm_90 (docs/steerable.md).  Below sm_90 (no wgmma: the accumulators and the
+    projection's operands share the registers with the window's addresses) 32 pixels, one stage, at most 64
+    columns at k = 7 and 8 positions in lifting layers; the chunking under the interpreter too."""
     block_o = max(1, 64 // s_out, 16 // s_in)
     p_chunk = min(_pad16(kernel_size * kernel_size), max(1, 128 // s_in)) if s_in > 1 else 16
+    if arch < 90 and s_in == 1:
+        p_chunk = 8
+    elif arch < 90 and kernel_size >= 7:
+        p_chunk = min(p_chunk, max(1, 64 // s_in))
     cfg = dict(BLOCK_M=16, BLOCK_O=block_o, P_CHUNK=p_chunk, num_warps=4, num_stages=1)
     if INTERPRET:
+        return cfg
+    if arch < 90:
+        cfg.update(BLOCK_M=32, num_warps=8, num_stages=1)
         return cfg
     # lifting layers: 16 positions (wider chunks spill); 32 pixels at 256 rows (C_16 / D_8 lifting) and at k = 7
     # (64 spill there)
@@ -1035,7 +1097,8 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
     source = torch.argsort(index, dim=1).to(torch.int32).contiguous()        # source[g, r] = s with index[g, s] = r
     # its tiles hold every group copy and input element: powers of two (C_N / D_N with N a power of two, lifting)
     last = channels_last_gradients(dy.dtype) and s_in & (s_in - 1) == 0 and s_out & (s_out - 1) == 0
-    cfg = _weight_grad_channels_last_config(k, dy.dtype, s_in, s_out) if last else _weight_grad_config(k, dy.dtype)
+    cfg = _weight_grad_channels_last_config(k, dy.dtype, s_in, s_out, _target_arch(dy.device)) if last \
+        else _weight_grad_config(k, dy.dtype)
     m_total = nb * ho * wo
     o_blocks, chunks = cdiv(c_out, cfg["BLOCK_O"]), cdiv(m_total, cfg["BLOCK_M"])
     # the partial sums (parts × the coefficients) stay under half the bank: parts·B < S_out·k² / 2

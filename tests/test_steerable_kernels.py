@@ -157,6 +157,60 @@ def test_gradients_channels_last_both_layouts(case):
     assert torch.equal(dc, kernels.weight_grad(dy_last, x_last, tables, index, c.shape, **geometry))
 
 
+def test_gradient_tiles_by_architecture(monkeypatch):
+    """The channels-last gradients' tiles as a GPU build chooses them: sm_90's as tuned there (the loop over
+    ``(g, o)`` split in two but for 16-bit at k = 7), smaller ones below sm_90 (one stage, 32 pixels, at most 64
+    window columns at k = 7, 8 positions in lifting layers, the flat loop, the ``(B, C, S, H, W)`` input gradient
+    from k = 7 on): without them sm_80 spills (perf.static --archs 80)."""
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    half, fp32 = torch.bfloat16, torch.float32
+    tile = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+    assert kernels._input_grad_channels_last_config(5, half, 90) == dict(tile, O_STEP=8, P_CHUNK=32, NESTED=True)
+    assert kernels._input_grad_channels_last_config(7, half, 90) == dict(tile, O_STEP=8, P_CHUNK=32, NESTED=False)
+    assert kernels._input_grad_channels_last_config(7, fp32, 90) == dict(tile, O_STEP=4, P_CHUNK=32, NESTED=True)
+    assert kernels._input_grad_channels_last_config(3, fp32, 80) == dict(tile, O_STEP=4, P_CHUNK=16, NESTED=False)
+    assert kernels._channels_last_input_grad(7, half, 90) and kernels._channels_last_input_grad(5, half, 80)
+    assert not kernels._channels_last_input_grad(7, half, 80)
+    wide = dict(num_warps=8, num_stages=2)
+    assert kernels._weight_grad_channels_last_config(5, half, 8, 8, 90) == dict(wide, BLOCK_M=64, BLOCK_O=8,
+                                                                                P_CHUNK=16)
+    assert kernels._weight_grad_channels_last_config(7, half, 16, 16, 90) == dict(wide, BLOCK_M=32, BLOCK_O=4,
+                                                                                  P_CHUNK=8)
+    assert kernels._weight_grad_channels_last_config(7, fp32, 1, 16, 90) == dict(wide, BLOCK_M=32, BLOCK_O=16,
+                                                                                 P_CHUNK=16, num_stages=1)
+    small = dict(BLOCK_M=32, num_warps=8, num_stages=1)
+    assert kernels._weight_grad_channels_last_config(5, half, 8, 8, 80) == dict(small, BLOCK_O=8, P_CHUNK=16)
+    assert kernels._weight_grad_channels_last_config(7, half, 16, 16, 80) == dict(small, BLOCK_O=4, P_CHUNK=4)
+    assert kernels._weight_grad_channels_last_config(7, fp32, 1, 16, 80) == dict(small, BLOCK_O=16, P_CHUNK=8)
+
+
+# (group, lifting, k, stride, padding, dilation, dtype, sizes)
+BELOW_SM90_CASES = [
+    (C8, False, 3, 1, 1, 1, torch.bfloat16, dict(c_in=3, c_out=9, height=5, width=6)),
+    (C8, False, 7, 2, 3, 1, torch.float16, dict(batch=1, c_in=2, c_out=3, height=7, width=5)),
+    (D8, False, 3, 1, 0, 2, torch.float32, dict(c_in=2, c_out=5, height=7, width=7)),
+    (C16, True, 5, 1, 2, 1, torch.bfloat16, dict(c_in=1, c_out=3)),
+]
+
+
+@pytest.mark.parametrize("case", BELOW_SM90_CASES, ids=[_case_id(c) for c in BELOW_SM90_CASES])
+def test_gradients_below_sm90(monkeypatch, case):
+    """The gradients as an sm_80 GPU runs them (its chunking and loops, run by the interpreter here): the
+    channels-last input gradient's flat loop over ``(g, o)`` (the ``(B, C, S, H, W)`` kernel at k = 7), the
+    coefficient gradient's narrower window chunks; all matching the float64 reference."""
+    monkeypatch.setattr(kernels, "_target_arch", lambda device: 80)
+    group, lifting, k, stride, padding, dilation, dtype, sizes = case
+    (x, c, _), in_group = _inputs(group, lifting, k, dtype, **sizes)
+    geometry = _geometry_kwargs(stride, padding, dilation)
+    xr, cr = x.double().requires_grad_(), c.double().requires_grad_()
+    ref = st.steerable_conv2d(xr, cr, None, group=group, in_group=in_group, kernel_size=k, **geometry)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(dtype)
+    ref.backward(dy.double())
+    tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
+    assert_close(kernels.input_grad(dy.to(DEVICE), c, tables, index, x.shape, **geometry), xr.grad, dtype, "dx")
+    assert_close(kernels.weight_grad(dy.to(DEVICE), x, tables, index, c.shape, **geometry), cr.grad, dtype, "dc")
+
+
 def test_flattened_input_and_no_bias():
     """``x (B, C_in·S_in, H, W)`` is taken as ``(B, C_in, S_in, H, W)``; ``bias=None`` adds nothing."""
     (x, c, _), in_group = _inputs(C8, False, 3, torch.float32, c_in=2, c_out=3, height=5, width=6)
