@@ -581,16 +581,16 @@ def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel
                                       P_CHUNK: tl.constexpr, BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
                                       UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
                                       BLOCK_M: tl.constexpr):
-    """The coefficient gradient on ``x`` channels-last (``x[n, i, s, h, w]`` at ``n·sxn + h·sxh + w·sxw + i·S_IN +
-    s``) and ``dyt (C_OUT·S_OUT, M_PAD)`` (``dy`` with rows ``(o, g)`` and its ``NB·HO·WO`` pixels contiguous,
-    zeros beyond), every group copy and every input element in one dot: per chunk of ``P_CHUNK`` window
-    positions, ``dW ((o, g) × (p, s)) = Σ_pixel chunks dY ((o, g) × M) @ X (M × (p, s))``, the window read once for
-    all ``g`` (``S_IN`` contiguous elements per pixel and position), then projected onto the coefficients:
-    ``dc[o, r, b] += Σ_{g, p} dW[(o, g), (p, source[g, r])] · Ψ[g, b, p]`` (a column gather, then one dot over
-    ``(g, p)``).  ``pixel (3, M_PAD)``: each output pixel's window corner, ``(x offset / S_IN, row, col)`` (rows far out
-    of range beyond ``M_TOTAL``), read rather than divided out in the loop.  ``dc (parts, C_OUT, C_IN, S_IN,
-    NBASIS)`` contiguous, one partial sum per part of the pixels;
-    grid ``(R_BLOCKS·parts, C_IN)``, ``R_BLOCKS = cdiv(C_OUT, BLOCK_O)``."""
+    """The coefficient gradient on ``x`` channels-last (``x[n, i, s, h, w]`` at ``n·sxn + h·sxh + w·sxw + i·S_IN + s``)
+    and ``dyt (R_BLOCKS·BLOCK_O·S_OUT, M_PAD)`` (``dy`` with rows ``(o, g)`` and its ``NB·HO·WO`` pixels contiguous,
+    zeros beyond both: loaded unmasked), every group copy and every input element in one dot: per chunk of ``P_CHUNK``
+    window positions, ``dW ((o, g) × (p, s)) = Σ_pixel chunks dY ((o, g) × M) @ X (M × (p, s))``, the window read once
+    for all ``g`` (``S_IN`` contiguous elements per pixel and position), then projected onto the coefficients: ``dc[o,
+    r, b] += Σ_{g, p} dW[(o, g), (p, source[g, r])] · Ψ[g, b, p]`` (a column gather, then one dot over ``(g, p)``).
+    ``pixel (3, M_PAD)``: each output pixel's window corner, ``(x offset / S_IN, row, col)`` (rows far out of range
+    beyond ``M_TOTAL``), read rather than divided out in the loop.  ``dc (parts, C_OUT, C_IN, S_IN, NBASIS)``
+    contiguous, one partial sum per part of the pixels; grid ``(R_BLOCKS·parts, C_IN)``, ``R_BLOCKS = cdiv(C_OUT,
+    BLOCK_O)``."""
     pid_r = tl.program_id(0) % R_BLOCKS
     part = tl.program_id(0) // R_BLOCKS
     i = tl.program_id(1)
@@ -599,7 +599,6 @@ def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel
     BLOCK_R: tl.constexpr = BLOCK_O * S_OUT
     BACK_PRECISION: tl.constexpr = "ieee" if ACC == tl.float64 else "tf32x3"
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)                                             # (o, g)
-    row_ok = rows < C_OUT * S_OUT
     kk = tl.arange(0, K2)                                                                      # (p, s)
     bb = tl.arange(0, B_PAD)
     gp = tl.arange(0, S_OUT * P_CHUNK)                                                         # (g, p)
@@ -613,7 +612,7 @@ def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel
         dw = tl.zeros((BLOCK_R, K2), dtype=ACC)
         for start in range(part * PART_CHUNKS * BLOCK_M, m_end, BLOCK_M):
             m = start + tl.arange(0, BLOCK_M)
-            dys = tl.load(dyt_ptr + (rows[:, None].to(OFFSET) * M_PAD + m[None, :]), mask=row_ok[:, None], other=0.0)
+            dys = tl.load(dyt_ptr + (rows[:, None].to(OFFSET) * M_PAD + m[None, :]))
             pix = tl.load(pixel_ptr + m).to(OFFSET) * S_IN          # a multiple of S_IN: aligned vector loads
             ih = tl.load(pixel_ptr + M_PAD + m).to(tl.int32)[:, None] + kh_dil[None, :]
             iw = tl.load(pixel_ptr + 2 * M_PAD + m).to(tl.int32)[:, None] + kw_dil[None, :]
@@ -1113,9 +1112,10 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
     if last:
         if x.stride(2) != 1 or x.stride(1) != s_in:
             x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
-        # dy as (C_out·S_out, pixels), the pixels padded to whole chunks (zeros): unmasked 16-byte loads along them
-        dyt = torch.zeros((c_out * s_out, chunks * cfg["BLOCK_M"]), dtype=dy.dtype, device=dy.device)
-        dyt[:, :m_total] = dy.permute(1, 2, 0, 3, 4).reshape(c_out * s_out, m_total)
+        # dy as (C_out·S_out, pixels), both padded to whole blocks (zeros): unmasked 16-byte loads
+        dyt = torch.zeros((o_blocks * cfg["BLOCK_O"] * s_out, chunks * cfg["BLOCK_M"]), dtype=dy.dtype,
+                          device=dy.device)
+        dyt[:c_out * s_out, :m_total] = dy.permute(1, 2, 0, 3, 4).reshape(c_out * s_out, m_total)
         pixel = _window_corners(nb, ho, wo, dyt.shape[1], x, (sh, sw, ph, pw))
         _weight_grad_channels_last_kernel[(o_blocks * parts, c_in)](
             dyt, x, tables, source, pixel, out, c_in, c_out, h, w, m_total, dyt.shape[1], x.stride(3), x.stride(4),
