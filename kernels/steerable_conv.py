@@ -39,7 +39,8 @@ is B; on sm_90 both dots compile to wgmma.
   ``o`` fastest (one 16-byte load per (pixel, position)); the step's filter ``W ((p, o) × I) = Ψ[g]ᵀ @ Cᵗ (B × (o,
   i))`` reshaped in order, then ``dx (M × I) += dY (M × (p, o)) @ W``.  The output pixel of (input pixel ``u``,
   position ``p``) is ``m = (u + pad − p·dilation) / stride``, masked where it is not whole or out of range; these
-  offsets and masks are computed once per position chunk, outside the loop over ``(g, o)``.
+  offsets and masks are computed once per position chunk, outside the loop over ``(g, o)`` (split in two on
+  sm_90, so that ``Ψ[g]``'s chunk loads once per ``g``).
 - **Input gradient**, fp64 and exact fp32, program ``(BLOCK_M input pixels (n, u), BLOCK_N input channels i, input
   element s)``: the same GEMM as the forward with the channel roles swapped.  K steps over ``(g, o)`` (``Ψ[g]``
   loaded per ``g``): ``Wᵀ (I × P) = Cᵀ (I × B) @ Ψ[g]`` with ``Cᵀ[i, b] = c[o, i, index[g, s], b]``, then
@@ -85,8 +86,9 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch.utils.weak import WeakIdKeyDictionary
 
-from ._common import INTERPRET, cdiv, dot_precision, mma, next_power_of_2, poison_outputs
+from ._common import INTERPRET, cdiv, dot_precision, geometry_table, mma, next_power_of_2, poison_outputs
 
 __all__ = ["forward", "input_grad", "weight_grad", "config"]
 
@@ -580,7 +582,7 @@ def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel
                                       NBASIS: tl.constexpr, P_PAD: tl.constexpr, B_PAD: tl.constexpr,
                                       P_CHUNK: tl.constexpr, BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
                                       UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
-                                      BLOCK_M: tl.constexpr):
+                                      BLOCK_M: tl.constexpr, X_IN_REGISTERS: tl.constexpr):
     """The coefficient gradient on ``x`` channels-last (``x[n, i, s, h, w]`` at ``n·sxn + h·sxh + w·sxw + i·S_IN + s``)
     and ``dyt (R_BLOCKS·BLOCK_O·S_OUT, M_PAD)`` (``dy`` with rows ``(o, g)`` and its ``NB·HO·WO`` pixels contiguous,
     zeros beyond both: loaded unmasked), every group copy and every input element in one dot: per chunk of ``P_CHUNK``
@@ -588,7 +590,8 @@ def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel
     for all ``g`` (``S_IN`` contiguous elements per pixel and position), then projected onto the coefficients: ``dc[o,
     r, b] += Σ_{g, p} dW[(o, g), (p, source[g, r])] · Ψ[g, b, p]`` (a column gather, then one dot over ``(g, p)``).
     ``pixel (3, M_PAD)``: each output pixel's window corner, ``(x offset / S_IN, row, col)`` (rows far out of range
-    beyond ``M_TOTAL``), read rather than divided out in the loop.  ``dc (parts, C_OUT, C_IN, S_IN, NBASIS)``
+    beyond ``M_TOTAL``), read rather than divided out in the loop; ``X_IN_REGISTERS``: the window ``X`` reaches the
+    dot through registers (tf32).  ``dc (parts, C_OUT, C_IN, S_IN, NBASIS)``
     contiguous, one partial sum per part of the pixels; grid ``(R_BLOCKS·parts, C_IN)``, ``R_BLOCKS = cdiv(C_OUT,
     BLOCK_O)``."""
     pid_r = tl.program_id(0) % R_BLOCKS
@@ -619,6 +622,8 @@ def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel
             ok = (ih.to(tl.uint32) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32) < tl.cast(W, tl.uint32)) \
                 & (p[None, :] < KK)
             xs = tl.load(x_ptr + (pix[:, None] + shift[None, :]), mask=ok, other=0.0)          # (M, (p, s))
+            if X_IN_REGISTERS:   # an op between the load and the dot: Triton keeps the operand in registers
+                xs = tl.where(ok, xs, 0.0)
             dw = mma(dw, dys, xs, PRECISION, UPCAST)
         # onto the coefficients' order: column (p, r) of row (o, g) reads column (p, source[g, r]) (the indices
         # computed here, after the loop, so that they hold no registers in it)
@@ -962,8 +967,10 @@ def _input_grad_channels_last(dy, coefficients, tables, index, dx, k: int, geome
     cfg = _input_grad_channels_last_config(k, dy.dtype, _target_arch(dy.device))
     c_out_pad = cdiv(c_out, cfg["O_STEP"]) * cfg["O_STEP"]
     c_in_pad = cdiv(c_in, 8) * 8
-    dyt = torch.zeros((nb, s_out, ho, wo, c_out_pad), dtype=dy.dtype, device=dy.device)
+    dyt = torch.empty((nb, s_out, ho, wo, c_out_pad), dtype=dy.dtype, device=dy.device)
     dyt[..., :c_out] = dy.permute(0, 2, 3, 4, 1)
+    if c_out_pad > c_out:   # only the padding channels are zero-filled: the vector loads read them unmasked
+        dyt[..., c_out:] = 0
     ct = torch.zeros((s_in, _pad16(basis), c_out_pad, c_in_pad), dtype=dy.dtype, device=dy.device)
     ct[:, :basis, :c_out, :c_in] = coefficients.permute(2, 3, 0, 1)
     sh, sw, ph, pw, dh, dw = geometry
@@ -1022,15 +1029,41 @@ def _window_corners(nb: int, ho: int, wo: int, m_pad: int, x: torch.Tensor, geom
     """``(3, m_pad)``: per output pixel ``(n, oh, ow)`` (flat, then padding), its window corner's offset in the
     channels-last ``x`` over ``S_in`` (``(n·sxn + row·sxh + col·sxw) / S_in``), ``row = oh·stride_h − pad_h`` and
     ``col = ow·stride_w − pad_w``; the padding pixels' rows at −2³⁰ (out of range for every window position),
-    offset 0.  int32, or int64 when ``x`` needs it."""
+    offset 0.  int32, or int64 when ``x`` needs it.  A function of the geometry only: built once per shape,
+    strides and device (:func:`~._common.geometry_table`)."""
+    wide = _offset_type(x) == tl.int64
+    key = ("steer_window_corners", nb, ho, wo, m_pad, x.shape[2], x.stride(0), x.stride(3), x.stride(4), *geometry,
+           wide, x.device)
+    return geometry_table(key, lambda: _build_window_corners(nb, ho, wo, m_pad, x.shape[2], x.stride(0), x.stride(3),
+                                                             x.stride(4), geometry, wide, x.device))
+
+
+def _build_window_corners(nb: int, ho: int, wo: int, m_pad: int, s_in: int, sxn: int, sxh: int, sxw: int,
+                          geometry: tuple, wide: bool, device: torch.device) -> torch.Tensor:
     sh, sw, ph, pw = geometry
-    m = torch.arange(m_pad, device=x.device, dtype=torch.int64)
+    m = torch.arange(m_pad, device=device, dtype=torch.int64)
     row = (m // wo) % ho * sh - ph
     col = m % wo * sw - pw
     valid = m < nb * ho * wo
     row = torch.where(valid, row, -2 ** 30)
-    offset = torch.where(valid, m // (ho * wo) * x.stride(0) + row * x.stride(3) + col * x.stride(4), 0) // x.shape[2]
-    return torch.stack([offset, row, col]).to(torch.int64 if _offset_type(x) == tl.int64 else torch.int32)
+    offset = torch.where(valid, m // (ho * wo) * sxn + row * sxh + col * sxw, 0) // s_in
+    return torch.stack([offset, row, col]).to(torch.int64 if wide else torch.int32)
+
+
+# index tensor -> (its version, source): the inverse permutations the coefficient gradient reads, built once per
+# index tensor (the ops pass one cached tensor per group pair and device) and again if it changes in place
+_SOURCES = WeakIdKeyDictionary()
+
+
+def _source_table(index: torch.Tensor) -> torch.Tensor:
+    """``source (S_out, S_in)`` int32 with ``source[g, r]`` = the input element ``s`` where ``index[g, s] = r``
+    (each row of ``index`` a permutation), cached per ``index`` tensor."""
+    version = None if index.is_inference() else index._version   # inference tensors keep no version counter
+    entry = _SOURCES.get(index)
+    if entry is None or entry[0] != version or version is None:
+        entry = (version, torch.argsort(index, dim=1).to(torch.int32).contiguous())
+        _SOURCES[index] = entry
+    return entry[1]
 
 
 def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int, s_out: int, arch: int
@@ -1041,14 +1074,20 @@ def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in
     warps and stages: of the tiles tried without a spill, those with the fewest hot-loop instructions per MAC
     against the matmul on sm_90 (docs/steerable.md).  Below sm_90 (no wgmma: the accumulators and the
     projection's operands share the registers with the window's addresses) 32 pixels, one stage, at most 64
-    columns at k = 7 and 8 positions in lifting layers; the chunking under the interpreter too."""
+    columns at k = 7 and 8 positions in lifting layers.  ``X_IN_REGISTERS`` (tf32 on sm_90, but lifting layers):
+    the window reaches the dot through registers.  The chunking and ``X_IN_REGISTERS`` under the interpreter
+    too."""
     block_o = max(1, 64 // s_out, 16 // s_in)
     p_chunk = min(_pad16(kernel_size * kernel_size), max(1, 128 // s_in)) if s_in > 1 else 16
     if arch < 90 and s_in == 1:
         p_chunk = 8
     elif arch < 90 and kernel_size >= 7:
         p_chunk = min(p_chunk, max(1, 64 // s_in))
-    cfg = dict(BLOCK_M=16, BLOCK_O=block_o, P_CHUNK=p_chunk, num_warps=4, num_stages=1)
+    # tf32 wgmma reads its B operand K-major only: the window X (M × (p, s)), (p, s)-contiguous, would be copied
+    # to shared memory 4 bytes at a time; through registers it is loaded 16 bytes at a time, then stored K-major
+    x_in_registers = arch >= 90 and dtype == torch.float32 and s_in > 1
+    cfg = dict(BLOCK_M=16, BLOCK_O=block_o, P_CHUNK=p_chunk, num_warps=4, num_stages=1,
+               X_IN_REGISTERS=x_in_registers)
     if INTERPRET:
         return cfg
     if arch < 90:
@@ -1060,6 +1099,8 @@ def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in
     # fp32 at 256 rows: one stage (two spill)
     stages = 1 if dtype == torch.float32 and block_o * s_out >= 256 else 2
     cfg.update(BLOCK_M=block_m, num_warps=8, num_stages=stages)
+    if cfg["X_IN_REGISTERS"]:   # three stages: fewer instructions per MAC than two
+        cfg["num_stages"] = 3
     return cfg
 
 
@@ -1093,7 +1134,7 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
     ho, wo = _output_size(h, k, sh, ph, dh), _output_size(w, k, sw, pw, dw)
     if tuple(dy.shape) != (nb, c_out, s_out, ho, wo):
         raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x {tuple(x.shape)}, got {tuple(dy.shape)}")
-    source = torch.argsort(index, dim=1).to(torch.int32).contiguous()        # source[g, r] = s with index[g, s] = r
+    source = _source_table(index)                                            # source[g, r] = s with index[g, s] = r
     # its tiles hold every group copy and input element: powers of two (C_N / D_N with N a power of two, lifting)
     last = channels_last_gradients(dy.dtype) and s_in & (s_in - 1) == 0 and s_out & (s_out - 1) == 0
     cfg = _weight_grad_channels_last_config(k, dy.dtype, s_in, s_out, _target_arch(dy.device)) if last \
