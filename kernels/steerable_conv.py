@@ -45,7 +45,8 @@ is B; on sm_90 both dots compile to wgmma.
   ``o`` fastest (one 16-byte load per (pixel, position)); the step's filter ``W ((p, o) × I) = Ψ[g]ᵀ @ Cᵗ (B × (o,
   i))`` reshaped in order, then ``dx (M × I) += dY (M × (p, o)) @ W``.  The output pixel of (input pixel ``u``,
   position ``p``) is ``m = (u + pad − p·dilation) / stride``, masked where it is not whole or out of range; these
-  offsets and masks are computed once per position chunk, outside the loop over ``(g, o)``.
+  offsets and masks are computed once per position chunk, outside the loop over ``(g, o)`` (split in two on
+  sm_90, so that ``Ψ[g]``'s chunk loads once per ``g``).
 - **Input gradient**, fp64 and exact fp32, program ``(BLOCK_M input pixels (n, u), BLOCK_N input channels i, input
   element s)``: the same GEMM as the forward with the channel roles swapped.  K steps over ``(g, o)`` (``Ψ[g]``
   loaded per ``g``): ``Wᵀ (I × P) = Cᵀ (I × B) @ Ψ[g]`` with ``Cᵀ[i, b] = c[o, i, index[g, s], b]``, then
@@ -91,6 +92,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ._common import (INTERPRET, cdiv, dot_precision, geometry_table, mma, next_power_of_2, poison_outputs,
                       split_pixel)
@@ -560,6 +562,31 @@ def _input_grad_kernel(dy_ptr, c_ptr, psi_ptr, index_ptr, dx_ptr,
 
 
 @triton.jit
+def _input_grad_element(psi_ptr, index_ptr, ct_ptr, dyt_ptr, g, s, pc, bb, plane, S_IN: tl.constexpr,
+                        NBASIS: tl.constexpr, KK: tl.constexpr, B_PAD: tl.constexpr, C_OUT_PAD: tl.constexpr,
+                        C_IN_PAD: tl.constexpr, OFFSET: tl.constexpr):
+    """Output element ``g``'s operands in the channels-last input gradient: ``Ψ[g]ᵀ`` at window positions ``pc``
+    (``(P_CHUNK, B_PAD)``, zeros in the padding), and ``ct``'s slice ``index[g, s]`` and ``dyt``'s plane ``g``."""
+    r = tl.load(index_ptr + g * S_IN + s)
+    psi_t = tl.load(psi_ptr + g * (NBASIS * KK) + bb[None, :] * KK + pc[:, None],
+                    mask=(bb[None, :] < NBASIS) & (pc[:, None] < KK), other=0.0).to(ct_ptr.dtype.element_ty)
+    return psi_t, ct_ptr + r * B_PAD * C_OUT_PAD * C_IN_PAD, dyt_ptr + tl.cast(g, OFFSET) * plane
+
+
+@triton.jit
+def _input_grad_step(acc, psi_t, ct_g, dy_g, ct_off, ct_ok, dy_off, ok, o_base, C_IN_PAD: tl.constexpr,
+                     P_CHUNK: tl.constexpr, O_STEP: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+                     UPCAST: tl.constexpr, ACC: tl.constexpr):
+    """One K step of the channels-last input gradient, output channels ``o_base + [0, O_STEP)``: ``W ((p, o) × i)
+    = Ψ[g]ᵀ @ Cᵗ``, then ``acc (M × I) += dY (M × (p, o)) @ W``."""
+    coef = tl.load(ct_g + (ct_off + o_base * C_IN_PAD), mask=ct_ok, other=0.0)
+    w = mma(tl.zeros((P_CHUNK, O_STEP * BLOCK_N), dtype=ACC), psi_t, coef, PRECISION, UPCAST)
+    w = tl.reshape(w.to(dy_g.dtype.element_ty), (P_CHUNK * O_STEP, BLOCK_N))                       # ((p, o), i)
+    dys = tl.load(dy_g + (dy_off + o_base), mask=ok, other=0.0)
+    return mma(acc, dys, w, PRECISION, UPCAST)
+
+
+@triton.jit
 def _input_grad_channels_last_kernel(dyt_ptr, ct_ptr, psi_ptr, index_ptr, dx_ptr,
                                      NB, C_IN, H, W, HO, WO, pad_h, pad_w, dil_h, dil_w,
                                      S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr,
@@ -567,15 +594,17 @@ def _input_grad_channels_last_kernel(dyt_ptr, ct_ptr, psi_ptr, index_ptr, dx_ptr
                                      C_OUT_PAD: tl.constexpr, C_IN_PAD: tl.constexpr, O_STEP: tl.constexpr,
                                      P_CHUNK: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
                                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-                                     OFFSET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                                     OFFSET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                     NESTED: tl.constexpr):
     """The input gradient on ``dy`` channels-last (``dyt (NB, S_OUT, HO, WO, C_OUT_PAD)``, zeros beyond
     ``C_out``): a K step is one element ``g``, ``O_STEP`` output channels and ``P_CHUNK`` window positions,
     ``(p, o)`` with ``o`` fastest, so that a (pixel, position) reads ``O_STEP`` contiguous elements (16 bytes).
     The step's filter ``W ((p, o) × i) = Ψ[g]ᵀ (P_CHUNK × B) @ Cᵗ (B × (o, i))`` with ``Cᵗ[b, (o, i)] = ct[index[g,
     s], b, o, i]`` (``ct (S_IN, B_PAD, C_OUT_PAD, C_IN_PAD)``: the coefficients transposed and zero-padded by the
     launcher), reshaped in order; then ``dx (M × I) += dY (M × (p, o)) @ W``.  The window's offsets and masks
-    depend on the position chunk only: computed once per chunk, outside the loop over ``(g, o)``.  ``dx (NB, C_IN,
-    S_IN, H, W)`` contiguous; grid ``(cdiv(NB·H·W, BLOCK_M), cdiv(C_IN_PAD, BLOCK_N), S_IN)``."""
+    depend on the position chunk only: computed once per chunk, outside the loop over ``(g, o)``; ``NESTED``: that
+    loop split in two, ``Ψ[g]``'s chunk loaded once per ``g``.  ``dx (NB, C_IN, S_IN, H, W)`` contiguous; grid
+    ``(cdiv(NB·H·W, BLOCK_M), cdiv(C_IN_PAD, BLOCK_N), S_IN)``."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     s = tl.program_id(2)
@@ -603,17 +632,20 @@ def _input_grad_channels_last_kernel(dyt_ptr, ct_ptr, psi_ptr, index_ptr, dx_ptr
         dy_off = ((tl.cast(n, OFFSET)[:, None] * S_OUT * HO + th // STRIDE_H) * WO + tw // STRIDE_W) * C_OUT_PAD \
             + kk[None, :] % O_STEP                                                               # (M, K)
         pc = chunk * P_CHUNK + tl.arange(0, P_CHUNK)
-        for step in range(S_OUT * O_CHUNKS):
-            g = step // O_CHUNKS
-            o_base = step % O_CHUNKS * O_STEP
-            r = tl.load(index_ptr + g * S_IN + s)
-            coef = tl.load(ct_ptr + (ct_off + (r * B_PAD * C_OUT_PAD + o_base) * C_IN_PAD), mask=ct_ok, other=0.0)
-            psi_t = tl.load(psi_ptr + g * (NBASIS * KK) + bb[None, :] * KK + pc[:, None],
-                            mask=(bb[None, :] < NBASIS) & (pc[:, None] < KK), other=0.0).to(coef.dtype)
-            w = mma(tl.zeros((P_CHUNK, O_STEP * BLOCK_N), dtype=ACC), psi_t, coef, PRECISION, UPCAST)
-            w = tl.reshape(w.to(dyt_ptr.dtype.element_ty), (P_CHUNK * O_STEP, BLOCK_N))           # ((p, o), i)
-            dys = tl.load(dyt_ptr + (dy_off + (tl.cast(g, OFFSET) * plane + o_base)), mask=ok, other=0.0)
-            acc = mma(acc, dys, w, PRECISION, UPCAST)
+        if NESTED:   # Ψ[g]'s chunk and index[g, s] once per element, outside the loop over output channels
+            for g in range(S_OUT):
+                psi_t, ct_g, dy_g = _input_grad_element(psi_ptr, index_ptr, ct_ptr, dyt_ptr, g, s, pc, bb, plane,
+                                                        S_IN, NBASIS, KK, B_PAD, C_OUT_PAD, C_IN_PAD, OFFSET)
+                for o_base in range(0, C_OUT_PAD, O_STEP):
+                    acc = _input_grad_step(acc, psi_t, ct_g, dy_g, ct_off, ct_ok, dy_off, ok, o_base, C_IN_PAD,
+                                           P_CHUNK, O_STEP, BLOCK_N, PRECISION, UPCAST, ACC)
+        else:        # one loop over (g, o): fewer registers (sm_80; 16-bit at k = 7)
+            for step in range(S_OUT * O_CHUNKS):
+                psi_t, ct_g, dy_g = _input_grad_element(psi_ptr, index_ptr, ct_ptr, dyt_ptr, step // O_CHUNKS, s,
+                                                        pc, bb, plane, S_IN, NBASIS, KK, B_PAD, C_OUT_PAD, C_IN_PAD,
+                                                        OFFSET)
+                acc = _input_grad_step(acc, psi_t, ct_g, dy_g, ct_off, ct_ok, dy_off, ok, step % O_CHUNKS * O_STEP,
+                                       C_IN_PAD, P_CHUNK, O_STEP, BLOCK_N, PRECISION, UPCAST, ACC)
     i = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     hw = H * W
     dx_off = ((n[:, None].to(OFFSET) * C_IN + i[None, :]) * S_IN + s) * hw + (u % hw)[:, None]
@@ -673,17 +705,18 @@ def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel
                                       NBASIS: tl.constexpr, P_PAD: tl.constexpr, B_PAD: tl.constexpr,
                                       P_CHUNK: tl.constexpr, BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
                                       UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
-                                      BLOCK_M: tl.constexpr):
-    """The coefficient gradient on ``x`` channels-last (``x[n, i, s, h, w]`` at ``n·sxn + h·sxh + w·sxw + i·S_IN +
-    s``) and ``dyt (C_OUT·S_OUT, M_PAD)`` (``dy`` with rows ``(o, g)`` and its ``NB·HO·WO`` pixels contiguous,
-    zeros beyond), every group copy and every input element in one dot: per chunk of ``P_CHUNK`` window
-    positions, ``dW ((o, g) × (p, s)) = Σ_pixel chunks dY ((o, g) × M) @ X (M × (p, s))``, the window read once for
-    all ``g`` (``S_IN`` contiguous elements per pixel and position), then projected onto the coefficients:
-    ``dc[o, r, b] += Σ_{g, p} dW[(o, g), (p, source[g, r])] · Ψ[g, b, p]`` (a column gather, then one dot over
-    ``(g, p)``).  ``pixel (3, M_PAD)``: each output pixel's window corner, ``(x offset / S_IN, row, col)`` (rows far out
-    of range beyond ``M_TOTAL``), read rather than divided out in the loop.  ``dc (parts, C_OUT, C_IN, S_IN,
-    NBASIS)`` contiguous, one partial sum per part of the pixels;
-    grid ``(R_BLOCKS·parts, C_IN)``, ``R_BLOCKS = cdiv(C_OUT, BLOCK_O)``."""
+                                      BLOCK_M: tl.constexpr, X_IN_REGISTERS: tl.constexpr):
+    """The coefficient gradient on ``x`` channels-last (``x[n, i, s, h, w]`` at ``n·sxn + h·sxh + w·sxw + i·S_IN + s``)
+    and ``dyt (R_BLOCKS·BLOCK_O·S_OUT, M_PAD)`` (``dy`` with rows ``(o, g)`` and its ``NB·HO·WO`` pixels contiguous,
+    zeros beyond both: loaded unmasked), every group copy and every input element in one dot: per chunk of ``P_CHUNK``
+    window positions, ``dW ((o, g) × (p, s)) = Σ_pixel chunks dY ((o, g) × M) @ X (M × (p, s))``, the window read once
+    for all ``g`` (``S_IN`` contiguous elements per pixel and position), then projected onto the coefficients: ``dc[o,
+    r, b] += Σ_{g, p} dW[(o, g), (p, source[g, r])] · Ψ[g, b, p]`` (a column gather, then one dot over ``(g, p)``).
+    ``pixel (3, M_PAD)``: each output pixel's window corner, ``(x offset / S_IN, row, col)`` (rows far out of range
+    beyond ``M_TOTAL``), read rather than divided out in the loop; ``X_IN_REGISTERS``: the window ``X`` reaches the
+    dot through registers (tf32).  ``dc (parts, C_OUT, C_IN, S_IN, NBASIS)``
+    contiguous, one partial sum per part of the pixels; grid ``(R_BLOCKS·parts, C_IN)``, ``R_BLOCKS = cdiv(C_OUT,
+    BLOCK_O)``."""
     pid_r = tl.program_id(0) % R_BLOCKS
     part = tl.program_id(0) // R_BLOCKS
     i = tl.program_id(1)
@@ -692,7 +725,6 @@ def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel
     BLOCK_R: tl.constexpr = BLOCK_O * S_OUT
     BACK_PRECISION: tl.constexpr = "ieee" if ACC == tl.float64 else "tf32x3"
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)                                             # (o, g)
-    row_ok = rows < C_OUT * S_OUT
     kk = tl.arange(0, K2)                                                                      # (p, s)
     bb = tl.arange(0, B_PAD)
     gp = tl.arange(0, S_OUT * P_CHUNK)                                                         # (g, p)
@@ -706,13 +738,15 @@ def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel
         dw = tl.zeros((BLOCK_R, K2), dtype=ACC)
         for start in range(part * PART_CHUNKS * BLOCK_M, m_end, BLOCK_M):
             m = start + tl.arange(0, BLOCK_M)
-            dys = tl.load(dyt_ptr + (rows[:, None].to(OFFSET) * M_PAD + m[None, :]), mask=row_ok[:, None], other=0.0)
+            dys = tl.load(dyt_ptr + (rows[:, None].to(OFFSET) * M_PAD + m[None, :]))
             pix = tl.load(pixel_ptr + m).to(OFFSET) * S_IN          # a multiple of S_IN: aligned vector loads
             ih = tl.load(pixel_ptr + M_PAD + m).to(tl.int32)[:, None] + kh_dil[None, :]
             iw = tl.load(pixel_ptr + 2 * M_PAD + m).to(tl.int32)[:, None] + kw_dil[None, :]
             ok = (ih.to(tl.uint32) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32) < tl.cast(W, tl.uint32)) \
                 & (p[None, :] < KK)
             xs = tl.load(x_ptr + (pix[:, None] + shift[None, :]), mask=ok, other=0.0)          # (M, (p, s))
+            if X_IN_REGISTERS:   # an op between the load and the dot: Triton keeps the operand in registers
+                xs = tl.where(ok, xs, 0.0)
             dw = mma(dw, dys, xs, PRECISION, UPCAST)
         # onto the coefficients' order: column (p, r) of row (o, g) reads column (p, source[g, r]) (the indices
         # computed here, after the loop, so that they hold no registers in it)
@@ -1094,17 +1128,39 @@ def channels_last_gradients(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16) or dtype == torch.float32 and dot_precision(dtype) == "tf32"
 
 
-def _input_grad_channels_last_config(kernel_size: int, dtype: torch.dtype) -> dict:
-    """The channels-last input gradient's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` input channels, ``O_STEP`` output
-    channels (16 bytes) × ``P_CHUNK`` window positions per K step (32 from k = 5 on: fewer instructions per MAC on
-    sm_90 than 16, docs/steerable.md), warps and stages; under the interpreter too, so that the tests run the same
-    chunking."""
+def _target_arch(device: torch.device) -> int:
+    """The architecture the kernels compile for, ``major·10 + minor``: the device's; on meta tensors the Triton
+    driver's target (``perf.static`` compiles so for each architecture); else (the interpreter) 90."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    if device.type == "meta":
+        try:
+            return int(triton.runtime.driver.active.get_current_target().arch)
+        except Exception:  # noqa: BLE001  (no GPU driver: meta tensors outside perf.static)
+            pass
+    return 90
+
+
+def _input_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, arch: int) -> dict:
+    """The channels-last input gradient's tile for ``sm_<arch>``: ``BLOCK_M`` pixels, ``BLOCK_N`` input channels,
+    ``O_STEP`` output channels (16 bytes) × ``P_CHUNK`` window positions per K step (32 from k = 5 on: fewer
+    instructions per MAC on sm_90 than 16, docs/steerable.md), ``NESTED`` (the loop over ``(g, o)`` split in two:
+    on sm_90 but for 16-bit at k = 7, where it spills, as it does on sm_80), warps and stages; under the interpreter
+    too, so that the tests run the same chunking and loops."""
     size = torch.empty((), dtype=dtype).element_size()
-    cfg = dict(INTERPRETER_CONFIG, O_STEP=16 // size, P_CHUNK=min(2 * P_CHUNK, _pad16(kernel_size * kernel_size)))
+    cfg = dict(INTERPRETER_CONFIG, O_STEP=16 // size, P_CHUNK=min(2 * P_CHUNK, _pad16(kernel_size * kernel_size)),
+               NESTED=arch >= 90 and not (size == 2 and kernel_size >= 7))
     if INTERPRET:
         return cfg
     cfg.update(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
     return cfg
+
+
+def _channels_last_input_grad(kernel_size: int, dtype: torch.dtype, arch: int) -> bool:
+    """Whether the input gradient runs ``_input_grad_channels_last_kernel``: :func:`channels_last_gradients`, but
+    below sm_90 not from k = 7 on (every tile tried there spills on sm_80; ``_input_grad_kernel`` does not)."""
+    return channels_last_gradients(dtype) and (arch >= 90 or kernel_size < 7)
 
 
 def _input_grad_channels_last(dy, coefficients, tables, index, dx, k: int, geometry: tuple) -> None:
@@ -1114,11 +1170,13 @@ def _input_grad_channels_last(dy, coefficients, tables, index, dx, k: int, geome
     below the bank's size (``B_PAD`` against ``S_out·k²``) but for a few channels."""
     nb, c_out, s_out, ho, wo = dy.shape
     _, c_in, s_in, basis = coefficients.shape
-    cfg = _input_grad_channels_last_config(k, dy.dtype)
+    cfg = _input_grad_channels_last_config(k, dy.dtype, _target_arch(dy.device))
     c_out_pad = cdiv(c_out, cfg["O_STEP"]) * cfg["O_STEP"]
     c_in_pad = cdiv(c_in, 8) * 8
-    dyt = torch.zeros((nb, s_out, ho, wo, c_out_pad), dtype=dy.dtype, device=dy.device)
+    dyt = torch.empty((nb, s_out, ho, wo, c_out_pad), dtype=dy.dtype, device=dy.device)
     dyt[..., :c_out] = dy.permute(0, 2, 3, 4, 1)
+    if c_out_pad > c_out:   # only the padding channels are zero-filled: the vector loads read them unmasked
+        dyt[..., c_out:] = 0
     ct = torch.zeros((s_in, _pad16(basis), c_out_pad, c_in_pad), dtype=dy.dtype, device=dy.device)
     ct[:, :basis, :c_out, :c_in] = coefficients.permute(2, 3, 0, 1)
     sh, sw, ph, pw, dh, dw = geometry
@@ -1161,7 +1219,7 @@ def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tenso
     dx = _empty(full, dy)
     if dx.numel() == 0:
         return dx.view(x_shape)
-    if channels_last_gradients(dy.dtype):
+    if _channels_last_input_grad(k, dy.dtype, _target_arch(dy.device)):
         _input_grad_channels_last(dy, coefficients, tables, index, dx, k, (sh, sw, ph, pw, dh, dw))
         return dx.view(x_shape)
     cfg = _input_grad_config(k, dy.dtype)
@@ -1177,27 +1235,69 @@ def _window_corners(nb: int, ho: int, wo: int, m_pad: int, x: torch.Tensor, geom
     """``(3, m_pad)``: per output pixel ``(n, oh, ow)`` (flat, then padding), its window corner's offset in the
     channels-last ``x`` over ``S_in`` (``(n·sxn + row·sxh + col·sxw) / S_in``), ``row = oh·stride_h − pad_h`` and
     ``col = ow·stride_w − pad_w``; the padding pixels' rows at −2³⁰ (out of range for every window position),
-    offset 0.  int32, or int64 when ``x`` needs it."""
+    offset 0.  int32, or int64 when ``x`` needs it.  A function of the geometry only: built once per shape,
+    strides and device (:func:`~._common.geometry_table`)."""
+    wide = _offset_type(x) == tl.int64
+    key = ("steer_window_corners", nb, ho, wo, m_pad, x.shape[2], x.stride(0), x.stride(3), x.stride(4), *geometry,
+           wide, x.device)
+    return geometry_table(key, lambda: _build_window_corners(nb, ho, wo, m_pad, x.shape[2], x.stride(0), x.stride(3),
+                                                             x.stride(4), geometry, wide, x.device))
+
+
+def _build_window_corners(nb: int, ho: int, wo: int, m_pad: int, s_in: int, sxn: int, sxh: int, sxw: int,
+                          geometry: tuple, wide: bool, device: torch.device) -> torch.Tensor:
     sh, sw, ph, pw = geometry
-    m = torch.arange(m_pad, device=x.device, dtype=torch.int64)
+    m = torch.arange(m_pad, device=device, dtype=torch.int64)
     row = (m // wo) % ho * sh - ph
     col = m % wo * sw - pw
     valid = m < nb * ho * wo
     row = torch.where(valid, row, -2 ** 30)
-    offset = torch.where(valid, m // (ho * wo) * x.stride(0) + row * x.stride(3) + col * x.stride(4), 0) // x.shape[2]
-    return torch.stack([offset, row, col]).to(torch.int64 if _offset_type(x) == tl.int64 else torch.int32)
+    offset = torch.where(valid, m // (ho * wo) * sxn + row * sxh + col * sxw, 0) // s_in
+    return torch.stack([offset, row, col]).to(torch.int64 if wide else torch.int32)
 
 
-def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int, s_out: int) -> dict:
-    """The channels-last coefficient gradient's tile: ``BLOCK_M`` pixels per chunk, ``BLOCK_O`` output channels
-    (rows ``BLOCK_O·S_out`` of the main dot, ``BLOCK_O·S_in ≥ 16`` for the projection's dot), ``P_CHUNK`` window
-    positions (``P_CHUNK·S_in`` columns, 128 where the window has them; 16 for lifting layers), warps and stages:
-    of the tiles tried for sm_90 without a spill, those with the fewest hot-loop instructions per MAC against the
-    matmul (docs/steerable.md)."""
+# index tensor -> (its version, source): the inverse permutations the coefficient gradient reads, built once per
+# index tensor (the ops pass one cached tensor per group pair and device) and again if it changes in place
+_SOURCES = WeakIdKeyDictionary()
+
+
+def _source_table(index: torch.Tensor) -> torch.Tensor:
+    """``source (S_out, S_in)`` int32 with ``source[g, r]`` = the input element ``s`` where ``index[g, s] = r``
+    (each row of ``index`` a permutation), cached per ``index`` tensor."""
+    version = None if index.is_inference() else index._version   # inference tensors keep no version counter
+    entry = _SOURCES.get(index)
+    if entry is None or entry[0] != version or version is None:
+        entry = (version, torch.argsort(index, dim=1).to(torch.int32).contiguous())
+        _SOURCES[index] = entry
+    return entry[1]
+
+
+def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int, s_out: int, arch: int
+                                      ) -> dict:
+    """The channels-last coefficient gradient's tile for ``sm_<arch>``: ``BLOCK_M`` pixels per chunk, ``BLOCK_O``
+    output channels (rows ``BLOCK_O·S_out`` of the main dot, ``BLOCK_O·S_in ≥ 16`` for the projection's dot),
+    ``P_CHUNK`` window positions (``P_CHUNK·S_in`` columns, 128 where the window has them; 16 for lifting layers),
+    warps and stages: of the tiles tried without a spill, those with the fewest hot-loop instructions per MAC
+    against the matmul on sm_90 (docs/steerable.md).  Below sm_90 (no wgmma: the accumulators and the
+    projection's operands share the registers with the window's addresses) 32 pixels, one stage, at most 64
+    columns at k = 7 and 8 positions in lifting layers.  ``X_IN_REGISTERS`` (tf32 on sm_90, but lifting layers):
+    the window reaches the dot through registers.  The chunking and ``X_IN_REGISTERS`` under the interpreter
+    too."""
     block_o = max(1, 64 // s_out, 16 // s_in)
     p_chunk = min(_pad16(kernel_size * kernel_size), max(1, 128 // s_in)) if s_in > 1 else 16
-    cfg = dict(BLOCK_M=16, BLOCK_O=block_o, P_CHUNK=p_chunk, num_warps=4, num_stages=1)
+    if arch < 90 and s_in == 1:
+        p_chunk = 8
+    elif arch < 90 and kernel_size >= 7:
+        p_chunk = min(p_chunk, max(1, 64 // s_in))
+    # tf32 wgmma reads its B operand K-major only: the window X (M × (p, s)), (p, s)-contiguous, would be copied
+    # to shared memory 4 bytes at a time; through registers it is loaded 16 bytes at a time, then stored K-major
+    x_in_registers = arch >= 90 and dtype == torch.float32 and s_in > 1
+    cfg = dict(BLOCK_M=16, BLOCK_O=block_o, P_CHUNK=p_chunk, num_warps=4, num_stages=1,
+               X_IN_REGISTERS=x_in_registers)
     if INTERPRET:
+        return cfg
+    if arch < 90:
+        cfg.update(BLOCK_M=32, num_warps=8, num_stages=1)
         return cfg
     # lifting layers: 16 positions (wider chunks spill); 32 pixels at 256 rows (C_16 / D_8 lifting) and at k = 7
     # (64 spill there)
@@ -1205,6 +1305,8 @@ def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in
     # fp32 at 256 rows: one stage (two spill)
     stages = 1 if dtype == torch.float32 and block_o * s_out >= 256 else 2
     cfg.update(BLOCK_M=block_m, num_warps=8, num_stages=stages)
+    if cfg["X_IN_REGISTERS"]:   # three stages: fewer instructions per MAC than two
+        cfg["num_stages"] = 3
     return cfg
 
 
@@ -1238,10 +1340,11 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
     ho, wo = _output_size(h, k, sh, ph, dh), _output_size(w, k, sw, pw, dw)
     if tuple(dy.shape) != (nb, c_out, s_out, ho, wo):
         raise ValueError(f"dy: expected {(nb, c_out, s_out, ho, wo)} for x {tuple(x.shape)}, got {tuple(dy.shape)}")
-    source = torch.argsort(index, dim=1).to(torch.int32).contiguous()        # source[g, r] = s with index[g, s] = r
+    source = _source_table(index)                                            # source[g, r] = s with index[g, s] = r
     # its tiles hold every group copy and input element: powers of two (C_N / D_N with N a power of two, lifting)
     last = channels_last_gradients(dy.dtype) and s_in & (s_in - 1) == 0 and s_out & (s_out - 1) == 0
-    cfg = _weight_grad_channels_last_config(k, dy.dtype, s_in, s_out) if last else _weight_grad_config(k, dy.dtype)
+    cfg = _weight_grad_channels_last_config(k, dy.dtype, s_in, s_out, _target_arch(dy.device)) if last \
+        else _weight_grad_config(k, dy.dtype)
     m_total = nb * ho * wo
     o_blocks, chunks = cdiv(c_out, cfg["BLOCK_O"]), cdiv(m_total, cfg["BLOCK_M"])
     # the partial sums (parts × the coefficients) stay under half the bank: parts·B < S_out·k² / 2
@@ -1256,9 +1359,10 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
     if last:
         if x.stride(2) != 1 or x.stride(1) != s_in:
             x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
-        # dy as (C_out·S_out, pixels), the pixels padded to whole chunks (zeros): unmasked 16-byte loads along them
-        dyt = torch.zeros((c_out * s_out, chunks * cfg["BLOCK_M"]), dtype=dy.dtype, device=dy.device)
-        dyt[:, :m_total] = dy.permute(1, 2, 0, 3, 4).reshape(c_out * s_out, m_total)
+        # dy as (C_out·S_out, pixels), both padded to whole blocks (zeros): unmasked 16-byte loads
+        dyt = torch.zeros((o_blocks * cfg["BLOCK_O"] * s_out, chunks * cfg["BLOCK_M"]), dtype=dy.dtype,
+                          device=dy.device)
+        dyt[:c_out * s_out, :m_total] = dy.permute(1, 2, 0, 3, 4).reshape(c_out * s_out, m_total)
         pixel = _window_corners(nb, ho, wo, dyt.shape[1], x, (sh, sw, ph, pw))
         _weight_grad_channels_last_kernel[(o_blocks * parts, c_in)](
             dyt, x, tables, source, pixel, out, c_in, c_out, h, w, m_total, dyt.shape[1], x.stride(3), x.stride(4),

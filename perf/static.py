@@ -339,12 +339,13 @@ def tf32_setting(allow: bool):
 
 
 @functools.lru_cache(maxsize=None)
-def launches(set_name: str, layer_name: str, dtype_name: str, role: str) -> tuple[Launch, ...]:
-    """The kernel launches of one role of one layer (captured once per process)."""
+def launches(set_name: str, layer_name: str, dtype_name: str, role: str, arch: int) -> tuple[Launch, ...]:
+    """The kernel launches of one role of one layer for ``sm_<arch>`` (captured once per process; within
+    :func:`target`, so that a launcher choosing its tile by architecture sees that one)."""
     layer = next(lay for lay in set_layers(set_name) if lay.name == layer_name)
     dtype, tf32 = DTYPES[dtype_name]
     out: list[Launch] = []
-    with tf32_setting(tf32), capturing(out):
+    with tf32_setting(tf32), target(arch), capturing(out):
         ROLES[role].run(layer, dtype)
     return tuple(out)
 
@@ -501,7 +502,7 @@ def compile_unit(unit: dict) -> dict:
     row with its error."""
     start = time.monotonic()
     try:
-        launch = launches(unit["set"], unit["layer"], unit["dtype"], unit["role"])[unit["index"]]
+        launch = launches(unit["set"], unit["layer"], unit["dtype"], unit["role"], unit["arch"])[unit["index"]]
         config = _autotune.TuneConfig.from_json(unit["config"]) if unit["config"] else None
         with target(unit["arch"]):
             if config is not None:
@@ -553,16 +554,16 @@ def plan(sets: Sequence[str], dtypes: Sequence[str], archs: Sequence[int], roles
                 for role in roles:
                     if set_name in FORWARD_ONLY and not role.endswith("forward") or not applies(role, set_name):
                         continue   # an inference set: the perf suite times it forward only, so only that runs
-                    try:
-                        found = launches(set_name, layer.name, dtype, role)
-                    except Exception as err:  # noqa: BLE001  (a launcher that cannot run on meta tensors)
-                        failed += [dict(set=set_name, layer=layer.name, group=layer.group, role=role, kernel="?",
-                                        dtype=dtype, arch=arch, config="-", tuned=False, kept=False,
-                                        status="error", error=f"launcher: {type(err).__name__}: {err}"[:300])
-                                   for arch in archs]
-                        continue
-                    for index, launch in enumerate(found):
-                        for arch in archs:
+                    for arch in archs:
+                        try:
+                            found = launches(set_name, layer.name, dtype, role, arch)
+                        except Exception as err:  # noqa: BLE001  (a launcher that cannot run on meta tensors)
+                            failed.append(dict(set=set_name, layer=layer.name, group=layer.group, role=role,
+                                               kernel="?", dtype=dtype, arch=arch, config="-", tuned=False,
+                                               kept=False, status="error",
+                                               error=f"launcher: {type(err).__name__}: {err}"[:300]))
+                            continue
+                        for index, launch in enumerate(found):
                             if launch.tuner is not None:
                                 tuner = target_tuner(launch.tuner, arch)
                                 configs = tuner.sized(launch.bound(), torch.device("meta"))

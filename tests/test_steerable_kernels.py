@@ -131,24 +131,31 @@ GRADIENT_CASES = [
 ]
 
 
+def _gradient_case(case, seed: int):
+    """``(x, c, dy, (xr, cr), tables, index, geometry)`` of a gradient case: the inputs, ``dy`` on the device, and
+    the float64 reference's leaves holding the reference gradients."""
+    group, lifting, k, stride, padding, dilation, dtype, sizes = case
+    (x, c, _), in_group = _inputs(group, lifting, k, dtype, **sizes)
+    geometry = _geometry_kwargs(stride, padding, dilation)
+    xr, cr = x.double().requires_grad_(), c.double().requires_grad_()
+    ref = st.steerable_conv2d(xr, cr, None, group=group, in_group=in_group, kernel_size=k, **geometry)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+    ref.backward(dy.double())
+    tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
+    return x, c, dy.to(DEVICE), (xr, cr), tables, index, geometry
+
+
 @pytest.mark.parametrize("case", GRADIENT_CASES, ids=[_case_id(c) for c in GRADIENT_CASES])
 def test_gradients_channels_last_both_layouts(case):
     """The input and coefficient gradients (channels-last for fp16 / bf16 / tf32: ``dy`` gathered with ``O_STEP``
     output channels contiguous, ``x`` with its ``S_in`` elements contiguous; the ``(B, C, S, H, W)`` kernels for
     fp64): ``dy`` and ``x`` in ``(B, C, S, H, W)`` memory order and channels-last (``(B, H, W, C, S)`` in memory)
     give the same gradients, matching the float64 reference."""
-    group, lifting, k, stride, padding, dilation, dtype, sizes = case
+    dtype = case[6]
     assert kernels.channels_last_gradients(dtype) == (dtype != torch.float64)
     with torch.backends.cudnn.flags(allow_tf32=False):   # exact fp32 dots: the (B, C, S, H, W) kernels
         assert not kernels.channels_last_gradients(torch.float32)
-    (x, c, _), in_group = _inputs(group, lifting, k, dtype, **sizes)
-    geometry = _geometry_kwargs(stride, padding, dilation)
-    xr, cr = x.double().requires_grad_(), c.double().requires_grad_()
-    ref = st.steerable_conv2d(xr, cr, None, group=group, in_group=in_group, kernel_size=k, **geometry)
-    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dtype)
-    ref.backward(dy.double())
-    tables, index = st._tables(group, k, dtype, x.device), group.stabilizer_index(in_group)
-    dy = dy.to(DEVICE)
+    x, c, dy, (xr, cr), tables, index, geometry = _gradient_case(case, seed=3)
     dy_last, x_last = (t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2) for t in (dy, x))
     dx = kernels.input_grad(dy, c, tables, index, x.shape, **geometry)
     assert dx.is_contiguous() and dx.dtype == dtype
@@ -158,6 +165,57 @@ def test_gradients_channels_last_both_layouts(case):
     assert dc.is_contiguous() and dc.dtype == dtype
     assert_close(dc, cr.grad, dtype, "dc")
     assert torch.equal(dc, kernels.weight_grad(dy_last, x_last, tables, index, c.shape, **geometry))
+
+
+def test_gradient_tiles_by_architecture(monkeypatch):
+    """The channels-last gradients' tiles as a GPU build chooses them: sm_90's as tuned there (the loop over
+    ``(g, o)`` split in two but for 16-bit at k = 7), smaller ones below sm_90 (one stage, 32 pixels, at most 64
+    window columns at k = 7, 8 positions in lifting layers, the flat loop, the ``(B, C, S, H, W)`` input gradient
+    from k = 7 on): without them sm_80 spills (perf.static --archs 80).  On sm_90 tf32's window goes through
+    registers in the coefficient gradient."""
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    half, fp32 = torch.bfloat16, torch.float32
+    tile = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+    assert kernels._input_grad_channels_last_config(5, half, 90) == dict(tile, O_STEP=8, P_CHUNK=32, NESTED=True)
+    assert kernels._input_grad_channels_last_config(7, half, 90) == dict(tile, O_STEP=8, P_CHUNK=32, NESTED=False)
+    assert kernels._input_grad_channels_last_config(7, fp32, 90) == dict(tile, O_STEP=4, P_CHUNK=32, NESTED=True)
+    assert kernels._input_grad_channels_last_config(3, fp32, 80) == dict(tile, O_STEP=4, P_CHUNK=16, NESTED=False)
+    assert kernels._channels_last_input_grad(7, half, 90) and kernels._channels_last_input_grad(5, half, 80)
+    assert not kernels._channels_last_input_grad(7, half, 80)
+    wide = dict(num_warps=8, num_stages=2, X_IN_REGISTERS=False)
+    assert kernels._weight_grad_channels_last_config(5, half, 8, 8, 90) == dict(wide, BLOCK_M=64, BLOCK_O=8,
+                                                                                P_CHUNK=16)
+    assert kernels._weight_grad_channels_last_config(7, half, 16, 16, 90) == dict(wide, BLOCK_M=32, BLOCK_O=4,
+                                                                                  P_CHUNK=8)
+    assert kernels._weight_grad_channels_last_config(7, fp32, 1, 16, 90) == dict(wide, BLOCK_M=32, BLOCK_O=16,
+                                                                                 P_CHUNK=16, num_stages=1)
+    # tf32 regular layers: the window through registers (16-byte loads), three stages
+    assert kernels._weight_grad_channels_last_config(5, fp32, 16, 16, 90) == dict(
+        wide, BLOCK_M=64, BLOCK_O=4, P_CHUNK=8, num_stages=3, X_IN_REGISTERS=True)
+    small = dict(BLOCK_M=32, num_warps=8, num_stages=1, X_IN_REGISTERS=False)
+    assert kernels._weight_grad_channels_last_config(5, half, 8, 8, 80) == dict(small, BLOCK_O=8, P_CHUNK=16)
+    assert kernels._weight_grad_channels_last_config(7, half, 16, 16, 80) == dict(small, BLOCK_O=4, P_CHUNK=4)
+    assert kernels._weight_grad_channels_last_config(7, fp32, 1, 16, 80) == dict(small, BLOCK_O=16, P_CHUNK=8)
+
+
+# (group, lifting, k, stride, padding, dilation, dtype, sizes)
+BELOW_SM90_CASES = [
+    (C8, False, 3, 1, 1, 1, torch.bfloat16, dict(c_in=3, c_out=9, height=5, width=6)),
+    (C8, False, 7, 2, 3, 1, torch.float16, dict(batch=1, c_in=2, c_out=3, height=7, width=5)),
+    (D8, False, 3, 1, 0, 2, torch.float32, dict(c_in=2, c_out=5, height=7, width=7)),
+    (C16, True, 5, 1, 2, 1, torch.bfloat16, dict(c_in=1, c_out=3)),
+]
+
+
+@pytest.mark.parametrize("case", BELOW_SM90_CASES, ids=[_case_id(c) for c in BELOW_SM90_CASES])
+def test_gradients_below_sm90(monkeypatch, case):
+    """The gradients as an sm_80 GPU runs them (its chunking and loops, run by the interpreter here): the
+    channels-last input gradient's flat loop over ``(g, o)`` (the ``(B, C, S, H, W)`` kernel at k = 7), the
+    coefficient gradient's narrower window chunks; all matching the float64 reference."""
+    monkeypatch.setattr(kernels, "_target_arch", lambda device: 80)
+    x, c, dy, (xr, cr), tables, index, geometry = _gradient_case(case, seed=4)
+    assert_close(kernels.input_grad(dy, c, tables, index, x.shape, **geometry), xr.grad, x.dtype, "dx")
+    assert_close(kernels.weight_grad(dy, x, tables, index, c.shape, **geometry), cr.grad, x.dtype, "dc")
 
 
 def test_flattened_input_and_no_bias():
@@ -257,6 +315,47 @@ class _CreatedTensors(TorchDispatchMode):
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in known:
                 self.sizes.append((str(func), t.numel()))
         return out
+
+
+def test_weight_grad_tables_built_once_per_geometry_and_index(monkeypatch):
+    """The channels-last coefficient gradient's window-corner table (a function of the geometry) and the inverse
+    permutations of ``index`` (``argsort``, per index tensor, as the ops pass one) are built by the first call
+    only: a second call builds neither; another geometry builds its own table, and calls alternating between the
+    two stay correct."""
+    from gconv_triton.kernels import _common
+
+    (x, c, _), in_group = _inputs(C8, False, 3, torch.bfloat16, c_in=2, c_out=3, height=6, width=7)
+    tables = st._tables(C8, 3, x.dtype, x.device)
+    index = C8.stabilizer_index(in_group).to(device=x.device, dtype=torch.int32)
+    dys, refs = {}, {}
+    for stride in (1, 2):
+        cr = c.double().requires_grad_()
+        ref = st.steerable_conv2d(x.double(), cr, None, group=C8, in_group=in_group, kernel_size=3, stride=stride,
+                                  padding=1)
+        dys[stride] = torch.randn(ref.shape, generator=torch.Generator().manual_seed(stride)).to(x.dtype)
+        ref.backward(dys[stride].double())
+        refs[stride] = cr.grad
+    _common._GEOMETRY_TABLES.clear()
+    built = {"argsort": 0, "corners": 0}
+
+    def counted(name, build):
+        def run(*args, **kwargs):
+            built[name] += 1
+            return build(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(torch, "argsort", counted("argsort", torch.argsort))
+    monkeypatch.setattr(kernels, "_build_window_corners", counted("corners", getattr(kernels, "_build_window_corners",
+                                                                                     None)), raising=False)
+    dc = kernels.weight_grad(dys[1], x, tables, index, c.shape, 1, 1, 1)
+    assert built == {"argsort": 1, "corners": 1}
+    assert torch.equal(kernels.weight_grad(dys[1], x, tables, index, c.shape, 1, 1, 1), dc)
+    assert built == {"argsort": 1, "corners": 1}, "a second call with the same geometry built a table"
+    assert_close(dc, refs[1], x.dtype, "dc stride 1")
+    assert_close(kernels.weight_grad(dys[2], x, tables, index, c.shape, 2, 1, 1), refs[2], x.dtype, "dc stride 2")
+    assert built == {"argsort": 1, "corners": 2}
+    assert torch.equal(kernels.weight_grad(dys[1], x, tables, index, c.shape, 1, 1, 1), dc)
+    assert built == {"argsort": 1, "corners": 2}
 
 
 def test_no_tensor_of_the_bank_size_is_created():
