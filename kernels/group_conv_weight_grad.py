@@ -2,7 +2,8 @@
 
 The math and the design (the group copies as more reduction, the zero-halo copy of ``x`` shared with the forward,
 ``dy`` read in place or re-laid, the in-register permutation of the accumulator's rows) are in
-``docs/kernels.md``, "The three GEMMs"; the split of the reduction over programs, and why the result is deterministic, in ``docs/determinism.md``.
+``docs/kernels.md``, "The three GEMMs"; the split of the reduction over programs, and why the result is
+deterministic, in ``docs/determinism.md``.
 
 Reading order: :func:`weight_grad` (reads ``dy`` in place or lays it out, takes or makes the copy of ``x``, the
 window-corner table) -> :func:`_weight_grad_kernel` -> :func:`_in_place_dy_loop` or :func:`_relaid_dy_loop`.
