@@ -385,11 +385,21 @@ def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: tor
     return table
 
 
+# The in-place dy loop keeps S_out accumulators and S_out x tiles per pipeline stage: measured (perf.static,
+# docs/kernels.md) fewer hot-loop instructions per MAC than the re-laid loop for p4 with up to 16 output channels,
+# more for p4m (and its tf32 tiles overflow shared memory) and wherever wider output tiles pay.
+DY_IN_PLACE_MAX_S_OUT = 4
+DY_IN_PLACE_MAX_CHANNELS = 16
+
+
 def reads_dy_in_place(dy: torch.Tensor, spec) -> bool:
     """Whether :func:`_weight_grad_kernel` reads ``dy (B, groups·C_out, S_out, H_out, W_out)`` in place: stored
-    densely ``(B, H_out, W_out, groups·C_out, S_out)`` and ``S_out`` a power of two up to 8 (its channels split
-    into one tile per group element in registers)."""
-    return spec.s_out in (1, 2, 4, 8) and dy.permute(0, 3, 4, 1, 2).is_contiguous()
+    densely ``(B, H_out, W_out, groups·C_out, S_out)``, ``S_out`` a power of two (its channels split into one tile
+    per group element in registers) up to ``DY_IN_PLACE_MAX_S_OUT``, and ``C_out`` (padded to 8) up to
+    ``DY_IN_PLACE_MAX_CHANNELS``: where that loop is measured cheaper than the re-layout's."""
+    return (spec.s_out in (1, 2, 4, 8) and spec.s_out <= DY_IN_PLACE_MAX_S_OUT
+            and vector_padding(spec.out_channels) <= DY_IN_PLACE_MAX_CHANNELS
+            and dy.permute(0, 3, 4, 1, 2).is_contiguous())
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None, with_bias: bool = False):

@@ -663,12 +663,15 @@ def test_weight_grad_reads_dy_in_place(monkeypatch, group, in_group, c_in, c_out
                                        groups, shared, x_layout, size, dtype):
     """``dy`` stored ``(B, H, W, C, S)``, as every layer of the package hands it on, is read in place by the
     weight-gradient launch (no re-layout of ``dy``), which also writes the bias gradient's partial sums: ``dw`` and
-    ``db`` are the float64 reference's."""
+    ``db`` are the float64 reference's.  The loop is forced where the launcher keeps the re-layout (p4m, more than
+    16 output channels: measured costlier there)."""
     from gconv_triton.ops.group_conv import bias_grad
 
     def no_relayout(*args, **kwargs):
         raise AssertionError("dy was re-laid")
     monkeypatch.setattr(wgrad, "relayout_dy", no_relayout)
+    monkeypatch.setattr(wgrad, "DY_IN_PLACE_MAX_S_OUT", 8)
+    monkeypatch.setattr(wgrad, "DY_IN_PLACE_MAX_CHANNELS", 1024)
     b, h, w = size
     s_in, s_out = order_of(in_group), order_of(group)
     x = randn((b, groups * c_in, s_in, h, w), dtype, x_layout)
@@ -686,13 +689,20 @@ def test_weight_grad_reads_dy_in_place(monkeypatch, group, in_group, c_in, c_out
 
 
 def test_weight_grad_re_lays_dy_only_where_it_cannot_read_it_in_place():
-    """The layers' ``dy`` is read in place; a channels-first one (the loss's), a strided view and a group whose
-    ``S_out`` is not a power of two up to 8 are re-laid first."""
-    x = torch.empty(2, 3, 4, 5, 7)
-    spec = make_spec(x, torch.empty(6, 3, 4, 3, 3), None, group="p4", in_group="p4", stride=1, padding=1,
-                     dilation=1, groups=1)
+    """A p4 layer's ``dy`` with up to 16 output channels is read in place; a channels-first one (the loss's), a
+    strided view, a group whose ``S_out`` is not a power of two, p4m and wider layers (where the in-place loop is
+    measured costlier) are re-laid first."""
+    def spec_for(group, c_out):
+        s_out = order_of(group)
+        return make_spec(torch.empty(2, 3, s_out, 5, 7), torch.empty(c_out, 3, s_out, 3, 3), None, group=group,
+                         in_group=group, stride=1, padding=1, dilation=1, groups=1)
+
+    spec = spec_for("p4", 12)
     dy = randn((2, 12, 4, 5, 7), layout=CL)
     assert wgrad.reads_dy_in_place(dy, spec)
+    assert wgrad.reads_dy_in_place(randn((2, 16, 4, 5, 7), layout=CL), spec_for("p4", 16))
+    assert not wgrad.reads_dy_in_place(randn((2, 17, 4, 5, 7), layout=CL), spec_for("p4", 17))
+    assert not wgrad.reads_dy_in_place(randn((2, 12, 8, 5, 7), layout=CL), spec_for("p4m", 12))
     assert not wgrad.reads_dy_in_place(randn((2, 6, 4, 5, 7)), spec)
     assert not wgrad.reads_dy_in_place(dy[:, :6], spec)           # every pixel's channels no longer dense
     c3 = make_spec(torch.empty(2, 3, 3, 5, 7), torch.empty(6, 3, 3, 3, 3), None, group="c3", in_group="c3",
