@@ -60,7 +60,7 @@ def _permute_rows(acc, src, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 def _split_channels(tile, S_OUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     """``tile [BLOCK_R, BLOCK_N·S_OUT]`` (columns ``(o, g)``, ``g`` fastest; ``S_OUT`` a power of two up to 8) ->
     the tuple of its ``S_OUT`` tiles ``[BLOCK_R, BLOCK_N]``, the ``g``-th holding columns ``(o, g)``: halves split off
-    the last dim (register renaming where ``g`` lies in one thread), no memory."""
+    the last dim (register renaming where ``g`` lies in one thread)."""
     pieces = (tl.reshape(tile, (BLOCK_R, BLOCK_N, S_OUT)),)    # piece k of P holds g = k + P·j, j its last index
     for level in tl.static_range(3):
         if (S_OUT >> level) > 1:                                 # P = 2**level pieces of S_OUT >> level columns
