@@ -386,8 +386,9 @@ def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: tor
 
 
 # The in-place dy loop keeps S_out accumulators and S_out x tiles per pipeline stage: measured (perf.static,
-# docs/kernels.md) fewer hot-loop instructions per MAC than the re-laid loop for p4 with up to 16 output channels,
-# more for p4m (and its tf32 tiles overflow shared memory) and wherever wider output tiles pay.
+# docs/kernels.md) fewer hot-loop instructions per MAC than the re-laid loop for p4 with up to 16 output channels
+# (bf16, tf32, fp64), more for p4m (and its tf32 tiles overflow shared memory), wherever wider output tiles pay,
+# and for fp32 without tf32 (no MMA: every config spills).
 DY_IN_PLACE_MAX_S_OUT = 4
 DY_IN_PLACE_MAX_CHANNELS = 16
 
@@ -395,10 +396,12 @@ DY_IN_PLACE_MAX_CHANNELS = 16
 def reads_dy_in_place(dy: torch.Tensor, spec) -> bool:
     """Whether :func:`_weight_grad_kernel` reads ``dy (B, groups·C_out, S_out, H_out, W_out)`` in place: stored
     densely ``(B, H_out, W_out, groups·C_out, S_out)``, ``S_out`` a power of two (its channels split into one tile
-    per group element in registers) up to ``DY_IN_PLACE_MAX_S_OUT``, and ``C_out`` (padded to 8) up to
-    ``DY_IN_PLACE_MAX_CHANNELS``: where that loop is measured cheaper than the re-layout's."""
+    per group element in registers) up to ``DY_IN_PLACE_MAX_S_OUT``, ``C_out`` (padded to 8) up to
+    ``DY_IN_PLACE_MAX_CHANNELS``, and an MMA dtype (not fp32 without tf32): where that loop is measured cheaper
+    than the re-layout's."""
+    full_fp32 = dy.dtype == torch.float32 and dot_precision(dy.dtype) == "ieee"
     return (spec.s_out in (1, 2, 4, 8) and spec.s_out <= DY_IN_PLACE_MAX_S_OUT
-            and vector_padding(spec.out_channels) <= DY_IN_PLACE_MAX_CHANNELS
+            and vector_padding(spec.out_channels) <= DY_IN_PLACE_MAX_CHANNELS and not full_fp32
             and dy.permute(0, 3, 4, 1, 2).is_contiguous())
 
 

@@ -672,6 +672,7 @@ def test_weight_grad_reads_dy_in_place(monkeypatch, group, in_group, c_in, c_out
     monkeypatch.setattr(wgrad, "relayout_dy", no_relayout)
     monkeypatch.setattr(wgrad, "DY_IN_PLACE_MAX_S_OUT", 8)
     monkeypatch.setattr(wgrad, "DY_IN_PLACE_MAX_CHANNELS", 1024)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     b, h, w = size
     s_in, s_out = order_of(in_group), order_of(group)
     x = randn((b, groups * c_in, s_in, h, w), dtype, x_layout)
@@ -688,10 +689,10 @@ def test_weight_grad_reads_dy_in_place(monkeypatch, group, in_group, c_in, c_out
     assert_close(db, bias_grad(dy.cpu().double(), groups, weight_groups), dtype, "bias grad")
 
 
-def test_weight_grad_re_lays_dy_only_where_it_cannot_read_it_in_place():
+def test_weight_grad_re_lays_dy_only_where_it_cannot_read_it_in_place(monkeypatch):
     """A p4 layer's ``dy`` with up to 16 output channels is read in place; a channels-first one (the loss's), a
-    strided view, a group whose ``S_out`` is not a power of two, p4m and wider layers (where the in-place loop is
-    measured costlier) are re-laid first."""
+    strided view, a group whose ``S_out`` is not a power of two, p4m, wider layers and fp32 without tf32 (where
+    the in-place loop is measured costlier) are re-laid first."""
     def spec_for(group, c_out):
         s_out = order_of(group)
         return make_spec(torch.empty(2, 3, s_out, 5, 7), torch.empty(c_out, 3, s_out, 3, 3), None, group=group,
@@ -703,6 +704,8 @@ def test_weight_grad_re_lays_dy_only_where_it_cannot_read_it_in_place():
     assert wgrad.reads_dy_in_place(randn((2, 16, 4, 5, 7), layout=CL), spec_for("p4", 16))
     assert not wgrad.reads_dy_in_place(randn((2, 17, 4, 5, 7), layout=CL), spec_for("p4", 17))
     assert not wgrad.reads_dy_in_place(randn((2, 12, 8, 5, 7), layout=CL), spec_for("p4m", 12))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)   # fp32 without tf32: no MMA, re-laid
+    assert not wgrad.reads_dy_in_place(dy, spec) and wgrad.reads_dy_in_place(dy.double(), spec)
     assert not wgrad.reads_dy_in_place(randn((2, 6, 4, 5, 7)), spec)
     assert not wgrad.reads_dy_in_place(dy[:, :6], spec)           # every pixel's channels no longer dense
     c3 = make_spec(torch.empty(2, 3, 3, 5, 7), torch.empty(6, 3, 3, 3, 3), None, group="c3", in_group="c3",
