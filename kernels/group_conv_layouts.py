@@ -9,9 +9,9 @@ the last pixel block), so that no re-layout needs a fill before its copy:
 * :func:`permute_weights` (:func:`_permute_weight_kernel`): the base weight into the forward's and, in the same
   launch, the input gradient's B-operand layouts (``group_conv.permuted_weight``); beside a copy of ``x``,
   :func:`padded_copy` writes them in its own launch (the forward's re-layouts: one launch).
-* :func:`relayout_dy` (:func:`_dy_relayout_kernel`): ``dy`` as the weight gradient reads it, with the bias
-  gradient's per-program partial sums and, for an input read in place, the weight gradient's row table resolved
-  against this call's zero page.
+* :func:`relayout_dy` (:func:`_dy_relayout_kernel`): a ``dy`` that the weight gradient cannot read in place
+  (channels-first, say) as it reads it, with the bias gradient's per-program partial sums and, for an input read
+  in place, the weight gradient's row table resolved against this call's zero page.
 * :func:`finish_weight_grad` (:func:`_finish_kernel`): the weight gradient's split partial sums and the bias
   gradient's, added up in one launch, in a fixed order (no atomics: deterministic).
 
@@ -219,7 +219,7 @@ def permute_weights(weight: torch.Tensor, fwd=None, ig=None) -> None:
 # ---------------------------------------------------------------------------------- dy for the weight gradient
 @triton.jit
 def _dy_relayout_kernel(
-    dy_ptr, out_ptr, bias_part_ptr, table_ptr, padding_ptr, rows_ptr, zero_delta, r_total, r_alloc, m_height,
+    dy_ptr, out_ptr, bias_part_ptr, table_ptr, rows_ptr, zero_delta, r_total, r_alloc, m_height,
     m_width, stride_b, stride_c, stride_s, stride_h, stride_w,
     C_OUT: tl.constexpr, GROUPS: tl.constexpr, S_OUT: tl.constexpr, O_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
     KPOS: tl.constexpr, WIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr,
@@ -228,7 +228,7 @@ def _dy_relayout_kernel(
     of ``(B, H, W)``, zeros past ``r_total``, the channels past ``C_OUT`` not written; a ``[BLOCK_P, BLOCK_O]`` tile
     of one ``(grp, s)`` per program.  ``HAS_BIAS``: also the tile's column sums (``bias_part``'s dtype, fp32 at
     least) at ``bias_part[pid_p, grp, s, o]``, the per-program partial sums of the bias gradient.  ``KPOS > 0``:
-    also ``rows[t, r] = zero_delta`` where ``padding[t, r]`` else ``table[t, r]`` (``(KPOS, r_alloc)`` int64), the
+    also ``rows[t, r] = zero_delta`` where ``table[t, r] < 0`` else ``table[t, r]`` (``(KPOS, r_alloc)`` int64), the
     in-place weight gradient's row table resolved against this call's zero page, by the programs of the first
     ``(grp, s)`` and channel block: the ``where`` it would otherwise take, in this launch."""
     pid_p = tl.program_id(0)
@@ -255,9 +255,8 @@ def _dy_relayout_kernel(
             cell = r.to(tl.int64)
             for t in range(KPOS):
                 at = t * r_alloc + cell
-                in_padding = tl.load(padding_ptr + at, mask=cell < r_alloc, other=0) != 0
                 offset = tl.load(table_ptr + at, mask=cell < r_alloc, other=0)
-                tl.store(rows_ptr + at, tl.where(in_padding, zero_delta, offset), mask=cell < r_alloc)
+                tl.store(rows_ptr + at, tl.where(offset < 0, zero_delta, offset), mask=cell < r_alloc)
 
 
 DY_BLOCK_P = 64
@@ -269,9 +268,9 @@ def relayout_dy(dy: torch.Tensor, spec, r_alloc: int, o_pad: int, with_bias: boo
     channels past ``C_out`` are not written: column ``o`` of ``dw`` reads column ``o`` of ``dy`` only, and is stored
     for ``o < C_out``; NaN when poisoned, which shows it) and, ``with_bias``,
     the bias gradient's per-program partial sums ``(programs, groups, S_out, o_pad)`` (fp32 at least; else None),
-    which :func:`finish_weight_grad` adds up.  ``in_place_rows``: ``(table, padding, zero_delta)``, the in-place
-    weight gradient's cached row table ``(kh·kw, r_alloc)`` int64, where it lies in the padding (bool), and this
-    call's zero-page offset: resolved by the same launch and returned third (else None)."""
+    which :func:`finish_weight_grad` adds up.  ``in_place_rows``: ``(table, zero_delta)``, the in-place weight
+    gradient's cached row table ``(kh·kw, r_alloc)`` int64 (-1 where it lies in the padding) and this call's
+    zero-page offset: resolved by the same launch and returned third (else None)."""
     c_out, groups, s_out = spec.out_channels, spec.groups, spec.s_out
     out = dy.new_empty((r_alloc, groups, s_out, o_pad))
     if poison_outputs():
@@ -282,10 +281,10 @@ def relayout_dy(dy: torch.Tensor, spec, r_alloc: int, o_pad: int, with_bias: boo
                  if with_bias else None)
     grid = (programs, groups * s_out, cdiv(o_pad, block_o))
     written = out[..., :c_out]   # the elements the launch writes (the same pointer as out)
-    table, padding, zero_delta = in_place_rows if in_place_rows is not None else (written, written, 0)
+    table, zero_delta = in_place_rows if in_place_rows is not None else (written, 0)
     rows = torch.empty_like(table) if in_place_rows is not None else None
     _dy_relayout_kernel[grid](
-        dy, written, bias_part if with_bias else written, table, padding.view(torch.uint8), written if rows is None
+        dy, written, bias_part if with_bias else written, table, written if rows is None
         else rows, zero_delta, spec.batch * spec.out_height * spec.out_width, r_alloc, spec.out_height,
         spec.out_width, *dy.stride(), C_OUT=c_out, GROUPS=groups, S_OUT=s_out, O_PAD=o_pad, HAS_BIAS=with_bias,
         KPOS=0 if rows is None else table.shape[0], WIDE=needs_int64(dy, out), BLOCK_P=DY_BLOCK_P, BLOCK_O=block_o)
@@ -301,7 +300,8 @@ def _finish_kernel(
 ):
     """Programs ``< dw_programs``: ``dw[e] = Σ_k partial[k, e]``, ``k`` in order, in ``ACC``.  The others
     (``HAS_BIAS``): ``db[wg·C_OUT + o] = Σ bias_part[q, wg, s, o]`` over the ``part_rows`` rows ``q`` (a
-    relayout program and a channel group of the slice ``wg``) and ``s``, in a fixed order.  No atomics."""
+    relayout program, or a split of the in-place weight gradient, and a channel group of the slice ``wg``) and
+    ``s``, in a fixed order.  No atomics."""
     pid = tl.program_id(0)
     if pid < dw_programs:
         e = pid * BLOCK + tl.arange(0, BLOCK)
@@ -332,7 +332,8 @@ FINISH_BLOCK_Q = 32
 
 def finish_weight_grad(partial: torch.Tensor, dtype, bias_part, spec):
     """``partial (split, *weight_shape)`` -> ``dw`` in ``dtype`` (the split's sum, in order; ``partial[0]`` itself
-    when there is one and of that dtype), and with ``bias_part`` (:func:`relayout_dy`) the bias gradient
+    when there is one and of that dtype), and with ``bias_part`` ``(rows, groups, S, O_PAD)``, the bias gradient's
+    partial sums (:func:`relayout_dy`'s, or the in-place weight gradient's with ``S = 1``), the bias gradient
     ``(weight_groups·C_out,)`` (else None): one launch for both, none when there is nothing to add."""
     split, numel = partial.shape[0], partial[0].numel()
     sum_split = split > 1 or partial.dtype != dtype
@@ -348,13 +349,15 @@ def finish_weight_grad(partial: torch.Tensor, dtype, bias_part, spec):
         db = torch.empty((rows_total,), dtype=dtype, device=partial.device)
         block_o = min(next_power_of_2(rows_total), 64)
         grid += cdiv(rows_total, block_o)
-        # bias_part (programs, groups, S, O_PAD) read as (programs·copies, weight_groups, S, O_PAD)
-        rows = bias_part.shape[0] * (spec.groups // spec.weight_groups)
+        # bias_part (rows, groups, S, O_PAD) read as (rows·copies, weight_groups, S, O_PAD)
+        bias_part = bias_part.reshape(-1, spec.weight_groups, *bias_part.shape[2:])
+        rows = bias_part.shape[0]
     # a pointer a launch does not store to is given a tensor it does store to (python -m perf.launches counts the
     # tensors passed for stored pointers)
     _finish_kernel[(grid,)](
         partial, dw if sum_split else db, numel, split, dw_programs, bias_part if bias_part is not None else partial,
         db if db is not None else dw, rows, spec.weight_groups, spec.out_channels,
-        bias_part.shape[-1] if bias_part is not None else 1, S_OUT=spec.s_out, HAS_BIAS=bias_part is not None,
+        bias_part.shape[-1] if bias_part is not None else 1,
+        S_OUT=bias_part.shape[2] if bias_part is not None else 1, HAS_BIAS=bias_part is not None,
         ACC=accumulator(dtype), BLOCK=FINISH_BLOCK, BLOCK_Q=FINISH_BLOCK_Q, BLOCK_O=block_o)
     return dw, db

@@ -1,11 +1,12 @@
 """Implicit-GEMM group convolution: the weight gradient (:func:`_weight_grad_kernel`).
 
 The math and the design (the group copies as more reduction, the zero-halo copy of ``x`` shared with the forward,
-the re-laid ``dy``, the in-register permutation of the accumulator's rows) are in ``docs/kernels.md``, "The three
-GEMMs"; the split of the reduction over programs, and why the result is deterministic, in ``docs/determinism.md``.
+``dy`` read in place or re-laid, the in-register permutation of the accumulator's rows) are in
+``docs/kernels.md``, "The three GEMMs"; the split of the reduction over programs, and why the result is
+deterministic, in ``docs/determinism.md``.
 
-Reading order: :func:`weight_grad` (lays out ``dy``, takes or makes the copy of ``x``, the window-corner table)
--> :func:`_weight_grad_kernel`.
+Reading order: :func:`weight_grad` (reads ``dy`` in place or lays it out, takes or makes the copy of ``x``, the
+window-corner table) -> :func:`_weight_grad_kernel` -> :func:`_in_place_dy_loop` or :func:`_relaid_dy_loop`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,75 @@ def _permute_rows(acc, src, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     return out
 
 
+@triton.jit
+def _split_channels(tile, S_OUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``tile [BLOCK_R, BLOCK_N·S_OUT]`` (columns ``(o, g)``, ``g`` fastest; ``S_OUT`` a power of two up to 8) ->
+    the tuple of its ``S_OUT`` tiles ``[BLOCK_R, BLOCK_N]``, the ``g``-th holding columns ``(o, g)``: halves split off
+    the last dim (register renaming where ``g`` lies in one thread)."""
+    pieces = (tl.reshape(tile, (BLOCK_R, BLOCK_N, S_OUT)),)    # piece k of P holds g = k + P·j, j its last index
+    for level in tl.static_range(3):
+        if (S_OUT >> level) > 1:                                 # P = 2**level pieces of S_OUT >> level columns
+            evens = ()
+            odds = ()
+            for k in tl.static_range(S_OUT // (S_OUT >> level)):
+                piece = pieces[k]
+                if (S_OUT >> level) > 2:
+                    piece = tl.reshape(piece, (BLOCK_R, BLOCK_N, (S_OUT >> level) // 2, 2))
+                even, odd = tl.split(piece)
+                evens = evens + (even,)
+                odds = odds + (odd,)
+            pieces = evens + odds                                # g = k + P·(2j' + e): piece k + P·e, index j'
+    if S_OUT == 1:
+        pieces = (tile,)
+    return pieces
+
+
+@triton.jit
+def _in_place_dy_block(
+    accs, r0, x_rows, pix_rows, dy_ptr, dy_cols, dy_pixel, zero_delta, R_TOTAL, x_ok, o_ok, kr,
+    S_OUT: tl.constexpr, VEC_X: tl.constexpr, VEC_DY: tl.constexpr, IN_PLACE: tl.constexpr, FULL_M: tl.constexpr,
+    FULL_N: tl.constexpr, TAIL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One pixel block ``r0 + kr`` of the in-place ``dy`` loop: the ``dy`` tile of every ``g`` in one load
+    (``[BLOCK_R, BLOCK_N·S_OUT]``, contiguous per pixel), split per ``g`` (:func:`_split_channels`), each times its
+    ``x`` tile (rows ``pix_rows[g] + r``, at ``x_rows[g]``) into ``accs[g]``.  ``TAIL``: the block holding the last
+    pixel (rows past ``R_TOTAL`` masked)."""
+    r = r0 + kr
+    dy_at = dy_ptr + tl.multiple_of(r * dy_pixel, VEC_DY)[:, None] + dy_cols[None, :]
+    if TAIL:
+        dya = tl.load(dy_at, mask=(r < R_TOTAL)[:, None] & o_ok[None, :], other=0.0)
+    elif FULL_N:
+        dya = tl.load(dy_at)
+    else:
+        dya = tl.load(dy_at, mask=o_ok[None, :], other=0.0)
+    dy_g = _split_channels(dya, S_OUT, BLOCK_R, BLOCK_N)
+    out = ()
+    for g in tl.static_range(S_OUT):
+        row = tl.load(pix_rows[g] + r)
+        if IN_PLACE:   # -1: the row lies in the padding (or past the last pixel): the zero page
+            row = tl.where(row < 0, zero_delta, row)
+        row = tl.multiple_of(row, VEC_X)
+        if FULL_M:
+            xa = tl.load(x_rows[g] + row[:, None])
+        else:
+            xa = tl.load(x_rows[g] + row[:, None], mask=x_ok[None, :], other=0.0)
+        out = out + (mma(accs[g], tl.trans(xa), dy_g[g], PRECISION, UPCAST),)
+    return out
+
+
+@triton.jit
+def _tree_sum_rows(tile, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """``tile [ROWS, COLS]`` (``ROWS`` a power of two) -> its column sums ``[COLS]``, added in pairs of rows, then
+    pairs of those, ...: the same order whatever the layout (the tuned warps), so the same bits."""
+    for level in tl.static_range(7):
+        if (ROWS >> level) > 1:
+            halves = tl.permute(tl.reshape(tile, ((ROWS >> level) // 2, 2, COLS)), (0, 2, 1))
+            even, odd = tl.split(halves)
+            tile = even + odd
+    return tl.reshape(tile, (COLS,))
+
+
 # Tuned over the output tile (BLOCK_M x BLOCK_N), warps and stages only: the reduction block stays fixed.
 @maybe_autotune(_configs(), key=["R_TOTAL", "M_CH", "O_PAD", "S_IN", "S_OUT", "KH", "KW", "COPIES", "PRECISION"],
                 tiles=dict(BLOCK_M="M_CH", BLOCK_N="O_PAD"),
@@ -63,11 +133,12 @@ def _permute_rows(acc, src, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
                         ACC=lambda a: accumulator(a["x_ptr"].dtype), UPCAST=lambda a: upcast(a["x_ptr"].dtype)))
 @triton.jit
 def _weight_grad_kernel(
-    x_ptr, dy_ptr, pix_ptr, dw_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr,
-    R_TOTAL, R_PER_SPLIT, R_ALLOC, weight_groups, COPIES, stride_x_h, stride_x_w, dil_h, dil_w,
+    x_ptr, dy_ptr, pix_ptr, dw_ptr, bias_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr,
+    R_TOTAL, R_PER_SPLIT, R_ALLOC, weight_groups, COPIES, stride_x_h, stride_x_w, dil_h, dil_w, zero_delta,
     M_CH: tl.constexpr, X_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, VEC_X: tl.constexpr,
-    IN_PLACE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
+    IN_PLACE: tl.constexpr, DY_IN_PLACE: tl.constexpr, VEC_DY: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
     WIDE: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -86,6 +157,10 @@ def _weight_grad_kernel(
     ``IN_PLACE``: ``x`` is the input itself, channels-last ``(B, H, W, groups·X_CH)`` without the padding, and
     ``pix`` is ``(KH·KW, R_ALLOC)`` int64: for window position ``(th, tw)`` the x offset of pixel ``r``'s row, or of
     a zero page (:func:`_in_place_offsets`) where it lies in the padding.  The loop is the same loop.
+    ``DY_IN_PLACE``: ``dy`` is the layers' own ``(B, H_out, W_out, groups·C_OUT_G, S_OUT)``, dense, read in place
+    by :func:`_in_place_dy_loop` (pixel blocks outer, ``g`` inner); ``IN_PLACE`` tables then hold -1 for the zero
+    page, put in by a select in the loop (``zero_delta``).  ``HAS_BIAS`` (with ``DY_IN_PLACE`` only): also the
+    bias gradient's partial sums, ``bias (split, weight_groups, O_PAD)``.
 
     For element ``g`` the x tile is read in its own channel order ``(i, s)`` and multiplied into ``acc_g``; the rows
     are then moved to the weight's order ``(i, u)``, ``s = g·u``, by an in-register gather, once per ``g`` and not
@@ -109,11 +184,40 @@ def _weight_grad_kernel(
     kr = tl.arange(0, BLOCK_R)
     r_start = pid_s * R_PER_SPLIT
     r_stop = tl.minimum(r_start + R_PER_SPLIT, R_ALLOC)   # both multiples of BLOCK_R: every block is whole
-    dy_pixel = S_OUT * O_PAD * COPIES * weight_groups
     if WIDE:
         r_start = r_start.to(tl.int64)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    if DY_IN_PLACE:
+        acc = _in_place_dy_loop(
+            acc, x_ptr, dy_ptr, pix_ptr, bias_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr, R_TOTAL, R_ALLOC, t, wg,
+            weight_groups, COPIES, r_start, r_stop, pid_s, pid_m, pid_n, stride_x_h, stride_x_w, dil_h, dil_w,
+            zero_delta, m, ml, x_ok, o, kr, C_OUT_G, O_PAD, X_CH, S_IN, S_OUT, KW, KPOS, VEC_X, VEC_DY, IN_PLACE,
+            FULL_M, HAS_BIAS, WIDE, PRECISION, UPCAST, ACC, BLOCK_R, BLOCK_M, BLOCK_N)
+    else:
+        acc = _relaid_dy_loop(
+            acc, x_ptr, dy_ptr, pix_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr, R_ALLOC, t, wg, weight_groups,
+            COPIES, r_start, r_stop, stride_x_h, stride_x_w, dil_h, dil_w, m, ml, x_ok, o, kr, O_PAD, X_CH, S_IN,
+            S_OUT, KW, KPOS, VEC_X, IN_PLACE, FULL_M, FULL_N, WIDE, PRECISION, UPCAST, ACC, BLOCK_M, BLOCK_N,
+            BLOCK_R)
+
+    row = pid_s * weight_groups * C_OUT_G + wg * C_OUT_G + o          # row of the (split, C_out) stack
+    dw_off = row.to(tl.int64)[None, :] * (M_CH * KPOS) + (m * KPOS + t)[:, None]
+    tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=m_ok[:, None] & (o < C_OUT_G)[None, :])
+
+
+@triton.jit
+def _relaid_dy_loop(
+    acc, x_ptr, dy_ptr, pix_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr, R_ALLOC, t, wg, weight_groups, COPIES,
+    r_start, r_stop, stride_x_h, stride_x_w, dil_h, dil_w, m, ml, x_ok, o, kr, O_PAD: tl.constexpr,
+    X_CH: tl.constexpr, S_IN: tl.constexpr, S_OUT: tl.constexpr, KW: tl.constexpr, KPOS: tl.constexpr,
+    VEC_X: tl.constexpr, IN_PLACE: tl.constexpr, FULL_M: tl.constexpr, FULL_N: tl.constexpr, WIDE: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """:func:`_weight_grad_kernel`'s sum over a re-laid ``dy (R_ALLOC, groups, S_out, O_PAD)``: ``g`` outer, one
+    accumulator, the pixel blocks inner."""
+    dy_pixel = S_OUT * O_PAD * COPIES * weight_groups
     for copy in range(COPIES):
         grp = wg + copy * weight_groups
         for g in range(S_OUT):
@@ -146,10 +250,74 @@ def _weight_grad_kernel(
             # dw row (i, u) takes acc_g's row (i, g·u)
             src = tl.minimum((ml // S_IN) * S_IN + tl.load(in_index_ptr + g * S_IN + ml % S_IN), BLOCK_M - 1)
             acc += _permute_rows(acc_g, src, BLOCK_M, BLOCK_N)
+    return acc
 
-    row = pid_s * weight_groups * C_OUT_G + wg * C_OUT_G + o          # row of the (split, C_out) stack
-    dw_off = row.to(tl.int64)[None, :] * (M_CH * KPOS) + (m * KPOS + t)[:, None]
-    tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=m_ok[:, None] & (o < C_OUT_G)[None, :])
+
+@triton.jit
+def _in_place_dy_loop(
+    acc, x_ptr, dy_ptr, pix_ptr, bias_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr, R_TOTAL, R_ALLOC, t, wg,
+    weight_groups, COPIES, r_start, r_stop, pid_s, pid_m, pid_n, stride_x_h, stride_x_w, dil_h, dil_w, zero_delta,
+    m, ml, x_ok, o, kr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr, X_CH: tl.constexpr, S_IN: tl.constexpr,
+    S_OUT: tl.constexpr, KW: tl.constexpr, KPOS: tl.constexpr, VEC_X: tl.constexpr, VEC_DY: tl.constexpr,
+    IN_PLACE: tl.constexpr, FULL_M: tl.constexpr, HAS_BIAS: tl.constexpr, WIDE: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """:func:`_weight_grad_kernel`'s sum over ``dy`` read in place, ``(B, H, W, groups, C_out, S_out)`` dense:
+    the pixel blocks outer, every ``g`` inner (:func:`_in_place_dy_block`), one accumulator per ``g``, moved to the
+    weight's row order once at the end.  ``HAS_BIAS``: the programs of the first channel block and window
+    position also write the column sums of their ``dy`` range, ``bias[pid_s, wg, o]``."""
+    FULL_N: tl.constexpr = C_OUT_G % BLOCK_N == 0
+    dy_pixel = S_OUT * C_OUT_G * COPIES * weight_groups
+    dy_cols = pid_n * (BLOCK_N * S_OUT) + tl.arange(0, BLOCK_N * S_OUT)     # (o, g) of the channel group
+    col_ok = dy_cols < C_OUT_G * S_OUT
+    r_body = tl.minimum(r_stop, (R_TOTAL // BLOCK_R) * BLOCK_R)             # the whole blocks of real pixels
+    tail = (R_TOTAL % BLOCK_R != 0) & (r_body >= r_start) & (r_body < r_stop)
+    accs = ()
+    for g in tl.static_range(S_OUT):
+        accs = accs + (tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC),)
+    for copy in range(COPIES):
+        grp = wg + copy * weight_groups
+        x_rows = ()
+        pix_rows = ()
+        for g in tl.static_range(S_OUT):
+            th = tl.load(pos_dh_ptr + g * KPOS + t)
+            tw = tl.load(pos_dw_ptr + g * KPOS + t)
+            if WIDE:
+                th, tw = th.to(tl.int64), tw.to(tl.int64)
+            if IN_PLACE:
+                x_rows = x_rows + (x_ptr + tl.multiple_of(grp * X_CH + m, VEC_X)[None, :],)
+                pix_rows = pix_rows + (pix_ptr + (th * KW + tw) * R_ALLOC,)
+            else:
+                shift = (th * dil_h) * stride_x_h + (tw * dil_w) * stride_x_w
+                x_rows = x_rows + (x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :],)
+                pix_rows = pix_rows + (pix_ptr,)
+        cols = tl.multiple_of(grp * (C_OUT_G * S_OUT) + dy_cols, VEC_DY)
+        for r0 in range(r_start, r_body, BLOCK_R):
+            accs = _in_place_dy_block(accs, r0, x_rows, pix_rows, dy_ptr, cols, dy_pixel, zero_delta, R_TOTAL, x_ok,
+                                      col_ok, kr, S_OUT, VEC_X, VEC_DY, IN_PLACE, FULL_M, FULL_N, False, PRECISION,
+                                      UPCAST, BLOCK_R, BLOCK_N)
+        if tail:
+            accs = _in_place_dy_block(accs, r_body, x_rows, pix_rows, dy_ptr, cols, dy_pixel, zero_delta, R_TOTAL,
+                                      x_ok, col_ok, kr, S_OUT, VEC_X, VEC_DY, IN_PLACE, FULL_M, FULL_N, True,
+                                      PRECISION, UPCAST, BLOCK_R, BLOCK_N)
+    for g in tl.static_range(S_OUT):   # dw row (i, u) takes accs[g]'s row (i, g·u)
+        src = tl.minimum((ml // S_IN) * S_IN + tl.load(in_index_ptr + g * S_IN + ml % S_IN), BLOCK_M - 1)
+        acc += _permute_rows(accs[g], src, BLOCK_M, BLOCK_N)
+
+    if HAS_BIAS:
+        if (pid_m == 0) & (t == 0):
+            sums = tl.zeros((BLOCK_R, BLOCK_N * S_OUT), dtype=ACC)
+            for copy in range(COPIES):
+                cols = (wg + copy * weight_groups) * (C_OUT_G * S_OUT) + dy_cols
+                for r0 in range(r_start, tl.minimum(r_stop, R_TOTAL), BLOCK_R):
+                    r = r0 + kr
+                    sums += tl.load(dy_ptr + (r * dy_pixel)[:, None] + cols[None, :],
+                                    mask=(r < R_TOTAL)[:, None] & col_ok[None, :], other=0.0).to(ACC)
+            per_column = _tree_sum_rows(sums, BLOCK_R, BLOCK_N * S_OUT)                        # (o, g)
+            per_o = _tree_sum_rows(tl.trans(tl.reshape(per_column, (BLOCK_N, S_OUT))), S_OUT, BLOCK_N)
+            tl.store(bias_ptr + (pid_s * weight_groups + wg) * O_PAD + o, per_o, mask=o < O_PAD)
+    return acc
 
 
 # ----------------------------------------------------------------------------------------------- launcher
@@ -175,21 +343,21 @@ def _build_window_offsets(spec, sb: int, sh: int, sw: int, rows: int, wide: bool
 
 def _in_place_offsets(x_cl: torch.Tensor, spec, rows: int) -> tuple[torch.Tensor, int]:
     """``(table, delta)``: ``table (kh·kw, rows)`` int64, for window position ``(th, tw)`` the offset in ``x_cl``
-    (the input read in place, channels-last, no halo) of output pixel ``r``'s input pixel, and ``delta``, the offset
-    of a zero page (one pixel of zeros) from ``x_cl``, where that pixel lies in the padding or ``r`` past the last
-    pixel: a table load and an address, no mask, per row in the loop.  The geometry part is built once
-    (:func:`~._common.geometry_table`): returned as ``(table, padding, delta)``, ``padding (kh·kw, rows)`` bool
-    where the zero page's offset goes; resolving it against this call's addresses is done by the launch that
-    re-lays ``dy`` (:func:`~.group_conv_layouts.relayout_dy`), ``where(padding, delta, table)``."""
+    (the input read in place, channels-last, no halo) of output pixel ``r``'s input pixel, -1 where that pixel lies
+    in the padding or ``r`` past the last pixel, and ``delta``, the offset of a zero page (one pixel of zeros) from
+    ``x_cl``, which the -1 entries stand for.  The table is geometry only, built once
+    (:func:`~._common.geometry_table`); the ``where(table < 0, delta, table)`` against this call's addresses is done
+    by the launch that re-lays ``dy`` (:func:`~.group_conv_layouts.relayout_dy`), or in the loop where ``dy`` is
+    read in place (no re-layout launch to put it in)."""
     sb, sh, sw = x_cl.stride()[:3]
     key = ("in_place_offsets", spec.batch, spec.height, spec.width, spec.out_height, spec.out_width, *spec.stride,
            *spec.dilation, spec.padding[0], spec.padding[2], *spec.kernel, sb, sh, sw, rows, x_cl.device)
-    table, padding = geometry_table(key, lambda: _build_in_place_offsets(spec, sb, sh, sw, rows, x_cl.device))
+    table = geometry_table(key, lambda: _build_in_place_offsets(spec, sb, sh, sw, rows, x_cl.device))
     zeros = zero_page(x_cl.shape[-1], x_cl.dtype, x_cl.device)
     delta, rest = divmod(zeros.data_ptr() - x_cl.data_ptr(), x_cl.element_size())
     if rest:   # every tensor starts element-aligned, and the zero page 256-byte aligned
         raise RuntimeError(f"x: data pointer {x_cl.data_ptr():#x} is not aligned to its element size")
-    return table, padding, delta
+    return table, delta
 
 
 def zero_page(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -202,7 +370,7 @@ def zero_page(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Ten
 
 
 def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: torch.device):
-    """:func:`_in_place_offsets`'s table with 0 where the zero page's offset goes, and where that is (bool)."""
+    """:func:`_in_place_offsets`'s table."""
     (kh, kw), (st_h, st_w), (dl_h, dl_w) = spec.kernel, spec.stride, spec.dilation
     ih = (torch.arange(spec.out_height, device=dev)[None, :] * st_h - spec.padding[0]
           + torch.arange(kh, device=dev)[:, None] * dl_h)                                  # (kh, H_out)
@@ -212,20 +380,40 @@ def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: tor
               & ((iw >= 0) & (iw < spec.width))[None, :, None, None, :])                  # (kh, kw, 1, H_out, W_out)
     off = (torch.arange(spec.batch, device=dev)[None, None, :, None, None] * sb
            + ih[:, None, None, :, None] * sh + iw[None, :, None, None, :] * sw)           # (kh, kw, B, H_out, W_out)
-    table = torch.zeros((kh * kw, rows), device=dev, dtype=torch.int64)
-    padding = torch.ones((kh * kw, rows), device=dev, dtype=torch.bool)
-    table[:, :off[0, 0].numel()] = torch.where(inside, off, 0).reshape(kh * kw, -1)
-    padding[:, :off[0, 0].numel()] = ~inside.expand_as(off).reshape(kh * kw, -1)
-    return table, padding
+    table = torch.full((kh * kw, rows), -1, device=dev, dtype=torch.int64)
+    table[:, :off[0, 0].numel()] = torch.where(inside, off, -1).reshape(kh * kw, -1)
+    return table
+
+
+# The in-place dy loop keeps S_out accumulators and S_out x tiles per pipeline stage: measured (perf.static,
+# docs/kernels.md) fewer hot-loop instructions per MAC than the re-laid loop for p4 with up to 16 output channels
+# (bf16, tf32, fp64), more for p4m (and its tf32 tiles overflow shared memory), wherever wider output tiles pay,
+# and for fp32 without tf32 (no MMA: every config spills).
+DY_IN_PLACE_MAX_S_OUT = 4
+DY_IN_PLACE_MAX_CHANNELS = 16
+
+
+def reads_dy_in_place(dy: torch.Tensor, spec) -> bool:
+    """Whether :func:`_weight_grad_kernel` reads ``dy (B, groups·C_out, S_out, H_out, W_out)`` in place: stored
+    densely ``(B, H_out, W_out, groups·C_out, S_out)``, ``S_out`` a power of two (its channels split into one tile
+    per group element in registers) up to ``DY_IN_PLACE_MAX_S_OUT``, ``C_out`` (padded to 8) up to
+    ``DY_IN_PLACE_MAX_CHANNELS``, and an MMA dtype (not fp32 without tf32): where that loop is measured cheaper
+    than the re-layout's."""
+    full_fp32 = dy.dtype == torch.float32 and dot_precision(dy.dtype) == "ieee"
+    return (spec.s_out in (1, 2, 4, 8) and spec.s_out <= DY_IN_PLACE_MAX_S_OUT
+            and vector_padding(spec.out_channels) <= DY_IN_PLACE_MAX_CHANNELS and not full_fp32
+            and dy.permute(0, 3, 4, 1, 2).is_contiguous())
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None, with_bias: bool = False):
     """``dy`` and the 5-D input ``x`` -> ``dw`` of ``weight_shape`` (fp32 accumulation, then x's dtype); with
     ``with_bias``, ``(dw, db)``, ``db`` the bias gradient ``(weight_groups·C_out,)`` from the same launches.
 
-    ``dy`` is re-laid ``(B·H_out·W_out, groups, S_out, C_out padded to 8)``, rounded up to whole pixel blocks with
-    zeros, in one launch that also writes the bias gradient's partial sums
-    (:func:`~.group_conv_layouts.relayout_dy`); ``x`` is read from a zero-halo channels-last copy: ``x_copy``, the
+    ``dy`` stored ``(B, H_out, W_out, groups·C_out, S_out)`` (the layout every layer of the package hands on) is
+    read in place (:func:`reads_dy_in_place`), the bias gradient's partial sums written by the same launch; else it
+    is re-laid ``(B·H_out·W_out, groups, S_out, C_out padded to 8)``, rounded up to whole pixel blocks with zeros,
+    in one launch that also writes the bias gradient's partial sums (:func:`~.group_conv_layouts.relayout_dy`).
+    ``x`` is read from a zero-halo channels-last copy: ``x_copy``, the
     one :func:`~.group_conv.forward` made, when given, else :func:`~.group_conv.halo_channels_last` (a copy unless
     unpadded and channels-last already), with a narrow lifting input padded to 8 channels.  The split's partial
     sums and the bias's are added up by one more launch (:func:`~.group_conv_layouts.finish_weight_grad`), none
@@ -263,10 +451,15 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
             raise ValueError(f"x_copy: expected forward's copy of x, shape ({', '.join(map(str, expected))}, "
                              f"groups·channels >= {spec.groups * m_ch}) with unit channel stride, got shape "
                              f"{tuple(x_copy.shape)} strides {x_copy.stride()}")
-    # dy re-laid, the bias's partial sums and the in-place row table resolved: one launch
-    dy_go, bias_part, rows = relayout_dy(dy, spec, r_alloc, o_pad, with_bias, in_place_rows)
+    dy_in_place = reads_dy_in_place(dy, spec)
+    if dy_in_place:   # the bias's partial sums: one row per split, written by the weight gradient's launch
+        dy_go, rows = dy, (in_place_rows[0] if in_place else None)
+        bias_part = (dy.new_empty((split, spec.weight_groups, 1, o_pad),
+                                  dtype=torch.promote_types(dy.dtype, torch.float32)) if with_bias else None)
+    else:   # dy re-laid, the bias's partial sums and the in-place row table resolved: one launch
+        dy_go, bias_part, rows = relayout_dy(dy, spec, r_alloc, o_pad, with_bias, in_place_rows)
     if in_place:
-        pix, zero_delta = rows, in_place_rows[2]
+        pix, zero_delta = rows, in_place_rows[1]
     else:
         pix, zero_delta = _window_offsets(x_cl, spec, r_alloc, needs_int64(x_cl, dy_go)), 0
 
@@ -275,12 +468,13 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
         return (cdiv(m_ch, rows), cdiv(o_pad, meta["BLOCK_N"]), kh * kw * spec.weight_groups * split)
 
     _weight_grad_kernel[grid](
-        x_cl, dy_go, pix, partial, in_index, pos_dh, pos_dw,
+        x_cl, dy_go, pix, partial, bias_part if dy_in_place and with_bias else partial, in_index, pos_dh, pos_dw,
         r_total, r_per_split, r_alloc, spec.weight_groups, spec.groups // spec.weight_groups,
-        *x_cl.stride()[1:3], *spec.dilation,
+        *x_cl.stride()[1:3], *spec.dilation, zero_delta,
         M_CH=m_ch, X_CH=x_ch, C_OUT_G=c_out, O_PAD=o_pad, S_IN=spec.s_in, S_OUT=spec.s_out, KH=kh, KW=kw,
         VEC_X=vector_width(x.element_size(), *x_cl.stride()[:3], x_ch, zero_delta), IN_PLACE=in_place,
-        PRECISION=dot_precision(x.dtype),
+        DY_IN_PLACE=dy_in_place, VEC_DY=vector_width(dy.element_size(), c_out * spec.s_out),
+        HAS_BIAS=dy_in_place and with_bias, PRECISION=dot_precision(x.dtype),
         BLOCK_R=block_r, **interpreter_config(INTERPRETER_CONFIG))
     dw, db = finish_weight_grad(partial, x.dtype, bias_part, spec)
     return (dw, db) if with_bias else dw

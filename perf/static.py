@@ -213,6 +213,20 @@ def _weight_grad(layer: Layer, dtype) -> None:
                         layer.weight_shape(), with_bias=True)
 
 
+def _package_layout(shape, dtype) -> torch.Tensor:
+    """A ``(B, C, S, H, W)`` tensor stored ``(B, H, W, C, S)``: the layout every layer of the package hands on."""
+    b, c, s, h, w = shape
+    return _meta((b, h, w, c, s), dtype).permute(0, 3, 4, 1, 2)
+
+
+def _weight_grad_package(layer: Layer, dtype) -> None:
+    """:func:`_weight_grad` with ``x`` and ``dy`` in the package's layout, as a layer between two others meets them
+    (``x`` read in place where ``reads_in_place`` says so; ``dy`` too where the kernel can)."""
+    kernels.weight_grad(_package_layout(_output_shape(layer.spec()), dtype),
+                        _package_layout(layer.input_shape(), dtype), layer.spec(), layer.weight_shape(),
+                        with_bias=True)
+
+
 def _tap(kernel: str, tap: str, reduce: str) -> Callable[[Layer, torch.dtype], None]:
     """A tap-convolution kernel (``kernels/tap_conv.py``) on the layer's shapes: ``adder``/sum (AdderNet) or
     ``add``/max (max-plus), the two families whose kernels differ (a sum, or an arg-extreme index)."""
@@ -279,6 +293,7 @@ ROLES = {
                                    s.batch * s.out_height * s.out_width, s.groups),
                         split_reduction=True),
 }
+ROLES["weight_grad_package"] = dataclasses.replace(ROLES["weight_grad"], run=_weight_grad_package)
 # The tap convolutions (no tl.dot: compiled for their registers and spills; their bytes beside the same GEMM's).
 for _name, _tap_args in (("adder", ("adder", "sum")), ("maxplus", ("add", "max"))):
     for _kernel in ("forward", "input_grad", "weight_grad"):

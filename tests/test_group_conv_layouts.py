@@ -152,19 +152,18 @@ def test_weight_grad_dy_relayout_equals_the_torch_copy(groups, c_out, size, chan
 
 def test_dy_relayout_resolves_the_in_place_table_in_the_same_launch():
     """With an input read in place, the launch that re-lays ``dy`` also writes the weight gradient's row table,
-    ``where(padding, zero_delta, table)`` (``(kh·kw, R_alloc)`` int64): no launch of its own."""
-    dy = _input((2, 3, 4, 5, 7), True)
+    ``where(table < 0, zero_delta, table)`` (``(kh·kw, R_alloc)`` int64, -1 in the padding): no launch of its own."""
+    dy = _input((2, 3, 4, 5, 7), False)
     spec = _dy_spec(dy, 1, 3)
     r_alloc = _common.round_up(2 * 5 * 7, 64)
     gen = torch.Generator().manual_seed(3)
-    table = torch.randint(-2**40, 2**40, (9, r_alloc), generator=gen)
-    padding = torch.rand((9, r_alloc), generator=gen) < 0.3
+    table = torch.randint(0, 2**40, (9, r_alloc), generator=gen)
+    table[torch.rand((9, r_alloc), generator=gen) < 0.3] = -1
     delta = -(2**35) - 5
     with triton_backend():
-        (_, _, rows), names = _launches(lambda: layouts.relayout_dy(dy, spec, r_alloc, 8, False,
-                                                                    (table, padding, delta)))
+        (_, _, rows), names = _launches(lambda: layouts.relayout_dy(dy, spec, r_alloc, 8, False, (table, delta)))
     assert names == ["group_conv_layouts._dy_relayout_kernel"]
-    assert rows.equal(torch.where(padding, delta, table))
+    assert rows.equal(torch.where(table < 0, delta, table))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

@@ -647,6 +647,72 @@ def test_weight_grad_takes_dy_in_either_layout(dy_layout, groups, c_out, size):
     assert_close(dw, want, torch.float32, "weight grad")
 
 
+@pytest.mark.parametrize("group, in_group, c_in, c_out, k, stride, padding, dilation, groups, shared, x_layout, size, "
+                         "dtype", [
+    ("p4", "p4", 3, 5, 3, 1, 1, 1, 1, False, CL, (2, 5, 7), torch.float32),      # x in place too: the zero page
+    ("p4", "p4", 2, 7, 3, 1, 0, 1, 1, False, CONTIG, (2, 6, 5), torch.bfloat16),  # no padding: the corner table
+    ("p4m", "p4m", 2, 3, 3, 2, 2, 1, 1, False, CL, (1, 9, 7), torch.float64),     # stride 2, padding 2, S_out 8
+    ("p4m", "p4m", 3, 2, 3, 1, 1, 2, 1, False, CONTIG, (1, 7, 9), torch.float32), # dilation 2, a halo copy of x
+    ("p4", "z2", 3, 11, 3, 1, 1, 1, 1, False, CONTIG, (2, 5, 6), torch.float32),  # lifting: 3 channels padded to 8
+    ("p4m", "z2", 16, 3, 3, 1, 1, 1, 1, False, CL, (1, 6, 5), torch.bfloat16),    # lifting read in place
+    ("p4", "p4", 2, 3, 3, 1, 1, 1, 3, False, CL, (2, 5, 7), torch.float32),       # groups 3
+    ("p4", "p4", 4, 13, 1, 1, 0, 1, 2, True, CONTIG, (1, 5, 5), torch.float64),   # 1x1, a slice shared by 2 groups
+    ("p4m", "p4m", 2, 17, 3, 1, 1, 1, 1, False, CL, (3, 7, 11), torch.bfloat16),  # 231 pixels: ragged, prime C_out
+], ids=lambda v: short(v) if not isinstance(v, torch.dtype) else str(v).split(".")[-1])
+def test_weight_grad_reads_dy_in_place(monkeypatch, group, in_group, c_in, c_out, k, stride, padding, dilation,
+                                       groups, shared, x_layout, size, dtype):
+    """``dy`` stored ``(B, H, W, C, S)``, as every layer of the package hands it on, is read in place by the
+    weight-gradient launch (no re-layout of ``dy``), which also writes the bias gradient's partial sums: ``dw`` and
+    ``db`` are the float64 reference's.  The loop is forced where the launcher keeps the re-layout (p4m, more than
+    16 output channels: measured costlier there)."""
+    from gconv_triton.ops.group_conv import bias_grad
+
+    def no_relayout(*args, **kwargs):
+        raise AssertionError("dy was re-laid")
+    monkeypatch.setattr(wgrad, "relayout_dy", no_relayout)
+    monkeypatch.setattr(wgrad, "DY_IN_PLACE_MAX_S_OUT", 8)
+    monkeypatch.setattr(wgrad, "DY_IN_PLACE_MAX_CHANNELS", 1024)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    b, h, w = size
+    s_in, s_out = order_of(in_group), order_of(group)
+    x = randn((b, groups * c_in, s_in, h, w), dtype, x_layout)
+    weight_groups = 1 if shared else groups
+    weight = randn((weight_groups * c_out, c_in, s_in, k, k), dtype)
+    spec = make_spec(x, weight, None, group=group, in_group=in_group, stride=stride, padding=padding,
+                     dilation=dilation, groups=groups, shared_weight=shared)
+    dy = randn((b, groups * c_out, s_out, spec.out_height, spec.out_width), dtype, CL)
+    assert wgrad.reads_dy_in_place(dy, spec)
+    with triton_backend():
+        dw, db = kernels.weight_grad(dy, x, spec, tuple(weight.shape), with_bias=True)
+    want = bank_conv_weight_grad(dy.cpu().double(), x.cpu().double(), spec, tuple(weight.shape))
+    assert_close(dw, want, dtype, "weight grad")
+    assert_close(db, bias_grad(dy.cpu().double(), groups, weight_groups), dtype, "bias grad")
+
+
+def test_weight_grad_re_lays_dy_only_where_it_cannot_read_it_in_place(monkeypatch):
+    """A p4 layer's ``dy`` with up to 16 output channels is read in place; a channels-first one (the loss's), a
+    strided view, a group whose ``S_out`` is not a power of two, p4m, wider layers and fp32 without tf32 (where
+    the in-place loop is measured costlier) are re-laid first."""
+    def spec_for(group, c_out):
+        s_out = order_of(group)
+        return make_spec(torch.empty(2, 3, s_out, 5, 7), torch.empty(c_out, 3, s_out, 3, 3), None, group=group,
+                         in_group=group, stride=1, padding=1, dilation=1, groups=1)
+
+    spec = spec_for("p4", 12)
+    dy = randn((2, 12, 4, 5, 7), layout=CL)
+    assert wgrad.reads_dy_in_place(dy, spec)
+    assert wgrad.reads_dy_in_place(randn((2, 16, 4, 5, 7), layout=CL), spec_for("p4", 16))
+    assert not wgrad.reads_dy_in_place(randn((2, 17, 4, 5, 7), layout=CL), spec_for("p4", 17))
+    assert not wgrad.reads_dy_in_place(randn((2, 12, 8, 5, 7), layout=CL), spec_for("p4m", 12))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)   # fp32 without tf32: no MMA, re-laid
+    assert not wgrad.reads_dy_in_place(dy, spec) and wgrad.reads_dy_in_place(dy.double(), spec)
+    assert not wgrad.reads_dy_in_place(randn((2, 6, 4, 5, 7)), spec)
+    assert not wgrad.reads_dy_in_place(dy[:, :6], spec)           # every pixel's channels no longer dense
+    c3 = make_spec(torch.empty(2, 3, 3, 5, 7), torch.empty(6, 3, 3, 3, 3), None, group="c3", in_group="c3",
+                   stride=1, padding=1, dilation=1, groups=1)
+    assert not wgrad.reads_dy_in_place(randn((2, 6, 3, 5, 7), layout=CL), c3)
+
+
 def _spy_on_halo_copies(monkeypatch) -> list:
     """The shapes of the inputs :func:`halo_channels_last` copies from now on (not those it returns as views)."""
     copies = []
@@ -726,13 +792,13 @@ def test_in_place_offsets_point_the_padding_at_a_zero_page():
     spec = make_spec(x, torch.empty(2, 3, 4, 3, 3), None, group="p4", in_group="p4", stride=1, padding=1,
                      dilation=1, groups=1)
     x_cl = _common.channels_last(x)
-    geometry, padding, delta = wgrad._in_place_offsets(x_cl, spec, 64)
-    assert geometry.shape == padding.shape == (9, 64) and geometry.dtype == torch.int64
+    geometry, delta = wgrad._in_place_offsets(x_cl, spec, 64)
+    assert geometry.shape == (9, 64) and geometry.dtype == torch.int64
     assert wgrad._in_place_offsets(x_cl, spec, 64)[0] is geometry   # cached per geometry
-    # resolved against this call's zero page by the launch that re-lays dy, in that launch
+    # -1 in the padding: resolved against this call's zero page by the launch that re-lays a channels-first dy
     dy = torch.randn(2, 2, 4, 5, 6)
-    table = relayout_dy(dy, spec, 64, 8, False, (geometry, padding, delta))[2]
-    assert table.equal(torch.where(padding, delta, geometry))
+    table = relayout_dy(dy, spec, 64, 8, False, (geometry, delta))[2]
+    assert table.equal(torch.where(geometry < 0, delta, geometry)) and geometry[:, 60:].eq(-1).all()
     zeros = wgrad.zero_page(12, x.dtype, x.device)
     assert zeros.data_ptr() - x_cl.data_ptr() == delta * x.element_size() and zeros.eq(0).all()
     # position (0, 0) of output pixel (b=0, 0, 0) lies in the padding; position (1, 1) is pixel (0, 0) itself

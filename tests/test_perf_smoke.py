@@ -452,6 +452,20 @@ def test_launches_a_channels_last_layer_step_copies_no_x():
     ], names
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_launches_a_layer_between_layers_re_lays_no_dy(layout):
+    """P4CNN, one steady training step on the kernel path: the group-conv layers after the first get ``dy`` from
+    another layer of the package, in its ``(B, H, W, C, S)`` layout, and the weight gradient reads it in place:
+    no re-layout of ``dy``, and per layer the one launch outside the GEMMs in the backward adds up the bias
+    gradient's partial sums."""
+    step = launches.measure("p4cnn", "kernel", layout, batch=2, size=8)
+    assert not [r for r in step["records"] if r["name"] == "group_conv_layouts._dy_relayout_kernel"]
+    for layer in ("features.2", "features.5"):
+        names = [(r["phase"], r["name"]) for r in step["records"] if r["layer"] == layer and not r["gemm"]]
+        assert names == [("forward", "group_conv_layouts._permute_weight_kernel"),
+                         ("backward", "group_conv_layouts._finish_kernel")], (layer, names)
+
+
 def test_python_m_perf_steerable_prints_both_tables(tmp_path, capsys):
     pytest.importorskip("e2cnn")
     from perf import steerable
