@@ -318,31 +318,12 @@ def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
 
 
 @triton.jit
-def _store_direct(y_ptr, column, pixel, values):
-    """``y[column (N,) + pixel (M,)] = values (N × M)``, unmasked, each thread storing its own elements of the
-    tile as the dot left them (a ``tl.store`` would first move them through shared memory into a layout whose
-    stores are coalesced, which costs more instructions than it saves where the elements are 2 or 4 bytes at no
-    known alignment).  The offsets in int64: a thread's elements of one row share a base register."""
-    ptrs = y_ptr + (column.to(tl.int64)[:, None] + pixel.to(tl.int64)[None, :])
-    BITS: tl.constexpr = values.dtype.primitive_bitwidth
-    if BITS == 16:
-        tl.inline_asm_elementwise("st.global.b16 [$1], $2;", "=r,l,h", [ptrs, values.to(tl.int16, bitcast=True)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-    elif BITS == 32:
-        tl.inline_asm_elementwise("st.global.b32 [$1], $2;", "=r,l,r", [ptrs, values.to(tl.int32, bitcast=True)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-    else:
-        tl.inline_asm_elementwise("st.global.b64 [$1], $2;", "=r,l,l", [ptrs, values.to(tl.int64, bitcast=True)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _forward_lifting_kernel(xw_ptr, c_ptr, bias_ptr, psi_ptr, corner_ptr, y_ptr,
                             NB, C_OUT, HW, TILES_PER_IMAGE, TILES, sxn, sxh, dil_h, sco, sci, scb,
                             C_IN: tl.constexpr, C_PAD: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr,
                             KW_PAD: tl.constexpr, NBASIS: tl.constexpr, K_PAD: tl.constexpr, B_PAD: tl.constexpr,
                             P_PAD: tl.constexpr, FULL_TILES: tl.constexpr, HAS_BIAS: tl.constexpr,
-                            BIAS_IN_DOT: tl.constexpr, DIRECT_STORE: tl.constexpr, PRECISION: tl.constexpr,
+                            BIAS_IN_DOT: tl.constexpr, PRECISION: tl.constexpr,
                             UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     """A lifting layer (``S_in = 1``) whose whole reduction ``K = (kh, i, kw)`` (``k × C_PAD × KW_PAD``, padded to
@@ -403,11 +384,7 @@ def _forward_lifting_kernel(xw_ptr, c_ptr, bias_ptr, psi_ptr, corner_ptr, y_ptr,
         acc = mma(tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC), w, tl.trans(xs), PRECISION, UPCAST)
         # the tile's offset into y is one scalar: the (column, pixel) offsets stay out of the loop
         ADD_BIAS: tl.constexpr = HAS_BIAS and not BIAS_IN_DOT
-        if FULL_TILES and DIRECT_STORE:
-            if ADD_BIAS:
-                acc += bias[:, None]
-            _store_direct(y_ptr + (image_n * image + start), column, pixels, acc.to(y_ptr.dtype.element_ty))
-        elif FULL_TILES:
+        if FULL_TILES:
             _store_joint(acc, y_ptr + (image_n * image + start), column, bias, pixels, None, ADD_BIAS, True)
         else:
             _store_joint(acc, y_ptr + image_n * image, column, bias, pixels, (pixels < HW)[None, :], ADD_BIAS, True)
@@ -1002,7 +979,7 @@ def _forward_lifting(x, coefficients, bias, tables, index, y, k: int, geometry: 
         tiles, (h + 2 * ph) * wo * c_in, wo * c_in, dh, coefficients.stride(0), coefficients.stride(1),
         coefficients.stride(3), C_IN=c_in, C_PAD=next_power_of_2(c_in), S_OUT=s_out, KSIZE=k, KW_PAD=kw_pad,
         NBASIS=basis, K_PAD=_lifting_k_pad(c_in, k), B_PAD=b_pad, P_PAD=p_pad, FULL_TILES=ho * wo >= cfg["BLOCK_M"],
-        HAS_BIAS=bias is not None, BIAS_IN_DOT=bias_in_dot, DIRECT_STORE=not INTERPRET, **args,
+        HAS_BIAS=bias is not None, BIAS_IN_DOT=bias_in_dot, **args,
         **cfg)
 
 
