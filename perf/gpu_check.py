@@ -1,8 +1,9 @@
 """``make gpu-check`` (``python -m perf.gpu_check``): everything worth checking on a machine with one CUDA GPU, in
 under 8 minutes, written to ``perf/results/<gpu>-<date>.gpu-check.{json,md,log}``.
 
-1. compile: one forward and backward of every kernel (the ``perf.static`` sample layers, every dtype) with timing
-   off, so each autotuned kernel compiles every config it could keep for real and keeps those that fit;
+1. compile: one forward and backward of every kernel (the ``perf.static`` sample layers and two small steerable
+   C8 / D8 networks, every dtype) with timing off, so each autotuned kernel compiles every config it could keep
+   for real and keeps those that fit;
 2. tests: the test suite's CUDA subset (fp32, tf32, fp16, bf16: the float64 cases are left out);
 3. memcheck: ``compute-sanitizer --tool memcheck`` over step 1 in bf16 and fp32, when it is installed;
 4. perf: ``python -m perf --quick`` within a time budget (it writes ``perf/results/<gpu>-<date>.{json,md,png}``).
@@ -32,7 +33,13 @@ BUDGET_S = 8 * 60
 LIMITS = dict(compile=100, tests=200, memcheck=60, perf=110)
 DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp64")
 CUDA_TESTS = ["tests/test_kernels.py", "tests/test_modules.py", "tests/test_layers.py", "tests/test_amp.py",
-              "tests/test_determinism.py", "tests/test_edge_cases.py", "tests/test_user_groups.py"]
+              "tests/test_determinism.py", "tests/test_edge_cases.py", "tests/test_user_groups.py",
+              "tests/test_steerable_kernels.py"]
+#: (name, group, input channels, [(out channels, k), ...], map size) of the steerable networks step 1 runs: a lifting
+#: layer then regular ones, so that the regular layers read the package's layout as a network's do (odd sizes:
+#: the strided layer stays exactly equivariant)
+STEERABLE_SAMPLE = [("c8 mnist-like", "c8", 1, [(4, 7), (4, 5), (3, 3)], 29),
+                    ("d8 rgb", "d8", 3, [(2, 5), (2, 3)], 17)]
 NO_FLOAT64 = "not float64 and not fp64 and not double"
 
 
@@ -68,7 +75,38 @@ def exercise(dtypes: Sequence[str]) -> list[dict]:
                        if t.last_config is not None}
             out.append(dict(layer=layer.name, dtype=name, status=status, seconds=round(time.monotonic() - start, 2),
                             configs=configs))
+    for label, group, c_in, widths, size in STEERABLE_SAMPLE:
+        for name in dtypes:
+            dtype, tf32 = ALL_DTYPES[name]
+            start = time.monotonic()
+            try:
+                with tf32_setting(tf32), backend("triton"):
+                    net = steerable_network(group, c_in, widths).to(device="cuda", dtype=dtype)
+                    x = torch.randn(2, c_in, size, size, device="cuda", dtype=dtype, requires_grad=True)
+                    y = net(x)
+                    y.backward(torch.randn_like(y))
+                    torch.cuda.synchronize()
+                status = "ok"
+            except Exception as err:  # noqa: BLE001  (recorded: the check goes on)
+                status = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            out.append(dict(layer=label, dtype=name, status=status, seconds=round(time.monotonic() - start, 2),
+                            configs={}))
     return out
+
+
+def steerable_network(group: str, in_channels: int, widths):
+    """A lifting ``GroupConv2d`` on ``group`` then regular ones, ``widths = [(out_channels, k), ...]``, each padded
+    ``k // 2`` with a bias (the second layer strided by 2)."""
+    import torch
+
+    import gconv_triton as gt
+
+    layers, c, in_group = [], in_channels, "z2"
+    for i, (c_out, k) in enumerate(widths):
+        layers.append(gt.GroupConv2d(c, c_out, k, group=group, in_group=in_group, padding=k // 2,
+                                     stride=2 if i == 1 else 1))
+        c, in_group = c_out, group
+    return torch.nn.Sequential(*layers)
 
 
 def run_step(name: str, cmd: list[str], limit_s: float, log, env: Optional[dict] = None) -> dict:

@@ -45,3 +45,19 @@ def test_steps_are_limited_in_time_and_failures_recorded():
 def test_gpu_slug():
     assert gpu_check.gpu_slug("NVIDIA H200") == "nvidia-h200"
     assert gpu_check.gpu_slug("NVIDIA A100-SXM4-80GB") == "nvidia-a100-sxm4-80gb"
+
+
+def test_steerable_networks_of_step_1_build_and_run():
+    """Step 1's steerable networks (a lifting layer, then regular ones reading the package's layout) run; here on
+    the reference path, on a GPU through the kernels."""
+    from gconv_triton import backend
+
+    for _, group, c_in, widths, size in gpu_check.STEERABLE_SAMPLE:
+        net = gpu_check.steerable_network(group, c_in, widths)
+        x = torch.randn(1, c_in, size, size, requires_grad=True)
+        with backend("torch"):
+            y = net(x)
+        y.sum().backward()
+        order = net[-1].group.order
+        assert y.shape == (1, widths[-1][0], order, (size + 1) // 2, (size + 1) // 2)
+        assert x.grad is not None and all(p.grad is not None for p in net.parameters())
