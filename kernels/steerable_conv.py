@@ -336,9 +336,8 @@ def _forward_lifting_kernel(xw_ptr, c_ptr, bias_ptr, psi_ptr, corner_ptr, y_ptr,
     ``corner[m]`` (``TILES_PER_IMAGE·BLOCK_M`` entries): the window corner of an image's pixel ``min(m, HW - 1)``
     in those units.  A tile lies in one image: tile ``j`` of an image covers its pixels from ``min(j·BLOCK_M, HW -
     BLOCK_M)`` (with ``FULL_TILES``, ``HW ≥ BLOCK_M``: the last one overlaps the one before, so that no store
-    is masked), a
-    program's tiles past the last image repeat that image's, and the rows past ``C_OUT`` or ``S_OUT`` are the
-    last channel's or element's: such repeats store the same values as the tiles they repeat.
+    is masked), a program's tiles past the last image repeat that image's, and the rows past ``C_OUT`` or
+    ``S_OUT`` are the last channel's or element's: such repeats store the same values as the tiles they repeat.
 
     The steering, ``Wᵀ_g (O × K) = Cᵀ (O × (i, b)) @ Ψ'_g ((i, b) × K)`` with ``Ψ'_g[(i, b), (kh, i', kw)] = Ψ[g, b,
     kh·k + kw]`` where ``i = i'`` and ``kw < k``, is one batched dot per program.  ``y (NB, C_OUT, S_OUT, HO, WO)``
