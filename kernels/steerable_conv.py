@@ -94,8 +94,8 @@ import triton
 import triton.language as tl
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._common import (INTERPRET, cdiv, dot_precision, geometry_table, mma, next_power_of_2, poison_outputs,
-                      split_pixel)
+from ._common import (INTERPRET, cdiv, dot_precision, geometry_table, is_channels_last, mma, next_power_of_2,
+                      poison_outputs, split_pixel)
 
 __all__ = ["forward", "input_grad", "weight_grad", "config"]
 
@@ -1035,7 +1035,7 @@ def _forward_channels_last(x, coefficients, bias, tables, index, y, k: int, geom
     c_out, c_in, _, basis = coefficients.shape
     _, _, s_out, ho, wo = y.shape
     c_out_group = c_out // groups
-    halo = x.stride(2) != 1 or x.stride(1) != s_in
+    halo = not is_channels_last(x)
     if halo:   # copied channels-last with the zeros padding: the window needs no bounds masks
         sh, sw, ph, pw, dh, dw = geometry
         padded = x.new_zeros((nb, h + 2 * ph, w + 2 * pw, c_in_all, s_in))
@@ -1333,7 +1333,7 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
                     device=dy.device)
     common = dict(S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k), B_PAD=_pad16(basis))
     if last:
-        if x.stride(2) != 1 or x.stride(1) != s_in:
+        if not is_channels_last(x):
             x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
         # dy as (C_out·S_out, pixels), both padded to whole blocks (zeros): unmasked 16-byte loads
         dyt = torch.zeros((o_blocks * cfg["BLOCK_O"] * s_out, chunks * cfg["BLOCK_M"]), dtype=dy.dtype,
