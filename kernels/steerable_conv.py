@@ -675,24 +675,25 @@ def _weight_grad_kernel(dy_ptr, x_ptr, psi_ptr, source_ptr, dc_ptr,
 
 @triton.jit
 def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel_ptr, dc_ptr,
-                                      C_IN, C_OUT, H, W, M_TOTAL, M_PAD, sxh, sxw, dil_h, dil_w, R_BLOCKS,
+                                      C_IN, C_OUT, M_TOTAL, M_PAD, sxh, sxw, dil_h, dil_w, R_BLOCKS,
                                       PART_CHUNKS,
                                       S_IN: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr,
                                       NBASIS: tl.constexpr, P_PAD: tl.constexpr, B_PAD: tl.constexpr,
                                       P_CHUNK: tl.constexpr, BLOCK_O: tl.constexpr, PRECISION: tl.constexpr,
                                       UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr,
                                       BLOCK_M: tl.constexpr, X_IN_REGISTERS: tl.constexpr):
-    """The coefficient gradient on ``x`` channels-last (``x[n, i, s, h, w]`` at ``n·sxn + h·sxh + w·sxw + i·S_IN + s``)
-    and ``dyt (R_BLOCKS·BLOCK_O·S_OUT, M_PAD)`` (``dy`` with rows ``(o, g)`` and its ``NB·HO·WO`` pixels contiguous,
-    zeros beyond both: loaded unmasked), every group copy and every input element in one dot: per chunk of ``P_CHUNK``
-    window positions, ``dW ((o, g) × (p, s)) = Σ_pixel chunks dY ((o, g) × M) @ X (M × (p, s))``, the window read once
-    for all ``g`` (``S_IN`` contiguous elements per pixel and position), then projected onto the coefficients: ``dc[o,
-    r, b] += Σ_{g, p} dW[(o, g), (p, source[g, r])] · Ψ[g, b, p]`` (a column gather, then one dot over ``(g, p)``).
-    ``pixel (3, M_PAD)``: each output pixel's window corner, ``(x offset / S_IN, row, col)`` (rows far out of range
-    beyond ``M_TOTAL``), read rather than divided out in the loop; ``X_IN_REGISTERS``: the window ``X`` reaches the
-    dot through registers (tf32).  ``dc (parts, C_OUT, C_IN, S_IN, NBASIS)``
-    contiguous, one partial sum per part of the pixels; grid ``(R_BLOCKS·parts, C_IN)``, ``R_BLOCKS = cdiv(C_OUT,
-    BLOCK_O)``."""
+    """The coefficient gradient on ``x`` channels-last with the zeros padding in place (``x[n, i, s, h, w]`` at
+    ``n·sxn + h·sxh + w·sxw + i·S_IN + s``, every window of every pixel inside it: no bounds masks) and ``dyt
+    (R_BLOCKS·BLOCK_O·S_OUT, M_PAD)`` (``dy`` with rows ``(o, g)`` and its ``NB·HO·WO`` pixels contiguous, zeros
+    beyond both: loaded unmasked), every group copy and every input element in one dot: per chunk of ``P_CHUNK``
+    window positions, ``dW ((o, g) × (p, s)) = Σ_pixel chunks dY ((o, g) × M) @ X (M × (p, s))``, the window read
+    once for all ``g`` (``S_IN`` contiguous elements per pixel and position), then projected onto the coefficients:
+    ``dc[o, r, b] += Σ_{g, p} dW[(o, g), (p, source[g, r])] · Ψ[g, b, p]`` (a column gather, then one dot over
+    ``(g, p)``).  ``pixel (M_PAD,)``: each output pixel's window corner, its ``x`` offset / ``S_IN`` (0 beyond
+    ``M_TOTAL``: a window in range, times ``dy``'s zeros), read rather than divided out in the loop;
+    ``X_IN_REGISTERS``: the window ``X`` reaches the dot through registers (tf32).  ``dc (parts, C_OUT, C_IN, S_IN,
+    NBASIS)`` contiguous, one partial sum per part of the pixels; grid ``(R_BLOCKS·parts, C_IN)``, ``R_BLOCKS =
+    cdiv(C_OUT, BLOCK_O)``."""
     pid_r = tl.program_id(0) % R_BLOCKS
     part = tl.program_id(0) // R_BLOCKS
     i = tl.program_id(1)
@@ -708,18 +709,14 @@ def _weight_grad_channels_last_kernel(dyt_ptr, x_ptr, psi_ptr, source_ptr, pixel
     m_end = tl.minimum((part + 1) * PART_CHUNKS * BLOCK_M, M_TOTAL)
     for chunk in range(P_PAD // P_CHUNK):
         p = chunk * P_CHUNK + kk // S_IN
-        kh_dil = p // KSIZE * dil_h
-        kw_dil = p % KSIZE * dil_w
-        shift = kh_dil.to(OFFSET) * sxh + kw_dil.to(OFFSET) * sxw + kk % S_IN + tl.cast(i, OFFSET) * S_IN
+        shift = (p // KSIZE * dil_h).to(OFFSET) * sxh + (p % KSIZE * dil_w).to(OFFSET) * sxw + kk % S_IN \
+            + tl.cast(i, OFFSET) * S_IN
+        ok = (p < KK)[None, :]                                      # the padded positions: the same every pixel
         dw = tl.zeros((BLOCK_R, K2), dtype=ACC)
         for start in range(part * PART_CHUNKS * BLOCK_M, m_end, BLOCK_M):
             m = start + tl.arange(0, BLOCK_M)
             dys = tl.load(dyt_ptr + (rows[:, None].to(OFFSET) * M_PAD + m[None, :]))
             pix = tl.load(pixel_ptr + m).to(OFFSET) * S_IN          # a multiple of S_IN: aligned vector loads
-            ih = tl.load(pixel_ptr + M_PAD + m).to(tl.int32)[:, None] + kh_dil[None, :]
-            iw = tl.load(pixel_ptr + 2 * M_PAD + m).to(tl.int32)[:, None] + kw_dil[None, :]
-            ok = (ih.to(tl.uint32) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32) < tl.cast(W, tl.uint32)) \
-                & (p[None, :] < KK)
             xs = tl.load(x_ptr + (pix[:, None] + shift[None, :]), mask=ok, other=0.0)          # (M, (p, s))
             if X_IN_REGISTERS:   # an op between the load and the dot: Triton keeps the operand in registers
                 xs = tl.where(ok, xs, 0.0)
@@ -1038,9 +1035,7 @@ def _forward_channels_last(x, coefficients, bias, tables, index, y, k: int, geom
     halo = not is_channels_last(x)
     if halo:   # copied channels-last with the zeros padding: the window needs no bounds masks
         sh, sw, ph, pw, dh, dw = geometry
-        padded = x.new_zeros((nb, h + 2 * ph, w + 2 * pw, c_in_all, s_in))
-        padded[:, ph:ph + h, pw:pw + w] = x.permute(0, 3, 4, 1, 2)
-        x, h, w, geometry = padded.permute(0, 3, 4, 1, 2), h + 2 * ph, w + 2 * pw, (sh, sw, 0, 0, dh, dw)
+        x, h, w, geometry = _zero_padded_channels_last(x, ph, pw), h + 2 * ph, w + 2 * pw, (sh, sw, 0, 0, dh, dw)
     cfg = _channels_last_config(k, x.dtype, s_in)
     # the steering dot's N, S_in·BLOCK_O, is a dot dimension (>= 16)
     cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out_group, s_out, cfg["BLOCK_N"], max(1, 16 // s_in),
@@ -1207,29 +1202,33 @@ def input_grad(dy: torch.Tensor, coefficients: torch.Tensor, tables: torch.Tenso
     return dx.view(x_shape)
 
 
-def _window_corners(nb: int, ho: int, wo: int, m_pad: int, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
-    """``(3, m_pad)``: per output pixel ``(n, oh, ow)`` (flat, then padding), its window corner's offset in the
-    channels-last ``x`` over ``S_in`` (``(n·sxn + row·sxh + col·sxw) / S_in``), ``row = oh·stride_h − pad_h`` and
-    ``col = ow·stride_w − pad_w``; the padding pixels' rows at −2³⁰ (out of range for every window position),
-    offset 0.  int32, or int64 when ``x`` needs it.  A function of the geometry only: built once per shape,
-    strides and device (:func:`~._common.geometry_table`)."""
+def _window_corners(nb: int, ho: int, wo: int, m_pad: int, x: torch.Tensor, stride: tuple) -> torch.Tensor:
+    """``(m_pad,)``: per output pixel ``(n, oh, ow)`` (flat, then padding), its window corner's offset in ``x``,
+    channels-last with the zeros padding in place, over ``S_in``: ``(n·sxn + oh·stride_h·sxh + ow·stride_w·sxw) /
+    S_in``; 0 for the padding pixels.  int32, or int64 when ``x`` needs it.  A function of the geometry only:
+    built once per shape, strides and device (:func:`~._common.geometry_table`)."""
     wide = _offset_type(x) == tl.int64
-    key = ("steer_window_corners", nb, ho, wo, m_pad, x.shape[2], x.stride(0), x.stride(3), x.stride(4), *geometry,
+    key = ("steer_window_corners", nb, ho, wo, m_pad, x.shape[2], x.stride(0), x.stride(3), x.stride(4), *stride,
            wide, x.device)
     return geometry_table(key, lambda: _build_window_corners(nb, ho, wo, m_pad, x.shape[2], x.stride(0), x.stride(3),
-                                                             x.stride(4), geometry, wide, x.device))
+                                                             x.stride(4), stride, wide, x.device))
 
 
 def _build_window_corners(nb: int, ho: int, wo: int, m_pad: int, s_in: int, sxn: int, sxh: int, sxw: int,
-                          geometry: tuple, wide: bool, device: torch.device) -> torch.Tensor:
-    sh, sw, ph, pw = geometry
+                          stride: tuple, wide: bool, device: torch.device) -> torch.Tensor:
     m = torch.arange(m_pad, device=device, dtype=torch.int64)
-    row = (m // wo) % ho * sh - ph
-    col = m % wo * sw - pw
-    valid = m < nb * ho * wo
-    row = torch.where(valid, row, -2 ** 30)
-    offset = torch.where(valid, m // (ho * wo) * sxn + row * sxh + col * sxw, 0) // s_in
-    return torch.stack([offset, row, col]).to(torch.int64 if wide else torch.int32)
+    offset = m // (ho * wo) * sxn + (m // wo) % ho * stride[0] * sxh + m % wo * stride[1] * sxw
+    return (torch.where(m < nb * ho * wo, offset, 0) // s_in).to(torch.int64 if wide else torch.int32)
+
+
+def _zero_padded_channels_last(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
+    """``x (B, C, S, H, W)`` copied channels-last (``(B, H + 2·pad_h, W + 2·pad_w, C, S)`` in memory) with the zeros
+    padding in place, viewed ``(B, C, S, H + 2·pad_h, W + 2·pad_w)``: every window of every output pixel lies in
+    it."""
+    nb, c, s, h, w = x.shape
+    padded = x.new_zeros((nb, h + 2 * pad_h, w + 2 * pad_w, c, s))
+    padded[:, pad_h:pad_h + h, pad_w:pad_w + w] = x.permute(0, 3, 4, 1, 2)
+    return padded.permute(0, 3, 4, 1, 2)
 
 
 # index tensor -> (its version, source): the inverse permutations the coefficient gradient reads, built once per
@@ -1278,9 +1277,9 @@ def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in
     # lifting layers: 16 positions (wider chunks spill); 32 pixels at 256 rows (C_16 / D_8 lifting) and at k = 7
     # (64 spill there)
     block_m = 32 if kernel_size >= 7 and s_in > 1 else max(32, min(64, 8192 // (block_o * s_out)))
-    # fp32 at 256 rows: one stage (two spill)
-    stages = 1 if dtype == torch.float32 and block_o * s_out >= 256 else 2
-    cfg.update(BLOCK_M=block_m, num_warps=8, num_stages=stages)
+    cfg.update(BLOCK_M=block_m, num_warps=8, num_stages=2)
+    if dtype == torch.float32 and block_o * s_out >= 256:   # one stage (two spill) of 64 pixels (32 spill 8 B)
+        cfg.update(BLOCK_M=64, num_stages=1)
     if cfg["X_IN_REGISTERS"]:   # three stages: fewer instructions per MAC than two
         cfg["num_stages"] = 3
     return cfg
@@ -1333,15 +1332,15 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
                     device=dy.device)
     common = dict(S_IN=s_in, S_OUT=s_out, KSIZE=k, NBASIS=basis, P_PAD=_pad16(k * k), B_PAD=_pad16(basis))
     if last:
-        if not is_channels_last(x):
-            x = x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+        if ph or pw or not is_channels_last(x):   # every window inside x: the kernel masks no pixel
+            x = _zero_padded_channels_last(x, ph, pw)
         # dy as (C_out·S_out, pixels), both padded to whole blocks (zeros): unmasked 16-byte loads
         dyt = torch.zeros((o_blocks * cfg["BLOCK_O"] * s_out, chunks * cfg["BLOCK_M"]), dtype=dy.dtype,
                           device=dy.device)
         dyt[:c_out * s_out, :m_total] = dy.permute(1, 2, 0, 3, 4).reshape(c_out * s_out, m_total)
-        pixel = _window_corners(nb, ho, wo, dyt.shape[1], x, (sh, sw, ph, pw))
+        pixel = _window_corners(nb, ho, wo, dyt.shape[1], x, (sh, sw))
         _weight_grad_channels_last_kernel[(o_blocks * parts, c_in)](
-            dyt, x, tables, source, pixel, out, c_in, c_out, h, w, m_total, dyt.shape[1], x.stride(3), x.stride(4),
+            dyt, x, tables, source, pixel, out, c_in, c_out, m_total, dyt.shape[1], x.stride(3), x.stride(4),
             dh, dw, o_blocks, part_chunks, **common, **_kernel_args(dy.dtype, dyt, x, out), **cfg)
     else:
         _weight_grad_kernel[(o_blocks * parts, c_in, s_in)](
