@@ -1247,18 +1247,20 @@ def _source_table(index: torch.Tensor) -> torch.Tensor:
     return entry[1]
 
 
-def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int, s_out: int, arch: int
-                                      ) -> dict:
+def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in: int, s_out: int, arch: int,
+                                      c_out: int) -> dict:
     """The channels-last coefficient gradient's tile for ``sm_<arch>``: ``BLOCK_M`` pixels per chunk, ``BLOCK_O``
     output channels (rows ``BLOCK_O·S_out`` of the main dot, ``BLOCK_O·S_in ≥ 16`` for the projection's dot),
     ``P_CHUNK`` window positions (``P_CHUNK·S_in`` columns, 128 where the window has them; 16 for lifting layers),
     warps and stages: of the tiles tried without a spill, those with the fewest hot-loop instructions per MAC
-    against the matmul on sm_90 (docs/steerable.md).  Below sm_90 (no wgmma: the accumulators and the
-    projection's operands share the registers with the window's addresses) 32 pixels, one stage, at most 64
-    columns at k = 7 and 8 positions in lifting layers.  ``X_IN_REGISTERS`` (tf32 on sm_90, but lifting layers):
-    the window reaches the dot through registers.  The chunking and ``X_IN_REGISTERS`` under the interpreter
-    too."""
+    on sm_90 (docs/steerable.md): regular layers 128 rows where ``C_out`` fills more than 64 (a warp group's
+    64 × 128 wgmma each), 64 pixels.  Below sm_90 (no wgmma: the accumulators and the projection's operands share
+    the registers with the window's addresses) 64 rows, 32 pixels, one stage, at most 64 columns at k = 7 and 8
+    positions in lifting layers.  ``X_IN_REGISTERS`` (tf32 on sm_90, but lifting layers): the window reaches the
+    dot through registers.  The rows, the chunking and ``X_IN_REGISTERS`` under the interpreter too."""
     block_o = max(1, 64 // s_out, 16 // s_in)
+    if arch >= 90 and s_in > 1 and c_out > block_o:
+        block_o = max(block_o, 128 // s_out)
     p_chunk = min(_pad16(kernel_size * kernel_size), max(1, 128 // s_in)) if s_in > 1 else 16
     if arch < 90 and s_in == 1:
         p_chunk = 8
@@ -1274,12 +1276,13 @@ def _weight_grad_channels_last_config(kernel_size: int, dtype: torch.dtype, s_in
     if arch < 90:
         cfg.update(BLOCK_M=32, num_warps=8, num_stages=1)
         return cfg
-    # lifting layers: 16 positions (wider chunks spill); 32 pixels at 256 rows (C_16 / D_8 lifting) and at k = 7
-    # (64 spill there)
-    block_m = 32 if kernel_size >= 7 and s_in > 1 else max(32, min(64, 8192 // (block_o * s_out)))
-    cfg.update(BLOCK_M=block_m, num_warps=8, num_stages=2)
-    if dtype == torch.float32 and block_o * s_out >= 256:   # one stage (two spill) of 64 pixels (32 spill 8 B)
-        cfg.update(BLOCK_M=64, num_stages=1)
+    cfg.update(BLOCK_M=64, num_warps=8, num_stages=2)
+    # lifting layers: 16 positions (wider chunks spill); at 256 rows (C_16 / D_8) 16-bit takes 32 pixels (64 spill),
+    # fp32 one stage (two spill)
+    if block_o * s_out >= 256 and dtype == torch.float32:
+        cfg["num_stages"] = 1
+    elif block_o * s_out >= 256:
+        cfg["BLOCK_M"] = 32
     if cfg["X_IN_REGISTERS"]:   # three stages: fewer instructions per MAC than two
         cfg["num_stages"] = 3
     return cfg
@@ -1318,7 +1321,7 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, tables: torch.Tensor, index: 
     source = _source_table(index)                                            # source[g, r] = s with index[g, s] = r
     # its tiles hold every group copy and input element: powers of two (C_N / D_N with N a power of two, lifting)
     last = channels_last_gradients(dy.dtype) and s_in & (s_in - 1) == 0 and s_out & (s_out - 1) == 0
-    cfg = _weight_grad_channels_last_config(k, dy.dtype, s_in, s_out, _target_arch(dy.device)) if last \
+    cfg = _weight_grad_channels_last_config(k, dy.dtype, s_in, s_out, _target_arch(dy.device), c_out) if last \
         else _weight_grad_config(k, dy.dtype)
     m_total = nb * ho * wo
     o_blocks, chunks = cdiv(c_out, cfg["BLOCK_O"]), cdiv(m_total, cfg["BLOCK_M"])

@@ -173,8 +173,8 @@ def test_gradient_tiles_by_architecture(monkeypatch):
     """The channels-last gradients' tiles as a GPU build chooses them: sm_90's as tuned there (the loop over
     ``(g, o)`` split in two but for 16-bit at k = 7), smaller ones below sm_90 (one stage, 32 pixels, at most 64
     window columns at k = 7, 8 positions in lifting layers, the flat loop, the ``(B, C, S, H, W)`` input gradient
-    from k = 7 on): without them sm_80 spills (perf.static --archs 80).  On sm_90 tf32's window goes through
-    registers in the coefficient gradient."""
+    from k = 7 on): without them sm_80 spills (perf.static --archs 80).  On sm_90 the coefficient gradient's
+    regular layers take 128 rows where C_out fills more than 64, and tf32's window goes through registers."""
     monkeypatch.setattr(kernels, "INTERPRET", False)
     half, fp32 = torch.bfloat16, torch.float32
     tile = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
@@ -185,19 +185,23 @@ def test_gradient_tiles_by_architecture(monkeypatch):
     assert kernels._channels_last_input_grad(7, half, 90) and kernels._channels_last_input_grad(5, half, 80)
     assert not kernels._channels_last_input_grad(7, half, 80)
     wide = dict(num_warps=8, num_stages=2, X_IN_REGISTERS=False)
-    assert kernels._weight_grad_channels_last_config(5, half, 8, 8, 90) == dict(wide, BLOCK_M=64, BLOCK_O=8,
-                                                                                P_CHUNK=16)
-    assert kernels._weight_grad_channels_last_config(7, half, 16, 16, 90) == dict(wide, BLOCK_M=32, BLOCK_O=4,
-                                                                                  P_CHUNK=8)
-    assert kernels._weight_grad_channels_last_config(7, fp32, 1, 16, 90) == dict(wide, BLOCK_M=64, BLOCK_O=16,
-                                                                                 P_CHUNK=16, num_stages=1)
+    # regular layers: 128 rows (two warp groups' 64 x 128 wgmma) where C_out fills more than 64, 64 pixels
+    config = kernels._weight_grad_channels_last_config
+    assert config(5, half, 8, 8, 90, 48) == dict(wide, BLOCK_M=64, BLOCK_O=16, P_CHUNK=16)
+    assert config(5, half, 8, 8, 90, 8) == dict(wide, BLOCK_M=64, BLOCK_O=8, P_CHUNK=16)
+    assert config(7, half, 16, 16, 90, 34) == dict(wide, BLOCK_M=64, BLOCK_O=8, P_CHUNK=8)
+    assert config(7, half, 16, 16, 90, 4) == dict(wide, BLOCK_M=64, BLOCK_O=4, P_CHUNK=8)
+    # lifting layers: 16 channels (the projection's dot), 32 pixels at 256 rows in 16 bits, one stage in fp32
+    assert config(7, half, 1, 8, 90, 24) == dict(wide, BLOCK_M=64, BLOCK_O=16, P_CHUNK=16)
+    assert config(7, half, 1, 16, 90, 17) == dict(wide, BLOCK_M=32, BLOCK_O=16, P_CHUNK=16)
+    assert config(7, fp32, 1, 16, 90, 17) == dict(wide, BLOCK_M=64, BLOCK_O=16, P_CHUNK=16, num_stages=1)
     # tf32 regular layers: the window through registers (16-byte loads), three stages
-    assert kernels._weight_grad_channels_last_config(5, fp32, 16, 16, 90) == dict(
-        wide, BLOCK_M=64, BLOCK_O=4, P_CHUNK=8, num_stages=3, X_IN_REGISTERS=True)
+    assert config(5, fp32, 16, 16, 90, 34) == dict(wide, BLOCK_M=64, BLOCK_O=8, P_CHUNK=8, num_stages=3,
+                                                   X_IN_REGISTERS=True)
     small = dict(BLOCK_M=32, num_warps=8, num_stages=1, X_IN_REGISTERS=False)
-    assert kernels._weight_grad_channels_last_config(5, half, 8, 8, 80) == dict(small, BLOCK_O=8, P_CHUNK=16)
-    assert kernels._weight_grad_channels_last_config(7, half, 16, 16, 80) == dict(small, BLOCK_O=4, P_CHUNK=4)
-    assert kernels._weight_grad_channels_last_config(7, fp32, 1, 16, 80) == dict(small, BLOCK_O=16, P_CHUNK=8)
+    assert config(5, half, 8, 8, 80, 48) == dict(small, BLOCK_O=8, P_CHUNK=16)
+    assert config(7, half, 16, 16, 80, 34) == dict(small, BLOCK_O=4, P_CHUNK=4)
+    assert config(7, fp32, 1, 16, 80, 17) == dict(small, BLOCK_O=16, P_CHUNK=8)
 
 
 # (group, lifting, k, stride, padding, dilation, dtype, sizes)
