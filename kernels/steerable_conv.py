@@ -53,11 +53,12 @@ is B; on sm_90 both dots compile to wgmma.
   ``dxᵀ (I × M) += Wᵀ @ dY (P × M)``, ``dY[p, u] = dy[n, o, g, m]`` gathered with the same masks (on
   divisibility: a stride ``s`` keeps about ``1/s²`` of the positions live, the rest are multiplied as zeros).
 - **Coefficient gradient, channels-last ``x``** (fp16, bf16, tf32, orders powers of two), program ``(BLOCK_O
-  output channels, input channel i)`` on ``x`` channels-last and ``dy`` as ``(C_out·S_out, pixels)``: per chunk of
-  window positions one dot over all pixels holds every group copy and input element, ``dW ((o, g) × (p, s)) =
-  Σ_chunks dY ((o, g) × M) @ X (M × (p, s))`` (the window read once for all ``g``, ``S_in`` contiguous elements per
-  (pixel, position); each pixel's window corner read from a table, not divided out), then ``dc[o, r, b] += Σ_{g,
-  p} dW[(o, g), (p, s(g, r))] · Ψ[g, b, p]``: a column gather and one dot over ``(g, p)``.
+  output channels, input channel i)`` on ``x`` channels-last with the zeros padding in place (the window needs no
+  bounds masks) and ``dy`` as ``(C_out·S_out, pixels)``: per chunk of window positions one dot over all pixels
+  holds every group copy and input element, ``dW ((o, g) × (p, s)) = Σ_chunks dY ((o, g) × M) @ X (M × (p, s))``
+  (the window read once for all ``g``, ``S_in`` contiguous elements per (pixel, position); each pixel's window
+  corner read from a table, not divided out), then ``dc[o, r, b] += Σ_{g, p} dW[(o, g), (p, s(g, r))] · Ψ[g, b,
+  p]``: a column gather and one dot over ``(g, p)``.
 - **Coefficient gradient**, other cases, program ``(BLOCK_O output channels o, input channel i, slice r)``.  For
   each ``g``:
   ``dW (O × P) = Σ_chunks dYᵀ (O × M) @ X (M × P)`` over chunks of all ``(n, m)`` output pixels, ``X`` from
@@ -80,8 +81,9 @@ for fp64); element offsets in int32 when every tensor's span fits in 31 bits (th
 registers for the whole K loop), else int64.  ``W`` is rounded to the input dtype before the main dot, as the
 reference bank (:func:`gconv_triton.steerable.steerable_bank`) is.  Layout: any strides for ``x``, ``dy`` and the
 coefficients (the channels-last forward and coefficient gradient read ``x`` channels-last, copied so when it is
-not; the channels-last gradients copy ``dy`` to their layouts; the others read ``(B, C, S, H, W)`` contiguous
-fastest); outputs are contiguous.
+not, and the coefficient gradient also when padded: the copy carries the zeros padding; the channels-last
+gradients copy ``dy`` to their layouts; the others read ``(B, C, S, H, W)`` contiguous fastest); outputs are
+contiguous.
 """
 
 from __future__ import annotations
