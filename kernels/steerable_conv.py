@@ -967,8 +967,8 @@ def _lifting_config(kernel_size: int, dtype: torch.dtype) -> dict:
 
 
 def _tiles_per_program(tiles: int, other_programs: int) -> int:
-    """Pixel tiles per lifting program: each steers its filter once (a prologue of about 2.3 tiles' loop
-    instructions, docs/steerable.md) for up to 8 tiles, in about 256 programs (2 per SM of an H100) where there are
+    """Pixel tiles per lifting program: each steers its filter once (a prologue of a few tiles' loop instructions,
+    docs/steerable.md) for up to 8 tiles, in about 256 programs (2 per SM of an H100) where there are
     enough tiles.  3 under the interpreter (a ragged last program)."""
     if INTERPRET:
         return 3
