@@ -912,7 +912,7 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
     if ho < 1 or wo < 1:
         raise ValueError(f"x: a {h}x{w} input gives an empty {ho}x{wo} output (k={k}, stride={stride}, "
                          f"padding={padding}, dilation={dilation})")
-    lifting = lifting_layout(s_in, c_in, k, groups, x.dtype)
+    lifting = lifting_layout(s_in, c_in, k, groups)
     if lifting:
         y = _empty((nb, ho, wo, c_out, s_out), x).permute(0, 3, 4, 1, 2)
     else:
@@ -945,12 +945,11 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
 MAX_LIFTING_K = 128
 
 
-def lifting_layout(s_in: int, c_in: int, kernel_size: int, groups: int, dtype: torch.dtype) -> bool:
+def lifting_layout(s_in: int, c_in: int, kernel_size: int, groups: int) -> bool:
     """Whether :func:`forward` runs ``_forward_lifting_kernel`` (a lifting layer whose folded reduction fits,
     one channel group) and so returns ``y (B, C_out, S_out, H', W')`` stored ``(B, H', W', C_out, S_out)``, the
     channels-last group map, rather than contiguous (the fake kernel of the op gives the same strides)."""
-    return (s_in == 1 and groups == 1 and _lifting_k_pad(c_in, kernel_size) <= MAX_LIFTING_K
-            and not channels_last_window(s_in, dtype, kernel_size))
+    return s_in == 1 and groups == 1 and _lifting_k_pad(c_in, kernel_size) <= MAX_LIFTING_K
 
 
 def _lifting_k_pad(c_in: int, kernel_size: int) -> int:
@@ -1001,9 +1000,9 @@ def _lifting_tables(tables: torch.Tensor, s_out_pad: int, c_pad: int, b_pad: int
 
 def _forward_lifting(x, coefficients, bias, tables, index, y, k: int, geometry: tuple) -> None:
     """Launch ``_forward_lifting_kernel`` into ``y`` (stored ``(B, H', W', C_out, S_out)``: :func:`lifting_layout`):
-    ``x (B, C_in, 1, H, W)`` zero-padded and unfolded along the
-    width into ``xw (B, H + 2·pad_h, W', C_in, KW_PAD)`` (``KW_PAD`` × the input's elements: small beside a lifting
-    layer's ``C_out·S_out`` output channels), and each pixel's window corner in ``xw`` as a table."""
+    ``x (B, C_in, 1, H, W)`` zero-padded and unfolded along the width into ``xw (B, H + 2·pad_h, W', C_in,
+    KW_PAD)`` (``KW_PAD`` × the input's elements: small beside a lifting layer's ``C_out·S_out`` output channels),
+    each pixel's window corner in ``xw`` as a table, the coefficients and :func:`_lifting_tables` zero-padded."""
     nb, c_in, _, h, w = x.shape
     c_out, _, _, basis = coefficients.shape
     _, _, s_out, ho, wo = y.shape
@@ -1019,7 +1018,7 @@ def _forward_lifting(x, coefficients, bias, tables, index, y, k: int, geometry: 
     if bias_in_dot:
         xw[..., 0, kw_pad - 1] = 1
     cfg = _lifting_config(k, x.dtype)
-    # the block-diagonal steering dot's M is BLOCK_N: any channel block
+    # the steering dots' M is BLOCK_N (not BLOCK_O, as in _forward_kernel): any channel block
     cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out, s_out, cfg["BLOCK_N"], 1)
     block_o = cfg["BLOCK_N"] // cfg["BLOCK_G"]
     per_image = cdiv(ho * wo, cfg["BLOCK_M"])

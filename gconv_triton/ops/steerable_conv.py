@@ -87,7 +87,7 @@ def _(x, coefficients, bias, tables, group, in_group, kernel_size, stride, paddi
         from ..kernels import steerable_conv as launchers
 
         c_out, c_in, s_in, _ = coefficients.shape
-        if launchers.lifting_layout(s_in, c_in, kernel_size, 1, x.dtype):   # the kernel's channels-last output
+        if launchers.lifting_layout(s_in, c_in, kernel_size, 1):   # the kernel's channels-last output
             b, c, s, h, w = shape
             return x.new_empty((b, h, w, c, s)).permute(0, 3, 4, 1, 2)
     return x.new_empty(shape)
