@@ -341,13 +341,13 @@ def _lifting_columns(bias_ptr, C_OUT, S_OUT: tl.constexpr, HAS_BIAS: tl.constexp
 
 @triton.jit
 def _forward_lifting_kernel(xw_ptr, c_ptr, bias_ptr, psi_ptr, corner_ptr, y_ptr,
-                            NB, C_OUT, HW, ROW, TILES_PER_IMAGE, TILES, sxn, sxh, dil_h,
+                            NB, C_OUT, HW, ROW_UNITS, TILES_PER_IMAGE, TILES, sxn, sxh, dil_h,
                             C_IN: tl.constexpr, C_PAD: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr,
                             KW_PAD: tl.constexpr, K_PAD: tl.constexpr, B_PAD: tl.constexpr,
                             FULL_TILES: tl.constexpr, FULL_COLUMNS: tl.constexpr,
                             HAS_BIAS: tl.constexpr, BIAS_IN_DOT: tl.constexpr, PRECISION: tl.constexpr,
                             UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr, BLOCK_M: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+                            BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, ROW_ALIGN: tl.constexpr):
     """A lifting layer (``S_in = 1``) whose whole reduction ``K = (kh, i, kw)`` (``k × C_PAD × KW_PAD``, padded to
     ``K_PAD``) is one dot: the program steers its filter ``W (K × (o, g))`` once, then loops over ``TILES`` pixel
     tiles of ``BLOCK_M`` pixels, ``y (M × (o, g)) = X (M × K) @ W`` (``W`` is the dot's B operand, in shared memory
@@ -366,9 +366,11 @@ def _forward_lifting_kernel(xw_ptr, c_ptr, bias_ptr, psi_ptr, corner_ptr, y_ptr,
     with ``A_g[(o, g'), (i, b)] = c[o, i, b]`` where ``g' = g`` (else 0), on the launcher's zero-padded copies
     ``c (C_OUT, C_PAD, B_PAD)`` and ``Ψ' (S_OUT_PAD, C_PAD·B_PAD, K_PAD)``, ``Ψ'[g, (i, b), (kh, i', kw)] = Ψ[g, b,
     kh·k + kw]`` where ``i = i'`` and ``kw < k``: unmasked vector loads.  ``y (NB, C_OUT, S_OUT, HO, WO)`` is
-    stored ``(NB, HO, WO, C_OUT, S_OUT)`` (``ROW = C_OUT·S_OUT``): a pixel's ``(o, g)`` columns are contiguous, so
-    that the tile is stored by 16-byte vectors where ``BLOCK_G = S_OUT``; ``FULL_COLUMNS``: every column is in
-    range (none masked).  Grid ``(cdiv(NB·TILES_PER_IMAGE, TILES), cdiv(C_OUT, BLOCK_O), cdiv(S_OUT, BLOCK_G))``."""
+    stored ``(NB, HO, WO, C_OUT, S_OUT)``: a pixel's ``(o, g)`` columns are contiguous, so that the tile is stored
+    by 16-byte vectors where ``BLOCK_G = S_OUT``; its row ``C_OUT·S_OUT = ROW_UNITS·ROW_ALIGN``, ``ROW_ALIGN`` the
+    row's largest power-of-two factor up to 16, a constexpr (Triton knows an int argument's divisibility by 16
+    only); ``FULL_COLUMNS``: every column is in range (none masked).  Grid ``(cdiv(NB·TILES_PER_IMAGE, TILES),
+    cdiv(C_OUT, BLOCK_O), cdiv(S_OUT, BLOCK_G))``."""
     CB: tl.constexpr = C_PAD * B_PAD
     kk = tl.arange(0, K_PAD)
     kh = kk // (C_PAD * KW_PAD)
@@ -391,6 +393,7 @@ def _forward_lifting_kernel(xw_ptr, c_ptr, bias_ptr, psi_ptr, corner_ptr, y_ptr,
     shift = ((kh * dil_h).to(OFFSET) * sxh + i) * KW_PAD + kw                                  # (K,)
     pixels = tl.arange(0, BLOCK_M)
     # each tile's offset into y is one scalar, added to these
+    ROW = ROW_UNITS * ROW_ALIGN
     y_offsets = pixels[:, None] * ROW + column[None, :]                                       # (M × (o, g))
     y_ok = column_ok[None, :]
     # the program's first tile (image n, tile j of it), then one step per tile: no division in the loop
@@ -1029,13 +1032,15 @@ def _forward_lifting(x, coefficients, bias, tables, index, y, k: int, geometry: 
     coef[:, :c_in, :basis] = coefficients[:, :, 0]
     others = cdiv(c_out, block_o) * cdiv(s_out, cfg["BLOCK_G"])
     tiles = _tiles_per_program(nb * per_image, others)
+    row = c_out * s_out
+    align = min(16, row & -row)   # a pixel row's alignment, in elements: a constexpr, so that stores vectorise
     grid = (cdiv(nb * per_image, tiles), cdiv(c_out, block_o), cdiv(s_out, cfg["BLOCK_G"]))
     _forward_lifting_kernel[grid](
-        xw, coef, bias if bias is not None else coef, psi, corner, y, nb, c_out, ho * wo, c_out * s_out, per_image,
+        xw, coef, bias if bias is not None else coef, psi, corner, y, nb, c_out, ho * wo, row // align, per_image,
         tiles, (h + 2 * ph) * wo * c_in, wo * c_in, dh, C_IN=c_in, C_PAD=next_power_of_2(c_in), S_OUT=s_out,
         KSIZE=k, KW_PAD=kw_pad, K_PAD=k_pad, B_PAD=b_pad, FULL_TILES=ho * wo >= cfg["BLOCK_M"],
         FULL_COLUMNS=c_out % block_o == 0 and s_out % cfg["BLOCK_G"] == 0, HAS_BIAS=bias is not None,
-        BIAS_IN_DOT=bias_in_dot, **args, **cfg)
+        BIAS_IN_DOT=bias_in_dot, ROW_ALIGN=align, **args, **cfg)
 
 
 def channels_last_window(s_in: int, dtype: torch.dtype, kernel_size: int) -> bool:
