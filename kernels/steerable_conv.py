@@ -29,9 +29,10 @@ is B; on sm_90 both dots compile to wgmma.
   coefficients transposed to ``(C_in, S_in, B, C_out)`` by the launcher), permuted to ``W ((p, s) × (g, o))``;
   then ``y (M × (g, o)) += X (M × (p, s)) @ W``.
 - **Forward, lifting** (``S_in = 1``, the folded reduction ``(kh, i, kw)`` at most ``MAX_LIFTING_K``), program
-  ``(TILES pixel tiles, output channel block, element block)``: the filter ``Wᵀ ((g, o) × (kh, i, kw))`` is
-  steered once, then each tile is one dot ``yᵀ ((g, o) × M) = Wᵀ @ X`` on ``x`` unfolded along the width by the
-  launcher (``KW_PAD`` contiguous elements per (pixel, kh, i)).
+  ``(TILES pixel tiles, output channel block, element block)``: the filter ``W ((kh, i, kw) × (o, g))`` is
+  steered once, then each tile is one dot ``y (M × (o, g)) = X @ W`` on ``x`` unfolded along the width by the
+  launcher (``KW_PAD`` contiguous elements per (pixel, kh, i)), stored into ``y`` laid out ``(B, H', W', C_out,
+  S_out)`` (a pixel's outputs contiguous: 16-byte vector stores).
 - **Forward**, other inputs (fp64, exact fp32, wider lifting layers), program ``(BLOCK_M output pixels (n, m),
   BLOCK_N output rows (g, o), element block)``, the rows split as above (``BLOCK_O ≥ 16``).  ``Ψ[g]`` (``B ×
   P``) of the block's elements is loaded once.  K steps over ``(i, s)``: the steering dot, batched over the
@@ -83,7 +84,8 @@ reference bank (:func:`gconv_triton.steerable.steerable_bank`) is.  Layout: any 
 coefficients (the channels-last forward and coefficient gradient read ``x`` channels-last, copied so when it is
 not, and the coefficient gradient also when padded: the copy carries the zeros padding; the channels-last
 gradients copy ``dy`` to their layouts; the others read ``(B, C, S, H, W)`` contiguous fastest); outputs are
-contiguous.
+contiguous, except the lifting forward's (``lifting_layout``: ``(B, C_out, S_out, H', W')`` stored ``(B, H', W',
+C_out, S_out)``, the channels-last group map, which the next layer reads in place).
 """
 
 from __future__ import annotations
@@ -217,19 +219,15 @@ def _window_gather(n, oh, ow, m_ok, p, kh, kw, H, W, sn, sh, sw, stride_h, strid
 
 @triton.jit
 def _joint_columns(bias_ptr, pid_o, pid_g, C_OUT, S_OUT, hw, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
-                   OFFSET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, CLAMP: tl.constexpr = False):
+                   OFFSET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     """The ``BLOCK_N`` output columns ``(g, o)``, ``o`` fastest (``BLOCK_G`` elements × ``BLOCK_N / BLOCK_G``
     channels of program ``(pid_o, pid_g)``) of a forward tile: ``(offsets in y (BLOCK_N,), in range, bias)`` for
     ``y (NB, C, S_OUT, HO, WO)`` (``hw = HO·WO``; ``bias_ptr`` at the program's channel group, ``C_OUT`` channels
-    of it; the bias is 0 without ``HAS_BIAS``).  ``CLAMP``: columns past ``C_OUT`` or ``S_OUT`` are the last
-    channel's or element's (a program that computes them as those stores the same values twice)."""
+    of it; the bias is 0 without ``HAS_BIAS``)."""
     BLOCK_O: tl.constexpr = BLOCK_N // BLOCK_G
     j = tl.arange(0, BLOCK_N)
     o = pid_o * BLOCK_O + j % BLOCK_O
     g = pid_g * BLOCK_G + j // BLOCK_O
-    if CLAMP:
-        o = tl.minimum(o, C_OUT - 1)
-        g = tl.minimum(g, S_OUT - 1)
     ok = (o < C_OUT) & (g < S_OUT)
     bias = tl.zeros((BLOCK_N,), dtype=ACC)
     if HAS_BIAS:
@@ -320,31 +318,61 @@ def _forward_kernel(x_ptr, c_ptr, bias_ptr, psi_ptr, index_ptr, y_ptr,
 
 
 @triton.jit
+def _lifting_columns(bias_ptr, C_OUT, S_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """The ``BLOCK_N`` output columns ``(o, g)``, ``g`` fastest (``BLOCK_O = BLOCK_N / BLOCK_G`` channels ×
+    ``BLOCK_G`` elements of program ``(·, program_id(1), program_id(2))``) of a lifting tile: ``(o clamped to
+    C_OUT, offsets in a pixel's row of y (BLOCK_N,), in range, bias)`` for ``y`` stored ``(NB, HO, WO, C_OUT,
+    S_OUT)``.  Where ``BLOCK_G = S_OUT`` the offsets are ``program_id(1)·BLOCK_N + j``, contiguous, so that the
+    store is vectorised (the clamped columns are masked, never stored)."""
+    BLOCK_O: tl.constexpr = BLOCK_N // BLOCK_G
+    j = tl.arange(0, BLOCK_N)
+    o = tl.program_id(1) * BLOCK_O + j // BLOCK_G
+    g = tl.program_id(2) * BLOCK_G + j % BLOCK_G
+    ok = (o < C_OUT) & (g < S_OUT)
+    if BLOCK_G == S_OUT:
+        column = tl.program_id(1) * BLOCK_N + j
+    else:
+        column = o * S_OUT + g
+    o = tl.minimum(o, C_OUT - 1)
+    bias = tl.zeros((BLOCK_N,), dtype=ACC)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + o).to(ACC)
+    return o, column, ok, bias
+
+
+@triton.jit
 def _forward_lifting_kernel(xw_ptr, c_ptr, bias_ptr, psi_ptr, corner_ptr, y_ptr,
-                            NB, C_OUT, HW, TILES_PER_IMAGE, TILES, sxn, sxh, dil_h, sco, sci, scb,
+                            NB, C_OUT, HW, ROW_UNITS, TILES_PER_IMAGE, TILES, sxn, sxh, dil_h,
                             C_IN: tl.constexpr, C_PAD: tl.constexpr, S_OUT: tl.constexpr, KSIZE: tl.constexpr,
-                            KW_PAD: tl.constexpr, NBASIS: tl.constexpr, K_PAD: tl.constexpr, B_PAD: tl.constexpr,
-                            P_PAD: tl.constexpr, FULL_TILES: tl.constexpr, HAS_BIAS: tl.constexpr,
-                            BIAS_IN_DOT: tl.constexpr, PRECISION: tl.constexpr,
+                            KW_PAD: tl.constexpr, K_PAD: tl.constexpr, B_PAD: tl.constexpr,
+                            FULL_TILES: tl.constexpr, FULL_COLUMNS: tl.constexpr,
+                            HAS_BIAS: tl.constexpr, BIAS_IN_DOT: tl.constexpr, PRECISION: tl.constexpr,
                             UPCAST: tl.constexpr, ACC: tl.constexpr, OFFSET: tl.constexpr, BLOCK_M: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+                            BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, ROW_ALIGN: tl.constexpr):
     """A lifting layer (``S_in = 1``) whose whole reduction ``K = (kh, i, kw)`` (``k × C_PAD × KW_PAD``, padded to
-    ``K_PAD``) is one dot: the program steers its filter ``Wᵀ ((g, o) × K)`` once, then loops over ``TILES`` pixel
-    tiles of ``BLOCK_M`` pixels, ``yᵀ ((g, o) × M) = Wᵀ @ X (K × M)``.
+    ``K_PAD``) is one dot: the program steers its filter ``W (K × (o, g))`` once, then loops over ``TILES`` pixel
+    tiles of ``BLOCK_M`` pixels, ``y (M × (o, g)) = X (M × K) @ W`` (``W`` is the dot's B operand, in shared memory
+    for the whole loop).
 
     The input ``xw`` is ``x`` zero-padded and unfolded along the width, ``xw[n, h, ow, i, kw] = x_padded[n, i, h,
     ow·stride_w + kw·dil_w]`` (zeros for ``kw ≥ k``): a (pixel, kh, i) reads ``KW_PAD`` contiguous elements
     (vector loads, no bounds masks).  ``sxn``, ``sxh``: its image and row strides in units of ``KW_PAD`` elements;
     ``corner[m]`` (``TILES_PER_IMAGE·BLOCK_M`` entries): the window corner of an image's pixel ``min(m, HW - 1)``
     in those units.  A tile lies in one image: tile ``j`` of an image covers its pixels from ``min(j·BLOCK_M, HW -
-    BLOCK_M)`` (with ``FULL_TILES``, ``HW ≥ BLOCK_M``: the last one overlaps the one before, so that no store
-    is masked), a program's tiles past the last image repeat that image's, and the rows past ``C_OUT`` or
-    ``S_OUT`` are the last channel's or element's: such repeats store the same values as the tiles they repeat.
+    BLOCK_M)`` (with ``FULL_TILES``, ``HW ≥ BLOCK_M``: the last one overlaps the one before, so that no pixel is
+    masked), and a program's tiles past the last image repeat that image's: such repeats store the same values as
+    the tiles they repeat.
 
-    The steering, ``Wᵀ_g (O × K) = Cᵀ (O × (i, b)) @ Ψ'_g ((i, b) × K)`` with ``Ψ'_g[(i, b), (kh, i', kw)] = Ψ[g, b,
-    kh·k + kw]`` where ``i = i'`` and ``kw < k``, is one batched dot per program.  ``y (NB, C_OUT, S_OUT, HO, WO)``
-    contiguous; grid ``(cdiv(NB·TILES_PER_IMAGE, TILES), cdiv(C_OUT, BLOCK_O), cdiv(S_OUT, BLOCK_G))``."""
-    BLOCK_O: tl.constexpr = BLOCK_N // BLOCK_G
+    The steering is one dot per element ``g``, ``Wᵀ ((o, g') × K) += A_g ((o, g') × (i, b)) @ Ψ'[g] ((i, b) × K)``
+    with ``A_g[(o, g'), (i, b)] = c[o, i, b]`` where ``g' = g`` (else 0), on the launcher's zero-padded copies
+    ``c (C_OUT, C_PAD, B_PAD)`` and ``Ψ' (S_OUT_PAD, C_PAD·B_PAD, K_PAD)``, ``Ψ'[g, (i, b), (kh, i', kw)] = Ψ[g, b,
+    kh·k + kw]`` where ``i = i'`` and ``kw < k``: unmasked vector loads.  ``y (NB, C_OUT, S_OUT, HO, WO)`` is
+    stored ``(NB, HO, WO, C_OUT, S_OUT)``: a pixel's ``(o, g)`` columns are contiguous, so that the tile is stored
+    by 16-byte vectors where ``BLOCK_G = S_OUT``; its row ``C_OUT·S_OUT = ROW_UNITS·ROW_ALIGN``, ``ROW_ALIGN`` the
+    row's largest power-of-two factor up to 16, a constexpr (Triton knows an int argument's divisibility by 16
+    only); ``FULL_COLUMNS``: every column is in range (none masked).  Grid ``(cdiv(NB·TILES_PER_IMAGE, TILES),
+    cdiv(C_OUT, BLOCK_O), cdiv(S_OUT, BLOCK_G))``."""
     CB: tl.constexpr = C_PAD * B_PAD
     kk = tl.arange(0, K_PAD)
     kh = kk // (C_PAD * KW_PAD)
@@ -352,26 +380,24 @@ def _forward_lifting_kernel(xw_ptr, c_ptr, bias_ptr, psi_ptr, corner_ptr, y_ptr,
     kw = kk % KW_PAD
     k_ok = (kh < KSIZE) & (i < C_IN)                     # constant over each KW_PAD run: vector loads stay whole
     # the steered filter, once per program
-    g = tl.minimum(tl.program_id(2) * BLOCK_G + tl.arange(0, BLOCK_G), S_OUT - 1)
-    o = tl.minimum(tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O), C_OUT - 1)
+    o, column, column_ok, bias = _lifting_columns(bias_ptr, C_OUT, S_OUT, HAS_BIAS, ACC, BLOCK_N, BLOCK_G)
     ib = tl.arange(0, CB)
-    coef = tl.load(c_ptr + o.to(OFFSET)[:, None] * sco + (ib // B_PAD * sci + ib % B_PAD * scb)[None, :],
-                   mask=((ib // B_PAD < C_IN) & (ib % B_PAD < NBASIS))[None, :], other=0.0)
-    psi = tl.load(psi_ptr + g[:, None, None] * (B_PAD * P_PAD) + (ib % B_PAD * P_PAD)[None, :, None]
-                  + (kh * KSIZE + kw)[None, None, :],
-                  mask=(((ib // B_PAD)[:, None] == i[None, :]) & (k_ok & (kw < KSIZE))[None, :])[None, :, :],
-                  other=0.0)
-    w = mma(tl.zeros((BLOCK_G, BLOCK_O, K_PAD), dtype=ACC), tl.broadcast_to(coef[None, :, :], (BLOCK_G, BLOCK_O, CB)),
-            psi, PRECISION, UPCAST)
-    w = tl.reshape(w, (BLOCK_N, K_PAD))                                                       # Wᵀ ((g, o) × K)
-    column, _, bias = _joint_columns(bias_ptr, tl.program_id(1), tl.program_id(2), C_OUT, S_OUT, HW, HAS_BIAS, ACC,
-                                     OFFSET, BLOCK_N, BLOCK_G, True)
+    coef_ptr = c_ptr + o[:, None] * CB + ib[None, :]                                         # ((o, g) × (i, b))
+    psi_ptr += tl.program_id(2) * BLOCK_G * CB * K_PAD + ib[:, None] * K_PAD + kk[None, :]
+    element = tl.arange(0, BLOCK_N) % BLOCK_G
+    w = tl.zeros((BLOCK_N, K_PAD), dtype=ACC)                                                # Wᵀ ((o, g) × K)
+    for g in tl.static_range(BLOCK_G):   # unrolled: the tile loop below stays the kernel's only loop
+        coef = tl.load(coef_ptr, mask=(element == g)[:, None], other=0.0)
+        w = mma(w, coef, tl.load(psi_ptr + g * CB * K_PAD), PRECISION, UPCAST)
     if BIAS_IN_DOT:   # the bias is the filter's column that reads xw's ones (kh = 0, i = 0, kw = KW_PAD - 1)
         w = tl.where((kk == KW_PAD - 1)[None, :], bias[:, None], w)
-    w = w.to(xw_ptr.dtype.element_ty)
+    w = tl.trans(w.to(xw_ptr.dtype.element_ty))                                               # W (K × (o, g))
     shift = ((kh * dil_h).to(OFFSET) * sxh + i) * KW_PAD + kw                                  # (K,)
-    image = C_OUT * S_OUT * HW
     pixels = tl.arange(0, BLOCK_M)
+    # each tile's offset into y is one scalar, added to these
+    ROW = ROW_UNITS * ROW_ALIGN
+    y_offsets = pixels[:, None] * ROW + column[None, :]                                       # (M × (o, g))
+    y_ok = column_ok[None, :]
     # the program's first tile (image n, tile j of it), then one step per tile: no division in the loop
     first = tl.program_id(0) * TILES
     n = first // TILES_PER_IMAGE
@@ -382,13 +408,16 @@ def _forward_lifting_kernel(xw_ptr, c_ptr, bias_ptr, psi_ptr, corner_ptr, y_ptr,
         image_n = tl.cast(tl.minimum(n, NB - 1), OFFSET)
         xs = tl.load(xw_ptr + ((image_n * sxn + corner)[:, None] * KW_PAD + shift[None, :]),
                      mask=k_ok[None, :], other=0.0)                                             # X (M × K)
-        acc = mma(tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC), w, tl.trans(xs), PRECISION, UPCAST)
-        # the tile's offset into y is one scalar: the (column, pixel) offsets stay out of the loop
-        ADD_BIAS: tl.constexpr = HAS_BIAS and not BIAS_IN_DOT
-        if FULL_TILES:
-            _store_joint(acc, y_ptr + (image_n * image + start), column, bias, pixels, None, ADD_BIAS, True)
+        acc = mma(tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC), xs, w, PRECISION, UPCAST)
+        if HAS_BIAS and not BIAS_IN_DOT:
+            acc += bias[None, :]
+        tile = y_ptr + (image_n * HW + start) * ROW
+        if FULL_TILES and FULL_COLUMNS:
+            tl.store(tile + y_offsets, acc.to(y_ptr.dtype.element_ty))
+        elif FULL_TILES:
+            tl.store(tile + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=y_ok)
         else:
-            _store_joint(acc, y_ptr + image_n * image, column, bias, pixels, (pixels < HW)[None, :], ADD_BIAS, True)
+            tl.store(tile + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=y_ok & (pixels < HW)[:, None])
         j += 1
         n += (j == TILES_PER_IMAGE).to(tl.int32)
         j = tl.where(j == TILES_PER_IMAGE, 0, j)
@@ -857,7 +886,9 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
         stride, padding, dilation: ints or pairs (zeros padding).
         groups: channel groups, one launch for all (output channels ``[j·C_out/groups, (j+1)·C_out/groups)`` read
             input channels ``[j·C_in/groups, (j+1)·C_in/groups)``).
-    Returns ``y (B, C_out, S_out, H', W')`` contiguous, in x's dtype.
+    Returns ``y (B, C_out, S_out, H', W')`` in x's dtype: contiguous, or stored ``(B, H', W', C_out, S_out)``
+    where :func:`lifting_layout` says so (the lifting kernel stores each pixel's ``C_out·S_out`` outputs
+    contiguously, by vectors).
     """
     _check_tensor(coefficients, "coefficients", 4, "(C_out, C_in/groups, S_in, B)")
     if not isinstance(x, torch.Tensor):
@@ -883,13 +914,17 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
     if ho < 1 or wo < 1:
         raise ValueError(f"x: a {h}x{w} input gives an empty {ho}x{wo} output (k={k}, stride={stride}, "
                          f"padding={padding}, dilation={dilation})")
-    y = _empty((nb, c_out, s_out, ho, wo), x)
+    lifting = lifting_layout(s_in, c_in, k, groups)
+    if lifting:
+        y = _empty((nb, ho, wo, c_out, s_out), x).permute(0, 3, 4, 1, 2)
+    else:
+        y = _empty((nb, c_out, s_out, ho, wo), x)
     if y.numel() == 0:
         return y
     if channels_last_window(s_in, x.dtype, k):
         _forward_channels_last(x, coefficients, bias, tables, index, y, k, (sh, sw, ph, pw, dh, dw), groups)
         return y
-    if s_in == 1 and groups == 1 and _lifting_k_pad(c_in, k) <= MAX_LIFTING_K:
+    if lifting:
         _forward_lifting(x, coefficients, bias, tables, index, y, k, (sh, sw, ph, pw, dh, dw))
         return y
     cfg = _forward_config(k, x.dtype, s_in)
@@ -912,6 +947,13 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
 MAX_LIFTING_K = 128
 
 
+def lifting_layout(s_in: int, c_in: int, kernel_size: int, groups: int) -> bool:
+    """Whether :func:`forward` runs ``_forward_lifting_kernel`` (a lifting layer whose folded reduction fits,
+    one channel group) and so returns ``y (B, C_out, S_out, H', W')`` stored ``(B, H', W', C_out, S_out)``, the
+    channels-last group map, rather than contiguous (the fake kernel of the op gives the same strides)."""
+    return s_in == 1 and groups == 1 and _lifting_k_pad(c_in, kernel_size) <= MAX_LIFTING_K
+
+
 def _lifting_k_pad(c_in: int, kernel_size: int) -> int:
     """The lifting forward's reduction ``(kh, i, kw)``: ``k`` rows × ``C_in`` (padded to a power of two) × ``k``
     (padded to a power of two, the vector run of ``xw``), padded to a ``tl.dot`` dimension."""
@@ -919,15 +961,15 @@ def _lifting_k_pad(c_in: int, kernel_size: int) -> int:
 
 
 def _lifting_config(kernel_size: int, dtype: torch.dtype) -> dict:
-    """The lifting forward's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` output columns ``(g, o)``, warps, stages."""
+    """The lifting forward's tile: ``BLOCK_M`` pixels, ``BLOCK_N`` output columns ``(o, g)``, warps, stages."""
     if INTERPRET:   # small pixel tiles, so that the tests' programs cover several, the last one ragged
         return dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1)
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
 
 
 def _tiles_per_program(tiles: int, other_programs: int) -> int:
-    """Pixel tiles per lifting program: each steers its filter once (a prologue of about 2.3 tiles' loop
-    instructions, docs/steerable.md) for up to 8 tiles, in about 256 programs (2 per SM of an H100) where there are
+    """Pixel tiles per lifting program: each steers its filter once (a prologue of a few tiles' loop instructions,
+    docs/steerable.md) for up to 8 tiles, in about 256 programs (2 per SM of an H100) where there are
     enough tiles.  3 under the interpreter (a ragged last program)."""
     if INTERPRET:
         return 3
@@ -944,10 +986,25 @@ def _lifting_corners(ho: int, wo: int, stride_h: int, c_in: int, length: int, wi
     return geometry_table(("steerable_lifting_corners", ho, wo, stride_h, c_in, length, wide, device), build)
 
 
+def _lifting_tables(tables: torch.Tensor, s_out_pad: int, c_pad: int, b_pad: int, k_pad: int) -> torch.Tensor:
+    """``Ψ' (S_OUT_PAD, C_PAD·B_PAD, K_PAD)`` from ``Ψ (S_out, B, k·k)``: ``Ψ'[g, (i, b), (kh, i', kw)] = Ψ[g, b,
+    kh·k + kw]`` where ``i = i'`` and ``kw < k``, zero elsewhere (the padding elements, basis functions and columns
+    included), ``kw`` padded to a power of two as ``xw``'s runs are: element ``g``'s steering operand."""
+    s_out, basis, positions = tables.shape
+    k, kw_pad = math.isqrt(positions), next_power_of_2(math.isqrt(positions))
+    out = tables.new_zeros((s_out_pad, c_pad * b_pad, k_pad))
+    # the (i, i') diagonal of the folded columns: a view of (S_OUT_PAD, B_PAD, k, KW_PAD, C_PAD)
+    diagonal = out[:, :, :k * c_pad * kw_pad].unflatten(1, (c_pad, b_pad)).unflatten(3, (k, c_pad, kw_pad)) \
+        .diagonal(dim1=1, dim2=4)
+    diagonal[:s_out, :basis, :, :k] = tables.unflatten(2, (k, k))[..., None]
+    return out
+
+
 def _forward_lifting(x, coefficients, bias, tables, index, y, k: int, geometry: tuple) -> None:
-    """Launch ``_forward_lifting_kernel`` into ``y``: ``x (B, C_in, 1, H, W)`` zero-padded and unfolded along the
-    width into ``xw (B, H + 2·pad_h, W', C_in, KW_PAD)`` (``KW_PAD`` × the input's elements: small beside a lifting
-    layer's ``C_out·S_out`` output channels), and each pixel's window corner in ``xw`` as a table."""
+    """Launch ``_forward_lifting_kernel`` into ``y`` (stored ``(B, H', W', C_out, S_out)``: :func:`lifting_layout`):
+    ``x (B, C_in, 1, H, W)`` zero-padded and unfolded along the width into ``xw (B, H + 2·pad_h, W', C_in,
+    KW_PAD)`` (``KW_PAD`` × the input's elements: small beside a lifting layer's ``C_out·S_out`` output channels),
+    each pixel's window corner in ``xw`` as a table, the coefficients and :func:`_lifting_tables` zero-padded."""
     nb, c_in, _, h, w = x.shape
     c_out, _, _, basis = coefficients.shape
     _, _, s_out, ho, wo = y.shape
@@ -957,28 +1014,32 @@ def _forward_lifting(x, coefficients, bias, tables, index, y, k: int, geometry: 
     windows = padded.unfold(3, (k - 1) * dw + 1, sw)[..., ::dw]                               # (B, C, H_pad, W', k)
     xw = x.new_zeros((nb, h + 2 * ph, wo, c_in, kw_pad))
     xw[..., :k] = windows.permute(0, 2, 3, 1, 4)
-    args = _kernel_args(x.dtype, xw, coefficients, y)
+    args = _kernel_args(x.dtype, xw, y)
     # the bias as one more filter column, on ones that xw holds past the window (exact but in tf32)
     bias_in_dot = bias is not None and kw_pad > k and args["PRECISION"] != "tf32"
     if bias_in_dot:
         xw[..., 0, kw_pad - 1] = 1
     cfg = _lifting_config(k, x.dtype)
-    cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out, s_out, cfg["BLOCK_N"], 16)
+    # the steering dots' M is BLOCK_N (not BLOCK_O, as in _forward_kernel): any channel block
+    cfg["BLOCK_N"], cfg["BLOCK_G"] = _element_block(c_out, s_out, cfg["BLOCK_N"], 1)
     block_o = cfg["BLOCK_N"] // cfg["BLOCK_G"]
     per_image = cdiv(ho * wo, cfg["BLOCK_M"])
     corner = _lifting_corners(ho, wo, sh, c_in, per_image * cfg["BLOCK_M"], args["OFFSET"] == tl.int64, x.device)
-    p_pad, b_pad = _pad16(k * k), _pad16(basis)
-    psi, _ = _padded_tables(tables, index, cdiv(s_out, cfg["BLOCK_G"]) * cfg["BLOCK_G"], p_pad, b_pad)
+    b_pad, k_pad = _pad16(basis), _lifting_k_pad(c_in, k)
+    psi = _lifting_tables(tables, cdiv(s_out, cfg["BLOCK_G"]) * cfg["BLOCK_G"], next_power_of_2(c_in), b_pad, k_pad)
+    coef = coefficients.new_zeros((c_out, next_power_of_2(c_in), b_pad))   # zero-padded: unmasked vector loads
+    coef[:, :c_in, :basis] = coefficients[:, :, 0]
     others = cdiv(c_out, block_o) * cdiv(s_out, cfg["BLOCK_G"])
     tiles = _tiles_per_program(nb * per_image, others)
+    row = c_out * s_out
+    align = min(16, row & -row)   # a pixel row's alignment, in elements: a constexpr, so that stores vectorise
     grid = (cdiv(nb * per_image, tiles), cdiv(c_out, block_o), cdiv(s_out, cfg["BLOCK_G"]))
     _forward_lifting_kernel[grid](
-        xw, coefficients, bias if bias is not None else coefficients, psi, corner, y, nb, c_out, ho * wo, per_image,
-        tiles, (h + 2 * ph) * wo * c_in, wo * c_in, dh, coefficients.stride(0), coefficients.stride(1),
-        coefficients.stride(3), C_IN=c_in, C_PAD=next_power_of_2(c_in), S_OUT=s_out, KSIZE=k, KW_PAD=kw_pad,
-        NBASIS=basis, K_PAD=_lifting_k_pad(c_in, k), B_PAD=b_pad, P_PAD=p_pad, FULL_TILES=ho * wo >= cfg["BLOCK_M"],
-        HAS_BIAS=bias is not None, BIAS_IN_DOT=bias_in_dot, **args,
-        **cfg)
+        xw, coef, bias if bias is not None else coef, psi, corner, y, nb, c_out, ho * wo, row // align, per_image,
+        tiles, (h + 2 * ph) * wo * c_in, wo * c_in, dh, C_IN=c_in, C_PAD=next_power_of_2(c_in), S_OUT=s_out,
+        KSIZE=k, KW_PAD=kw_pad, K_PAD=k_pad, B_PAD=b_pad, FULL_TILES=ho * wo >= cfg["BLOCK_M"],
+        FULL_COLUMNS=c_out % block_o == 0 and s_out % cfg["BLOCK_G"] == 0, HAS_BIAS=bias is not None,
+        BIAS_IN_DOT=bias_in_dot, ROW_ALIGN=align, **args, **cfg)
 
 
 def channels_last_window(s_in: int, dtype: torch.dtype, kernel_size: int) -> bool:

@@ -680,7 +680,12 @@ def steered_bytes(p: Problem) -> tuple[int, int]:
     the window (coefficient gradient, over all pixels for each output element)."""
     spec, bound = p.layer.spec(), p.launch.bound()
     elem = DTYPES[p.dtype][0].itemsize
-    k2, p_pad, basis, block_m = _taps(spec), bound["P_PAD"], bound["NBASIS"], bound["BLOCK_M"]
+    from gconv_triton import steerable
+
+    k2, block_m = _taps(spec), bound["BLOCK_M"]
+    # the lifting kernel takes neither (its window is folded with the input channels, its tables padded)
+    p_pad = bound.get("P_PAD", max(16, triton.next_power_of_2(k2)))
+    basis = bound.get("NBASIS", steerable.basis_size(spec.kernel[0]))
     m, n, k, count = ROLES[p.role].dense(spec)
     if ROLES[p.role].split_reduction:      # dense: (C_out·S_out, C_in·S_in·k², pixels), tiles BLOCK_O x P_PAD x M
         block_o = bound["BLOCK_O"]

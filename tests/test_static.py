@@ -288,3 +288,16 @@ def test_steerable_kernels_read_per_mac_of_their_main_dot(tmp_path):
         assert (r["dot"]["n"] if r["role"] == "steer_weight_grad" else r["dot"]["k"]) == window
         assert r["ratio"] > 0 and r["bytes"] > 0 and r["dense_bytes"] > 0
     assert "steer forward bytes sm_90" in proc.stdout
+
+
+def test_steerable_lifting_forward_is_read_per_mac_with_its_bytes(tmp_path):
+    """The lifting forward (the MNIST stem, 7 x 7, one input channel, bf16, sm_90): compiled without a spill, its
+    tile loop on wgmma judged per MAC of the folded window dot (K = 7 rows x 8 padded columns = 64), within the
+    issue's 1.5x the matmul, and its bytes counted though it binds neither P_PAD nor NBASIS."""
+    proc = _run_static(tmp_path, "--sets", "c8", "--layers", "mnist.l1", "--roles", "steer_forward", "--dtypes",
+                       "bf16", "--archs", "90", "--jobs", "1", "--no-progress", "--out", str(tmp_path / "lift"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "lift.json").read_text())["rows"]
+    assert row["kernel"] == "steerable_conv._forward_lifting_kernel" and row["status"] == "ok" and row["kept"]
+    assert row["spills"] == 0 and row["mma"] == "HGMMA" and row["dot"]["k"] == 64
+    assert 0 < row["ratio"] <= 1.5 and row["bytes"] > 0 and row["dense_bytes"] > 0

@@ -490,15 +490,22 @@ def test_forward_several_elements_per_program(monkeypatch, case):
 
 # (group, C_in, C_out, k, stride, padding, dilation, dtype, bias, (height, width), batch, lifting kernel): the
 # folded lifting forward (C_in = 1 and 3; under the interpreter 16-pixel tiles, 3 per program) with an image's last
-# tile overlapping the one before, a ragged last program, channel rows past C_out, masked stores (an image smaller
-# than a tile), the bias in the dot (kw padding) or added (tf32, k = 4 fills its kw padding); and a reduction too
-# wide for it (C_in = 3 at k = 5), which steps over input channels in _forward_kernel
+# tile overlapping the one before, a ragged last program, channel columns past C_out (masked: C_8 with 5 channels,
+# C_16 with 17), masked pixels (an image smaller than a tile), element blocks narrower than S_out (C_8 with 5
+# channels: 4 of 8 elements; D_3 with 16: 2 of 6) and wider (D_3 with 3: 8 of 6, masked), pixel rows of C_out·S_out
+# = 272, 40, 18 and 15 elements (aligned to 16, 8, 2, 1), the bias in the dot (kw padding) or added (tf32, k = 4
+# fills its kw padding); and a reduction too wide for it (C_in = 3 at k = 5), which steps over input channels in
+# _forward_kernel
 LIFTING = [
     (C8, 1, 5, 7, 1, 1, 1, torch.bfloat16, True, (11, 11), 2, True),
     (C4, 3, 4, 3, 2, 1, 1, torch.float16, True, (9, 10), 2, True),
     (D8, 2, 3, 5, (1, 2), 2, (2, 1), torch.float32, True, (8, 9), 1, True),
     (C8, 1, 2, 3, 1, 0, 1, torch.float64, False, (4, 4), 3, True),
     (C16, 1, 17, 4, 1, 2, 1, torch.bfloat16, True, (6, 5), 1, True),
+    (C8, 1, 5, 3, 1, 1, 1, torch.float32, True, (7, 6), 2, True),
+    (st.dihedral_group(3), 1, 16, 3, 1, 1, 1, torch.float16, False, (5, 7), 2, True),
+    (st.cyclic_group(5), 1, 3, 3, 1, 1, 1, torch.float32, True, (6, 6), 1, True),
+    (st.dihedral_group(3), 1, 3, 5, 2, 2, 1, torch.bfloat16, True, (9, 8), 2, True),
     (C8, 3, 2, 5, 1, 2, 1, torch.float32, True, (6, 7), 1, False),
 ]
 
@@ -508,7 +515,8 @@ LIFTING = [
                                               for c in LIFTING])
 def test_lifting_forward_folds_the_window(monkeypatch, case):
     """A lifting layer's forward: the window and input channels folded into one reduction, the filter steered
-    once per program for several pixel tiles; matches the float64 reference."""
+    once per program for several pixel tiles, stored channels-last (``(B, H', W', C_out, S_out)`` in memory: a
+    pixel's outputs contiguous); matches the float64 reference."""
     group, c_in, c_out, k, stride, padding, dilation, dtype, with_bias, (height, width), batch, folded = case
     recorder = _LaunchRecorder(kernels._forward_lifting_kernel)
     monkeypatch.setattr(kernels, "_forward_lifting_kernel", recorder)
@@ -520,7 +528,9 @@ def test_lifting_forward_folds_the_window(monkeypatch, case):
                               in_group=in_group, kernel_size=k, stride=stride, padding=padding, dilation=dilation)
     y = kernels.forward(x, c, bias, tables, index, stride, padding, dilation)
     assert len(recorder.grids) == int(folded)
-    assert y.is_contiguous() and y.dtype == dtype
+    assert kernels.lifting_layout(1, c_in, k, 1) == folded
+    assert y.dtype == dtype and y.shape == ref.shape
+    assert (y.permute(0, 3, 4, 1, 2) if folded else y).is_contiguous()
     assert_close(y, ref, dtype, "y")
 
 

@@ -319,3 +319,82 @@ def test_torch_export_and_quiet_jit_trace():
         warnings.simplefilter("error", torch.jit.TracerWarning)
         traced = torch.jit.trace(_model("d8").eval(), x, check_trace=False)
     assert torch.allclose(traced(x), _model("d8").eval()(x), rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------- the lifting layout
+def _lifting_network(dtype):
+    """No activation: its kink would turn a rounding into a different gradient."""
+    torch.manual_seed(0)
+    return nn.Sequential(gt.GroupConv2d(1, 3, 5, group="c8", padding=1),
+                         gt.GroupConv2d(3, 2, 3, group="c8", in_group="c8", padding=1),
+                         gt.GroupPool("max", group="c8")).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_lifting_kernel_output_feeds_the_next_layer(dtype):
+    """The lifting kernel stores its output channels-last (``(B, H', W', C, S)`` in memory, the group map the p4
+    layers hand on); the regular layer after it reads that in place (bf16: the channels-last window) and its
+    gradients flow back through the lifting layer.  Each layer on the kernels (the interpreter here), on its
+    exact inputs, matches its float64 reference, forward and every gradient; ``.contiguous()`` gives the
+    familiar layout, the same values."""
+    from helpers import assert_close
+
+    model = _lifting_network(dtype)
+    reference = _lifting_network(DT)
+    reference.load_state_dict({name: t.double() for name, t in model.state_dict().items()})
+    x = torch.randn(2, 1, 11, 11).to(dtype).requires_grad_()
+    with gt.backend("triton"):
+        lifted = model[0](x)
+        assert lifted.shape == (2, 3, 8, 9, 9) and lifted.permute(0, 3, 4, 1, 2).is_contiguous()
+        assert lifted.contiguous().is_contiguous() and torch.equal(lifted.contiguous(), lifted)
+        hidden = lifted.detach().requires_grad_()
+        y = model[1](hidden)
+    gen = torch.Generator().manual_seed(1)
+    for layer, ref_layer, inp, out in ((model[1], reference[1], hidden, y), (model[0], reference[0], x, lifted)):
+        inp_ref = inp.detach().double().requires_grad_()
+        expected = ref_layer(inp_ref)
+        assert_close(out, expected, dtype, f"{type(layer).__name__} y")
+        dy = torch.randn(out.shape, generator=gen, dtype=DT)
+        with gt.backend("triton"):
+            out.backward(dy.to(dtype))
+        expected.backward(dy)
+        assert_close(inp.grad, inp_ref.grad, dtype, "dx")
+        for (name, p), q in zip(layer.named_parameters(), ref_layer.parameters()):
+            assert_close(p.grad, q.grad, dtype, name)
+
+
+LIFTING_COMPILE = """
+import torch, gconv_triton as gt
+from torch import nn
+torch.manual_seed(0)
+model = nn.Sequential(gt.GroupConv2d(1, 3, 5, group="c8", padding=1, activation="relu"),
+                      gt.GroupConv2d(3, 2, 3, group="c8", in_group="c8", padding=1),
+                      gt.GroupPool("max", group="c8")).to(torch.bfloat16)
+x = torch.randn(2, 1, 11, 11, dtype=torch.bfloat16)
+with gt.backend("triton"):
+    for compiler in ("inductor", "aot_eager"):
+        torch._dynamo.reset()
+        y = torch.compile(model, backend=compiler, fullgraph=True)(x)   # the first call ever
+        y.float().square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        ref = model(x)
+        ref.float().square().sum().backward()
+        assert torch.equal(y, ref), (compiler, (y - ref).abs().max())
+        assert all(torch.equal(a, p.grad) for a, p in zip(grads, model.parameters())), compiler
+        model.zero_grad()
+    exported = torch.export.export(model, (x,)).module()
+    assert torch.equal(exported(x), model(x))
+print("ok")
+"""
+
+
+def test_lifting_layout_compiles_cold_and_exports(tmp_path):
+    """A fresh process (cold TorchInductor and Triton caches) compiles a lifting → regular → pool network on the
+    kernels before any eager call, with inductor (which plans the next ops on the fake kernel's strides: they must
+    be the lifting kernel's channels-last ones) and aot_eager, forward and backward equal to eager; torch.export
+    gives the same function."""
+    env = dict(TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), TRITON_CACHE_DIR=str(tmp_path / "triton"))
+    proc = subprocess.run([sys.executable, "-c", LIFTING_COMPILE], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600, env={**__import__("os").environ, **env})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

@@ -113,8 +113,8 @@ def test_bf16_autocast_on_the_kernels():
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_opcheck(backend):
-    """Schema, fake kernels, autograd registration and AOT dispatch of the three ops, on the reference inside the
-    ops ('torch') and on the kernels ('triton')."""
+    """Schema, fake kernels (their strides included), autograd registration and AOT dispatch of the three ops, on
+    a regular and a lifting layer, on the reference inside the ops ('torch') and on the kernels ('triton')."""
     torch.manual_seed(0)
     c8 = st.cyclic_group(8)
     device = DEVICE if backend == "triton" else torch.device("cpu")
@@ -128,6 +128,14 @@ def test_opcheck(backend):
     torch.library.opcheck(ops._conv_op, (x, c, b, tables, *geometry))
     torch.library.opcheck(ops._input_grad_op, (dy, c, tables, [1, 1, 8, 5, 6], *geometry))
     torch.library.opcheck(ops._weight_grad_op, (dy, x, tables, [2, 1, 8, 6], *geometry))
+    # a lifting layer: on the kernels its output is stored channels-last, as the fake kernel says; dy so stored too
+    x = torch.randn(1, 1, 1, 5, 6, dtype=dtype, device=device, requires_grad=True)
+    c = torch.randn(2, 1, 1, 6, dtype=dtype, device=device, requires_grad=True)
+    dy = torch.randn(1, 3, 6, 2, 8, dtype=dtype, device=device).permute(0, 3, 4, 1, 2).requires_grad_()
+    geometry = ("C8", "z2", 3, [2, 1], [1, 1], [1, 1], backend)
+    torch.library.opcheck(ops._conv_op, (x, c, b, tables, *geometry))
+    torch.library.opcheck(ops._input_grad_op, (dy, c, tables, [1, 1, 1, 5, 6], *geometry))
+    torch.library.opcheck(ops._weight_grad_op, (dy, x, tables, [2, 1, 1, 6], *geometry))
 
 
 def test_reference_inside_the_ops_is_the_reference_path():

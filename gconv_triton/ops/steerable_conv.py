@@ -5,7 +5,9 @@ Three ops, each running the kernels or the plain-PyTorch reference (chosen insid
 caller resolved, as ``ops/group_conv.py``'s are), registered with ``torch.library.custom_op``:
 
 * ``gconv_triton::steerable_conv2d(x, coefficients, bias, tables, ...) -> y``: ``x (B, C_in, S_in, H, W)``,
-  ``coefficients (C_out, C_in, S_in, B)``, ``tables Ψ (S_out, B, k·k)``; ``y (B, C_out, S_out, H', W')``.
+  ``coefficients (C_out, C_in, S_in, B)``, ``tables Ψ (S_out, B, k·k)``; ``y (B, C_out, S_out, H', W')``, stored
+  ``(B, H', W', C_out, S_out)`` where the lifting kernel writes it (``launchers.lifting_layout``; the fake kernel
+  gives the same strides), else contiguous.
 * ``gconv_triton::steerable_conv2d_input_grad(dy, coefficients, tables, input_size, ...) -> dx``.
 * ``gconv_triton::steerable_conv2d_weight_grad(dy, x, tables, coefficient_size, ...) -> dc``: summed over the
   group copies inside the kernel; nothing of the bank's size (``C_out·S_out·C_in·S_in·k²``) is allocated.
@@ -80,7 +82,15 @@ def _conv_op(x: Tensor, coefficients: Tensor, bias: Optional[Tensor], tables: Te
 
 @_conv_op.register_fake
 def _(x, coefficients, bias, tables, group, in_group, kernel_size, stride, padding, dilation, backend):
-    return x.new_empty(_out_shape(x, coefficients, group, kernel_size, stride, padding, dilation))
+    shape = _out_shape(x, coefficients, group, kernel_size, stride, padding, dilation)
+    if kernels_for(x, backend):
+        from ..kernels import steerable_conv as launchers
+
+        c_out, c_in, s_in, _ = coefficients.shape
+        if launchers.lifting_layout(s_in, c_in, kernel_size, 1):   # the kernel's channels-last output
+            b, c, s, h, w = shape
+            return x.new_empty((b, h, w, c, s)).permute(0, 3, 4, 1, 2)
+    return x.new_empty(shape)
 
 
 @torch.library.custom_op("gconv_triton::steerable_conv2d_input_grad", mutates_args=())
