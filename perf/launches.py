@@ -37,8 +37,9 @@ and post-hook); else to ``(loss)``, ``(accumulate)``, ``(optimizer)`` or ``(grad
 the two gradients of a tensor used twice, as a residual block's input, after the node that made the second one
 ran).  ``--per-layer`` prints, per group-conv layer, its
 launches and its activation-sized copies or fills: ``copy_``, ``clone``, ``reshape`` copies, ``zeros``,
-``fill_``, a layout kernel, ... writing at least as many bytes as the smaller of the layer's input and output.  The
-targets (:func:`check_targets`) are printed as PASS/FAIL lines and do not change the exit status.  See
+``fill_``, a layout kernel, ... writing at least as many bytes as the smaller of the layer's input and output,
+but the weight's re-layout (``WEIGHT_LAYOUT_KERNELS``: weight-sized at any batch; its bytes get their own column).
+The targets (:func:`check_targets`) are printed as PASS/FAIL lines and do not change the exit status.  See
 ``docs/launches.md``.
 """
 
@@ -80,6 +81,8 @@ NO_KERNEL = {"resize_", "set_", "_local_scalar_dense", "record_stream", "_versio
 GEMMS = {"convolution", "convolution_backward", "mm", "addmm", "bmm", "baddbmm", "_convolution"}
 # Triton kernels that only move data (the launchers' re-layouts): counted as copies, outside the GEMMs
 LAYOUT_KERNELS = ("group_conv_layouts.",)
+# Layout kernels that re-lay a layer's weight, not an activation: weight-sized whatever the batch and image size
+WEIGHT_LAYOUT_KERNELS = ("group_conv_layouts._permute_weight_kernel",)
 # Ops that only move data (a reshape that cannot be a view copies)
 COPIES = {"copy_", "clone", "_to_copy", "constant_pad_nd", "lift_fresh_copy", "contiguous", "reshape", "flatten",
           "_unsafe_view"}
@@ -141,6 +144,10 @@ class Record:
         if self.kind == "triton":
             return self.name.startswith(LAYOUT_KERNELS)
         return self.name in COPIES | FILLS
+
+    @property
+    def weight_relayout(self) -> bool:
+        return self.kind == "triton" and self.name in WEIGHT_LAYOUT_KERNELS
 
 
 @functools.lru_cache(maxsize=None)
@@ -428,13 +435,15 @@ def summarize(recorder: StepRecorder, layers: dict, config: dict) -> dict:
     for name, info in layers.items():
         mine = [r for r in recs if r.layer == name]
         threshold = min(info["input_bytes"], info.get("output_bytes", info["input_bytes"]))
-        big = [r for r in mine if r.copy_or_fill and r.bytes >= threshold]
+        # a weight re-layout is weight-sized: at a small batch it may pass the threshold without copying an activation
+        big = [r for r in mine if r.copy_or_fill and not r.weight_relayout and r.bytes >= threshold]
         per_layer.append(dict(layer=name, **info, launches=len(mine),
                               triton=sum(r.kind == "triton" for r in mine),
                               gemm=sum(r.gemm for r in mine),
                               other=sum(not r.gemm for r in mine),
                               bytes_outside_gemms=sum(r.bytes for r in mine if not r.gemm),
-                              activation_copies=[f"{r.phase}:{r.name}:{r.bytes}" for r in big]))
+                              activation_copies=[f"{r.phase}:{r.name}:{r.bytes}" for r in big],
+                              weight_relayout_bytes=sum(r.bytes for r in mine if r.weight_relayout)))
     phases = {p: sum(r.phase == p for r in recs) for p in ("forward", "backward", "optimizer")}
     step_ops = [r for r in recs if r.layer in ("(loss)", "(optimizer)")]
     return dict(config, launches=len(recs), triton=len(triton), torch=len(recs) - len(triton),
@@ -512,12 +521,14 @@ def markdown(results: list[dict], per_layer: bool = False) -> str:
     if per_layer:
         for r in results:
             out += (f"\n{r['model']}, {r['layout']}, {r['path']} path, per group-conv layer:\n\n"
-                    "| layer | launches | Triton | not GEMMs | bytes outside the GEMMs, MB | activation-sized "
-                    "copies or fills |\n| --- | --- | --- | --- | --- | --- |\n")
+                    "| layer | launches | Triton | not GEMMs | bytes outside the GEMMs, MB | of which weight "
+                    "re-layouts, MB | activation-sized copies or fills |\n"
+                    "| --- | --- | --- | --- | --- | --- | --- |\n")
             for lay in r["layers"]:
                 copies = ", ".join(lay["activation_copies"]) or "–"
                 out += (f"| {lay['layer']} | {lay['launches']} | {lay['triton']} | {lay['other']} | "
-                        f"{lay['bytes_outside_gemms'] / MB:.2f} | {copies} |\n")
+                        f"{lay['bytes_outside_gemms'] / MB:.2f} | {lay.get('weight_relayout_bytes', 0) / MB:.2f} | "
+                        f"{copies} |\n")
     return out
 
 

@@ -499,3 +499,14 @@ def test_launches_prints_an_earlier_run_before_this_one(tmp_path, capsys):
     assert len(rows) == 1, rows
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[2:7] == cells[7:12], cells
+
+
+def test_launches_tells_a_weight_relayout_from_an_activation_copy():
+    """At batch 1 on 6×6 maps the layer's permuted weight outweighs its activations: it is reported as a weight
+    re-layout, not as an activation-sized copy (a channels-last input is read in place: no copy of ``x``)."""
+    result = launches.measure("layer", "kernel", layout="channels_last", **TINY)
+    (layer,) = result["layers"]
+    relayouts = [r for r in result["records"] if r["name"] in launches.WEIGHT_LAYOUT_KERNELS]
+    assert relayouts and all(r["bytes"] > layer["input_bytes"] for r in relayouts)
+    assert layer["weight_relayout_bytes"] == sum(r["bytes"] for r in relayouts)
+    assert not any(launches.WEIGHT_LAYOUT_KERNELS[0] in c for c in layer["activation_copies"])
