@@ -1,12 +1,15 @@
-"""Implicit-GEMM group convolution: the weight gradient (:func:`_weight_grad_kernel`).
+"""Implicit-GEMM group convolution: the weight gradient (:func:`_orbit_weight_grad_kernel`,
+:func:`_weight_grad_kernel`).
 
 The math and the design (the group copies as more reduction, the zero-halo copy of ``x`` shared with the forward,
-``dy`` read in place or re-laid, the in-register permutation of the accumulator's rows) are in
-``docs/kernels.md``, "The three GEMMs"; the split of the reduction over programs, and why the result is
-deterministic, in ``docs/determinism.md``.
+``dy`` read in place by orbit programs in the filter bank's frame or re-laid, the in-register permutation of the
+accumulator's rows) are in ``docs/kernels.md``, "The three GEMMs"; the split of the reduction over programs, and
+why the result is deterministic, in ``docs/determinism.md``.
 
 Reading order: :func:`weight_grad` (reads ``dy`` in place or lays it out, takes or makes the copy of ``x``, the
-window-corner table) -> :func:`_weight_grad_kernel` -> :func:`_in_place_dy_loop` or :func:`_relaid_dy_loop`.
+window-corner table) -> :func:`_orbit_weight_grad_kernel` (``dy`` in place: the orbits of
+:func:`~._common.position_orbits`, :func:`_orbit_block`, :func:`_split_channels`, :func:`_permute_rows`,
+:func:`_bias_partial_sums`) or :func:`_weight_grad_kernel` -> :func:`_relaid_dy_loop`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,19 @@ def _configs():
             for bm, bn, warps, stages in [(128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3),
                                           (64, 32, 4, 4), (128, 16, 4, 4), (64, 16, 4, 4), (64, 128, 4, 3),
                                           (64, 16, 8, 3), (64, 32, 8, 3)]]
+
+
+def _tuned_weight_grad(configs, n_block: str, n_tiles: str):
+    """Both weight-gradient kernels' decorators: tuned over the output tile (``BLOCK_M`` x ``n_block``, which
+    tiles ``n_tiles``), warps and stages only (the reduction block stays fixed), and the constexprs derived from
+    the arguments."""
+    tune = maybe_autotune(configs, key=["R_TOTAL", "M_CH", "O_PAD", "S_IN", "S_OUT", "KH", "KW", "COPIES", "PRECISION"],
+                          tiles=dict(BLOCK_M="M_CH", **{n_block: n_tiles}),
+                          operands=[("BLOCK_R", "BLOCK_M"), ("BLOCK_R", n_block)])
+    derive = triton.heuristics(dict(
+        WIDE=lambda a: needs_int64(a["x_ptr"], a["dy_ptr"], a["pix_ptr"]),
+        ACC=lambda a: accumulator(a["x_ptr"].dtype), UPCAST=lambda a: upcast(a["x_ptr"].dtype)))
+    return lambda fn: tune(derive(fn))
 
 
 HAS_GATHER = tl.constexpr(hasattr(tl, "gather"))   # tl.gather is missing from the oldest triton releases
@@ -80,12 +96,7 @@ def _split_channels(tile, S_OUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: t
     return pieces
 
 
-# Tuned over the output tile (BLOCK_M x BLOCK_N), warps and stages only: the reduction block stays fixed.
-@maybe_autotune(_configs(), key=["R_TOTAL", "M_CH", "O_PAD", "S_IN", "S_OUT", "KH", "KW", "COPIES", "PRECISION"],
-                tiles=dict(BLOCK_M="M_CH", BLOCK_N="O_PAD"),
-                operands=[("BLOCK_R", "BLOCK_M"), ("BLOCK_R", "BLOCK_N")])
-@triton.heuristics(dict(WIDE=lambda a: needs_int64(a["x_ptr"], a["dy_ptr"], a["pix_ptr"]),
-                        ACC=lambda a: accumulator(a["x_ptr"].dtype), UPCAST=lambda a: upcast(a["x_ptr"].dtype)))
+@_tuned_weight_grad(_configs(), "BLOCK_N", "O_PAD")
 @triton.jit
 def _weight_grad_kernel(
     x_ptr, dy_ptr, pix_ptr, dw_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr,
@@ -266,13 +277,7 @@ def _bias_partial_sums(
     tl.store(bias_ptr + (pid_s * weight_groups + wg) * O_PAD + o, per_o, mask=o < O_PAD)
 
 
-# Tuned over the output tile (BLOCK_M x BLOCK_NS), warps and stages only: the reduction block stays fixed.
-@maybe_autotune(_orbit_configs(), key=["R_TOTAL", "M_CH", "O_PAD", "S_IN", "S_OUT", "KH", "KW", "COPIES",
-                                       "PRECISION"],
-                tiles=dict(BLOCK_M="M_CH", BLOCK_NS="O_PAD*S_OUT"),
-                operands=[("BLOCK_R", "BLOCK_M"), ("BLOCK_R", "BLOCK_NS")])
-@triton.heuristics(dict(WIDE=lambda a: needs_int64(a["x_ptr"], a["dy_ptr"], a["pix_ptr"]),
-                        ACC=lambda a: accumulator(a["x_ptr"].dtype), UPCAST=lambda a: upcast(a["x_ptr"].dtype)))
+@_tuned_weight_grad(_orbit_configs(), "BLOCK_NS", "O_PAD*S_OUT")
 @triton.jit
 def _orbit_weight_grad_kernel(
     x_ptr, dy_ptr, pix_ptr, dw_ptr, bias_ptr, in_index_ptr, orbit_ptr,

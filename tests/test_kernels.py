@@ -698,6 +698,28 @@ def test_weight_grad_reads_dy_in_place(monkeypatch, group, in_group, c_in, c_out
     assert_close(db, bias_grad(dy.cpu().double(), groups, weight_groups), dtype, "bias grad")
 
 
+@pytest.mark.parametrize("group, kernel, orbits", [
+    ("p4", (3, 3), [[0, 2, 6, 8], [1, 3, 5, 7], [4]]),
+    ("p4m", (5, 5), [[0, 4, 20, 24], [1, 3, 5, 9, 15, 19, 21, 23], [2, 10, 14, 22], [6, 8, 16, 18],
+                     [7, 11, 13, 17], [12]]),
+    ("p2mm_shuffled", (3, 3), [[0, 2, 6, 8], [1, 7], [3, 5], [4]]),
+    ("z2", (1, 3), [[0], [1], [2]]),
+])
+def test_position_orbits_hold_every_position_once_and_where_each_element_moves_it(group, kernel, orbits):
+    """The orbit weight gradient's table: the orbits of the window positions, and ``slot[k, g]``, the member
+    that ``g`` moves onto member ``k`` (``dest[g, members[slot[k, g]]] == members[k]``)."""
+    group = get_group(USER_GROUPS.get(group, group))
+    table, orbit_max = _common.position_orbits(group, kernel, torch.device("cpu"))
+    dest = group.position_destinations(kernel)
+    assert orbit_max == max(map(len, orbits)) and table.shape == (len(orbits), 1 + orbit_max * (1 + group.order))
+    for row, want in zip(table.tolist(), orbits):
+        length, members = row[0], row[1:1 + row[0]]
+        slots = torch.tensor(row[1 + orbit_max:]).reshape(orbit_max, group.order)[:length]
+        assert members == want
+        for k, p in enumerate(members):
+            assert [dest[g, members[slots[k, g]]].item() for g in range(group.order)] == [p] * group.order
+
+
 def test_weight_grad_re_lays_dy_only_where_it_cannot_read_it_in_place(monkeypatch):
     """A layer's ``dy`` (p4, p4m, any output channels) is read in place; a channels-first one (the loss's), a
     strided view, a group whose ``S_out`` is not a power of two and fp32 without tf32 (no MMA) are re-laid first."""
