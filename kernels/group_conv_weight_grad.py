@@ -364,7 +364,10 @@ def _orbit_weight_grad_kernel(
                                    UPCAST)
         per_g = _split_channels(acc, S_OUT, BLOCK_M, BLOCK_N)
         for g in tl.static_range(S_OUT):   # dw row (i, u) takes row (i, g·u), added at the position g moves to p
-            src = tl.minimum((ml // S_IN) * S_IN + tl.load(in_index_ptr + g * S_IN + ml % S_IN), BLOCK_M - 1)
+            # + min(p, 0) (= 0): an address that depends on the loop, so that the compiler does not hoist the S_out
+            # index vectors out of it, where they would hold registers through the GEMM loop
+            row_g = tl.load(in_index_ptr + g * S_IN + ml % S_IN + tl.minimum(p, 0))
+            src = tl.minimum((ml // S_IN) * S_IN + row_g, BLOCK_M - 1)
             share = _permute_rows(per_g[g], src, BLOCK_M, BLOCK_N)
             slot = tl.load(orbit + 1 + ORBIT_MAX + k * S_OUT + g)
             added = ()
