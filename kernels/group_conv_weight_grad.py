@@ -209,8 +209,7 @@ def _relaid_dy_loop(
 
 def _orbit_configs():
     # BLOCK_NS: the dy tile's (o, g) columns, BLOCK_NS / S_out output channels; the output accumulators (one per
-    # position of the orbit) hold about as many registers as the bank-frame one, so the widest tile also comes with
-    # 2 stages (fewer registers in flight)
+    # position of the orbit) hold about as many registers as the bank-frame one; the widest tile also with 2 stages
     return [triton.Config(dict(BLOCK_M=bm, BLOCK_NS=bns), num_warps=warps, num_stages=stages)
             for bm, bns, warps, stages in [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (64, 128, 4, 3),
                                            (64, 64, 4, 3), (128, 64, 4, 3), (64, 32, 4, 4), (128, 32, 4, 4),
