@@ -60,6 +60,46 @@ def group_tables(group, in_group, kernel: tuple[int, int], device: torch.device)
     return tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in tables)
 
 
+
+@functools.lru_cache(maxsize=256)
+def position_orbits(group, kernel: tuple[int, int], device: torch.device):
+    """The orbits of the window positions under the group's moves, as one int32 table, cached per device.
+
+    Returns ``(table, orbit_max)``: ``table (n_orbits, 1 + orbit_max + orbit_max·S_out)``, row ``q`` holding the
+    orbit's length ``L``, its positions ``members[0..L)`` (flat ``th·kw + tw``, ascending; the rest 0), and
+    ``slot[k, g]`` (``(orbit_max, S_out)``, 0 past ``L``): the index in ``members`` of the base-filter position
+    ``t`` that ``g`` moves onto ``members[k]``.  An orbit is a connected set of positions under ``t -> dest[g, t]``,
+    so it holds, with every position ``p``, every ``t`` that some ``g`` moves onto ``p``; orbits are ordered by
+    their first position.
+    """
+    dest = group.position_destinations(kernel)                               # (S_out, kh·kw): dest[g, t] = p
+    n_pos = dest.shape[1]
+    root = list(range(n_pos))
+
+    def find(a):
+        while root[a] != a:
+            a = root[a]
+        return a
+    for g_row in dest.tolist():
+        for t, p in enumerate(g_row):
+            root[find(t)] = find(p)
+    orbits: dict = {}
+    for t in range(n_pos):
+        orbits.setdefault(find(t), []).append(t)
+    members = sorted(orbits.values())
+    orbit_max = max(len(m) for m in members)
+    source = torch.empty_like(dest)
+    source.scatter_(1, dest, torch.arange(n_pos).expand_as(dest).contiguous())    # source[g, p] = t
+    table = torch.zeros((len(members), 1 + orbit_max + orbit_max * dest.shape[0]), dtype=torch.int32)
+    for q, positions in enumerate(members):
+        index = {t: k for k, t in enumerate(positions)}
+        table[q, 0] = len(positions)
+        table[q, 1:1 + len(positions)] = torch.tensor(positions)
+        slots = [[index[t] for t in source[:, p].tolist()] for p in positions]       # (L, S_out)
+        table[q, 1 + orbit_max:1 + orbit_max + len(positions) * dest.shape[0]] = torch.tensor(slots).reshape(-1)
+    return table.to(device).contiguous(), orbit_max
+
+
 @functools.lru_cache(maxsize=256)
 def gather_tables(group, in_group, kernel: tuple[int, int], device: torch.device):
     """The two small int32 tables the implicit-GEMM kernel gathers the rotated filter with, cached per device.

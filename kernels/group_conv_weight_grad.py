@@ -1,12 +1,15 @@
-"""Implicit-GEMM group convolution: the weight gradient (:func:`_weight_grad_kernel`).
+"""Implicit-GEMM group convolution: the weight gradient (:func:`_orbit_weight_grad_kernel`,
+:func:`_weight_grad_kernel`).
 
 The math and the design (the group copies as more reduction, the zero-halo copy of ``x`` shared with the forward,
-``dy`` read in place or re-laid, the in-register permutation of the accumulator's rows) are in
-``docs/kernels.md``, "The three GEMMs"; the split of the reduction over programs, and why the result is
-deterministic, in ``docs/determinism.md``.
+``dy`` read in place by orbit programs in the filter bank's frame or re-laid, the in-register permutation of the
+accumulator's rows) are in ``docs/kernels.md``, "The three GEMMs"; the split of the reduction over programs, and
+why the result is deterministic, in ``docs/determinism.md``.
 
 Reading order: :func:`weight_grad` (reads ``dy`` in place or lays it out, takes or makes the copy of ``x``, the
-window-corner table) -> :func:`_weight_grad_kernel` -> :func:`_in_place_dy_loop` or :func:`_relaid_dy_loop`.
+window-corner table) -> :func:`_orbit_weight_grad_kernel` (``dy`` in place: the orbits of
+:func:`~._common.position_orbits`, :func:`_orbit_block`, :func:`_split_channels`, :func:`_permute_rows`,
+:func:`_bias_partial_sums`) or :func:`_weight_grad_kernel` -> :func:`_relaid_dy_loop`.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import triton.language as tl
 
 from . import _common
 from ._common import (accumulator, bank_split_limit, cdiv, channels_last, dot_precision, geometry_table,
-                      group_tables, interpreter_config, maybe_autotune, mma, needs_int64, round_up, split_ranges,
-                      upcast, vector_padding, vector_width)
+                      group_tables, interpreter_config, maybe_autotune, mma, needs_int64, position_orbits, round_up,
+                      split_ranges, upcast, vector_padding, vector_width)
 from .group_conv import halo_channels_last, halo_is_input, halo_size, reads_in_place, vector_channels
 from .group_conv_layouts import finish_weight_grad, relayout_dy
 
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
+ORBIT_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_NS=32)
 
 # The reduction block, fixed (not tuned) so that the reduction order, and so every bit of dw, never depends on
 # tuning.  fp64 MMAs keep whole operand tiles in registers: a shorter block keeps them from spilling.
@@ -39,6 +43,19 @@ def _configs():
             for bm, bn, warps, stages in [(128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3),
                                           (64, 32, 4, 4), (128, 16, 4, 4), (64, 16, 4, 4), (64, 128, 4, 3),
                                           (64, 16, 8, 3), (64, 32, 8, 3)]]
+
+
+def _tuned_weight_grad(configs, n_block: str, n_tiles: str):
+    """Both weight-gradient kernels' decorators: tuned over the output tile (``BLOCK_M`` x ``n_block``, which
+    tiles ``n_tiles``), warps and stages only (the reduction block stays fixed), and the constexprs derived from
+    the arguments."""
+    tune = maybe_autotune(configs, key=["R_TOTAL", "M_CH", "O_PAD", "S_IN", "S_OUT", "KH", "KW", "COPIES", "PRECISION"],
+                          tiles=dict(BLOCK_M="M_CH", **{n_block: n_tiles}),
+                          operands=[("BLOCK_R", "BLOCK_M"), ("BLOCK_R", n_block)])
+    derive = triton.heuristics(dict(
+        WIDE=lambda a: needs_int64(a["x_ptr"], a["dy_ptr"], a["pix_ptr"]),
+        ACC=lambda a: accumulator(a["x_ptr"].dtype), UPCAST=lambda a: upcast(a["x_ptr"].dtype)))
+    return lambda fn: tune(derive(fn))
 
 
 HAS_GATHER = tl.constexpr(hasattr(tl, "gather"))   # tl.gather is missing from the oldest triton releases
@@ -79,72 +96,21 @@ def _split_channels(tile, S_OUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: t
     return pieces
 
 
-@triton.jit
-def _in_place_dy_block(
-    accs, r0, x_rows, pix_rows, dy_ptr, dy_cols, dy_pixel, zero_delta, R_TOTAL, x_ok, o_ok, kr,
-    S_OUT: tl.constexpr, VEC_X: tl.constexpr, VEC_DY: tl.constexpr, IN_PLACE: tl.constexpr, FULL_M: tl.constexpr,
-    FULL_N: tl.constexpr, TAIL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """One pixel block ``r0 + kr`` of the in-place ``dy`` loop: the ``dy`` tile of every ``g`` in one load
-    (``[BLOCK_R, BLOCK_N·S_OUT]``, contiguous per pixel), split per ``g`` (:func:`_split_channels`), each times its
-    ``x`` tile (rows ``pix_rows[g] + r``, at ``x_rows[g]``) into ``accs[g]``.  ``TAIL``: the block holding the last
-    pixel (rows past ``R_TOTAL`` masked)."""
-    r = r0 + kr
-    dy_at = dy_ptr + tl.multiple_of(r * dy_pixel, VEC_DY)[:, None] + dy_cols[None, :]
-    if TAIL:
-        dya = tl.load(dy_at, mask=(r < R_TOTAL)[:, None] & o_ok[None, :], other=0.0)
-    elif FULL_N:
-        dya = tl.load(dy_at)
-    else:
-        dya = tl.load(dy_at, mask=o_ok[None, :], other=0.0)
-    dy_g = _split_channels(dya, S_OUT, BLOCK_R, BLOCK_N)
-    out = ()
-    for g in tl.static_range(S_OUT):
-        row = tl.load(pix_rows[g] + r)
-        if IN_PLACE:   # -1: the row lies in the padding (or past the last pixel): the zero page
-            row = tl.where(row < 0, zero_delta, row)
-        row = tl.multiple_of(row, VEC_X)
-        if FULL_M:
-            xa = tl.load(x_rows[g] + row[:, None])
-        else:
-            xa = tl.load(x_rows[g] + row[:, None], mask=x_ok[None, :], other=0.0)
-        out = out + (mma(accs[g], tl.trans(xa), dy_g[g], PRECISION, UPCAST),)
-    return out
-
-
-@triton.jit
-def _tree_sum_rows(tile, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """``tile [ROWS, COLS]`` (``ROWS`` a power of two) -> its column sums ``[COLS]``, added in pairs of rows, then
-    pairs of those, ...: the same order whatever the layout (the tuned warps), so the same bits."""
-    for level in tl.static_range(7):
-        if (ROWS >> level) > 1:
-            halves = tl.permute(tl.reshape(tile, ((ROWS >> level) // 2, 2, COLS)), (0, 2, 1))
-            even, odd = tl.split(halves)
-            tile = even + odd
-    return tl.reshape(tile, (COLS,))
-
-
-# Tuned over the output tile (BLOCK_M x BLOCK_N), warps and stages only: the reduction block stays fixed.
-@maybe_autotune(_configs(), key=["R_TOTAL", "M_CH", "O_PAD", "S_IN", "S_OUT", "KH", "KW", "COPIES", "PRECISION"],
-                tiles=dict(BLOCK_M="M_CH", BLOCK_N="O_PAD"),
-                operands=[("BLOCK_R", "BLOCK_M"), ("BLOCK_R", "BLOCK_N")])
-@triton.heuristics(dict(WIDE=lambda a: needs_int64(a["x_ptr"], a["dy_ptr"], a["pix_ptr"]),
-                        ACC=lambda a: accumulator(a["x_ptr"].dtype), UPCAST=lambda a: upcast(a["x_ptr"].dtype)))
+@_tuned_weight_grad(_configs(), "BLOCK_N", "O_PAD")
 @triton.jit
 def _weight_grad_kernel(
-    x_ptr, dy_ptr, pix_ptr, dw_ptr, bias_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr,
-    R_TOTAL, R_PER_SPLIT, R_ALLOC, weight_groups, COPIES, stride_x_h, stride_x_w, dil_h, dil_w, zero_delta,
+    x_ptr, dy_ptr, pix_ptr, dw_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr,
+    R_TOTAL, R_PER_SPLIT, R_ALLOC, weight_groups, COPIES, stride_x_h, stride_x_w, dil_h, dil_w,
     M_CH: tl.constexpr, X_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, VEC_X: tl.constexpr,
-    IN_PLACE: tl.constexpr, DY_IN_PLACE: tl.constexpr, VEC_DY: tl.constexpr, HAS_BIAS: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
+    IN_PLACE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
     WIDE: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """``dw`` of base-filter window position ``t`` for a ``[BLOCK_M (i, u), BLOCK_N o]`` tile of weight slice
     ``wg``, summed over the pixels of split ``pid_s``, every group element ``g`` and the channel groups sharing the
-    slice.
+    slice, from ``dy`` re-laid (:func:`~.group_conv_layouts.relayout_dy`); ``dy`` read in place is
+    :func:`_orbit_weight_grad_kernel`'s.
 
     ``x``: a zero-halo channels-last copy ``(B, HP, WP, groups·X_CH)`` (unit channel stride, ``X_CH >= M_CH =
     C_in_g·S_in`` channels per group, the padding already in place), so that no window position reads out of
@@ -157,10 +123,6 @@ def _weight_grad_kernel(
     ``IN_PLACE``: ``x`` is the input itself, channels-last ``(B, H, W, groups·X_CH)`` without the padding, and
     ``pix`` is ``(KH·KW, R_ALLOC)`` int64: for window position ``(th, tw)`` the x offset of pixel ``r``'s row, or of
     a zero page (:func:`_in_place_offsets`) where it lies in the padding.  The loop is the same loop.
-    ``DY_IN_PLACE``: ``dy`` is the layers' own ``(B, H_out, W_out, groups·C_OUT_G, S_OUT)``, dense, read in place
-    by :func:`_in_place_dy_loop` (pixel blocks outer, ``g`` inner); ``IN_PLACE`` tables then hold -1 for the zero
-    page, put in by a select in the loop (``zero_delta``).  ``HAS_BIAS`` (with ``DY_IN_PLACE`` only): also the
-    bias gradient's partial sums, ``bias (split, weight_groups, O_PAD)``.
 
     For element ``g`` the x tile is read in its own channel order ``(i, s)`` and multiplied into ``acc_g``; the rows
     are then moved to the weight's order ``(i, u)``, ``s = g·u``, by an in-register gather, once per ``g`` and not
@@ -187,19 +149,11 @@ def _weight_grad_kernel(
     if WIDE:
         r_start = r_start.to(tl.int64)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    if DY_IN_PLACE:
-        acc = _in_place_dy_loop(
-            acc, x_ptr, dy_ptr, pix_ptr, bias_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr, R_TOTAL, R_ALLOC, t, wg,
-            weight_groups, COPIES, r_start, r_stop, pid_s, pid_m, pid_n, stride_x_h, stride_x_w, dil_h, dil_w,
-            zero_delta, m, ml, x_ok, o, kr, C_OUT_G, O_PAD, X_CH, S_IN, S_OUT, KW, KPOS, VEC_X, VEC_DY, IN_PLACE,
-            FULL_M, HAS_BIAS, WIDE, PRECISION, UPCAST, ACC, BLOCK_R, BLOCK_M, BLOCK_N)
-    else:
-        acc = _relaid_dy_loop(
-            acc, x_ptr, dy_ptr, pix_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr, R_ALLOC, t, wg, weight_groups,
-            COPIES, r_start, r_stop, stride_x_h, stride_x_w, dil_h, dil_w, m, ml, x_ok, o, kr, O_PAD, X_CH, S_IN,
-            S_OUT, KW, KPOS, VEC_X, IN_PLACE, FULL_M, FULL_N, WIDE, PRECISION, UPCAST, ACC, BLOCK_M, BLOCK_N,
-            BLOCK_R)
+    acc = _relaid_dy_loop(
+        tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC), x_ptr, dy_ptr, pix_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr,
+        R_ALLOC, t, wg, weight_groups, COPIES, r_start, r_stop, stride_x_h, stride_x_w, dil_h, dil_w, m, ml, x_ok,
+        o, kr, O_PAD, X_CH, S_IN, S_OUT, KW, KPOS, VEC_X, IN_PLACE, FULL_M, FULL_N, WIDE, PRECISION, UPCAST, ACC,
+        BLOCK_M, BLOCK_N, BLOCK_R)
 
     row = pid_s * weight_groups * C_OUT_G + wg * C_OUT_G + o          # row of the (split, C_out) stack
     dw_off = row.to(tl.int64)[None, :] * (M_CH * KPOS) + (m * KPOS + t)[:, None]
@@ -253,71 +207,184 @@ def _relaid_dy_loop(
     return acc
 
 
+def _orbit_configs():
+    # BLOCK_NS: the dy tile's (o, g) columns, BLOCK_NS / S_out output channels; the output accumulators (one per
+    # position of the orbit) hold about as many registers as the bank-frame one; the widest tile also with 2 stages
+    return [triton.Config(dict(BLOCK_M=bm, BLOCK_NS=bns), num_warps=warps, num_stages=stages)
+            for bm, bns, warps, stages in [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (64, 128, 4, 3),
+                                           (64, 64, 4, 3), (128, 64, 4, 3), (64, 32, 4, 4), (128, 32, 4, 4),
+                                           (64, 128, 8, 3), (64, 64, 8, 3), (32, 64, 4, 4)]]
+
+
 @triton.jit
-def _in_place_dy_loop(
-    acc, x_ptr, dy_ptr, pix_ptr, bias_ptr, in_index_ptr, pos_dh_ptr, pos_dw_ptr, R_TOTAL, R_ALLOC, t, wg,
-    weight_groups, COPIES, r_start, r_stop, pid_s, pid_m, pid_n, stride_x_h, stride_x_w, dil_h, dil_w, zero_delta,
-    m, ml, x_ok, o, kr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr, X_CH: tl.constexpr, S_IN: tl.constexpr,
-    S_OUT: tl.constexpr, KW: tl.constexpr, KPOS: tl.constexpr, VEC_X: tl.constexpr, VEC_DY: tl.constexpr,
-    IN_PLACE: tl.constexpr, FULL_M: tl.constexpr, HAS_BIAS: tl.constexpr, WIDE: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr,
+def _orbit_block(
+    acc, r0, x_rows, pix_rows, dy_ptr, dy_cols, dy_pixel, zero_delta, R_TOTAL, x_ok, col_ok, kr,
+    VEC_X: tl.constexpr, VEC_DY: tl.constexpr, IN_PLACE: tl.constexpr, FULL_M: tl.constexpr, FULL_NS: tl.constexpr,
+    TAIL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """One pixel block ``r0 + kr`` of :func:`_orbit_weight_grad_kernel`'s GEMM loop: the ``x`` tile of one window
+    position (rows ``pix_rows + r``, at ``x_rows``) times the ``dy`` tile of every ``g`` (``[BLOCK_R, BLOCK_NS]``,
+    contiguous per pixel), into ``acc``.  ``TAIL``: the block holding the last pixel (rows past ``R_TOTAL``
+    masked)."""
+    r = r0 + kr
+    dy_at = dy_ptr + tl.multiple_of(r * dy_pixel, VEC_DY)[:, None] + dy_cols[None, :]
+    if TAIL:
+        dya = tl.load(dy_at, mask=(r < R_TOTAL)[:, None] & col_ok[None, :], other=0.0)
+    elif FULL_NS:
+        dya = tl.load(dy_at)
+    else:
+        dya = tl.load(dy_at, mask=col_ok[None, :], other=0.0)
+    row = tl.load(pix_rows + r)
+    if IN_PLACE:   # -1: the row lies in the padding (or past the last pixel): the zero page
+        row = tl.where(row < 0, zero_delta, row)
+    row = tl.multiple_of(row, VEC_X)
+    if FULL_M:
+        xa = tl.load(x_rows + row[:, None])
+    else:
+        xa = tl.load(x_rows + row[:, None], mask=x_ok[None, :], other=0.0)
+    return mma(acc, tl.trans(xa), dya, PRECISION, UPCAST)
+
+
+@triton.jit
+def _tree_sum_rows(tile, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """``tile [ROWS, COLS]`` (``ROWS`` a power of two) -> its column sums ``[COLS]``, added in pairs of rows, then
+    pairs of those, ...: the same order whatever the layout (the tuned warps), so the same bits."""
+    for level in tl.static_range(7):
+        if (ROWS >> level) > 1:
+            halves = tl.permute(tl.reshape(tile, ((ROWS >> level) // 2, 2, COLS)), (0, 2, 1))
+            even, odd = tl.split(halves)
+            tile = even + odd
+    return tl.reshape(tile, (COLS,))
+
+
+@triton.jit
+def _bias_partial_sums(
+    dy_ptr, bias_ptr, dy_cols, col_ok, o, kr, dy_pixel, R_TOTAL, wg, weight_groups, COPIES, r_start, r_stop, pid_s,
+    C_OUT_G: tl.constexpr, O_PAD: tl.constexpr, S_OUT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """:func:`_weight_grad_kernel`'s sum over ``dy`` read in place, ``(B, H, W, groups, C_out, S_out)`` dense:
-    the pixel blocks outer, every ``g`` inner (:func:`_in_place_dy_block`), one accumulator per ``g``, moved to the
-    weight's row order once at the end.  ``HAS_BIAS``: the programs of the first channel block and window
-    position also write the column sums of their ``dy`` range, ``bias[pid_s, wg, o]``."""
-    FULL_N: tl.constexpr = C_OUT_G % BLOCK_N == 0
-    dy_pixel = S_OUT * C_OUT_G * COPIES * weight_groups
-    dy_cols = pid_n * (BLOCK_N * S_OUT) + tl.arange(0, BLOCK_N * S_OUT)     # (o, g) of the channel group
+    """``bias[pid_s, wg, o]``: the sums of ``dy``'s columns ``(o, every g)`` over pixels ``[r_start, r_stop)`` and
+    the copies, in a fixed pairwise order (:func:`_tree_sum_rows`)."""
+    sums = tl.zeros((BLOCK_R, BLOCK_N * S_OUT), dtype=ACC)
+    for copy in range(COPIES):
+        cols = (wg + copy * weight_groups) * (C_OUT_G * S_OUT) + dy_cols
+        for r0 in range(r_start, tl.minimum(r_stop, R_TOTAL), BLOCK_R):
+            r = r0 + kr
+            sums += tl.load(dy_ptr + (r * dy_pixel)[:, None] + cols[None, :],
+                            mask=(r < R_TOTAL)[:, None] & col_ok[None, :], other=0.0).to(ACC)
+    per_column = _tree_sum_rows(sums, BLOCK_R, BLOCK_N * S_OUT)                            # (o, g)
+    per_o = _tree_sum_rows(tl.trans(tl.reshape(per_column, (BLOCK_N, S_OUT))), S_OUT, BLOCK_N)
+    tl.store(bias_ptr + (pid_s * weight_groups + wg) * O_PAD + o, per_o, mask=o < O_PAD)
+
+
+@_tuned_weight_grad(_orbit_configs(), "BLOCK_NS", "O_PAD*S_OUT")
+@triton.jit
+def _orbit_weight_grad_kernel(
+    x_ptr, dy_ptr, pix_ptr, dw_ptr, bias_ptr, in_index_ptr, orbit_ptr,
+    R_TOTAL, R_PER_SPLIT, R_ALLOC, weight_groups, COPIES, stride_x_h, stride_x_w, dil_h, dil_w, zero_delta,
+    M_CH: tl.constexpr, X_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
+    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, N_ORBITS: tl.constexpr,
+    ORBIT_MAX: tl.constexpr, VEC_X: tl.constexpr, IN_PLACE: tl.constexpr, VEC_DY: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
+    WIDE: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_NS: tl.constexpr,
+):
+    """``dw`` of every base-filter window position ``t`` of orbit ``q`` (:func:`~._common.position_orbits`) for a
+    ``[BLOCK_M (i, u), BLOCK_N o]`` tile of weight slice ``wg`` (``BLOCK_N = BLOCK_NS / S_out``), summed over the
+    pixels of split ``pid_s``, every group element ``g`` and the channel groups sharing the slice, with ``dy`` read
+    in place: the layers' own ``(B, H_out, W_out, groups·C_OUT_G, S_OUT)``, dense.
+
+    The bank frame: for each window position ``p`` of the orbit in turn, a plain GEMM loop (a table load, two
+    contiguous tile loads, one MMA) sums ``acc_p[(i, s), (o, g)] = Σ_r x[r + shift(p), (i, s)] · dy[r, (o, g)]``,
+    the ``x`` tile of ``p`` in its own channel order times the ``dy`` tile of every ``g`` at once
+    (``[BLOCK_R, BLOCK_NS]``, as dy stores it).  Its column block ``g`` (:func:`_split_channels`), rows moved to the
+    weight's order ``(i, u)``, ``s = g·u`` (:func:`_permute_rows`), is element ``g``'s share of ``dw`` at the
+    position ``t`` that ``g`` moves onto ``p``, which lies in the same orbit: it is added into that position's
+    output accumulator (``slot[p, g]``).  The orbit's ``dw`` is stored at the end: no filter-bank gradient, no
+    scatter, no atomic, every ``t`` owned by one program.
+
+    ``x`` and ``pix`` as :func:`_weight_grad_kernel`'s (``IN_PLACE``: the table holds -1 for the zero page, put in
+    by a select in the loop, ``zero_delta``).  ``HAS_BIAS``: the programs of orbit 0 and the first channel block
+    also write the bias gradient's partial sums, ``bias (split, weight_groups, O_PAD)``.
+    """
+    BLOCK_N: tl.constexpr = BLOCK_NS // S_OUT
+    KPOS: tl.constexpr = KH * KW
+    ROW: tl.constexpr = 1 + ORBIT_MAX + ORBIT_MAX * S_OUT   # an orbit's table row: length, members, slots
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    orbit = orbit_ptr + (tl.program_id(2) % N_ORBITS) * ROW
+    wg = (tl.program_id(2) // N_ORBITS) % weight_groups
+    pid_s = tl.program_id(2) // (N_ORBITS * weight_groups)
+
+    ROWS: tl.constexpr = (BLOCK_M // S_IN) * S_IN  # dw rows (i, u) per tile: whole blocks of S_IN
+    FULL_M: tl.constexpr = (ROWS == BLOCK_M) and (X_CH % BLOCK_M == 0)
+    FULL_NS: tl.constexpr = (C_OUT_G * S_OUT) % BLOCK_NS == 0
+    ml = tl.arange(0, BLOCK_M)
+    m = pid_m * ROWS + ml
+    m_ok = (ml < ROWS) & (m < M_CH)
+    x_ok = (ml < ROWS) & (m < X_CH)   # the zero channels past M_CH load too: runs of VEC_X stay whole
+    o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    dy_cols = pid_n * BLOCK_NS + tl.arange(0, BLOCK_NS)     # (o, g) of the channel group
     col_ok = dy_cols < C_OUT_G * S_OUT
+    kr = tl.arange(0, BLOCK_R)
+    r_start = pid_s * R_PER_SPLIT
+    r_stop = tl.minimum(r_start + R_PER_SPLIT, R_ALLOC)   # both multiples of BLOCK_R
+    if WIDE:
+        r_start = r_start.to(tl.int64)
     r_body = tl.minimum(r_stop, (R_TOTAL // BLOCK_R) * BLOCK_R)             # the whole blocks of real pixels
     tail = (R_TOTAL % BLOCK_R != 0) & (r_body >= r_start) & (r_body < r_stop)
-    accs = ()
-    for g in tl.static_range(S_OUT):
-        accs = accs + (tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC),)
-    for copy in range(COPIES):
-        grp = wg + copy * weight_groups
-        x_rows = ()
-        pix_rows = ()
-        for g in tl.static_range(S_OUT):
-            th = tl.load(pos_dh_ptr + g * KPOS + t)
-            tw = tl.load(pos_dw_ptr + g * KPOS + t)
-            if WIDE:
-                th, tw = th.to(tl.int64), tw.to(tl.int64)
-            if IN_PLACE:
-                x_rows = x_rows + (x_ptr + tl.multiple_of(grp * X_CH + m, VEC_X)[None, :],)
-                pix_rows = pix_rows + (pix_ptr + (th * KW + tw) * R_ALLOC,)
+    dy_pixel = S_OUT * C_OUT_G * COPIES * weight_groups
+
+    outs = ()
+    for k in tl.static_range(ORBIT_MAX):
+        outs = outs + (tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC),)
+    length = tl.load(orbit)
+    for k in range(length):
+        p = tl.load(orbit + 1 + k)
+        if WIDE:
+            p = p.to(tl.int64)
+        acc = tl.zeros((BLOCK_M, BLOCK_NS), dtype=ACC)
+        for copy in range(COPIES):
+            grp = wg + copy * weight_groups
+            if IN_PLACE:   # this window position's table: the x offset of every pixel's row (the zero page's)
+                x_rows = x_ptr + tl.multiple_of(grp * X_CH + m, VEC_X)[None, :]
+                pix_rows = pix_ptr + p * R_ALLOC
             else:
-                shift = (th * dil_h) * stride_x_h + (tw * dil_w) * stride_x_w
-                x_rows = x_rows + (x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :],)
-                pix_rows = pix_rows + (pix_ptr,)
-        cols = tl.multiple_of(grp * (C_OUT_G * S_OUT) + dy_cols, VEC_DY)
-        for r0 in range(r_start, r_body, BLOCK_R):
-            accs = _in_place_dy_block(accs, r0, x_rows, pix_rows, dy_ptr, cols, dy_pixel, zero_delta, R_TOTAL, x_ok,
-                                      col_ok, kr, S_OUT, VEC_X, VEC_DY, IN_PLACE, FULL_M, FULL_N, False, PRECISION,
-                                      UPCAST, BLOCK_R, BLOCK_N)
-        if tail:
-            accs = _in_place_dy_block(accs, r_body, x_rows, pix_rows, dy_ptr, cols, dy_pixel, zero_delta, R_TOTAL,
-                                      x_ok, col_ok, kr, S_OUT, VEC_X, VEC_DY, IN_PLACE, FULL_M, FULL_N, True,
-                                      PRECISION, UPCAST, BLOCK_R, BLOCK_N)
-    for g in tl.static_range(S_OUT):   # dw row (i, u) takes accs[g]'s row (i, g·u)
-        src = tl.minimum((ml // S_IN) * S_IN + tl.load(in_index_ptr + g * S_IN + ml % S_IN), BLOCK_M - 1)
-        acc += _permute_rows(accs[g], src, BLOCK_M, BLOCK_N)
+                shift = ((p // KW) * dil_h) * stride_x_h + ((p % KW) * dil_w) * stride_x_w
+                x_rows = x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :]
+                pix_rows = pix_ptr
+            cols = tl.multiple_of(grp * (C_OUT_G * S_OUT) + dy_cols, VEC_DY)
+            for r0 in range(r_start, r_body, BLOCK_R):
+                acc = _orbit_block(acc, r0, x_rows, pix_rows, dy_ptr, cols, dy_pixel, zero_delta, R_TOTAL, x_ok,
+                                   col_ok, kr, VEC_X, VEC_DY, IN_PLACE, FULL_M, FULL_NS, False, PRECISION, UPCAST)
+            if tail:
+                acc = _orbit_block(acc, r_body, x_rows, pix_rows, dy_ptr, cols, dy_pixel, zero_delta, R_TOTAL,
+                                   x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, FULL_M, FULL_NS, True, PRECISION,
+                                   UPCAST)
+        per_g = _split_channels(acc, S_OUT, BLOCK_M, BLOCK_N)
+        for g in tl.static_range(S_OUT):   # dw row (i, u) takes row (i, g·u), added at the position g moves to p
+            # + min(p, 0) (= 0): an address that depends on the loop, so that the compiler does not hoist the S_out
+            # index vectors out of it, where they would hold registers through the GEMM loop
+            row_g = tl.load(in_index_ptr + g * S_IN + ml % S_IN + tl.minimum(p, 0))
+            src = tl.minimum((ml // S_IN) * S_IN + row_g, BLOCK_M - 1)
+            share = _permute_rows(per_g[g], src, BLOCK_M, BLOCK_N)
+            slot = tl.load(orbit + 1 + ORBIT_MAX + k * S_OUT + g)
+            added = ()
+            for j in tl.static_range(ORBIT_MAX):
+                added = added + (outs[j] + tl.where(slot == j, share, 0.0),)
+            outs = added
+
+    row = pid_s * weight_groups * C_OUT_G + wg * C_OUT_G + o          # row of the (split, C_out) stack
+    dw_rows = dw_ptr + row.to(tl.int64)[None, :] * (M_CH * KPOS) + (m * KPOS)[:, None]
+    for j in tl.static_range(ORBIT_MAX):
+        t = tl.load(orbit + 1 + j)
+        stored = (o < C_OUT_G) & (tl.full((BLOCK_N,), j, tl.int32) < length)     # slots past the orbit: none
+        tl.store(dw_rows + t, outs[j].to(dw_ptr.dtype.element_ty), mask=m_ok[:, None] & stored[None, :])
 
     if HAS_BIAS:
-        if (pid_m == 0) & (t == 0):
-            sums = tl.zeros((BLOCK_R, BLOCK_N * S_OUT), dtype=ACC)
-            for copy in range(COPIES):
-                cols = (wg + copy * weight_groups) * (C_OUT_G * S_OUT) + dy_cols
-                for r0 in range(r_start, tl.minimum(r_stop, R_TOTAL), BLOCK_R):
-                    r = r0 + kr
-                    sums += tl.load(dy_ptr + (r * dy_pixel)[:, None] + cols[None, :],
-                                    mask=(r < R_TOTAL)[:, None] & col_ok[None, :], other=0.0).to(ACC)
-            per_column = _tree_sum_rows(sums, BLOCK_R, BLOCK_N * S_OUT)                        # (o, g)
-            per_o = _tree_sum_rows(tl.trans(tl.reshape(per_column, (BLOCK_N, S_OUT))), S_OUT, BLOCK_N)
-            tl.store(bias_ptr + (pid_s * weight_groups + wg) * O_PAD + o, per_o, mask=o < O_PAD)
-    return acc
+        if (pid_m == 0) & (tl.program_id(2) % N_ORBITS == 0):
+            _bias_partial_sums(dy_ptr, bias_ptr, dy_cols, col_ok, o, kr, dy_pixel, R_TOTAL, wg, weight_groups,
+                               COPIES, r_start, r_stop, pid_s, C_OUT_G, O_PAD, S_OUT, ACC, BLOCK_R, BLOCK_N)
 
 
 # ----------------------------------------------------------------------------------------------- launcher
@@ -385,24 +452,13 @@ def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: tor
     return table
 
 
-# The in-place dy loop keeps S_out accumulators and S_out x tiles per pipeline stage: measured (perf.static,
-# docs/kernels.md) fewer hot-loop instructions per MAC than the re-laid loop for p4 with up to 16 output channels
-# (bf16, tf32, fp64), more for p4m (and its tf32 tiles overflow shared memory), wherever wider output tiles pay,
-# and for fp32 without tf32 (no MMA: every config spills).
-DY_IN_PLACE_MAX_S_OUT = 4
-DY_IN_PLACE_MAX_CHANNELS = 16
-
-
 def reads_dy_in_place(dy: torch.Tensor, spec) -> bool:
-    """Whether :func:`_weight_grad_kernel` reads ``dy (B, groups·C_out, S_out, H_out, W_out)`` in place: stored
-    densely ``(B, H_out, W_out, groups·C_out, S_out)``, ``S_out`` a power of two (its channels split into one tile
-    per group element in registers) up to ``DY_IN_PLACE_MAX_S_OUT``, ``C_out`` (padded to 8) up to
-    ``DY_IN_PLACE_MAX_CHANNELS``, and an MMA dtype (not fp32 without tf32): where that loop is measured cheaper
-    than the re-layout's."""
+    """Whether the weight gradient reads ``dy (B, groups·C_out, S_out, H_out, W_out)`` in place
+    (:func:`_orbit_weight_grad_kernel`): stored densely ``(B, H_out, W_out, groups·C_out, S_out)``, ``S_out`` a
+    power of two up to 8 (the bank-frame accumulator split into one tile per group element in registers), and an
+    MMA dtype (not fp32 without tf32: no MMA, the accumulators spill)."""
     full_fp32 = dy.dtype == torch.float32 and dot_precision(dy.dtype) == "ieee"
-    return (spec.s_out in (1, 2, 4, 8) and spec.s_out <= DY_IN_PLACE_MAX_S_OUT
-            and vector_padding(spec.out_channels) <= DY_IN_PLACE_MAX_CHANNELS and not full_fp32
-            and dy.permute(0, 3, 4, 1, 2).is_contiguous())
+    return spec.s_out in (1, 2, 4, 8) and not full_fp32 and dy.permute(0, 3, 4, 1, 2).is_contiguous()
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None, with_bias: bool = False):
@@ -423,7 +479,13 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
     r_total = spec.batch * spec.out_height * spec.out_width
     m_ch = spec.in_channels * spec.s_in
     weight_numel = spec.weight_groups * spec.out_channels * m_ch * kh * kw
-    tiles = cdiv(m_ch, 64) * cdiv(spec.out_channels, 64) * spec.weight_groups * kh * kw
+    dy_in_place = reads_dy_in_place(dy, spec)
+    if dy_in_place:   # one program per orbit of window positions, its dy tile all S_out columns of its channels
+        orbits, orbit_max = position_orbits(spec.group, spec.kernel, x.device)
+        tiles = cdiv(m_ch, 64) * cdiv(vector_padding(spec.out_channels) * spec.s_out, 128) * len(orbits)
+    else:
+        tiles = cdiv(m_ch, 64) * cdiv(spec.out_channels, 64) * kh * kw
+    tiles *= spec.weight_groups
     split = _common.weight_split(r_total, tiles, bank_split_limit(spec, weight_numel))
     block_r = wgrad_block_r(x.dtype)
     split, r_per_split = split_ranges(r_total, split, block_r)
@@ -451,7 +513,6 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
             raise ValueError(f"x_copy: expected forward's copy of x, shape ({', '.join(map(str, expected))}, "
                              f"groups·channels >= {spec.groups * m_ch}) with unit channel stride, got shape "
                              f"{tuple(x_copy.shape)} strides {x_copy.stride()}")
-    dy_in_place = reads_dy_in_place(dy, spec)
     if dy_in_place:   # the bias's partial sums: one row per split, written by the weight gradient's launch
         dy_go, rows = dy, (in_place_rows[0] if in_place else None)
         bias_part = (dy.new_empty((split, spec.weight_groups, 1, o_pad),
@@ -463,18 +524,28 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
     else:
         pix, zero_delta = _window_offsets(x_cl, spec, r_alloc, needs_int64(x_cl, dy_go)), 0
 
-    def grid(meta):
-        rows = meta["BLOCK_M"] // spec.s_in * spec.s_in
-        return (cdiv(m_ch, rows), cdiv(o_pad, meta["BLOCK_N"]), kh * kw * spec.weight_groups * split)
+    common = (r_total, r_per_split, r_alloc, spec.weight_groups, spec.groups // spec.weight_groups,
+              *x_cl.stride()[1:3], *spec.dilation)
+    shapes = dict(M_CH=m_ch, X_CH=x_ch, C_OUT_G=c_out, O_PAD=o_pad, S_IN=spec.s_in, S_OUT=spec.s_out, KH=kh, KW=kw,
+                  VEC_X=vector_width(x.element_size(), *x_cl.stride()[:3], x_ch, zero_delta), IN_PLACE=in_place,
+                  PRECISION=dot_precision(x.dtype), BLOCK_R=block_r)
+    if dy_in_place:
+        def orbit_grid(meta):
+            rows = meta["BLOCK_M"] // spec.s_in * spec.s_in
+            return (cdiv(m_ch, rows), cdiv(o_pad * spec.s_out, meta["BLOCK_NS"]),
+                    len(orbits) * spec.weight_groups * split)
 
-    _weight_grad_kernel[grid](
-        x_cl, dy_go, pix, partial, bias_part if dy_in_place and with_bias else partial, in_index, pos_dh, pos_dw,
-        r_total, r_per_split, r_alloc, spec.weight_groups, spec.groups // spec.weight_groups,
-        *x_cl.stride()[1:3], *spec.dilation, zero_delta,
-        M_CH=m_ch, X_CH=x_ch, C_OUT_G=c_out, O_PAD=o_pad, S_IN=spec.s_in, S_OUT=spec.s_out, KH=kh, KW=kw,
-        VEC_X=vector_width(x.element_size(), *x_cl.stride()[:3], x_ch, zero_delta), IN_PLACE=in_place,
-        DY_IN_PLACE=dy_in_place, VEC_DY=vector_width(dy.element_size(), c_out * spec.s_out),
-        HAS_BIAS=dy_in_place and with_bias, PRECISION=dot_precision(x.dtype),
-        BLOCK_R=block_r, **interpreter_config(INTERPRETER_CONFIG))
+        _orbit_weight_grad_kernel[orbit_grid](
+            x_cl, dy, pix, partial, bias_part if with_bias else partial, in_index, orbits, *common, zero_delta,
+            **shapes, N_ORBITS=len(orbits), ORBIT_MAX=orbit_max,
+            VEC_DY=vector_width(dy.element_size(), c_out * spec.s_out), HAS_BIAS=with_bias,
+            **interpreter_config(ORBIT_INTERPRETER_CONFIG))
+    else:
+        def grid(meta):
+            rows = meta["BLOCK_M"] // spec.s_in * spec.s_in
+            return (cdiv(m_ch, rows), cdiv(o_pad, meta["BLOCK_N"]), kh * kw * spec.weight_groups * split)
+
+        _weight_grad_kernel[grid](x_cl, dy_go, pix, partial, in_index, pos_dh, pos_dw, *common, **shapes,
+                                  **interpreter_config(INTERPRETER_CONFIG))
     dw, db = finish_weight_grad(partial, x.dtype, bias_part, spec)
     return (dw, db) if with_bias else dw

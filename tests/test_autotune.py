@@ -346,6 +346,7 @@ def test_unwritable_cache_location_warns_and_tunes_in_memory(tmp_path):
 
 # ---------------------------------------------------------------------------------------- the real kernels
 TUNED = {"group_conv._conv_gemm_kernel", "group_conv_weight_grad._weight_grad_kernel",
+         "group_conv_weight_grad._orbit_weight_grad_kernel",
          "group_conv_depthwise._dw_forward_kernel", "group_conv_depthwise._dw_input_grad_kernel"}
 
 
@@ -356,7 +357,8 @@ def test_kernel_tuning_spaces():
     # Weight gradient: only the output tile, warps and stages vary; the reduction block BLOCK_R is the launcher's
     # constant, never a config.
     assert set(wgrad.tiles) == {"BLOCK_M", "BLOCK_N"}
-    assert all("BLOCK_R" not in dict(c.blocks) for c in wgrad.configs)
+    assert set(names["group_conv_weight_grad._orbit_weight_grad_kernel"].tiles) == {"BLOCK_M", "BLOCK_NS"}
+    assert all("BLOCK_R" not in dict(c.blocks) for n in TUNED if "weight_grad" in n for c in names[n].configs)
     assert len(set((c.block("BLOCK_M"), c.block("BLOCK_N"), c.num_warps, c.num_stages) for c in wgrad.configs)) \
         == len(wgrad.configs)
     assert all("PRECISION" in names[n].key for n in TUNED if n.startswith("group_conv."))

@@ -34,6 +34,7 @@ from gconv_triton.reference import bank_conv_weight_grad
 from gconv_triton.kernels import _common, group_conv as gconv, group_conv_weight_grad as wgrad
 from gconv_triton.kernels.group_conv_layouts import relayout_dy
 from perf.memory import AllocationRecorder
+from test_user_groups import USER_GROUPS as _USER_GROUPS, ring_rotations
 
 CONTIG, CL = "contig", "cl"  # (B, C, S, H, W) stored as is, or in memory order (B, H, W, C, S)
 HALF_DTYPES = [torch.float16, torch.bfloat16]
@@ -97,6 +98,9 @@ def check_against_reference(layer, x, weight, bias=None, dy_layout=None):
 def gconv_layer(group, in_group, **kwargs):
     """``(x, weight, bias) -> functional.gconv2d(...)`` with the geometry fixed."""
     return functools.partial(functional.gconv2d, group=group, in_group=in_group, **kwargs)
+
+
+USER_GROUPS = {"ring8": ring_rotations(), "p2mm_shuffled": _USER_GROUPS["p2mm_shuffled"]}
 
 
 def order_of(name: str) -> int:
@@ -658,22 +662,27 @@ def test_weight_grad_takes_dy_in_either_layout(dy_layout, groups, c_out, size):
     ("p4", "p4", 2, 3, 3, 1, 1, 1, 3, False, CL, (2, 5, 7), torch.float32),       # groups 3
     ("p4", "p4", 4, 13, 1, 1, 0, 1, 2, True, CONTIG, (1, 5, 5), torch.float64),   # 1x1, a slice shared by 2 groups
     ("p4m", "p4m", 2, 17, 3, 1, 1, 1, 1, False, CL, (3, 7, 11), torch.bfloat16),  # 231 pixels: ragged, prime C_out
+    ("p4", "p4", 2, 32, 3, 1, 1, 1, 1, False, CL, (2, 5, 7), torch.bfloat16),     # p4, 32 output channels
+    ("p4m", "p4m", 2, 3, 5, 1, 2, 1, 1, False, CONTIG, (2, 6, 7), torch.float64), # 5x5: an orbit of 8 positions
+    ("p4m", "p4m", 3, 5, 3, 2, 1, 1, 2, False, CL, (2, 15, 9), torch.float64),    # stride 2, groups 2, split 2
+    ("ring8", "ring8", 2, 3, 3, 1, 1, 1, 1, False, CL, (2, 5, 7), torch.float32), # a user group: an orbit of 8
+    ("p2mm_shuffled", "p2mm_shuffled", 2, 6, 3, 1, 1, 2, 1, False, CL, (1, 9, 8), torch.float64),  # orbits of 2
+    ("z2", "z2", 5, 7, 3, 1, 1, 1, 1, False, CL, (2, 5, 7), torch.float32),       # S_out 1: one position each
 ], ids=lambda v: short(v) if not isinstance(v, torch.dtype) else str(v).split(".")[-1])
 def test_weight_grad_reads_dy_in_place(monkeypatch, group, in_group, c_in, c_out, k, stride, padding, dilation,
                                        groups, shared, x_layout, size, dtype):
     """``dy`` stored ``(B, H, W, C, S)``, as every layer of the package hands it on, is read in place by the
     weight-gradient launch (no re-layout of ``dy``), which also writes the bias gradient's partial sums: ``dw`` and
-    ``db`` are the float64 reference's.  The loop is forced where the launcher keeps the re-layout (p4m, more than
-    16 output channels: measured costlier there)."""
+    ``db`` are the float64 reference's: the orbit loop (``_orbit_weight_grad_kernel``) over 3x3 and 5x5 windows,
+    built-in and user groups, ``S_out`` from 1 to 8, strides, dilation, splits, channel groups."""
     from gconv_triton.ops.group_conv import bias_grad
 
     def no_relayout(*args, **kwargs):
         raise AssertionError("dy was re-laid")
     monkeypatch.setattr(wgrad, "relayout_dy", no_relayout)
-    monkeypatch.setattr(wgrad, "DY_IN_PLACE_MAX_S_OUT", 8)
-    monkeypatch.setattr(wgrad, "DY_IN_PLACE_MAX_CHANNELS", 1024)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     b, h, w = size
+    group, in_group = USER_GROUPS.get(group, group), USER_GROUPS.get(in_group, in_group)
     s_in, s_out = order_of(in_group), order_of(group)
     x = randn((b, groups * c_in, s_in, h, w), dtype, x_layout)
     weight_groups = 1 if shared else groups
@@ -689,10 +698,31 @@ def test_weight_grad_reads_dy_in_place(monkeypatch, group, in_group, c_in, c_out
     assert_close(db, bias_grad(dy.cpu().double(), groups, weight_groups), dtype, "bias grad")
 
 
+@pytest.mark.parametrize("group, kernel, orbits", [
+    ("p4", (3, 3), [[0, 2, 6, 8], [1, 3, 5, 7], [4]]),
+    ("p4m", (5, 5), [[0, 4, 20, 24], [1, 3, 5, 9, 15, 19, 21, 23], [2, 10, 14, 22], [6, 8, 16, 18],
+                     [7, 11, 13, 17], [12]]),
+    ("p2mm_shuffled", (3, 3), [[0, 2, 6, 8], [1, 7], [3, 5], [4]]),
+    ("z2", (1, 3), [[0], [1], [2]]),
+])
+def test_position_orbits_hold_every_position_once_and_where_each_element_moves_it(group, kernel, orbits):
+    """The orbit weight gradient's table: the orbits of the window positions, and ``slot[k, g]``, the member
+    that ``g`` moves onto member ``k`` (``dest[g, members[slot[k, g]]] == members[k]``)."""
+    group = get_group(USER_GROUPS.get(group, group))
+    table, orbit_max = _common.position_orbits(group, kernel, torch.device("cpu"))
+    dest = group.position_destinations(kernel)
+    assert orbit_max == max(map(len, orbits)) and table.shape == (len(orbits), 1 + orbit_max * (1 + group.order))
+    for row, want in zip(table.tolist(), orbits):
+        length, members = row[0], row[1:1 + row[0]]
+        slots = torch.tensor(row[1 + orbit_max:]).reshape(orbit_max, group.order)[:length]
+        assert members == want
+        for k, p in enumerate(members):
+            assert [dest[g, members[slots[k, g]]].item() for g in range(group.order)] == [p] * group.order
+
+
 def test_weight_grad_re_lays_dy_only_where_it_cannot_read_it_in_place(monkeypatch):
-    """A p4 layer's ``dy`` with up to 16 output channels is read in place; a channels-first one (the loss's), a
-    strided view, a group whose ``S_out`` is not a power of two, p4m, wider layers and fp32 without tf32 (where
-    the in-place loop is measured costlier) are re-laid first."""
+    """A layer's ``dy`` (p4, p4m, any output channels) is read in place; a channels-first one (the loss's), a
+    strided view, a group whose ``S_out`` is not a power of two and fp32 without tf32 (no MMA) are re-laid first."""
     def spec_for(group, c_out):
         s_out = order_of(group)
         return make_spec(torch.empty(2, 3, s_out, 5, 7), torch.empty(c_out, 3, s_out, 3, 3), None, group=group,
@@ -702,8 +732,8 @@ def test_weight_grad_re_lays_dy_only_where_it_cannot_read_it_in_place(monkeypatc
     dy = randn((2, 12, 4, 5, 7), layout=CL)
     assert wgrad.reads_dy_in_place(dy, spec)
     assert wgrad.reads_dy_in_place(randn((2, 16, 4, 5, 7), layout=CL), spec_for("p4", 16))
-    assert not wgrad.reads_dy_in_place(randn((2, 17, 4, 5, 7), layout=CL), spec_for("p4", 17))
-    assert not wgrad.reads_dy_in_place(randn((2, 12, 8, 5, 7), layout=CL), spec_for("p4m", 12))
+    assert wgrad.reads_dy_in_place(randn((2, 17, 4, 5, 7), layout=CL), spec_for("p4", 17))
+    assert wgrad.reads_dy_in_place(randn((2, 45, 8, 5, 7), layout=CL), spec_for("p4m", 45))
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)   # fp32 without tf32: no MMA, re-laid
     assert not wgrad.reads_dy_in_place(dy, spec) and wgrad.reads_dy_in_place(dy.double(), spec)
     assert not wgrad.reads_dy_in_place(randn((2, 6, 4, 5, 7)), spec)

@@ -179,8 +179,9 @@ def _compile_sample(tmp_path: Path, roles: str) -> dict:
 
 
 def test_sample_compiles_for_sm90_and_sm80_without_spills_in_kept_configs(tmp_path):
-    """The group-convolution kernels (implicit GEMM and depthwise)."""
-    rows = _compile_sample(tmp_path, "forward,input_grad,weight_grad")["rows"]
+    """The group-convolution kernels (implicit GEMM and depthwise; the weight gradient with ``dy`` re-laid and read
+    in place)."""
+    rows = _compile_sample(tmp_path, "forward,input_grad,weight_grad,weight_grad_package")["rows"]
     # Every kernel of both families: each one the package tunes, and the untuned depthwise weight gradient.
     tuned = {n.split("kernels.", 1)[1] for n in KERNEL_TUNERS
              if n.startswith("gconv_triton.kernels.group_conv")}   # group_conv, _weight_grad, _depthwise
