@@ -10,7 +10,7 @@ from . import group_conv, group_conv_depthwise, group_conv_weight_grad
 from ._common import INTERPRET, group_tables
 
 __all__ = ["INTERPRET", "forward", "input_copy_shape", "input_grad", "input_grad_weight_shape", "weight_grad",
-           "group_tables"]
+           "shared_dy", "group_tables"]
 
 
 def _family(spec, gemm=group_conv):
@@ -63,3 +63,9 @@ def weight_grad(dy, x, spec, weight_shape, x_copy=None, with_bias=False):
         dw = group_conv_depthwise.weight_grad(dy, x, spec, weight_shape, x_copy)
         return (dw, None) if with_bias else dw
     return group_conv_weight_grad.weight_grad(dy, x, spec, weight_shape, x_copy, with_bias)
+
+
+def shared_dy(dy, spec):
+    """``dy`` laid out once for both of a layer's gradients (the implicit GEMM's: see
+    :func:`~.group_conv_weight_grad.shared_dy`); as it is for the depthwise kernels."""
+    return dy if spec.depthwise else group_conv_weight_grad.shared_dy(dy)

@@ -457,8 +457,23 @@ def reads_dy_in_place(dy: torch.Tensor, spec) -> bool:
     (:func:`_orbit_weight_grad_kernel`): stored densely ``(B, H_out, W_out, groups·C_out, S_out)``, ``S_out`` a
     power of two up to 8 (the bank-frame accumulator split into one tile per group element in registers), and an
     MMA dtype (not fp32 without tf32: no MMA, the accumulators spill)."""
+    return _orbit_serves(dy) and dy.permute(0, 3, 4, 1, 2).is_contiguous()
+
+
+def _orbit_serves(dy: torch.Tensor) -> bool:
+    """:func:`reads_dy_in_place` but for the layout: ``S_out`` a power of two up to 8, an MMA dtype."""
     full_fp32 = dy.dtype == torch.float32 and dot_precision(dy.dtype) == "ieee"
-    return spec.s_out in (1, 2, 4, 8) and not full_fp32 and dy.permute(0, 3, 4, 1, 2).is_contiguous()
+    return dy.shape[2] in (1, 2, 4, 8) and not full_fp32
+
+
+def shared_dy(dy: torch.Tensor) -> torch.Tensor:
+    """``dy (B, groups·C_out, S_out, H_out, W_out)`` as a layer's two gradients read it: stored ``(B, H_out, W_out,
+    groups·C_out, S_out)`` where the weight gradient reads that in place (:func:`reads_dy_in_place`), else as it
+    is.  A channels-first ``dy`` (the loss's) then costs one copy, which the input gradient reads in place too,
+    instead of the input gradient's channels-last copy and the weight gradient's re-layout."""
+    if _orbit_serves(dy) and not dy.permute(0, 3, 4, 1, 2).is_contiguous():
+        return dy.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    return dy
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None, with_bias: bool = False):

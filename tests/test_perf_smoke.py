@@ -352,8 +352,11 @@ def test_launches_kernel_path_records_three_gemms_per_layer_and_the_bank_path_no
     run = InterpretedFunction.run
     kernel = launches.measure("layer", "kernel", **TINY)
     triton = [r for r in kernel["records"] if r["kind"] == "triton"]
-    gemm, wgrad = "group_conv._conv_gemm_kernel", "group_conv_weight_grad._weight_grad_kernel"
+    gemm, wgrad = "group_conv._conv_gemm_kernel", "group_conv_weight_grad._orbit_weight_grad_kernel"
     assert sorted(r["name"] for r in triton if r["gemm"]) == [gemm, gemm, wgrad]
+    # the loss's channels-first dy is laid out once for both gradients (one clone), not re-laid for the weight's
+    assert not [r for r in triton if r["name"] == "group_conv_layouts._dy_relayout_kernel"]
+    assert [r["name"] for r in kernel["records"] if r["layer"] == "P4ConvP4" and r["name"] == "clone"] == ["clone"]
     # the layout kernels (kernels/group_conv_layouts.py) are launches outside the GEMMs
     assert all(r["gemm"] != r["name"].startswith(launches.LAYOUT_KERNELS) for r in triton)
     assert all(r["bytes"] > 0 and r["programs"] > 0 for r in triton)
@@ -413,8 +416,9 @@ def test_launches_a_layer_step_rebuilds_no_table_and_copies_x_once():
     """``P4ConvP4(32, 32, 3, padding=1)`` on a contiguous input, one steady training step on the kernel path: the
     weight gradient's window offsets come from the cache filled by the warm-up step (no ``arange`` ... chain), it
     reads the forward's zero-halo copy of ``x`` instead of making one (one copy of an x-sized tensor per step, in the
-    forward), nothing fills a buffer before a copy, each re-layout is one launch, the input gradient reads the
-    permuted weight the forward wrote, and the bias gradient comes with the weight gradient's sums."""
+    forward), nothing fills a buffer before a copy, the loss's dy is laid out once for both gradients, the input
+    gradient reads the permuted weight the forward wrote, and the bias gradient comes with the weight gradient's
+    sums."""
     step = launches.measure("layer", "kernel", batch=2, size=8)
     layer = [r for r in step["records"] if r["layer"] == "P4ConvP4" and not r["gemm"]]
     names = [(r["phase"], r["name"]) for r in layer]
@@ -423,8 +427,8 @@ def test_launches_a_layer_step_rebuilds_no_table_and_copies_x_once():
     assert names == [
         ("forward", "group_conv_layouts._padded_copy_kernel"),     # x into the zero-halo copy, border included,
                                                                    # and the forward's and input gradient's weights
-        ("backward", "contiguous"),                   # dy channels-last for the input gradient (the loss's dy)
-        ("backward", "group_conv_layouts._dy_relayout_kernel"),    # dy for the weight grad, the bias's partial sums
+        ("backward", "clone"),            # the loss's channels-first dy laid out once, read in place by both
+                                          # gradients (the weight gradient's orbit kernel: the bias's sums too)
         ("backward", "group_conv_layouts._finish_kernel"),         # the split's sums and the bias gradient
     ]
     # an input that keeps no gradient from the warm-up step: no `x.grad += dx`
@@ -438,16 +442,15 @@ def test_launches_a_layer_step_rebuilds_no_table_and_copies_x_once():
 
 def test_launches_a_channels_last_layer_step_copies_no_x():
     """``P4ConvP4(32, 32, 3, padding=1)`` on a ``(B, H, W, C, S)`` input: the forward and the weight gradient read
-    ``x`` in place (no zero-halo border, no copy of ``x``, none saved for the backward); the weight gradient's table
-    is resolved against this step's addresses by the launch that re-lays ``dy``."""
+    ``x`` in place (no zero-halo border, no copy of ``x``, none saved for the backward); the weight gradient
+    resolves its table against this step's addresses itself (``dy`` read in place: no re-layout launch)."""
     step = launches.measure("layer", "kernel", "channels_last", batch=2, size=8)
     layer = [r for r in step["records"] if r["layer"] == "P4ConvP4" and not r["gemm"]]
     names = [(r["phase"], r["name"]) for r in layer]
     assert names == [
         ("forward", "group_conv_layouts._permute_weight_kernel"),   # both weights re-laid, no halo copy of x
-        ("backward", "contiguous"),                   # dy channels-last for the input gradient (the loss's dy)
-        ("backward", "group_conv_layouts._dy_relayout_kernel"),    # dy for the weight grad, the bias's partial sums,
-                                                                   # the in-place table at this step's zero page
+        ("backward", "clone"),            # the loss's channels-first dy laid out once, read in place by both
+                                          # gradients (the orbit kernel resolves the in-place table itself)
         ("backward", "group_conv_layouts._finish_kernel"),         # the bias gradient
     ], names
 

@@ -217,6 +217,11 @@ def _conv_backward(ctx, dy, dz_direct, _copy, _w_ig):
     if dz is None:
         return (None,) * 13
     dx = dw = db = None
+    if ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and kernels_for(dz, ctx.backend):
+        from .. import kernels
+
+        # a channels-first dz (the loss's) laid out once for both gradients, not copied by one and re-laid by the other
+        dz = kernels.shared_dy(dz, spec_from_op_args(x, weight, None, *ctx.geometry))
     if ctx.needs_input_grad[0]:
         dx = _input_grad_op(dz, weight, list(x.shape), dim_order(x), *ctx.geometry, ctx.backend, w_ig)
     want_db = ctx.has_bias and ctx.needs_input_grad[2]
