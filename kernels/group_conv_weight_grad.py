@@ -209,11 +209,12 @@ def _relaid_dy_loop(
 
 def _orbit_configs():
     # BLOCK_NS: the dy tile's (o, g) columns, BLOCK_NS / S_out output channels; the output accumulators (one per
-    # position of the orbit) hold about as many registers as the bank-frame one; the widest tile also with 2 stages
+    # position of the orbit) hold about as many registers as the bank-frame one; the widest tile also with 2 stages.
+    # No 32-row tile: below wgmma's 64 rows its x operand is loaded synchronously (perf.static), never the fastest
     return [triton.Config(dict(BLOCK_M=bm, BLOCK_NS=bns), num_warps=warps, num_stages=stages)
             for bm, bns, warps, stages in [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (64, 128, 4, 3),
                                            (64, 64, 4, 3), (128, 64, 4, 3), (64, 32, 4, 4), (128, 32, 4, 4),
-                                           (64, 128, 8, 3), (64, 64, 8, 3), (32, 64, 4, 4)]]
+                                           (64, 128, 8, 3), (64, 64, 8, 3)]]
 
 
 @triton.jit

@@ -68,7 +68,7 @@ SAMPLE = [Layer("gemm", group="p4", in_group="p4", c_in=8, c_out=8, height=4, wi
 
 QUICK = dict(sets="wide,p4cnn,grouped", layers="wide,l2,p4.depthwise", archs="90")
 CACHE_DIR_ENV = "GCONV_TRITON_STATIC_CACHE"
-CACHE_VERSION = 2
+CACHE_VERSION = 3   # 3: operand_sources reads the dot's own definitions
 
 
 def set_layers(name: str) -> list[Layer]:

@@ -223,9 +223,13 @@ def _operands(rest: str) -> list[str]:
 def operand_sources(ttgir: str) -> list[str]:
     """How each operand of the first dot reaches it: ``"TMA"``, ``"cp.async"`` (into a multi-buffered shared
     ring), ``"LDG"`` (plain loads into registers, then stored to shared memory or fed from registers) or ``"?"``."""
+    # MLIR reuses an SSA name in sibling regions (the pipelined loop, then its peeled tail in an ``scf.if``): the
+    # dot's operands are traced through the definitions printed before it, the shared buffers' views through all
     defs: dict[str, tuple[str, list[str]]] = {}
+    view_defs: list[tuple[str, list[str]]] = []
     writers: list[tuple[str, list[str]]] = []
     dot: Optional[list[str]] = None
+    dot_defs: dict[str, tuple[str, list[str]]] = {}
     for line in ttgir.splitlines():
         line = line.split(" loc(", 1)[0]
         for group in _ITER_ARGS.findall(line):
@@ -237,8 +241,11 @@ def operand_sources(ttgir: str) -> list[str]:
         if m:
             name, op, rest = m.groups()
             defs[name] = (op, _operands(rest))
+            if op in _VIEW_OPS:
+                view_defs.append((name, _operands(rest)))
             if dot is None and op in _DOT_OPS:
                 dot = _operands(rest)[:2]
+                dot_defs = dict(defs)
         else:
             stripped = line.strip()
             op = stripped.split(" ", 1)[0]
@@ -251,9 +258,9 @@ def operand_sources(ttgir: str) -> list[str]:
 
     def root(v: str, depth: int = 0) -> tuple[str, str]:
         """(kind, name): kind "buffer" for a shared allocation without a source, else "registers"/"?"."""
-        if depth > 40 or v not in defs:
+        if depth > 40 or v not in dot_defs:
             return "?", v
-        op, args = defs[v]
+        op, args = dot_defs[v]
         if op == "ttg.local_alloc":
             return ("registers", v) if args else ("buffer", v)
         if op == "tt.load":
@@ -267,8 +274,8 @@ def operand_sources(ttgir: str) -> list[str]:
         grew = True
         while grew:
             grew = False
-            for name, (op, args) in defs.items():
-                if name not in names and op in _VIEW_OPS and args and args[0] in names:
+            for name, args in view_defs:
+                if name not in names and args and args[0] in names:
                     names.add(name)
                     grew = True
         return names

@@ -143,6 +143,18 @@ def test_dot_shapes_and_operand_sources():
     assert sass.operand_sources("%x = arith.constant 0 : i32") == []
 
 
+def test_operand_sources_read_the_dots_own_definitions():
+    """A name that a later region defines again (the pipelined loop's peeled tail: a plain load under the same
+    name as the loop's shared-memory view) does not change how the loop's dot is fed."""
+    tail = """
+    scf.if %last {
+      %b_s = tt.load %tail_ptrs : tensor<32x128x!tt.ptr<bf16>, #blocked1>
+      %v9 = ttg.memdesc_index %buf[%c1_i32] : !ttg.memdesc<3x32x128xbf16> -> !ttg.memdesc<32x128xbf16>
+    }
+"""
+    assert sass.operand_sources(TTGIR + tail) == ["LDG", "cp.async"]
+
+
 def _run_static(tmp_path: Path, *args: str, timeout: int = 2400) -> subprocess.CompletedProcess:
     """``python -m perf.static`` in a fresh process without TRITON_INTERPRET (interpreted kernels cannot be
     compiled), with its own analysis cache."""
