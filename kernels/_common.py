@@ -60,7 +60,6 @@ def group_tables(group, in_group, kernel: tuple[int, int], device: torch.device)
     return tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in tables)
 
 
-
 @functools.lru_cache(maxsize=256)
 def position_orbits(group, kernel: tuple[int, int], device: torch.device):
     """The orbits of the window positions under the group's moves, as one int32 table, cached per device.
@@ -80,6 +79,7 @@ def position_orbits(group, kernel: tuple[int, int], device: torch.device):
         while root[a] != a:
             a = root[a]
         return a
+
     for g_row in dest.tolist():
         for t, p in enumerate(g_row):
             root[find(t)] = find(p)
