@@ -179,6 +179,12 @@ def empty_group_map(shape: Sequence[int], like: Tensor) -> Tensor:
     return empty_in_order(shape, GROUP_MAP_ORDER, dtype=like.dtype, device=like.device)
 
 
+def as_group_map(t: Tensor) -> Tensor:
+    """``t (B, C, S, H, W)`` stored densely in :data:`GROUP_MAP_ORDER`: ``t`` itself where it is, else a copy."""
+    inverse = [GROUP_MAP_ORDER.index(d) for d in range(len(GROUP_MAP_ORDER))]
+    return t.permute(GROUP_MAP_ORDER).contiguous().permute(inverse)
+
+
 def empty_like_layout(shape, like: Tensor) -> Tensor:
     """An empty tensor of ``shape`` in ``like``'s layout: the layout the kernels write (fake kernels must agree)."""
     return empty_in_order(shape, dim_order(like), dtype=like.dtype, device=like.device)

@@ -22,6 +22,7 @@ import torch
 
 from ._backend import backend
 from ._spec import make_spec
+from ._support import as_group_map
 from .functional import gconv2d
 from .groups import get_group
 
@@ -246,7 +247,7 @@ def to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     if layout == "contiguous":
         return t.contiguous()
-    return t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    return as_group_map(t)
 
 
 def make_input(shape: Sequence[int], dtype: torch.dtype, device, layout: str = "contiguous",

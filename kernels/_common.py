@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .._args import ACTIVATIONS
-from .._support import GROUP_MAP_ORDER, dim_order, empty_in_order
+from .._support import GROUP_MAP_ORDER, as_group_map, dim_order, empty_in_order
 from .tuner import KERNEL_TUNERS, Autotuner, next_power_of_2
 
 # Read once, like Triton itself reads it when a @triton.jit function is defined.
@@ -221,7 +221,7 @@ def channels_last(t: torch.Tensor, channels: int = 0) -> torch.Tensor:
         out[..., :c * s] = t.permute(0, 3, 4, 1, 2).reshape(b, h, w, c * s)
         return out
     if not is_channels_last(t):
-        t = t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+        t = as_group_map(t)
     # a size-1 axis is only ever indexed at 0: stride 0, so that its arbitrary stride (1 in a contiguous 1x1 map)
     # does not hide that every pixel starts 16-byte aligned
     strides = [st if n > 1 else 0 for n, st in zip((b, h, w), (t.stride(0), t.stride(3), t.stride(4)))]

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._support import GROUP_MAP_ORDER, as_group_map
 from . import _common
 from ._common import (accumulator, bank_split_limit, cdiv, channels_last, dot_precision, geometry_table,
                       group_tables, interpreter_config, maybe_autotune, mma, needs_int64, position_orbits, round_up,
@@ -458,7 +459,7 @@ def reads_dy_in_place(dy: torch.Tensor, spec) -> bool:
     (:func:`_orbit_weight_grad_kernel`): stored densely ``(B, H_out, W_out, groups·C_out, S_out)``, ``S_out`` a
     power of two up to 8 (the bank-frame accumulator split into one tile per group element in registers), and an
     MMA dtype (not fp32 without tf32: no MMA, the accumulators spill)."""
-    return _orbit_serves(dy) and dy.permute(0, 3, 4, 1, 2).is_contiguous()
+    return _orbit_serves(dy) and dy.permute(GROUP_MAP_ORDER).is_contiguous()
 
 
 def _orbit_serves(dy: torch.Tensor) -> bool:
@@ -472,9 +473,7 @@ def shared_dy(dy: torch.Tensor) -> torch.Tensor:
     groups·C_out, S_out)`` where the weight gradient reads that in place (:func:`reads_dy_in_place`), else as it
     is.  A channels-first ``dy`` (the loss's) then costs one copy, which the input gradient reads in place too,
     instead of the input gradient's channels-last copy and the weight gradient's re-layout."""
-    if _orbit_serves(dy) and not dy.permute(0, 3, 4, 1, 2).is_contiguous():
-        return dy.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
-    return dy
+    return as_group_map(dy) if _orbit_serves(dy) else dy
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None, with_bias: bool = False):
