@@ -98,8 +98,8 @@ import triton
 import triton.language as tl
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._common import (INTERPRET, cdiv, dot_precision, geometry_table, is_channels_last, mma, next_power_of_2,
-                      poison_outputs, split_pixel)
+from ._common import (INTERPRET, cdiv, dot_precision, empty_group_map, geometry_table, is_channels_last, mma,
+                      next_power_of_2, poison_outputs, split_pixel)
 
 __all__ = ["forward", "input_grad", "weight_grad", "config"]
 
@@ -916,7 +916,7 @@ def forward(x: torch.Tensor, coefficients: torch.Tensor, bias, tables: torch.Ten
                          f"padding={padding}, dilation={dilation})")
     lifting = lifting_layout(s_in, c_in, k, groups)
     if lifting:
-        y = _empty((nb, ho, wo, c_out, s_out), x).permute(0, 3, 4, 1, 2)
+        y = empty_group_map((nb, c_out, s_out, ho, wo), x)
     else:
         y = _empty((nb, c_out, s_out, ho, wo), x)
     if y.numel() == 0:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .._backend import reference_path
 from .._spec import conv_out_size, resolve_geometry
-from .._support import GROUPS, backend_name, kernels_for, onnx_exporting, untraced
+from .._support import GROUPS, backend_name, empty_group_map, kernels_for, onnx_exporting, untraced
 from ..groups import Group
 from ..reference import (conv2d_with_bank, conv_transpose2d_with_bank, pad_input, split_padding,
                          steerable_bank_adjoint, steerable_bank_from_tables)
@@ -88,8 +88,7 @@ def _(x, coefficients, bias, tables, group, in_group, kernel_size, stride, paddi
 
         c_out, c_in, s_in, _ = coefficients.shape
         if launchers.lifting_layout(s_in, c_in, kernel_size, 1):   # the kernel's channels-last output
-            b, c, s, h, w = shape
-            return x.new_empty((b, h, w, c, s)).permute(0, 3, 4, 1, 2)
+            return empty_group_map(shape, x)
     return x.new_empty(shape)
 
 
