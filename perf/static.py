@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from gconv_triton import kernels
-from gconv_triton._support import dim_order
+from gconv_triton._support import GROUP_MAP_ORDER, dim_order, empty_in_order
 from gconv_triton.autotune import FORWARD_ONLY, MODELS, STEERABLE_SETS, Layer, Progress, model_layers, parse_names
 from gconv_triton.groups import get_group
 from gconv_triton.kernels import steerable_conv
@@ -215,8 +215,7 @@ def _weight_grad(layer: Layer, dtype) -> None:
 
 def _package_layout(shape, dtype) -> torch.Tensor:
     """A ``(B, C, S, H, W)`` tensor stored ``(B, H, W, C, S)``: the layout every layer of the package hands on."""
-    b, c, s, h, w = shape
-    return _meta((b, h, w, c, s), dtype).permute(0, 3, 4, 1, 2)
+    return empty_in_order(shape, GROUP_MAP_ORDER, dtype=dtype, device="meta")
 
 
 def _weight_grad_package(layer: Layer, dtype) -> None:
