@@ -100,6 +100,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ._common import (INTERPRET, cdiv, dot_precision, empty_group_map, geometry_table, is_channels_last, mma,
                       next_power_of_2, poison_outputs, split_pixel)
+from .group_conv_layouts import padded_copy
 
 __all__ = ["forward", "input_grad", "weight_grad", "config"]
 
@@ -1287,11 +1288,10 @@ def _build_window_corners(nb: int, ho: int, wo: int, m_pad: int, s_in: int, sxn:
 def _zero_padded_channels_last(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
     """``x (B, C, S, H, W)`` copied channels-last (``(B, H + 2·pad_h, W + 2·pad_w, C, S)`` in memory) with the zeros
     padding in place, viewed ``(B, C, S, H + 2·pad_h, W + 2·pad_w)``: every window of every output pixel lies in
-    it."""
+    it.  One launch, the group convolution's halo copy (:func:`~.group_conv_layouts.padded_copy`)."""
     nb, c, s, h, w = x.shape
-    padded = x.new_zeros((nb, h + 2 * pad_h, w + 2 * pad_w, c, s))
-    padded[:, pad_h:pad_h + h, pad_w:pad_w + w] = x.permute(0, 3, 4, 1, 2)
-    return padded.permute(0, 3, 4, 1, 2)
+    padded = x.new_empty((nb, h + 2 * pad_h, w + 2 * pad_w, c, s))
+    return padded_copy(padded, x.permute(0, 3, 4, 1, 2), (0, pad_h, pad_w, 0, 0)).permute(0, 3, 4, 1, 2)
 
 
 # index tensor -> (its version, source): the inverse permutations the coefficient gradient reads, built once per
