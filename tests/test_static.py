@@ -288,6 +288,12 @@ def test_steerable_kernels_read_per_mac_of_their_main_dot(tmp_path):
                        "--jobs", "1", "--no-progress", "--out", str(tmp_path / "steer"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "steer.json").read_text())["rows"]
+    # the zero-padded channels-last copy of a channels-first x (the forward's and the coefficient gradient's) is a
+    # launch of its role too, with no dot
+    copies = [r for r in rows if r["kernel"] == "group_conv_layouts._padded_copy_kernel"]
+    assert {r["role"] for r in copies} == {"steer_forward", "steer_weight_grad"}
+    assert all(r["status"] == "ok" and r["spills"] == 0 and not r.get("dot") for r in copies)
+    rows = [r for r in rows if r not in copies]
     assert {r["kernel"] for r in rows} == {f"steerable_conv._{k}_channels_last_kernel"
                                            for k in ("forward", "input_grad", "weight_grad")}
     for r in rows:
