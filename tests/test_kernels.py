@@ -524,32 +524,32 @@ def test_input_grad_launcher_keeps_layout(group, in_group, groups, cig, layout):
     assert_layout(dx, layout, "input grad")
 
 
-# (group, in_group, C_in, C_out, k, stride, padding, groups, (B, H, W), dtype, tf32, x's layout, int64 offsets,
-# read in place): a channels-first dy is read in place where each image's phase grid is as wide as dy and a whole
-# number of pixel tiles (128 pixels), else copied channels-last
+# (group, in_group, C_in, C_out, k, stride, padding, dilation, groups, (B, H, W), dtype, tf32, x's layout, int64
+# offsets, read in place): a channels-first dy is read in place where each image's phase grid is as wide as dy and
+# a whole number of pixel tiles (128 pixels), else copied channels-last
 CHANNELS_FIRST_DY = [
-    ("p4", "p4", 2, 3, 3, 1, 1, 1, (2, 16, 8), torch.float32, True, CONTIG, False, True),   # tf32: transposed MMA
-    ("p4m", "p4m", 2, 2, 5, 1, 2, 1, (1, 16, 8), torch.float64, False, CL, False, True),    # 5x5
-    ("p4", "p4", 2, 3, 3, 2, 1, 1, (1, 32, 16), torch.float32, False, CL, False, True),     # stride 2: 4 phases
-    ("p4m", "p4m", 2, 2, 4, 2, 1, 2, (1, 32, 16), torch.float32, True, CONTIG, False, True),  # groups 2, even k
-    ("ring8", "ring8", 2, 2, 3, 1, 1, 1, (1, 16, 8), torch.float64, False, CL, False, True),  # a user group
-    ("p4", "z2", 3, 4, 3, 1, 1, 1, (2, 16, 8), torch.float32, True, CONTIG, False, True),   # lifting: S_in 1
-    ("z2", "z2", 3, 4, 3, 1, 1, 1, (1, 16, 8), torch.float32, True, CL, False, True),       # tf32 K-major weight
-    ("p4", "p4", 2, 3, 3, 1, (0, 1), 1, (1, 16, 8), torch.float32, False, CONTIG, False, True),  # H_out < H
-    ("p4", "p4", 2, 3, 3, 2, 1, 1, (2, 32, 16), torch.float64, False, CL, True, True),      # int64 offsets
-    ("p4", "p4", 2, 3, 3, 1, 0, 1, (1, 16, 8), torch.float32, False, CONTIG, False, False),  # W_out < W: copied
-    ("p4", "p4", 2, 3, 3, 1, 1, 1, (2, 8, 8), torch.float32, True, CL, False, False),       # 64 pixels per image
-    ("p4m", "p4m", 2, 2, 3, 1, 1, 1, (1, 16, 8), torch.bfloat16, False, CL, False, False),  # 16-bit: copied
-    ("p4", "p4", 2, 3, 3, 2, 1, 1, (1, 32, 16), torch.float16, False, CONTIG, False, False),
-    ("z2", "z2", 3, 3, 3, 1, 1, 1, (1, 16, 8), torch.float32, False, CONTIG, False, False),  # 3 channels padded
+    ("p4", "p4", 2, 3, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, CONTIG, False, True),   # tf32: transposed MMA
+    ("p4m", "p4m", 2, 2, 5, 1, 2, 1, 1, (1, 16, 8), torch.float64, False, CL, False, True),    # 5x5
+    ("p4", "p4", 2, 3, 3, 2, 1, 1, 1, (1, 32, 16), torch.float32, False, CL, False, True),     # stride 2: 4 phases
+    ("p4m", "p4m", 2, 2, 4, 2, 1, 1, 2, (1, 32, 16), torch.float32, True, CONTIG, False, True),  # groups 2, even k
+    ("ring8", "ring8", 2, 2, 3, 1, 1, 1, 1, (1, 16, 8), torch.float64, False, CL, False, True),  # a user group
+    ("p4", "z2", 3, 4, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, CONTIG, False, True),   # lifting: S_in 1
+    ("z2", "z2", 3, 4, 3, 1, 1, 1, 1, (1, 16, 8), torch.float32, True, CL, False, True),       # tf32 K-major weight
+    ("p4", "p4", 2, 3, 3, 1, (0, 2), 2, 1, (1, 16, 8), torch.float32, False, CONTIG, False, True),  # H_out < H, dilated
+    ("p4", "p4", 2, 3, 3, 2, 1, 1, 1, (2, 32, 16), torch.float64, False, CL, True, True),      # int64 offsets
+    ("p4", "p4", 2, 3, 3, 1, 0, 1, 1, (1, 16, 8), torch.float32, False, CONTIG, False, False),  # W_out < W: copied
+    ("p4", "p4", 2, 3, 3, 1, 1, 1, 1, (2, 8, 8), torch.float32, True, CL, False, False),       # 64 pixels per image
+    ("p4m", "p4m", 2, 2, 3, 1, 1, 1, 1, (1, 16, 8), torch.bfloat16, False, CL, False, False),  # 16-bit: copied
+    ("p4", "p4", 2, 3, 3, 2, 1, 1, 1, (1, 32, 16), torch.float16, False, CONTIG, False, False),
+    ("z2", "z2", 3, 3, 3, 1, 1, 1, 1, (1, 16, 8), torch.float32, False, CONTIG, False, False),  # 3 channels padded
 ]
 
 
-@pytest.mark.parametrize("group, in_group, c_in, c_out, k, stride, padding, groups, size, dtype, tf32, x_layout, "
-                         "wide, in_place", CHANNELS_FIRST_DY,
+@pytest.mark.parametrize("group, in_group, c_in, c_out, k, stride, padding, dilation, groups, size, dtype, tf32, "
+                         "x_layout, wide, in_place", CHANNELS_FIRST_DY,
                          ids=lambda v: short(v) if not isinstance(v, torch.dtype) else str(v).split(".")[-1])
 def test_input_grad_reads_channels_first_dy_in_place(monkeypatch, group, in_group, c_in, c_out, k, stride, padding,
-                                                     groups, size, dtype, tf32, x_layout, wide, in_place):
+                                                     dilation, groups, size, dtype, tf32, x_layout, wide, in_place):
     """A contiguous ``dy`` (the loss's) is read in place by the input gradient (no channels-last copy) where
     :func:`~gconv_triton.kernels.group_conv.reads_channels_first_dy` says so, and copied elsewhere; ``dx``, in
     ``x``'s layout, is the float64 reference's either way."""
@@ -568,8 +568,8 @@ def test_input_grad_reads_channels_first_dy_in_place(monkeypatch, group, in_grou
     s_in, s_out = order_of(in_group), order_of(group)
     x = randn((b, groups * c_in, s_in, h, w), dtype, x_layout)
     weight = randn((groups * c_out, c_in, s_in, k, k), dtype)
-    spec = make_spec(x, weight, None, group=group, in_group=in_group, stride=stride, padding=padding, dilation=1,
-                     groups=groups)
+    spec = make_spec(x, weight, None, group=group, in_group=in_group, stride=stride, padding=padding,
+                     dilation=dilation, groups=groups)
     dy = randn((b, groups * c_out, s_out, spec.out_height, spec.out_width), dtype)
     assert gconv.reads_channels_first_dy(dy, spec) == in_place
     with triton_backend():
