@@ -229,6 +229,24 @@ def test_hot_loop_of_a_real_compile(tmp_path):
     assert "## Targets" in text and "### group_conv._conv_gemm_kernel" in text and "HGMMA" in text
 
 
+def test_input_grad_roles_measure_both_dy_layouts():
+    """``input_grad`` hands the launcher a contiguous ``dy`` (the loss's: read in place channels-first where the rule
+    allows, channel stride ``H_out·W_out``), ``input_grad_package`` one stored ``(B, H, W, C, S)`` (read in place
+    channels-last, channel stride 1); captured, not compiled."""
+    import torch
+
+    from gconv_triton.autotune import Layer
+    from perf.static import ROLES, capturing
+
+    layer = Layer("igrad", group="p4", in_group="p4", c_in=4, c_out=4, height=16, width=8, padding=(1, 1))
+    for role, channel_stride in (("input_grad", 16 * 8), ("input_grad_package", 1)):
+        out = []
+        with capturing(out):
+            ROLES[role].run(layer, torch.float32)
+        gemm = next(launch for launch in out if launch.kernel == "group_conv._conv_gemm_kernel")
+        assert gemm.bound()["stride_a_c"] == channel_stride, role
+
+
 def test_shared_memory_estimate():
     # fp16: stages * (BM*BK + BK*BN) * 2 bytes; an operand size the launch passes as a constexpr (BLOCK_R).
     from perf.static import shared_memory_bytes
