@@ -120,14 +120,16 @@ def _inside_bits(ih0, iw0, m_ok, pos_list, n_pos_ptr, a_height, a_width, KPOS: t
 
 
 @triton.jit
-def _per_position_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr, stab_ptr,
-                       a_height, a_width, stride_a_n, stride_a_h, stride_a_w,
+def _per_position_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr,
+                       stab_ptr, a_height, a_width, stride_a_h, stride_a_w, stride_a_c,
                        A_CH: tl.constexpr, KPOS: tl.constexpr, S_IN: tl.constexpr, S_K: tl.constexpr,
                        R_PAD: tl.constexpr, GROUP_ON_N: tl.constexpr, K_MAJOR: tl.constexpr, HALO: tl.constexpr,
                        WIDE: tl.constexpr, VEC_A: tl.constexpr, VEC_B: tl.constexpr, PRECISION: tl.constexpr,
                        UPCAST: tl.constexpr, TRANSPOSED: tl.constexpr, BLOCK_K: tl.constexpr):
     """``acc`` plus the products over the window positions of ``pos_list`` (``(t', dh, dw)`` each, ``*n_pos_ptr`` of
-    them) and every channel block of each; ``kl``: the K lanes, ``arange(BLOCK_K)``.
+    them) and every channel block of each; ``kl``: the K lanes, ``arange(BLOCK_K)``; ``row0``: the ``[BLOCK_M]``
+    offsets of the pixels ``(b, ih0, iw0)``; channel ``c`` of a pixel lies ``c·stride_a_c`` after it (1 where A is
+    read channels-last, ``H_out·W_out`` for a channels-first ``dy``: :func:`_conv_gemm_kernel`).
 
     Loop order (as in Inductor's convolution template): window positions outer, channels inner.  What depends on
     the position (the A rows, their bounds, the B position offset) is computed once per position, as the hoisted
@@ -141,7 +143,6 @@ def _per_position_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_lis
     HOIST: tl.constexpr = BLOCK_K % S_K == 0      # the group pattern along K repeats every block
     if HOIST:
         slice_off = _slice_offsets(kl, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR)
-    row0 = b * stride_a_n + ih0 * stride_a_h + iw0 * stride_a_w
     # The forward's bounds as one bit per row and window position.  The input gradient keeps the four bounds: with
     # the bits, its best config on P4CNN's 4x4 layer spills (perf/results/static-masked-2026-12-05.md)
     BITS: tl.constexpr = not HALO and GROUP_ON_N and KPOS <= 64
@@ -166,7 +167,7 @@ def _per_position_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_lis
         if WIDE:
             dh, dw = dh.to(tl.int64), dw.to(tl.int64)
         row = tl.multiple_of(row0 + (dh * stride_a_h + dw * stride_a_w), VEC_A)
-        a_ptrs = a_base + row[:, None] + kl[None, :]
+        a_ptrs = a_base + row[:, None] + kl[None, :] * stride_a_c
         if HOIST:   # B pointers for this position: a hoisted tile, then a constant step per channel block
             w_ptrs = w_base + _vector_runs(
                 slice_off + _position_offsets(kl, j, t, pos_src_ptr, KPOS, S_K, POS_STRIDE, GROUP_ON_N), VEC_B,
@@ -185,15 +186,15 @@ def _per_position_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_lis
                 a = tl.load(a_ptrs, mask=row_ok & k_ok[None, :], other=0.0)
                 bw = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
             acc = _accumulate(acc, a, bw, PRECISION, UPCAST, TRANSPOSED)
-            a_ptrs += BLOCK_K
+            a_ptrs += BLOCK_K * stride_a_c
             if HOIST:
                 w_ptrs += (BLOCK_K // S_K) * ROW_STRIDE
     return acc
 
 
 @triton.jit
-def _folded_positions_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr,
-                           stab_ptr, pos_step_ptr, a_height, a_width, stride_a_n, stride_a_h, stride_a_w,
+def _folded_positions_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr,
+                           stab_ptr, pos_step_ptr, a_height, a_width, stride_a_h, stride_a_w,
                            A_CH: tl.constexpr, KW: tl.constexpr, KPOS: tl.constexpr, S_IN: tl.constexpr,
                            S_K: tl.constexpr, R_PAD: tl.constexpr, GROUP_ON_N: tl.constexpr,
                            K_MAJOR: tl.constexpr, HALO: tl.constexpr, WIDE: tl.constexpr, VEC_A: tl.constexpr,
@@ -211,7 +212,6 @@ def _folded_positions_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos
     POS_STRIDE: tl.constexpr = ROWS * S_IN * R_PAD
     F: tl.constexpr = BLOCK_K // A_CH            # window positions per K block
     GROUPS_W: tl.constexpr = (KW + F - 1) // F   # K blocks per kernel row (the last one ragged)
-    row0 = b * stride_a_n + ih0 * stride_a_h + iw0 * stride_a_w
     tw_k = kl // A_CH                            # the position of K index k within its block, and its channel:
     w_fold = (_slice_offsets(kl % A_CH, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR)
               + tw_k[:, None] * (tl.load(pos_step_ptr + j) * POS_STRIDE)[None, :])
@@ -248,6 +248,7 @@ _DERIVED = dict(
     WIDE=lambda a: needs_int64(a["a_ptr"], a["out_ptr"]),
     VEC_A=lambda a: vector_width(a["a_ptr"].element_size(), a["stride_a_n"], a["stride_a_h"], a["stride_a_w"],
                                  a["A_CH"]),
+    PIXEL_MAJOR=lambda a: a["stride_a_c"] != 1,
     VEC_B=lambda a: vector_width(a["w_ptr"].element_size(), a["A_CH"] if a["K_MAJOR"] else a["R_PAD"]),
     ACC=lambda a: accumulator(a["a_ptr"].dtype),
     UPCAST=lambda a: upcast(a["a_ptr"].dtype),
@@ -263,13 +264,13 @@ _DERIVED = dict(
 def _conv_gemm_kernel(
     a_ptr, w_ptr, bias_ptr, out_ptr, z_ptr, pos_src_ptr, stab_ptr, phase_pos_ptr, phase_count_ptr, pos_step_ptr,
     M_TOTAL, m_height, m_width, a_height, a_width, out_height, out_width, stride_h, stride_w, weight_groups,
-    stride_a_n, stride_a_h, stride_a_w,
+    stride_a_n, stride_a_h, stride_a_w, stride_a_c,
     stride_out_n, stride_out_g, stride_out_c, stride_out_h, stride_out_w,
     A_CH: tl.constexpr, K_RUN: tl.constexpr, N_TOTAL: tl.constexpr, R_PAD: tl.constexpr, R_VALID: tl.constexpr,
     S_IN: tl.constexpr, S_K: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, GROUP_ON_N: tl.constexpr,
     K_MAJOR: tl.constexpr, HALO: tl.constexpr, PRECISION: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_BIAS: tl.constexpr, STORE_PREACT: tl.constexpr, WIDE: tl.constexpr,
-    VEC_A: tl.constexpr, VEC_B: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    VEC_A: tl.constexpr, PIXEL_MAJOR: tl.constexpr, VEC_B: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One ``[BLOCK_M pixels, BLOCK_N]`` output tile of sub-pixel phase ``ph`` in channel group ``grp``.
@@ -279,10 +280,14 @@ def _conv_gemm_kernel(
     phase ``(ph_h, ph_w)`` reads ``dy`` from ``(mh, mw)`` and writes ``dx`` at ``(mh·stride + ph_h, mw·stride +
     ph_w)``.
 
-    A: the activation read channels-last, ``(B, a_height, a_width, groups·A_CH)`` with unit channel stride; its
-    pixel for the ``i``-th window position ``t'`` that reaches the phase is the read pixel plus ``(dh, dw)``, with
-    ``(t', dh, dw) = phase_pos[ph, i]``, ``i < phase_count[ph]`` (:func:`phase_tables`).  ``HALO``: ``a`` carries
-    the convolution's zero padding (:func:`halo_channels_last`), so no position of any pixel is out of bounds.
+    A: the activation ``(B, a_height, a_width, groups·A_CH)``, read channels-last (unit channel stride) or, for an
+    input gradient whose ``dy`` arrives channels-first (``PIXEL_MAJOR``: channel stride ``stride_a_c = H_out·W_out``,
+    :func:`reads_channels_first_dy`), in place with unit pixel stride: a phase grid as wide as ``dy`` (``m_width ==
+    a_width``) whose ``BLOCK_M`` tiles never cross an image reads each position's tile as one contiguous run of
+    pixels per channel (coalesced).  Its pixel for the ``i``-th window position ``t'`` that reaches the phase is the
+    read pixel plus ``(dh, dw)``, with ``(t', dh, dw) = phase_pos[ph, i]``, ``i < phase_count[ph]``
+    (:func:`phase_tables`).  ``HALO``: ``a`` carries the convolution's zero padding (:func:`halo_channels_last`), so
+    no position of any pixel is out of bounds.
     B: the permuted weight, ``(weight_groups, KH·KW, A_CH // S_K, S_IN, R_PAD)``, gathered per tile; ``K_MAJOR``:
     ``(weight_groups, KH·KW, R_PAD, A_CH // S_K, S_IN)``, so that a tf32 tile (tf32 MMAs read both shared-memory
     operands K-major) lands in shared memory as the MMA reads it, copied in 16-byte runs along K.
@@ -316,7 +321,7 @@ def _conv_gemm_kernel(
     if WIDE:  # offsets past int32 (else int32 index math: fewer instructions, no carries)
         b, mh, mw = b.to(tl.int64), mh.to(tl.int64), mw.to(tl.int64)
     kl = tl.arange(0, BLOCK_K)
-    a_base = a_ptr + grp * A_CH
+    a_base = a_ptr + grp * A_CH * stride_a_c
     w_base = w_ptr + wg * (KPOS * POS_STRIDE)
 
     # tf32 MMAs read both shared-memory operands K-major: an N-major weight tile makes them run transposed,
@@ -330,16 +335,27 @@ def _conv_gemm_kernel(
     n_pos_ptr = phase_count_ptr + ph_h * phases_w + ph_w
     ih0 = mh * read_h      # per window position, the A rows are these plus a scalar shift: one add per row and axis
     iw0 = mw * read_w
+    if PIXEL_MAJOR:
+        # the tile's pixels are (mh, mw) of one image, mh·a_width + mw its flat index: as a scalar plus a range, so
+        # that the compiler sees the rows contiguous (threads along pixels: coalesced loads)
+        per_image = m_height * m_width
+        m0 = pid_m * BLOCK_M
+        b0 = m0 // per_image
+        if WIDE:
+            b0 = b0.to(tl.int64)
+        row0 = b0 * stride_a_n + (m0 - b0 * per_image) + tl.arange(0, BLOCK_M)
+    else:
+        row0 = b * stride_a_n + ih0 * stride_a_h + iw0 * stride_a_w
     if FOLD:
-        acc = _folded_positions_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr,
-                                     stab_ptr, pos_step_ptr, a_height, a_width, stride_a_n, stride_a_h, stride_a_w,
+        acc = _folded_positions_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr,
+                                     pos_src_ptr, stab_ptr, pos_step_ptr, a_height, a_width, stride_a_h, stride_a_w,
                                      A_CH, KW, KPOS, S_IN, S_K, R_PAD, GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_B,
                                      PRECISION, UPCAST, TRANSPOSED, BLOCK_K)
     else:
-        acc = _per_position_loop(acc, kl, a_base, w_base, b, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr,
-                                 stab_ptr, a_height, a_width, stride_a_n, stride_a_h, stride_a_w, A_CH, KPOS, S_IN,
-                                 S_K, R_PAD, GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_B, PRECISION, UPCAST,
-                                 TRANSPOSED, BLOCK_K)
+        acc = _per_position_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr,
+                                 pos_src_ptr, stab_ptr, a_height, a_width, stride_a_h, stride_a_w, stride_a_c, A_CH,
+                                 KPOS, S_IN, S_K, R_PAD, GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_B, PRECISION,
+                                 UPCAST, TRANSPOSED, BLOCK_K)
 
     oh = mh * write_h + ph_h
     ow = mw * write_w + ph_w
@@ -439,6 +455,34 @@ def reads_in_place(x: torch.Tensor, spec) -> bool:
     return halo_is_input(spec) or table <= hp * wp * spec.groups * a_ch * x.element_size()
 
 
+# The largest BLOCK_M the tuner may pick: a channels-first dy is read in place only where its tiles never cross an
+# image, whatever the pick (the interpreter's BLOCK_M divides it too)
+MAX_BLOCK_M = max(config.kwargs["BLOCK_M"] for config in _configs())
+
+
+def reads_channels_first_dy(dy: torch.Tensor, spec) -> bool:
+    """Whether the input gradient reads ``dy (B, groups·C_out, S_out, H_out, W_out)`` in place channels-first
+    (``PIXEL_MAJOR`` in :func:`_conv_gemm_kernel`) instead of copying it channels-last: each image's ``(C, S, H,
+    W)`` dense (the loss's gradient), elements of 4 bytes or more, channels that need no padding to whole vectors,
+    a sub-pixel phase grid as wide as ``dy`` (``ceil(W / stride) == W_out``: a dx pixel's ``dy`` pixels then lie
+    at its flat index plus a shift) whose pixels per image are a multiple of every ``BLOCK_M`` (no tile crosses an
+    image).  A window position's shift leaves the pixel runs unaligned, so they load element by element: as
+    asynchronous copies from 4 bytes, while 16-bit elements would load synchronously (the copy is cheaper then)."""
+    a_ch = spec.out_channels * spec.s_out
+    h_out, w_out = spec.out_height, spec.out_width
+    m_height, m_width = cdiv(spec.height, spec.stride[0]), cdiv(spec.width, spec.stride[1])
+    return (not spec.depthwise and dy.dim() == 5 and dy.element_size() >= 4 and dy[:1].is_contiguous()
+            and vector_channels(a_ch, spec.groups, spec.s_out) == a_ch
+            and m_width == w_out and (m_height * m_width) % MAX_BLOCK_M == 0 and h_out * w_out > 1)
+
+
+def pixel_major_view(dy: torch.Tensor) -> torch.Tensor:
+    """``dy (B, C, S, H, W)`` dense per image -> the ``(B, H, W, C·S)`` view of it that :func:`_conv_gemm_kernel`
+    takes as A: unit pixel stride, channel stride ``H·W``."""
+    b, c, s, h, w = dy.shape
+    return dy.as_strided((b, h, w, c * s), (dy.stride(0), w, 1, h * w))
+
+
 def halo_is_input(spec) -> bool:
     """Whether every window of every output pixel lies inside the input (no padding): its zero-halo copy would be
     the input itself."""
@@ -468,6 +512,8 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     halo = copied or (group_on_n and reads_in_place(a, spec) and halo_is_input(spec))
     if halo:
         pad = (0, 0)   # the halo copy is made below, by the weights' launch
+    elif not group_on_n and reads_channels_first_dy(a, spec):
+        a_cl = pixel_major_view(a)
     else:
         a_cl = channels_last(a, padded)
     layout = _weight_layout(spec, a.dtype, group_on_n)
@@ -502,7 +548,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     _conv_gemm_kernel[grid](
         a_cl, w, bias, out, z, pos_src, stab, phase_pos, phase_count, phase_count if steps is None else steps,
         m_total, m_height, m_width, a_cl.shape[1], a_cl.shape[2], out.shape[3], out.shape[4], *spec.stride,
-        spec.weight_groups, *a_cl.stride()[:3], out_n, out_g, out_c, out_h, out_w,
+        spec.weight_groups, *a_cl.stride(), out_n, out_g, out_c, out_h, out_w,
         A_CH=padded, K_RUN=padded * spec.kernel[1] if contiguous_rows else padded, N_TOTAL=n_total, R_PAD=r_pad,
         R_VALID=r_valid, S_IN=spec.s_in, S_K=s_k, KH=spec.kernel[0], KW=spec.kernel[1], GROUP_ON_N=group_on_n,
         K_MAJOR=k_major, HALO=halo, PRECISION=dot_precision(a.dtype), ACTIVATION=activation,

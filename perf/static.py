@@ -200,10 +200,12 @@ def _forward(layer: Layer, dtype) -> None:
                     _meta((layer.c_out,), dtype), layer.spec())
 
 
-def _input_grad(layer: Layer, dtype) -> None:
+def _input_grad(layer: Layer, dtype, make_dy=_meta) -> None:
+    """The input gradient of a ``dy`` stored channels-first (the loss's: read in place where
+    ``group_conv.reads_channels_first_dy`` says so, else copied channels-last), or as ``make_dy`` makes it."""
     if layer.input_grad:
         x = _meta(layer.input_shape(), dtype)
-        kernels.input_grad(_meta(_output_shape(layer.spec()), dtype), _meta(layer.weight_shape(), dtype),
+        kernels.input_grad(make_dy(_output_shape(layer.spec()), dtype), _meta(layer.weight_shape(), dtype),
                            layer.spec(), dim_order(x))
 
 
@@ -216,6 +218,12 @@ def _weight_grad(layer: Layer, dtype) -> None:
 def _package_layout(shape, dtype) -> torch.Tensor:
     """A ``(B, C, S, H, W)`` tensor stored ``(B, H, W, C, S)``: the layout every layer of the package hands on."""
     return empty_in_order(shape, GROUP_MAP_ORDER, dtype=dtype, device="meta")
+
+
+def _input_grad_package(layer: Layer, dtype) -> None:
+    """:func:`_input_grad` with ``dy`` in the package's layout, as a layer between two others meets it (read in
+    place channels-last)."""
+    _input_grad(layer, dtype, _package_layout)
 
 
 def _weight_grad_package(layer: Layer, dtype) -> None:
@@ -292,6 +300,7 @@ ROLES = {
                                    s.batch * s.out_height * s.out_width, s.groups),
                         split_reduction=True),
 }
+ROLES["input_grad_package"] = dataclasses.replace(ROLES["input_grad"], run=_input_grad_package)
 ROLES["weight_grad_package"] = dataclasses.replace(ROLES["weight_grad"], run=_weight_grad_package)
 # The tap convolutions (no tl.dot: compiled for their registers and spills; their bytes beside the same GEMM's).
 for _name, _tap_args in (("adder", ("adder", "sum")), ("maxplus", ("add", "max"))):

@@ -30,7 +30,7 @@ from gconv_triton import functional, kernels
 from gconv_triton._support import dim_order
 from gconv_triton._spec import make_spec
 from gconv_triton.groups import get_group
-from gconv_triton.reference import bank_conv_weight_grad
+from gconv_triton.reference import bank_conv_input_grad, bank_conv_weight_grad
 from gconv_triton.kernels import _common, group_conv as gconv, group_conv_weight_grad as wgrad
 from gconv_triton.kernels.group_conv_layouts import relayout_dy
 from perf.memory import AllocationRecorder
@@ -522,6 +522,62 @@ def test_input_grad_launcher_keeps_layout(group, in_group, groups, cig, layout):
     dx = kernels.input_grad(dy, weight, spec, dim_order(x))
     assert dx.shape == x.shape and torch.isfinite(dx).all()
     assert_layout(dx, layout, "input grad")
+
+
+# (group, in_group, C_in, C_out, k, stride, padding, dilation, groups, (B, H, W), dtype, tf32, x's layout, int64
+# offsets, read in place): a channels-first dy is read in place where each image's phase grid is as wide as dy and
+# a whole number of pixel tiles (128 pixels), else copied channels-last
+CHANNELS_FIRST_DY = [
+    ("p4", "p4", 2, 3, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, CONTIG, False, True),   # tf32: transposed MMA
+    ("p4m", "p4m", 2, 2, 5, 1, 2, 1, 1, (1, 16, 8), torch.float64, False, CL, False, True),    # 5x5
+    ("p4", "p4", 2, 3, 3, 2, 1, 1, 1, (1, 32, 16), torch.float32, False, CL, False, True),     # stride 2: 4 phases
+    ("p4m", "p4m", 2, 2, 4, 2, 1, 1, 2, (1, 32, 16), torch.float32, True, CONTIG, False, True),  # groups 2, even k
+    ("ring8", "ring8", 2, 2, 3, 1, 1, 1, 1, (1, 16, 8), torch.float64, False, CL, False, True),  # a user group
+    ("p4", "z2", 3, 4, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, CONTIG, False, True),   # lifting: S_in 1
+    ("z2", "z2", 3, 4, 3, 1, 1, 1, 1, (1, 16, 8), torch.float32, True, CL, False, True),       # tf32 K-major weight
+    ("p4", "p4", 2, 3, 3, 1, (0, 2), 2, 1, (1, 16, 8), torch.float32, False, CONTIG, False, True),  # H_out < H, dilated
+    ("p4", "p4", 2, 3, 3, 2, 1, 1, 1, (2, 32, 16), torch.float64, False, CL, True, True),      # int64 offsets
+    ("p4", "p4", 2, 3, 3, 1, 0, 1, 1, (1, 16, 8), torch.float32, False, CONTIG, False, False),  # W_out < W: copied
+    ("p4", "p4", 2, 3, 3, 1, 1, 1, 1, (2, 8, 8), torch.float32, True, CL, False, False),       # 64 pixels per image
+    ("p4m", "p4m", 2, 2, 3, 1, 1, 1, 1, (1, 16, 8), torch.bfloat16, False, CL, False, False),  # 16-bit: copied
+    ("p4", "p4", 2, 3, 3, 2, 1, 1, 1, (1, 32, 16), torch.float16, False, CONTIG, False, False),
+    ("z2", "z2", 3, 3, 3, 1, 1, 1, 1, (1, 16, 8), torch.float32, False, CONTIG, False, False),  # 3 channels padded
+]
+
+
+@pytest.mark.parametrize("group, in_group, c_in, c_out, k, stride, padding, dilation, groups, size, dtype, tf32, "
+                         "x_layout, wide, in_place", CHANNELS_FIRST_DY,
+                         ids=lambda v: short(v) if not isinstance(v, torch.dtype) else str(v).split(".")[-1])
+def test_input_grad_reads_channels_first_dy_in_place(monkeypatch, group, in_group, c_in, c_out, k, stride, padding,
+                                                     dilation, groups, size, dtype, tf32, x_layout, wide, in_place):
+    """A contiguous ``dy`` (the loss's) is read in place by the input gradient (no channels-last copy) where
+    :func:`~gconv_triton.kernels.group_conv.reads_channels_first_dy` says so, and copied elsewhere; ``dx``, in
+    ``x``'s layout, is the float64 reference's either way."""
+    copies = []
+
+    def spy(t, *args, **kwargs):
+        copies.append(tuple(t.shape))
+        return channels_last(t, *args, **kwargs)
+    channels_last = gconv.channels_last
+    monkeypatch.setattr(gconv, "channels_last", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    if wide:
+        monkeypatch.setattr(gconv, "needs_int64", lambda *tensors: True)
+    b, h, w = size
+    group, in_group = USER_GROUPS.get(group, group), USER_GROUPS.get(in_group, in_group)
+    s_in, s_out = order_of(in_group), order_of(group)
+    x = randn((b, groups * c_in, s_in, h, w), dtype, x_layout)
+    weight = randn((groups * c_out, c_in, s_in, k, k), dtype)
+    spec = make_spec(x, weight, None, group=group, in_group=in_group, stride=stride, padding=padding,
+                     dilation=dilation, groups=groups)
+    dy = randn((b, groups * c_out, s_out, spec.out_height, spec.out_width), dtype)
+    assert gconv.reads_channels_first_dy(dy, spec) == in_place
+    with triton_backend():
+        dx = kernels.input_grad(dy, weight, spec, dim_order(x))
+    assert copies == ([] if in_place else [tuple(dy.shape)]), copies
+    want = bank_conv_input_grad(dy.cpu().double(), weight.cpu().double(), spec, tuple(x.shape))
+    assert_close(dx, want, dtype, "input grad")
+    assert_layout(dx, x_layout, "input grad")
 
 
 @pytest.mark.parametrize("group, in_group, groups, cig", LAYOUT_CASES, ids=["gemm", "depthwise"])

@@ -229,6 +229,38 @@ def test_hot_loop_of_a_real_compile(tmp_path):
     assert "## Targets" in text and "### group_conv._conv_gemm_kernel" in text and "HGMMA" in text
 
 
+def test_input_grad_roles_measure_both_dy_layouts():
+    """``input_grad`` hands the launcher a contiguous ``dy`` (the loss's: read in place channels-first where the rule
+    allows, channel stride ``H_out·W_out``), ``input_grad_package`` one stored ``(B, H, W, C, S)`` (read in place
+    channels-last, channel stride 1); captured, not compiled."""
+    import torch
+
+    from gconv_triton.autotune import Layer
+    from perf.static import ROLES, capturing, set_layers
+
+    small = Layer("igrad", group="p4", in_group="p4", c_in=4, c_out=4, height=16, width=8, padding=(1, 1))
+    groups4 = next(layer for layer in set_layers("grouped") if layer.name == "p4.groups4")   # compiled below
+    for layer, pixels in ((small, 16 * 8), (groups4, 32 * 32)):
+        for role, channel_stride in (("input_grad", pixels), ("input_grad_package", 1)):
+            out = []
+            with capturing(out):
+                ROLES[role].run(layer, torch.float32)
+            gemm = next(launch for launch in out if launch.kernel == "group_conv._conv_gemm_kernel")
+            assert gemm.bound()["stride_a_c"] == channel_stride, (layer.name, role)
+
+
+def test_channels_first_input_grad_compiles_for_sm90_and_sm80_without_spills(tmp_path):
+    """The input gradient reading a channels-first ``dy`` in place (pixel-major A; no sample layer qualifies), tf32
+    on a p4 layer of 32x32 maps: every config compiles, none the tuner keeps spills."""
+    proc = _run_static(tmp_path, "--sets", "grouped", "--layers", "p4.groups4", "--roles", "input_grad", "--dtypes",
+                       "tf32", "--archs", "90,80", "--resources-only", "--jobs", "2", "--no-progress", "--out",
+                       str(tmp_path / "igrad"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "igrad.json").read_text())["rows"]
+    assert {r["arch"] for r in rows} == {90, 80} and all(r["status"] == "ok" for r in rows)
+    assert any(r["kept"] for r in rows) and not [r["config"] for r in rows if r["kept"] and r["spills"]]
+
+
 def test_shared_memory_estimate():
     # fp16: stages * (BM*BK + BK*BN) * 2 bytes; an operand size the launch passes as a constexpr (BLOCK_R).
     from perf.static import shared_memory_bytes
