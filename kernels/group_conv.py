@@ -281,8 +281,9 @@ def _conv_gemm_kernel(
     ph_w)``.
 
     A: the activation ``(B, a_height, a_width, groups·A_CH)``, read channels-last (unit channel stride) or, for an
-    input gradient whose ``dy`` arrives channels-first (``PIXEL_MAJOR``: channel stride ``stride_a_c = H_out·W_out``,
-    :func:`reads_channels_first_dy`), in place with unit pixel stride: a phase grid as wide as ``dy`` (``m_width ==
+    activation that arrives channels-first (``PIXEL_MAJOR``: channel stride ``stride_a_c = a_height·a_width``; an
+    input gradient's ``dy``, :func:`reads_channels_first_dy`, or a stride-1 forward's ``x``,
+    :func:`reads_channels_first_x`), in place with unit pixel stride: a grid as wide as ``a`` (``m_width ==
     a_width``) whose ``BLOCK_M`` tiles never cross an image reads each position's tile as one contiguous run of
     pixels per channel (coalesced).  Its pixel for the ``i``-th window position ``t'`` that reaches the phase is the
     read pixel plus ``(dh, dw)``, with ``(t', dh, dw) = phase_pos[ph, i]``, ``i < phase_count[ph]``
@@ -436,7 +437,7 @@ def input_copy_shape(x: torch.Tensor, spec):
     (:func:`reads_in_place`) or launches nothing."""
     if spec.batch * spec.groups * spec.out_channels * spec.s_out * spec.out_height * spec.out_width == 0:
         return None
-    if reads_in_place(x, spec):
+    if reads_in_place(x, spec) or reads_channels_first_x(x, spec):
         return None
     return (spec.batch, *halo_size(spec), spec.groups * vector_channels(spec.in_channels * spec.s_in, spec.groups,
                                                                         spec.s_in))
@@ -468,12 +469,28 @@ def reads_channels_first_dy(dy: torch.Tensor, spec) -> bool:
     at its flat index plus a shift) whose pixels per image are a multiple of every ``BLOCK_M`` (no tile crosses an
     image).  A window position's shift leaves the pixel runs unaligned, so they load element by element: as
     asynchronous copies from 4 bytes, while 16-bit elements would load synchronously (the copy is cheaper then)."""
-    a_ch = spec.out_channels * spec.s_out
-    h_out, w_out = spec.out_height, spec.out_width
     m_height, m_width = cdiv(spec.height, spec.stride[0]), cdiv(spec.width, spec.stride[1])
-    return (not spec.depthwise and dy.dim() == 5 and dy.element_size() >= 4 and dy[:1].is_contiguous()
-            and vector_channels(a_ch, spec.groups, spec.s_out) == a_ch
-            and m_width == w_out and (m_height * m_width) % MAX_BLOCK_M == 0 and h_out * w_out > 1)
+    return (_pixel_major_fits(dy, spec, spec.out_channels * spec.s_out, spec.s_out, m_height * m_width)
+            and m_width == spec.out_width and spec.out_height * spec.out_width > 1)
+
+
+def reads_channels_first_x(x: torch.Tensor, spec) -> bool:
+    """Whether the forward reads ``x (B, groups·C_in, S_in, H, W)`` in place channels-first (``PIXEL_MAJOR``)
+    instead of making its zero-halo channels-last copy: :func:`reads_channels_first_dy`'s conditions for the
+    forward's A, whose output pixel ``(oh, ow)`` reads ``(oh·stride + dh, ow·stride + dw)``: stride 1 and ``W_out ==
+    W`` (the read pixel is then the output pixel's flat index plus a shift), the output's pixels per image a multiple
+    of every ``BLOCK_M``.  The padding is then tested per row and window position (one bit each), not copied."""
+    return (spec.stride == (1, 1) and spec.out_width == spec.width and spec.height * spec.width > 1
+            and _pixel_major_fits(x, spec, spec.in_channels * spec.s_in, spec.s_in,
+                                  spec.out_height * spec.out_width))
+
+
+def _pixel_major_fits(a: torch.Tensor, spec, a_ch: int, group_order: int, tile_pixels: int) -> bool:
+    """What reading ``a (B, C, S, H, W)`` channels-first in place needs of ``a`` whichever GEMM reads it: each
+    image's ``(C, S, H, W)`` dense, elements of 4 bytes or more, channels that need no padding to whole vectors, not
+    depthwise, and ``tile_pixels`` (pixels per image of the GEMM's M grid) a multiple of every ``BLOCK_M``."""
+    return (not spec.depthwise and a.dim() == 5 and a.element_size() >= 4 and a[:1].is_contiguous()
+            and vector_channels(a_ch, spec.groups, group_order) == a_ch and tile_pixels % MAX_BLOCK_M == 0)
 
 
 def pixel_major_view(dy: torch.Tensor) -> torch.Tensor:
@@ -512,7 +529,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     halo = copied or (group_on_n and reads_in_place(a, spec) and halo_is_input(spec))
     if halo:
         pad = (0, 0)   # the halo copy is made below, by the weights' launch
-    elif not group_on_n and reads_channels_first_dy(a, spec):
+    elif reads_channels_first_x(a, spec) if group_on_n else reads_channels_first_dy(a, spec):
         a_cl = pixel_major_view(a)
     else:
         a_cl = channels_last(a, padded)

@@ -580,6 +580,57 @@ def test_input_grad_reads_channels_first_dy_in_place(monkeypatch, group, in_grou
     assert_layout(dx, x_layout, "input grad")
 
 
+# (group, in_group, C_in, k, stride, padding, dilation, groups, (B, H, W), dtype, tf32, int64 offsets, read in
+# place): a channels-first x is read in place by a stride-1 forward whose output is as wide as x and a whole number
+# of pixel tiles (128 pixels) per image, else copied into the zero-halo channels-last buffer
+CHANNELS_FIRST_X = [
+    ("p4", "p4", 2, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, False, True),       # tf32: transposed MMA
+    ("p4m", "p4m", 2, 5, 1, 2, 1, 1, (1, 16, 8), torch.float64, False, False, True),    # 5x5
+    ("p4", "p4", 2, 3, 1, (0, 2), 2, 1, (1, 20, 8), torch.float32, False, False, True),  # H_out < H, dilated
+    ("p4m", "p4m", 2, 3, 1, 1, 1, 2, (1, 16, 8), torch.float32, True, False, True),     # groups 2
+    ("ring8", "ring8", 2, 3, 1, 1, 1, 1, (1, 16, 8), torch.float64, False, False, True),  # a user group
+    ("p4", "z2", 8, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, False, True),       # lifting, K-major weight
+    ("p4", "p4", 2, 3, 1, 1, 1, 1, (2, 16, 8), torch.float64, False, True, True),       # int64 offsets
+    ("p4", "p4", 2, 3, 2, 1, 1, 1, (1, 32, 16), torch.float32, False, False, False),    # stride 2: copied
+    ("p4", "p4", 2, 3, 1, 0, 1, 1, (1, 16, 8), torch.float32, False, False, False),     # W_out < W
+    ("p4", "p4", 2, 3, 1, 1, 1, 1, (2, 8, 8), torch.float32, True, False, False),       # 64 pixels per image
+    ("p4m", "p4m", 2, 3, 1, 1, 1, 1, (1, 16, 8), torch.bfloat16, False, False, False),  # 16-bit
+    ("p4", "z2", 3, 3, 1, 1, 1, 1, (1, 16, 8), torch.float32, False, False, False),     # 3 channels padded to 8
+]
+
+
+@pytest.mark.parametrize("group, in_group, c_in, k, stride, padding, dilation, groups, size, dtype, tf32, wide, "
+                         "in_place", CHANNELS_FIRST_X,
+                         ids=lambda v: short(v) if not isinstance(v, torch.dtype) else str(v).split(".")[-1])
+def test_forward_reads_channels_first_x_in_place(monkeypatch, group, in_group, c_in, k, stride, padding, dilation,
+                                                 groups, size, dtype, tf32, wide, in_place):
+    """A contiguous ``x`` (a first layer's) is read in place by the forward (no zero-halo copy, none saved) where
+    :func:`~gconv_triton.kernels.group_conv.reads_channels_first_x` says so, and copied elsewhere; the output and
+    every gradient are the float64 reference's either way."""
+    copies = []
+    halo_channels_last = gconv.halo_channels_last
+
+    def spy(t, *args, **kwargs):
+        copies.append(tuple(t.shape))
+        return halo_channels_last(t, *args, **kwargs)
+    monkeypatch.setattr(gconv, "halo_channels_last", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    if wide:
+        monkeypatch.setattr(gconv, "needs_int64", lambda *tensors: True)
+    b, h, w = size
+    group, in_group = USER_GROUPS.get(group, group), USER_GROUPS.get(in_group, in_group)
+    s_in = order_of(in_group)
+    x = randn((b, groups * c_in, s_in, h, w), dtype, CONTIG)
+    weight = randn((groups * 3, c_in, s_in, k, k), dtype)
+    spec = make_spec(x, weight, None, group=group, in_group=in_group, stride=stride, padding=padding,
+                     dilation=dilation, groups=groups)
+    assert gconv.reads_channels_first_x(x, spec) == in_place
+    assert (gconv.input_copy_shape(x, spec) is None) == in_place
+    layer = gconv_layer(group, in_group, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    check_against_reference(layer, x, weight, randn((groups * 3,), dtype))
+    assert copies == ([] if in_place else [tuple(x.shape)]), copies     # the forward's (the backward reads it)
+
+
 @pytest.mark.parametrize("group, in_group, groups, cig", LAYOUT_CASES, ids=["gemm", "depthwise"])
 def test_input_grad_keeps_input_layout(group, in_group, groups, cig):
     """Through autograd, the input gradient of a channels-last-like input keeps that layout (as the output does)."""
