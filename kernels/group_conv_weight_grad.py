@@ -33,6 +33,9 @@ ORBIT_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_NS=32)
 # tuning.  fp64 MMAs keep whole operand tiles in registers: a shorter block keeps them from spilling.
 WGRAD_BLOCK_R = 64
 WGRAD_BLOCK_R_FP64 = 16
+# Triton specialises an integer argument divisible by 16: with H_out·W_out so, the compiler sees runs of 16 pixels
+# of a channels-first dy lie in one image (vector loads) without a constexpr per map size.
+DY_PIXEL_RUN = 16
 
 
 def wgrad_block_r(dtype: torch.dtype) -> int:
@@ -222,15 +225,15 @@ def _orbit_configs():
 def _orbit_block(
     acc, r0, x_rows, pix_rows, dy_ptr, dy_cols, dy_pixel, dy_column, zero_delta, R_TOTAL, x_ok, col_ok, kr,
     VEC_X: tl.constexpr, VEC_DY: tl.constexpr, IN_PLACE: tl.constexpr, DY_CHANNELS_FIRST: tl.constexpr,
-    FULL_M: tl.constexpr, FULL_NS: tl.constexpr, TAIL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    DY_WHOLE_BLOCKS: tl.constexpr, FULL_M: tl.constexpr, FULL_NS: tl.constexpr, TAIL: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """One pixel block ``r0 + kr`` of :func:`_orbit_weight_grad_kernel`'s GEMM loop: the ``x`` tile of one window
     position (rows ``pix_rows + r``, at ``x_rows``) times the ``dy`` tile of every ``g`` (``[BLOCK_R, BLOCK_NS]``,
     columns at ``dy_cols``: contiguous per pixel, or per column for a channels-first ``dy``), into ``acc``.
     ``TAIL``: the block holding the last pixel (rows past ``R_TOTAL`` masked)."""
     r = r0 + kr
-    dy_rows = _dy_pixel_offsets(r0, kr, dy_pixel, dy_column, DY_CHANNELS_FIRST, BLOCK_R)
+    dy_rows = _dy_pixel_offsets(r0, kr, dy_pixel, dy_column, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS, BLOCK_R)
     if not DY_CHANNELS_FIRST:
         dy_rows = tl.multiple_of(dy_rows, VEC_DY)
     dy_at = dy_ptr + dy_rows[:, None] + dy_cols[None, :]
@@ -252,15 +255,21 @@ def _orbit_block(
 
 
 @triton.jit
-def _dy_pixel_offsets(r0, kr, dy_pixel, dy_column, DY_CHANNELS_FIRST: tl.constexpr, BLOCK_R: tl.constexpr):
+def _dy_pixel_offsets(r0, kr, dy_pixel, dy_column, DY_CHANNELS_FIRST: tl.constexpr, DY_WHOLE_BLOCKS: tl.constexpr,
+                      BLOCK_R: tl.constexpr):
     """The offsets in ``dy`` of pixels ``r0 + kr`` (``r0`` a multiple of ``BLOCK_R``): ``r · dy_pixel`` for ``dy``
-    stored ``(B, H_out, W_out, C, S)``; for a channels-first one (``dy_column = H_out·W_out``, a multiple of
-    ``BLOCK_R``, so a block lies in one image) a scalar base plus ``kr``, which the compiler sees contiguous and
-    aligned (pixel-major vector loads)."""
+    stored ``(B, H_out, W_out, C, S)``; for a channels-first one (``dy_column = H_out·W_out``) with
+    ``DY_WHOLE_BLOCKS`` (a block lies in one image) a scalar base plus ``kr``, which the compiler sees contiguous and
+    aligned (pixel-major vector loads); else each pixel's image and place in it (``dy_column`` a multiple of 16,
+    which Triton specialises on, so runs of 16 pixels stay in one image and still load as vectors)."""
     if DY_CHANNELS_FIRST:
-        image = r0 // dy_column
-        base = (image * dy_pixel) * dy_column + (r0 - image * dy_column)
-        return tl.multiple_of(base, BLOCK_R) + kr
+        if DY_WHOLE_BLOCKS:
+            image = r0 // dy_column
+            base = (image * dy_pixel) * dy_column + (r0 - image * dy_column)
+            return tl.multiple_of(base, BLOCK_R) + kr
+        r = r0 + kr
+        image = r // dy_column
+        return (image * dy_pixel) * dy_column + (r - image * dy_column)
     return (r0 + kr) * dy_pixel
 
 
@@ -280,7 +289,7 @@ def _tree_sum_rows(tile, ROWS: tl.constexpr, COLS: tl.constexpr):
 def _bias_partial_sums(
     dy_ptr, bias_ptr, dy_cols, col_ok, o, kr, dy_pixel, dy_column, R_TOTAL, wg, weight_groups, COPIES, r_start,
     r_stop, pid_s, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr, S_OUT: tl.constexpr, ACC: tl.constexpr,
-    DY_CHANNELS_FIRST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    DY_CHANNELS_FIRST: tl.constexpr, DY_WHOLE_BLOCKS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """``bias[pid_s, wg, o]``: the sums of ``dy``'s columns ``(o, every g)`` over pixels ``[r_start, r_stop)`` and
     the copies, in a fixed pairwise order (:func:`_tree_sum_rows`)."""
@@ -289,7 +298,7 @@ def _bias_partial_sums(
         cols = ((wg + copy * weight_groups) * (C_OUT_G * S_OUT) + dy_cols) * dy_column
         for r0 in range(r_start, tl.minimum(r_stop, R_TOTAL), BLOCK_R):
             r = r0 + kr
-            dy_rows = _dy_pixel_offsets(r0, kr, dy_pixel, dy_column, DY_CHANNELS_FIRST, BLOCK_R)
+            dy_rows = _dy_pixel_offsets(r0, kr, dy_pixel, dy_column, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS, BLOCK_R)
             sums += tl.load(dy_ptr + dy_rows[:, None] + cols[None, :],
                             mask=(r < R_TOTAL)[:, None] & col_ok[None, :], other=0.0).to(ACC)
     per_column = _tree_sum_rows(sums, BLOCK_R, BLOCK_N * S_OUT)                            # (o, g)
@@ -305,8 +314,8 @@ def _orbit_weight_grad_kernel(
     dy_column, M_CH: tl.constexpr, X_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, N_ORBITS: tl.constexpr,
     ORBIT_MAX: tl.constexpr, VEC_X: tl.constexpr, IN_PLACE: tl.constexpr, VEC_DY: tl.constexpr,
-    DY_CHANNELS_FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
-    WIDE: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    DY_CHANNELS_FIRST: tl.constexpr, DY_WHOLE_BLOCKS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_NS: tl.constexpr,
 ):
     """``dw`` of every base-filter window position ``t`` of orbit ``q`` (:func:`~._common.position_orbits`) for a
@@ -314,7 +323,8 @@ def _orbit_weight_grad_kernel(
     pixels of split ``pid_s``, every group element ``g`` and the channel groups sharing the slice, with ``dy`` read
     in place: the layers' own ``(B, H_out, W_out, groups·C_OUT_G, S_OUT)``, dense (``dy_column`` 1), or with
     ``DY_CHANNELS_FIRST`` contiguous ``(B, groups·C_OUT_G, S_OUT, H_out, W_out)`` (``dy_column = H_out·W_out``, a
-    multiple of ``BLOCK_R``): column ``(grp, o, g)`` at ``dy_column`` times its index (:func:`_dy_pixel_offsets`).
+    multiple of 16; ``DY_WHOLE_BLOCKS``: of ``BLOCK_R``): column ``(grp, o, g)`` at ``dy_column`` times its index
+    (:func:`_dy_pixel_offsets`).
 
     The bank frame: for each window position ``p`` of the orbit in turn, a plain GEMM loop (a table load, two
     contiguous tile loads, one MMA) sums ``acc_p[(i, s), (o, g)] = Σ_r x[r + shift(p), (i, s)] · dy[r, (o, g)]``,
@@ -378,12 +388,12 @@ def _orbit_weight_grad_kernel(
             cols = tl.multiple_of(grp * (C_OUT_G * S_OUT) + dy_cols, VEC_DY) * dy_column
             for r0 in range(r_start, r_body, BLOCK_R):
                 acc = _orbit_block(acc, r0, x_rows, pix_rows, dy_ptr, cols, dy_pixel, dy_column, zero_delta, R_TOTAL,
-                                   x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, DY_CHANNELS_FIRST, FULL_M, FULL_NS,
-                                   False, PRECISION, UPCAST, BLOCK_R)
+                                   x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS,
+                                   FULL_M, FULL_NS, False, PRECISION, UPCAST, BLOCK_R)
             if tail:
                 acc = _orbit_block(acc, r_body, x_rows, pix_rows, dy_ptr, cols, dy_pixel, dy_column, zero_delta,
-                                   R_TOTAL, x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, DY_CHANNELS_FIRST, FULL_M,
-                                   FULL_NS, True, PRECISION, UPCAST, BLOCK_R)
+                                   R_TOTAL, x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, DY_CHANNELS_FIRST,
+                                   DY_WHOLE_BLOCKS, FULL_M, FULL_NS, True, PRECISION, UPCAST, BLOCK_R)
         per_g = _split_channels(acc, S_OUT, BLOCK_M, BLOCK_N)
         for g in tl.static_range(S_OUT):   # dw row (i, u) takes row (i, g·u), added at the position g moves to p
             # + min(p, 0) (= 0): an address that depends on the loop, so that the compiler does not hoist the S_out
@@ -408,7 +418,7 @@ def _orbit_weight_grad_kernel(
         if (pid_m == 0) & (tl.program_id(2) % N_ORBITS == 0):
             _bias_partial_sums(dy_ptr, bias_ptr, dy_cols, col_ok, o, kr, dy_pixel, dy_column, R_TOTAL, wg,
                                weight_groups, COPIES, r_start, r_stop, pid_s, C_OUT_G, O_PAD, S_OUT, ACC,
-                               DY_CHANNELS_FIRST, BLOCK_R, BLOCK_N)
+                               DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS, BLOCK_R, BLOCK_N)
 
 
 # ----------------------------------------------------------------------------------------------- launcher
@@ -479,19 +489,20 @@ def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: tor
 def in_place_dy_layout(dy: torch.Tensor) -> str | None:
     """How the weight gradient reads ``dy (B, groups·C_out, S_out, H_out, W_out)`` in place
     (:func:`_orbit_weight_grad_kernel`), if it does: ``"channels_last"``, stored densely ``(B, H_out, W_out,
-    groups·C_out, S_out)``; ``"channels_first"``, contiguous with ``H_out·W_out`` a multiple of the pixel block
-    (:func:`wgrad_block_r`), so that a block lies in one image and loads as pixel-major vectors; else ``None``
-    (re-laid).  Either way ``S_out`` a power of two up to 8 (the bank-frame accumulator split into one tile per
-    group element in registers), and an MMA dtype (not fp32 without tf32: no MMA, the accumulators spill).
+    groups·C_out, S_out)``; ``"channels_first"``, contiguous with ``H_out·W_out`` a multiple of ``DY_PIXEL_RUN``
+    (16), so that the compiler sees runs of 16 pixels in one image and loads the dy tile as pixel-major vectors
+    (:func:`_dy_pixel_offsets`); else ``None`` (re-laid).  Either way ``S_out`` a power of two up to 8 (the
+    bank-frame accumulator split into one tile per group element in registers), and an MMA dtype (not fp32 without
+    tf32: no MMA, the accumulators spill).
 
-    A channels-first ``dy`` whose maps are not whole blocks is re-laid rather than read with a division per
-    element: a block crossing images is not provably contiguous, so its loads are scalar and strided by
-    ``H_out·W_out``, synchronous, in the hot loop (``perf/results/static-wgrad-channels-first-2026-12-05.md``)."""
+    Other maps (odd ones: 33 x 33, 9 x 9) are re-laid: read in place, their loads would be scalar, synchronous for
+    16-bit dtypes, with a division per element, up to 3x the re-laid loop's hot-loop instructions
+    (``perf/results/static-wgrad-channels-first-2026-12-05.md``)."""
     if not _orbit_serves(dy):
         return None
     if dy.permute(GROUP_MAP_ORDER).is_contiguous():
         return "channels_last"
-    if dy.is_contiguous() and (dy.shape[3] * dy.shape[4]) % wgrad_block_r(dy.dtype) == 0:
+    if dy.is_contiguous() and (dy.shape[3] * dy.shape[4]) % DY_PIXEL_RUN == 0:
         return "channels_first"
     return None
 
@@ -593,11 +604,12 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
 
         channels_first = dy_layout == "channels_first"
         dy_column = spec.out_height * spec.out_width if channels_first else 1   # a column's stride
+        whole_blocks = channels_first and dy_column % block_r == 0
         _orbit_weight_grad_kernel[orbit_grid](
             x_cl, dy, pix, partial, bias_part if with_bias else partial, in_index, orbits, *common, zero_delta,
             dy_column, **shapes, N_ORBITS=len(orbits), ORBIT_MAX=orbit_max,
             VEC_DY=vector_width(dy.element_size(), c_out * spec.s_out), DY_CHANNELS_FIRST=channels_first,
-            HAS_BIAS=with_bias,
+            DY_WHOLE_BLOCKS=whole_blocks, HAS_BIAS=with_bias,
             **interpreter_config(ORBIT_INTERPRETER_CONFIG))
     else:
         def grid(meta):

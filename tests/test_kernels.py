@@ -690,16 +690,20 @@ def test_weight_grad_reads_dy_in_place(monkeypatch, group, in_group, c_in, c_out
     ("ring8", "ring8", 2, 3, 3, 1, 1, 1, 1, False, CL, (1, 8, 8), torch.float32, True),  # a user group
     ("z2", "z2", 5, 7, 3, 1, 1, 1, 1, False, CL, (2, 8, 8), torch.bfloat16, True),       # S_out 1
     ("p4m", "p4m", 2, 3, 3, 1, 1, 1, 1, False, CL, (2, 4, 4), torch.float64, True),      # fp64: 16-pixel blocks
+    ("p4", "p4", 3, 5, 3, 1, 1, 1, 1, False, CL, (3, 4, 4), torch.bfloat16, True),       # 16 pixels a map: blocks
+    ("p4m", "p4m", 2, 3, 5, 1, 2, 1, 2, False, CONTIG, (2, 4, 12), torch.float32, True), # cross images (48 a map)
+    ("z2", "z2", 5, 7, 3, 1, 1, 1, 1, False, CL, (5, 4, 4), torch.float16, True),        # the masked last block
     ("p4", "p4", 3, 5, 3, 1, 1, 1, 1, False, CL, (2, 5, 7), torch.bfloat16, False),      # 35 pixels a map: re-laid
-    ("p4m", "p4m", 2, 3, 5, 1, 2, 1, 1, False, CONTIG, (1, 4, 4), torch.float32, False), # 16 pixels: re-laid
+    ("p4m", "p4m", 2, 3, 5, 1, 2, 1, 1, False, CONTIG, (1, 6, 6), torch.float32, False), # 36: re-laid
 ], ids=lambda v: short(v) if not isinstance(v, torch.dtype) else str(v).split(".")[-1])
-def test_weight_grad_reads_channels_first_dy_in_place_where_maps_are_whole_blocks(
+def test_weight_grad_reads_channels_first_dy_in_place_where_maps_are_multiples_of_16(
         monkeypatch, group, in_group, c_in, c_out, k, stride, padding, dilation, groups, shared, x_layout, size, dtype,
         in_place):
     """A contiguous (channels-first) ``dy``, as a loss hands the last layer, is read in place by the orbit loop
-    where every map holds whole pixel blocks (``H_out·W_out`` a multiple of 64, of 16 in fp64), else re-laid by one
-    launch: ``dw`` and ``db`` are the float64 reference's either way (3x3 and 5x5 windows, p4, p4m, a user group,
-    ``S_out`` 1, stride 2, channel groups, a split reduction, bf16, fp16, tf32, fp64)."""
+    where every map holds a multiple of 16 pixels (whole pixel blocks where a multiple of 64, of 16 in fp64, else
+    blocks across images, the last one masked), else re-laid by one launch: ``dw`` and ``db`` are the float64
+    reference's either way (3x3 and 5x5 windows, p4, p4m, a user group, ``S_out`` 1, stride 2, channel groups, a
+    split reduction, bf16, fp16, tf32, fp64)."""
     relaid = _check_weight_grad_and_bias(monkeypatch, group, in_group, c_in, c_out, k, stride, padding, dilation,
                                          groups, shared, x_layout, size, dtype, dy_layout=CONTIG)
     assert relaid == (0 if in_place else 1), f"dy re-laid {relaid} times"
@@ -759,7 +763,7 @@ def test_position_orbits_hold_every_position_once_and_where_each_element_moves_i
 
 def test_weight_grad_re_lays_dy_only_where_it_cannot_read_it_in_place(monkeypatch):
     """A layer's ``dy`` (p4, p4m, any output channels) is read in place, and so is a channels-first one (the
-    loss's) whose maps hold whole pixel blocks; a channels-first one with a ragged last block, a strided view, a
+    loss's) whose maps hold a multiple of 16 pixels; a channels-first one with other maps, a strided view, a
     group whose ``S_out`` is not a power of two and fp32 without tf32 (no MMA) are re-laid first."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     dy = randn((2, 12, 4, 5, 7), layout=CL)
@@ -769,7 +773,8 @@ def test_weight_grad_re_lays_dy_only_where_it_cannot_read_it_in_place(monkeypatc
     assert wgrad.in_place_dy_layout(randn((2, 6, 4, 8, 8), torch.bfloat16)) == "channels_first"
     assert wgrad.in_place_dy_layout(randn((2, 6, 8, 4, 32))) == "channels_first"
     assert wgrad.in_place_dy_layout(randn((2, 6, 4, 4, 4), torch.float64)) == "channels_first"  # 16-pixel blocks
-    assert not wgrad.reads_dy_in_place(randn((2, 6, 4, 4, 4), torch.bfloat16))   # a block would cross images
+    assert wgrad.in_place_dy_layout(randn((2, 6, 4, 4, 12), torch.bfloat16)) == "channels_first"  # 48: runs of 16
+    assert not wgrad.reads_dy_in_place(randn((2, 6, 4, 6, 6), torch.bfloat16))   # 36: 16 pixels may cross images
     assert not wgrad.reads_dy_in_place(randn((2, 6, 4, 5, 7)))
     assert not wgrad.reads_dy_in_place(randn((2, 12, 4, 8, 8))[:, :6])   # channels-first, not contiguous
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)   # fp32 without tf32: no MMA, re-laid
