@@ -223,7 +223,7 @@ def _orbit_configs():
 
 @triton.jit
 def _orbit_block(
-    acc, r0, x_rows, pix_rows, dy_ptr, dy_cols, dy_pixel, dy_column, zero_delta, R_TOTAL, x_ok, col_ok, kr,
+    acc, r0, x_rows, pix_rows, dy_ptr, dy_cols, dy_base, dy_pixel, dy_column, zero_delta, R_TOTAL, x_ok, col_ok, kr,
     VEC_X: tl.constexpr, VEC_DY: tl.constexpr, IN_PLACE: tl.constexpr, DY_CHANNELS_FIRST: tl.constexpr,
     DY_WHOLE_BLOCKS: tl.constexpr, FULL_M: tl.constexpr, FULL_NS: tl.constexpr, TAIL: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -233,7 +233,7 @@ def _orbit_block(
     columns at ``dy_cols``: contiguous per pixel, or per column for a channels-first ``dy``), into ``acc``.
     ``TAIL``: the block holding the last pixel (rows past ``R_TOTAL`` masked)."""
     r = r0 + kr
-    dy_rows = _dy_pixel_offsets(r0, kr, dy_pixel, dy_column, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS, BLOCK_R)
+    dy_rows = _dy_pixel_offsets(r0, kr, dy_base, dy_pixel, dy_column, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS, BLOCK_R)
     if not DY_CHANNELS_FIRST:
         dy_rows = tl.multiple_of(dy_rows, VEC_DY)
     dy_at = dy_ptr + dy_rows[:, None] + dy_cols[None, :]
@@ -255,18 +255,24 @@ def _orbit_block(
 
 
 @triton.jit
-def _dy_pixel_offsets(r0, kr, dy_pixel, dy_column, DY_CHANNELS_FIRST: tl.constexpr, DY_WHOLE_BLOCKS: tl.constexpr,
-                      BLOCK_R: tl.constexpr):
+def _dy_block_start(r0, dy_pixel, dy_column):
+    """The offset of pixel ``r0`` in a channels-first ``dy`` (``dy_column = H_out·W_out``, ``dy_pixel`` columns)."""
+    image = r0 // dy_column
+    return (image * dy_pixel) * dy_column + (r0 - image * dy_column)
+
+
+@triton.jit
+def _dy_pixel_offsets(r0, kr, dy_base, dy_pixel, dy_column, DY_CHANNELS_FIRST: tl.constexpr,
+                      DY_WHOLE_BLOCKS: tl.constexpr, BLOCK_R: tl.constexpr):
     """The offsets in ``dy`` of pixels ``r0 + kr`` (``r0`` a multiple of ``BLOCK_R``): ``r · dy_pixel`` for ``dy``
     stored ``(B, H_out, W_out, C, S)``; for a channels-first one (``dy_column = H_out·W_out``) with
-    ``DY_WHOLE_BLOCKS`` (a block lies in one image) a scalar base plus ``kr``, which the compiler sees contiguous and
-    aligned (pixel-major vector loads); else each pixel's image and place in it (``dy_column`` a multiple of 16,
-    which Triton specialises on, so runs of 16 pixels stay in one image and still load as vectors)."""
+    ``DY_WHOLE_BLOCKS`` (a block lies in one image) ``dy_base`` (:func:`_dy_block_start` of ``r0``) plus ``kr``,
+    which the compiler sees contiguous and aligned (pixel-major vector loads); else each pixel's image and place in
+    it (``dy_column`` a multiple of 16, which Triton specialises on, so runs of 16 pixels stay in one image and
+    still load as vectors)."""
     if DY_CHANNELS_FIRST:
         if DY_WHOLE_BLOCKS:
-            image = r0 // dy_column
-            base = (image * dy_pixel) * dy_column + (r0 - image * dy_column)
-            return tl.multiple_of(base, BLOCK_R) + kr
+            return tl.multiple_of(dy_base, BLOCK_R) + kr
         r = r0 + kr
         image = r // dy_column
         return (image * dy_pixel) * dy_column + (r - image * dy_column)
@@ -298,7 +304,11 @@ def _bias_partial_sums(
         cols = ((wg + copy * weight_groups) * (C_OUT_G * S_OUT) + dy_cols) * dy_column
         for r0 in range(r_start, tl.minimum(r_stop, R_TOTAL), BLOCK_R):
             r = r0 + kr
-            dy_rows = _dy_pixel_offsets(r0, kr, dy_pixel, dy_column, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS, BLOCK_R)
+            dy_base = 0
+            if DY_WHOLE_BLOCKS:
+                dy_base = _dy_block_start(r0, dy_pixel, dy_column)
+            dy_rows = _dy_pixel_offsets(r0, kr, dy_base, dy_pixel, dy_column, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS,
+                                        BLOCK_R)
             sums += tl.load(dy_ptr + dy_rows[:, None] + cols[None, :],
                             mask=(r < R_TOTAL)[:, None] & col_ok[None, :], other=0.0).to(ACC)
     per_column = _tree_sum_rows(sums, BLOCK_R, BLOCK_N * S_OUT)                            # (o, g)
@@ -366,6 +376,12 @@ def _orbit_weight_grad_kernel(
     r_body = tl.minimum(r_stop, (R_TOTAL // BLOCK_R) * BLOCK_R)             # the whole blocks of real pixels
     tail = (R_TOTAL % BLOCK_R != 0) & (r_body >= r_start) & (r_body < r_stop)
     dy_pixel = S_OUT * C_OUT_G * COPIES * weight_groups
+    dy_start = 0
+    hw_start = 0
+    if DY_WHOLE_BLOCKS:   # a channels-first dy: the split's first block, then one step per block (no division)
+        dy_start = _dy_block_start(r_start, dy_pixel, dy_column)
+        hw_start = r_start % dy_column
+        dy_gap = (dy_pixel - 1) * dy_column   # from one image's end to the next one's start
 
     outs = ()
     for k in tl.static_range(ORBIT_MAX):
@@ -386,13 +402,19 @@ def _orbit_weight_grad_kernel(
                 x_rows = x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :]
                 pix_rows = pix_ptr
             cols = tl.multiple_of(grp * (C_OUT_G * S_OUT) + dy_cols, VEC_DY) * dy_column
+            dy_base = dy_start
+            hw = hw_start
             for r0 in range(r_start, r_body, BLOCK_R):
-                acc = _orbit_block(acc, r0, x_rows, pix_rows, dy_ptr, cols, dy_pixel, dy_column, zero_delta, R_TOTAL,
-                                   x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS,
-                                   FULL_M, FULL_NS, False, PRECISION, UPCAST, BLOCK_R)
-            if tail:
-                acc = _orbit_block(acc, r_body, x_rows, pix_rows, dy_ptr, cols, dy_pixel, dy_column, zero_delta,
+                acc = _orbit_block(acc, r0, x_rows, pix_rows, dy_ptr, cols, dy_base, dy_pixel, dy_column, zero_delta,
                                    R_TOTAL, x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, DY_CHANNELS_FIRST,
+                                   DY_WHOLE_BLOCKS, FULL_M, FULL_NS, False, PRECISION, UPCAST, BLOCK_R)
+                if DY_WHOLE_BLOCKS:
+                    hw += BLOCK_R
+                    dy_base += tl.where(hw == dy_column, dy_gap + BLOCK_R, BLOCK_R)
+                    hw = tl.where(hw == dy_column, 0, hw)
+            if tail:   # never with whole blocks: dy_base unused
+                acc = _orbit_block(acc, r_body, x_rows, pix_rows, dy_ptr, cols, dy_base, dy_pixel, dy_column,
+                                   zero_delta, R_TOTAL, x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, DY_CHANNELS_FIRST,
                                    DY_WHOLE_BLOCKS, FULL_M, FULL_NS, True, PRECISION, UPCAST, BLOCK_R)
         per_g = _split_channels(acc, S_OUT, BLOCK_M, BLOCK_N)
         for g in tl.static_range(S_OUT):   # dw row (i, u) takes row (i, g·u), added at the position g moves to p

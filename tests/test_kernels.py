@@ -682,7 +682,7 @@ def test_weight_grad_reads_dy_in_place(monkeypatch, group, in_group, c_in, c_out
 
 @pytest.mark.parametrize("group, in_group, c_in, c_out, k, stride, padding, dilation, groups, shared, x_layout, size, "
                          "dtype, in_place", [
-    ("p4", "p4", 3, 5, 3, 1, 1, 1, 1, False, CL, (2, 8, 16), torch.bfloat16, True),  # 2 blocks a map, 2 images
+    ("p4", "p4", 3, 5, 3, 1, 1, 1, 1, False, CL, (3, 8, 16), torch.bfloat16, True),  # a split starts mid-image
     ("p4", "z2", 3, 11, 3, 1, 1, 1, 1, False, CONTIG, (1, 8, 8), torch.float16, True),   # lifting, a halo copy
     ("p4m", "p4m", 2, 3, 5, 1, 2, 1, 1, False, CONTIG, (1, 8, 8), torch.float32, True),  # 5x5: an orbit of 8, tf32
     ("p4m", "p4m", 3, 5, 3, 2, 1, 1, 2, False, CL, (2, 16, 16), torch.float64, True),    # stride 2, groups 2, split
