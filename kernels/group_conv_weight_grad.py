@@ -518,7 +518,7 @@ def in_place_dy_layout(dy: torch.Tensor) -> str | None:
     tf32: no MMA, the accumulators spill).
 
     Other maps (odd ones: 33 x 33, 9 x 9) are re-laid: read in place, their loads would be scalar, synchronous for
-    16-bit dtypes, with a division per element, up to 3x the re-laid loop's hot-loop instructions
+    16-bit dtypes, with a division per element, a hot loop well past the re-laid one's
     (``perf/results/static-wgrad-channels-first-2026-12-05.md``)."""
     if not _orbit_serves(dy):
         return None
@@ -553,10 +553,10 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
     ``with_bias``, ``(dw, db)``, ``db`` the bias gradient ``(weight_groups·C_out,)`` from the same launches.
 
     ``dy`` stored ``(B, H_out, W_out, groups·C_out, S_out)`` (the layout every layer of the package hands on), or
-    channels-first with whole pixel blocks per map, is read in place (:func:`in_place_dy_layout`), the bias
-    gradient's partial sums written by the same launch; else it
-    is re-laid ``(B·H_out·W_out, groups, S_out, C_out padded to 8)``, rounded up to whole pixel blocks with zeros,
-    in one launch that also writes the bias gradient's partial sums (:func:`~.group_conv_layouts.relayout_dy`).
+    channels-first with maps of a multiple of 16 pixels, is read in place (:func:`in_place_dy_layout`), the bias
+    gradient's partial sums written by the same launch; else it is re-laid ``(B·H_out·W_out, groups, S_out, C_out
+    padded to 8)``, rounded up to whole pixel blocks with zeros, in one launch that also writes the bias gradient's
+    partial sums (:func:`~.group_conv_layouts.relayout_dy`).
     ``x`` is read from a zero-halo channels-last copy: ``x_copy``, the
     one :func:`~.group_conv.forward` made, when given, else :func:`~.group_conv.halo_channels_last` (a copy unless
     unpadded and channels-last already), with a narrow lifting input padded to 8 channels.  The split's partial
