@@ -638,8 +638,9 @@ def test_window_offsets_are_built_once_per_geometry_and_never_fake():
 @pytest.mark.parametrize("groups, c_out, size", [(1, 3, (2, 5, 7)), (2, 8, (1, 8, 8))],
                          ids=["ragged-pixels-padded-channels", "whole-blocks-groups2"])
 def test_weight_grad_takes_dy_in_either_layout(dy_layout, groups, c_out, size):
-    """The weight gradient re-lays ``dy`` in either layout (the layers' ``(B, H, W, C, S)`` or contiguous) in one
-    copy, with pixels past the last whole block and channels past ``C_out``: the float64 reference's ``dw``."""
+    """The weight gradient takes ``dy`` in either layout (the layers' ``(B, H, W, C, S)`` or contiguous; read in
+    place or re-laid in one copy), with pixels past the last whole block and channels past ``C_out``: the float64
+    reference's ``dw``."""
     b, h, w = size
     x = randn((b, groups * 2, 4, h, w), layout=CL)
     weight = randn((groups * c_out, 2, 4, 3, 3))
