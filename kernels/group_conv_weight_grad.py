@@ -33,6 +33,9 @@ ORBIT_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_NS=32)
 # tuning.  fp64 MMAs keep whole operand tiles in registers: a shorter block keeps them from spilling.
 WGRAD_BLOCK_R = 64
 WGRAD_BLOCK_R_FP64 = 16
+# Triton specialises an integer argument divisible by 16: with H_out·W_out so, the compiler sees runs of 16 pixels
+# of a channels-first dy lie in one image (vector loads) without a constexpr per map size.
+DY_PIXEL_RUN = 16
 
 
 def wgrad_block_r(dtype: torch.dtype) -> int:
@@ -220,16 +223,20 @@ def _orbit_configs():
 
 @triton.jit
 def _orbit_block(
-    acc, r0, x_rows, pix_rows, dy_ptr, dy_cols, dy_pixel, zero_delta, R_TOTAL, x_ok, col_ok, kr,
-    VEC_X: tl.constexpr, VEC_DY: tl.constexpr, IN_PLACE: tl.constexpr, FULL_M: tl.constexpr, FULL_NS: tl.constexpr,
-    TAIL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    acc, r0, x_rows, pix_rows, dy_ptr, dy_cols, dy_base, dy_pixel, dy_column, zero_delta, R_TOTAL, x_ok, col_ok, kr,
+    VEC_X: tl.constexpr, VEC_DY: tl.constexpr, IN_PLACE: tl.constexpr, DY_CHANNELS_FIRST: tl.constexpr,
+    DY_WHOLE_BLOCKS: tl.constexpr, FULL_M: tl.constexpr, FULL_NS: tl.constexpr, TAIL: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """One pixel block ``r0 + kr`` of :func:`_orbit_weight_grad_kernel`'s GEMM loop: the ``x`` tile of one window
     position (rows ``pix_rows + r``, at ``x_rows``) times the ``dy`` tile of every ``g`` (``[BLOCK_R, BLOCK_NS]``,
-    contiguous per pixel), into ``acc``.  ``TAIL``: the block holding the last pixel (rows past ``R_TOTAL``
-    masked)."""
+    columns at ``dy_cols``: contiguous per pixel, or per column for a channels-first ``dy``), into ``acc``.
+    ``TAIL``: the block holding the last pixel (rows past ``R_TOTAL`` masked)."""
     r = r0 + kr
-    dy_at = dy_ptr + tl.multiple_of(r * dy_pixel, VEC_DY)[:, None] + dy_cols[None, :]
+    dy_rows = _dy_pixel_offsets(r0, kr, dy_base, dy_pixel, dy_column, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS, BLOCK_R)
+    if not DY_CHANNELS_FIRST:
+        dy_rows = tl.multiple_of(dy_rows, VEC_DY)
+    dy_at = dy_ptr + dy_rows[:, None] + dy_cols[None, :]
     if TAIL:
         dya = tl.load(dy_at, mask=(r < R_TOTAL)[:, None] & col_ok[None, :], other=0.0)
     elif FULL_NS:
@@ -248,6 +255,31 @@ def _orbit_block(
 
 
 @triton.jit
+def _dy_block_start(r0, dy_pixel, dy_column):
+    """The offset of pixel ``r0`` in a channels-first ``dy`` (``dy_column = H_out·W_out``, ``dy_pixel`` columns)."""
+    image = r0 // dy_column
+    return (image * dy_pixel) * dy_column + (r0 - image * dy_column)
+
+
+@triton.jit
+def _dy_pixel_offsets(r0, kr, dy_base, dy_pixel, dy_column, DY_CHANNELS_FIRST: tl.constexpr,
+                      DY_WHOLE_BLOCKS: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The offsets in ``dy`` of pixels ``r0 + kr`` (``r0`` a multiple of ``BLOCK_R``): ``r · dy_pixel`` for ``dy``
+    stored ``(B, H_out, W_out, C, S)``; for a channels-first one (``dy_column = H_out·W_out``) with
+    ``DY_WHOLE_BLOCKS`` (a block lies in one image) ``dy_base`` (:func:`_dy_block_start` of ``r0``) plus ``kr``,
+    which the compiler sees contiguous and aligned (pixel-major vector loads); else each pixel's image and place in
+    it (``dy_column`` a multiple of 16, which Triton specialises on, so runs of 16 pixels stay in one image and
+    still load as vectors)."""
+    if DY_CHANNELS_FIRST:
+        if DY_WHOLE_BLOCKS:
+            return tl.multiple_of(dy_base, BLOCK_R) + kr
+        r = r0 + kr
+        image = r // dy_column
+        return (image * dy_pixel) * dy_column + (r - image * dy_column)
+    return (r0 + kr) * dy_pixel
+
+
+@triton.jit
 def _tree_sum_rows(tile, ROWS: tl.constexpr, COLS: tl.constexpr):
     """``tile [ROWS, COLS]`` (``ROWS`` a power of two) -> its column sums ``[COLS]``, added in pairs of rows, then
     pairs of those, ...: the same order whatever the layout (the tuned warps), so the same bits."""
@@ -261,18 +293,23 @@ def _tree_sum_rows(tile, ROWS: tl.constexpr, COLS: tl.constexpr):
 
 @triton.jit
 def _bias_partial_sums(
-    dy_ptr, bias_ptr, dy_cols, col_ok, o, kr, dy_pixel, R_TOTAL, wg, weight_groups, COPIES, r_start, r_stop, pid_s,
-    C_OUT_G: tl.constexpr, O_PAD: tl.constexpr, S_OUT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    dy_ptr, bias_ptr, dy_cols, col_ok, o, kr, dy_pixel, dy_column, R_TOTAL, wg, weight_groups, COPIES, r_start,
+    r_stop, pid_s, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr, S_OUT: tl.constexpr, ACC: tl.constexpr,
+    DY_CHANNELS_FIRST: tl.constexpr, DY_WHOLE_BLOCKS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """``bias[pid_s, wg, o]``: the sums of ``dy``'s columns ``(o, every g)`` over pixels ``[r_start, r_stop)`` and
     the copies, in a fixed pairwise order (:func:`_tree_sum_rows`)."""
     sums = tl.zeros((BLOCK_R, BLOCK_N * S_OUT), dtype=ACC)
     for copy in range(COPIES):
-        cols = (wg + copy * weight_groups) * (C_OUT_G * S_OUT) + dy_cols
+        cols = ((wg + copy * weight_groups) * (C_OUT_G * S_OUT) + dy_cols) * dy_column
         for r0 in range(r_start, tl.minimum(r_stop, R_TOTAL), BLOCK_R):
             r = r0 + kr
-            sums += tl.load(dy_ptr + (r * dy_pixel)[:, None] + cols[None, :],
+            dy_base = 0
+            if DY_WHOLE_BLOCKS:
+                dy_base = _dy_block_start(r0, dy_pixel, dy_column)
+            dy_rows = _dy_pixel_offsets(r0, kr, dy_base, dy_pixel, dy_column, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS,
+                                        BLOCK_R)
+            sums += tl.load(dy_ptr + dy_rows[:, None] + cols[None, :],
                             mask=(r < R_TOTAL)[:, None] & col_ok[None, :], other=0.0).to(ACC)
     per_column = _tree_sum_rows(sums, BLOCK_R, BLOCK_N * S_OUT)                            # (o, g)
     per_o = _tree_sum_rows(tl.trans(tl.reshape(per_column, (BLOCK_N, S_OUT))), S_OUT, BLOCK_N)
@@ -284,17 +321,20 @@ def _bias_partial_sums(
 def _orbit_weight_grad_kernel(
     x_ptr, dy_ptr, pix_ptr, dw_ptr, bias_ptr, in_index_ptr, orbit_ptr,
     R_TOTAL, R_PER_SPLIT, R_ALLOC, weight_groups, COPIES, stride_x_h, stride_x_w, dil_h, dil_w, zero_delta,
-    M_CH: tl.constexpr, X_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
+    dy_column, M_CH: tl.constexpr, X_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
     S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, N_ORBITS: tl.constexpr,
     ORBIT_MAX: tl.constexpr, VEC_X: tl.constexpr, IN_PLACE: tl.constexpr, VEC_DY: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
-    WIDE: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    DY_CHANNELS_FIRST: tl.constexpr, DY_WHOLE_BLOCKS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_NS: tl.constexpr,
 ):
     """``dw`` of every base-filter window position ``t`` of orbit ``q`` (:func:`~._common.position_orbits`) for a
     ``[BLOCK_M (i, u), BLOCK_N o]`` tile of weight slice ``wg`` (``BLOCK_N = BLOCK_NS / S_out``), summed over the
     pixels of split ``pid_s``, every group element ``g`` and the channel groups sharing the slice, with ``dy`` read
-    in place: the layers' own ``(B, H_out, W_out, groups·C_OUT_G, S_OUT)``, dense.
+    in place: the layers' own ``(B, H_out, W_out, groups·C_OUT_G, S_OUT)``, dense (``dy_column`` 1), or with
+    ``DY_CHANNELS_FIRST`` contiguous ``(B, groups·C_OUT_G, S_OUT, H_out, W_out)`` (``dy_column = H_out·W_out``, a
+    multiple of 16; ``DY_WHOLE_BLOCKS``: of ``BLOCK_R``): column ``(grp, o, g)`` at ``dy_column`` times its index
+    (:func:`_dy_pixel_offsets`).
 
     The bank frame: for each window position ``p`` of the orbit in turn, a plain GEMM loop (a table load, two
     contiguous tile loads, one MMA) sums ``acc_p[(i, s), (o, g)] = Σ_r x[r + shift(p), (i, s)] · dy[r, (o, g)]``,
@@ -336,6 +376,12 @@ def _orbit_weight_grad_kernel(
     r_body = tl.minimum(r_stop, (R_TOTAL // BLOCK_R) * BLOCK_R)             # the whole blocks of real pixels
     tail = (R_TOTAL % BLOCK_R != 0) & (r_body >= r_start) & (r_body < r_stop)
     dy_pixel = S_OUT * C_OUT_G * COPIES * weight_groups
+    dy_start = 0
+    hw_start = 0
+    if DY_WHOLE_BLOCKS:   # a channels-first dy: the split's first block, then one step per block (no division)
+        dy_start = _dy_block_start(r_start, dy_pixel, dy_column)
+        hw_start = r_start % dy_column
+        dy_gap = (dy_pixel - 1) * dy_column   # from one image's end to the next one's start
 
     outs = ()
     for k in tl.static_range(ORBIT_MAX):
@@ -355,14 +401,21 @@ def _orbit_weight_grad_kernel(
                 shift = ((p // KW) * dil_h) * stride_x_h + ((p % KW) * dil_w) * stride_x_w
                 x_rows = x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :]
                 pix_rows = pix_ptr
-            cols = tl.multiple_of(grp * (C_OUT_G * S_OUT) + dy_cols, VEC_DY)
+            cols = tl.multiple_of(grp * (C_OUT_G * S_OUT) + dy_cols, VEC_DY) * dy_column
+            dy_base = dy_start
+            hw = hw_start
             for r0 in range(r_start, r_body, BLOCK_R):
-                acc = _orbit_block(acc, r0, x_rows, pix_rows, dy_ptr, cols, dy_pixel, zero_delta, R_TOTAL, x_ok,
-                                   col_ok, kr, VEC_X, VEC_DY, IN_PLACE, FULL_M, FULL_NS, False, PRECISION, UPCAST)
-            if tail:
-                acc = _orbit_block(acc, r_body, x_rows, pix_rows, dy_ptr, cols, dy_pixel, zero_delta, R_TOTAL,
-                                   x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, FULL_M, FULL_NS, True, PRECISION,
-                                   UPCAST)
+                acc = _orbit_block(acc, r0, x_rows, pix_rows, dy_ptr, cols, dy_base, dy_pixel, dy_column, zero_delta,
+                                   R_TOTAL, x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, DY_CHANNELS_FIRST,
+                                   DY_WHOLE_BLOCKS, FULL_M, FULL_NS, False, PRECISION, UPCAST, BLOCK_R)
+                if DY_WHOLE_BLOCKS:
+                    hw += BLOCK_R
+                    dy_base += tl.where(hw == dy_column, dy_gap + BLOCK_R, BLOCK_R)
+                    hw = tl.where(hw == dy_column, 0, hw)
+            if tail:   # never with whole blocks: dy_base unused
+                acc = _orbit_block(acc, r_body, x_rows, pix_rows, dy_ptr, cols, dy_base, dy_pixel, dy_column,
+                                   zero_delta, R_TOTAL, x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, DY_CHANNELS_FIRST,
+                                   DY_WHOLE_BLOCKS, FULL_M, FULL_NS, True, PRECISION, UPCAST, BLOCK_R)
         per_g = _split_channels(acc, S_OUT, BLOCK_M, BLOCK_N)
         for g in tl.static_range(S_OUT):   # dw row (i, u) takes row (i, g·u), added at the position g moves to p
             # + min(p, 0) (= 0): an address that depends on the loop, so that the compiler does not hoist the S_out
@@ -385,8 +438,9 @@ def _orbit_weight_grad_kernel(
 
     if HAS_BIAS:
         if (pid_m == 0) & (tl.program_id(2) % N_ORBITS == 0):
-            _bias_partial_sums(dy_ptr, bias_ptr, dy_cols, col_ok, o, kr, dy_pixel, R_TOTAL, wg, weight_groups,
-                               COPIES, r_start, r_stop, pid_s, C_OUT_G, O_PAD, S_OUT, ACC, BLOCK_R, BLOCK_N)
+            _bias_partial_sums(dy_ptr, bias_ptr, dy_cols, col_ok, o, kr, dy_pixel, dy_column, R_TOTAL, wg,
+                               weight_groups, COPIES, r_start, r_stop, pid_s, C_OUT_G, O_PAD, S_OUT, ACC,
+                               DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS, BLOCK_R, BLOCK_N)
 
 
 # ----------------------------------------------------------------------------------------------- launcher
@@ -454,16 +508,34 @@ def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: tor
     return table
 
 
-def reads_dy_in_place(dy: torch.Tensor, spec) -> bool:
-    """Whether the weight gradient reads ``dy (B, groups·C_out, S_out, H_out, W_out)`` in place
-    (:func:`_orbit_weight_grad_kernel`): stored densely ``(B, H_out, W_out, groups·C_out, S_out)``, ``S_out`` a
-    power of two up to 8 (the bank-frame accumulator split into one tile per group element in registers), and an
-    MMA dtype (not fp32 without tf32: no MMA, the accumulators spill)."""
-    return _orbit_serves(dy) and dy.permute(GROUP_MAP_ORDER).is_contiguous()
+def in_place_dy_layout(dy: torch.Tensor) -> str | None:
+    """How the weight gradient reads ``dy (B, groups·C_out, S_out, H_out, W_out)`` in place
+    (:func:`_orbit_weight_grad_kernel`), if it does: ``"channels_last"``, stored densely ``(B, H_out, W_out,
+    groups·C_out, S_out)``; ``"channels_first"``, contiguous with ``H_out·W_out`` a multiple of ``DY_PIXEL_RUN``
+    (16), so that the compiler sees runs of 16 pixels in one image and loads the dy tile as pixel-major vectors
+    (:func:`_dy_pixel_offsets`); else ``None`` (re-laid).  Either way ``S_out`` a power of two up to 8 (the
+    bank-frame accumulator split into one tile per group element in registers), and an MMA dtype (not fp32 without
+    tf32: no MMA, the accumulators spill).
+
+    Other maps (odd ones: 33 x 33, 9 x 9) are re-laid: read in place, their loads would be scalar, synchronous for
+    16-bit dtypes, with a division per element, a hot loop well past the re-laid one's
+    (``perf/results/static-wgrad-channels-first-2026-12-05.md``)."""
+    if not _orbit_serves(dy):
+        return None
+    if dy.permute(GROUP_MAP_ORDER).is_contiguous():
+        return "channels_last"
+    if dy.is_contiguous() and (dy.shape[3] * dy.shape[4]) % DY_PIXEL_RUN == 0:
+        return "channels_first"
+    return None
+
+
+def reads_dy_in_place(dy: torch.Tensor) -> bool:
+    """Whether the weight gradient reads ``dy`` in place (:func:`in_place_dy_layout`)."""
+    return in_place_dy_layout(dy) is not None
 
 
 def _orbit_serves(dy: torch.Tensor) -> bool:
-    """:func:`reads_dy_in_place` but for the layout: ``S_out`` a power of two up to 8, an MMA dtype."""
+    """:func:`in_place_dy_layout` but for the layout: ``S_out`` a power of two up to 8, an MMA dtype."""
     full_fp32 = dy.dtype == torch.float32 and dot_precision(dy.dtype) == "ieee"
     return dy.shape[2] in (1, 2, 4, 8) and not full_fp32
 
@@ -480,10 +552,11 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
     """``dy`` and the 5-D input ``x`` -> ``dw`` of ``weight_shape`` (fp32 accumulation, then x's dtype); with
     ``with_bias``, ``(dw, db)``, ``db`` the bias gradient ``(weight_groups·C_out,)`` from the same launches.
 
-    ``dy`` stored ``(B, H_out, W_out, groups·C_out, S_out)`` (the layout every layer of the package hands on) is
-    read in place (:func:`reads_dy_in_place`), the bias gradient's partial sums written by the same launch; else it
-    is re-laid ``(B·H_out·W_out, groups, S_out, C_out padded to 8)``, rounded up to whole pixel blocks with zeros,
-    in one launch that also writes the bias gradient's partial sums (:func:`~.group_conv_layouts.relayout_dy`).
+    ``dy`` stored ``(B, H_out, W_out, groups·C_out, S_out)`` (the layout every layer of the package hands on), or
+    channels-first with maps of a multiple of 16 pixels, is read in place (:func:`in_place_dy_layout`), the bias
+    gradient's partial sums written by the same launch; else it is re-laid ``(B·H_out·W_out, groups, S_out, C_out
+    padded to 8)``, rounded up to whole pixel blocks with zeros, in one launch that also writes the bias gradient's
+    partial sums (:func:`~.group_conv_layouts.relayout_dy`).
     ``x`` is read from a zero-halo channels-last copy: ``x_copy``, the
     one :func:`~.group_conv.forward` made, when given, else :func:`~.group_conv.halo_channels_last` (a copy unless
     unpadded and channels-last already), with a narrow lifting input padded to 8 channels.  The split's partial
@@ -494,7 +567,8 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
     r_total = spec.batch * spec.out_height * spec.out_width
     m_ch = spec.in_channels * spec.s_in
     weight_numel = spec.weight_groups * spec.out_channels * m_ch * kh * kw
-    dy_in_place = reads_dy_in_place(dy, spec)
+    dy_layout = in_place_dy_layout(dy)
+    dy_in_place = dy_layout is not None
     if dy_in_place:   # one program per orbit of window positions, its dy tile all S_out columns of its channels
         orbits, orbit_max = position_orbits(spec.group, spec.kernel, x.device)
         tiles = cdiv(m_ch, 64) * cdiv(vector_padding(spec.out_channels) * spec.s_out, 128) * len(orbits)
@@ -550,10 +624,14 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
             return (cdiv(m_ch, rows), cdiv(o_pad * spec.s_out, meta["BLOCK_NS"]),
                     len(orbits) * spec.weight_groups * split)
 
+        channels_first = dy_layout == "channels_first"
+        dy_column = spec.out_height * spec.out_width if channels_first else 1   # a column's stride
+        whole_blocks = channels_first and dy_column % block_r == 0
         _orbit_weight_grad_kernel[orbit_grid](
             x_cl, dy, pix, partial, bias_part if with_bias else partial, in_index, orbits, *common, zero_delta,
-            **shapes, N_ORBITS=len(orbits), ORBIT_MAX=orbit_max,
-            VEC_DY=vector_width(dy.element_size(), c_out * spec.s_out), HAS_BIAS=with_bias,
+            dy_column, **shapes, N_ORBITS=len(orbits), ORBIT_MAX=orbit_max,
+            VEC_DY=vector_width(dy.element_size(), c_out * spec.s_out), DY_CHANNELS_FIRST=channels_first,
+            DY_WHOLE_BLOCKS=whole_blocks, HAS_BIAS=with_bias,
             **interpreter_config(ORBIT_INTERPRETER_CONFIG))
     else:
         def grid(meta):

@@ -745,8 +745,9 @@ def test_window_offsets_are_built_once_per_geometry_and_never_fake():
 @pytest.mark.parametrize("groups, c_out, size", [(1, 3, (2, 5, 7)), (2, 8, (1, 8, 8))],
                          ids=["ragged-pixels-padded-channels", "whole-blocks-groups2"])
 def test_weight_grad_takes_dy_in_either_layout(dy_layout, groups, c_out, size):
-    """The weight gradient re-lays ``dy`` in either layout (the layers' ``(B, H, W, C, S)`` or contiguous) in one
-    copy, with pixels past the last whole block and channels past ``C_out``: the float64 reference's ``dw``."""
+    """The weight gradient takes ``dy`` in either layout (the layers' ``(B, H, W, C, S)`` or contiguous; read in
+    place or re-laid in one copy), with pixels past the last whole block and channels past ``C_out``: the float64
+    reference's ``dw``."""
     b, h, w = size
     x = randn((b, groups * 2, 4, h, w), layout=CL)
     weight = randn((groups * c_out, 2, 4, 3, 3))
@@ -782,11 +783,52 @@ def test_weight_grad_reads_dy_in_place(monkeypatch, group, in_group, c_in, c_out
     weight-gradient launch (no re-layout of ``dy``), which also writes the bias gradient's partial sums: ``dw`` and
     ``db`` are the float64 reference's: the orbit loop (``_orbit_weight_grad_kernel``) over 3x3 and 5x5 windows,
     built-in and user groups, ``S_out`` from 1 to 8, strides, dilation, splits, channel groups."""
+    relaid = _check_weight_grad_and_bias(monkeypatch, group, in_group, c_in, c_out, k, stride, padding, dilation,
+                                         groups, shared, x_layout, size, dtype, dy_layout=CL)
+    assert relaid == 0, "dy was re-laid"
+
+
+@pytest.mark.parametrize("group, in_group, c_in, c_out, k, stride, padding, dilation, groups, shared, x_layout, size, "
+                         "dtype, in_place", [
+    ("p4", "p4", 3, 5, 3, 1, 1, 1, 1, False, CL, (3, 8, 16), torch.bfloat16, True),  # a split starts mid-image
+    ("p4", "z2", 3, 11, 3, 1, 1, 1, 1, False, CONTIG, (1, 8, 8), torch.float16, True),   # lifting, a halo copy
+    ("p4m", "p4m", 2, 3, 5, 1, 2, 1, 1, False, CONTIG, (1, 8, 8), torch.float32, True),  # 5x5: an orbit of 8, tf32
+    ("p4m", "p4m", 3, 5, 3, 2, 1, 1, 2, False, CL, (2, 16, 16), torch.float64, True),    # stride 2, groups 2, split
+    ("p4", "p4", 4, 13, 1, 1, 0, 1, 2, True, CONTIG, (1, 8, 8), torch.bfloat16, True),   # a slice shared by 2 groups
+    ("ring8", "ring8", 2, 3, 3, 1, 1, 1, 1, False, CL, (1, 8, 8), torch.float32, True),  # a user group
+    ("z2", "z2", 5, 7, 3, 1, 1, 1, 1, False, CL, (2, 8, 8), torch.bfloat16, True),       # S_out 1
+    ("p4m", "p4m", 2, 3, 3, 1, 1, 1, 1, False, CL, (2, 4, 4), torch.float64, True),      # fp64: 16-pixel blocks
+    ("p4", "p4", 3, 5, 3, 1, 1, 1, 1, False, CL, (3, 4, 4), torch.bfloat16, True),       # 16 pixels a map: blocks
+    ("p4m", "p4m", 2, 3, 5, 1, 2, 1, 2, False, CONTIG, (2, 4, 12), torch.float32, True), # cross images (48 a map)
+    ("z2", "z2", 5, 7, 3, 1, 1, 1, 1, False, CL, (5, 4, 4), torch.float16, True),        # the masked last block
+    ("p4", "p4", 3, 5, 3, 1, 1, 1, 1, False, CL, (2, 5, 7), torch.bfloat16, False),      # 35 pixels a map: re-laid
+    ("p4m", "p4m", 2, 3, 5, 1, 2, 1, 1, False, CONTIG, (1, 6, 6), torch.float32, False), # 36: re-laid
+], ids=lambda v: short(v) if not isinstance(v, torch.dtype) else str(v).split(".")[-1])
+def test_weight_grad_reads_channels_first_dy_in_place_where_maps_are_multiples_of_16(
+        monkeypatch, group, in_group, c_in, c_out, k, stride, padding, dilation, groups, shared, x_layout, size, dtype,
+        in_place):
+    """A contiguous (channels-first) ``dy``, as a loss hands the last layer, is read in place by the orbit loop
+    where every map holds a multiple of 16 pixels (whole pixel blocks where a multiple of 64, of 16 in fp64, else
+    blocks across images, the last one masked), else re-laid by one launch: ``dw`` and ``db`` are the float64
+    reference's either way (3x3 and 5x5 windows, p4, p4m, a user group, ``S_out`` 1, stride 2, channel groups, a
+    split reduction, bf16, fp16, tf32, fp64)."""
+    relaid = _check_weight_grad_and_bias(monkeypatch, group, in_group, c_in, c_out, k, stride, padding, dilation,
+                                         groups, shared, x_layout, size, dtype, dy_layout=CONTIG)
+    assert relaid == (0 if in_place else 1), f"dy re-laid {relaid} times"
+
+
+def _check_weight_grad_and_bias(monkeypatch, group, in_group, c_in, c_out, k, stride, padding, dilation, groups,
+                                shared, x_layout, size, dtype, dy_layout) -> int:
+    """Run the weight gradient with the bias gradient on random ``x`` and ``dy`` (stored in ``dy_layout``), assert
+    both are the float64 reference's, and return how many times ``dy`` was re-laid."""
     from gconv_triton.ops.group_conv import bias_grad
 
-    def no_relayout(*args, **kwargs):
-        raise AssertionError("dy was re-laid")
-    monkeypatch.setattr(wgrad, "relayout_dy", no_relayout)
+    relaid = []
+
+    def counted_relayout(*args, **kwargs):
+        relaid.append(1)
+        return relayout_dy(*args, **kwargs)
+    monkeypatch.setattr(wgrad, "relayout_dy", counted_relayout)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     b, h, w = size
     group, in_group = USER_GROUPS.get(group, group), USER_GROUPS.get(in_group, in_group)
@@ -796,13 +838,13 @@ def test_weight_grad_reads_dy_in_place(monkeypatch, group, in_group, c_in, c_out
     weight = randn((weight_groups * c_out, c_in, s_in, k, k), dtype)
     spec = make_spec(x, weight, None, group=group, in_group=in_group, stride=stride, padding=padding,
                      dilation=dilation, groups=groups, shared_weight=shared)
-    dy = randn((b, groups * c_out, s_out, spec.out_height, spec.out_width), dtype, CL)
-    assert wgrad.reads_dy_in_place(dy, spec)
+    dy = randn((b, groups * c_out, s_out, spec.out_height, spec.out_width), dtype, dy_layout)
     with triton_backend():
         dw, db = kernels.weight_grad(dy, x, spec, tuple(weight.shape), with_bias=True)
     want = bank_conv_weight_grad(dy.cpu().double(), x.cpu().double(), spec, tuple(weight.shape))
     assert_close(dw, want, dtype, "weight grad")
     assert_close(db, bias_grad(dy.cpu().double(), groups, weight_groups), dtype, "bias grad")
+    return len(relaid)
 
 
 @pytest.mark.parametrize("group, kernel, orbits", [
@@ -828,26 +870,27 @@ def test_position_orbits_hold_every_position_once_and_where_each_element_moves_i
 
 
 def test_weight_grad_re_lays_dy_only_where_it_cannot_read_it_in_place(monkeypatch):
-    """A layer's ``dy`` (p4, p4m, any output channels) is read in place; a channels-first one (the loss's), a
-    strided view, a group whose ``S_out`` is not a power of two and fp32 without tf32 (no MMA) are re-laid first."""
-    def spec_for(group, c_out):
-        s_out = order_of(group)
-        return make_spec(torch.empty(2, 3, s_out, 5, 7), torch.empty(c_out, 3, s_out, 3, 3), None, group=group,
-                         in_group=group, stride=1, padding=1, dilation=1, groups=1)
-
-    spec = spec_for("p4", 12)
+    """A layer's ``dy`` (p4, p4m, any output channels) is read in place, and so is a channels-first one (the
+    loss's) whose maps hold a multiple of 16 pixels; a channels-first one with other maps, a strided view, a
+    group whose ``S_out`` is not a power of two and fp32 without tf32 (no MMA) are re-laid first."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     dy = randn((2, 12, 4, 5, 7), layout=CL)
-    assert wgrad.reads_dy_in_place(dy, spec)
-    assert wgrad.reads_dy_in_place(randn((2, 16, 4, 5, 7), layout=CL), spec_for("p4", 16))
-    assert wgrad.reads_dy_in_place(randn((2, 17, 4, 5, 7), layout=CL), spec_for("p4", 17))
-    assert wgrad.reads_dy_in_place(randn((2, 45, 8, 5, 7), layout=CL), spec_for("p4m", 45))
+    assert wgrad.in_place_dy_layout(dy) == "channels_last"
+    for c_out, s_out in ((16, 4), (17, 4), (45, 8), (1, 1)):   # (1, 1): dense both ways, read channels-last
+        assert wgrad.in_place_dy_layout(randn((2, c_out, s_out, 5, 7), layout=CL)) == "channels_last"
+    assert wgrad.in_place_dy_layout(randn((2, 6, 4, 8, 8), torch.bfloat16)) == "channels_first"
+    assert wgrad.in_place_dy_layout(randn((2, 6, 8, 4, 32))) == "channels_first"
+    assert wgrad.in_place_dy_layout(randn((2, 6, 4, 4, 4), torch.float64)) == "channels_first"  # 16-pixel blocks
+    assert wgrad.in_place_dy_layout(randn((2, 6, 4, 4, 12), torch.bfloat16)) == "channels_first"  # 48: runs of 16
+    assert not wgrad.reads_dy_in_place(randn((2, 6, 4, 6, 6), torch.bfloat16))   # 36: 16 pixels may cross images
+    assert not wgrad.reads_dy_in_place(randn((2, 6, 4, 5, 7)))
+    assert not wgrad.reads_dy_in_place(randn((2, 12, 4, 8, 8))[:, :6])   # channels-first, not contiguous
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)   # fp32 without tf32: no MMA, re-laid
-    assert not wgrad.reads_dy_in_place(dy, spec) and wgrad.reads_dy_in_place(dy.double(), spec)
-    assert not wgrad.reads_dy_in_place(randn((2, 6, 4, 5, 7)), spec)
-    assert not wgrad.reads_dy_in_place(dy[:, :6], spec)           # every pixel's channels no longer dense
-    c3 = make_spec(torch.empty(2, 3, 3, 5, 7), torch.empty(6, 3, 3, 3, 3), None, group="c3", in_group="c3",
-                   stride=1, padding=1, dilation=1, groups=1)
-    assert not wgrad.reads_dy_in_place(randn((2, 6, 3, 5, 7), layout=CL), c3)
+    assert not wgrad.reads_dy_in_place(dy) and wgrad.reads_dy_in_place(dy.double())
+    assert not wgrad.reads_dy_in_place(randn((2, 6, 4, 8, 8)))
+    assert not wgrad.reads_dy_in_place(dy[:, :6])           # every pixel's channels no longer dense
+    assert not wgrad.reads_dy_in_place(randn((2, 6, 3, 5, 7), layout=CL))       # c3: S_out not a power of two
+    assert not wgrad.reads_dy_in_place(randn((2, 6, 3, 8, 8), torch.bfloat16))
 
 
 def _spy_on_halo_copies(monkeypatch) -> list:
