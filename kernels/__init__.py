@@ -68,4 +68,4 @@ def weight_grad(dy, x, spec, weight_shape, x_copy=None, with_bias=False):
 def shared_dy(dy, spec):
     """``dy`` laid out once for both of a layer's gradients (the implicit GEMM's: see
     :func:`~.group_conv_weight_grad.shared_dy`); as it is for the depthwise kernels."""
-    return dy if spec.depthwise else group_conv_weight_grad.shared_dy(dy)
+    return dy if spec.depthwise else group_conv_weight_grad.shared_dy(dy, spec)

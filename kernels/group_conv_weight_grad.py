@@ -23,7 +23,8 @@ from . import _common
 from ._common import (accumulator, bank_split_limit, cdiv, channels_last, dot_precision, geometry_table,
                       group_tables, interpreter_config, maybe_autotune, mma, needs_int64, position_orbits, round_up,
                       split_ranges, upcast, vector_padding, vector_width)
-from .group_conv import halo_channels_last, halo_is_input, halo_size, reads_in_place, vector_channels
+from .group_conv import (halo_channels_last, halo_is_input, halo_size, reads_channels_first_dy, reads_in_place,
+                         vector_channels)
 from .group_conv_layouts import finish_weight_grad, relayout_dy
 
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
@@ -540,12 +541,19 @@ def _orbit_serves(dy: torch.Tensor) -> bool:
     return dy.shape[2] in (1, 2, 4, 8) and not full_fp32
 
 
-def shared_dy(dy: torch.Tensor) -> torch.Tensor:
-    """``dy (B, groups·C_out, S_out, H_out, W_out)`` as a layer's two gradients read it: stored ``(B, H_out, W_out,
-    groups·C_out, S_out)`` where the weight gradient reads that in place (:func:`reads_dy_in_place`), else as it
-    is.  A channels-first ``dy`` (the loss's) then costs one copy, which the input gradient reads in place too,
-    instead of the input gradient's channels-last copy and the weight gradient's re-layout."""
-    return as_group_map(dy) if _orbit_serves(dy) else dy
+def shared_dy(dy: torch.Tensor, spec) -> torch.Tensor:
+    """``dy (B, groups·C_out, S_out, H_out, W_out)`` as a layer's two gradients read it: as it is where both read it
+    in place (the package's layout; or channels-first, the loss's, where :func:`in_place_dy_layout` and the input
+    gradient's :func:`~.group_conv.reads_channels_first_dy` both say so), else stored ``(B, H_out, W_out,
+    groups·C_out, S_out)`` where the weight gradient reads that in place.  A channels-first ``dy`` that either
+    gradient would copy then costs one copy, which both read in place, instead of the input gradient's
+    channels-last copy and the weight gradient's re-layout."""
+    if not _orbit_serves(dy):
+        return dy
+    layout = in_place_dy_layout(dy)
+    if layout == "channels_last" or (layout == "channels_first" and reads_channels_first_dy(dy, spec)):
+        return dy
+    return as_group_map(dy)
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=None, with_bias: bool = False):
