@@ -455,6 +455,19 @@ def test_launches_a_channels_last_layer_step_copies_no_x():
     ], names
 
 
+def test_launches_a_layer_step_on_whole_pixel_tiles_copies_no_dy():
+    """The same layer on 16 x 16 maps (256 pixels: whole tiles of the input gradient's pixels, 128, and of the
+    weight gradient's, 64), fp32: the loss's channels-first ``dy`` is read in place by both gradients (no clone, no
+    re-layout), and a channels-first ``x`` by the forward (no zero-halo copy in the forward)."""
+    for layout in ("channels_last", "contiguous"):
+        step = launches.measure("layer", "kernel", layout, batch=1, size=16)
+        layer = [(r["phase"], r["name"]) for r in step["records"] if r["layer"] == "P4ConvP4" and not r["gemm"]]
+        assert ("forward", "group_conv_layouts._permute_weight_kernel") in layer, layer
+        assert not [name for phase, name in layer if phase == "backward" and name in (
+            "clone", "group_conv_layouts._dy_relayout_kernel")], layer
+        assert ("forward", "group_conv_layouts._padded_copy_kernel") not in layer, layer
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_launches_a_layer_between_layers_re_lays_no_dy(layout):
     """P4CNN, one steady training step on the kernel path: the group-conv layers after the first get ``dy`` from
