@@ -663,27 +663,13 @@ def test_weight_grad_reads_channels_first_x_in_place(monkeypatch, group, in_grou
     channels-last (the padding masked per row and window position), with no zero-halo copy; else (fp32 without
     tf32: the re-laid loop) copied.
     ``dw`` and ``db`` are the float64 reference's either way."""
-    from gconv_triton.ops.group_conv import bias_grad
-
     copies = _spy_on_halo_copies(monkeypatch)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     if wide:
         monkeypatch.setattr(wgrad, "needs_int64", lambda *tensors: True)
-    b, h, w = size
-    group, in_group = USER_GROUPS.get(group, group), USER_GROUPS.get(in_group, in_group)
-    s_in, s_out = order_of(in_group), order_of(group)
-    x = randn((b, groups * c_in, s_in, h, w), dtype, CONTIG)
-    weight = randn((groups * 3, c_in, s_in, k, k), dtype)
-    spec = make_spec(x, weight, None, group=group, in_group=in_group, stride=1, padding=padding, dilation=dilation,
-                     groups=groups)
-    assert gconv.reads_channels_first_x(x, spec)
-    dy = randn((b, groups * 3, s_out, spec.out_height, spec.out_width), dtype, dy_layout)
-    with triton_backend():
-        dw, db = kernels.weight_grad(dy, x, spec, tuple(weight.shape), with_bias=True)
-    assert copies == ([] if in_place else [tuple(x.shape)]), copies
-    want = bank_conv_weight_grad(dy.cpu().double(), x.cpu().double(), spec, tuple(weight.shape))
-    assert_close(dw, want, dtype, "weight grad")
-    assert_close(db, bias_grad(dy.cpu().double(), groups, groups), dtype, "bias grad")
+    relaid = _check_weight_grad_and_bias(monkeypatch, group, in_group, c_in, 3, k, 1, padding, dilation, groups,
+                                         False, CONTIG, size, dtype, dy_layout=dy_layout, tf32=tf32)
+    assert copies == ([] if in_place else [(size[0], groups * c_in, order_of(in_group), *size[1:])]), copies
+    assert relaid == (0 if in_place else 1), f"dy re-laid {relaid} times"
 
 
 @pytest.mark.parametrize("group, in_group, groups, cig", LAYOUT_CASES, ids=["gemm", "depthwise"])
@@ -873,7 +859,7 @@ def test_weight_grad_reads_channels_first_dy_in_place_where_maps_are_multiples_o
 
 
 def _check_weight_grad_and_bias(monkeypatch, group, in_group, c_in, c_out, k, stride, padding, dilation, groups,
-                                shared, x_layout, size, dtype, dy_layout) -> int:
+                                shared, x_layout, size, dtype, dy_layout, tf32=True) -> int:
     """Run the weight gradient with the bias gradient on random ``x`` and ``dy`` (stored in ``dy_layout``), assert
     both are the float64 reference's, and return how many times ``dy`` was re-laid."""
     from gconv_triton.ops.group_conv import bias_grad
@@ -884,7 +870,7 @@ def _check_weight_grad_and_bias(monkeypatch, group, in_group, c_in, c_out, k, st
         relaid.append(1)
         return relayout_dy(*args, **kwargs)
     monkeypatch.setattr(wgrad, "relayout_dy", counted_relayout)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     b, h, w = size
     group, in_group = USER_GROUPS.get(group, group), USER_GROUPS.get(in_group, in_group)
     s_in, s_out = order_of(in_group), order_of(group)
