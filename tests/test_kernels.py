@@ -645,15 +645,15 @@ def _spy_on_halo_copies(monkeypatch) -> list:
 
 @pytest.mark.parametrize("group, in_group, c_in, k, padding, dilation, groups, size, dtype, tf32, wide, dy_layout, "
                          "in_place", [
-    ("p4", "p4", 2, 3, 1, 1, 1, (2, 16, 8), torch.float32, True, False, CONTIG, True),      # tf32, 2 images
+    ("p4", "p4", 2, 3, 1, 1, 1, (3, 16, 8), torch.float32, True, False, CONTIG, True),      # tf32, a split: 1.5 maps
     ("p4m", "p4m", 2, 5, 2, 1, 1, (1, 16, 8), torch.float64, False, False, CONTIG, True),   # 5x5, 16-pixel blocks
     ("p4", "p4", 2, 3, (0, 2), 2, 1, (1, 20, 8), torch.float32, True, False, CONTIG, True),  # H_out < H, dilated
     ("p4m", "p4m", 2, 3, 1, 1, 2, (1, 16, 8), torch.float32, True, False, CONTIG, True),    # groups 2
     ("ring8", "ring8", 2, 3, 1, 1, 1, (1, 16, 8), torch.float64, False, False, CONTIG, True),  # a user group
     ("p4", "z2", 8, 3, 1, 1, 1, (2, 16, 8), torch.float32, True, False, CONTIG, True),      # lifting: S_in 1
-    ("p4", "p4", 2, 3, 1, 1, 1, (2, 16, 8), torch.float64, False, True, CONTIG, True),      # int64 offsets
+    ("p4", "p4", 2, 3, 1, 1, 1, (3, 16, 8), torch.float64, False, True, CONTIG, True),      # int64 offsets
     ("p4", "p4", 2, 3, 1, 1, 1, (1, 16, 8), torch.float32, False, False, CONTIG, False),    # fp32: re-laid, copy
-    ("p4", "p4", 2, 3, 1, 1, 1, (2, 16, 8), torch.float32, True, False, CL, True),          # dy channels-last
+    ("p4", "p4", 2, 3, 1, 1, 1, (3, 16, 8), torch.float32, True, False, CL, True),          # dy channels-last
     ("p4m", "p4m", 2, 5, 2, 1, 2, (2, 16, 8), torch.float64, False, False, CL, True),       # and 5x5, groups 2
 ], ids=lambda v: short(v) if not isinstance(v, torch.dtype) else str(v).split(".")[-1])
 def test_weight_grad_reads_channels_first_x_in_place(monkeypatch, group, in_group, c_in, k, padding, dilation, groups,
