@@ -248,8 +248,11 @@ def _orbit_block(
     else:
         dya = tl.load(dy_at, mask=col_ok[None, :], other=0.0)
     if X_CHANNELS_FIRST:   # a base plus arange: contiguous along the pixels; the padding's rows read 0
-        inside = (tl.load(pix_rows + tl.multiple_of(hw, BLOCK_R) + kr) & inside_bit) != 0
-        xa = tl.load(x_rows + (x_base + kr)[:, None], mask=inside[:, None] & x_ok[None, :], other=0.0)
+        inside = ((tl.load(pix_rows + tl.multiple_of(hw, BLOCK_R) + kr) & inside_bit) != 0)[:, None]
+        if FULL_M:
+            xa = tl.load(x_rows + (x_base + kr)[:, None], mask=inside, other=0.0)
+        else:
+            xa = tl.load(x_rows + (x_base + kr)[:, None], mask=inside & x_ok[None, :], other=0.0)
     else:
         row = tl.load(pix_rows + r)
         if IN_PLACE:   # -1: the row lies in the padding (or past the last pixel): the zero page
@@ -622,8 +625,8 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
     ``x`` is read from a zero-halo channels-last copy: ``x_copy``, the
     one :func:`~.group_conv.forward` made, when given, else :func:`~.group_conv.halo_channels_last` (a copy unless
     unpadded and channels-last already), with a narrow lifting input padded to 8 channels; or, where the forward
-    read a channels-first ``x`` in place (:func:`~.group_conv.reads_channels_first_x`) and ``dy`` is channels-first
-    in whole pixel blocks, from ``x`` itself, the padding masked per row (:func:`_inside_bits_table`).  The split's
+    read a channels-first ``x`` in place (:func:`~.group_conv.reads_channels_first_x`) and ``dy`` is read in place,
+    from ``x`` itself, the padding masked per row (:func:`_inside_bits_table`).  The split's
     partial sums and the bias's are added up by one more launch (:func:`~.group_conv_layouts.finish_weight_grad`),
     none when there is neither."""
     in_index, _, pos_dh, pos_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
@@ -653,10 +656,11 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
     # an unpadded input read in place is its own zero-halo copy: the window-corner table serves
     in_place = x_copy is None and reads_in_place(x, spec) and not halo_is_input(spec)
     channels_first = dy_layout == "channels_first"
-    dy_column = spec.out_height * spec.out_width if channels_first else 1   # a column's stride
-    whole_blocks = channels_first and dy_column % block_r == 0
     map_pixels = spec.out_height * spec.out_width
-    # the orbit loop reads a channels-first x in place where the forward did: its pixel steps are dy's
+    dy_column = map_pixels if channels_first else 1   # a column's stride
+    whole_blocks = channels_first and dy_column % block_r == 0
+    # the orbit loop reads a channels-first x in place where the forward did (maps of whole pixel blocks): a block
+    # is a scalar plus a range, as a channels-first dy's
     x_channels_first = (x_copy is None and dy_in_place and kh * kw <= 32 and not reads_in_place(x, spec)
                         and reads_channels_first_x(x, spec))
     x_strides, x_channel, x_corner = None, 0, 0
