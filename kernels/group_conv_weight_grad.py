@@ -23,8 +23,8 @@ from . import _common
 from ._common import (accumulator, bank_split_limit, cdiv, channels_last, dot_precision, geometry_table,
                       group_tables, interpreter_config, maybe_autotune, mma, needs_int64, position_orbits, round_up,
                       split_ranges, upcast, vector_padding, vector_width)
-from .group_conv import (halo_channels_last, halo_is_input, halo_size, reads_channels_first_dy, reads_in_place,
-                         vector_channels)
+from .group_conv import (halo_channels_last, halo_is_input, halo_size, reads_channels_first_dy,
+                         reads_channels_first_x, reads_in_place, vector_channels)
 from .group_conv_layouts import finish_weight_grad, relayout_dy
 
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
@@ -225,14 +225,17 @@ def _orbit_configs():
 @triton.jit
 def _orbit_block(
     acc, r0, x_rows, pix_rows, dy_ptr, dy_cols, dy_base, dy_pixel, dy_column, zero_delta, R_TOTAL, x_ok, col_ok, kr,
-    VEC_X: tl.constexpr, VEC_DY: tl.constexpr, IN_PLACE: tl.constexpr, DY_CHANNELS_FIRST: tl.constexpr,
-    DY_WHOLE_BLOCKS: tl.constexpr, FULL_M: tl.constexpr, FULL_NS: tl.constexpr, TAIL: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_R: tl.constexpr,
+    x_base, hw, inside_bit, VEC_X: tl.constexpr, VEC_DY: tl.constexpr, IN_PLACE: tl.constexpr,
+    X_CHANNELS_FIRST: tl.constexpr, DY_CHANNELS_FIRST: tl.constexpr, DY_WHOLE_BLOCKS: tl.constexpr,
+    FULL_M: tl.constexpr, FULL_NS: tl.constexpr, TAIL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     """One pixel block ``r0 + kr`` of :func:`_orbit_weight_grad_kernel`'s GEMM loop: the ``x`` tile of one window
     position (rows ``pix_rows + r``, at ``x_rows``) times the ``dy`` tile of every ``g`` (``[BLOCK_R, BLOCK_NS]``,
     columns at ``dy_cols``: contiguous per pixel, or per column for a channels-first ``dy``), into ``acc``.
-    ``TAIL``: the block holding the last pixel (rows past ``R_TOTAL`` masked)."""
+    ``TAIL``: the block holding the last pixel (rows past ``R_TOTAL`` masked).
+    ``X_CHANNELS_FIRST``: ``x`` read channels-first, the block's pixels at ``x_base + kr`` (their place in the
+    image ``hw + kr``), each row loaded where ``inside_bit`` is set in its entry of the table at ``pix_rows``."""
     r = r0 + kr
     dy_rows = _dy_pixel_offsets(r0, kr, dy_base, dy_pixel, dy_column, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS, BLOCK_R)
     if not DY_CHANNELS_FIRST:
@@ -244,14 +247,21 @@ def _orbit_block(
         dya = tl.load(dy_at)
     else:
         dya = tl.load(dy_at, mask=col_ok[None, :], other=0.0)
-    row = tl.load(pix_rows + r)
-    if IN_PLACE:   # -1: the row lies in the padding (or past the last pixel): the zero page
-        row = tl.where(row < 0, zero_delta, row)
-    row = tl.multiple_of(row, VEC_X)
-    if FULL_M:
-        xa = tl.load(x_rows + row[:, None])
+    if X_CHANNELS_FIRST:   # a base plus arange: contiguous along the pixels; the padding's rows read 0
+        inside = ((tl.load(pix_rows + tl.multiple_of(hw, BLOCK_R) + kr) & inside_bit) != 0)[:, None]
+        if FULL_M:
+            xa = tl.load(x_rows + (x_base + kr)[:, None], mask=inside, other=0.0)
+        else:
+            xa = tl.load(x_rows + (x_base + kr)[:, None], mask=inside & x_ok[None, :], other=0.0)
     else:
-        xa = tl.load(x_rows + row[:, None], mask=x_ok[None, :], other=0.0)
+        row = tl.load(pix_rows + r)
+        if IN_PLACE:   # -1: the row lies in the padding (or past the last pixel): the zero page
+            row = tl.where(row < 0, zero_delta, row)
+        row = tl.multiple_of(row, VEC_X)
+        if FULL_M:
+            xa = tl.load(x_rows + row[:, None])
+        else:
+            xa = tl.load(x_rows + row[:, None], mask=x_ok[None, :], other=0.0)
     return mma(acc, tl.trans(xa), dya, PRECISION, UPCAST)
 
 
@@ -322,10 +332,11 @@ def _bias_partial_sums(
 def _orbit_weight_grad_kernel(
     x_ptr, dy_ptr, pix_ptr, dw_ptr, bias_ptr, in_index_ptr, orbit_ptr,
     R_TOTAL, R_PER_SPLIT, R_ALLOC, weight_groups, COPIES, stride_x_h, stride_x_w, dil_h, dil_w, zero_delta,
-    dy_column, M_CH: tl.constexpr, X_CH: tl.constexpr, C_OUT_G: tl.constexpr, O_PAD: tl.constexpr,
-    S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, N_ORBITS: tl.constexpr,
-    ORBIT_MAX: tl.constexpr, VEC_X: tl.constexpr, IN_PLACE: tl.constexpr, VEC_DY: tl.constexpr,
-    DY_CHANNELS_FIRST: tl.constexpr, DY_WHOLE_BLOCKS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    dy_column, map_pixels, stride_x_b, stride_x_c, x_corner, M_CH: tl.constexpr, X_CH: tl.constexpr,
+    C_OUT_G: tl.constexpr, O_PAD: tl.constexpr, S_IN: tl.constexpr, S_OUT: tl.constexpr, KH: tl.constexpr,
+    KW: tl.constexpr, N_ORBITS: tl.constexpr, ORBIT_MAX: tl.constexpr, VEC_X: tl.constexpr, IN_PLACE: tl.constexpr,
+    X_CHANNELS_FIRST: tl.constexpr, VEC_DY: tl.constexpr, DY_CHANNELS_FIRST: tl.constexpr,
+    DY_WHOLE_BLOCKS: tl.constexpr, HAS_BIAS: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_NS: tl.constexpr,
 ):
@@ -347,8 +358,13 @@ def _orbit_weight_grad_kernel(
     scatter, no atomic, every ``t`` owned by one program.
 
     ``x`` and ``pix`` as :func:`_weight_grad_kernel`'s (``IN_PLACE``: the table holds -1 for the zero page, put in
-    by a select in the loop, ``zero_delta``).  ``HAS_BIAS``: the programs of orbit 0 and the first channel block
-    also write the bias gradient's partial sums, ``bias (split, weight_groups, O_PAD)``.
+    by a select in the loop, ``zero_delta``), or with ``X_CHANNELS_FIRST`` the input itself, contiguous ``(B,
+    groups·X_CH, H, W)`` (``stride_x_b``, channel stride ``stride_x_c = H·W``, stride 1, ``W_out == W``, ``map_pixels
+    = H_out·W_out`` a multiple of ``BLOCK_R``): pixel ``r`` of image ``b`` at place ``hw`` reads ``b·stride_x_b +
+    hw`` plus a scalar per window position (its shift less the padding's, ``x_corner``), and ``pix (H_out·W_out,)``
+    int32 holds bit ``p`` where window position ``p`` of the place lies inside ``x`` (0: the padding, masked).
+    ``HAS_BIAS``: the programs of orbit 0 and the first channel block also write the bias gradient's partial sums,
+    ``bias (split, weight_groups, O_PAD)``.
     """
     BLOCK_N: tl.constexpr = BLOCK_NS // S_OUT
     KPOS: tl.constexpr = KH * KW
@@ -379,10 +395,17 @@ def _orbit_weight_grad_kernel(
     dy_pixel = S_OUT * C_OUT_G * COPIES * weight_groups
     dy_start = 0
     hw_start = 0
+    x_start = 0
     if DY_WHOLE_BLOCKS:   # a channels-first dy: the split's first block, then one step per block (no division)
         dy_start = _dy_block_start(r_start, dy_pixel, dy_column)
         hw_start = r_start % dy_column
         dy_gap = (dy_pixel - 1) * dy_column   # from one image's end to the next one's start
+    if X_CHANNELS_FIRST:   # a channels-first x: the same steps, with its own image stride (whole blocks too)
+        if DY_WHOLE_BLOCKS:
+            map_pixels = dy_column
+        hw_start = r_start % map_pixels
+        x_start = (r_start // map_pixels) * stride_x_b + hw_start
+        x_gap = stride_x_b - map_pixels
 
     outs = ()
     for k in tl.static_range(ORBIT_MAX):
@@ -395,28 +418,42 @@ def _orbit_weight_grad_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_NS), dtype=ACC)
         for copy in range(COPIES):
             grp = wg + copy * weight_groups
+            inside_bit = 0
             if IN_PLACE:   # this window position's table: the x offset of every pixel's row (the zero page's)
                 x_rows = x_ptr + tl.multiple_of(grp * X_CH + m, VEC_X)[None, :]
                 pix_rows = pix_ptr + p * R_ALLOC
             else:
                 shift = ((p // KW) * dil_h) * stride_x_h + ((p % KW) * dil_w) * stride_x_w
-                x_rows = x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :]
+                if X_CHANNELS_FIRST:   # channel m at m·stride_x_c; the window position a scalar shift
+                    x_rows = x_ptr + ((grp * X_CH + m) * stride_x_c + (shift + x_corner))[None, :]
+                    inside_bit = tl.full((), 1, tl.int32) << p.to(tl.int32)
+                else:
+                    x_rows = x_ptr + tl.multiple_of(grp * X_CH + shift + m, VEC_X)[None, :]
                 pix_rows = pix_ptr
             cols = tl.multiple_of(grp * (C_OUT_G * S_OUT) + dy_cols, VEC_DY) * dy_column
             dy_base = dy_start
             hw = hw_start
+            x_base = x_start
             for r0 in range(r_start, r_body, BLOCK_R):
                 acc = _orbit_block(acc, r0, x_rows, pix_rows, dy_ptr, cols, dy_base, dy_pixel, dy_column, zero_delta,
-                                   R_TOTAL, x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, DY_CHANNELS_FIRST,
-                                   DY_WHOLE_BLOCKS, FULL_M, FULL_NS, False, PRECISION, UPCAST, BLOCK_R)
+                                   R_TOTAL, x_ok, col_ok, kr, x_base, hw, inside_bit, VEC_X, VEC_DY, IN_PLACE,
+                                   X_CHANNELS_FIRST, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS, FULL_M, FULL_NS, False,
+                                   PRECISION, UPCAST, BLOCK_R)
                 if DY_WHOLE_BLOCKS:
                     hw += BLOCK_R
                     dy_base += tl.where(hw == dy_column, dy_gap + BLOCK_R, BLOCK_R)
+                    if X_CHANNELS_FIRST:
+                        x_base += tl.where(hw == dy_column, x_gap + BLOCK_R, BLOCK_R)
                     hw = tl.where(hw == dy_column, 0, hw)
-            if tail:   # never with whole blocks: dy_base unused
+                elif X_CHANNELS_FIRST:
+                    hw += BLOCK_R
+                    x_base += tl.where(hw == map_pixels, x_gap + BLOCK_R, BLOCK_R)
+                    hw = tl.where(hw == map_pixels, 0, hw)
+            if tail:   # never with whole blocks: dy_base, x_base unused
                 acc = _orbit_block(acc, r_body, x_rows, pix_rows, dy_ptr, cols, dy_base, dy_pixel, dy_column,
-                                   zero_delta, R_TOTAL, x_ok, col_ok, kr, VEC_X, VEC_DY, IN_PLACE, DY_CHANNELS_FIRST,
-                                   DY_WHOLE_BLOCKS, FULL_M, FULL_NS, True, PRECISION, UPCAST, BLOCK_R)
+                                   zero_delta, R_TOTAL, x_ok, col_ok, kr, x_base, hw, inside_bit, VEC_X, VEC_DY,
+                                   IN_PLACE, X_CHANNELS_FIRST, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS, FULL_M, FULL_NS,
+                                   True, PRECISION, UPCAST, BLOCK_R)
         per_g = _split_channels(acc, S_OUT, BLOCK_M, BLOCK_N)
         for g in tl.static_range(S_OUT):   # dw row (i, u) takes row (i, g·u), added at the position g moves to p
             # + min(p, 0) (= 0): an address that depends on the loop, so that the compiler does not hoist the S_out
@@ -509,6 +546,26 @@ def _build_in_place_offsets(spec, sb: int, sh: int, sw: int, rows: int, dev: tor
     return table
 
 
+def _inside_bits_table(spec, device: torch.device) -> torch.Tensor:
+    """``(H_out·W_out,)`` int32: bit ``th·KW + tw`` set where window position ``(th, tw)`` of output pixel ``(oh,
+    ow)`` lies inside the input (stride 1), the table of the channels-first ``x`` read in place
+    (:func:`_orbit_weight_grad_kernel`'s ``X_CHANNELS_FIRST``).  Geometry only, built once
+    (:func:`~._common.geometry_table`)."""
+    key = ("inside_bits", spec.height, spec.width, spec.out_height, spec.out_width, *spec.dilation,
+           spec.padding[0], spec.padding[2], *spec.kernel, device)
+    return geometry_table(key, lambda: _build_inside_bits(spec, device))
+
+
+def _build_inside_bits(spec, dev: torch.device) -> torch.Tensor:
+    (kh, kw), (dl_h, dl_w) = spec.kernel, spec.dilation
+    ih = torch.arange(spec.out_height)[None, :] - spec.padding[0] + torch.arange(kh)[:, None] * dl_h   # (kh, H_out)
+    iw = torch.arange(spec.out_width)[None, :] - spec.padding[2] + torch.arange(kw)[:, None] * dl_w    # (kw, W_out)
+    inside = (((ih >= 0) & (ih < spec.height))[:, None, :, None]
+              & ((iw >= 0) & (iw < spec.width))[None, :, None, :])                   # (kh, kw, H_out, W_out)
+    bits = (inside.reshape(kh * kw, -1).long() << torch.arange(kh * kw)[:, None]).sum(0)
+    return torch.where(bits >= 2**31, bits - 2**32, bits).to(device=dev, dtype=torch.int32)   # bit 31: the sign
+
+
 def in_place_dy_layout(dy: torch.Tensor) -> str | None:
     """How the weight gradient reads ``dy (B, groups·C_out, S_out, H_out, W_out)`` in place
     (:func:`_orbit_weight_grad_kernel`), if it does: ``"channels_last"``, stored densely ``(B, H_out, W_out,
@@ -567,9 +624,11 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
     partial sums (:func:`~.group_conv_layouts.relayout_dy`).
     ``x`` is read from a zero-halo channels-last copy: ``x_copy``, the
     one :func:`~.group_conv.forward` made, when given, else :func:`~.group_conv.halo_channels_last` (a copy unless
-    unpadded and channels-last already), with a narrow lifting input padded to 8 channels.  The split's partial
-    sums and the bias's are added up by one more launch (:func:`~.group_conv_layouts.finish_weight_grad`), none
-    when there is neither."""
+    unpadded and channels-last already), with a narrow lifting input padded to 8 channels; or, where the forward
+    read a channels-first ``x`` in place (:func:`~.group_conv.reads_channels_first_x`) and ``dy`` is read in place,
+    from ``x`` itself, the padding masked per row (:func:`_inside_bits_table`).  The split's
+    partial sums and the bias's are added up by one more launch (:func:`~.group_conv_layouts.finish_weight_grad`),
+    none when there is neither."""
     in_index, _, pos_dh, pos_dw = group_tables(spec.group, spec.in_group, spec.kernel, x.device)
     kh, kw = spec.kernel
     r_total = spec.batch * spec.out_height * spec.out_width
@@ -596,8 +655,21 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
     r_alloc = round_up(r_total, block_r)
     # an unpadded input read in place is its own zero-halo copy: the window-corner table serves
     in_place = x_copy is None and reads_in_place(x, spec) and not halo_is_input(spec)
+    channels_first = dy_layout == "channels_first"
+    map_pixels = spec.out_height * spec.out_width
+    dy_column = map_pixels if channels_first else 1   # a column's stride
+    whole_blocks = channels_first and dy_column % block_r == 0
+    # the orbit loop reads a channels-first x in place where the forward did (maps of whole pixel blocks): a block
+    # is a scalar plus a range, as a channels-first dy's
+    x_channels_first = (x_copy is None and dy_in_place and kh * kw <= 32 and not reads_in_place(x, spec)
+                        and reads_channels_first_x(x, spec))
+    x_strides, x_channel, x_corner = None, 0, 0
     in_place_rows = None
-    if in_place:   # (kh·kw, R_ALLOC) int64: its own offsets may pass int32 (the kernel's WIDE counts them)
+    if x_channels_first:   # (B, groups·M_CH, H, W): rows W apart, channels H·W apart, the padding's corner
+        x_ch, x_cl = m_ch, x
+        x_strides, x_channel = (spec.width, 1), spec.height * spec.width
+        x_corner = -(spec.padding[0] * spec.width + spec.padding[2])
+    elif in_place:   # (kh·kw, R_ALLOC) int64: its own offsets may pass int32 (the kernel's WIDE counts them)
         x_ch, x_cl = m_ch, channels_last(x)
         in_place_rows = _in_place_offsets(x_cl, spec, r_alloc)
     elif x_copy is None:
@@ -618,26 +690,26 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, spec, weight_shape, x_copy=No
         dy_go, bias_part, rows = relayout_dy(dy, spec, r_alloc, o_pad, with_bias, in_place_rows)
     if in_place:
         pix, zero_delta = rows, in_place_rows[1]
+    elif x_channels_first:
+        pix, zero_delta = _inside_bits_table(spec, x.device), 0
     else:
         pix, zero_delta = _window_offsets(x_cl, spec, r_alloc, needs_int64(x_cl, dy_go)), 0
 
     common = (r_total, r_per_split, r_alloc, spec.weight_groups, spec.groups // spec.weight_groups,
-              *x_cl.stride()[1:3], *spec.dilation)
+              *(x_strides or x_cl.stride()[1:3]), *spec.dilation)
+    vec_x = 1 if x_channels_first else vector_width(x.element_size(), *x_cl.stride()[:3], x_ch, zero_delta)
     shapes = dict(M_CH=m_ch, X_CH=x_ch, C_OUT_G=c_out, O_PAD=o_pad, S_IN=spec.s_in, S_OUT=spec.s_out, KH=kh, KW=kw,
-                  VEC_X=vector_width(x.element_size(), *x_cl.stride()[:3], x_ch, zero_delta), IN_PLACE=in_place,
-                  PRECISION=dot_precision(x.dtype), BLOCK_R=block_r)
+                  VEC_X=vec_x, IN_PLACE=in_place, PRECISION=dot_precision(x.dtype), BLOCK_R=block_r)
     if dy_in_place:
         def orbit_grid(meta):
             rows = meta["BLOCK_M"] // spec.s_in * spec.s_in
             return (cdiv(m_ch, rows), cdiv(o_pad * spec.s_out, meta["BLOCK_NS"]),
                     len(orbits) * spec.weight_groups * split)
 
-        channels_first = dy_layout == "channels_first"
-        dy_column = spec.out_height * spec.out_width if channels_first else 1   # a column's stride
-        whole_blocks = channels_first and dy_column % block_r == 0
         _orbit_weight_grad_kernel[orbit_grid](
             x_cl, dy, pix, partial, bias_part if with_bias else partial, in_index, orbits, *common, zero_delta,
-            dy_column, **shapes, N_ORBITS=len(orbits), ORBIT_MAX=orbit_max,
+            dy_column, map_pixels, x_cl.stride(0), x_channel, x_corner, **shapes, N_ORBITS=len(orbits),
+            ORBIT_MAX=orbit_max, X_CHANNELS_FIRST=x_channels_first,
             VEC_DY=vector_width(dy.element_size(), c_out * spec.s_out), DY_CHANNELS_FIRST=channels_first,
             DY_WHOLE_BLOCKS=whole_blocks, HAS_BIAS=with_bias,
             **interpreter_config(ORBIT_INTERPRETER_CONFIG))

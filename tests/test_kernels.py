@@ -581,42 +581,39 @@ def test_input_grad_reads_channels_first_dy_in_place(monkeypatch, group, in_grou
 
 
 # (group, in_group, C_in, k, stride, padding, dilation, groups, (B, H, W), dtype, tf32, int64 offsets, read in
-# place): a channels-first x is read in place by a stride-1 forward whose output is as wide as x and a whole number
-# of pixel tiles (128 pixels) per image, else copied into the zero-halo channels-last buffer
+# place, read in place by the backward too): a channels-first x is read in place by a stride-1 forward whose output
+# is as wide as x and a whole number of pixel tiles (128 pixels) per image, else copied into the zero-halo
+# channels-last buffer; the orbit weight gradient reads it in place too where it runs (an MMA: not fp32 without tf32)
 CHANNELS_FIRST_X = [
-    ("p4", "p4", 2, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, False, True),       # tf32: transposed MMA
-    ("p4m", "p4m", 2, 5, 1, 2, 1, 1, (1, 16, 8), torch.float64, False, False, True),    # 5x5
-    ("p4", "p4", 2, 3, 1, (0, 2), 2, 1, (1, 20, 8), torch.float32, False, False, True),  # H_out < H, dilated
-    ("p4m", "p4m", 2, 3, 1, 1, 1, 2, (1, 16, 8), torch.float32, True, False, True),     # groups 2
-    ("ring8", "ring8", 2, 3, 1, 1, 1, 1, (1, 16, 8), torch.float64, False, False, True),  # a user group
-    ("p4", "z2", 8, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, False, True),       # lifting, K-major weight
-    ("p4", "p4", 2, 3, 1, 1, 1, 1, (2, 16, 8), torch.float64, False, True, True),       # int64 offsets
-    ("p4", "p4", 2, 3, 2, 1, 1, 1, (1, 32, 16), torch.float32, False, False, False),    # stride 2: copied
-    ("p4", "p4", 2, 3, 1, 0, 1, 1, (1, 16, 8), torch.float32, False, False, False),     # W_out < W
-    ("p4", "p4", 2, 3, 1, 1, 1, 1, (2, 8, 8), torch.float32, True, False, False),       # 64 pixels per image
-    ("p4m", "p4m", 2, 3, 1, 1, 1, 1, (1, 16, 8), torch.bfloat16, False, False, False),  # 16-bit
-    ("p4", "z2", 3, 3, 1, 1, 1, 1, (1, 16, 8), torch.float32, False, False, False),     # 3 channels padded to 8
+    ("p4", "p4", 2, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, False, True, True),       # tf32: transposed MMA
+    ("p4m", "p4m", 2, 5, 1, 2, 1, 1, (1, 16, 8), torch.float64, False, False, True, True),    # 5x5
+    ("p4", "p4", 2, 3, 1, (0, 2), 2, 1, (1, 20, 8), torch.float32, False, False, True, False),  # H_out < H, dilated
+    ("p4m", "p4m", 2, 3, 1, 1, 1, 2, (1, 16, 8), torch.float32, True, False, True, True),     # groups 2
+    ("ring8", "ring8", 2, 3, 1, 1, 1, 1, (1, 16, 8), torch.float64, False, False, True, True),  # a user group
+    ("p4", "z2", 8, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, False, True, True),       # lifting, K-major weight
+    ("p4", "p4", 2, 3, 1, 1, 1, 1, (2, 16, 8), torch.float64, False, True, True, True),       # int64 offsets
+    ("p4", "p4", 2, 3, 2, 1, 1, 1, (1, 32, 16), torch.float32, False, False, False, False),   # stride 2: copied
+    ("p4", "p4", 2, 3, 1, 0, 1, 1, (1, 16, 8), torch.float32, False, False, False, False),    # W_out < W
+    ("p4", "p4", 2, 3, 1, 1, 1, 1, (2, 8, 8), torch.float32, True, False, False, False),      # 64 pixels per image
+    ("p4m", "p4m", 2, 3, 1, 1, 1, 1, (1, 16, 8), torch.bfloat16, False, False, False, False),  # 16-bit
+    ("p4", "z2", 3, 3, 1, 1, 1, 1, (1, 16, 8), torch.float32, False, False, False, False),    # 3 channels padded
 ]
 
 
 @pytest.mark.parametrize("group, in_group, c_in, k, stride, padding, dilation, groups, size, dtype, tf32, wide, "
-                         "in_place", CHANNELS_FIRST_X,
+                         "in_place, backward_in_place", CHANNELS_FIRST_X,
                          ids=lambda v: short(v) if not isinstance(v, torch.dtype) else str(v).split(".")[-1])
 def test_forward_reads_channels_first_x_in_place(monkeypatch, group, in_group, c_in, k, stride, padding, dilation,
-                                                 groups, size, dtype, tf32, wide, in_place):
+                                                 groups, size, dtype, tf32, wide, in_place, backward_in_place):
     """A contiguous ``x`` (a first layer's) is read in place by the forward (no zero-halo copy, none saved) where
-    :func:`~gconv_triton.kernels.group_conv.reads_channels_first_x` says so, and copied elsewhere; the output and
-    every gradient are the float64 reference's either way."""
-    copies = []
-    halo_channels_last = gconv.halo_channels_last
-
-    def spy(t, *args, **kwargs):
-        copies.append(tuple(t.shape))
-        return halo_channels_last(t, *args, **kwargs)
-    monkeypatch.setattr(gconv, "halo_channels_last", spy)
+    :func:`~gconv_triton.kernels.group_conv.reads_channels_first_x` says so, and copied elsewhere; where the orbit
+    weight gradient reads it in place too, the step makes no copy of ``x`` at all.  The output and every gradient
+    are the float64 reference's either way."""
+    copies = _spy_on_halo_copies(monkeypatch)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     if wide:
         monkeypatch.setattr(gconv, "needs_int64", lambda *tensors: True)
+        monkeypatch.setattr(wgrad, "needs_int64", lambda *tensors: True)
     b, h, w = size
     group, in_group = USER_GROUPS.get(group, group), USER_GROUPS.get(in_group, in_group)
     s_in = order_of(in_group)
@@ -628,7 +625,51 @@ def test_forward_reads_channels_first_x_in_place(monkeypatch, group, in_group, c
     assert (gconv.input_copy_shape(x, spec) is None) == in_place
     layer = gconv_layer(group, in_group, stride=stride, padding=padding, dilation=dilation, groups=groups)
     check_against_reference(layer, x, weight, randn((groups * 3,), dtype))
-    assert copies == ([] if in_place else [tuple(x.shape)]), copies     # the forward's (the backward reads it)
+    # the forward's copy (the backward reads it), or the weight gradient's where only the forward reads x in place
+    assert copies == ([] if backward_in_place else [tuple(x.shape)]), copies
+
+
+def _spy_on_halo_copies(monkeypatch) -> list:
+    """The shapes of the inputs that the forward and the weight gradient copy into zero-halo channels-last
+    buffers (:func:`~gconv_triton.kernels.group_conv.halo_channels_last`), as they are made."""
+    copies = []
+    halo_channels_last = gconv.halo_channels_last
+
+    def spy(t, *args, **kwargs):
+        copies.append(tuple(t.shape))
+        return halo_channels_last(t, *args, **kwargs)
+    monkeypatch.setattr(gconv, "halo_channels_last", spy)
+    monkeypatch.setattr(wgrad, "halo_channels_last", spy)
+    return copies
+
+
+@pytest.mark.parametrize("group, in_group, c_in, k, padding, dilation, groups, size, dtype, tf32, wide, dy_layout, "
+                         "in_place", [
+    ("p4", "p4", 2, 3, 1, 1, 1, (3, 16, 8), torch.float32, True, False, CONTIG, True),      # tf32, a split: 1.5 maps
+    ("p4m", "p4m", 2, 5, 2, 1, 1, (1, 16, 8), torch.float64, False, False, CONTIG, True),   # 5x5, 16-pixel blocks
+    ("p4", "p4", 2, 3, (0, 2), 2, 1, (1, 20, 8), torch.float32, True, False, CONTIG, True),  # H_out < H, dilated
+    ("p4m", "p4m", 2, 3, 1, 1, 2, (1, 16, 8), torch.float32, True, False, CONTIG, True),    # groups 2
+    ("ring8", "ring8", 2, 3, 1, 1, 1, (1, 16, 8), torch.float64, False, False, CONTIG, True),  # a user group
+    ("p4", "z2", 8, 3, 1, 1, 1, (2, 16, 8), torch.float32, True, False, CONTIG, True),      # lifting: S_in 1
+    ("p4", "p4", 2, 3, 1, 1, 1, (3, 16, 8), torch.float64, False, True, CONTIG, True),      # int64 offsets
+    ("p4", "p4", 2, 3, 1, 1, 1, (1, 16, 8), torch.float32, False, False, CONTIG, False),    # fp32: re-laid, copy
+    ("p4", "p4", 2, 3, 1, 1, 1, (3, 16, 8), torch.float32, True, False, CL, True),          # dy channels-last
+    ("p4m", "p4m", 2, 5, 2, 1, 2, (2, 16, 8), torch.float64, False, False, CL, True),       # and 5x5, groups 2
+], ids=lambda v: short(v) if not isinstance(v, torch.dtype) else str(v).split(".")[-1])
+def test_weight_grad_reads_channels_first_x_in_place(monkeypatch, group, in_group, c_in, k, padding, dilation, groups,
+                                                     size, dtype, tf32, wide, dy_layout, in_place):
+    """A contiguous ``x`` that the forward reads in place (:func:`~gconv_triton.kernels.group_conv.
+    reads_channels_first_x`) is read in place by the orbit weight gradient too, ``dy`` channels-first or
+    channels-last (the padding masked per row and window position), with no zero-halo copy; else (fp32 without
+    tf32: the re-laid loop) copied.
+    ``dw`` and ``db`` are the float64 reference's either way."""
+    copies = _spy_on_halo_copies(monkeypatch)
+    if wide:
+        monkeypatch.setattr(wgrad, "needs_int64", lambda *tensors: True)
+    relaid = _check_weight_grad_and_bias(monkeypatch, group, in_group, c_in, 3, k, 1, padding, dilation, groups,
+                                         False, CONTIG, size, dtype, dy_layout=dy_layout, tf32=tf32)
+    assert copies == ([] if in_place else [(size[0], groups * c_in, order_of(in_group), *size[1:])]), copies
+    assert relaid == (0 if in_place else 1), f"dy re-laid {relaid} times"
 
 
 @pytest.mark.parametrize("group, in_group, groups, cig", LAYOUT_CASES, ids=["gemm", "depthwise"])
@@ -818,7 +859,7 @@ def test_weight_grad_reads_channels_first_dy_in_place_where_maps_are_multiples_o
 
 
 def _check_weight_grad_and_bias(monkeypatch, group, in_group, c_in, c_out, k, stride, padding, dilation, groups,
-                                shared, x_layout, size, dtype, dy_layout) -> int:
+                                shared, x_layout, size, dtype, dy_layout, tf32=True) -> int:
     """Run the weight gradient with the bias gradient on random ``x`` and ``dy`` (stored in ``dy_layout``), assert
     both are the float64 reference's, and return how many times ``dy`` was re-laid."""
     from gconv_triton.ops.group_conv import bias_grad
@@ -829,7 +870,7 @@ def _check_weight_grad_and_bias(monkeypatch, group, in_group, c_in, c_out, k, st
         relaid.append(1)
         return relayout_dy(*args, **kwargs)
     monkeypatch.setattr(wgrad, "relayout_dy", counted_relayout)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     b, h, w = size
     group, in_group = USER_GROUPS.get(group, group), USER_GROUPS.get(in_group, in_group)
     s_in, s_out = order_of(in_group), order_of(group)
