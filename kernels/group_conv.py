@@ -493,11 +493,11 @@ def _pixel_major_fits(a: torch.Tensor, spec, a_ch: int, group_order: int, tile_p
             and vector_channels(a_ch, spec.groups, group_order) == a_ch and tile_pixels % MAX_BLOCK_M == 0)
 
 
-def pixel_major_view(dy: torch.Tensor) -> torch.Tensor:
-    """``dy (B, C, S, H, W)`` dense per image -> the ``(B, H, W, C·S)`` view of it that :func:`_conv_gemm_kernel`
-    takes as A: unit pixel stride, channel stride ``H·W``."""
-    b, c, s, h, w = dy.shape
-    return dy.as_strided((b, h, w, c * s), (dy.stride(0), w, 1, h * w))
+def pixel_major_view(a: torch.Tensor) -> torch.Tensor:
+    """``a (B, C, S, H, W)`` (``x`` or ``dy``) dense per image -> the ``(B, H, W, C·S)`` view of it that
+    :func:`_conv_gemm_kernel` takes as A: unit pixel stride, channel stride ``H·W``."""
+    b, c, s, h, w = a.shape
+    return a.as_strided((b, h, w, c * s), (a.stride(0), w, 1, h * w))
 
 
 def halo_is_input(spec) -> bool:

@@ -393,17 +393,19 @@ def _orbit_weight_grad_kernel(
     r_body = tl.minimum(r_stop, (R_TOTAL // BLOCK_R) * BLOCK_R)             # the whole blocks of real pixels
     tail = (R_TOTAL % BLOCK_R != 0) & (r_body >= r_start) & (r_body < r_stop)
     dy_pixel = S_OUT * C_OUT_G * COPIES * weight_groups
+    # A channels-first dy (whole blocks) or x: the split's first block, then one step per block (no division), its
+    # place in the image hw wrapping to 0 at an image's end, where each operand jumps to the next image's start
     dy_start = 0
     hw_start = 0
     x_start = 0
-    if DY_WHOLE_BLOCKS:   # a channels-first dy: the split's first block, then one step per block (no division)
-        dy_start = _dy_block_start(r_start, dy_pixel, dy_column)
-        hw_start = r_start % dy_column
-        dy_gap = (dy_pixel - 1) * dy_column   # from one image's end to the next one's start
-    if X_CHANNELS_FIRST:   # a channels-first x: the same steps, with its own image stride (whole blocks too)
-        if DY_WHOLE_BLOCKS:
-            map_pixels = dy_column
+    if DY_WHOLE_BLOCKS:
+        map_pixels = dy_column   # the same count: one value for both operands' steps
+    if DY_WHOLE_BLOCKS or X_CHANNELS_FIRST:
         hw_start = r_start % map_pixels
+    if DY_WHOLE_BLOCKS:
+        dy_start = _dy_block_start(r_start, dy_pixel, dy_column)
+        dy_gap = (dy_pixel - 1) * dy_column   # from one image's end to the next one's start
+    if X_CHANNELS_FIRST:   # its own image stride
         x_start = (r_start // map_pixels) * stride_x_b + hw_start
         x_gap = stride_x_b - map_pixels
 
@@ -439,16 +441,14 @@ def _orbit_weight_grad_kernel(
                                    R_TOTAL, x_ok, col_ok, kr, x_base, hw, inside_bit, VEC_X, VEC_DY, IN_PLACE,
                                    X_CHANNELS_FIRST, DY_CHANNELS_FIRST, DY_WHOLE_BLOCKS, FULL_M, FULL_NS, False,
                                    PRECISION, UPCAST, BLOCK_R)
-                if DY_WHOLE_BLOCKS:
+                if DY_WHOLE_BLOCKS or X_CHANNELS_FIRST:
                     hw += BLOCK_R
-                    dy_base += tl.where(hw == dy_column, dy_gap + BLOCK_R, BLOCK_R)
+                    wrap = hw == map_pixels
+                    if DY_WHOLE_BLOCKS:
+                        dy_base += tl.where(wrap, dy_gap + BLOCK_R, BLOCK_R)
                     if X_CHANNELS_FIRST:
-                        x_base += tl.where(hw == dy_column, x_gap + BLOCK_R, BLOCK_R)
-                    hw = tl.where(hw == dy_column, 0, hw)
-                elif X_CHANNELS_FIRST:
-                    hw += BLOCK_R
-                    x_base += tl.where(hw == map_pixels, x_gap + BLOCK_R, BLOCK_R)
-                    hw = tl.where(hw == map_pixels, 0, hw)
+                        x_base += tl.where(wrap, x_gap + BLOCK_R, BLOCK_R)
+                    hw = tl.where(wrap, 0, hw)
             if tail:   # never with whole blocks: dy_base, x_base unused
                 acc = _orbit_block(acc, r_body, x_rows, pix_rows, dy_ptr, cols, dy_base, dy_pixel, dy_column,
                                    zero_delta, R_TOTAL, x_ok, col_ok, kr, x_base, hw, inside_bit, VEC_X, VEC_DY,
