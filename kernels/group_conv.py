@@ -42,14 +42,17 @@ def _configs():
 # ------------------------------------------------------------------------------- the B operand: the rotated filter
 @triton.jit
 def _slice_offsets(c, j, r, stab_ptr, S_IN: tl.constexpr, S_K: tl.constexpr, ROWS: tl.constexpr,
-                   R_PAD: tl.constexpr, GROUP_ON_N: tl.constexpr, K_MAJOR: tl.constexpr):
+                   R_PAD: tl.constexpr, GROUP_ON_N: tl.constexpr, K_MAJOR: tl.constexpr, SLOT_ORDER: tl.constexpr):
     """``[BK, BN]`` offsets into the permuted weight (:func:`permuted_weight`) of reduction indices ``c`` and
     N indices ``(j, r)``, window position excluded: the channel outside the group index, ``c // S_K``, then the
     stabilizer slice ``u = g⁻¹·s`` (``stab[g, s]``), then ``r`` (``K_MAJOR``: ``r`` first).  The group element
     ``g`` is ``j`` when the group copies are on N (forward: ``s = c % S_K``) and ``c % S_K`` when they are on K
-    (input gradient: ``s = j``)."""
+    (input gradient: ``s = j``).  ``SLOT_ORDER``: K index ``c`` is slot ``u = c % S_K`` itself (the activation lanes
+    read the input element ``s`` whose slot it is: :func:`_conv_gemm_kernel`)."""
     kx = c % S_K
-    if S_IN == 1 and K_MAJOR:
+    if SLOT_ORDER:
+        u = kx[:, None]
+    elif S_IN == 1 and K_MAJOR:
         # one slice: the K-major runs are then provably contiguous along K.  (N-major tiles keep the table load:
         # with every offset known, the compiler would recompute the folded forward's offset tile inside the loop;
         # docs/static-analysis.md has the count)
@@ -90,7 +93,7 @@ def _weight_pointers(w_base, c, j, r, t, pos_src_ptr, stab_ptr, KPOS: tl.constex
                      S_K: tl.constexpr, ROWS: tl.constexpr, R_PAD: tl.constexpr, POS_STRIDE: tl.constexpr,
                      VEC_B: tl.constexpr, GROUP_ON_N: tl.constexpr, K_MAJOR: tl.constexpr):
     """The B tile's pointers for reduction indices ``c`` and window position ``t'``."""
-    w_off = (_slice_offsets(c, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR)
+    w_off = (_slice_offsets(c, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR, False)
              + _position_offsets(c, j, t, pos_src_ptr, KPOS, S_K, POS_STRIDE, GROUP_ON_N))
     return w_base + _vector_runs(w_off, VEC_B, K_MAJOR)
 
@@ -120,16 +123,19 @@ def _inside_bits(ih0, iw0, m_ok, pos_list, n_pos_ptr, a_height, a_width, KPOS: t
 
 
 @triton.jit
-def _per_position_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr,
+def _per_position_loop(acc, kl, ka, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr,
                        stab_ptr, a_height, a_width, stride_a_h, stride_a_w, stride_a_c,
                        A_CH: tl.constexpr, KPOS: tl.constexpr, S_IN: tl.constexpr, S_K: tl.constexpr,
                        R_PAD: tl.constexpr, GROUP_ON_N: tl.constexpr, K_MAJOR: tl.constexpr, HALO: tl.constexpr,
                        WIDE: tl.constexpr, VEC_A: tl.constexpr, VEC_B: tl.constexpr, PRECISION: tl.constexpr,
-                       UPCAST: tl.constexpr, TRANSPOSED: tl.constexpr, BLOCK_K: tl.constexpr):
+                       UPCAST: tl.constexpr, TRANSPOSED: tl.constexpr, SLOT_ORDER: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
     """``acc`` plus the products over the window positions of ``pos_list`` (``(t', dh, dw)`` each, ``*n_pos_ptr`` of
-    them) and every channel block of each; ``kl``: the K lanes, ``arange(BLOCK_K)``; ``row0``: the ``[BLOCK_M]``
-    offsets of the pixels ``(b, ih0, iw0)``; channel ``c`` of a pixel lies ``c·stride_a_c`` after it (1 where A is
-    read channels-last, ``H_out·W_out`` for a channels-first ``dy``: :func:`_conv_gemm_kernel`).
+    them) and every channel block of each; ``kl``: the K lanes, ``arange(BLOCK_K)``; ``ka``: the activation channel
+    each lane reads in the first block (``kl``, or with ``SLOT_ORDER`` the input element whose weight slot the lane
+    is); ``row0``: the ``[BLOCK_M]`` offsets of the pixels ``(b, ih0, iw0)``; channel ``c`` of a pixel lies
+    ``c·stride_a_c`` after it (1 where A is read channels-last, ``H·W`` for a channels-first activation:
+    :func:`_conv_gemm_kernel`).
 
     Loop order (as in Inductor's convolution template): window positions outer, channels inner.  What depends on
     the position (the A rows, their bounds, the B position offset) is computed once per position, as the hoisted
@@ -142,7 +148,7 @@ def _per_position_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_
     ROW_STRIDE: tl.constexpr = S_IN if K_MAJOR else S_IN * R_PAD   # weight offset per channel outside the group
     HOIST: tl.constexpr = BLOCK_K % S_K == 0      # the group pattern along K repeats every block
     if HOIST:
-        slice_off = _slice_offsets(kl, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR)
+        slice_off = _slice_offsets(kl, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR, SLOT_ORDER)
     # The forward's bounds as one bit per row and window position.  The input gradient keeps the four bounds: with
     # the bits, its best config on P4CNN's 4x4 layer spills (perf/results/static-masked-2026-12-05.md)
     BITS: tl.constexpr = not HALO and GROUP_ON_N and KPOS <= 64
@@ -167,7 +173,7 @@ def _per_position_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_
         if WIDE:
             dh, dw = dh.to(tl.int64), dw.to(tl.int64)
         row = tl.multiple_of(row0 + (dh * stride_a_h + dw * stride_a_w), VEC_A)
-        a_ptrs = a_base + row[:, None] + kl[None, :] * stride_a_c
+        a_ptrs = a_base + row[:, None] + ka[None, :] * stride_a_c
         if HOIST:   # B pointers for this position: a hoisted tile, then a constant step per channel block
             w_ptrs = w_base + _vector_runs(
                 slice_off + _position_offsets(kl, j, t, pos_src_ptr, KPOS, S_K, POS_STRIDE, GROUP_ON_N), VEC_B,
@@ -213,7 +219,7 @@ def _folded_positions_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, 
     F: tl.constexpr = BLOCK_K // A_CH            # window positions per K block
     GROUPS_W: tl.constexpr = (KW + F - 1) // F   # K blocks per kernel row (the last one ragged)
     tw_k = kl // A_CH                            # the position of K index k within its block, and its channel:
-    w_fold = (_slice_offsets(kl % A_CH, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR)
+    w_fold = (_slice_offsets(kl % A_CH, j, r, stab_ptr, S_IN, S_K, ROWS, R_PAD, GROUP_ON_N, K_MAJOR, False)
               + tw_k[:, None] * (tl.load(pos_step_ptr + j) * POS_STRIDE)[None, :])
     # KH·GROUPS_W blocks, counted from the position list so that the loop is not unrolled away (a few constant
     # iterations would be), which would drop its software pipelining
@@ -262,8 +268,9 @@ _DERIVED = dict(
 @triton.heuristics(_DERIVED)
 @triton.jit
 def _conv_gemm_kernel(
-    a_ptr, w_ptr, bias_ptr, out_ptr, z_ptr, pos_src_ptr, stab_ptr, phase_pos_ptr, phase_count_ptr, pos_step_ptr,
-    M_TOTAL, m_height, m_width, a_height, a_width, out_height, out_width, stride_h, stride_w, weight_groups,
+    a_ptr, w_ptr, bias_ptr, out_ptr, z_ptr, pos_src_ptr, stab_ptr, slot_src_ptr, phase_pos_ptr, phase_count_ptr,
+    pos_step_ptr, M_TOTAL, m_height, m_width, a_height, a_width, out_height, out_width, stride_h, stride_w,
+    weight_groups,
     stride_a_n, stride_a_h, stride_a_w, stride_a_c,
     stride_out_n, stride_out_g, stride_out_c, stride_out_h, stride_out_w,
     A_CH: tl.constexpr, K_RUN: tl.constexpr, N_TOTAL: tl.constexpr, R_PAD: tl.constexpr, R_VALID: tl.constexpr,
@@ -291,7 +298,12 @@ def _conv_gemm_kernel(
     no position of any pixel is out of bounds.
     B: the permuted weight, ``(weight_groups, KH·KW, A_CH // S_K, S_IN, R_PAD)``, gathered per tile; ``K_MAJOR``:
     ``(weight_groups, KH·KW, R_PAD, A_CH // S_K, S_IN)``, so that a tf32 tile (tf32 MMAs read both shared-memory
-    operands K-major) lands in shared memory as the MMA reads it, copied in 16-byte runs along K.
+    operands K-major) lands in shared memory as the MMA reads it, copied in 16-byte runs along K.  A weight
+    stabilizer slice ``u = g⁻¹·s`` depends on the column's group element, so a K-major tile of a group input has
+    contiguous K runs only in slot order: where the activation's lanes are free to read any channel (``PIXEL_MAJOR``,
+    element by element anyway) and a tile's columns share one element ``g`` (``R_PAD % BLOCK_N == 0``), lane ``c``
+    reads input element ``s = slot_src[g, c % S_IN]`` (the ``s`` with ``g⁻¹·s = c % S_IN``; ``SLOT_ORDER``) and
+    the weight tile is read in 16-byte runs; elsewhere (a tile over several elements) element by element.
     Output: ``N_TOTAL = S_N·R_PAD`` columns ``n = (j, r)``: group element ``j`` (``stride_out_g``) and channel
     ``grp·R_VALID + r`` (``stride_out_c``), stored for ``r < R_VALID``.  Epilogue (forward): bias, then
     ``ACTIVATION``; with ``z_ptr`` the pre-activation is stored there too.
@@ -328,6 +340,14 @@ def _conv_gemm_kernel(
     # tf32 MMAs read both shared-memory operands K-major: an N-major weight tile makes them run transposed,
     # out^T = w^T · a^T, where the activation tile (K-major as loaded) is the shared-memory operand
     TRANSPOSED: tl.constexpr = PRECISION == "tf32" and not K_MAJOR
+    SLOT_ORDER: tl.constexpr = (PIXEL_MAJOR and K_MAJOR and GROUP_ON_N and S_IN > 1 and R_PAD % BLOCK_N == 0
+                                and BLOCK_K % S_K == 0)
+    # a K-major group-input tile in stabilizer order has no contiguous K runs
+    VEC_W: tl.constexpr = VEC_B if (not K_MAJOR or S_IN == 1 or SLOT_ORDER) else 1
+    if SLOT_ORDER:
+        ka = (kl // S_K) * S_K + tl.load(slot_src_ptr + (pid_n * BLOCK_N) // R_PAD * S_IN + kl % S_K)
+    else:
+        ka = kl
     if TRANSPOSED:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC)
     else:
@@ -350,13 +370,13 @@ def _conv_gemm_kernel(
     if FOLD:
         acc = _folded_positions_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr,
                                      pos_src_ptr, stab_ptr, pos_step_ptr, a_height, a_width, stride_a_h, stride_a_w,
-                                     A_CH, KW, KPOS, S_IN, S_K, R_PAD, GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_B,
+                                     A_CH, KW, KPOS, S_IN, S_K, R_PAD, GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_W,
                                      PRECISION, UPCAST, TRANSPOSED, BLOCK_K)
     else:
-        acc = _per_position_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr,
+        acc = _per_position_loop(acc, kl, ka, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr,
                                  pos_src_ptr, stab_ptr, a_height, a_width, stride_a_h, stride_a_w, stride_a_c, A_CH,
-                                 KPOS, S_IN, S_K, R_PAD, GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_B, PRECISION,
-                                 UPCAST, TRANSPOSED, BLOCK_K)
+                                 KPOS, S_IN, S_K, R_PAD, GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_W, PRECISION,
+                                 UPCAST, TRANSPOSED, SLOT_ORDER, BLOCK_K)
 
     oh = mh * write_h + ph_h
     ow = mw * write_w + ph_w
@@ -411,15 +431,24 @@ def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order, permuted=Non
     return dx
 
 
-def _weight_layout(spec, dtype, group_on_n: bool) -> tuple[int, bool]:
+# A channels-first forward of a group input reads its weight K-major only where every tile of the configs' usual
+# widths (BLOCK_N up to 64; narrower tiles run mostly on padding-free but small MMAs) has one group element
+SLOT_ORDER_COLUMNS = 64
+
+
+def _weight_layout(spec, dtype, group_on_n: bool, pixel_major: bool = False) -> tuple[int, bool]:
     """``(rows_pad, k_major)`` of the permuted weight the forward (``group_on_n``) or the input gradient reads
-    (:func:`permuted_weight`)."""
+    (:func:`permuted_weight`); ``pixel_major``: the forward reads ``x`` channels-first (``PIXEL_MAJOR``)."""
     a_ch, s_k = (spec.in_channels * spec.s_in, spec.s_in) if group_on_n else (spec.out_channels * spec.s_out,
                                                                                spec.s_out)
     # tf32 MMAs read both shared-memory operands K-major: the weight is laid out so where its K runs are
     # contiguous, as they are when neither the stabilizer slice nor the window position changes along K (a plain
-    # input, and for the input gradient a plain output too); elsewhere the kernel runs the MMA transposed
-    k_major = dot_precision(dtype) == "tf32" and spec.s_in == 1 and (group_on_n or spec.s_out == 1)
+    # input, and for the input gradient a plain output too), or where a channels-first forward reads its input
+    # channels in the slice's order (SLOT_ORDER: where tiles up to SLOT_ORDER_COLUMNS wide keep one group element);
+    # elsewhere the kernel runs the MMA transposed
+    k_major = dot_precision(dtype) == "tf32" and (
+        (spec.s_in == 1 and (group_on_n or spec.s_out == 1))
+        or (group_on_n and pixel_major and vector_padding(spec.out_channels) % SLOT_ORDER_COLUMNS == 0))
     return vector_channels(a_ch, spec.groups, s_k) // s_k, k_major
 
 
@@ -527,13 +556,14 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     # tests each row's bounds, one bit per window position (_inside_bits)
     copied = group_on_n and input_copy_shape(a, spec) is not None
     halo = copied or (group_on_n and reads_in_place(a, spec) and halo_is_input(spec))
+    pixel_major = not halo and (reads_channels_first_x(a, spec) if group_on_n else reads_channels_first_dy(a, spec))
     if halo:
         pad = (0, 0)   # the halo copy is made below, by the weights' launch
-    elif reads_channels_first_x(a, spec) if group_on_n else reads_channels_first_dy(a, spec):
+    elif pixel_major:
         a_cl = pixel_major_view(a)
     else:
         a_cl = channels_last(a, padded)
-    layout = _weight_layout(spec, a.dtype, group_on_n)
+    layout = _weight_layout(spec, a.dtype, group_on_n, pixel_major)
     k_major = layout[1]
     w_ig = None
     if group_on_n:   # one launch: the weight, the input gradient's layout too when asked for, the halo copy
@@ -548,6 +578,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     else:
         w = permuted_weight(weight, spec, group_on_n, *layout, a.dtype)
     stab, pos_src = gather_tables(spec.group, spec.in_group, spec.kernel, a.device)
+    slot_src = slot_sources(spec.group, spec.in_group, spec.kernel, a.device) if k_major and spec.s_in > 1 else stab
     phase_pos, phase_count = phase_tables(spec.kernel, spec.stride, spec.dilation, pad, not group_on_n, a.device)
     # A narrow forward folds neighbouring window positions of a kernel row into one K block where they are
     # contiguous
@@ -563,7 +594,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         return (cdiv(m_total, meta["BLOCK_M"]), cdiv(n_total, meta["BLOCK_N"]), spec.groups * phases)
 
     _conv_gemm_kernel[grid](
-        a_cl, w, bias, out, z, pos_src, stab, phase_pos, phase_count, phase_count if steps is None else steps,
+        a_cl, w, bias, out, z, pos_src, stab, slot_src, phase_pos, phase_count, phase_count if steps is None else steps,
         m_total, m_height, m_width, a_cl.shape[1], a_cl.shape[2], out.shape[3], out.shape[4], *spec.stride,
         spec.weight_groups, *a_cl.stride(), out_n, out_g, out_c, out_h, out_w,
         A_CH=padded, K_RUN=padded * spec.kernel[1] if contiguous_rows else padded, N_TOTAL=n_total, R_PAD=r_pad,
@@ -617,6 +648,14 @@ def _weight_buffer(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int, 
     ``(weight_groups, kh·kw, cols, rows, S_in)`` when ``k_major``."""
     return empty_in_order(_weight_shape(spec, group_on_n, rows_pad), (0, 1, 4, 2, 3) if k_major else (0, 1, 2, 3, 4),
                           dtype=dtype, device=weight.device)
+
+
+@functools.lru_cache(maxsize=256)
+def slot_sources(group, in_group, kernel, device: torch.device) -> torch.Tensor:
+    """``(S_out, S_in)`` int32 ``slot_src[g, u]``: the input element ``s`` whose weight slice element ``g`` reads
+    from slot ``u`` (``g⁻¹·s = u``), each row the inverse of the stabilizer index's (:func:`gather_tables`)."""
+    stab, _ = gather_tables(group, in_group, kernel, torch.device("cpu"))
+    return torch.argsort(stab.long(), dim=1).to(device=device, dtype=torch.int32)
 
 
 @functools.lru_cache(maxsize=256)

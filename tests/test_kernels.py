@@ -643,6 +643,44 @@ def _spy_on_halo_copies(monkeypatch) -> list:
     return copies
 
 
+# (group, in_group, C_out, groups, BLOCK_N, K-major, slot order): a tf32 forward that reads a channels-first x of
+# a group input lays its weight out K-major where C_out is a multiple of 64; a tile whose columns share one group
+# element then reads x in that element's slot order, one over several elements gathers the weight in stabilizer
+# order
+SLOT_ORDER = [
+    ("p4m", "p4m", 64, 1, 16, True, True),
+    ("p4", "p4", 64, 2, 16, True, True),         # groups 2
+    ("ring8", "ring8", 64, 1, 16, True, True),   # a user group
+    ("p4", "p4", 64, 1, 128, True, False),       # tiles across two elements
+    ("p4m", "p4m", 24, 1, 16, False, False),     # N-major, the MMA transposed
+]
+
+
+@pytest.mark.parametrize("group, in_group, c_out, groups, block_n, k_major, slot_order", SLOT_ORDER,
+                         ids=lambda v: short(v) if not isinstance(v, bool) else str(v))
+def test_tf32_forward_of_channels_first_group_input_reads_k_major_weight(monkeypatch, group, in_group, c_out, groups,
+                                                                        block_n, k_major, slot_order):
+    """A tf32 forward that reads a group input channels-first in place lays its rotated filter out K-major where
+    tiles keep one group element (16-byte runs along K once the lanes read the input in slot order: ``SLOT_ORDER``
+    in ``_conv_gemm_kernel``); output and every gradient match the float64 reference whichever way it runs."""
+    spy = LaunchSpy(gconv._conv_gemm_kernel)
+    monkeypatch.setattr(gconv, "_conv_gemm_kernel", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setitem(gconv.INTERPRETER_CONFIG, "BLOCK_N", block_n)
+    group, in_group = USER_GROUPS.get(group, group), USER_GROUPS.get(in_group, in_group)
+    s_in, c_in = order_of(in_group), 3
+    x = randn((1, groups * c_in, s_in, 16, 8), torch.float32, CONTIG)
+    weight = randn((groups * c_out, c_in, s_in, 3, 3))
+    spec = make_spec(x, weight, None, group=group, in_group=in_group, stride=1, padding=1, dilation=1, groups=groups)
+    assert gconv.reads_channels_first_x(x, spec)
+    check_against_reference(gconv_layer(group, in_group, padding=1, groups=groups), x, weight,
+                            randn((groups * c_out,)))
+    forward, input_grad = spy.launches[:2]
+    assert forward["GROUP_ON_N"] and forward["PRECISION"] == "tf32" and forward["K_MAJOR"] == k_major
+    assert (k_major and forward["R_PAD"] % block_n == 0) == slot_order
+    assert not input_grad["GROUP_ON_N"] and not input_grad["K_MAJOR"]   # the input gradient's weight: N-major
+
+
 @pytest.mark.parametrize("group, in_group, c_in, k, padding, dilation, groups, size, dtype, tf32, wide, dy_layout, "
                          "in_place", [
     ("p4", "p4", 2, 3, 1, 1, 1, (3, 16, 8), torch.float32, True, False, CONTIG, True),      # tf32, a split: 1.5 maps
