@@ -431,9 +431,10 @@ def input_grad(dy: torch.Tensor, weight: torch.Tensor, spec, order, permuted=Non
     return dx
 
 
-# A channels-first forward of a group input reads its weight K-major only where every tile of the configs' usual
-# widths (BLOCK_N up to 64; narrower tiles run mostly on padding-free but small MMAs) has one group element
-SLOT_ORDER_COLUMNS = 64
+# A channels-first forward of a group input reads its weight K-major where tiles up to this wide keep one group
+# element (perf/results/static-slot-order-2026-12-05.md: wider tiles then gather the weight element by element,
+# which compiled to fewer instructions than the transposed product at 32 columns per group, more at 16)
+SLOT_ORDER_COLUMNS = 32
 
 
 def _weight_layout(spec, dtype, group_on_n: bool, pixel_major: bool = False) -> tuple[int, bool]:

@@ -644,14 +644,14 @@ def _spy_on_halo_copies(monkeypatch) -> list:
 
 
 # (group, in_group, C_out, groups, BLOCK_N, K-major, slot order): a tf32 forward that reads a channels-first x of
-# a group input lays its weight out K-major where C_out is a multiple of 64; a tile whose columns share one group
+# a group input lays its weight out K-major where C_out is a multiple of 32; a tile whose columns share one group
 # element then reads x in that element's slot order, one over several elements gathers the weight in stabilizer
 # order
 SLOT_ORDER = [
-    ("p4m", "p4m", 64, 1, 16, True, True),
-    ("p4", "p4", 64, 2, 16, True, True),         # groups 2
-    ("ring8", "ring8", 64, 1, 16, True, True),   # a user group
-    ("p4", "p4", 64, 1, 128, True, False),       # tiles across two elements
+    ("p4m", "p4m", 32, 1, 16, True, True),
+    ("p4", "p4", 32, 2, 16, True, True),         # groups 2
+    ("ring8", "ring8", 32, 1, 16, True, True),   # a user group
+    ("p4", "p4", 32, 1, 64, True, False),        # tiles across two elements
     ("p4m", "p4m", 24, 1, 16, False, False),     # N-major, the MMA transposed
 ]
 
