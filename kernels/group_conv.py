@@ -439,7 +439,8 @@ SLOT_ORDER_COLUMNS = 32
 
 def _weight_layout(spec, dtype, group_on_n: bool, pixel_major: bool = False) -> tuple[int, bool]:
     """``(rows_pad, k_major)`` of the permuted weight the forward (``group_on_n``) or the input gradient reads
-    (:func:`permuted_weight`); ``pixel_major``: the forward reads ``x`` channels-first (``PIXEL_MAJOR``)."""
+    (:func:`permuted_weight`); ``pixel_major``: the launch reads its activation channels-first (``PIXEL_MAJOR``),
+    which only the forward's layout follows."""
     a_ch, s_k = (spec.in_channels * spec.s_in, spec.s_in) if group_on_n else (spec.out_channels * spec.s_out,
                                                                                spec.s_out)
     # tf32 MMAs read both shared-memory operands K-major: the weight is laid out so where its K runs are
