@@ -32,10 +32,10 @@ def input_copy_shape(x, spec):
     return _family(spec).input_copy_shape(x, spec)
 
 
-def input_grad_weight_shape(spec, dtype):
-    """The shape of the input gradient's permuted weight that :func:`forward` builds with the forward's when asked
-    (``forward_with_input_grad_weight``), or None where the family builds none (depthwise)."""
-    return None if spec.depthwise else group_conv.input_grad_weight_shape(spec, dtype)
+def input_grad_weight_shape(spec, dtype, x=None):
+    """The shape of the input gradient's permuted weight that :func:`forward` of ``x`` builds with the forward's
+    when asked (``forward_with_input_grad_weight``), or None where the family builds none (depthwise)."""
+    return None if spec.depthwise else group_conv.input_grad_weight_shape(spec, dtype, x)
 
 
 def forward_with_input_grad_weight(x, weight, bias, spec, activation="none", return_preact=False):

@@ -199,6 +199,56 @@ def _per_position_loop(acc, kl, ka, a_base, w_base, row0, ih0, iw0, m_ok, j, r, 
 
 
 @triton.jit
+def _element_major_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr,
+                        stab_ptr, a_height, a_width, stride_a_h, stride_a_w, stride_a_c,
+                        A_CH: tl.constexpr, KPOS: tl.constexpr, S_IN: tl.constexpr, S_K: tl.constexpr,
+                        R_PAD: tl.constexpr, WIDE: tl.constexpr, VEC_B: tl.constexpr, PRECISION: tl.constexpr,
+                        UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The input gradient's K loop over its element-major weight ``(weight_groups, KH·KW, S_in, R_PAD, C_out)``
+    (K-major, :func:`permuted_weight`): K runs over ``(s_out, o)``, the output element outer, one element per K
+    block.  Within a block the base filter's window position ``pos_src[s_out, t']`` is one scalar and the slot
+    ``stab[s_out, s_in]`` one per column, so the weight's runs along ``o`` are contiguous whatever the tile's width
+    (16-byte loads); lane ``k`` reads ``dy`` channel ``(o0 + k)·S_out + s_out``, element by element (a channels-first
+    ``dy`` loads so anyway).  Loop order: window positions outer, then the ``(s_out, channel block)`` pairs as one
+    loop, which stays software-pipelined where each element has only a few channel blocks."""
+    ROWS: tl.constexpr = A_CH // S_K
+    BLOCKS: tl.constexpr = (ROWS + BLOCK_K - 1) // BLOCK_K   # channel blocks per output element
+    POS_STRIDE: tl.constexpr = ROWS * S_IN * R_PAD
+    w_cols = kl[:, None] + (r * ROWS)[None, :]
+    j0 = tl.min(j, axis=0)   # the tile's first input element
+    lanes = (kl * S_K)[None, :] * stride_a_c
+    for i in range(tl.load(n_pos_ptr)):
+        t = tl.load(pos_list + 3 * i)
+        dh = tl.load(pos_list + 3 * i + 1)
+        dw = tl.load(pos_list + 3 * i + 2)
+        ih = ih0 + dh
+        iw = iw0 + dw
+        row_ok = (m_ok & (ih >= 0) & (ih < a_height) & (iw >= 0) & (iw < a_width))[:, None]
+        if WIDE:
+            dh, dw = dh.to(tl.int64), dw.to(tl.int64)
+        a_row = a_base + (row0 + (dh * stride_a_h + dw * stride_a_w))[:, None] + lanes
+        for step in range(S_K * BLOCKS):
+            kx = step // BLOCKS
+            o0 = (step % BLOCKS) * BLOCK_K
+            w_off = w_cols + (tl.load(pos_src_ptr + kx * KPOS + t) * POS_STRIDE + o0)
+            if R_PAD % BLOCK_N == 0:   # the tile's columns are of one input element: one slot
+                w_off += tl.load(stab_ptr + kx * S_IN + j0) * (R_PAD * ROWS)
+            else:
+                w_off += (tl.load(stab_ptr + kx * S_IN + j) * (R_PAD * ROWS))[None, :]
+            w_ptrs = w_base + _vector_runs(w_off, VEC_B, True)
+            a_ptrs = a_row + (o0 * S_K + kx) * stride_a_c
+            if ROWS % BLOCK_K == 0:
+                a = tl.load(a_ptrs, mask=row_ok, other=0.0)
+                bw = tl.load(w_ptrs)
+            else:   # a ragged last block of each element
+                k_ok = (o0 + kl) < ROWS
+                a = tl.load(a_ptrs, mask=row_ok & k_ok[None, :], other=0.0)
+                bw = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+            acc = _accumulate(acc, a, bw, PRECISION, UPCAST, False)
+    return acc
+
+
+@triton.jit
 def _folded_positions_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr, pos_src_ptr,
                            stab_ptr, pos_step_ptr, a_height, a_width, stride_a_h, stride_a_w,
                            A_CH: tl.constexpr, KW: tl.constexpr, KPOS: tl.constexpr, S_IN: tl.constexpr,
@@ -255,7 +305,9 @@ _DERIVED = dict(
     VEC_A=lambda a: vector_width(a["a_ptr"].element_size(), a["stride_a_n"], a["stride_a_h"], a["stride_a_w"],
                                  a["A_CH"]),
     PIXEL_MAJOR=lambda a: a["stride_a_c"] != 1,
-    VEC_B=lambda a: vector_width(a["w_ptr"].element_size(), a["A_CH"] if a["K_MAJOR"] else a["R_PAD"]),
+    # the weight's contiguous runs: along K (the input gradient's element-major one: along o only), else along N
+    VEC_B=lambda a: vector_width(a["w_ptr"].element_size(), (a["A_CH"] if a["GROUP_ON_N"] else a["A_CH"] // a["S_K"])
+                                 if a["K_MAJOR"] else a["R_PAD"]),
     ACC=lambda a: accumulator(a["a_ptr"].dtype),
     UPCAST=lambda a: upcast(a["a_ptr"].dtype),
 )
@@ -367,11 +419,17 @@ def _conv_gemm_kernel(
         row0 = b0 * stride_a_n + (m0 - b0 * per_image) + tl.arange(0, BLOCK_M)
     else:
         row0 = b * stride_a_n + ih0 * stride_a_h + iw0 * stride_a_w
+    # the input gradient's K-major weight is element-major (the plain convolution's, one element, is the same)
+    ELEMENT_MAJOR: tl.constexpr = not GROUP_ON_N and K_MAJOR and (S_K > 1 or S_IN > 1)
     if FOLD:
         acc = _folded_positions_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr,
                                      pos_src_ptr, stab_ptr, pos_step_ptr, a_height, a_width, stride_a_h, stride_a_w,
                                      A_CH, KW, KPOS, S_IN, S_K, R_PAD, GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_W,
                                      PRECISION, UPCAST, TRANSPOSED, BLOCK_K)
+    elif ELEMENT_MAJOR:
+        acc = _element_major_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr,
+                                  pos_src_ptr, stab_ptr, a_height, a_width, stride_a_h, stride_a_w, stride_a_c, A_CH,
+                                  KPOS, S_IN, S_K, R_PAD, WIDE, VEC_B, PRECISION, UPCAST, BLOCK_N, BLOCK_K)
     else:
         acc = _per_position_loop(acc, kl, ka, a_base, w_base, row0, ih0, iw0, m_ok, j, r, pos_list, n_pos_ptr,
                                  pos_src_ptr, stab_ptr, a_height, a_width, stride_a_h, stride_a_w, stride_a_c, A_CH,
@@ -439,27 +497,36 @@ SLOT_ORDER_COLUMNS = 32
 
 def _weight_layout(spec, dtype, group_on_n: bool, pixel_major: bool = False) -> tuple[int, bool]:
     """``(rows_pad, k_major)`` of the permuted weight the forward (``group_on_n``) or the input gradient reads
-    (:func:`permuted_weight`); ``pixel_major``: the launch reads its activation channels-first (``PIXEL_MAJOR``),
-    which only the forward's layout follows."""
+    (:func:`permuted_weight`); ``pixel_major``: the launch reads its activation channels-first (``PIXEL_MAJOR``)."""
     a_ch, s_k = (spec.in_channels * spec.s_in, spec.s_in) if group_on_n else (spec.out_channels * spec.s_out,
                                                                                spec.s_out)
     # tf32 MMAs read both shared-memory operands K-major: the weight is laid out so where its K runs are
     # contiguous, as they are when neither the stabilizer slice nor the window position changes along K (a plain
-    # input, and for the input gradient a plain output too), or where a channels-first forward reads its input
-    # channels in the slice's order (SLOT_ORDER: where tiles up to SLOT_ORDER_COLUMNS wide keep one group element);
-    # elsewhere the kernel runs the MMA transposed
+    # input, and for the input gradient a plain output too), or where a channels-first activation, read element by
+    # element anyway, can be read in the order of the weight's runs: the forward's lanes in the slice's order
+    # (SLOT_ORDER: where tiles up to SLOT_ORDER_COLUMNS wide keep one group element), the input gradient's output
+    # element outermost (its element-major weight); elsewhere the kernel runs the MMA transposed
     k_major = dot_precision(dtype) == "tf32" and (
         (spec.s_in == 1 and (group_on_n or spec.s_out == 1))
-        or (group_on_n and pixel_major and vector_padding(spec.out_channels) % SLOT_ORDER_COLUMNS == 0))
+        or (pixel_major and (not group_on_n or vector_padding(spec.out_channels) % SLOT_ORDER_COLUMNS == 0)))
     return vector_channels(a_ch, spec.groups, s_k) // s_k, k_major
 
 
-def input_grad_weight_shape(spec, dtype) -> tuple[int, ...]:
+def input_grad_weight_shape(spec, dtype, x=None) -> tuple[int, ...]:
     """The shape of the input gradient's permuted weight for activations of ``dtype`` (as the kernel reads it: a
-    dense tensor), which :func:`forward` returns with ``return_input_grad_weight``."""
-    rows_pad, k_major = _weight_layout(spec, dtype, False)
-    shape = _weight_shape(spec, False, rows_pad)
-    return (*shape[:2], shape[4], *shape[2:4]) if k_major else shape
+    dense tensor), which :func:`forward` of ``x`` returns with ``return_input_grad_weight``: laid out for the
+    channels-first ``dy`` that a channels-first ``x`` suggests (the loss's gradient of a single layer), else for
+    a channels-last one; the input gradient reads either with either ``dy``."""
+    return _input_grad_weight_shape(spec, dtype, x is not None and reads_channels_first_x(x, spec))
+
+
+def _input_grad_weight_shape(spec, dtype, pixel_major: bool) -> tuple[int, ...]:
+    """The input gradient's permuted weight's shape as the kernel reads it: 5-D N-major ``(weight_groups, kh·kw,
+    C_out, S_in, R_PAD)``, or K-major element-major flattened to 4-D ``(weight_groups, kh·kw, S_in, R_PAD·C_out)``
+    (so that the two can never be taken for each other)."""
+    rows_pad, k_major = _weight_layout(spec, dtype, False, pixel_major)
+    wg, kpos, rows, s_in, cols = _weight_shape(spec, False, rows_pad)
+    return (wg, kpos, s_in, cols * rows) if k_major else (wg, kpos, rows, s_in, cols)
 
 
 def input_copy_shape(x: torch.Tensor, spec):
@@ -566,19 +633,21 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     else:
         a_cl = channels_last(a, padded)
     layout = _weight_layout(spec, a.dtype, group_on_n, pixel_major)
-    k_major = layout[1]
     w_ig = None
     if group_on_n:   # one launch: the weight, the input gradient's layout too when asked for, the halo copy
-        ig_layout = _weight_layout(spec, a.dtype, False) if with_input_grad_weight else None
+        # laid out for a dy as channels-first as x (input_grad_weight_shape)
+        ig_layout = _weight_layout(spec, a.dtype, False, pixel_major) if with_input_grad_weight else None
         if halo:
             w, w_ig, a_cl = permuted_weights(weight, spec, a.dtype, layout, ig_layout, (a, spec, padded))
         else:
             w, w_ig = permuted_weights(weight, spec, a.dtype, layout, ig_layout)
     elif (permuted is not None and permuted.dtype == a.dtype and permuted.is_contiguous()
-          and tuple(permuted.shape) == input_grad_weight_shape(spec, a.dtype)):
-        w = permuted
+          and tuple(permuted.shape) in (_input_grad_weight_shape(spec, a.dtype, p) for p in (False, True))):
+        w = permuted     # the forward's, in either layout (the kernel reads either with either dy)
+        layout = (layout[0], permuted.dim() == 4)
     else:
         w = permuted_weight(weight, spec, group_on_n, *layout, a.dtype)
+    k_major = layout[1]
     stab, pos_src = gather_tables(spec.group, spec.in_group, spec.kernel, a.device)
     slot_src = slot_sources(spec.group, spec.in_group, spec.kernel, a.device) if k_major and spec.s_in > 1 else stab
     phase_pos, phase_count = phase_tables(spec.kernel, spec.stride, spec.dilation, pad, not group_on_n, a.device)
@@ -586,7 +655,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     # contiguous
     steps = position_steps(spec.group, spec.in_group, spec.kernel, a.device) if group_on_n else None
     contiguous_rows = steps is not None and spec.dilation[1] == 1 and a_cl.stride(2) == padded
-    r_pad = w.shape[2 if k_major else -1]
+    r_pad = _weight_shape(spec, group_on_n, layout[0])[-1]
     n_total = s_n * r_pad
     m_total = spec.batch * m_height * m_width
 
@@ -633,9 +702,19 @@ def permuted_weights(weight: torch.Tensor, spec, dtype, forward_layout, input_gr
     # torch's under the interpreter
     weights = (weight.to(dtype), *buffers)
     copy = halo_channels_last(*halo, weights=weights) if halo is not None else permute_weights(*weights)
-    views = tuple(None if buf is None else (buf.permute(0, 1, 4, 2, 3) if layout[1] else buf)
-                  for buf, layout in zip(buffers, (forward_layout, input_grad_layout)))
+    views = tuple(None if buf is None else _kernel_view(buf, group_on_n, layout[1])
+                  for buf, group_on_n, layout in zip(buffers, (True, False), (forward_layout, input_grad_layout)))
     return views if halo is None else (*views, copy)
+
+
+def _kernel_view(buf: torch.Tensor, group_on_n: bool, k_major: bool) -> torch.Tensor:
+    """A permuted weight buffer (:func:`_weight_buffer`) as the kernel reads it, dense: as stored, the input
+    gradient's K-major one flattened to ``(weight_groups, kh·kw, S_in, cols·rows)``
+    (:func:`_input_grad_weight_shape`)."""
+    if not k_major:
+        return buf
+    view = buf.permute(*_K_MAJOR_ORDER[group_on_n])
+    return view if group_on_n else view.flatten(3)
 
 
 def _weight_shape(spec, group_on_n: bool, rows_pad: int) -> tuple[int, ...]:
@@ -646,10 +725,16 @@ def _weight_shape(spec, group_on_n: bool, rows_pad: int) -> tuple[int, ...]:
 
 
 def _weight_buffer(weight: torch.Tensor, spec, group_on_n: bool, rows_pad: int, k_major: bool, dtype):
-    """An empty ``(weight_groups, kh·kw, rows, S_in, cols)`` permuted weight (:func:`_weight_shape`), stored
-    ``(weight_groups, kh·kw, cols, rows, S_in)`` when ``k_major``."""
-    return empty_in_order(_weight_shape(spec, group_on_n, rows_pad), (0, 1, 4, 2, 3) if k_major else (0, 1, 2, 3, 4),
-                          dtype=dtype, device=weight.device)
+    """An empty ``(weight_groups, kh·kw, rows, S_in, cols)`` permuted weight (:func:`_weight_shape`), stored so when
+    N-major; ``k_major``: stored ``(weight_groups, kh·kw, cols, rows, S_in)`` for the forward, element-major
+    ``(weight_groups, kh·kw, S_in, cols, rows)`` for the input gradient (the same for a plain convolution)."""
+    return empty_in_order(_weight_shape(spec, group_on_n, rows_pad), _K_MAJOR_ORDER[group_on_n] if k_major
+                          else (0, 1, 2, 3, 4), dtype=dtype, device=weight.device)
+
+
+# the storage order of a K-major permuted weight's (weight_groups, kh·kw, rows, S_in, cols) axes: the forward's,
+# the input gradient's
+_K_MAJOR_ORDER = {True: (0, 1, 4, 2, 3), False: (0, 1, 3, 4, 2)}
 
 
 @functools.lru_cache(maxsize=256)

@@ -88,7 +88,7 @@ def test_opcheck_registered_ops():
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_fake_kernel_layout_matches_both_backends(backend):
+def test_fake_kernel_layout_matches_both_backends(monkeypatch, backend):
     """Inductor plans buffers from the fake kernel's strides: they must be the strides the kernels (and the
     reference path) really return, here for a channels-last-like ``(B, H, W, C, S)`` input; and for a contiguous
     one, of which the kernels' forward makes a zero-halo copy that the op returns for the weight gradient (a
@@ -108,6 +108,15 @@ def test_fake_kernel_layout_matches_both_backends(backend):
         for x_in, geo in ((x.contiguous(), geometry), (x[:, :, :1].contiguous(), lifting)):
             copy = ops._conv_op(x_in, w[:, :, :x_in.shape[2]], None, *geo, "none", backend)[2]
             assert copy.shape == (2, 7, 7, 8) and copy.is_contiguous(), copy.shape
+    # a contiguous x that the forward reads in place (128-pixel maps), the input gradient's weight kept: in tf32
+    # laid out element-major (4-D) for the channels-first dy such an x suggests, else N-major (5-D)
+    x_first = torch.randn(1, 2, 4, 16, 8, device=device)
+    for tf32 in (True, False):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+        args = (x_first, w, None, *geometry, "none", backend, True)
+        torch.library.opcheck(ops._conv_op, args, test_utils=("test_faketensor",))
+        if backend == "triton":
+            assert ops._conv_op(*args)[3].dim() == (4 if tf32 else 5)
 
 
 def test_no_graph_break():

@@ -82,7 +82,10 @@ def _weight_reference(weight, spec, group_on_n, rows_pad, k_major):
     w = w.permute(0, 4, 2, 3, 1) if group_on_n else w.permute(0, 4, 1, 3, 2)
     out = weight.new_zeros((spec.weight_groups, kh * kw, max(rows, rows_pad), s_in, _common.vector_padding(cols)))
     out[:, :, :rows, :, :cols] = w
-    return out.permute(0, 1, 4, 2, 3) if k_major else out
+    if not k_major:
+        return out
+    # K-major: the forward's (kh·kw, cols, rows, S_in); the input gradient's element-major (kh·kw, S_in, cols·rows)
+    return out.permute(0, 1, 4, 2, 3) if group_on_n else out.permute(0, 1, 3, 4, 2).flatten(3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -528,7 +528,9 @@ def test_input_grad_launcher_keeps_layout(group, in_group, groups, cig, layout):
 # offsets, read in place): a channels-first dy is read in place where each image's phase grid is as wide as dy and
 # a whole number of pixel tiles (128 pixels), else copied channels-last
 CHANNELS_FIRST_DY = [
-    ("p4", "p4", 2, 3, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, CONTIG, False, True),   # tf32: transposed MMA
+    ("p4", "p4", 2, 3, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, CONTIG, False, True),   # tf32: element-major
+    ("p4", "p4", 2, 16, 3, 2, 1, 1, 1, (1, 32, 16), torch.float32, True, CL, False, True),     # whole blocks, stride 2
+    ("ring8", "ring8", 2, 16, 3, 1, 1, 1, 1, (1, 16, 8), torch.float32, True, CL, True, True),  # int64, user group
     ("p4m", "p4m", 2, 2, 5, 1, 2, 1, 1, (1, 16, 8), torch.float64, False, CL, False, True),    # 5x5
     ("p4", "p4", 2, 3, 3, 2, 1, 1, 1, (1, 32, 16), torch.float32, False, CL, False, True),     # stride 2: 4 phases
     ("p4m", "p4m", 2, 2, 4, 2, 1, 1, 2, (1, 32, 16), torch.float32, True, CONTIG, False, True),  # groups 2, even k
@@ -551,9 +553,12 @@ CHANNELS_FIRST_DY = [
 def test_input_grad_reads_channels_first_dy_in_place(monkeypatch, group, in_group, c_in, c_out, k, stride, padding,
                                                      dilation, groups, size, dtype, tf32, x_layout, wide, in_place):
     """A contiguous ``dy`` (the loss's) is read in place by the input gradient (no channels-last copy) where
-    :func:`~gconv_triton.kernels.group_conv.reads_channels_first_dy` says so, and copied elsewhere; ``dx``, in
-    ``x``'s layout, is the float64 reference's either way."""
+    :func:`~gconv_triton.kernels.group_conv.reads_channels_first_dy` says so, and copied elsewhere; in tf32 it then
+    reads its weight K-major, element-major (``_element_major_loop``); ``dx``, in ``x``'s layout, is the float64
+    reference's either way."""
     copies = []
+    launches = LaunchSpy(gconv._conv_gemm_kernel)
+    monkeypatch.setattr(gconv, "_conv_gemm_kernel", launches)
 
     def spy(t, *args, **kwargs):
         copies.append(tuple(t.shape))
@@ -575,9 +580,34 @@ def test_input_grad_reads_channels_first_dy_in_place(monkeypatch, group, in_grou
     with triton_backend():
         dx = kernels.input_grad(dy, weight, spec, dim_order(x))
     assert copies == ([] if in_place else [tuple(dy.shape)]), copies
+    assert launches.launches[0]["K_MAJOR"] == (tf32 and (in_place or s_in == s_out == 1))
     want = bank_conv_input_grad(dy.cpu().double(), weight.cpu().double(), spec, tuple(x.shape))
     assert_close(dx, want, dtype, "input grad")
     assert_layout(dx, x_layout, "input grad")
+
+
+@pytest.mark.parametrize("x_layout, dy_layout", [(CL, CONTIG), (CONTIG, CL), (CONTIG, CONTIG)],
+                         ids=["x-cl-dy-first", "x-first-dy-cl", "both-first"])
+def test_input_grad_takes_the_forwards_weight_in_either_layout(monkeypatch, x_layout, dy_layout):
+    """The forward lays the input gradient's weight out for the ``dy`` that ``x``'s layout suggests (element-major
+    in tf32 after a channels-first ``x``, else N-major); the input gradient reads it with either ``dy`` (no second
+    re-layout), and ``dx`` and every other gradient are the float64 reference's."""
+    relaid = []
+    permuted_weight = gconv.permuted_weight
+
+    def spy(*args, **kwargs):
+        relaid.append(args[2])   # group_on_n
+        return permuted_weight(*args, **kwargs)
+    monkeypatch.setattr(gconv, "permuted_weight", spy)
+    launches = LaunchSpy(gconv._conv_gemm_kernel)
+    monkeypatch.setattr(gconv, "_conv_gemm_kernel", launches)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    x = randn((1, 2, 4, 16, 8), torch.float32, x_layout)
+    weight = randn((16, 2, 4, 3, 3))
+    check_against_reference(gconv_layer("p4", "p4", padding=1), x, weight, randn((16,)), dy_layout=dy_layout)
+    assert relaid == []
+    forward, input_grad = launches.launches[:2]
+    assert not input_grad["GROUP_ON_N"] and input_grad["K_MAJOR"] == (x_layout == CONTIG)
 
 
 # (group, in_group, C_in, k, stride, padding, dilation, groups, (B, H, W), dtype, tf32, int64 offsets, read in
@@ -678,7 +708,9 @@ def test_tf32_forward_of_channels_first_group_input_reads_k_major_weight(monkeyp
     forward, input_grad = spy.launches[:2]
     assert forward["GROUP_ON_N"] and forward["PRECISION"] == "tf32" and forward["K_MAJOR"] == k_major
     assert (k_major and forward["R_PAD"] % block_n == 0) == slot_order
-    assert not input_grad["GROUP_ON_N"] and not input_grad["K_MAJOR"]   # the input gradient's weight: N-major
+    # the input gradient's weight, built by the forward's launch: element-major for the channels-first dy that a
+    # channels-first x suggests, read here with the layer's own channels-last dy
+    assert not input_grad["GROUP_ON_N"] and input_grad["K_MAJOR"]
 
 
 @pytest.mark.parametrize("group, in_group, c_in, k, padding, dilation, groups, size, dtype, tf32, wide, dy_layout, "

@@ -104,7 +104,7 @@ def _(x, weight, bias, group, in_group, stride, padding, dilation, groups, weigh
             spec = spec_from_op_args(x, weight, bias, group, in_group, stride, padding, dilation, groups, weight_groups)
         copy_shape = kernels.input_copy_shape(x, spec)
         if keep_input_grad_weight and y.numel() != 0:
-            w_ig_shape = kernels.input_grad_weight_shape(spec, x.dtype)
+            w_ig_shape = kernels.input_grad_weight_shape(spec, x.dtype, x)
     return (y, z, x.new_empty(copy_shape if copy_shape is not None else 0),
             x.new_empty(w_ig_shape if w_ig_shape is not None else 0))
 
