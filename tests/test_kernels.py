@@ -531,6 +531,7 @@ CHANNELS_FIRST_DY = [
     ("p4", "p4", 2, 3, 3, 1, 1, 1, 1, (2, 16, 8), torch.float32, True, CONTIG, False, True),   # tf32: element-major
     ("p4", "p4", 2, 16, 3, 2, 1, 1, 1, (1, 32, 16), torch.float32, True, CL, False, True),     # whole blocks, stride 2
     ("ring8", "ring8", 2, 16, 3, 1, 1, 1, 1, (1, 16, 8), torch.float32, True, CL, True, True),  # int64, user group
+    ("p4m", "p4m", 16, 2, 3, 1, 1, 1, 1, (1, 16, 8), torch.float32, True, CL, False, True),    # a tile, one s_in
     ("p4m", "p4m", 2, 2, 5, 1, 2, 1, 1, (1, 16, 8), torch.float64, False, CL, False, True),    # 5x5
     ("p4", "p4", 2, 3, 3, 2, 1, 1, 1, (1, 32, 16), torch.float32, False, CL, False, True),     # stride 2: 4 phases
     ("p4m", "p4m", 2, 2, 4, 2, 1, 1, 2, (1, 32, 16), torch.float32, True, CONTIG, False, True),  # groups 2, even k
