@@ -649,7 +649,9 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         w = permuted_weight(weight, spec, group_on_n, *layout, a.dtype)
     k_major = layout[1]
     stab, pos_src = gather_tables(spec.group, spec.in_group, spec.kernel, a.device)
-    slot_src = slot_sources(spec.group, spec.in_group, spec.kernel, a.device) if k_major and spec.s_in > 1 else stab
+    # the forward's lanes in slot order (SLOT_ORDER); any valid pointer elsewhere
+    slot_src = (slot_sources(spec.group, spec.in_group, spec.kernel, a.device) if group_on_n and k_major
+                and spec.s_in > 1 else stab)
     phase_pos, phase_count = phase_tables(spec.kernel, spec.stride, spec.dilation, pad, not group_on_n, a.device)
     # A narrow forward folds neighbouring window positions of a kernel row into one K block where they are
     # contiguous

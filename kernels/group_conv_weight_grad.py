@@ -266,10 +266,11 @@ def _orbit_block(
 
 
 @triton.jit
-def _dy_block_start(r0, dy_pixel, dy_column):
-    """The offset of pixel ``r0`` in a channels-first ``dy`` (``dy_column = H_out·W_out``, ``dy_pixel`` columns)."""
-    image = r0 // dy_column
-    return (image * dy_pixel) * dy_column + (r0 - image * dy_column)
+def _dy_block_start(r, dy_pixel, dy_column):
+    """The offset of pixel ``r`` (a scalar or a block of them) in a channels-first ``dy`` (``dy_column =
+    H_out·W_out``, ``dy_pixel`` columns): its image's start plus its place in the image."""
+    image = r // dy_column
+    return (image * dy_pixel) * dy_column + (r - image * dy_column)
 
 
 @triton.jit
@@ -284,9 +285,7 @@ def _dy_pixel_offsets(r0, kr, dy_base, dy_pixel, dy_column, DY_CHANNELS_FIRST: t
     if DY_CHANNELS_FIRST:
         if DY_WHOLE_BLOCKS:
             return tl.multiple_of(dy_base, BLOCK_R) + kr
-        r = r0 + kr
-        image = r // dy_column
-        return (image * dy_pixel) * dy_column + (r - image * dy_column)
+        return _dy_block_start(r0 + kr, dy_pixel, dy_column)
     return (r0 + kr) * dy_pixel
 
 
