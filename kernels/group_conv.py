@@ -10,6 +10,7 @@ position tables) -> :func:`_conv_gemm_kernel` -> :func:`_per_position_loop` or :
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -559,6 +560,25 @@ def reads_in_place(x: torch.Tensor, spec) -> bool:
 MAX_BLOCK_M = max(config.kwargs["BLOCK_M"] for config in _configs())
 
 
+# Whether the GEMMs may read a channels-first activation in place (``PIXEL_MAJOR``): :func:`pixel_major_reads`.
+_pixel_major_allowed = True
+
+
+@contextlib.contextmanager
+def pixel_major_reads(allowed: bool):
+    """Within: whether the forward and the input gradient may read a channels-first ``x`` / ``dy`` in place
+    (:func:`reads_channels_first_x`, :func:`reads_channels_first_dy`); ``False`` copies it channels-last first, as
+    the launchers did before those reads.  Process-wide (not per thread), for the ``gconv_triton_copy`` provider of
+    ``python -m perf``, which times both ways on a GPU: the in-place tiles load 4 bytes per element where the
+    copy's load 16, so only a GPU says which step is faster.  Hold it around the backward too."""
+    global _pixel_major_allowed
+    saved, _pixel_major_allowed = _pixel_major_allowed, bool(allowed)
+    try:
+        yield
+    finally:
+        _pixel_major_allowed = saved
+
+
 def reads_channels_first_dy(dy: torch.Tensor, spec) -> bool:
     """Whether the input gradient reads ``dy (B, groups·C_out, S_out, H_out, W_out)`` in place channels-first
     (``PIXEL_MAJOR`` in :func:`_conv_gemm_kernel`) instead of copying it channels-last: each image's ``(C, S, H,
@@ -586,9 +606,11 @@ def reads_channels_first_x(x: torch.Tensor, spec) -> bool:
 def _pixel_major_fits(a: torch.Tensor, spec, a_ch: int, group_order: int, tile_pixels: int) -> bool:
     """What reading ``a (B, C, S, H, W)`` channels-first in place needs of ``a`` whichever GEMM reads it: each
     image's ``(C, S, H, W)`` dense, elements of 4 bytes or more, channels that need no padding to whole vectors, not
-    depthwise, and ``tile_pixels`` (pixels per image of the GEMM's M grid) a multiple of every ``BLOCK_M``."""
-    return (not spec.depthwise and a.dim() == 5 and a.element_size() >= 4 and a[:1].is_contiguous()
-            and vector_channels(a_ch, spec.groups, group_order) == a_ch and tile_pixels % MAX_BLOCK_M == 0)
+    depthwise, and ``tile_pixels`` (pixels per image of the GEMM's M grid) a multiple of every ``BLOCK_M``; and
+    such reads not switched off (:func:`pixel_major_reads`)."""
+    return (_pixel_major_allowed and not spec.depthwise and a.dim() == 5 and a.element_size() >= 4
+            and a[:1].is_contiguous() and vector_channels(a_ch, spec.groups, group_order) == a_ch
+            and tile_pixels % MAX_BLOCK_M == 0)
 
 
 def pixel_major_view(a: torch.Tensor) -> torch.Tensor:

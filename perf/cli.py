@@ -11,7 +11,7 @@ import torch
 
 from gconv_triton.autotune import DTYPES, LAYOUTS, MODELS, model_layers, parse_names
 
-from .providers import PROVIDERS, provider
+from .providers import EXTRA_PROVIDERS, PROVIDERS, provider
 from .runner import MODES, CudaTimer, cuda_peak_memory, run_suite
 
 QUICK = dict(dtypes="bf16", modes="forward+backward", layouts="contiguous")
@@ -32,7 +32,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sets", default=None,
                    help=f"'all' or a comma-separated subset of {sorted(MODELS)} (default: all; CPU smoke mode: a few "
                         "layers of p4cnn,resnet44,grouped at small batch)")
-    p.add_argument("--providers", default="all", help=f"'all' or a subset of {list(PROVIDERS)}")
+    p.add_argument("--providers", default="all",
+                   help=f"'all' ({list(PROVIDERS)}) or a subset of those and {list(EXTRA_PROVIDERS)} (the kernels "
+                        "with the channels-first in-place reads off: a copy first, as before them)")
     p.add_argument("--modes", default="all", help=f"'all' or a subset of {list(MODES)}")
     p.add_argument("--dtypes", default=None, help=f"'all' or a subset of {list(DTYPES)} (tf32 = fp32 with tf32 on; "
                                                   "default: all; CPU smoke mode: fp32)")
@@ -73,7 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # Unset flags take each mode's defaults: everything on a GPU, a CPU-sized selection in the smoke mode.
     sets = _names(args.sets or ("all" if gpu else ",".join(DEFAULT_SETS)), list(MODELS), "--sets")
-    providers = _names(args.providers, PROVIDERS, "--providers")
+    providers = list(PROVIDERS) if args.providers == "all" else _names(args.providers, PROVIDERS + EXTRA_PROVIDERS,
+                                                                       "--providers")
     modes = _names(args.modes, MODES, "--modes")
     dtypes = _names(args.dtypes or ("all" if gpu else "fp32"), list(DTYPES), "--dtypes")
     layouts = _names(args.layouts or ("all" if gpu else "contiguous"), LAYOUTS, "--layouts")

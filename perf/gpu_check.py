@@ -6,7 +6,10 @@ under 8 minutes, written to ``perf/results/<gpu>-<date>.gpu-check.{json,md,log}`
    for real and keeps those that fit;
 2. tests: the test suite's CUDA subset (fp32, tf32, fp16, bf16: the float64 cases are left out);
 3. memcheck: ``compute-sanitizer --tool memcheck`` over step 1 in bf16 and fp32, when it is installed;
-4. perf: ``python -m perf --quick`` within a time budget (it writes ``perf/results/<gpu>-<date>.{json,md,png}``).
+4. perf: ``python -m perf --quick`` within a time budget (it writes ``perf/results/<gpu>-<date>.{json,md,png}``);
+5. in_place: the tf32 training step of the ``wide`` and ``grouped`` layers on contiguous inputs, ``gconv_triton``
+   (activations read in place channels-first) beside ``gconv_triton_copy`` (copied channels-last first), written
+   to ``perf/results/in-place/``: what the in-place reads' 4-byte loads cost against the copies they save.
 
 Each step runs in its own process with its own time limit; one that fails or runs out of time is recorded and the
 next one runs.  Without a CUDA GPU it says so in one line and exits 0.
@@ -30,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "perf" / "results"
 BUDGET_S = 8 * 60
 # Per-step limits (seconds), within BUDGET_S together.
-LIMITS = dict(compile=100, tests=200, memcheck=60, perf=110)
+LIMITS = dict(compile=100, tests=180, memcheck=50, perf=100, in_place=50)
 DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp64")
 CUDA_TESTS = ["tests/test_kernels.py", "tests/test_modules.py", "tests/test_layers.py", "tests/test_amp.py",
               "tests/test_determinism.py", "tests/test_edge_cases.py", "tests/test_user_groups.py",
@@ -164,6 +167,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "--exercise", "bf16,fp32"] if sanitizer else None, quiet),
         ("perf", [py, "-m", "perf", "--quick", "--budget-min", f"{(LIMITS['perf'] - 40) / 60:.2f}", "--out",
                   str(args.out)], env),
+        ("in_place", [py, "-m", "perf", "--sets", "wide,grouped", "--dtypes", "tf32", "--layouts", "contiguous",
+                      "--modes", "forward+backward", "--providers", "gconv_triton,gconv_triton_copy", "--budget-min",
+                      f"{(LIMITS['in_place'] - 20) / 60:.2f}", "--no-plot", "--out", str(args.out / "in-place")], env),
     ]
     start = time.monotonic()
     results = []

@@ -4,6 +4,10 @@ memory layout).
 - ``gconv_triton``: ``gconv_triton.functional.gconv2d`` on the fused kernels (on a CPU: the package's CPU path);
   for the steerable groups (C_N / D_N) ``gconv_triton.steerable.steerable_conv2d``, on the kernels once they serve
   the group, until then on the package's path for the device (the bank + ``F.conv2d``), which the record notes.
+- ``gconv_triton_copy``: ``gconv_triton`` on the kernels with the channels-first in-place reads switched off
+  (``kernels.group_conv.pixel_major_reads(False)``): a contiguous activation that the forward or the input gradient
+  would read in place is copied channels-last first.  Beside ``gconv_triton`` on the ``contiguous`` layout it times
+  what those reads save or cost (4-byte loads in the hot loop against a copy launch and an activation pass).
 - ``bank_cudnn``: the filter bank gathered from the base weight by a precomputed index on every call, then
   ``F.conv2d`` (what GrouPy-style ports do; on a CPU, the same on the CPU); for C_N / D_N the bank built from the
   coefficients on every call by the package's one-matmul builder (``steerable_bank``), then ``F.conv2d``.
@@ -19,11 +23,12 @@ On a steerable group (:func:`is_steerable`) a case's weight ``w`` is the basis c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import re
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +40,8 @@ from gconv_triton.reference import filter_bank
 from gconv_triton.steerable import SteerableGroup, basis_size, steerable_bank, steerable_conv2d
 
 PROVIDERS = ("gconv_triton", "bank_cudnn", "e2cnn", "dense_cudnn", "matmul")
+#: providers run only when named (``--providers gconv_triton,gconv_triton_copy``), never by ``all``
+EXTRA_PROVIDERS = ("gconv_triton_copy",)
 
 
 @functools.lru_cache(maxsize=256)
@@ -111,6 +118,8 @@ class Built:
     inputs: list[torch.Tensor]
     grad_output: torch.Tensor
     note: Optional[str] = None
+    #: entered around every timed call, its backward included (a switch that the backward's launchers read too)
+    setting: Callable[[], ContextManager] = contextlib.nullcontext
 
 
 class Provider:
@@ -129,8 +138,9 @@ class Provider:
 
     def outputs(self, case: Case) -> dict[str, torch.Tensor]:
         built = self.build(case)
-        y = built.forward()
-        grads = torch.autograd.grad(y, built.inputs, built.grad_output)
+        with built.setting():
+            y = built.forward()
+            grads = torch.autograd.grad(y, built.inputs, built.grad_output)
         names = (["dx"] if case.layer.input_grad else []) + ["dw"]
         return {"y": y.detach(), **dict(zip(names, grads))}
 
@@ -174,6 +184,29 @@ class GconvTriton(Provider):
                 return layer_conv(case.x, case.w, case.layer)
 
         return Built(forward, case.inputs(case.w), case.dy, note)
+
+
+class GconvTritonCopy(GconvTriton):
+    """:class:`GconvTriton` on the kernels with the channels-first in-place reads off
+    (``kernels.group_conv.pixel_major_reads(False)``, held around the backward too): where ``gconv_triton`` reads a
+    contiguous ``x`` or ``dy`` in place, this copies it channels-last first, as the launchers did before."""
+
+    name = "gconv_triton_copy"
+
+    def __init__(self):
+        super().__init__("triton")
+
+    def build(self, case: Case) -> Built:
+        from gconv_triton.kernels.group_conv import pixel_major_reads   # (imports the kernels: CUDA or interpreter)
+
+        built = super().build(case)
+        setting = functools.partial(pixel_major_reads, False)
+
+        def forward():
+            with setting():
+                return built.forward()
+
+        return dataclasses.replace(built, forward=forward, setting=setting)
 
 
 @functools.lru_cache(maxsize=64)
@@ -439,13 +472,15 @@ def provider(name: str, device) -> Provider:
     """The provider called ``name`` for ``device`` (on a CPU ``gconv_triton`` times the package's CPU path)."""
     if name == "gconv_triton":
         return GconvTriton("triton" if torch.device(device).type == "cuda" else "auto")
-    classes = {"bank_cudnn": BankCudnn, "e2cnn": E2cnn, "dense_cudnn": DenseCudnn, "matmul": Matmul}
+    classes = {"gconv_triton_copy": GconvTritonCopy, "bank_cudnn": BankCudnn, "e2cnn": E2cnn,
+               "dense_cudnn": DenseCudnn, "matmul": Matmul}
     if name not in classes:
-        raise ValueError(f"provider: expected one of {PROVIDERS}, got {name!r}")
+        raise ValueError(f"provider: expected one of {PROVIDERS + EXTRA_PROVIDERS}, got {name!r}")
     return classes[name]()
 
 
-__all__ = ["PROVIDERS", "Case", "Built", "Provider", "GconvTriton", "BankCudnn", "DenseCudnn", "Matmul", "E2cnn",
+__all__ = ["PROVIDERS", "EXTRA_PROVIDERS", "Case", "Built", "Provider", "GconvTriton", "GconvTritonCopy", "BankCudnn",
+           "DenseCudnn", "Matmul", "E2cnn",
            "make_case", "bank_index", "gather_bank", "conv_with_bank", "bank_grad_to_weight", "load_e2cnn",
            "e2cnn_broken", "e2cnn_permutation", "e2cnn_gspace", "unshare_e2cnn_blocks", "is_steerable",
            "weight_shape", "layer_conv", "layer_bank", "provider"]

@@ -81,13 +81,19 @@ def cuda_peak_memory(run: Callable[[], object]) -> int:
 def mode_runner(built: Built, mode: str) -> Callable[[], object]:
     """The call to time: the forward (with autograd recording, as in training), the backward of one recorded
     forward (``retain_graph``: the same graph every run), or both.  ``autograd.grad`` never accumulates."""
+    def within(fn):
+        def call():
+            with built.setting():
+                return fn()
+        return call
+
     if mode == "forward":
-        return built.forward
+        return within(built.forward)
     if mode == "backward":
-        y = built.forward()
-        return lambda: torch.autograd.grad(y, built.inputs, built.grad_output, retain_graph=True)
+        y = within(built.forward)()
+        return within(lambda: torch.autograd.grad(y, built.inputs, built.grad_output, retain_graph=True))
     if mode == "forward+backward":
-        return lambda: torch.autograd.grad(built.forward(), built.inputs, built.grad_output)
+        return within(lambda: torch.autograd.grad(built.forward(), built.inputs, built.grad_output))
     raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
 
 

@@ -220,6 +220,13 @@ def _package_layout(shape, dtype) -> torch.Tensor:
     return empty_in_order(shape, GROUP_MAP_ORDER, dtype=dtype, device="meta")
 
 
+def _forward_package(layer: Layer, dtype) -> None:
+    """:func:`_forward` with ``x`` in the package's layout, as every layer after a network's first meets it (read in
+    place channels-last where ``group_conv.reads_in_place`` says so, else copied into the zero-halo layout)."""
+    kernels.forward(_package_layout(layer.input_shape(), dtype), _meta(layer.weight_shape(), dtype),
+                    _meta((layer.c_out,), dtype), layer.spec())
+
+
 def _input_grad_package(layer: Layer, dtype) -> None:
     """:func:`_input_grad` with ``dy`` in the package's layout, as a layer between two others meets it (read in
     place channels-last)."""
@@ -300,6 +307,7 @@ ROLES = {
                                    s.batch * s.out_height * s.out_width, s.groups),
                         split_reduction=True),
 }
+ROLES["forward_package"] = dataclasses.replace(ROLES["forward"], run=_forward_package)
 ROLES["input_grad_package"] = dataclasses.replace(ROLES["input_grad"], run=_input_grad_package)
 ROLES["weight_grad_package"] = dataclasses.replace(ROLES["weight_grad"], run=_weight_grad_package)
 # The tap convolutions (no tl.dot: compiled for their registers and spills; their bytes beside the same GEMM's).

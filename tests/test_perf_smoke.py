@@ -526,3 +526,29 @@ def test_launches_tells_a_weight_relayout_from_an_activation_copy():
     assert relayouts and all(r["bytes"] > layer["input_bytes"] for r in relayouts)
     assert layer["weight_relayout_bytes"] == sum(r["bytes"] for r in relayouts)
     assert not any(launches.WEIGHT_LAYOUT_KERNELS[0] in c for c in layer["activation_copies"])
+
+
+@needs_interpreter
+def test_copy_provider_copies_what_the_kernels_read_in_place(monkeypatch):
+    """``gconv_triton_copy`` holds the channels-first in-place reads off for its whole step: where ``gconv_triton``'s
+    forward and input gradient read a contiguous ``x`` and ``dy`` in place, it copies both channels-last (its
+    backward too, outside the forward call); each gives the float64 reference's ``y``, ``dx`` and ``dw``."""
+    from gconv_triton.kernels import group_conv as gconv
+    from perf.providers import GconvTriton
+    from perf.runner import rel_error
+    from perf.smoke import FP32_TOLERANCE, dtype_setting, reference_outputs
+
+    read_in_place = []
+    view = gconv.pixel_major_view
+    monkeypatch.setattr(gconv, "pixel_major_view", lambda a: read_in_place.append(tuple(a.shape)) or view(a))
+    layer = Layer("pixel-major", "p4", "p4", 2, 3, 16, 8, padding=(1, 1), batch=2)   # 128 pixels: whole tiles
+    with dtype_setting("fp32"):
+        case = make_case(layer, "fp32", "contiguous", "cpu")
+        want = reference_outputs(case)
+        for prov, reads in ((GconvTriton("triton"), 2), (provider("gconv_triton_copy", "cpu"), 0)):
+            read_in_place.clear()
+            got = prov.outputs(case)
+            assert len(read_in_place) == reads, (prov.name, read_in_place)
+            for quantity in ("y", "dx", "dw"):
+                assert rel_error(got[quantity], want[quantity]) < FP32_TOLERANCE, (prov.name, quantity)
+    assert gconv._pixel_major_allowed   # restored

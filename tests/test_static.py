@@ -229,10 +229,11 @@ def test_hot_loop_of_a_real_compile(tmp_path):
     assert "## Targets" in text and "### group_conv._conv_gemm_kernel" in text and "HGMMA" in text
 
 
-def test_input_grad_roles_measure_both_dy_layouts():
-    """``input_grad`` hands the launcher a contiguous ``dy`` (the loss's: read in place channels-first where the rule
-    allows, channel stride ``H_out·W_out``), ``input_grad_package`` one stored ``(B, H, W, C, S)`` (read in place
-    channels-last, channel stride 1); captured, not compiled."""
+def test_forward_and_input_grad_roles_measure_both_layouts():
+    """``forward`` and ``input_grad`` hand the launcher a contiguous ``x`` / ``dy`` (a network's first layer and
+    the loss's gradient: read in place channels-first where the rules allow, channel stride ``H·W``),
+    ``forward_package`` and ``input_grad_package`` ones stored ``(B, H, W, C, S)`` (as every layer after the first
+    meets them: read in place channels-last, channel stride 1); captured, not compiled."""
     import torch
 
     from gconv_triton.autotune import Layer
@@ -241,7 +242,8 @@ def test_input_grad_roles_measure_both_dy_layouts():
     small = Layer("igrad", group="p4", in_group="p4", c_in=4, c_out=4, height=16, width=8, padding=(1, 1))
     groups4 = next(layer for layer in set_layers("grouped") if layer.name == "p4.groups4")   # compiled below
     for layer, pixels in ((small, 16 * 8), (groups4, 32 * 32)):
-        for role, channel_stride in (("input_grad", pixels), ("input_grad_package", 1)):
+        for role, channel_stride in (("forward", pixels), ("forward_package", 1), ("input_grad", pixels),
+                                     ("input_grad_package", 1)):
             out = []
             with capturing(out):
                 ROLES[role].run(layer, torch.float32)
