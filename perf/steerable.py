@@ -6,7 +6,8 @@
   (``GroupConv2d(group="c8" | "c16")``: the bank from the coefficients by one small matmul, then ``F.conv2d``) and
   e2cnn's ``R2Conv`` on the same fields, interleaved in one process (:func:`perf.cpu_train.interleaved_rounds`),
   medians over rounds; also each one's bank alone (built from the parameters and differentiated back, as every
-  training step does), and the medians of the per-round ratios ours / e2cnn.
+  training step does), the ``F.conv2d`` both steps end in with the bank a leaf (the floor of either step), and
+  the medians of the per-round ratios ours / e2cnn and that floor / e2cnn.
 - **Equivariance**: the error under the rotation by ``2π/N`` on the resampling protocol
   (:func:`gconv_triton.steerable.resampled_equivariance_error`: smooth input, bicubic rotation, central disc,
   relative L2, float64) of e2cnn's ``R2Conv``, of our layer with the same weights (``from_e2cnn``) and of our
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 import gconv_triton as gt
 from gconv_triton import steerable as st
@@ -41,7 +43,7 @@ TINY_TIMING_CASES = [("c8", 3, 2, 2, 8)]
 #: (group, k, lifting) of the equivariance table
 EQUIVARIANCE_CASES = [(g, k, lifting) for g in ("c8", "c16", "d8") for k in (5, 7) for lifting in (True, False)]
 TINY_EQUIVARIANCE_CASES = [("c8", 3, False)]
-PROVIDERS = ("ours", "e2cnn", "ours_bank", "e2cnn_bank")
+PROVIDERS = ("ours", "e2cnn", "ours_bank", "e2cnn_bank", "conv")
 
 
 def r2conv(name: str, k: int, fields: int, lifting: bool = False, **kwargs):
@@ -62,7 +64,9 @@ def r2conv(name: str, k: int, fields: int, lifting: bool = False, **kwargs):
 
 def train_steps(name: str, k: int, fields: int, batch: int, size: int, seed: int = 0) -> dict:
     """The calls to time, ``{provider: fn}``: one training step (forward, backward to the input and the weight) of
-    our layer and of e2cnn's, and each one's bank alone (built from the parameters, backward to them)."""
+    our layer and of e2cnn's, each one's bank alone (built from the parameters, backward to them), and ``conv``:
+    the ``F.conv2d`` that both steps end in, with a bank of the same shape as a leaf (forward, backward to the input
+    and the bank): the floor of either step, what no cheaper bank or glue can go under."""
     from e2cnn import nn as enn
 
     torch.manual_seed(seed)
@@ -89,7 +93,13 @@ def train_steps(name: str, k: int, fields: int, batch: int, size: int, seed: int
     def e2cnn_bank():   # what R2Conv.forward does in training before its F.conv2d
         return torch.autograd.grad(theirs.expand_parameters()[0], [theirs.weights], dbank)
 
-    return {"ours": ours_step, "e2cnn": e2cnn_step, "ours_bank": ours_bank, "e2cnn_bank": e2cnn_bank}
+    leaf_bank = st.steerable_bank(ours.weight, ours.group, ours.in_group, k, ours.basis).detach().requires_grad_()
+    dy_flat = dy.flatten(1, 2)
+
+    def conv():
+        return torch.autograd.grad(F.conv2d(x_flat, leaf_bank, padding=k // 2), [x_flat, leaf_bank], dy_flat)
+
+    return {"ours": ours_step, "e2cnn": e2cnn_step, "ours_bank": ours_bank, "e2cnn_bank": e2cnn_bank, "conv": conv}
 
 
 def time_case(case, rounds: int, warmup: int, progress=sys.stderr) -> dict:
@@ -100,9 +110,11 @@ def time_case(case, rounds: int, warmup: int, progress=sys.stderr) -> dict:
     times = interleaved_rounds(runs, "ours", rounds, warmup, progress, label)["times_ms"]
     step_ratios = [a / b for a, b in zip(times["ours"], times["e2cnn"])]
     bank_ratios = [a / b for a, b in zip(times["ours_bank"], times["e2cnn_bank"])]
+    conv_ratios = [a / b for a, b in zip(times["conv"], times["e2cnn"])]
     return dict(group=name, k=k, fields=fields, batch=batch, size=size, rounds=rounds, times_ms=times,
                 median_ms={p: statistics.median(t) for p, t in times.items()},
-                ratio=statistics.median(step_ratios), bank_ratio=statistics.median(bank_ratios))
+                ratio=statistics.median(step_ratios), bank_ratio=statistics.median(bank_ratios),
+                conv_ratio=statistics.median(conv_ratios))
 
 
 def equivariance_case(case, size: int = 64, channels: int = 2, seed: int = 0) -> dict:
@@ -156,13 +168,14 @@ def _grid_error(layer, group, g: int, lifting: bool, size: int, channels: int) -
 
 def timing_table(rows: list[dict]) -> str:
     lines = ["| group | k | fields | batch | map | ours step (ms) | e2cnn step (ms) | ours / e2cnn | ours bank (ms) "
-             "| e2cnn bank (ms) | bank ours / e2cnn |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| e2cnn bank (ms) | bank ours / e2cnn | F.conv2d alone (ms) | F.conv2d alone / e2cnn step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["median_ms"]
         lines.append(f"| {r['group'].upper()} | {r['k']} | {r['fields']} -> {r['fields']} | {r['batch']} | "
                      f"{r['size']}x{r['size']} | {m['ours']:.2f} | {m['e2cnn']:.2f} | {r['ratio']:.2f} | "
-                     f"{m['ours_bank']:.2f} | {m['e2cnn_bank']:.2f} | {r['bank_ratio']:.2f} |")
+                     f"{m['ours_bank']:.2f} | {m['e2cnn_bank']:.2f} | {r['bank_ratio']:.2f} | {m['conv']:.2f} | "
+                     f"{r['conv_ratio']:.2f} |")
     return "\n".join(lines)
 
 

@@ -501,6 +501,7 @@ def test_python_m_perf_steerable_prints_both_tables(tmp_path, capsys):
     assert max(quarter, quarter_mapped, exact) < 1e-6                     # 90°: exact up to fp32 rounding
     result = json.loads(next(tmp_path.glob("steerable-cpu-*.json")).read_text())
     assert result["timing"][0]["median_ms"]["ours"] > 0 and len(result["timing"][0]["times_ms"]["e2cnn"]) == 2
+    assert 0 < result["timing"][0]["median_ms"]["conv"] and 0 < result["timing"][0]["conv_ratio"]
     assert "## Equivariance error" in next(tmp_path.glob("steerable-cpu-*.md")).read_text()
 
 
