@@ -382,7 +382,13 @@ def _conv_gemm_kernel(
 
     m_ok, b, mh, mw = pixel_block(pid_m, BLOCK_M, M_TOTAL, m_height, m_width)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    j = tl.minimum(n // R_PAD, N_TOTAL // R_PAD - 1)   # columns past N_TOTAL read a valid weight, never stored
+    if N_TOTAL == R_PAD:
+        # one group element on N (a plain convolution's output): j is 0, and saying so keeps the columns' offsets
+        # provably aligned, so that the epilogue stores vectors (else one element per thread, its pixel math done
+        # for every row: register pressure that made a 128 x 256 tile spill)
+        j = tl.zeros_like(n)
+    else:
+        j = tl.minimum(n // R_PAD, N_TOTAL // R_PAD - 1)   # columns past N_TOTAL read a valid weight, never stored
     r = n % R_PAD
     if WIDE:  # offsets past int32 (else int32 index math: fewer instructions, no carries)
         b, mh, mw = b.to(tl.int64), mh.to(tl.int64), mw.to(tl.int64)

@@ -354,3 +354,18 @@ def test_steerable_lifting_forward_is_read_per_mac_with_its_bytes(tmp_path):
     assert row["kernel"] == "steerable_conv._forward_lifting_kernel" and row["status"] == "ok" and row["kept"]
     assert row["spills"] == 0 and row["mma"] == "HGMMA" and row["dot"]["k"] == 64
     assert 0 < row["ratio"] <= 1.5 and row["bytes"] > 0 and row["dense_bytes"] > 0
+
+
+def test_plain_convolution_forward_keeps_its_widest_tile(tmp_path):
+    """A convolution with one group element on N (the ``conv1d`` layer: 256 channels, bf16, its output stored
+    channels-last) compiles its 128 x 256 forward tile for sm_90 without a spill, so the autotuner keeps it: the
+    kernel knows that element is 0, so the output columns are provably aligned and the epilogue stores vectors (with
+    the element a runtime ``minimum`` it stored one element per thread and did the pixel math for all 128 rows in
+    every thread, a spill)."""
+    proc = _run_static(tmp_path, "--sets", "grouped", "--layers", "conv1d", "--roles", "forward_package", "--dtypes",
+                       "bf16", "--archs", "90", "--resources-only", "--jobs", "2", "--no-progress", "--out",
+                       str(tmp_path / "conv1d"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "conv1d.json").read_text())["rows"]
+    widest = [r for r in rows if r["kernel"].endswith("_conv_gemm_kernel") and "BLOCK_N=256" in r["config"]]
+    assert widest and all(r["status"] == "ok" and r["spills"] == 0 and r["kept"] for r in widest), widest
