@@ -331,6 +331,7 @@ def _conv_gemm_kernel(
     K_MAJOR: tl.constexpr, HALO: tl.constexpr, PRECISION: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_BIAS: tl.constexpr, STORE_PREACT: tl.constexpr, WIDE: tl.constexpr,
     VEC_A: tl.constexpr, PIXEL_MAJOR: tl.constexpr, VEC_B: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    LINEAR_OUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One ``[BLOCK_M pixels, BLOCK_N]`` output tile of sub-pixel phase ``ph`` in channel group ``grp``.
@@ -443,9 +444,18 @@ def _conv_gemm_kernel(
                                  KPOS, S_IN, S_K, R_PAD, GROUP_ON_N, K_MAJOR, HALO, WIDE, VEC_A, VEC_W, PRECISION,
                                  UPCAST, TRANSPOSED, SLOT_ORDER, BLOCK_K)
 
-    oh = mh * write_h + ph_h
-    ow = mw * write_w + ph_w
-    m_ok = m_ok & (oh < out_height) & (ow < out_width)
+    if LINEAR_OUT:
+        # the M grid is the output's pixel grid, stored densely in (b, h, w) order: pixel m lies m·stride_out_w in,
+        # with no division per row (each thread of the store's layout may hold many rows)
+        m_flat = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        if WIDE:
+            m_flat = m_flat.to(tl.int64)
+        row_off = m_flat * stride_out_w
+    else:
+        oh = mh * write_h + ph_h
+        ow = mw * write_w + ph_w
+        m_ok = m_ok & (oh < out_height) & (ow < out_width)
+        row_off = b * stride_out_n + oh * stride_out_h + ow * stride_out_w
     n_ok = (n < N_TOTAL) & (r < R_VALID)
     if TRANSPOSED:
         acc = tl.trans(acc)
@@ -454,7 +464,7 @@ def _conv_gemm_kernel(
     col = j * stride_out_g + (grp * R_VALID + r) * stride_out_c
     if WIDE:
         col = j.to(tl.int64) * stride_out_g + (grp * R_VALID + r).to(tl.int64) * stride_out_c
-    out_off = (b * stride_out_n + oh * stride_out_h + ow * stride_out_w)[:, None] + col[None, :]
+    out_off = row_off[:, None] + col[None, :]
     mask = m_ok[:, None] & n_ok[None, :]
     if STORE_PREACT:
         tl.store(z_ptr + out_off, acc.to(z_ptr.dtype.element_ty), mask=mask)
@@ -690,6 +700,9 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     m_total = spec.batch * m_height * m_width
 
     out_n, out_c, out_g, out_h, out_w = out.stride()   # out is (B, C, S, H, W): S is the group element's axis
+    # the M grid is the output's pixel grid, stored densely in (b, h, w) order (LINEAR_OUT in the kernel)
+    linear_out = (phases == 1 and (m_height, m_width) == tuple(out.shape[3:]) and out_h == m_width * out_w
+                  and (spec.batch == 1 or out_n == m_height * out_h))
 
     def grid(meta):
         return (cdiv(m_total, meta["BLOCK_M"]), cdiv(n_total, meta["BLOCK_N"]), spec.groups * phases)
@@ -700,7 +713,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         spec.weight_groups, *a_cl.stride(), out_n, out_g, out_c, out_h, out_w,
         A_CH=padded, K_RUN=padded * spec.kernel[1] if contiguous_rows else padded, N_TOTAL=n_total, R_PAD=r_pad,
         R_VALID=r_valid, S_IN=spec.s_in, S_K=s_k, KH=spec.kernel[0], KW=spec.kernel[1], GROUP_ON_N=group_on_n,
-        K_MAJOR=k_major, HALO=halo, PRECISION=dot_precision(a.dtype), ACTIVATION=activation,
+        K_MAJOR=k_major, HALO=halo, PRECISION=dot_precision(a.dtype), ACTIVATION=activation, LINEAR_OUT=linear_out,
         **interpreter_config(INTERPRETER_CONFIG))
     return (a_cl if copied else None), w_ig
 

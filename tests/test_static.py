@@ -356,16 +356,19 @@ def test_steerable_lifting_forward_is_read_per_mac_with_its_bytes(tmp_path):
     assert 0 < row["ratio"] <= 1.5 and row["bytes"] > 0 and row["dense_bytes"] > 0
 
 
-def test_plain_convolution_forward_keeps_its_widest_tile(tmp_path):
-    """A convolution with one group element on N (the ``conv1d`` layer: 256 channels, bf16, its output stored
-    channels-last) compiles its 128 x 256 forward tile for sm_90 without a spill, so the autotuner keeps it: the
-    kernel knows that element is 0, so the output columns are provably aligned and the epilogue stores vectors (with
-    the element a runtime ``minimum`` it stored one element per thread and did the pixel math for all 128 rows in
-    every thread, a spill)."""
-    proc = _run_static(tmp_path, "--sets", "grouped", "--layers", "conv1d", "--roles", "forward_package", "--dtypes",
-                       "bf16", "--archs", "90", "--resources-only", "--jobs", "2", "--no-progress", "--out",
-                       str(tmp_path / "conv1d"))
+def test_forward_epilogue_keeps_the_wide_tiles(tmp_path):
+    """The forward's epilogue needs few registers, so the widest tiles compile for sm_90 without a spill and the
+    autotuner keeps them: the ``conv1d`` layer's 128 x 256 (one group element on N, whose index the kernel knows is 0:
+    the output columns provably aligned, the stores vectors) and P4CNN's ``l2`` 128 x 64 (``LINEAR_OUT``: the output
+    pixel grid is the M grid, stored densely, so a row's offset is its flat index times the pixel stride).  Before,
+    the store's layout gave each thread a column of many rows, with a division per row (the ``conv1d`` tile spilled
+    8 bytes, the ``l2`` one 224)."""
+    proc = _run_static(tmp_path, "--sets", "grouped,p4cnn", "--layers", "conv1d,l2", "--roles", "forward_package",
+                       "--dtypes", "bf16", "--archs", "90", "--resources-only", "--jobs", "2", "--no-progress", "--out",
+                       str(tmp_path / "wide_tiles"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "conv1d.json").read_text())["rows"]
-    widest = [r for r in rows if r["kernel"].endswith("_conv_gemm_kernel") and "BLOCK_N=256" in r["config"]]
-    assert widest and all(r["status"] == "ok" and r["spills"] == 0 and r["kept"] for r in widest), widest
+    rows = json.loads((tmp_path / "wide_tiles.json").read_text())["rows"]
+    for layer, tile in (("conv1d", "BLOCK_M=128, BLOCK_N=256"), ("l2", "BLOCK_K=32, BLOCK_M=128, BLOCK_N=64")):
+        found = [r for r in rows if r["layer"] == layer and r["kernel"].endswith("_conv_gemm_kernel")
+                 and tile in r["config"]]
+        assert found and all(r["status"] == "ok" and r["spills"] == 0 and r["kept"] for r in found), (layer, found)
