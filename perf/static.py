@@ -202,9 +202,10 @@ def _forward(layer: Layer, dtype) -> None:
 
 def _input_grad(layer: Layer, dtype, make_dy=_meta) -> None:
     """The input gradient of a ``dy`` stored channels-first (the loss's: read in place where
-    ``group_conv.reads_channels_first_dy`` says so, else copied channels-last), or as ``make_dy`` makes it."""
+    ``group_conv.reads_channels_first_dy`` says so, else copied channels-last), or as ``make_dy`` makes it; ``dx``
+    in the layout ``make_dy`` gives ``x`` (the input gradient writes ``dx`` in ``x``'s)."""
     if layer.input_grad:
-        x = _meta(layer.input_shape(), dtype)
+        x = make_dy(layer.input_shape(), dtype)
         kernels.input_grad(make_dy(_output_shape(layer.spec()), dtype), _meta(layer.weight_shape(), dtype),
                            layer.spec(), dim_order(x))
 
@@ -228,8 +229,8 @@ def _forward_package(layer: Layer, dtype) -> None:
 
 
 def _input_grad_package(layer: Layer, dtype) -> None:
-    """:func:`_input_grad` with ``dy`` in the package's layout, as a layer between two others meets it (read in
-    place channels-last)."""
+    """:func:`_input_grad` with ``dy`` and ``x`` in the package's layout, as a layer between two others meets them
+    (``dy`` read in place channels-last, ``dx`` written so)."""
     _input_grad(layer, dtype, _package_layout)
 
 

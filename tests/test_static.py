@@ -233,7 +233,7 @@ def test_forward_and_input_grad_roles_measure_both_layouts():
     """``forward`` and ``input_grad`` hand the launcher a contiguous ``x`` / ``dy`` (a network's first layer and
     the loss's gradient: read in place channels-first where the rules allow, channel stride ``H·W``),
     ``forward_package`` and ``input_grad_package`` ones stored ``(B, H, W, C, S)`` (as every layer after the first
-    meets them: read in place channels-last, channel stride 1); captured, not compiled."""
+    meets them: read in place channels-last, channel stride 1; ``dx`` written so too); captured, not compiled."""
     import torch
 
     from gconv_triton.autotune import Layer
@@ -249,6 +249,9 @@ def test_forward_and_input_grad_roles_measure_both_layouts():
                 ROLES[role].run(layer, torch.float32)
             gemm = next(launch for launch in out if launch.kernel == "group_conv._conv_gemm_kernel")
             assert gemm.bound()["stride_a_c"] == channel_stride, (layer.name, role)
+            if role.startswith("input_grad"):   # dx in x's layout: the package's with input_grad_package
+                dx_pixel_stride = 1 if channel_stride != 1 else layer.c_in * 4
+                assert gemm.bound()["stride_out_w"] == dx_pixel_stride, (layer.name, role)
 
 
 def test_channels_first_input_grad_compiles_for_sm90_and_sm80_without_spills(tmp_path):
