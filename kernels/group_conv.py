@@ -298,6 +298,16 @@ def _folded_positions_loop(acc, kl, a_base, w_base, row0, ih0, iw0, m_ok, j, r, 
 
 
 # ------------------------------------------------------------------------------------------------ the kernel
+def _linear_out(a: dict) -> bool:
+    """``LINEAR_OUT``: the M grid is the output's pixel grid (one sub-pixel phase), stored densely in ``(b, h, w)``
+    order, so that pixel ``m`` of the grid lies ``m·stride_out_w`` into the output."""
+    one_phase = a["GROUP_ON_N"] or a["stride_h"] * a["stride_w"] == 1
+    per_image = a["m_height"] * a["m_width"]
+    return (one_phase and (a["m_height"], a["m_width"]) == (a["out_height"], a["out_width"])
+            and a["stride_out_h"] == a["m_width"] * a["stride_out_w"]
+            and (a["M_TOTAL"] <= per_image or a["stride_out_n"] == a["m_height"] * a["stride_out_h"]))
+
+
 # The flags that follow from the other arguments, computed at each launch.
 _DERIVED = dict(
     HAS_BIAS=lambda a: a["bias_ptr"] is not None,
@@ -311,6 +321,7 @@ _DERIVED = dict(
                                  if a["K_MAJOR"] else a["R_PAD"]),
     ACC=lambda a: accumulator(a["a_ptr"].dtype),
     UPCAST=lambda a: upcast(a["a_ptr"].dtype),
+    LINEAR_OUT=_linear_out,
 )
 
 
@@ -700,9 +711,6 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
     m_total = spec.batch * m_height * m_width
 
     out_n, out_c, out_g, out_h, out_w = out.stride()   # out is (B, C, S, H, W): S is the group element's axis
-    # the M grid is the output's pixel grid, stored densely in (b, h, w) order (LINEAR_OUT in the kernel)
-    linear_out = (phases == 1 and (m_height, m_width) == tuple(out.shape[3:]) and out_h == m_width * out_w
-                  and (spec.batch == 1 or out_n == m_height * out_h))
 
     def grid(meta):
         return (cdiv(m_total, meta["BLOCK_M"]), cdiv(n_total, meta["BLOCK_N"]), spec.groups * phases)
@@ -713,7 +721,7 @@ def _launch_gemm(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, spec,
         spec.weight_groups, *a_cl.stride(), out_n, out_g, out_c, out_h, out_w,
         A_CH=padded, K_RUN=padded * spec.kernel[1] if contiguous_rows else padded, N_TOTAL=n_total, R_PAD=r_pad,
         R_VALID=r_valid, S_IN=spec.s_in, S_K=s_k, KH=spec.kernel[0], KW=spec.kernel[1], GROUP_ON_N=group_on_n,
-        K_MAJOR=k_major, HALO=halo, PRECISION=dot_precision(a.dtype), ACTIVATION=activation, LINEAR_OUT=linear_out,
+        K_MAJOR=k_major, HALO=halo, PRECISION=dot_precision(a.dtype), ACTIVATION=activation,
         **interpreter_config(INTERPRETER_CONFIG))
     return (a_cl if copied else None), w_ig
 

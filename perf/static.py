@@ -195,18 +195,20 @@ def _output_shape(spec) -> tuple[int, ...]:
     return (spec.batch, spec.groups * spec.out_channels, spec.s_out, spec.out_height, spec.out_width)
 
 
-def _forward(layer: Layer, dtype) -> None:
-    kernels.forward(_meta(layer.input_shape(), dtype), _meta(layer.weight_shape(), dtype),
+def _forward(layer: Layer, dtype, make_map=_meta) -> None:
+    """The forward of an ``x`` stored channels-first (a network's first layer's: read in place where
+    ``group_conv.reads_channels_first_x`` says so, else copied), or as ``make_map`` makes it."""
+    kernels.forward(make_map(layer.input_shape(), dtype), _meta(layer.weight_shape(), dtype),
                     _meta((layer.c_out,), dtype), layer.spec())
 
 
-def _input_grad(layer: Layer, dtype, make_dy=_meta) -> None:
+def _input_grad(layer: Layer, dtype, make_map=_meta) -> None:
     """The input gradient of a ``dy`` stored channels-first (the loss's: read in place where
-    ``group_conv.reads_channels_first_dy`` says so, else copied channels-last), or as ``make_dy`` makes it; ``dx``
-    in the layout ``make_dy`` gives ``x`` (the input gradient writes ``dx`` in ``x``'s)."""
+    ``group_conv.reads_channels_first_dy`` says so, else copied channels-last), or as ``make_map`` makes it; ``dx``
+    in the layout ``make_map`` gives ``x`` (the input gradient writes ``dx`` in ``x``'s)."""
     if layer.input_grad:
-        x = make_dy(layer.input_shape(), dtype)
-        kernels.input_grad(make_dy(_output_shape(layer.spec()), dtype), _meta(layer.weight_shape(), dtype),
+        x = make_map(layer.input_shape(), dtype)
+        kernels.input_grad(make_map(_output_shape(layer.spec()), dtype), _meta(layer.weight_shape(), dtype),
                            layer.spec(), dim_order(x))
 
 
@@ -224,8 +226,7 @@ def _package_layout(shape, dtype) -> torch.Tensor:
 def _forward_package(layer: Layer, dtype) -> None:
     """:func:`_forward` with ``x`` in the package's layout, as every layer after a network's first meets it (read in
     place channels-last where ``group_conv.reads_in_place`` says so, else copied into the zero-halo layout)."""
-    kernels.forward(_package_layout(layer.input_shape(), dtype), _meta(layer.weight_shape(), dtype),
-                    _meta((layer.c_out,), dtype), layer.spec())
+    _forward(layer, dtype, _package_layout)
 
 
 def _input_grad_package(layer: Layer, dtype) -> None:
